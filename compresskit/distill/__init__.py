@@ -1,0 +1,1 @@
+"""The distillation engine: Distiller, the loss registry, feature hooks."""

@@ -1,0 +1,1 @@
+"""Tracing a model into a channel-dependency graph (torch.fx) and its channel groups."""

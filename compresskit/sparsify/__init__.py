@@ -1,0 +1,1 @@
+"""Sparsification: the OBProx-SG optimizer and per-layer densities."""

@@ -1,0 +1,1 @@
+"""One training loop for both stages: DDP, AMP, checkpoints, resume, progress."""

@@ -1,0 +1,1 @@
+"""compresskit-adacof plugin."""

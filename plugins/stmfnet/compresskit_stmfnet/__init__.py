@@ -1,0 +1,1 @@
+"""compresskit-stmfnet plugin."""
