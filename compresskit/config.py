@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from compresskit.io import atomic_write_text
 
@@ -56,3 +56,56 @@ def _yaml():
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError("YAML configs need PyYAML: pip install 'compresskit[yaml]'") from e
     return yaml
+
+
+class CompressConfig(Config):
+    """Every knob of :func:`compresskit.compress`: sparsify → plan → shrink → fine-tune.
+
+    Defaults follow the ST-MFNet Mini recipe (λ 1e-4, lr 1e-3) scaled down to steps; the papers' epoch
+    schedules convert with ``ck.steps_from_epochs``.
+    """
+
+    # stage I: l1-regularised training with OBProx-SG
+    sparsify_steps: int = Field(300, ge=0, description="OBProx-SG steps of stage I (0 skips it)")
+    lambda_: float = Field(1e-4, ge=0, description="l1 strength λ of OBProx-SG")
+    lr: float = Field(1e-3, gt=0, description="learning rate of stage I")
+    eps: float = Field(0.0, ge=0, description="OBProx-SG orthant threshold: entries at or below it become 0")
+    n_prox_steps: int | None = Field(
+        None, ge=0, description="Prox-SG steps before orthant steps (None: Prox-SG for ever)")
+    n_orthant_steps: int | None = Field(
+        None, ge=1, description="orthant steps before returning to Prox-SG steps (None: for ever)")
+    l1_on: Literal["weights", "all"] = Field(
+        "weights", description="parameters with the l1 penalty: 'weights' (ndim ≥ 2) or 'all' (papers)")
+    # widths
+    width_rule: Literal["linear", "sqrt"] = Field(
+        "linear", description="'linear': ceil(d·C) back to front (ST-MFNet Mini); 'sqrt': floor(√d·C) (CDFI)")
+    coupling: Literal["max", "min", "mean"] = Field(
+        "max", description="one width for a group shared by several layers: max, min or mean of their widths")
+    min_width: int = Field(1, ge=1, description="no group shrinks below this many channels")
+    divisor: int = Field(1, ge=1, description="widths are rounded up to a multiple of this")
+    # shrink
+    init: Literal["inherit", "reinit"] = Field(
+        "inherit", description="'inherit': copy the kept channels' weights; 'reinit': fresh initialisation")
+    # stage II: fine-tuning (distillation when a teacher is given)
+    finetune_steps: int = Field(300, ge=0, description="training steps of the small model (0 skips it)")
+    finetune_lr: float = Field(1e-3, gt=0, description="learning rate of stage II (Adamax)")
+    distill_alpha: float = Field(
+        0.1, ge=0, description="weight α of the ground-truth loss when distilling: α·L(S, GT) + L(S, T)")
+    # bookkeeping
+    out_dir: Path | None = Field(
+        None, description="folder for stage checkpoints, config and report (None: nothing is written)")
+    resume: bool = Field(True, description="continue from the checkpoints found in out_dir")
+    seed: int = Field(0, ge=0, description="seed of every random choice (data order, reinit)")
+    checkpoint_every: int = Field(50, ge=1, description="training steps between checkpoints")
+    eval_batches: int | None = Field(
+        None, ge=1, description="validation batches used for metrics before/after (None: all)")
+    measure_latency: bool = Field(True, description="measure CPU latency before and after")
+    latency_repeats: int = Field(10, ge=1, description="timed forward passes per latency measurement")
+    progress: bool = Field(True, description="show rich progress bars")
+
+    @model_validator(mode="after")
+    def _check_schedule(self) -> CompressConfig:
+        if self.n_orthant_steps is not None and self.n_prox_steps is None:
+            raise ValueError("n_orthant_steps is set but n_prox_steps is None (Prox-SG for ever): "
+                             "give n_prox_steps too, or leave n_orthant_steps None")
+        return self
