@@ -28,6 +28,11 @@ def _atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path
     return path
 
 
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
+    """Call ``write(f)`` on a temp file beside ``path``, then rename it to ``path`` (for streaming writers)."""
+    return _atomic(path, write)
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` that never leaves a half-written file at ``path``."""
     return _atomic(path, lambda f: torch.save(obj, f))
