@@ -58,6 +58,78 @@ def _yaml():
     return yaml
 
 
+class TrainConfig(Config):
+    """Settings of :func:`compresskit.train`: one loop for both stages (sparsify and retrain/distill).
+
+    Defaults are the papers': Adamax (lr 1e-3, β 0.9/0.999) and StepLR(step 20 epochs, γ 0.5).
+    Give ``steps`` (optimizer steps) or ``epochs``, not both; neither means one epoch.
+    """
+
+    epochs: int | None = Field(None, ge=1, description="passes over the training data")
+    steps: int | None = Field(None, ge=1, description="optimizer steps (overrides epochs)")
+    # optimizer and schedule (used when train() builds them)
+    optimizer: Literal["adamax", "adam", "adamw", "sgd"] = Field("adamax", description="default optimizer")
+    lr: float = Field(1e-3, gt=0, description="learning rate")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam-family β1, β2")
+    momentum: float = Field(0.9, ge=0, description="SGD momentum")
+    weight_decay: float = Field(0.0, ge=0, description="weight decay of the default optimizer")
+    scheduler: Literal["step", "cosine", "none"] = Field("step", description="default LR schedule")
+    step_size: int = Field(20, ge=1, description="StepLR period, in scheduler intervals")
+    gamma: float = Field(0.5, gt=0, description="StepLR decay factor")
+    scheduler_interval: Literal["epoch", "step"] = Field("epoch", description="when scheduler.step() runs")
+    # the step itself
+    grad_accum: int = Field(1, ge=1, description="micro-batches accumulated per optimizer step")
+    grad_clip: float | None = Field(None, gt=0, description="max global gradient norm (None: no clipping)")
+    amp: Literal["none", "bf16", "fp16"] = Field("none", description="autocast dtype on GPU (no-op on CPU)")
+    device: str = Field("auto", description="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ...")
+    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="torch.distributed backend")
+    find_unused_parameters: bool = Field(False, description="passed to DistributedDataParallel")
+    seed: int = Field(0, ge=0, description="seeds python, numpy, torch (+ rank) and the data order")
+    # validation, checkpoints, logging
+    val_every: int | None = Field(None, ge=1, description="validate every N steps (None: each epoch end)")
+    monitor: str = Field("val_loss", description="validation value that picks the best checkpoint")
+    mode: Literal["min", "max"] = Field("min", description="whether smaller or larger monitor is better")
+    checkpoint_every: int | None = Field(
+        None, ge=1, description="checkpoint every N steps (None: each epoch end); the end is always saved")
+    keep_last: int = Field(3, ge=1, description="periodic checkpoints kept on disk")
+    load_best: bool = Field(False, description="load the best checkpoint's weights at the end")
+    log_every: int = Field(10, ge=1, description="steps between train records in metrics.jsonl")
+    progress: bool = Field(True, description="rich progress bar (off anyway when not a terminal)")
+
+    @model_validator(mode="after")
+    def _check_length(self) -> TrainConfig:
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError("give steps or epochs, not both")
+        return self
+
+
+class FeaturePair(Config):
+    """One feature-distillation pair: student module path → teacher module path."""
+
+    student: str = Field(..., description="dotted module path in the student, e.g. 'encoder.conv3'")
+    teacher: str = Field(..., description="dotted module path in the teacher")
+    weight: float = Field(1.0, ge=0, description="weight of this pair's loss")
+    loss: str = Field("mse", description="registered loss comparing adapted student and teacher features")
+
+
+class DistillConfig(TrainConfig):
+    """Settings of :func:`compresskit.distill`: ``L = α·L_student(S, GT) + L_distill(S, T)``.
+
+    Defaults are ST-MFNet Mini's: α = 0.1 and the Laplacian pyramid loss for both terms.
+    """
+
+    alpha: float = Field(0.1, ge=0, description="weight α of the ground-truth term")
+    student_loss: str = Field("laplacian", description="registered loss of the student vs ground truth")
+    distill_loss: str = Field("laplacian", description="registered loss of the student vs the teacher")
+    loss_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments of both registered losses")
+    features: list[FeaturePair] = Field(
+        default_factory=list, description="intermediate features to distil (1x1 adapters bridge widths)")
+    cache_teacher: bool = Field(
+        False, description="run the teacher once over a fixed (non-augmented) dataset and reuse its outputs")
+    cache_dir: Path | None = Field(None, description="where teacher outputs are cached (None: out_dir/cache)")
+
+
 class CompressConfig(Config):
     """Every knob of :func:`compresskit.compress`: sparsify → plan → shrink → fine-tune.
 
