@@ -1,0 +1,408 @@
+"""Measure and show what compression did: parameters, MACs, CPU latency, metrics, per-layer widths.
+
+``CompressReport`` is the record :func:`compresskit.compress` returns; it round-trips through JSON, prints
+as rich tables and draws PNG charts (density per layer, metric against parameters). The measurement
+helpers (:func:`count_params`, :func:`count_macs`, :func:`measure_latency`, :func:`evaluate`) work on
+any ``nn.Module``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import statistics
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from compresskit.io import atomic_write_bytes, atomic_write_json
+
+__all__ = [
+    "CompressReport",
+    "LayerRecord",
+    "ModelStats",
+    "count_params",
+    "count_macs",
+    "measure_latency",
+    "evaluate",
+    "model_stats",
+    "normalize_metrics",
+    "plot_densities",
+    "plot_metric_vs_params",
+    "print_report",
+]
+
+Metric = Callable[[Any, Any], Any]
+
+REPORT_FORMAT = "compresskit.report/1"
+
+
+# --------------------------------------------------------------------------------------------- measuring
+def count_params(model: nn.Module) -> int:
+    """Number of parameter elements (shared parameters counted once)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"count_params: model must be an nn.Module, got {type(model).__name__}")
+    return sum(p.numel() for p in model.parameters())
+
+
+def _as_tuple(example_inputs: Any) -> tuple:
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs)
+    raise TypeError("example_inputs: expected a tensor or a tuple of the model's positional inputs, "
+                    f"got {type(example_inputs).__name__}")
+
+
+def count_macs(model: nn.Module, example_inputs: Any) -> int:
+    """Multiply-accumulates of one forward pass on ``example_inputs``.
+
+    Counted by ``torch.utils.flop_counter.FlopCounterMode`` over the aten ops it knows (convolutions,
+    transposed convolutions, matrix products, attention), as FLOPs / 2: a conv contributes
+    C_out · C_in/groups · k_h · k_w · H_out · W_out per sample. Element-wise ops, norms and custom ops
+    are not counted.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    inputs = _as_tuple(example_inputs)
+    was_training = model.training
+    model.eval()
+    try:
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            model(*inputs)
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops()) // 2
+
+
+def measure_latency(
+    model: nn.Module, example_inputs: Any, repeats: int = 10, warmup: int = 2
+) -> dict[str, Any]:
+    """Wall-clock time of ``model(*example_inputs)`` in eval mode under ``torch.inference_mode``.
+
+    Returns ``{"median_ms", "min_ms", "repeats", "threads", "device"}``; the median of ``repeats`` timed
+    runs after ``warmup`` untimed ones. CUDA work is synchronised before each clock read.
+    """
+    if repeats < 1:
+        raise ValueError(f"measure_latency: repeats must be ≥ 1, got {repeats}")
+    if warmup < 0:
+        raise ValueError(f"measure_latency: warmup must be ≥ 0, got {warmup}")
+    inputs = _as_tuple(example_inputs)
+    device = next((t.device for t in inputs if isinstance(t, torch.Tensor)), torch.device("cpu"))
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    was_training = model.training
+    model.eval()
+    times = []
+    try:
+        with torch.inference_mode():
+            for i in range(warmup + repeats):
+                sync()
+                start = time.perf_counter()
+                model(*inputs)
+                sync()
+                if i >= warmup:
+                    times.append((time.perf_counter() - start) * 1e3)
+    finally:
+        model.train(was_training)
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "repeats": repeats,
+            "threads": torch.get_num_threads(), "device": str(device)}
+
+
+def normalize_metrics(metrics: Mapping[str, Metric] | Sequence[Metric] | Metric | None) -> dict[str, Metric]:
+    """``{name: metric(output, batch)}`` from a mapping, a list of callables (by ``__name__``) or one."""
+    if metrics is None:
+        return {}
+    if callable(metrics) and not isinstance(metrics, Mapping):
+        metrics = [metrics]
+    if isinstance(metrics, Mapping):
+        out = dict(metrics)
+    elif isinstance(metrics, (list, tuple)):
+        out = {}
+        for m in metrics:
+            name = getattr(m, "__name__", None) or type(m).__name__
+            out[name] = m
+    else:
+        raise TypeError("metrics: expected a mapping {name: fn(output, batch)}, a list of such functions or "
+                        f"one function, got {type(metrics).__name__}")
+    for name, fn in out.items():
+        if not isinstance(name, str) or not callable(fn):
+            raise TypeError(f"metrics: entry {name!r} must map a string to a callable fn(output, batch)")
+    return out
+
+
+def _batch_size(batch: Any) -> int:
+    for item in batch if isinstance(batch, (tuple, list)) else (batch,):
+        if isinstance(item, torch.Tensor) and item.dim() > 0:
+            return int(item.shape[0])
+    return 1
+
+
+def evaluate(
+    model: nn.Module,
+    loader: Iterable,
+    metrics: Mapping[str, Metric],
+    inputs_fn: Callable[[Any], tuple],
+    max_batches: int | None = None,
+) -> dict[str, float]:
+    """Mean of each ``metric(output, batch)`` over the loader, weighted by batch size, in eval mode."""
+    metrics = normalize_metrics(metrics)
+    if not metrics:
+        return {}
+    was_training = model.training
+    model.eval()
+    sums = dict.fromkeys(metrics, 0.0)
+    count = 0
+    try:
+        with torch.no_grad():
+            for i, batch in enumerate(loader):
+                if max_batches is not None and i >= max_batches:
+                    break
+                output = model(*inputs_fn(batch))
+                n = _batch_size(batch)
+                for name, fn in metrics.items():
+                    value = fn(output, batch)
+                    sums[name] += float(value.item() if isinstance(value, torch.Tensor) else value) * n
+                count += n
+    finally:
+        model.train(was_training)
+    if count == 0:
+        raise ValueError("evaluate: the validation loader yielded no batches")
+    return {name: s / count for name, s in sums.items()}
+
+
+@dataclass
+class ModelStats:
+    """Size and speed of one model: parameters, MACs of one forward pass, median CPU latency (ms)."""
+
+    params: int
+    macs: int
+    latency_ms: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def model_stats(model: nn.Module, example_inputs: Any, latency: bool = True, repeats: int = 10) -> ModelStats:
+    """Parameters, MACs and (optionally) measured latency of ``model`` on ``example_inputs``."""
+    lat = measure_latency(model, example_inputs, repeats=repeats)["median_ms"] if latency else None
+    return ModelStats(count_params(model), count_macs(model, example_inputs), lat)
+
+
+# ----------------------------------------------------------------------------------------------- records
+@dataclass
+class LayerRecord:
+    """One conv/linear layer: its density after sparsification and its weight shape before and after."""
+
+    name: str
+    type: str
+    density: float | None
+    shape_before: list[int]
+    shape_after: list[int] | None = None
+    params_before: int = 0
+    params_after: int | None = None
+
+
+@dataclass
+class CompressReport:
+    """What :func:`compresskit.compress` did, JSON-serialisable (``to_dict``/``from_dict``)."""
+
+    model: str
+    loss: str
+    inputs: str
+    before: ModelStats
+    after: ModelStats | None = None
+    layers: list[LayerRecord] = field(default_factory=list)
+    #: ``{group id: [width before, width after]}`` for every group the plan touched
+    widths: dict[str, list[int]] = field(default_factory=dict)
+    plan: str = ""
+    stages: dict[str, float] = field(default_factory=dict)  # stage -> seconds
+    config: dict[str, Any] = field(default_factory=dict)
+    example_input_shapes: list[list[int]] = field(default_factory=list)
+
+    # ---- derived numbers
+    @property
+    def param_ratio(self) -> float | None:
+        """Parameters after / before."""
+        return None if self.after is None else self.after.params / max(self.before.params, 1)
+
+    @property
+    def mac_ratio(self) -> float | None:
+        return None if self.after is None else self.after.macs / max(self.before.macs, 1)
+
+    # ---- JSON
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["format"] = REPORT_FORMAT
+        data["param_ratio"] = self.param_ratio
+        data["mac_ratio"] = self.mac_ratio
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CompressReport:
+        if not isinstance(data, Mapping) or data.get("format") != REPORT_FORMAT:
+            raise ValueError(f"not a compresskit report: expected a mapping with format {REPORT_FORMAT!r}")
+        kw = {k: v for k, v in data.items() if k not in ("format", "param_ratio", "mac_ratio")}
+        kw["before"] = ModelStats(**kw["before"])
+        kw["after"] = None if kw.get("after") is None else ModelStats(**kw["after"])
+        kw["layers"] = [LayerRecord(**r) for r in kw.get("layers", [])]
+        return cls(**kw)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the report as JSON (atomically)."""
+        return atomic_write_json(self.to_dict(), path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> CompressReport:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"report {str(path)!r} does not exist")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"report {str(path)!r} is not valid JSON: {e}") from e
+        return cls.from_dict(data)
+
+    # ---- display
+    def print(self, console: Any = None) -> None:
+        """Rich tables: summary (before/after/ratio), then per-layer density and widths."""
+        print_report(self, console)
+
+    def plot(self, out_dir: str | os.PathLike, metric: str | None = None) -> list[Path]:
+        """Write ``densities.png`` and, when a metric was measured, ``<metric>_vs_params.png``."""
+        out_dir = Path(out_dir)
+        written = []
+        dens = {r.name: r.density for r in self.layers if r.density is not None}
+        if dens:
+            written.append(plot_densities(dens, out_dir / "densities.png"))
+        names = [m for m in self.before.metrics if self.after is not None and m in self.after.metrics]
+        if metric is None and names:
+            metric = names[0]
+        if metric is not None and self.after is not None:
+            points = [("original", self.before.params, self.before.metrics[metric]),
+                      ("compressed", self.after.params, self.after.metrics[metric])]
+            written.append(plot_metric_vs_params(points, out_dir / f"{metric}_vs_params.png", metric))
+        return written
+
+
+def _fmt_int(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.3g}{unit}"
+    return str(n)
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    if a is None or b is None or a == 0:
+        return "-"
+    return f"{b / a:.3f}×"
+
+
+def print_report(report: CompressReport | Mapping[str, Any], console: Any = None) -> None:
+    """Pretty-print a report (object or its JSON dict) as rich tables."""
+    from rich.console import Console
+    from rich.table import Table
+
+    if isinstance(report, Mapping):
+        report = CompressReport.from_dict(report)
+    console = console or Console()
+    after = report.after
+    summary = Table(title=f"compress: {report.model}", title_justify="left")
+    summary.add_column("")
+    summary.add_column("before", justify="right")
+    summary.add_column("after", justify="right")
+    summary.add_column("after/before", justify="right")
+    b = report.before
+    summary.add_row("parameters", _fmt_int(b.params), _fmt_int(after and after.params),
+                    _ratio(b.params, after and after.params))
+    summary.add_row("MACs", _fmt_int(b.macs), _fmt_int(after and after.macs),
+                    _ratio(b.macs, after and after.macs))
+    if b.latency_ms is not None:
+        a_lat = after.latency_ms if after else None
+        summary.add_row("CPU latency (ms)", f"{b.latency_ms:.2f}", "-" if a_lat is None else f"{a_lat:.2f}",
+                        _ratio(b.latency_ms, a_lat))
+    for name, value in b.metrics.items():
+        a_val = after.metrics.get(name) if after else None
+        delta = "-" if a_val is None else f"{a_val - value:+.4g}"
+        summary.add_row(name, f"{value:.4g}", "-" if a_val is None else f"{a_val:.4g}", delta)
+    console.print(summary)
+    console.print(f"loss: {report.loss}\ninputs: {report.inputs}")
+    if report.layers:
+        layers = Table(title="layers", title_justify="left")
+        columns = (("layer", "left"), ("type", "left"), ("density", "right"), ("weight before", "right"),
+                   ("weight after", "right"), ("params after/before", "right"))
+        for col, just in columns:
+            layers.add_column(col, justify=just)
+        for r in report.layers:
+            layers.add_row(r.name, r.type, "-" if r.density is None else f"{r.density:.3f}",
+                           "×".join(map(str, r.shape_before)),
+                           "-" if r.shape_after is None else "×".join(map(str, r.shape_after)),
+                           _ratio(r.params_before, r.params_after))
+        console.print(layers)
+    if report.stages:
+        console.print("stages: " + ", ".join(f"{k} {v:.1f}s" for k, v in report.stages.items()))
+
+
+# ------------------------------------------------------------------------------------------------- plots
+def _save_figure(fig: Any, path: str | os.PathLike) -> Path:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return atomic_write_bytes(buf.getvalue(), path)
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("plots need matplotlib: pip install 'compresskit[plot]'") from e
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_densities(densities: Mapping[str, float], path: str | os.PathLike) -> Path:
+    """Bar chart of the density (nonzeros / size) of each layer's weight, in model order; PNG."""
+    if not densities:
+        raise ValueError("plot_densities: densities is empty")
+    plt = _pyplot()
+    names = list(densities)
+    values = [float(densities[n]) for n in names]
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * len(names) + 1.5), 3.5))
+    ax.bar(range(len(names)), values, color="#3b7dd8")
+    ax.set_xticks(range(len(names)), names, rotation=70, ha="right", fontsize=7)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("density (nonzero fraction)")
+    ax.set_title("weight density per layer after sparsification")
+    ax.grid(axis="y", alpha=0.3)
+    return _save_figure(fig, path)
+
+
+def plot_metric_vs_params(points: Sequence[tuple[str, int, float]], path: str | os.PathLike,
+                          metric: str = "metric") -> Path:
+    """Scatter of ``(label, parameters, metric value)`` points, parameters on a log axis; PNG."""
+    if not points:
+        raise ValueError("plot_metric_vs_params: points is empty")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for label, params, value in points:
+        if not (isinstance(value, (int, float)) and math.isfinite(value)):
+            continue
+        ax.scatter([params], [value], s=40)
+        ax.annotate(label, (params, value), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} vs parameters")
+    ax.grid(alpha=0.3)
+    return _save_figure(fig, path)
