@@ -320,7 +320,7 @@ def print_report(report: CompressReport | Mapping[str, Any], console: Any = None
     summary.add_column("after", justify="right")
     summary.add_column("after/before", justify="right")
     b = report.before
-    summary.add_row("parameters", _fmt_int(b.params), _fmt_int(after and after.params),
+    summary.add_row("parameters", f"{b.params:,}", "-" if after is None else f"{after.params:,}",
                     _ratio(b.params, after and after.params))
     summary.add_row("MACs", _fmt_int(b.macs), _fmt_int(after and after.macs),
                     _ratio(b.macs, after and after.macs))
