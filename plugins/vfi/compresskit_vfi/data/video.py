@@ -1,0 +1,233 @@
+"""Video files in and out with PyAV, and the clean-up that turns a clip into usable training frames.
+
+Reading decodes to uint8 RGB arrays (H, W, 3). Writing encodes RGB frames and replaces the output file
+atomically (``compresskit.io``), so a failure mid-way leaves no half-written video behind.
+
+Clean-up: a scene cut is a jump in the colour histogram between neighbouring frames (total-variation
+distance of 8×8×8-bin RGB histograms above ``cut_threshold``); a repeated frame is one whose mean absolute
+difference to the previous frame is below ``repeat_ratio`` times the median difference of its neighbours
+(a duplicated frame carries only compression noise). Interpolation triplets must not straddle a cut, and
+a duplicated frame would make the target equal an input, so :func:`clean_segments` drops repeats and
+splits at cuts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "VideoInfo",
+    "video_info",
+    "iter_video_frames",
+    "read_video",
+    "write_video",
+    "frame_differences",
+    "histogram_distances",
+    "cuts_from_distances",
+    "repeats_from_differences",
+    "detect_scene_cuts",
+    "detect_repeats",
+    "clean_segments",
+]
+
+# container format chosen from the output suffix, and the codec used there by default
+_CONTAINERS = {".mp4": ("mp4", "libx264"), ".mkv": ("matroska", "libx264"), ".mov": ("mov", "libx264"),
+               ".avi": ("avi", "mpeg4"), ".webm": ("webm", "libvpx-vp9")}
+
+
+def _av():
+    try:
+        import av
+    except ImportError as e:  # pragma: no cover - av is a dependency of the plugin
+        raise ImportError("video input/output needs PyAV: pip install av") from e
+    return av
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    path: str
+    width: int
+    height: int
+    fps: Fraction
+    frames: int  # as declared by the container (0 when unknown)
+
+
+def _open(path: str | os.PathLike):
+    av = _av()
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"video {str(p)!r} does not exist")
+    try:
+        container = av.open(str(p))
+    except Exception as e:
+        raise ValueError(f"video {str(p)!r} could not be opened by PyAV: {e}") from e
+    if not container.streams.video:
+        container.close()
+        raise ValueError(f"video {str(p)!r} has no video stream")
+    return container
+
+
+def video_info(path: str | os.PathLike) -> VideoInfo:
+    """Size, frame rate and declared frame count of ``path``."""
+    with _open(path) as c:
+        s = c.streams.video[0]
+        rate = s.average_rate or s.guessed_rate or Fraction(25)
+        return VideoInfo(str(path), s.codec_context.width, s.codec_context.height, Fraction(rate),
+                         int(s.frames or 0))
+
+
+def iter_video_frames(path: str | os.PathLike, max_frames: int | None = None) -> Iterator[np.ndarray]:
+    """Decode ``path`` frame by frame as uint8 RGB (H, W, 3) arrays."""
+    container = _open(path)
+    try:
+        for i, frame in enumerate(container.decode(video=0)):
+            if max_frames is not None and i >= max_frames:
+                break
+            yield frame.to_ndarray(format="rgb24")
+    except Exception as e:
+        if isinstance(e, (GeneratorExit, KeyboardInterrupt)):
+            raise
+        raise ValueError(f"video {str(path)!r} could not be decoded: {e}") from e
+    finally:
+        container.close()
+
+
+def read_video(path: str | os.PathLike, max_frames: int | None = None) -> np.ndarray:
+    """All frames of ``path`` as one uint8 array (T, H, W, 3)."""
+    frames = list(iter_video_frames(path, max_frames))
+    if not frames:
+        raise ValueError(f"video {str(path)!r} contains no decodable frames")
+    return np.stack(frames)
+
+
+def write_video(frames: Iterable[np.ndarray], path: str | os.PathLike, fps: float | Fraction = 25,
+                codec: str | None = None, crf: int = 18) -> int:
+    """Encode uint8 RGB frames (H, W, 3) to ``path``; the file appears only when encoding succeeded.
+
+    The container comes from the suffix (.mp4 .mkv .mov .avi .webm); the codec defaults to H.264
+    (MPEG-4 part 2 for .avi). Returns the number of frames written.
+    """
+    from compresskit.io import atomic_write
+
+    av = _av()
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in _CONTAINERS:
+        raise ValueError(f"output {str(path)!r}: unsupported video suffix {suffix!r}; "
+                         f"expected one of {sorted(_CONTAINERS)}")
+    fmt, default_codec = _CONTAINERS[suffix]
+    codec = codec or default_codec
+    rate = Fraction(fps).limit_denominator(100000)
+    count = 0
+
+    def encode(f) -> None:
+        nonlocal count
+        with av.open(f, "w", format=fmt) as out:
+            stream = None
+            for frame in frames:
+                frame = np.ascontiguousarray(frame)
+                if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+                    raise ValueError(f"write_video: frames must be uint8 (H, W, 3), got {frame.dtype} "
+                                     f"{frame.shape}")
+                if stream is None:
+                    h, w = frame.shape[:2]
+                    stream = out.add_stream(codec, rate=rate)
+                    stream.width, stream.height = w, h
+                    # 4:2:0 needs even sizes; odd frames keep full chroma instead of being cropped
+                    even = h % 2 == 0 and w % 2 == 0
+                    stream.pix_fmt = "yuv420p" if even or codec == "mpeg4" else "yuv444p"
+                    if codec in ("libx264", "libx264rgb"):
+                        stream.options = {"crf": str(crf)}
+                    size = (h, w)
+                elif frame.shape[:2] != size:
+                    raise ValueError(f"write_video: frame {count} has size {frame.shape[:2]}, "
+                                     f"the first frame had {size}")
+                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                    out.mux(packet)
+                count += 1
+            if stream is None:
+                raise ValueError(f"write_video: no frames to write to {str(path)!r}")
+            for packet in stream.encode():
+                out.mux(packet)
+
+    atomic_write(path, encode)
+    return count
+
+
+# --------------------------------------------------------------------------------------------- clean-up
+
+def frame_differences(frames: np.ndarray) -> np.ndarray:
+    """Mean absolute difference (8-bit levels) between each frame and the next: shape (T-1,)."""
+    f = np.asarray(frames)
+    out = np.empty(max(len(f) - 1, 0), dtype=np.float64)
+    for i in range(len(out)):
+        out[i] = np.abs(f[i + 1].astype(np.int16) - f[i].astype(np.int16)).mean()
+    return out
+
+
+def _histogram(frame: np.ndarray) -> np.ndarray:
+    q = frame.astype(np.int64) // 32
+    idx = (q[..., 0] * 64 + q[..., 1] * 8 + q[..., 2]).ravel()
+    h = np.bincount(idx, minlength=512).astype(np.float64)
+    return h / h.sum()
+
+
+def histogram_distances(frames: np.ndarray) -> np.ndarray:
+    """Total-variation distance ½Σ|h_{t+1} − h_t| of 512-bin RGB histograms: shape (T-1,), in [0, 1]."""
+    hists = [_histogram(f) for f in frames]
+    return np.array([0.5 * np.abs(hists[i + 1] - hists[i]).sum() for i in range(len(hists) - 1)])
+
+
+def cuts_from_distances(hist_distances: np.ndarray, cut_threshold: float = 0.2) -> list[int]:
+    """Cut indices from :func:`histogram_distances` (a cut after frame ``i`` when ``d[i] > threshold``)."""
+    return [int(i) for i in np.flatnonzero(np.asarray(hist_distances) > cut_threshold)]
+
+
+def repeats_from_differences(differences: np.ndarray, repeat_ratio: float = 0.2,
+                             window: int = 4) -> list[int]:
+    """Repeat indices from :func:`frame_differences`: ``d[i] < ratio · median(d[i-w..i+w] ∖ d[i])``."""
+    d = np.asarray(differences, dtype=np.float64)
+    repeats = []
+    for i in range(len(d)):
+        neighbours = np.concatenate([d[max(0, i - window):i], d[i + 1:i + 1 + window]])
+        if len(neighbours) and d[i] < repeat_ratio * np.median(neighbours):
+            repeats.append(i)
+    return repeats
+
+
+def detect_scene_cuts(frames: np.ndarray, cut_threshold: float = 0.2) -> list[int]:
+    """Indices ``i`` such that a scene cut lies between frame ``i`` and frame ``i+1``."""
+    return cuts_from_distances(histogram_distances(frames), cut_threshold)
+
+
+def detect_repeats(frames: np.ndarray, repeat_ratio: float = 0.2, window: int = 4) -> list[int]:
+    """Indices ``i`` such that frame ``i+1`` repeats frame ``i`` (its difference ≪ its neighbours')."""
+    return repeats_from_differences(frame_differences(frames), repeat_ratio, window)
+
+
+def clean_segments(frames: np.ndarray | int, cut_threshold: float = 0.2, repeat_ratio: float = 0.2,
+                   cuts: Iterable[int] | None = None,
+                   repeats: Iterable[int] | None = None) -> list[list[int]]:
+    """Split a clip into runs of distinct, continuous frames: returns lists of frame indices.
+
+    Frame ``i+1`` is dropped for every repeat ``i``; a new segment starts after every cut ``i``. Cuts and
+    repeats are detected unless given (then ``frames`` may be just the frame count).
+    """
+    if isinstance(frames, int) and (cuts is None or repeats is None):
+        raise ValueError("clean_segments: give the frames, or both cuts and repeats with a frame count")
+    n = frames if isinstance(frames, int) else len(frames)
+    cut_set = set(detect_scene_cuts(frames, cut_threshold) if cuts is None else cuts)
+    dup_set = {i + 1 for i in (detect_repeats(frames, repeat_ratio) if repeats is None else repeats)}
+    segments: list[list[int]] = [[]]
+    for i in range(n):
+        if i not in dup_set:
+            segments[-1].append(i)
+        if i in cut_set:
+            segments.append([])
+    return [s for s in segments if s]
