@@ -235,7 +235,8 @@ class AdaCoF(nn.Module):
                  widths: Mapping[str, Sequence[int]] | None = None):
         super().__init__()
         self._init_op(kernel_size, dilation)
-        self.get_kernel = KernelEstimation(kernel_size, dense_widths(kernel_size) if widths is None else widths)
+        widths = dense_widths(kernel_size) if widths is None else widths
+        self.get_kernel = KernelEstimation(kernel_size, widths)
 
     def _init_op(self, kernel_size: int, dilation: int) -> None:
         """Validate and store the op's F and d, and the frame mean (a buffer outside the state_dict)."""
