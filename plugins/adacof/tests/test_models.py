@@ -25,7 +25,8 @@ SHARED = Path(__file__).resolve().parents[4] / "shared" / "reference" / "checkpo
 MODELS = {
     "adacof": (lambda: AdaCoF(5, 1), "adacof_f5_d1.json", 21_843_427),
     "adacof_plus": (lambda: AdaCoF(11, 2), "adacof_f11_d2.json", 22_933_219),
-    "compressed_adacof": (lambda: AdaCoF(5, 1, compressed_widths()), "compressed_adacof_f5_d1.json", 2_452_094),
+    "compressed_adacof": (lambda: AdaCoF(5, 1, compressed_widths()), "compressed_adacof_f5_d1.json",
+                          2_452_094),
     "compressed_adacof_plus": (lambda: AdaCoF(11, 2, compressed_widths()), "compressed_adacof_f11_d2.json",
                                2_557_214),
     "cdfi": (lambda: CDFI(), "cdfi.json", 4_976_718),
