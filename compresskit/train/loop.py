@@ -1,0 +1,604 @@
+"""One training loop for both stages (l1-regularised sparsification and retraining / distillation).
+
+``train(model, train_loader, loss_fn)`` calls ``model(*inputs_fn(batch))`` (default ``batch[:-1]``) and
+``loss_fn(output, batch)`` on every micro-batch, steps the optimizer every ``grad_accum`` micro-batches,
+and handles the rest: DDP under ``torchrun``, AMP on GPU, gradient clipping, validation with the best
+checkpoint kept, atomic checkpoints with exact resume, a progress bar and ``metrics.jsonl``.
+
+Defaults are the papers': Adamax (lr 1e-3, β 0.9/0.999) and StepLR(20 epochs, γ 0.5). Any
+``torch.optim.Optimizer`` (e.g. ``ck.OBProxSG``) plugs in as ``optimizer=``, or a factory
+``params -> Optimizer``; ``scheduler=`` takes a scheduler or a factory ``optimizer -> scheduler``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from compresskit.config import TrainConfig
+from compresskit.io import atomic_torch_save
+from compresskit.train import checkpoint as ckpt
+from compresskit.train.data import EpochLoader
+from compresskit.train.distributed import DistContext, all_reduce_mean, all_reduce_sum, gather_objects, setup
+from compresskit.train.progress import MetricsLog, ProgressBar
+
+LossFn = Callable[[Any, Any], "torch.Tensor | Mapping[str, torch.Tensor]"]
+OptimizerArg = "torch.optim.Optimizer | Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; training stopped before the bad step touched the weights."""
+
+
+class BatchError(ValueError):
+    """A batch is not what the loop expected (type, length, tensor rank or dtype)."""
+
+
+class Callback:
+    """Hooks into a run; override what you need. ``state_dict`` is saved in checkpoints and restored."""
+
+    def on_train_start(self, trainer: Trainer) -> None: ...
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        """After each optimizer step (``trainer.step`` already counts it)."""
+
+    def on_validation_end(self, trainer: Trainer, values: dict[str, float]) -> None: ...
+
+    def on_train_end(self, trainer: Trainer) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    """What a run leaves: the trained model and where it stands."""
+
+    model: nn.Module
+    step: int
+    epoch: int
+    loss: float | None
+    best: float | None = None
+    best_step: int | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    out_dir: Path | None = None
+    last_checkpoint: Path | None = None
+    best_checkpoint: Path | None = None
+
+
+def default_inputs(batch: Any) -> tuple[Any, ...]:
+    """``batch[:-1]``: every element but the last (the target)."""
+    return tuple(batch[:-1])
+
+
+class Trainer:
+    """The loop behind :func:`train`; see the module docstring. ``Trainer(...).fit() -> TrainResult``."""
+
+    def __init__(self, model: nn.Module, train_loader: Iterable[Any], loss_fn: LossFn, *,
+                 optimizer: Any = None, scheduler: Any = None, config: TrainConfig | None = None,
+                 val_loader: Iterable[Any] | None = None,
+                 metrics: Mapping[str, Callable[[Any, Any], Any]] | None = None,
+                 inputs_fn: Callable[[Any], Sequence[Any]] | None = None,
+                 out_dir: str | os.PathLike | None = None, resume: bool = True,
+                 callbacks: Sequence[Callback] = ()):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable as loss_fn(output, batch), got {type(loss_fn).__name__}")
+        if config is None:
+            config = TrainConfig()
+        if not isinstance(config, TrainConfig):
+            raise TypeError(f"config must be a compresskit TrainConfig, got {type(config).__name__}")
+        if metrics is not None and not (isinstance(metrics, Mapping)
+                                        and all(callable(f) for f in metrics.values())):
+            raise TypeError("metrics must be a mapping {name: fn(output, batch) -> number}")
+        if inputs_fn is not None and not callable(inputs_fn):
+            raise TypeError(f"inputs_fn must be callable as inputs_fn(batch), got {type(inputs_fn).__name__}")
+        if train_loader is None:
+            raise TypeError("train_loader must be a DataLoader (or re-iterable batches), got None")
+        self.model = model
+        self.train_loader = train_loader
+        self.loss_fn = loss_fn
+        self.optimizer_arg = optimizer
+        self.scheduler_arg = scheduler
+        self.config = config
+        self.val_loader = val_loader
+        self.metrics = dict(metrics or {})
+        self.inputs_fn = inputs_fn
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.resume = resume
+        self.callbacks = list(callbacks)
+        # run state, readable by callbacks
+        self.step = 0
+        self.epoch = 0
+        self.position = 0  # micro-batches of the current epoch already consumed
+        self.best: float | None = None
+        self.best_step: int | None = None
+        self.last_output: Any = None
+        self.last_batch: Any = None
+        self.last_checkpoint: Path | None = None
+        self.best_checkpoint: Path | None = None
+        self.ctx = DistContext()
+        self.device = torch.device("cpu")
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: Any = None
+        self._batch_spec: list[Any] | None = None
+        self._pending_logs: dict[str, list[float]] = {}
+
+    # ------------------------------------------------------------------ set-up
+    def _resolve_device(self) -> torch.device:
+        want = self.config.device
+        if want == "auto":
+            return torch.device(f"cuda:{self.ctx.local_rank}" if torch.cuda.is_available() else "cpu")
+        device = torch.device(want)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"config.device={want!r} but CUDA is not available")
+        return device
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        arg, cfg = self.optimizer_arg, self.config
+        if isinstance(arg, torch.optim.Optimizer):
+            mine = {id(p) for p in self.model.parameters()}
+            for group in arg.param_groups:
+                if any(id(p) not in mine for p in group["params"]):
+                    raise ValueError("optimizer holds parameters that are not the model's (was it built for "
+                                     "another copy of the model?); pass a factory params -> Optimizer instead")
+            return arg
+        if not params:
+            raise ValueError("model has no parameters with requires_grad=True: nothing to train")
+        if callable(arg):
+            opt = arg(params)
+            if not isinstance(opt, torch.optim.Optimizer):
+                raise TypeError(f"the optimizer factory must return a torch.optim.Optimizer, "
+                                f"got {type(opt).__name__}")
+            return opt
+        if arg is not None:
+            raise TypeError("optimizer must be a torch.optim.Optimizer, a factory params -> Optimizer, or None; "
+                            f"got {type(arg).__name__}")
+        if cfg.optimizer == "adamax":
+            return torch.optim.Adamax(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        if cfg.optimizer == "adam":
+            return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        if cfg.optimizer == "adamw":
+            return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+    def _build_scheduler(self, total_intervals: int | None) -> Any:
+        arg, cfg = self.scheduler_arg, self.config
+        if arg is None:
+            if cfg.scheduler == "none":
+                return None
+            if cfg.scheduler == "step":
+                return torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+            if total_intervals is None:
+                raise ValueError("scheduler='cosine' needs a known length: give config.steps or a loader "
+                                 "with len()")
+            return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(1, total_intervals))
+        if hasattr(arg, "step") and hasattr(arg, "state_dict"):
+            if getattr(arg, "optimizer", self.optimizer) is not self.optimizer:
+                raise ValueError("scheduler drives a different optimizer than the one being trained; pass a "
+                                 "factory optimizer -> scheduler instead")
+            return arg
+        if callable(arg):
+            return arg(self.optimizer)
+        raise TypeError("scheduler must be an LR scheduler, a factory optimizer -> scheduler, or None; "
+                        f"got {type(arg).__name__}")
+
+    # ------------------------------------------------------------------ batches
+    def _inputs(self, batch: Any, where: str) -> tuple[Any, ...]:
+        if self.inputs_fn is not None:
+            inputs = self.inputs_fn(batch)
+            if isinstance(inputs, torch.Tensor):
+                return (inputs,)
+            if not isinstance(inputs, (tuple, list)):
+                raise BatchError(f"inputs_fn must return a tuple or list of model inputs (or one tensor), "
+                                 f"got {type(inputs).__name__} for {where}")
+            return tuple(inputs)
+        if not isinstance(batch, (tuple, list)):
+            raise BatchError(f"{where}: expected a tuple or list (input_1, ..., input_n, target) so that the "
+                             f"model is called as model(*batch[:-1]); got {type(batch).__name__}. "
+                             "Pass inputs_fn=... to call the model another way")
+        if len(batch) < 2:
+            raise BatchError(f"{where}: expected at least 2 elements (input_1, ..., input_n, target), "
+                             f"got {len(batch)}")
+        return default_inputs(batch)
+
+    def _check_spec(self, batch: Any, where: str) -> None:
+        """Every training batch must look like the first: same length, tensor ranks and dtypes."""
+        if not isinstance(batch, (tuple, list)):
+            return
+        spec = [_describe(x) for x in batch]
+        if self._batch_spec is None:
+            self._batch_spec = spec
+            return
+        if len(spec) != len(self._batch_spec):
+            raise BatchError(f"{where}: expected {len(self._batch_spec)} elements like the first batch "
+                             f"({_fmt_spec(self._batch_spec)}), got {len(spec)} ({_fmt_spec(spec)})")
+        for i, (want, got) in enumerate(zip(self._batch_spec, spec)):
+            if want != got:
+                raise BatchError(f"{where}: element {i} should be {_fmt_one(want)} like in the first batch, "
+                                 f"got {_fmt_one(got)}")
+
+    def _forward(self, module: nn.Module, batch: Any, where: str) -> tuple[Any, torch.Tensor, dict[str, float]]:
+        inputs = self._inputs(batch, where)
+        try:
+            output = module(*inputs)
+        except (RuntimeError, ValueError, TypeError, IndexError) as e:
+            raise BatchError(f"{where}: model(*inputs) failed for inputs {_fmt_spec([_shape(x) for x in inputs])}"
+                             f": {e}") from e
+        result = self.loss_fn(output, batch)
+        loss, parts = _split_loss(result)
+        return output, loss, parts
+
+    # ------------------------------------------------------------------ checkpoints
+    def _unwrapped(self) -> nn.Module:
+        return self.model
+
+    def _state(self, log_len: int, rng: list[Any]) -> dict[str, Any]:
+        return {
+            "step": self.step, "epoch": self.epoch, "position": self.position,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self._scaler.state_dict() if self._scaler is not None else None,
+            "rng": rng, "world_size": self.ctx.world_size,
+            "best": self.best, "best_step": self.best_step,
+            "callbacks": [cb.state_dict() for cb in self.callbacks],
+            "log_len": log_len,
+            "config": self.config.model_dump(mode="json"),
+        }
+
+    def _save(self) -> None:
+        rng = gather_objects(ckpt.rng_state(), self.ctx)  # every rank's generators
+        if self.out_dir is not None and self.ctx.is_main:
+            self.last_checkpoint = ckpt.save_checkpoint(self._state(len(self._log), rng), self.out_dir,
+                                                        self.step, self.config.keep_last)
+        self._saved_at = (self.step, self.epoch, self.position)
+
+    def _restore(self, path: Path) -> None:
+        state = ckpt.load_checkpoint(path)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self._scaler is not None and state["scaler"] is not None:
+            self._scaler.load_state_dict(state["scaler"])
+        if len(state["callbacks"]) != len(self.callbacks):
+            raise ValueError(f"checkpoint {str(path)!r} was written with {len(state['callbacks'])} callbacks, "
+                             f"this run has {len(self.callbacks)}")
+        for cb, cb_state in zip(self.callbacks, state["callbacks"]):
+            cb.load_state_dict(cb_state)
+        self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
+        self.best, self.best_step = state["best"], state["best_step"]
+        if state["world_size"] == self.ctx.world_size:
+            ckpt.set_rng_state(state["rng"][self.ctx.rank])
+        else:
+            warnings.warn(f"checkpoint written with {state['world_size']} processes, resuming with "
+                          f"{self.ctx.world_size}: data order continues, random generators are reseeded",
+                          stacklevel=3)
+            ckpt.seed_everything(self.config.seed + self.ctx.rank + self.step)
+        self._log.truncate(state["log_len"])
+        self.last_checkpoint = path
+        best = self.out_dir / "best.pt" if self.out_dir is not None else None
+        self.best_checkpoint = best if best is not None and best.is_file() else None
+        self._saved_at = (self.step, self.epoch, self.position)
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> dict[str, float]:
+        """Mean loss and metrics over ``val_loader`` (weighted by batch size, all ranks together)."""
+        if self._val is None:
+            raise ValueError("validate() needs a val_loader")
+        module = self._unwrapped()
+        was_training = module.training
+        cpu_rng = torch.get_rng_state()  # validation must not move the training run's random streams
+        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        names = ["val_loss", *self.metrics]
+        sums = torch.zeros(len(names) + 1, dtype=torch.float64)
+        module.eval()
+        try:
+            with torch.no_grad(), self._autocast():
+                for i, batch in enumerate(self._val.batches(0)):
+                    batch = _to_device(batch, self.device)
+                    output, loss, _ = self._forward(module, batch, f"val_loader batch {i}")
+                    n = _batch_size(batch)
+                    sums[0] += float(loss) * n
+                    for j, fn in enumerate(self.metrics.values(), start=1):
+                        sums[j] += float(fn(output, batch)) * n
+                    sums[-1] += n
+        finally:
+            module.train(was_training)
+            torch.set_rng_state(cpu_rng)
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state_all(cuda_rng)
+        sums = all_reduce_sum(sums, self.ctx)
+        if sums[-1] == 0:
+            raise ValueError("val_loader yielded no batches")
+        return {name: float(sums[k] / sums[-1]) for k, name in enumerate(names)}
+
+    def _run_validation(self) -> None:
+        values = self.validate()
+        monitor = self.config.monitor
+        if monitor not in values:
+            raise ValueError(f"config.monitor={monitor!r} is not among the validation values {sorted(values)}")
+        value = values[monitor]
+        better = self.best is None or (value < self.best if self.config.mode == "min" else value > self.best)
+        if better and math.isfinite(value):
+            self.best, self.best_step = value, self.step
+            if self.out_dir is not None and self.ctx.is_main:
+                self.best_checkpoint = atomic_torch_save(
+                    {"format": ckpt.FORMAT, "model": self.model.state_dict(), "step": self.step,
+                     "monitor": monitor, "value": value}, self.out_dir / "best.pt")
+        self._log.append({"kind": "val", "step": self.step, "epoch": self.epoch, **values,
+                          "best": self.best, "best_step": self.best_step})
+        for cb in self.callbacks:
+            cb.on_validation_end(self, values)
+
+    # ------------------------------------------------------------------ the loop
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.config.amp == "none" or self.device.type != "cuda":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.config.amp == "bf16" else torch.float16
+        return torch.autocast(device_type="cuda", dtype=dtype)
+
+    def log(self, name: str, value: float) -> None:
+        """Add a value to the next train record of metrics.jsonl (averaged over the logging window)."""
+        self._pending_logs.setdefault(name, []).append(float(value))
+
+    def fit(self) -> TrainResult:
+        cfg = self.config
+        self.ctx = setup(cfg.backend)
+        self.device = self._resolve_device()
+        if cfg.amp != "none" and self.device.type != "cuda":
+            warnings.warn(f"config.amp={cfg.amp!r} only applies on a CUDA device; training on "
+                          f"{self.device.type} in full precision", stacklevel=2)
+        self.model.to(self.device)
+        self.optimizer = self._build_optimizer()
+        self._scaler = (torch.amp.GradScaler("cuda") if cfg.amp == "fp16" and self.device.type == "cuda"
+                        else None)
+        self._train = EpochLoader(self.train_loader, ctx=self.ctx, seed=cfg.seed, name="train_loader")
+        self._val = (EpochLoader(self.val_loader, ctx=self.ctx, seed=cfg.seed, name="val_loader")
+                     if self.val_loader is not None else None)
+        n_batches = self._train.batches_per_epoch()
+        if n_batches == 0:
+            raise ValueError("train_loader yields no batches (empty dataset, or fewer samples than batch_size "
+                             "with drop_last=True)")
+        steps_per_epoch = math.ceil(n_batches / cfg.grad_accum) if n_batches is not None else None
+        epochs = None if cfg.steps is not None else (cfg.epochs or 1)
+        max_steps = cfg.steps
+        total = cfg.steps if cfg.steps is not None else (
+            epochs * steps_per_epoch if steps_per_epoch is not None else None)
+        intervals = total if cfg.scheduler_interval == "step" else (
+            epochs if epochs is not None else (math.ceil(total / steps_per_epoch) if steps_per_epoch else None))
+        self.scheduler = self._build_scheduler(intervals)
+
+        is_main = self.ctx.is_main
+        self._log = MetricsLog(self.out_dir / "metrics.jsonl" if self.out_dir is not None and is_main else None)
+        self._saved_at: tuple[int, int, int] | None = None
+        latest = ckpt.latest_checkpoint(self.out_dir) if self.out_dir is not None and self.resume else None
+        if latest is not None:
+            self._restore(latest)
+        else:
+            self._log.truncate(0)
+            ckpt.seed_everything(cfg.seed + self.ctx.rank)
+        if self.out_dir is not None and is_main:
+            cfg.dump(self.out_dir / "config.json")
+
+        module: nn.Module = self.model
+        if self.ctx.distributed:
+            module = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=cfg.find_unused_parameters)
+        self.model.train()
+        for cb in self.callbacks:
+            cb.on_train_start(self)
+
+        bar = ProgressBar(total, enabled=cfg.progress and is_main, description="train")
+        bar.start(self.step)
+        last_loss: float | None = None
+        t_last = time.perf_counter()
+        window: list[float] = []
+        try:
+            def done() -> bool:
+                return (max_steps is not None and self.step >= max_steps) or (
+                    epochs is not None and self.epoch >= epochs)
+
+            while not done():
+                seen_any = self.position > 0
+                group: list[tuple[torch.Tensor, dict[str, float]]] = []
+                ended_early = False
+                for batch in self._train.batches(self.epoch, self.position):
+                    where = f"train_loader batch {self.position} of epoch {self.epoch}"
+                    seen_any = True
+                    self._check_spec(batch, where)
+                    batch = _to_device(batch, self.device)
+                    group_start = self.position - len(group)
+                    group_size = (min(cfg.grad_accum, n_batches - group_start) if n_batches is not None
+                                  else cfg.grad_accum)
+                    last_micro = len(group) + 1 == group_size
+                    sync = (module.no_sync() if self.ctx.distributed and not last_micro
+                            else contextlib.nullcontext())
+                    with sync:
+                        with self._autocast():
+                            output, loss, parts = self._forward(module, batch, where)
+                        _check_scalar(loss, where)
+                        scaled = loss.float() / group_size
+                        (self._scaler.scale(scaled) if self._scaler is not None else scaled).backward()
+                    self.position += 1
+                    self.last_output, self.last_batch = output, batch
+                    group.append((loss.detach().float(), parts))
+                    if last_micro:
+                        last_loss = self._optimizer_step(group, where)
+                        group = []
+                        window.append(last_loss)
+                        if self.step % cfg.log_every == 0 or (max_steps is not None and self.step >= max_steps):
+                            now = time.perf_counter()
+                            self._log_train(window, now - t_last)
+                            window, t_last = [], now
+                        bar.update(self.step, last_loss)
+                        if cfg.val_every is not None and self._val is not None and self.step % cfg.val_every == 0:
+                            self._run_validation()
+                        if cfg.checkpoint_every is not None and self.step % cfg.checkpoint_every == 0:
+                            self._save()
+                        if max_steps is not None and self.step >= max_steps:
+                            ended_early = True
+                            break
+                if not seen_any:
+                    raise ValueError(f"train_loader yielded no batches in epoch {self.epoch}")
+                if ended_early:
+                    break
+                if group:  # loaders without len(): the epoch's last, partial accumulation group
+                    last_loss = self._optimizer_step(group, f"end of epoch {self.epoch}")
+                    window.append(last_loss)
+                    bar.update(self.step, last_loss)
+                # end of epoch
+                if self.scheduler is not None and cfg.scheduler_interval == "epoch":
+                    self.scheduler.step()
+                self.epoch += 1
+                self.position = 0
+                if cfg.val_every is None and self._val is not None:
+                    self._run_validation()
+                if cfg.checkpoint_every is None:
+                    self._save()
+            if window:
+                self._log_train(window, time.perf_counter() - t_last)
+            if self._saved_at != (self.step, self.epoch, self.position):
+                self._save()
+        finally:
+            bar.close()
+        if cfg.load_best and self.best_checkpoint is not None:
+            best = torch.load(self.best_checkpoint, map_location=self.device, weights_only=True)
+            self.model.load_state_dict(best["model"])
+        for cb in self.callbacks:
+            cb.on_train_end(self)
+        return TrainResult(model=self.model, step=self.step, epoch=self.epoch, loss=last_loss, best=self.best,
+                           best_step=self.best_step, history=list(self._log.records), out_dir=self.out_dir,
+                           last_checkpoint=self.last_checkpoint, best_checkpoint=self.best_checkpoint)
+
+    def _optimizer_step(self, group: list[tuple[torch.Tensor, dict[str, float]]], where: str) -> float:
+        cfg = self.config
+        local = torch.stack([loss for loss, _ in group]).mean().cpu()
+        mean_loss = float(all_reduce_mean(local.to(self.device), self.ctx))
+        if not math.isfinite(mean_loss):
+            self.optimizer.zero_grad(set_to_none=True)
+            kept = (f"the last good checkpoint is {str(self.last_checkpoint)!r}" if self.last_checkpoint
+                    else "no checkpoint was written before it")
+            raise NonFiniteLossError(
+                f"loss is {mean_loss} at step {self.step + 1} ({where}); training stopped before this step "
+                f"changed the weights, {kept}. Lower the learning rate, clip gradients (config.grad_clip) "
+                "or check the data for NaN/inf")
+        for _, parts in group:
+            for name, value in parts.items():
+                self.log(name, value)
+        if cfg.grad_clip is not None:
+            if self._scaler is not None:
+                self._scaler.unscale_(self.optimizer)
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        if self._scaler is not None:
+            self._scaler.step(self.optimizer)
+            self._scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        if self.scheduler is not None and cfg.scheduler_interval == "step":
+            self.scheduler.step()
+        for cb in self.callbacks:
+            cb.on_step_end(self)
+        return mean_loss
+
+    def _log_train(self, window: list[float], seconds: float) -> None:
+        extra = {k: sum(v) / len(v) for k, v in self._pending_logs.items() if v}
+        self._pending_logs = {}
+        self._log.append({"kind": "train", "step": self.step, "epoch": self.epoch,
+                          "loss": sum(window) / len(window), "lr": self.optimizer.param_groups[0]["lr"],
+                          "steps_per_s": len(window) / seconds if seconds > 0 else None, **extra})
+
+
+def train(model: nn.Module, train_loader: Iterable[Any], loss_fn: LossFn, *, optimizer: Any = None,
+          scheduler: Any = None, config: TrainConfig | None = None, val_loader: Iterable[Any] | None = None,
+          metrics: Mapping[str, Callable[[Any, Any], Any]] | None = None,
+          inputs_fn: Callable[[Any], Sequence[Any]] | None = None, out_dir: str | os.PathLike | None = None,
+          resume: bool = True, callbacks: Sequence[Callback] = ()) -> TrainResult:
+    """Train ``model`` on ``train_loader`` minimising ``loss_fn(model(*inputs_fn(batch)), batch)``.
+
+    See :class:`Trainer` and :class:`compresskit.TrainConfig`; with ``out_dir`` the run writes
+    ``config.json``, ``metrics.jsonl``, ``ckpt-step*.pt`` and ``best.pt`` there, and ``resume=True``
+    continues exactly from the newest checkpoint found.
+    """
+    return Trainer(model, train_loader, loss_fn, optimizer=optimizer, scheduler=scheduler, config=config,
+                   val_loader=val_loader, metrics=metrics, inputs_fn=inputs_fn, out_dir=out_dir,
+                   resume=resume, callbacks=callbacks).fit()
+
+
+# ---------------------------------------------------------------------- helpers
+def _split_loss(result: Any) -> tuple[torch.Tensor, dict[str, float]]:
+    if isinstance(result, Mapping):
+        if "loss" not in result:
+            raise TypeError("loss_fn returned a mapping without a 'loss' entry")
+        parts = {k: float(v) for k, v in result.items() if k != "loss"}
+        return result["loss"], parts
+    return result, {}
+
+
+def _check_scalar(loss: Any, where: str) -> None:
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        got = f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__
+        raise TypeError(f"loss_fn must return a scalar tensor (or a mapping with 'loss'), got {got} at {where}")
+    if not loss.requires_grad:
+        raise ValueError(f"the loss does not depend on any trainable parameter at {where} (requires_grad is "
+                         "False): does loss_fn detach the output or use torch.no_grad()?")
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
+        return type(batch)(*(_to_device(x, device) for x in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(x, device) for x in batch)
+    if isinstance(batch, Mapping):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def _batch_size(batch: Any) -> int:
+    items = batch if isinstance(batch, (tuple, list)) else [batch]
+    for x in items:
+        if isinstance(x, torch.Tensor) and x.dim() > 0:
+            return int(x.shape[0])
+    return 1
+
+
+def _describe(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return ("tensor", x.dim(), str(x.dtype).replace("torch.", ""))
+    return (type(x).__name__,)
+
+
+def _shape(x: Any) -> Any:
+    return tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+
+
+def _fmt_one(spec: Any) -> str:
+    if spec[0] == "tensor":
+        return f"a {spec[1]}-d {spec[2]} tensor"
+    return f"a {spec[0]}"
+
+
+def _fmt_spec(spec: list[Any]) -> str:
+    return ", ".join(_fmt_one(s) if isinstance(s, tuple) and s and s[0] in ("tensor",) else str(s) for s in spec)
