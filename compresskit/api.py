@@ -295,6 +295,7 @@ def compress(
     metrics: Mapping[str, Metric] | list[Metric] | Metric | None = None,
     *,
     inputs_fn: Callable[[Any], tuple] | None = None,
+    stop_after: str | None = None,
 ) -> CompressResult:
     """Compress ``model`` the way the ST-MFNet Mini / CDFI papers did; ``model`` itself is left unchanged.
 
@@ -308,7 +309,9 @@ def compress(
 
     ``loss_fn(output, batch)`` receives the whole batch; default: the registered model's loss, else
     L1 between the output and ``batch[-1]``. ``metrics``: ``{name: fn(output, batch)}`` (default, with a
-    ``val_loader``: the loss). The report records which loss and inputs were used.
+    ``val_loader``: the loss). The report records which loss and inputs were used. ``inputs_fn(batch)``
+    overrides how a batch becomes the model's inputs; ``stop_after`` ("sparsify", "plan", "shrink") ends
+    the run early with that stage's model (the CLI's stage commands).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
@@ -327,6 +330,8 @@ def compress(
         raise TypeError(f"config: expected a CompressConfig or a mapping of its fields, "
                         f"got {type(config).__name__}")
     metrics = normalize_metrics(metrics)
+    if stop_after is not None and stop_after not in _STOPS:
+        raise ValueError(f"stop_after: expected one of {_STOPS} or None, got {stop_after!r}")
 
     from compresskit.config import DistillConfig, TrainConfig
     from compresskit.graph.trace import trace
@@ -359,6 +364,14 @@ def compress(
             s.metrics = evaluate(m, val_loader, metrics, r.inputs_fn, config.eval_batches)
         return s
 
+    def finish(final: nn.Module, plan: Any, stage: str) -> CompressResult:
+        return _finish(model=model, final=final, plan=plan, stage=stage, r=r, name=name, before=before,
+                       after=stats(final), densities=densities, widths=widths, timings=timings, config=config,
+                       out_dir=out_dir, console=console)
+
+    densities: dict[str, float] = {}
+    widths: dict[str, list[int]] = {}
+
     # 0. trace and measure the original
     t0 = time.perf_counter()
     console.rule(f"[bold]compress {name}")
@@ -389,6 +402,9 @@ def compress(
               out_dir=stages.train_dir("sparsify", fp_sparse), resume=config.resume)
         stages.save("sparsified.pt", fp_sparse, state_dict=work.state_dict())
     timings["sparsify"] = time.perf_counter() - t0
+    if stop_after == "sparsify":
+        densities = layer_densities(work)
+        return finish(work, None, "sparsified")
 
     # 2. densities and plan
     t0 = time.perf_counter()
@@ -400,6 +416,8 @@ def compress(
         atomic_write_json({"widths": widths, "densities": densities, "explain": plan.explain()},
                           out_dir / "plan.json")
     timings["plan"] = time.perf_counter() - t0
+    if stop_after == "plan":
+        return finish(work, plan, "planned")
 
     # 3. shrink
     t0 = time.perf_counter()
@@ -414,6 +432,8 @@ def compress(
         stages.save("shrunk.pt", fp_shrink, state_dict=small.state_dict())
     console.print(f"[bold]2/4 plan + 3/4 shrink[/]: {count_params(model):,} → {count_params(small):,} params")
     timings["shrink"] = time.perf_counter() - t0
+    if stop_after == "shrink":
+        return finish(small, plan, "shrunk")
 
     # 4. fine-tune / distill
     t0 = time.perf_counter()
@@ -445,35 +465,48 @@ def compress(
         stages.save("finetuned.pt", fp_tune, state_dict=small.state_dict())
     timings["finetune"] = time.perf_counter() - t0
 
-    # report
-    after = stats(small)
-    small_modules = dict(small.named_modules())
+    return finish(small, plan, "compressed")
+
+
+_STOPS = ("sparsify", "plan", "shrink")
+
+
+def _finish(*, model: nn.Module, final: nn.Module, plan: Any, stage: str, r: _Resolved, name: str,
+            before: ModelStats, after: ModelStats, densities: Mapping[str, float],
+            widths: Mapping[str, list[int]], timings: dict[str, float], config: CompressConfig,
+            out_dir: Path | None, console: Any) -> CompressResult:
+    """Build the report and result of the stage reached; write them into ``out_dir``."""
+    final_modules = dict(final.named_modules())
     layers = []
     for mod_name, mod in model.named_modules():
         w = getattr(mod, "weight", None)
         if not isinstance(w, torch.Tensor) or w.dim() < 2:
             continue
-        sw = getattr(small_modules.get(mod_name), "weight", None)
+        small_mod = final_modules.get(mod_name)
+        sw = getattr(small_mod, "weight", None)
         layers.append(LayerRecord(
             name=mod_name, type=type(mod).__name__, density=densities.get(mod_name),
             shape_before=list(w.shape), shape_after=None if sw is None else list(sw.shape),
             params_before=sum(p.numel() for p in mod.parameters(recurse=False)),
-            params_after=None if mod_name not in small_modules
-            else sum(p.numel() for p in small_modules[mod_name].parameters(recurse=False))))
+            params_after=None if small_mod is None
+            else sum(p.numel() for p in small_mod.parameters(recurse=False))))
+    changed = {k: v for k, v in widths.items() if v[0] != v[1]}
     report = CompressReport(
         model=name, loss=r.loss_how, inputs=r.inputs_how, before=before, after=after, layers=layers,
-        widths={k: v for k, v in widths.items() if v[0] != v[1]}, plan=plan.explain(), stages=timings,
-        config=config.model_dump(mode="json"),
+        widths=changed if plan is not None else {}, plan=plan.explain() if plan is not None else "",
+        stages=timings, config=config.model_dump(mode="json"),
         example_input_shapes=[list(t.shape) for t in r.example_inputs])
     rebuild = None
     if r.registered is not None:
+        kept = {k: v[1] for k, v in changed.items()} if stage in ("shrunk", "compressed") else {}
         rebuild = {"name": r.registered[0], "kwargs": r.registered[1],
                    "inputs": [(list(t.shape), str(t.dtype).removeprefix("torch.")) for t in r.example_inputs],
-                   "widths": {k: v[1] for k, v in widths.items() if v[1] < v[0]}}
-    result = CompressResult(small, plan, report, rebuild)
+                   "widths": kept}
+    result = CompressResult(final, plan, report, rebuild)
     if out_dir is not None:
-        report.save(out_dir / "report.json")
-        result.save(out_dir / "compressed.pt")
+        suffix = "" if stage == "compressed" else f"_{stage}"
+        report.save(out_dir / f"report{suffix}.json")
+        result.save(out_dir / f"{stage}.model.pt" if suffix else out_dir / "compressed.pt")
         with contextlib.suppress(ImportError):  # matplotlib is optional
             report.plot(out_dir)
     if config.progress:
