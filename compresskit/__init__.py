@@ -9,6 +9,8 @@ The public API is exactly the names in ``__all__``; they are imported on first u
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -72,6 +74,19 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return __all__
+
+
+class _Package(types.ModuleType):
+    """Keeps ``ck.train`` and ``ck.distill`` the functions: importing the subpackage ``compresskit.train``
+    would otherwise set the attribute ``compresskit.train`` to that subpackage (it stays in sys.modules)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _API and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 if TYPE_CHECKING:  # static analysers and IDEs see the real names
