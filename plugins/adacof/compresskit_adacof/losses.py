@@ -161,16 +161,23 @@ class CDFILoss(nn.Module):
         self.charbonnier = _charbonnier(eps)
         self.perceptual = PerceptualLoss(vgg_weights, vgg) if perceptual > 0 else None
 
+    def terms(self, output: Any, target: Any) -> dict[str, torch.Tensor]:
+        """``{"loss": total, "charbonnier": .., ["g_spatial": ..,] ["perceptual": ..]}`` (raw terms)."""
+        frame, aux = _split_output(output, "cdfi", need_aux=self.spatial > 0)
+        gt = _target(target)
+        terms = {"charbonnier": self.charbonnier(frame, gt)}
+        loss = terms["charbonnier"]
+        if self.spatial > 0:
+            terms["g_spatial"] = g_spatial(aux, self.eps)
+            loss = loss + self.spatial * terms["g_spatial"]
+        if self.perceptual is not None:
+            terms["perceptual"] = self.perceptual(frame, gt)
+            loss = loss + self.perceptual_weight * terms["perceptual"]
+        return {"loss": loss, **terms}
+
     def forward(self, output: Any, target: Any) -> torch.Tensor:
         """``target``: the ground-truth frame, or the whole batch (its last item is the target)."""
-        batch = target
-        frame, aux = _split_output(output, "cdfi", need_aux=self.spatial > 0)
-        loss = self.charbonnier(frame, _target(batch))
-        if self.spatial > 0:
-            loss = loss + self.spatial * g_spatial(aux, self.eps)
-        if self.perceptual is not None:
-            loss = loss + self.perceptual_weight * self.perceptual(frame, batch)
-        return loss
+        return self.terms(output, target)["loss"]
 
 
 def _target(batch: Any) -> torch.Tensor:

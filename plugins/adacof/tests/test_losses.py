@@ -1,0 +1,129 @@
+"""g_Spatial against a per-pixel loop, the VGG16 relu4_3 loader, the CDFI total loss."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from compresskit_adacof.losses import CDFILoss, GSpatialLoss, PerceptualLoss, VGG16Relu43, g_spatial
+
+import compresskit as ck
+
+EPS = 1e-3
+
+
+def _aux(f2=4, h=3, w=5, seed=0, dtype=torch.float64):
+    gen = torch.Generator().manual_seed(seed)
+    aux = {}
+    for k in ("1", "2"):
+        aux["weight" + k] = torch.softmax(torch.randn(1, f2, h, w, generator=gen, dtype=dtype), 1)
+        aux["alpha" + k] = torch.randn(1, f2, h, w, generator=gen, dtype=dtype) * 3
+        aux["beta" + k] = torch.randn(1, f2, h, w, generator=gen, dtype=dtype) * 3
+    return aux
+
+
+def _g_spatial_loop(aux):
+    """Per-pixel reference: for each offset map, Ō = Σ_t W_t·O_t; mean √(Δ² + ε²) along x, plus along y."""
+    total = 0.0
+    for k in ("1", "2"):
+        weight = aux["weight" + k][0]
+        for name in ("alpha", "beta"):
+            offsets = aux[name + k][0]
+            f2, h, w = offsets.shape
+            mean = [[sum(float(weight[t, i, j] * offsets[t, i, j]) for t in range(f2)) for j in range(w)]
+                    for i in range(h)]
+            dx = [math.sqrt((mean[i][j + 1] - mean[i][j]) ** 2 + EPS**2) for i in range(h) for j in range(w - 1)]
+            dy = [math.sqrt((mean[i + 1][j] - mean[i][j]) ** 2 + EPS**2) for i in range(h - 1) for j in range(w)]
+            total += sum(dx) / len(dx) + sum(dy) / len(dy)
+    return total
+
+
+def test_g_spatial_matches_a_per_pixel_loop():
+    aux = _aux()
+    assert float(g_spatial(aux, EPS)) == pytest.approx(_g_spatial_loop(aux), rel=1e-10)
+    assert float(GSpatialLoss(EPS)((torch.zeros(1), aux))) == pytest.approx(_g_spatial_loop(aux), rel=1e-10)
+
+
+def test_g_spatial_of_constant_offsets_is_eight_epsilons():
+    aux = _aux()
+    for key in ("alpha1", "beta1", "alpha2", "beta2"):
+        aux[key] = torch.full_like(aux[key], 1.7)  # weights sum to 1, so the mean offset is constant
+    assert float(g_spatial(aux, EPS)) == pytest.approx(8 * EPS, rel=1e-9)
+
+
+def test_g_spatial_needs_the_kernels():
+    with pytest.raises(KeyError, match="return_aux"):
+        g_spatial({"weight1": torch.zeros(1)})
+    with pytest.raises(TypeError, match="return_aux=True"):
+        GSpatialLoss()(torch.zeros(1, 3, 4, 4))
+
+
+def _fake_vgg16_file(path, with_classifier=True):
+    """A state_dict in the common VGG16 layout (features.N.*, classifier.*) with random values."""
+    gen = torch.Generator().manual_seed(1)
+    cfg = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
+    state, cin, index = {}, 3, 0
+    for v in cfg:
+        if v == "M":
+            index += 1
+            continue
+        state[f"features.{index}.weight"] = torch.randn(v, cin, 3, 3, generator=gen) * 0.01
+        state[f"features.{index}.bias"] = torch.randn(v, generator=gen) * 0.01
+        cin, index = v, index + 2
+    if with_classifier:
+        state["classifier.0.weight"] = torch.zeros(4, 7)
+    torch.save(state, path)
+    return state
+
+
+def test_vgg16_relu4_3_loads_a_standard_state_dict(tmp_path):
+    state = _fake_vgg16_file(tmp_path / "vgg16.pth")
+    vgg = VGG16Relu43.from_file(tmp_path / "vgg16.pth")
+    # conv1_1 .. conv4_3 of VGG16: 7,635,264 parameters; relu4_3 has 512 channels at 1/8 resolution
+    assert sum(p.numel() for p in vgg.parameters()) == 7_635_264
+    assert torch.equal(vgg.features[21].weight, state["features.21.weight"])
+    assert vgg(torch.rand(1, 3, 32, 40)).shape == (1, 512, 4, 5)
+    assert isinstance(vgg.features[22], torch.nn.ReLU) and len(vgg.features) == 23
+    assert not any(p.requires_grad for p in vgg.parameters())
+
+
+def test_vgg16_weights_errors_are_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="vgg_weights"):
+        VGG16Relu43.from_file(tmp_path / "absent.pth")
+    with pytest.raises(ValueError, match="vgg_weights"):
+        PerceptualLoss(None)
+    torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="features.0.weight"):
+        VGG16Relu43.from_file(tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="vgg_weights"):
+        CDFILoss(perceptual=0.005)
+
+
+def test_perceptual_loss_is_zero_for_equal_frames_and_trains_the_output(tmp_path):
+    _fake_vgg16_file(tmp_path / "vgg16.pth", with_classifier=False)
+    loss = PerceptualLoss(tmp_path / "vgg16.pth")
+    gt = torch.rand(1, 3, 16, 16)
+    assert float(loss(gt.clone(), gt)) == 0.0
+    out = torch.rand(1, 3, 16, 16, requires_grad=True)
+    value = loss(out, (gt, gt, gt))
+    value.backward()
+    assert value > 0 and out.grad.abs().sum() > 0
+
+
+def test_cdfi_loss_is_charbonnier_plus_weighted_g_spatial():
+    aux = _aux(dtype=torch.float32)
+    out, gt = torch.rand(1, 3, 3, 5), torch.rand(1, 3, 3, 5)
+    charbonnier = float(torch.sqrt((out.double() - gt.double()) ** 2 + EPS**2).mean())
+    expected = charbonnier + 0.01 * _g_spatial_loop({k: v.double() for k, v in aux.items()})
+    loss = CDFILoss(spatial=0.01, perceptual=0.0)
+    assert float(loss((out, aux), (out, out, gt))) == pytest.approx(expected, rel=1e-5)
+    terms = loss.terms((out, aux), gt)
+    assert set(terms) == {"loss", "charbonnier", "g_spatial"}
+    assert float(CDFILoss(spatial=0, perceptual=0)(out, gt)) == pytest.approx(charbonnier, rel=1e-5)
+
+
+def test_losses_are_registered_by_name():
+    ck.load_plugins()
+    assert {"g_spatial", "vgg16_relu4_3", "cdfi"} <= set(ck.list_losses())
+    assert isinstance(ck.get_loss("cdfi", perceptual=0.0), CDFILoss)
