@@ -33,8 +33,10 @@ def _g_spatial_loop(aux):
             f2, h, w = offsets.shape
             mean = [[sum(float(weight[t, i, j] * offsets[t, i, j]) for t in range(f2)) for j in range(w)]
                     for i in range(h)]
-            dx = [math.sqrt((mean[i][j + 1] - mean[i][j]) ** 2 + EPS**2) for i in range(h) for j in range(w - 1)]
-            dy = [math.sqrt((mean[i + 1][j] - mean[i][j]) ** 2 + EPS**2) for i in range(h - 1) for j in range(w)]
+            dx = [math.sqrt((mean[i][j + 1] - mean[i][j]) ** 2 + EPS**2)
+                  for i in range(h) for j in range(w - 1)]
+            dy = [math.sqrt((mean[i + 1][j] - mean[i][j]) ** 2 + EPS**2)
+                  for i in range(h - 1) for j in range(w)]
             total += sum(dx) / len(dx) + sum(dy) / len(dy)
     return total
 
