@@ -27,7 +27,10 @@ __all__ = [
     "iter_video_frames",
     "read_video",
     "write_video",
+    "mean_abs_difference",
     "frame_differences",
+    "color_histogram",
+    "histogram_distance",
     "histogram_distances",
     "cuts_from_distances",
     "repeats_from_differences",
@@ -162,26 +165,35 @@ def write_video(frames: Iterable[np.ndarray], path: str | os.PathLike, fps: floa
 
 # --------------------------------------------------------------------------------------------- clean-up
 
+def mean_abs_difference(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean absolute difference of two uint8 frames, in 8-bit levels."""
+    return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
+
+
 def frame_differences(frames: np.ndarray) -> np.ndarray:
     """Mean absolute difference (8-bit levels) between each frame and the next: shape (T-1,)."""
-    f = np.asarray(frames)
-    out = np.empty(max(len(f) - 1, 0), dtype=np.float64)
-    for i in range(len(out)):
-        out[i] = np.abs(f[i + 1].astype(np.int16) - f[i].astype(np.int16)).mean()
-    return out
+    return np.array([mean_abs_difference(frames[i], frames[i + 1]) for i in range(len(frames) - 1)],
+                    dtype=np.float64)
 
 
-def _histogram(frame: np.ndarray) -> np.ndarray:
-    q = frame.astype(np.int64) // 32
-    idx = (q[..., 0] * 64 + q[..., 1] * 8 + q[..., 2]).ravel()
-    h = np.bincount(idx, minlength=512).astype(np.float64)
+def color_histogram(frame: np.ndarray) -> np.ndarray:
+    """Normalised 8×8×8-bin RGB histogram (512 bins) of a uint8 frame."""
+    q = (np.asarray(frame, dtype=np.uint8) >> 5).astype(np.uint16)
+    idx = (q[..., 0] << 6) | (q[..., 1] << 3) | q[..., 2]
+    h = np.bincount(idx.ravel(), minlength=512).astype(np.float64)
     return h / h.sum()
 
 
+def histogram_distance(h0: np.ndarray, h1: np.ndarray) -> float:
+    """Total-variation distance ½Σ|h1 − h0| of two normalised histograms, in [0, 1]."""
+    return float(0.5 * np.abs(h1 - h0).sum())
+
+
 def histogram_distances(frames: np.ndarray) -> np.ndarray:
-    """Total-variation distance ½Σ|h_{t+1} − h_t| of 512-bin RGB histograms: shape (T-1,), in [0, 1]."""
-    hists = [_histogram(f) for f in frames]
-    return np.array([0.5 * np.abs(hists[i + 1] - hists[i]).sum() for i in range(len(hists) - 1)])
+    """:func:`histogram_distance` between each frame's colour histogram and the next's: shape (T-1,)."""
+    hists = [color_histogram(f) for f in frames]
+    return np.array([histogram_distance(hists[i], hists[i + 1]) for i in range(len(hists) - 1)],
+                    dtype=np.float64)
 
 
 def cuts_from_distances(hist_distances: np.ndarray, cut_threshold: float = 0.2) -> list[int]:
