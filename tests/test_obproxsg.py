@@ -1,0 +1,316 @@
+"""OBProx-SG against an independent float64 reference written here from the update rules (Chen et al. 2020)."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+
+import compresskit as ck
+from compresskit.sparsify import obproxsg as obx
+
+# ---------------------------------------------------------------------------------------------------
+# the reference: element by element, in Python floats (float64), straight from the paper's rules
+
+
+def ref_prox(x: float, g: float, lr: float, lam: float) -> float:
+    y = x - lr * g
+    t = lr * lam
+    return math.copysign(abs(y) - t, y) if abs(y) > t else 0.0
+
+
+def ref_orthant(x: float, g: float, lr: float, lam: float, eps: float) -> float:
+    zeta = (x > 0) - (x < 0)
+    if zeta == 0:
+        return 0.0
+    x_hat = x - lr * (g + lam * zeta)
+    return x_hat if x_hat * zeta > eps else 0.0
+
+
+def ref_phase(step: int, n_prox: int | None, n_orth: int | None) -> str:
+    if n_prox is None:
+        return "prox"
+    if n_orth is None:
+        return "prox" if step < n_prox else "orthant"
+    return "prox" if step % (n_prox + n_orth) < n_prox else "orthant"
+
+
+def ref_step(values: list[float], grads: list[float], phase: str, lr: float, lambda_: float, eps: float):
+    lam = lambda_
+    if phase == "prox":
+        return [ref_prox(x, g, lr, lam) for x, g in zip(values, grads)]
+    return [ref_orthant(x, g, lr, lam, eps) for x, g in zip(values, grads)]
+
+
+def _params(gen: torch.Generator, shapes, dtype=torch.float64):
+    out = []
+    for s in shapes:
+        t = torch.randn(s, generator=gen, dtype=torch.float64) * 0.5
+        t[torch.rand(s, generator=gen, dtype=torch.float64) < 0.2] = 0.0  # some exact zeros to start
+        out.append(torch.nn.Parameter(t.to(dtype)))
+    return out
+
+
+def test_matches_float64_reference_with_groups_and_cycle():
+    gen = torch.Generator().manual_seed(0)
+    a = _params(gen, [(6, 3, 3, 3), (6,)])
+    b = _params(gen, [(4, 6), (4,)])
+    hyper = [dict(lr=0.05, lambda_=0.8, eps=0.0), dict(lr=0.2, lambda_=0.3, eps=0.02)]
+    groups = [{"params": a, **hyper[0]}, {"params": b, **hyper[1]}]
+    opt = ck.OBProxSG(groups, lr=1.0, lambda_=1.0, n_prox_steps=2, n_orthant_steps=3)
+    ref = [[p.detach().flatten().tolist() for p in ps] for ps in (a, b)]
+    for step in range(12):
+        phase = ref_phase(step, 2, 3)
+        assert opt.phase == phase
+        for gi, ps in enumerate((a, b)):
+            for pi, p in enumerate(ps):
+                g = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+                p.grad = g
+                ref[gi][pi] = ref_step(ref[gi][pi], g.flatten().tolist(), phase, **hyper[gi])
+        opt.step()
+        for gi, ps in enumerate((a, b)):
+            for pi, p in enumerate(ps):
+                want = torch.tensor(ref[gi][pi], dtype=torch.float64).view(p.shape)
+                assert torch.equal(p.detach() == 0, want == 0), f"zero pattern differs at step {step}"
+                torch.testing.assert_close(p.detach(), want, rtol=1e-13, atol=1e-15)
+    assert opt.num_steps == 12
+    # both phases actually made zeros and the orthant eps rule was exercised
+    assert sum(int((p == 0).sum()) for p in a + b) > 0
+
+
+def test_fused_kernels_compute_the_same_rules():
+    """The torch.compile path's kernels are plain functions: run them eagerly against the reference."""
+    gen = torch.Generator().manual_seed(1)
+    (x,) = _params(gen, [(50,)])
+    g = torch.randn(50, generator=gen, dtype=torch.float64)
+    lr, lam, eps = 0.1, 0.7, 0.01
+    sc = [torch.tensor(v, dtype=torch.float64) for v in (lr, lam, eps)]
+    for phase in ("prox", "orthant"):
+        y = x.detach().clone()
+        want = ref_step(y.tolist(), g.tolist(), phase, lr, lam, eps)
+        if phase == "prox":
+            obx._prox_fused([y], [g], [sc[0]], [sc[1]])
+        else:
+            obx._orthant_fused([y], [g], [sc[0]], [sc[1]], [sc[2]])
+        want = torch.tensor(want, dtype=torch.float64)
+        assert torch.equal(y == 0, want == 0)
+        torch.testing.assert_close(y, want, rtol=1e-13, atol=1e-15)
+
+
+def test_lasso_reaches_the_proximal_gradient_solution():
+    """min 1/(2n)‖Ax − b‖² + λ‖x‖₁: full-batch OBProx-SG ends at the long ISTA solve's minimiser."""
+    gen = torch.Generator().manual_seed(2)
+    n, d, lam = 80, 25, 0.1
+    A = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    x_true = torch.zeros(d, dtype=torch.float64)
+    x_true[:5] = torch.tensor([2.0, -1.5, 1.0, -0.7, 0.5], dtype=torch.float64)
+    b = A @ x_true + 0.1 * torch.randn(n, generator=gen, dtype=torch.float64)
+    step = 1.0 / float(torch.linalg.matrix_norm(A, ord=2) ** 2 / n)  # 1/L
+
+    # the reference: ISTA written out, many iterations
+    x_ref = torch.zeros(d, dtype=torch.float64)
+    for _ in range(20000):
+        y = x_ref - step * (A.T @ (A @ x_ref - b) / n)
+        x_ref = torch.sign(y) * torch.clamp(y.abs() - step * lam, min=0)
+    # optimality of the reference: 0 ∈ ∇f + λ∂‖x‖₁
+    grad = A.T @ (A @ x_ref - b) / n
+    on = x_ref != 0
+    assert torch.allclose(grad[on], -lam * torch.sign(x_ref[on]), atol=1e-10)
+    assert bool((grad[~on].abs() <= lam + 1e-10).all())
+    assert 0 < int(on.sum()) < d
+
+    x = torch.nn.Parameter(torch.zeros(d, dtype=torch.float64))
+    opt = ck.OBProxSG([x], lr=step, lambda_=lam, n_prox_steps=300, n_orthant_steps=None)
+    for _ in range(3000):
+        opt.zero_grad()
+        loss = 0.5 * ((A @ x - b) ** 2).mean()
+        loss.backward()
+        opt.step()
+    assert opt.phase == "orthant"
+    assert torch.equal(x.detach() != 0, on)
+    torch.testing.assert_close(x.detach(), x_ref, rtol=0, atol=1e-8)
+
+
+def _train(model, opt, sched, data, steps):
+    for i in range(steps):
+        xb, yb = data[i % len(data)]
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(xb), yb).backward()
+        opt.step()
+        sched.step()
+
+
+def _setup(seed=0):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
+    opt = ck.OBProxSG(
+        obx.l1_param_groups(model, 0.05, include_biases=False), lr=0.1, lambda_=0.05, eps=1e-3,
+        n_prox_steps=3, n_orthant_steps=2,
+    )
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=4, gamma=0.5)
+    return model, opt, sched
+
+
+def test_resume_equals_uninterrupted():
+    gen = torch.Generator().manual_seed(3)
+    data = [(torch.randn(16, 8, generator=gen), torch.randn(16, 2, generator=gen)) for _ in range(5)]
+    model, opt, sched = _setup()
+    _train(model, opt, sched, data, 11)
+
+    model2, opt2, sched2 = _setup()
+    _train(model2, opt2, sched2, data, 4)
+    buf = io.BytesIO()
+    torch.save({"model": model2.state_dict(), "opt": opt2.state_dict(), "sched": sched2.state_dict()}, buf)
+    buf.seek(0)
+    saved = torch.load(buf)
+
+    model3, opt3, sched3 = _setup(seed=99)  # different init: everything must come from the checkpoint
+    model3.load_state_dict(saved["model"])
+    opt3.load_state_dict(saved["opt"])
+    sched3.load_state_dict(saved["sched"])
+    assert opt3.num_steps == 4 and opt3.phase == ref_phase(4, 3, 2) == "orthant"
+    for i in range(4, 11):  # continue where the data stream stopped
+        xb, yb = data[i % len(data)]
+        opt3.zero_grad()
+        torch.nn.functional.mse_loss(model3(xb), yb).backward()
+        opt3.step()
+        sched3.step()
+    for p, q in zip(model.parameters(), model3.parameters()):
+        assert torch.equal(p, q)
+    assert opt3.num_steps == opt.num_steps and opt3.phase == opt.phase
+    assert any(int((p == 0).sum()) > 0 for p in model.parameters())
+
+
+def test_deepcopy_keeps_phase_counter():
+    import copy
+
+    _, opt, _ = _setup()
+    opt.num_steps = 7
+    assert copy.deepcopy(opt).num_steps == 7
+
+
+def test_scheduler_lr_is_read_every_step():
+    """λ = 0 in a prox step is plain SGD with the scheduled lr: x ← x − lr_t·g."""
+    x = torch.nn.Parameter(torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64))
+    opt = ck.OBProxSG([x], lr=0.5, lambda_=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 / (t + 1))
+    want = x.detach().clone()
+    g = torch.tensor([0.1, 0.2, -0.3], dtype=torch.float64)
+    for t in range(4):
+        x.grad = g.clone()
+        opt.step()
+        want = want - (0.5 / (t + 1)) * g
+        sched.step()
+        torch.testing.assert_close(x.detach(), want, rtol=1e-14, atol=0)
+
+
+def test_phase_schedules():
+    def phases(n_prox, n_orth, n=8):
+        opt = ck.OBProxSG([torch.nn.Parameter(torch.zeros(1))], lr=1, lambda_=0, n_prox_steps=n_prox,
+                          n_orthant_steps=n_orth)
+        out = []
+        for _ in range(n):
+            out.append(opt.phase[0])
+            opt.step()
+        return "".join(out)
+
+    assert phases(None, None) == "pppppppp"
+    assert phases(3, None) == "pppooooo"
+    assert phases(0, None) == "oooooooo"
+    assert phases(2, 1) == "ppoppopp"
+
+
+def test_steps_from_epochs():
+    assert ck.steps_from_epochs(2, 100) == {"n_prox_steps": 200, "n_orthant_steps": None}
+    assert ck.steps_from_epochs(10, 125, 5) == {"n_prox_steps": 1250, "n_orthant_steps": 625}
+    assert ck.steps_from_epochs(0.5, 10) == {"n_prox_steps": 5, "n_orthant_steps": None}
+    assert ck.steps_from_epochs(None, 10) == {"n_prox_steps": None, "n_orthant_steps": None}
+    opt = ck.OBProxSG([torch.nn.Parameter(torch.ones(1))], 1e-3, 1e-4, **ck.steps_from_epochs(2, 3))
+    assert opt.n_prox_steps == 6 and opt.n_orthant_steps is None
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        ck.steps_from_epochs(2, 0)
+    with pytest.raises(ValueError, match="n_prox_epochs"):
+        ck.steps_from_epochs(-1, 10)
+    with pytest.raises(ValueError, match="n_orthant_epochs"):
+        ck.steps_from_epochs(1, 10, 0.01)
+    with pytest.raises(ValueError, match="needs n_prox_epochs"):
+        ck.steps_from_epochs(None, 10, 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_math_in_float32(dtype):
+    gen = torch.Generator().manual_seed(4)
+    (x,) = _params(gen, [(400,)], dtype=dtype)
+    lr, lam, eps = 0.05, 0.5, 0.005
+    opt = ck.OBProxSG([x], lr=lr, lambda_=lam, eps=eps, n_prox_steps=1, n_orthant_steps=None)
+    for phase in ("prox", "orthant"):
+        g = torch.randn(400, generator=gen).to(dtype)
+        before = x.detach().double().tolist()
+        want = torch.tensor(ref_step(before, g.double().tolist(), phase, lr, lam, eps))
+        x.grad = g
+        opt.step()
+        assert x.dtype == dtype and x.grad.dtype == dtype
+        got = x.detach().double()
+        # the float32 result rounded once to the storage type; the float64 reference rounded once too
+        torch.testing.assert_close(got, want.to(dtype).double(), rtol=2 ** -7, atol=1e-3)
+        assert float(((got == 0) != (want.to(dtype) == 0)).double().mean()) < 0.01
+
+
+def test_none_and_sparse_grads():
+    emb = torch.nn.Embedding(10, 4, sparse=True)
+    frozen = torch.nn.Parameter(torch.ones(3))
+    opt = ck.OBProxSG([*emb.parameters(), frozen], lr=0.1, lambda_=0.5)
+    dense = torch.nn.Parameter(emb.weight.detach().clone())
+    before = emb.weight.detach().clone()
+    idx = torch.tensor([1, 3, 3])
+    emb(idx).sum().backward()
+    assert emb.weight.grad.is_sparse and frozen.grad is None
+    opt.step()
+    torch.nn.functional.embedding(idx, dense).sum().backward()
+    want = [ref_prox(x, g, 0.1, 0.5) for x, g in zip(before.flatten().tolist(), dense.grad.flatten().tolist())]
+    torch.testing.assert_close(emb.weight.detach().flatten(), torch.tensor(want), rtol=1e-6, atol=1e-7)
+    assert torch.equal(frozen.detach(), torch.ones(3))
+
+
+def test_l1_param_groups():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(4, 2))
+    groups = obx.l1_param_groups(model, 1e-4, include_biases=False, include_norms=False)
+    assert [g["lambda_"] for g in groups] == [1e-4, 0.0]
+    assert {id(p) for p in groups[0]["params"]} == {id(model[0].weight), id(model[2].weight)}
+    assert len(groups[1]["params"]) == 4
+    assert len(obx.l1_param_groups(model, 1e-4)) == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(lr=0.0, lambda_=1e-4), "lr must be > 0"),
+        (dict(lr=-1e-3, lambda_=1e-4), "lr must be > 0"),
+        (dict(lr=float("nan"), lambda_=1e-4), "lr must be finite"),
+        (dict(lr=1e-3, lambda_=-1e-4), "lambda_ must be >= 0"),
+        (dict(lr=1e-3, lambda_=1e-4, eps=-1.0), "eps must be >= 0"),
+        (dict(lr=1e-3, lambda_=1e-4, n_prox_steps=-1), "n_prox_steps"),
+        (dict(lr=1e-3, lambda_=1e-4, n_prox_steps=2, n_orthant_steps=0), "n_orthant_steps"),
+        (dict(lr=1e-3, lambda_=1e-4, n_orthant_steps=3), "needs n_prox_steps"),
+        (dict(lr="big", lambda_=1e-4), "lr must be a real number"),
+    ],
+)
+def test_bad_hyper_parameters(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        ck.OBProxSG([torch.nn.Parameter(torch.ones(2))], **kwargs)
+
+
+def test_bad_group_and_state():
+    p = torch.nn.Parameter(torch.ones(2))
+    with pytest.raises(ValueError, match=r"lambda_ must be >= 0.*param group 1"):
+        ck.OBProxSG([{"params": [p]}, {"params": [torch.nn.Parameter(torch.ones(1))], "lambda_": -1}],
+                    lr=1e-3, lambda_=1e-4)
+    opt = ck.OBProxSG([p], lr=1e-3, lambda_=1e-4)
+    with pytest.raises(ValueError, match="obproxsg"):
+        opt.load_state_dict(torch.optim.SGD([p], lr=0.1).state_dict())
+    opt.param_groups[0]["lr"] = -0.5  # e.g. a broken scheduler
+    p.grad = torch.ones(2)
+    with pytest.raises(ValueError, match="lr must be >= 0"):
+        opt.step()
