@@ -1,4 +1,4 @@
-"""OBProx-SG against an independent float64 reference written here from the update rules (Chen et al. 2020)."""
+"""OBProx-SG against an independent float64 reference written here from the update rules (Chen et al.)."""
 
 from __future__ import annotations
 
@@ -269,7 +269,8 @@ def test_none_and_sparse_grads():
     assert emb.weight.grad.is_sparse and frozen.grad is None
     opt.step()
     torch.nn.functional.embedding(idx, dense).sum().backward()
-    want = [ref_prox(x, g, 0.1, 0.5) for x, g in zip(before.flatten().tolist(), dense.grad.flatten().tolist())]
+    pairs = zip(before.flatten().tolist(), dense.grad.flatten().tolist())
+    want = [ref_prox(x, g, 0.1, 0.5) for x, g in pairs]
     torch.testing.assert_close(emb.weight.detach().flatten(), torch.tensor(want), rtol=1e-6, atol=1e-7)
     assert torch.equal(frozen.detach(), torch.ones(3))
 

@@ -81,7 +81,9 @@ def steps_from_epochs(
     prox steps for ever.
     """
     if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
-        raise ValueError(f"steps_per_epoch must be an int >= 1 (e.g. len(train_loader)), got {steps_per_epoch!r}")
+        raise ValueError(
+            f"steps_per_epoch must be an int >= 1 (e.g. len(train_loader)), got {steps_per_epoch!r}"
+        )
     if n_prox_epochs is None:
         if n_orthant_epochs is not None:
             raise ValueError("n_orthant_epochs needs n_prox_epochs (prox epochs come first in each cycle)")
@@ -268,7 +270,8 @@ class OBProxSG(torch.optim.Optimizer):
         if saved != (self.n_prox_steps, self.n_orthant_steps):
             warnings.warn(
                 f"OBProxSG.load_state_dict: restoring the saved schedule n_prox_steps={saved[0]}, "
-                f"n_orthant_steps={saved[1]} over the constructed {self.n_prox_steps}, {self.n_orthant_steps}",
+                f"n_orthant_steps={saved[1]} over the constructed "
+                f"{self.n_prox_steps}, {self.n_orthant_steps}",
                 stacklevel=2,
             )
         self.n_prox_steps, self.n_orthant_steps = saved
