@@ -1,0 +1,476 @@
+"""The channel-dependency graph: union-find over channel elements → :class:`ChannelGroup`.
+
+Vocabulary (see ``docs/graph.md``):
+
+* **channel element** – one channel of one tensor *position* that a rule creates (``ctx.fresh(n)``): the
+  output channels of a conv, the features of a Linear, a graph input's channels. Every tensor in the
+  traced graph carries, along its channel dimension, an array of element ids (its *channel space*).
+* **unit** – a union-find class of elements: channels that must be kept or dropped *together* (an
+  element-wise add joins the channels of both operands; a chunk into two halves joins channel ``j`` of
+  each half so both halves keep the same count; a whole GroupNorm group is one unit).
+* **group** – the units that come from the same fresh block(s): "conv1's output channels and everything
+  tied to them". ``keep={group.id: indices}`` picks units of a group by index ``0..size-1``.
+
+A group's :class:`Member` s say which module tensors (weights, biases, running stats, parameters used
+directly) have a dimension indexed by the group, position by position (``positions`` → ``units``), and in
+which role: ``"out"`` (a layer *produces* these channels: rows of a conv/linear weight), ``"in"`` (a
+layer *consumes* them by a weighted sum: columns of a conv/linear weight), ``"param"`` (per-channel
+parameters and buffers that travel with the channels: biases, norms, PReLU slopes, class tokens).
+
+Groups are computed once, at trace time; a group is frozen (not prunable) if any of its elements is
+frozen, and :meth:`ChannelGraph.explain` says why.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    import networkx
+    from rich.table import Table
+
+ROLES = ("out", "in", "param")
+
+
+class UnionFind:
+    """Union-find over integer elements ``0..n-1`` with path halving and union by size; grows on demand."""
+
+    def __init__(self) -> None:
+        self.parent: list[int] = []
+        self.rank: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.parent)
+
+    def make(self, n: int) -> np.ndarray:
+        """Create ``n`` fresh singleton elements and return their ids."""
+        start = len(self.parent)
+        self.parent.extend(range(start, start + n))
+        self.rank.extend([1] * n)
+        return np.arange(start, start + n, dtype=np.int64)
+
+    def find(self, x: int) -> int:
+        parent = self.parent
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    def union(self, a: int, b: int) -> int:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return ra
+        if self.rank[ra] < self.rank[rb]:
+            ra, rb = rb, ra
+        self.parent[rb] = ra
+        self.rank[ra] += self.rank[rb]
+        return ra
+
+    def union_arrays(self, a: np.ndarray, b: np.ndarray) -> None:
+        """Union ``a[i]`` with ``b[i]`` for every ``i`` (arrays of equal length)."""
+        if len(a) != len(b):
+            raise ValueError(f"cannot join channel spaces of different sizes ({len(a)} vs {len(b)})")
+        for x, y in zip(a.tolist(), b.tolist()):
+            if x != y:
+                self.union(x, y)
+
+    def roots(self, ids: np.ndarray) -> np.ndarray:
+        find = self.find
+        return np.fromiter((find(int(i)) for i in ids), dtype=np.int64, count=len(ids))
+
+
+@dataclass(frozen=True)
+class RawMember:
+    """A module tensor dimension indexed by channel elements (what rules record, before grouping)."""
+
+    module: str
+    tensor: str
+    dim: int
+    ids: np.ndarray  # element id per position along ``dim`` (-1: position not tied to any group)
+    role: str
+    module_type: str = ""
+
+
+@dataclass(frozen=True)
+class Member:
+    """One module tensor dimension that a group indexes.
+
+    ``tensor`` is a parameter or buffer of ``module`` (qualified name, ``""`` for the root). Position
+    ``positions[k]`` along ``dim`` holds unit ``units[k]`` of the group, so keeping units ``K`` keeps the
+    positions whose unit is in ``K``. ``role`` is ``"out"`` (the module produces these channels),
+    ``"in"`` (the module consumes them through a weighted sum) or ``"param"`` (a per-channel tensor).
+    """
+
+    module: str
+    tensor: str
+    dim: int
+    role: str
+    positions: torch.Tensor
+    units: torch.Tensor
+    length: int  # size of ``dim`` in the traced model
+    module_type: str = ""
+
+    @property
+    def qualname(self) -> str:
+        return f"{self.module}.{self.tensor}" if self.module else self.tensor
+
+
+@dataclass
+class ChannelGroup:
+    """Channels that are kept or dropped together.
+
+    ``size`` is the number of units (``keep`` indices run over ``0..size-1``); ``channels_per_unit``
+    the number of channels of the group's widest tensor each unit stands for (1 for plain channels, the
+    conv-group count for a grouped conv kept balanced, the group size of a GroupNorm group).
+    ``producers``: modules whose *output* channels these are (rows of their weight, role ``"out"``);
+    ``consumers``: modules that read them through a weighted sum (role ``"in"``). ``reasons`` explain a
+    frozen group.
+    """
+
+    id: int
+    size: int
+    prunable: bool
+    members: list[Member] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+    channels_per_unit: int = 1
+
+    @property
+    def producers(self) -> list[str]:
+        return _unique(m.module for m in self.members if m.role == "out")
+
+    @property
+    def consumers(self) -> list[str]:
+        return _unique(m.module for m in self.members if m.role == "in")
+
+    @property
+    def modules(self) -> list[str]:
+        return _unique(m.module for m in self.members)
+
+    def num_params(self, model: torch.nn.Module | None = None) -> int:
+        """Scalars in the group's member tensors that one unit of the group accounts for, times ``size``."""
+        total = 0
+        for m in self.members:
+            if model is None:
+                continue
+            t = _get_tensor(model, m.module, m.tensor)
+            if isinstance(t, torch.nn.Parameter):
+                total += t.numel() // max(1, m.length) * len(m.positions)
+        return total
+
+    def __repr__(self) -> str:
+        state = "prunable" if self.prunable else "frozen"
+        return (
+            f"ChannelGroup(id={self.id}, size={self.size}, {state}, producers={self.producers}, "
+            f"consumers={self.consumers})"
+        )
+
+
+@dataclass
+class Layer:
+    """A module (or functional op with weights) in execution order, and the groups it touches."""
+
+    name: str
+    type: str
+    in_groups: list[int] = field(default_factory=list)
+    out_groups: list[int] = field(default_factory=list)
+    param_groups: list[int] = field(default_factory=list)
+
+
+def _unique(items: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+def _get_tensor(model: torch.nn.Module, module: str, tensor: str) -> torch.Tensor:
+    mod = model.get_submodule(module) if module else model
+    return getattr(mod, tensor)
+
+
+class ChannelGraph:
+    """The traced model's channel groups, layers in execution order, and why frozen groups are frozen.
+
+    Built by :func:`compresskit.trace`; never constructed by hand. Attributes:
+
+    * ``groups`` – ``list[ChannelGroup]``, ``groups[i].id == i``, in order of first appearance (input to
+      output).
+    * ``layers`` – ``list[Layer]`` in execution order (topological, input to output), each with the
+      groups it consumes (``in_groups``), produces (``out_groups``) and carries per-channel tensors of
+      (``param_groups``). Width planning walks ``reversed(graph.layers)``.
+    * ``method`` – ``"fx"`` (symbolic tracing with concrete values) or ``"export"`` (torch.export).
+    * ``fx_graph`` – the traced ``torch.fx.Graph`` (for inspection).
+    """
+
+    def __init__(
+        self,
+        groups: list[ChannelGroup],
+        layers: list[Layer],
+        method: str,
+        fx_graph: Any = None,
+        model_type: str = "",
+        num_elements: int = 0,
+    ) -> None:
+        self.groups = groups
+        self.layers = layers
+        self.method = method
+        self.fx_graph = fx_graph
+        self.model_type = model_type
+        self.num_elements = num_elements
+
+    # -- queries -------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, group_id: int) -> ChannelGroup:
+        return self.group(group_id)
+
+    def group(self, group_id: int) -> ChannelGroup:
+        if not isinstance(group_id, int | np.integer) or not 0 <= int(group_id) < len(self.groups):
+            raise KeyError(f"group_id: expected an int in [0, {len(self.groups)}), got {group_id!r}")
+        return self.groups[int(group_id)]
+
+    @property
+    def prunable_groups(self) -> list[ChannelGroup]:
+        return [g for g in self.groups if g.prunable]
+
+    def groups_of(self, module: str) -> list[ChannelGroup]:
+        """Groups with a member in ``module`` (qualified name)."""
+        return [g for g in self.groups if module in g.modules]
+
+    def group_order(self) -> list[int]:
+        """Group ids in topological order of their producing layer (input → output)."""
+        seen: dict[int, None] = {}
+        for layer in self.layers:
+            for gid in (*layer.in_groups, *layer.param_groups, *layer.out_groups):
+                seen.setdefault(gid, None)
+        for g in self.groups:
+            seen.setdefault(g.id, None)
+        return list(seen)
+
+    def explain(self, group_id: int) -> str:
+        """A human-readable account of one group: size, members with roles, and why it is frozen."""
+        g = self.group(group_id)
+        lines = [
+            f"group {g.id}: {g.size} unit(s) x {g.channels_per_unit} channel(s), "
+            + ("prunable" if g.prunable else "FROZEN"),
+        ]
+        if g.producers:
+            lines.append(f"  produced by: {', '.join(g.producers)}")
+        if g.consumers:
+            lines.append(f"  consumed by: {', '.join(g.consumers)}")
+        for m in g.members:
+            lines.append(
+                f"  {m.role:5s} {m.qualname} dim {m.dim}: {len(m.positions)} of {m.length} positions"
+                + (f" ({m.module_type})" if m.module_type else "")
+            )
+        if not g.prunable:
+            lines.append("  frozen because:")
+            lines.extend(f"    - {r}" for r in g.reasons)
+        return "\n".join(lines)
+
+    def to_networkx(self) -> networkx.DiGraph:
+        """A DiGraph with one node per layer (``kind="layer"``) and per group (``kind="group"``, named
+        ``"group:<id>"``); edges layer → group (produces or carries) and group → layer (consumes)."""
+        import networkx as nx
+
+        g = nx.DiGraph()
+        for grp in self.groups:
+            g.add_node(
+                f"group:{grp.id}",
+                kind="group",
+                id=grp.id,
+                size=grp.size,
+                prunable=grp.prunable,
+                reasons=list(grp.reasons),
+            )
+        for layer in self.layers:
+            g.add_node(layer.name, kind="layer", type=layer.type)
+            for gid in layer.out_groups:
+                g.add_edge(layer.name, f"group:{gid}", role="out")
+            for gid in layer.param_groups:
+                g.add_edge(layer.name, f"group:{gid}", role="param")
+            for gid in layer.in_groups:
+                g.add_edge(f"group:{gid}", layer.name, role="in")
+        return g
+
+    def summary(self, model: torch.nn.Module | None = None) -> Table:
+        """A rich table: one row per group (id, size, state, producers, consumers, reason)."""
+        from rich.table import Table
+
+        t = Table(title=f"channel groups of {self.model_type or 'model'} (traced by {self.method})")
+        for col in ("id", "size", "state", "producers", "consumers", "why frozen"):
+            t.add_column(col, overflow="fold")
+        for g in self.groups:
+            t.add_row(
+                str(g.id),
+                f"{g.size}" + (f"x{g.channels_per_unit}" if g.channels_per_unit > 1 else ""),
+                "prunable" if g.prunable else "frozen",
+                _short(g.producers),
+                _short(g.consumers),
+                g.reasons[0] if g.reasons else "",
+            )
+        return t
+
+    def print_summary(self) -> None:
+        from rich.console import Console
+
+        Console().print(self.summary())
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly description of every group (for reports)."""
+        return {
+            "method": self.method,
+            "model_type": self.model_type,
+            "groups": [
+                {
+                    "id": g.id,
+                    "size": g.size,
+                    "prunable": g.prunable,
+                    "channels_per_unit": g.channels_per_unit,
+                    "producers": g.producers,
+                    "consumers": g.consumers,
+                    "reasons": g.reasons,
+                    "members": [
+                        {"tensor": m.qualname, "dim": m.dim, "role": m.role, "positions": len(m.positions)}
+                        for m in g.members
+                    ],
+                }
+                for g in self.groups
+            ],
+        }
+
+    def __repr__(self) -> str:
+        n_p = sum(g.prunable for g in self.groups)
+        return f"ChannelGraph({len(self.groups)} groups, {n_p} prunable, {len(self.layers)} layers, {self.method})"
+
+
+def _short(names: list[str], n: int = 3) -> str:
+    return ", ".join(names[:n]) + (f" (+{len(names) - n})" if len(names) > n else "")
+
+
+def build_groups(
+    uf: UnionFind,
+    blocks: list[np.ndarray],
+    raw_members: list[RawMember],
+    frozen: list[tuple[np.ndarray, str]],
+    layer_order: list[tuple[str, str]],
+) -> tuple[list[ChannelGroup], list[Layer]]:
+    """Turn the rules' records (element unions, fresh blocks, members, freezes) into groups and layers.
+
+    A unit is a union-find root; two units are in the same group when they hold elements of the same
+    fresh block. Units inside a group are ordered by their smallest element id (for a conv output, that is
+    channel order). Called once per trace.
+    """
+    find = uf.find
+    # group-level union-find over units: units sharing a block
+    unit_parent: dict[int, int] = {}
+
+    def gfind(x: int) -> int:
+        while unit_parent.setdefault(x, x) != x:
+            unit_parent[x] = unit_parent[unit_parent[x]]
+            x = unit_parent[x]
+        return x
+
+    min_elem: dict[int, int] = {}
+    for block in blocks:
+        if len(block) == 0:
+            continue
+        roots = uf.roots(block)
+        first = gfind(int(roots[0]))
+        for r, e in zip(roots.tolist(), block.tolist()):
+            if e < min_elem.get(r, 1 << 62):
+                min_elem[r] = e
+            gr = gfind(r)
+            if gr != first:
+                unit_parent[gr] = first
+    # units of each group, ordered by smallest element
+    group_units: dict[int, list[int]] = defaultdict(list)
+    for unit in min_elem:
+        group_units[gfind(unit)].append(unit)
+    # order groups by first appearance (smallest element)
+    ordered = sorted(group_units.items(), key=lambda kv: min(min_elem[u] for u in kv[1]))
+    unit_index: dict[int, tuple[int, int]] = {}
+    sizes: list[int] = []
+    for gi, (_, units) in enumerate(ordered):
+        units.sort(key=lambda u: min_elem[u])
+        for k, u in enumerate(units):
+            unit_index[u] = (gi, k)
+        sizes.append(len(units))
+
+    reasons: dict[int, list[str]] = defaultdict(list)
+    for ids, reason in frozen:
+        for gi in {unit_index[find(int(e))][0] for e in ids.tolist() if find(int(e)) in unit_index}:
+            if reason not in reasons[gi]:
+                reasons[gi].append(reason)
+
+    members: dict[int, list[Member]] = defaultdict(list)
+    widest: dict[int, int] = defaultdict(int)
+    layer_groups: dict[str, dict[str, list[int]]] = defaultdict(lambda: {"in": [], "out": [], "param": []})
+    for rm in raw_members:
+        per_group: dict[int, tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
+        for pos, e in enumerate(rm.ids.tolist()):
+            if e < 0:
+                continue
+            gi, k = unit_index[find(e)]
+            per_group[gi][0].append(pos)
+            per_group[gi][1].append(k)
+        for gi, (pos, units) in per_group.items():
+            members[gi].append(
+                Member(
+                    module=rm.module,
+                    tensor=rm.tensor,
+                    dim=rm.dim,
+                    role=rm.role,
+                    positions=torch.tensor(pos, dtype=torch.long),
+                    units=torch.tensor(units, dtype=torch.long),
+                    length=len(rm.ids),
+                    module_type=rm.module_type,
+                )
+            )
+            widest[gi] = max(widest[gi], len(pos))
+            lg = layer_groups[rm.module][rm.role]
+            if gi not in lg:
+                lg.append(gi)
+
+    groups: list[ChannelGroup] = []
+    for gi, size in enumerate(sizes):
+        mem = _dedupe_members(members.get(gi, []))
+        rs = list(reasons.get(gi, []))
+        if not mem and not rs:
+            rs.append("no parameter or buffer is indexed by these channels (nothing to shrink)")
+        groups.append(
+            ChannelGroup(
+                id=gi,
+                size=size,
+                prunable=not rs,
+                members=mem,
+                reasons=rs,
+                channels_per_unit=max(1, widest.get(gi, size) // max(1, size)),
+            )
+        )
+    layers = []
+    seen: set[str] = set()
+    for name, type_name in layer_order:
+        if name in seen or name not in layer_groups:
+            continue
+        seen.add(name)
+        lg = layer_groups[name]
+        layers.append(Layer(name, type_name, list(lg["in"]), list(lg["out"]), list(lg["param"])))
+    return groups, layers
+
+
+def _dedupe_members(members: list[Member]) -> list[Member]:
+    """The same tensor dimension recorded twice (a module called twice) is one member."""
+    out: dict[tuple, Member] = {}
+    for m in members:
+        key = (m.module, m.tensor, m.dim, m.role, tuple(m.positions.tolist()))
+        if key in out:
+            if not torch.equal(out[key].units, m.units):
+                raise RuntimeError(f"inconsistent channel map for {m.qualname} dim {m.dim}")
+            continue
+        out[key] = m
+    return list(out.values())

@@ -1,0 +1,286 @@
+"""``trace(model, example_inputs)``: torch.fx with concrete values, torch.export as the fallback.
+
+Symbolic tracing cannot take a branch that depends on a shape (``if h % 32: pad``), which every VFI model
+here has. The tracer below therefore carries the example inputs' real values alongside the symbolic ones:
+every proxy knows its concrete value, so ``bool``, ``int``, ``len`` and iteration use it, and the graph
+records the path the example inputs take. Sizes computed from shapes stay graph values, so a reshape to
+``x.size(1)`` is told apart from a hard-coded ``view(b, 512, ...)``. When fx still fails (code that asks
+``isinstance(x, torch.Tensor)``, data-dependent Python), ``torch.export`` (non-strict) traces the same
+inputs to ATen ops; there every size is specialised, so reshapes through channels are frozen.
+"""
+
+from __future__ import annotations
+
+import inspect
+import operator
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from compresskit.graph.build import GraphBuilder, to_meta
+from compresskit.graph.channels import ChannelGraph
+from compresskit.graph.rules import has_module_rule
+
+_LEAF_MODULES: set[type] = set()
+_LEAF_FUNCTIONS: dict[int, Callable] = {}
+
+
+def register_leaf(obj: Any) -> Any:
+    """Keep fx from tracing into ``obj`` (an ``nn.Module`` subclass or a Python function).
+
+    The call appears as one node; give it a channel rule with :func:`compresskit.register_rule`,
+    otherwise everything it touches is frozen. Functions are wrapped where they are referenced as a
+    global name in the module that calls them. Usable as a decorator; returns ``obj``.
+    """
+    if isinstance(obj, type) and issubclass(obj, nn.Module):
+        _LEAF_MODULES.add(obj)
+    elif callable(obj) and hasattr(obj, "__name__") and hasattr(obj, "__code__"):
+        _LEAF_FUNCTIONS[id(obj)] = obj
+    else:
+        raise TypeError(f"register_leaf: expected an nn.Module subclass or a Python function, got {obj!r}")
+    return obj
+
+
+class _ConcreteProxy(fx.Proxy):
+    """A proxy that also knows the value the example inputs give it."""
+
+    @property
+    def value(self) -> Any:
+        return self.tracer.value_of(self)  # type: ignore[attr-defined]
+
+    def __getattr__(self, k: str) -> Any:
+        if k.startswith("__") and k.endswith("__"):
+            raise AttributeError(k)
+        return _ConcreteAttribute(self, k)
+
+    def __bool__(self) -> bool:
+        return bool(self.value)
+
+    def __index__(self) -> int:
+        return operator.index(self.value)
+
+    def __int__(self) -> int:
+        return int(self.value)
+
+    def __float__(self) -> float:
+        return float(self.value)
+
+    def __len__(self) -> int:
+        return len(self.value)
+
+    def __iter__(self) -> Any:
+        return iter([self[i] for i in range(len(self.value))])
+
+    def __contains__(self, item: Any) -> bool:
+        return item in self.value
+
+
+class _ConcreteAttribute(_ConcreteProxy, fx.proxy.Attribute):
+    pass
+
+
+class _ConcreteTracer(fx.Tracer):
+    """fx tracing that computes every node on the example inputs as it records it."""
+
+    def __init__(self, placeholder_values: dict[str, Any]) -> None:
+        super().__init__(autowrap_functions=tuple(_LEAF_FUNCTIONS.values()))
+        self.placeholder_values = placeholder_values
+        self.values: dict[fx.Node, Any] = {}
+        self._computing = False
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        t = type(m)
+        if any(c in _LEAF_MODULES for c in t.__mro__) or has_module_rule(m):
+            return True
+        if isinstance(m, nn.Sequential | nn.ModuleList | nn.ModuleDict):
+            return False
+        from_torch = t.__module__.startswith(("torch.nn", "torch.ao.nn"))
+        return from_torch and next(iter(m.children()), None) is None
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _ConcreteProxy(node, self)
+
+    def call_module(self, m: nn.Module, forward: Callable, args: tuple, kwargs: dict) -> Any:
+        if self._computing:
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict) -> Any:
+        if self._computing:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
+
+    def value_of(self, p: Any) -> Any:
+        if isinstance(p, fx.proxy.Attribute):
+            return getattr(self.value_of(p.root), p.attr)
+        return self.node_value(p.node)
+
+    def node_value(self, node: fx.Node) -> Any:
+        if node not in self.values and node.op == "get_attr":
+            self.values[node] = self._fetch(str(node.target))
+        return self.values[node]
+
+    def _fetch(self, qualname: str) -> Any:
+        computing, self._computing = self._computing, True
+        try:
+            return _fetch_attr(self.root, qualname)
+        finally:
+            self._computing = computing
+
+    def _concrete(self, a: Any) -> Any:
+        if isinstance(a, fx.Proxy):
+            return self.value_of(a)
+        if isinstance(a, fx.Node):
+            return self.node_value(a)
+        if isinstance(a, tuple) and not isinstance(a, torch.Size):
+            items = [self._concrete(v) for v in a]
+            return type(a)(*items) if hasattr(a, "_fields") else tuple(items)
+        if isinstance(a, list):
+            return [self._concrete(v) for v in a]
+        if isinstance(a, dict):
+            return {k: self._concrete(v) for k, v in a.items()}
+        if isinstance(a, slice):
+            return slice(self._concrete(a.start), self._concrete(a.stop), self._concrete(a.step))
+        return a
+
+    def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None):  # noqa: ANN001
+        value = self._compute(kind, target, args, kwargs)
+        p = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
+        self.values[p.node] = value
+        return p
+
+    def _compute(self, kind: str, target: Any, args: Any, kwargs: Any) -> Any:
+        if kind == "placeholder":
+            name = str(target).lstrip("*")
+            if name not in self.placeholder_values:
+                raise TypeError(f"example_inputs: no value for forward argument {name!r}")
+            return self.placeholder_values[name]
+        if kind == "get_attr":
+            return self._fetch(str(target))
+        if kind == "output":
+            return None
+        a, k = self._concrete(tuple(args)), self._concrete(dict(kwargs))
+        self._computing = True
+        try:
+            with torch.no_grad():
+                if kind == "call_function":
+                    return target(*a, **k)
+                if kind == "call_method":
+                    return getattr(a[0], target)(*a[1:], **k)
+                if kind == "call_module":
+                    return self.root.get_submodule(target)(*a, **k)
+        finally:
+            self._computing = False
+        raise ValueError(f"unknown node kind {kind}")
+
+
+def _fetch_attr(root: nn.Module, qualname: str) -> Any:
+    obj: Any = root
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _check_inputs(model: Any, example_inputs: Any) -> tuple:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    if not isinstance(example_inputs, tuple | list) or len(example_inputs) == 0:
+        raise TypeError(
+            "example_inputs: expected a tensor or a non-empty tuple of the model's forward arguments, "
+            f"got {type(example_inputs).__name__}"
+        )
+    return tuple(example_inputs)
+
+
+def _run_check(model: nn.Module, inputs: tuple) -> None:
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    except Exception as e:
+        shapes = [tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__ for x in inputs]
+        raise ValueError(
+            f"example_inputs: the model cannot run on inputs of shapes {shapes}: {type(e).__name__}: {e}"
+        ) from e
+
+
+def _trace_fx(model: nn.Module, inputs: tuple) -> tuple[fx.Graph, dict[fx.Node, Any]]:
+    sig = inspect.signature(model.forward)
+    bound = sig.bind(*inputs)
+    bound.apply_defaults()
+    values = {}
+    for pname, v in bound.arguments.items():
+        param = sig.parameters[pname]
+        if param.kind == inspect.Parameter.VAR_POSITIONAL:
+            raise TypeError("forward(*args) cannot be traced by fx")
+        values[pname] = _clone(v)
+    tracer = _ConcreteTracer(values)
+    graph = tracer.trace(model)
+    meta = {
+        n: to_meta(tracer.values.get(n)) if n.op != "get_attr" else to_meta(tracer.node_value(n))
+        for n in graph.nodes
+    }
+    return graph, meta
+
+
+def _clone(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        return v.detach().clone()
+    if isinstance(v, tuple | list):
+        return type(v)(_clone(x) for x in v)
+    return v
+
+
+def _trace_export(model: nn.Module, inputs: tuple) -> tuple[fx.Graph, dict[fx.Node, Any], dict[str, str]]:
+    ep = torch.export.export(model, tuple(_clone(x) for x in inputs), strict=False)
+    sig = ep.graph_signature
+    params = {**sig.inputs_to_parameters, **sig.inputs_to_buffers}
+    graph = ep.graph_module.graph
+    meta = {}
+    for n in graph.nodes:
+        val = n.meta.get("val")
+        if n.op == "placeholder" and n.name in params:
+            val = _fetch_attr(model, params[n.name])
+        meta[n] = to_meta(val)
+    return graph, meta, params
+
+
+def trace(model: nn.Module, example_inputs: Any, *, method: str = "auto") -> ChannelGraph:
+    """Trace ``model`` on ``example_inputs`` (a tensor or a tuple of forward arguments) into a
+    :class:`~compresskit.graph.channels.ChannelGraph` of channel groups.
+
+    ``method``: ``"auto"`` (fx with concrete values, then torch.export if that fails), ``"fx"`` or
+    ``"export"``. The model is traced in eval mode (its mode is restored) and is not modified.
+    """
+    inputs = _check_inputs(model, example_inputs)
+    if method not in ("auto", "fx", "export"):
+        raise ValueError(f"method: expected 'auto', 'fx' or 'export', got {method!r}")
+    was_training = model.training
+    model.eval()
+    try:
+        _run_check(model, inputs)
+        errors: list[str] = []
+        if method in ("auto", "fx"):
+            try:
+                graph, meta = _trace_fx(model, inputs)
+                return GraphBuilder(model, graph, meta, "fx").run()
+            except Exception as e:
+                if method == "fx":
+                    raise
+                errors.append(f"fx: {type(e).__name__}: {e}")
+        try:
+            graph, meta, params = _trace_export(model, inputs)
+        except Exception as e:
+            errors.append(f"export: {type(e).__name__}: {e}")
+            raise RuntimeError("could not trace the model:\n  " + "\n  ".join(errors)) from e
+        return GraphBuilder(model, graph, meta, "export", params).run()
+    finally:
+        model.train(was_training)
+
+
+def leaf_functions() -> Sequence[Callable]:
+    """Functions registered with :func:`register_leaf`."""
+    return list(_LEAF_FUNCTIONS.values())
