@@ -109,12 +109,24 @@ def read_video(path: str | os.PathLike, max_frames: int | None = None) -> np.nda
     return np.stack(frames)
 
 
+# lossless codecs keep RGB exactly (no chroma subsampling)
+_RGB_FORMATS = {"ffv1": "bgr0", "libx264rgb": "rgb24", "png": "rgb24", "rawvideo": "rgb24"}
+
+
+def _pixel_format(codec: str, h: int, w: int) -> str:
+    if codec in _RGB_FORMATS:
+        return _RGB_FORMATS[codec]
+    # 4:2:0 needs even sizes; odd frames keep full chroma instead of being cropped
+    return "yuv420p" if (h % 2 == 0 and w % 2 == 0) or codec == "mpeg4" else "yuv444p"
+
+
 def write_video(frames: Iterable[np.ndarray], path: str | os.PathLike, fps: float | Fraction = 25,
                 codec: str | None = None, crf: int = 18) -> int:
     """Encode uint8 RGB frames (H, W, 3) to ``path``; the file appears only when encoding succeeded.
 
     The container comes from the suffix (.mp4 .mkv .mov .avi .webm); the codec defaults to H.264
-    (MPEG-4 part 2 for .avi). Returns the number of frames written.
+    (MPEG-4 part 2 for .avi); ``ffv1`` (in .mkv) and ``libx264rgb`` are lossless RGB. Returns the number
+    of frames written.
     """
     from compresskit.io import atomic_write
 
@@ -142,9 +154,7 @@ def write_video(frames: Iterable[np.ndarray], path: str | os.PathLike, fps: floa
                     h, w = frame.shape[:2]
                     stream = out.add_stream(codec, rate=rate)
                     stream.width, stream.height = w, h
-                    # 4:2:0 needs even sizes; odd frames keep full chroma instead of being cropped
-                    even = h % 2 == 0 and w % 2 == 0
-                    stream.pix_fmt = "yuv420p" if even or codec == "mpeg4" else "yuv444p"
+                    stream.pix_fmt = _pixel_format(codec, h, w)
                     if codec in ("libx264", "libx264rgb"):
                         stream.options = {"crf": str(crf)}
                     size = (h, w)
