@@ -32,7 +32,7 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
     """uint8 (H, W, 3) → float32 (3, H, W) in [0, 1]."""
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"to_tensor: expected a uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)).div_(255.0)
 
 
 def to_uint8(frame: torch.Tensor) -> np.ndarray:

@@ -1,0 +1,194 @@
+"""The papers' dataset layouts, built in a temp folder with frames whose pixel value names the frame."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from compresskit_vfi.data import (
+    DAVIS90,
+    SNUFILM,
+    UCF101DVF,
+    UCF101QVI,
+    BVIDVCQuintuplets,
+    DatasetLayoutError,
+    FrameFolder,
+    MiddleburyOther,
+    VideoFrames,
+    Vimeo90KSeptuplet,
+    Vimeo90KTriplet,
+    create_dataset,
+    sample_windows,
+)
+from compresskit_vfi.data.video import write_video
+from PIL import Image
+
+H, W = 8, 12
+
+
+def _png(path, value):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((H, W, 3), value, np.uint8)).save(path)
+
+
+def _values(sample):
+    """The constant 8-bit value of each frame of a sample (inputs..., target)."""
+    out = []
+    for f in sample:
+        assert f.dtype == torch.float32 and f.shape == (3, H, W) and f.min() >= 0 and f.max() <= 1
+        v = f * 255
+        assert torch.equal(v, v.flatten()[0].expand_as(v))
+        out.append(int(round(float(v.flatten()[0]))))
+    return out
+
+
+def test_sample_windows_paper_indices():
+    assert sample_windows(4, "triplet") == [(0, 2, 1), (1, 3, 2)]
+    assert sample_windows(8, "quintuplet") == [(0, 2, 4, 6, 3), (1, 3, 5, 7, 4)]
+    assert sample_windows(6, "quintuplet") == []
+    with pytest.raises(ValueError, match="kind"):
+        sample_windows(5, "septuplet")
+
+
+def test_vimeo_triplet_and_septuplet(tmp_path):
+    for seq, base in (("00001/0001", 10), ("00002/0007", 100)):
+        for i in range(1, 8):
+            _png(tmp_path / "sequences" / seq / f"im{i}.png", base + i)
+    (tmp_path / "tri_testlist.txt").write_text("00001/0001\n00002/0007\n\n")
+    (tmp_path / "sep_testlist.txt").write_text("00002/0007\n")
+    tri = Vimeo90KTriplet(tmp_path, "test")
+    assert len(tri) == 2 and tri.n_inputs == 2
+    assert _values(tri[0]) == [11, 13, 12] and _values(tri[1]) == [101, 103, 102]
+    sep = Vimeo90KSeptuplet(tmp_path, "test")
+    assert _values(sep[0]) == [101, 103, 105, 107, 104]
+    # errors name the path and show the layout
+    with pytest.raises(DatasetLayoutError, match="tri_trainlist.txt") as e:
+        Vimeo90KTriplet(tmp_path, "train")
+    assert "sequences/<00001>/<0001>/im1.png" in str(e.value)
+    (tmp_path / "tri_trainlist.txt").write_text("00001/0001\nthis line is wrong\n")
+    with pytest.raises(DatasetLayoutError, match="malformed line 2"):
+        Vimeo90KTriplet(tmp_path, "train")
+    with pytest.raises(DatasetLayoutError, match="dataset folder not found"):
+        Vimeo90KTriplet(tmp_path / "nope")
+    (tmp_path / "tri_trainlist.txt").write_text("00009/0001\n")
+    with pytest.raises(DatasetLayoutError, match="frame file not found"):
+        Vimeo90KTriplet(tmp_path, "train")
+
+
+def test_bvi_dvc_strips(tmp_path):
+    # strip of five 12-wide frames: f1 f3 f5 f7 f4 with values 1 3 5 7 4
+    strip = np.concatenate([np.full((H, W, 3), v, np.uint8) for v in (1, 3, 5, 7, 4)], axis=1)
+    (tmp_path / "quintuplets").mkdir()
+    Image.fromarray(strip).save(tmp_path / "quintuplets" / "00001.png")
+    Image.fromarray(strip + 10).save(tmp_path / "quintuplets" / "00002.png")
+    ds = BVIDVCQuintuplets(tmp_path)
+    assert len(ds) == 2 and ds.n_inputs == 4
+    assert _values(ds[0]) == [1, 3, 5, 7, 4] and _values(ds[1]) == [11, 13, 15, 17, 14]
+    Image.fromarray(strip[:, :-1]).save(tmp_path / "quintuplets" / "00003.png")
+    with pytest.raises(DatasetLayoutError, match="not a multiple of 5"):
+        ds = BVIDVCQuintuplets(tmp_path)
+        ds[2]
+
+
+def test_ucf101_qvi_and_dvf(tmp_path):
+    for c in range(3):
+        for k, name in enumerate(("frame0", "frame1", "frame2", "frame3", "framet")):
+            _png(tmp_path / "qvi" / str(c) / f"{name}.png", 10 * c + k)
+        _png(tmp_path / "dvf" / str(c) / "frame_00.png", 10 * c)
+        _png(tmp_path / "dvf" / str(c) / "frame_01_gt.png", 10 * c + 1)
+        _png(tmp_path / "dvf" / str(c) / "frame_02.png", 10 * c + 2)
+    qvi = UCF101QVI(tmp_path / "qvi")
+    assert len(qvi) == 3 and _values(qvi[2]) == [20, 21, 22, 23, 24]
+    dvf = UCF101DVF(tmp_path / "dvf")
+    assert len(dvf) == 3 and _values(dvf[1]) == [10, 12, 11]
+    with pytest.raises(DatasetLayoutError, match="frame0.png"):
+        UCF101QVI(tmp_path / "dvf")
+    (tmp_path / "qvi" / "1" / "framet.png").unlink()
+    with pytest.raises(DatasetLayoutError, match="framet.png"):
+        UCF101QVI(tmp_path / "qvi")
+
+
+def test_davis90_every_frame_scored(tmp_path):
+    for s, n in (("bear", 9), ("car", 7), ("short", 6)):
+        for t in range(n):
+            _png(tmp_path / "JPEGImages" / "480p" / s / f"{t:05d}.png", 20 * len(s) + t)
+    ds = DAVIS90(tmp_path)
+    assert ds.n_sequences == 3
+    assert len(ds) == 3 + 1  # bear: t = 0, 1, 2; car: t = 0; short: none
+    assert _values(ds[0]) == [80, 82, 84, 86, 83]  # t, t+2, t+4, t+6 -> t+3
+    assert _values(ds[2]) == [82, 84, 86, 88, 85]
+    tri = DAVIS90(tmp_path, kind="triplet")
+    assert _values(tri[0]) == [82, 84, 83]
+
+
+def test_snufilm_triplets_and_quintuplets(tmp_path):
+    seq = tmp_path / "test" / "GOPRO_test" / "GOPR0001"
+    for t in range(1, 22):
+        _png(seq / f"{t:06d}.png", t)
+    rel = "data/SNU-FILM/test/GOPRO_test/GOPR0001"
+    (tmp_path / "test-easy.txt").write_text(f"{rel}/000003.png {rel}/000004.png {rel}/000005.png\n")
+    (tmp_path / "test-hard.txt").write_text(f"{rel}/000005.png {rel}/000009.png {rel}/000013.png\n"
+                                            f"{rel}/000001.png {rel}/000005.png {rel}/000009.png\n")
+    easy = SNUFILM(tmp_path, "easy")
+    assert _values(easy[0]) == [3, 5, 4]
+    assert _values(SNUFILM(tmp_path, "easy", kind="quintuplet")[0]) == [1, 3, 5, 7, 4]  # offset 2
+    hard = SNUFILM(tmp_path, "hard", kind="quintuplet")
+    assert _values(hard[0]) == [1, 5, 13, 21, 9]  # offset 8
+    assert _values(hard[1]) == [1, 1, 9, 17, 5]  # 1 - 8 clamped to the first frame
+    assert len(create_dataset("snufilm_hard", tmp_path)) == 2
+    with pytest.raises(DatasetLayoutError, match="test-medium.txt"):
+        SNUFILM(tmp_path, "medium")
+    (tmp_path / "test-extreme.txt").write_text(f"{rel}/000001.png {rel}/000009.png\n")
+    with pytest.raises(DatasetLayoutError, match="malformed line 1"):
+        SNUFILM(tmp_path, "extreme")
+    (tmp_path / "test-extreme.txt").write_text(f"{rel}/1.png {rel}/9.png {rel}/17.png\n")
+    with pytest.raises(DatasetLayoutError, match="not found under"):
+        SNUFILM(tmp_path, "extreme")
+
+
+def test_middlebury_other_only_sequences_with_gt(tmp_path):
+    for k, s in enumerate(("Beanbags", "Dimetrodon", "Walking")):
+        _png(tmp_path / "other-data" / s / "frame10.png", 10 * k)
+        _png(tmp_path / "other-data" / s / "frame11.png", 10 * k + 2)
+        if s != "Walking":
+            _png(tmp_path / "other-gt-interp" / s / "frame10i11.png", 10 * k + 1)
+    (tmp_path / "other-gt-interp" / "Walking").mkdir()
+    ds = MiddleburyOther(tmp_path)
+    assert len(ds) == 2 and _values(ds[1]) == [10, 12, 11]
+    with pytest.raises(DatasetLayoutError, match="other-gt-interp"):
+        MiddleburyOther(tmp_path / "other-data")
+
+
+def test_frame_folder_and_video(tmp_path):
+    for t in range(1, 12):  # natural order: 2 before 10
+        _png(tmp_path / "f" / f"frame{t}.png", 10 * t)
+    tri = FrameFolder(tmp_path / "f")
+    assert len(tri) == 9 and _values(tri[0]) == [10, 30, 20]
+    quint = FrameFolder(tmp_path / "f", kind="quintuplet", step=2)
+    assert len(quint) == 3 and _values(quint[2]) == [50, 70, 90, 110, 80]
+    for t in range(2):
+        _png(tmp_path / "two" / f"{t}.png", t)
+    with pytest.raises(DatasetLayoutError, match="too few frames"):
+        FrameFolder(tmp_path / "two")
+
+    # a video with a scene cut after frame 4: no sample may straddle it
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 128, (H * 4, W * 4, 3)), rng.integers(128, 256, (H * 4, W * 4, 3))
+    frames = [np.roll(a, t, axis=1) for t in range(5)] + [np.roll(b, t, axis=0) for t in range(5)]
+    path = tmp_path / "v.mkv"
+    write_video([f.astype(np.uint8) for f in frames], path, codec="ffv1")
+    vid = VideoFrames(path)
+    assert len(vid) == 3 + 3
+    refs = [tuple(i for _, i in s) for s in vid.samples]
+    assert refs == [(0, 2, 1), (1, 3, 2), (2, 4, 3), (5, 7, 6), (6, 8, 7), (7, 9, 8)]
+    np.testing.assert_array_equal(vid[4][2].numpy(), (frames[7].transpose(2, 0, 1) / 255).astype(np.float32))
+    assert len(VideoFrames(path, clean=False)) == 8
+
+
+def test_create_dataset_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown dataset 'vimeo'"):
+        create_dataset("vimeo", tmp_path)
+    with pytest.raises(ValueError, match="needs a data_dir"):
+        create_dataset("davis90")
+    with pytest.raises(DatasetLayoutError, match="dataset folder not found"):
+        create_dataset("middlebury_other", tmp_path / "missing")
