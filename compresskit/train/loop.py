@@ -77,6 +77,7 @@ class TrainResult:
     out_dir: Path | None = None
     last_checkpoint: Path | None = None
     best_checkpoint: Path | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
 
 
 def default_inputs(batch: Any) -> tuple[Any, ...]:

@@ -1,0 +1,323 @@
+"""Knowledge distillation on the training loop: ``L = α·L_student(S, GT) + L_distill(S, T)`` (+ terms).
+
+ST-MFNet Mini's objective is the default: α = 0.1 and the Laplacian pyramid loss for both terms. The
+objective is a list of terms: :class:`OutputLoss` (the student's output against the teacher's output or
+the ground truth, any registered loss or callable, adversarial ones included) and :class:`FeatureLoss`
+(an intermediate student feature, through a learned 1×1 adapter, against a teacher feature).
+
+The teacher is frozen for the whole run: eval mode (its BatchNorm statistics never move), every
+parameter ``requires_grad=False``, forwards under ``torch.no_grad``, and none of its parameters is in the
+optimizer. Its mode and flags are restored afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from compresskit.config import DistillConfig
+from compresskit.distill.adversarial import AdversarialLoss
+from compresskit.distill.cache import build_cache, cached_loader, split_cached
+from compresskit.distill.features import FeatureHooks, StudentWithAdapters, get_submodule, make_adapter
+from compresskit.distill.registry import get_loss
+from compresskit.train.distributed import barrier, setup
+from compresskit.train.loop import Callback, Trainer, TrainResult, default_inputs
+
+
+@dataclass
+class OutputLoss:
+    """``weight · loss(student output, reference)``; reference is the teacher's output or the target."""
+
+    loss: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    weight: float = 1.0
+    against: Literal["teacher", "target"] = "teacher"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    name: str | None = None
+
+
+@dataclass
+class FeatureLoss:
+    """``weight · loss(adapter(student feature at path), teacher feature at path)``."""
+
+    student: str
+    teacher: str
+    loss: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = "mse"
+    weight: float = 1.0
+    name: str | None = None
+
+
+Term = OutputLoss | FeatureLoss
+
+
+def default_terms(config: DistillConfig) -> list[Term]:
+    """The config's objective: α·student_loss(S, GT) + distill_loss(S, T) + Σ feature pairs."""
+    terms: list[Term] = [
+        OutputLoss(config.student_loss, config.alpha, "target", dict(config.loss_kwargs), "student"),
+        OutputLoss(config.distill_loss, 1.0, "teacher", dict(config.loss_kwargs), "distill"),
+    ]
+    terms += [FeatureLoss(f.student, f.teacher, f.loss, f.weight) for f in config.features]
+    return terms
+
+
+@contextlib.contextmanager
+def frozen(teacher: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode and ``requires_grad=False`` inside; the teacher's own mode and flags restored after."""
+    modes = {m: m.training for m in teacher.modules()}
+    flags = {p: p.requires_grad for p in teacher.parameters()}
+    teacher.eval()
+    teacher.requires_grad_(False)
+    try:
+        yield teacher
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+
+
+class _AdversarialSteps(Callback):
+    """Runs each adversarial loss's discriminator step after the student's step; checkpoints them."""
+
+    def __init__(self, losses: list[AdversarialLoss]):
+        self.losses = losses
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        for loss in self.losses:
+            loss.to(trainer.device)
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        for i, loss in enumerate(self.losses):
+            trainer.log(f"discriminator{i}", loss.discriminator_step(trainer.ctx))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"losses": [loss.train_state() for loss in self.losses]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for loss, s in zip(self.losses, state["losses"]):
+            loss.load_train_state(s)
+
+
+class _TeacherToDevice(Callback):
+    def __init__(self, distiller: Distiller):
+        self.distiller = distiller
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        self.distiller.teacher.to(trainer.device)
+        for fn in self.distiller._fns:
+            if isinstance(fn, nn.Module):
+                fn.to(trainer.device)
+
+
+class Distiller:
+    """Distil ``teacher`` into ``student``; ``Distiller(...).fit() -> TrainResult`` (``result.model`` is the
+    student, ``result.extras["adapters"]`` the feature adapters)."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, train_loader: Iterable[Any], *,
+                 config: DistillConfig | None = None, losses: Sequence[Term | str] | None = None,
+                 optimizer: Any = None, scheduler: Any = None, val_loader: Iterable[Any] | None = None,
+                 metrics: Mapping[str, Callable[[Any, Any], Any]] | None = None,
+                 inputs_fn: Callable[[Any], Sequence[Any]] | None = None,
+                 out_dir: str | os.PathLike | None = None, resume: bool = True,
+                 callbacks: Sequence[Callback] = ()):
+        if not isinstance(student, nn.Module) or not isinstance(teacher, nn.Module):
+            raise TypeError(f"student and teacher must be nn.Modules, got {type(student).__name__} and "
+                            f"{type(teacher).__name__}")
+        if student is teacher:
+            raise ValueError("student and teacher are the same module; distil into a separate (smaller) copy")
+        shared = {id(p) for p in student.parameters()} & {id(p) for p in teacher.parameters()}
+        if shared:
+            raise ValueError(f"student and teacher share {len(shared)} parameter tensors; the teacher must stay "
+                             "fixed, so give the student its own copy (copy.deepcopy)")
+        config = config if config is not None else DistillConfig()
+        if not isinstance(config, DistillConfig):
+            raise TypeError(f"config must be a compresskit DistillConfig, got {type(config).__name__}")
+        self.student, self.teacher, self.config = student, teacher, config
+        self.train_loader, self.val_loader = train_loader, val_loader
+        self.optimizer, self.scheduler, self.metrics = optimizer, scheduler, metrics
+        self.inputs_fn = inputs_fn or default_inputs
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.resume, self.callbacks = resume, list(callbacks)
+        self.terms = _normalise_terms(losses, config)
+        self._fns = [get_loss(t.loss, **getattr(t, "kwargs", {})) for t in self.terms]
+
+    # -------------------------------------------------------------- set-up
+    def _probe(self, feature_terms: list[FeatureLoss], student_hooks: FeatureHooks,
+               teacher_hooks: FeatureHooks) -> dict[str, nn.Module]:
+        """One forward of both models on the first batch to read feature widths; builds the adapters."""
+        batch, _ = split_cached(next(iter(self.train_loader)))
+        device = next(self.student.parameters()).device
+        batch = _to(batch, device)
+        was = self.student.training
+        self.student.eval()  # no BatchNorm statistics move during the probe
+        try:
+            with torch.no_grad():
+                self.student(*self.inputs_fn(batch))
+                self.teacher.to(device)(*self.inputs_fn(batch))
+        finally:
+            self.student.train(was)
+        s_feats, t_feats = student_hooks.pop(), teacher_hooks.pop()
+        adapters: dict[str, nn.Module] = {}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.seed)  # the same adapters in every run of this config
+            for term in feature_terms:
+                if term.student not in adapters:
+                    adapters[term.student] = make_adapter(s_feats[term.student], t_feats[term.teacher],
+                                                          f"{term.student!r} -> {term.teacher!r}")
+        return adapters
+
+    def fit(self) -> TrainResult:
+        cfg = self.config
+        feature_terms = [t for t in self.terms if isinstance(t, FeatureLoss)]
+        for t in feature_terms:
+            get_submodule(self.student, t.student, "student")
+        with frozen(self.teacher):
+            teacher_hooks = FeatureHooks(self.teacher, [t.teacher for t in feature_terms], "teacher")
+            adapters: dict[str, nn.Module] = {}
+            if feature_terms:
+                probe_hooks = FeatureHooks(self.student, [t.student for t in feature_terms], "student")
+                try:
+                    adapters = self._probe(feature_terms, probe_hooks, teacher_hooks)
+                finally:
+                    probe_hooks.remove()
+            model = StudentWithAdapters(self.student, adapters)
+            train_loader = self.train_loader
+            if cfg.cache_teacher:
+                train_loader = self._cached_loader(teacher_hooks, [t.teacher for t in feature_terms])
+            optimizer = self.optimizer
+            if isinstance(optimizer, torch.optim.Optimizer):
+                mine = {id(p) for g in optimizer.param_groups for p in g["params"]}
+                extra = [p for p in model.adapters.parameters() if id(p) not in mine]
+                if extra:
+                    optimizer.add_param_group({"params": extra})
+            adversarial = [fn for fn in self._fns if isinstance(fn, AdversarialLoss)]
+            callbacks = [_TeacherToDevice(self), *self.callbacks]
+            if adversarial:
+                callbacks.append(_AdversarialSteps(adversarial))
+            trainer = Trainer(model, train_loader, self._loss_fn(model, teacher_hooks), optimizer=optimizer,
+                              scheduler=self.scheduler, config=cfg, val_loader=self.val_loader,
+                              metrics=self.metrics, inputs_fn=lambda b: self.inputs_fn(split_cached(b)[0]),
+                              out_dir=self.out_dir, resume=self.resume, callbacks=callbacks)
+            try:
+                result = trainer.fit()
+            finally:
+                teacher_hooks.remove()
+                if model._hooks is not None:
+                    model._hooks.remove()
+        return dataclasses.replace(result, model=self.student,
+                                   extras={"adapters": dict(zip(model.paths, model.adapters))})
+
+    def _cached_loader(self, teacher_hooks: FeatureHooks, paths: list[str]) -> DataLoader:
+        if not isinstance(self.train_loader, DataLoader):
+            raise TypeError("cache_teacher=True needs train_loader to be a torch DataLoader")
+        cache_dir = self.config.cache_dir or (self.out_dir / "cache" if self.out_dir is not None else None)
+        if cache_dir is None:
+            raise ValueError("cache_teacher=True needs config.cache_dir or out_dir to store teacher outputs")
+        ctx = setup(self.config.backend)
+        device = next(self.teacher.parameters(), torch.zeros(())).device
+        if ctx.is_main:
+            cache = build_cache(self.teacher, self.train_loader, inputs_fn=self.inputs_fn,
+                                feature_hooks=teacher_hooks, cache_dir=cache_dir, device=device,
+                                feature_paths=paths)
+        barrier(ctx)
+        if not ctx.is_main:
+            cache = build_cache(self.teacher, self.train_loader, inputs_fn=self.inputs_fn,
+                                feature_hooks=teacher_hooks, cache_dir=cache_dir, device=device,
+                                feature_paths=paths)
+        return cached_loader(self.train_loader, cache)
+
+    # -------------------------------------------------------------- the objective
+    def _loss_fn(self, model: StudentWithAdapters, teacher_hooks: FeatureHooks):
+        names = _term_names(self.terms)
+
+        def loss_fn(output: Any, batch: Any) -> dict[str, torch.Tensor]:
+            batch, cached = split_cached(batch)
+            if cached is not None:
+                t_out, t_feats = cached["output"], cached["features"]
+            else:
+                with torch.no_grad():
+                    t_out = self.teacher(*self.inputs_fn(batch))
+                t_feats = teacher_hooks.pop()
+            target = batch[-1]
+            parts: dict[str, torch.Tensor] = {}
+            total: torch.Tensor | None = None
+            for name, term, fn in zip(names, self.terms, self._fns):
+                if isinstance(term, OutputLoss):
+                    value = fn(output, t_out if term.against == "teacher" else target)
+                else:
+                    value = fn(model.adapted[term.student], t_feats[term.teacher])
+                value = term.weight * value
+                parts[name] = value.detach()
+                total = value if total is None else total + value
+            return {"loss": total, **parts}
+
+        return loss_fn
+
+
+def distill(student: nn.Module, teacher: nn.Module, train_loader: Iterable[Any], *,
+            config: DistillConfig | None = None, losses: Sequence[Term | str] | None = None,
+            optimizer: Any = None, scheduler: Any = None, val_loader: Iterable[Any] | None = None,
+            metrics: Mapping[str, Callable[[Any, Any], Any]] | None = None,
+            inputs_fn: Callable[[Any], Sequence[Any]] | None = None, out_dir: str | os.PathLike | None = None,
+            resume: bool = True, callbacks: Sequence[Callback] = ()) -> TrainResult:
+    """Train ``student`` to match ``teacher`` (and the ground truth); see :class:`Distiller`.
+
+    ``losses=None`` takes the objective from ``config`` (α·L_student(S, GT) + L_distill(S, T) + feature
+    pairs); otherwise a list of :class:`OutputLoss` / :class:`FeatureLoss` terms, where a bare name or
+    callable means ``OutputLoss(it, against="teacher")``.
+    """
+    return Distiller(student, teacher, train_loader, config=config, losses=losses, optimizer=optimizer,
+                     scheduler=scheduler, val_loader=val_loader, metrics=metrics, inputs_fn=inputs_fn,
+                     out_dir=out_dir, resume=resume, callbacks=callbacks).fit()
+
+
+def _normalise_terms(losses: Sequence[Term | str] | None, config: DistillConfig) -> list[Term]:
+    if losses is None:
+        return default_terms(config)
+    if isinstance(losses, (str, OutputLoss, FeatureLoss)) or callable(losses):
+        losses = [losses]
+    terms: list[Term] = []
+    for item in losses:
+        if isinstance(item, (OutputLoss, FeatureLoss)):
+            terms.append(item)
+        elif isinstance(item, str) or callable(item):
+            terms.append(OutputLoss(item))
+        else:
+            raise TypeError("losses must be a list of OutputLoss / FeatureLoss terms, loss names or callables; "
+                            f"got {type(item).__name__}")
+    if not terms:
+        raise ValueError("losses is empty: give at least one term")
+    for t in terms:
+        if isinstance(t, OutputLoss) and t.against not in ("teacher", "target"):
+            raise ValueError(f"OutputLoss.against must be 'teacher' or 'target', got {t.against!r}")
+    return terms
+
+
+def _term_names(terms: list[Term]) -> list[str]:
+    names = []
+    for i, t in enumerate(terms):
+        if t.name:
+            name = t.name
+        elif isinstance(t, FeatureLoss):
+            name = f"feature:{t.student}"
+        else:
+            label = t.loss if isinstance(t.loss, str) else getattr(t.loss, "__name__", type(t.loss).__name__)
+            name = f"{label}:{t.against}"
+        names.append(name if name not in names else f"{name}#{i}")
+    return names
+
+
+def _to(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_to(x, device) for x in batch)
+    return batch

@@ -1,0 +1,93 @@
+"""Feature distillation: intermediate outputs addressed by module path, captured with forward hooks, and
+learned 1×1 adapters that map student widths onto teacher widths (Romero et al. 2015, "FitNets"; the
+future work of ST-MFNet Mini)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def get_submodule(model: nn.Module, path: str, who: str) -> nn.Module:
+    """``model.get_submodule(path)`` with an error that lists nearby valid paths."""
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        names = [n for n, _ in model.named_modules() if n]
+        hint = ", ".join(names[:20]) + (" ..." if len(names) > 20 else "")
+        raise ValueError(f"{who} has no module at path {path!r}; valid paths: {hint}") from None
+
+
+class FeatureHooks:
+    """Forward hooks that keep the latest output of each named module: ``hooks.features[path]``."""
+
+    def __init__(self, model: nn.Module, paths: Iterable[str], who: str):
+        self.features: dict[str, torch.Tensor] = {}
+        self._handles = []
+        for path in dict.fromkeys(paths):
+            module = get_submodule(model, path, who)
+            self._handles.append(module.register_forward_hook(self._keep(path, who)))
+
+    def _keep(self, path: str, who: str):
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            if not isinstance(output, torch.Tensor):
+                raise TypeError(f"feature distillation: {who} module {path!r} returned "
+                                f"{type(output).__name__}, expected a tensor")
+            self.features[path] = output
+        return hook
+
+    def pop(self) -> dict[str, torch.Tensor]:
+        out, self.features = self.features, {}
+        return out
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
+def make_adapter(student_feature: torch.Tensor, teacher_feature: torch.Tensor, where: str) -> nn.Module:
+    """A 1×1 convolution (or a linear map for (B, C) features) from the student's channel count to the
+    teacher's; the identity when they already agree. Channels are dimension 1."""
+    s, t = student_feature, teacher_feature
+    if s.dim() != t.dim() or s.dim() < 2:
+        raise ValueError(f"feature distillation {where}: student feature {tuple(s.shape)} and teacher feature "
+                         f"{tuple(t.shape)} must both be (B, C, ...) tensors of the same rank")
+    if s.shape[2:] != t.shape[2:]:
+        raise ValueError(f"feature distillation {where}: spatial sizes differ, student {tuple(s.shape)} vs "
+                         f"teacher {tuple(t.shape)}; pick layers at the same resolution")
+    c_in, c_out = s.shape[1], t.shape[1]
+    if c_in == c_out:
+        return nn.Identity()
+    conv = {2: None, 3: nn.Conv1d, 4: nn.Conv2d, 5: nn.Conv3d}.get(s.dim())
+    if s.dim() == 2:
+        return nn.Linear(c_in, c_out)
+    if conv is None:
+        raise ValueError(f"feature distillation {where}: features of rank {s.dim()} are not supported")
+    return conv(c_in, c_out, kernel_size=1)
+
+
+class StudentWithAdapters(nn.Module):
+    """What the training loop trains when distilling: the student plus its feature adapters.
+
+    ``forward`` returns the student's output; the adapted student features of the last call are in
+    ``self.adapted[path]`` (computed inside forward, so DDP sees the adapters as part of the model).
+    """
+
+    def __init__(self, student: nn.Module, adapters: dict[str, nn.Module]):
+        super().__init__()
+        self.student = student
+        self.paths = list(adapters)
+        self.adapters = nn.ModuleList(adapters.values())
+        self._hooks = FeatureHooks(student, self.paths, "student") if self.paths else None
+        self.adapted: dict[str, torch.Tensor] = {}
+
+    def forward(self, *inputs: Any) -> Any:
+        output = self.student(*inputs)
+        if self._hooks is not None:
+            raw = self._hooks.pop()
+            self.adapted = {p: a(raw[p]) for p, a in zip(self.paths, self.adapters)}
+        return output
