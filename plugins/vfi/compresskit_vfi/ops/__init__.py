@@ -1,0 +1,21 @@
+"""Custom ops of the VFI plugins: the AdaCoF sampling operator (``adacof``).
+
+Importing this package registers the ``torch.library`` ops and their channel rule with compresskit: the
+image's channels pass through to the output; the F² taps of weight/alpha/beta are read by meaning and so
+frozen (never pruned).
+"""
+
+from __future__ import annotations
+
+import torch
+
+import compresskit as ck
+from compresskit_vfi.ops.adacof import adacof, adacof_padding, triton_available
+
+__all__ = ["adacof", "adacof_padding", "triton_available"]
+
+_TAPS_REASON = "AdaCoF op: the F² kernel taps of weight/alpha/beta are read by meaning"
+
+ck.register_leaf(adacof)
+ck.register_rule(adacof, passthrough={0: 0}, reason=_TAPS_REASON)
+ck.register_rule(torch.ops.compresskit_vfi.adacof, passthrough={0: 0}, reason=_TAPS_REASON)
