@@ -175,7 +175,7 @@ class GraphBuilder:
         if isinstance(meta, TensorInfo):
             if len(meta.shape) == 0:
                 return meta
-            cdim = 1 if len(meta.shape) >= 2 else 0
+            cdim = 1 if len(meta.shape) >= 4 else len(meta.shape) - 1  # images/videos: NC...; tokens: last
             ids = self.fresh(meta.shape[cdim])
             self.freeze(ids, f"graph input '{node.name}'")
             return TensorInfo(meta.shape, cdim, ids)

@@ -149,6 +149,10 @@ class _ConcreteTracer(fx.Tracer):
         value = self._compute(kind, target, args, kwargs)
         p = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
         self.values[p.node] = value
+        if type(value) is float and kind == "call_function":
+            # a float never sizes a channel dim; handing back the number lets code such as
+            # torch.tensor([2.0 / w, ...]) run (a proxy looks like a sequence to torch.tensor)
+            return value
         return p
 
     def _compute(self, kind: str, target: Any, args: Any, kwargs: Any) -> Any:
