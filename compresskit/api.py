@@ -266,17 +266,6 @@ def _train_config(cls: type, **wanted: Any) -> Any:
     return cls(**{k: v for k, v in wanted.items() if k in fields})
 
 
-def _l1_param_groups(model: nn.Module, lambda_: float, l1_on: str) -> list[dict[str, Any]]:
-    penalised, free = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (penalised if l1_on == "all" or p.dim() >= 2 else free).append(p)
-    groups = [{"params": penalised, "lambda_": lambda_}]
-    if free:
-        groups.append({"params": free, "lambda_": 0.0})
-    return groups
-
-
 def _console(enabled: bool):
     from rich.console import Console
 
@@ -338,7 +327,7 @@ def compress(
     from compresskit.shrink.plan import plan_widths
     from compresskit.shrink.surgery import shrink
     from compresskit.sparsify.density import layer_densities
-    from compresskit.sparsify.obproxsg import OBProxSG
+    from compresskit.sparsify.obproxsg import OBProxSG, l1_param_groups
     from compresskit.train.loop import train
 
     console = _console(config.progress)
@@ -393,7 +382,9 @@ def compress(
     elif config.sparsify_steps > 0:
         console.print(f"[bold]1/4 sparsify[/]: OBProx-SG, λ={config.lambda_}, {config.sparsify_steps} steps")
         torch.manual_seed(config.seed)
-        opt = OBProxSG(_l1_param_groups(work, config.lambda_, config.l1_on), lr=config.lr,
+        every = config.l1_on == "all"
+        groups = l1_param_groups(work, config.lambda_, include_biases=every, include_norms=every)
+        opt = OBProxSG(groups, lr=config.lr,
                        lambda_=config.lambda_, eps=config.eps, n_prox_steps=config.n_prox_steps,
                        n_orthant_steps=config.n_orthant_steps)
         tcfg = _train_config(TrainConfig, steps=config.sparsify_steps, lr=config.lr, seed=config.seed,

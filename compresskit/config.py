@@ -147,7 +147,7 @@ class CompressConfig(Config):
     n_orthant_steps: int | None = Field(
         None, ge=1, description="orthant steps before returning to Prox-SG steps (None: for ever)")
     l1_on: Literal["weights", "all"] = Field(
-        "weights", description="parameters with the l1 penalty: 'weights' (ndim ≥ 2) or 'all' (papers)")
+        "weights", description="l1 on 'weights' (biases and norms exempt) or on 'all' parameters (papers)")
     # widths
     width_rule: Literal["linear", "sqrt"] = Field(
         "linear", description="'linear': ceil(d·C) back to front (ST-MFNet Mini); 'sqrt': floor(√d·C) (CDFI)")
