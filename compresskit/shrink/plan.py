@@ -1,0 +1,266 @@
+"""Width planning: turn per-layer densities into one new width per channel group, back to front.
+
+Rules (``d`` = a layer's weight density after sparsification, ``C`` = the group's original width):
+
+- ``"linear"`` (ST-MFNet Mini paper): walking from the last layer to the first, a layer's *input* width
+  becomes ``ceil(d · C_in)`` and the previous layer's output width follows it, so a group's width comes
+  from the density of the layer(s) *consuming* it. A group nobody consumes through weights (e.g. a
+  model's output channels when not frozen) falls back to its producers' densities.
+- ``"sqrt"`` (CDFI code): ``floor(√d · C)`` for both the inputs and the outputs of a layer, so a group's
+  width is proposed by its producers and its consumers alike.
+
+A group with several proposals (residual adds, concats, shared heads, a layer read by many heads) takes
+one width by ``coupling``: ``"max"`` (keep the most any layer wants; safest), ``"min"`` or ``"mean"``
+(the mean of the proposals, rounded up). Then ``min_width`` bounds it from below and ``divisor`` rounds
+it up to a multiple; never above the original size. Frozen groups keep their width.
+
+Widths are counted in the group's *units* (``ChannelGroup.size``), the indices ``shrink(keep=...)``
+takes: one channel for an ordinary group, ``channels_per_unit`` channels where a grouped convolution or
+a GroupNorm ties channels together, so their divisibility is kept by construction (``ceil(d·C)``
+channels rounded up to whole units is ``ceil(d·size)`` units).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rich.table import Table
+
+    from compresskit.graph.channels import ChannelGraph
+
+__all__ = ["WidthPlan", "GroupPlan", "Proposal", "plan_widths", "RULES", "COUPLINGS"]
+
+RULES = ("linear", "sqrt")
+COUPLINGS = ("max", "min", "mean")
+
+
+@dataclass
+class Proposal:
+    """One layer's wish for a group's width: ``rule(density, size)``."""
+
+    layer: str
+    role: str  # "in" (the layer consumes the group) or "out" (it produces it)
+    density: float
+    width: int
+
+
+@dataclass
+class GroupPlan:
+    """How one group's width was decided (for ``WidthPlan.explain``)."""
+
+    id: int
+    size: int
+    channels_per_unit: int
+    width: int
+    prunable: bool
+    proposals: list[Proposal] = field(default_factory=list)
+    note: str = ""
+
+
+@dataclass
+class WidthPlan:
+    """The planned width of every channel group: ``widths[group id]`` in units (``<= group.size``)."""
+
+    widths: dict[int, int]
+    sizes: dict[int, int]
+    rule: str
+    coupling: str
+    min_width: int = 1
+    divisor: int = 1
+    groups: list[GroupPlan] = field(default_factory=list)  # in planning order (back to front)
+
+    # -- summaries ---------------------------------------------------------------------------------
+
+    def kept_fraction(self) -> float:
+        """Units kept over units before, over prunable groups that shrink at all."""
+        total = sum(self.sizes.values())
+        return sum(self.widths.values()) / total if total else 1.0
+
+    def explain(self) -> Table:
+        """A rich table: one row per group with size, the densities involved, the rule and the width."""
+        from rich.table import Table
+
+        t = Table(title=f"width plan (rule={self.rule}, coupling={self.coupling}, min_width="
+                        f"{self.min_width}, divisor={self.divisor})")
+        for col in ("group", "size", "densities (layer: d → width)", "decision", "width"):
+            t.add_column(col, overflow="fold", justify="right" if col in ("size", "width") else "left")
+        for gp in self.groups:
+            size = f"{gp.size}" + (f"×{gp.channels_per_unit}" if gp.channels_per_unit > 1 else "")
+            props = "\n".join(f"{p.layer} ({p.role}): {p.density:.3f} → {p.width}" for p in gp.proposals)
+            t.add_row(str(gp.id), size, props or "-", gp.note, str(gp.width))
+        return t
+
+    def explain_text(self) -> str:
+        """The same as :meth:`explain`, as plain text (one line per group)."""
+        lines = [f"width plan: rule={self.rule} coupling={self.coupling} min_width={self.min_width} "
+                 f"divisor={self.divisor}"]
+        for gp in self.groups:
+            props = ", ".join(f"{p.layer}({p.role}) d={p.density:.3f}->{p.width}" for p in gp.proposals)
+            line = f"group {gp.id}: {gp.size} -> {gp.width}  [{gp.note}]"
+            lines.append(line + (f"  {props}" if props else ""))
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.explain_text()
+
+    # -- serialisation -----------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict (group ids as strings); :meth:`from_dict` restores the plan."""
+        return {
+            "rule": self.rule,
+            "coupling": self.coupling,
+            "min_width": self.min_width,
+            "divisor": self.divisor,
+            "widths": {str(k): v for k, v in self.widths.items()},
+            "sizes": {str(k): v for k, v in self.sizes.items()},
+            "groups": [asdict(g) for g in self.groups],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WidthPlan:
+        try:
+            widths = {int(k): int(v) for k, v in data["widths"].items()}
+            sizes = {int(k): int(v) for k, v in data["sizes"].items()}
+            groups = [
+                GroupPlan(**{**g, "proposals": [Proposal(**p) for p in g.get("proposals", [])]})
+                for g in data.get("groups", [])
+            ]
+            plan = cls(widths, sizes, str(data["rule"]), str(data["coupling"]), int(data.get("min_width", 1)),
+                       int(data.get("divisor", 1)), groups)
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"not a WidthPlan dict ({type(err).__name__}: {err})") from err
+        for gid, w in plan.widths.items():
+            if gid not in plan.sizes or not 1 <= w <= plan.sizes[gid]:
+                raise ValueError(f"WidthPlan dict: width {w} of group {gid} is not in [1, size]")
+        return plan
+
+    def check_graph(self, graph: ChannelGraph) -> None:
+        """Raise ValueError if this plan was not made for ``graph`` (group ids or sizes differ)."""
+        sizes = {g.id: g.size for g in graph.groups}
+        for gid, size in self.sizes.items():
+            if sizes.get(gid) != size:
+                raise ValueError(
+                    f"plan does not match the graph: group {gid} has size {sizes.get(gid)} in the graph "
+                    f"but {size} in the plan (plan made for another model or trace?)"
+                )
+
+
+def _rule_width(rule: str, density: float, size: int) -> int:
+    if rule == "linear":
+        # a tiny tolerance so that e.g. d = 0.75 stored as 0.7500000000000001 does not add a unit
+        return math.ceil(density * size - 1e-9)
+    return math.floor(math.sqrt(density) * size + 1e-9)
+
+
+def _combine(coupling: str, widths: list[int]) -> int:
+    if coupling == "max":
+        return max(widths)
+    if coupling == "min":
+        return min(widths)
+    return math.ceil(sum(widths) / len(widths) - 1e-9)
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def plan_widths(
+    graph: ChannelGraph,
+    densities: dict[str, float],
+    rule: str = "linear",
+    coupling: str = "max",
+    min_width: int = 1,
+    divisor: int = 1,
+) -> WidthPlan:
+    """Plan one width per channel group from per-layer densities (see the module docstring).
+
+    Args:
+        graph: ``ck.trace(model, example_inputs)``.
+        densities: ``{module name: density in [0, 1]}``, e.g. ``ck.layer_densities(model)``; names must be
+            modules of the traced graph. Layers not listed propose nothing.
+        rule: ``"linear"`` (ceil(d·C), from consumers) or ``"sqrt"`` (floor(√d·C), producers and consumers).
+        coupling: how a group with several proposals takes one width: ``"max"``, ``"min"`` or ``"mean"``.
+        min_width: smallest width of any group, in units (a layer of density ~0 shrinks to this).
+        divisor: round widths up to a multiple of this (in units), never above the group's size.
+
+    Returns a :class:`WidthPlan`; ``plan.explain()`` tells how each width was decided.
+    """
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+    if coupling not in COUPLINGS:
+        raise ValueError(f"coupling must be one of {COUPLINGS}, got {coupling!r}")
+    _check_int("min_width", min_width, 1)
+    _check_int("divisor", divisor, 1)
+    if not hasattr(graph, "groups") or not hasattr(graph, "layers"):
+        raise TypeError(f"graph must be a ChannelGraph from ck.trace(...), got {type(graph).__name__}")
+    if not isinstance(densities, dict):
+        raise TypeError(f"densities must be a dict {{module name: density}}, got {type(densities).__name__}")
+    known = {layer.name for layer in graph.layers} | {m.module for g in graph.groups for m in g.members}
+    unknown = [n for n in densities if n not in known]
+    if unknown:
+        raise ValueError(
+            f"densities has module names that are not in the traced graph: {unknown[:8]}"
+            + (f" (+{len(unknown) - 8} more)" if len(unknown) > 8 else "")
+            + "; pass densities of the model that was traced (names as in model.named_modules())"
+        )
+    for name, d in densities.items():
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 <= float(d) <= 1.0:
+            raise ValueError(f"densities[{name!r}] must be a number in [0, 1], got {d!r}")
+
+    # back to front: the order in which the walk reaches each group as some layer's input
+    order: list[int] = []
+    seen: set[int] = set()
+    for layer in reversed(graph.layers):
+        for gid in (*layer.in_groups, *layer.out_groups, *layer.param_groups):
+            if gid not in seen:
+                seen.add(gid)
+                order.append(gid)
+    order += [g.id for g in reversed(graph.groups) if g.id not in seen]
+
+    widths: dict[int, int] = {}
+    sizes: dict[int, int] = {}
+    plans: list[GroupPlan] = []
+    for gid in order:
+        group = graph.group(gid)
+        gp = GroupPlan(gid, group.size, group.channels_per_unit, group.size, group.prunable)
+        sizes[gid] = group.size
+        consumers = [(name, "in") for name in group.consumers if name in densities]
+        producers = [(name, "out") for name in group.producers if name in densities]
+        if rule == "linear":  # consumers decide; producers only where nothing consumes through weights
+            voters = consumers if group.consumers else producers
+        else:
+            voters = producers + consumers
+        gp.proposals = [
+            Proposal(name, role, d, _rule_width(rule, d, group.size))
+            for name, role in voters
+            for d in [float(densities[name])]
+        ]
+        if not group.prunable:
+            gp.note = "frozen: " + (group.reasons[0] if group.reasons else "not prunable")
+        elif not gp.proposals:
+            gp.note = "no density for the layers that decide it: kept"
+        else:
+            width = _combine(coupling, [p.width for p in gp.proposals])
+            steps = [f"{coupling} of {len(gp.proposals)}" if len(gp.proposals) > 1 else rule]
+            if rule == "linear" and not group.consumers:
+                steps.append("from producers (no weighted consumer)")
+            if width < min_width:
+                width = min_width
+                steps.append(f"min_width {min_width}")
+            if width % divisor:
+                width = divisor * math.ceil(width / divisor)
+                steps.append(f"divisor {divisor}")
+            if width > group.size:
+                width = group.size
+                steps.append("capped at size")
+            gp.width = width
+            gp.note = ", ".join(steps)
+        widths[gid] = gp.width
+        plans.append(gp)
+    return WidthPlan(widths, sizes, rule, coupling, min_width, divisor, plans)

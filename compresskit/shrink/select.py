@@ -1,0 +1,74 @@
+"""Which channels a planned width keeps: the units with the largest l1 mass.
+
+For each group, a unit's mass is ``Σ |θ|`` over every parameter entry that the unit indexes, in every
+member tensor of the group (rows of the producing weights, columns of the consuming weights, biases,
+norm scales, ...). After OBProx-SG a channel whose weights were driven to zero has (nearly) no mass, so
+keeping the ``width`` heaviest units keeps what the sparse solution kept (``init="inherit"``). With
+``init="reinit"`` the same selection is used; the surgery then re-initialises the weights.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:  # pragma: no cover
+    from compresskit.graph.channels import ChannelGraph, ChannelGroup
+    from compresskit.shrink.plan import WidthPlan
+
+__all__ = ["keep_from_plan", "unit_l1_mass", "INITS"]
+
+INITS = ("inherit", "reinit")
+
+
+def unit_l1_mass(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
+    """float64 tensor of length ``group.size``: the l1 mass of each unit over the group's parameters.
+
+    Buffers (running statistics) are not weights and do not count.
+    """
+    mass = torch.zeros(group.size, dtype=torch.float64)
+    for member in group.members:
+        mod = model.get_submodule(member.module) if member.module else model
+        tensor = getattr(mod, member.tensor, None)
+        if not isinstance(tensor, nn.Parameter):
+            continue
+        if tensor.shape[member.dim] != member.length:
+            raise ValueError(
+                f"{member.qualname} has {tensor.shape[member.dim]} positions along dim {member.dim}, the "
+                f"graph expects {member.length}: was the model changed after ck.trace?"
+            )
+        with torch.no_grad():
+            t = tensor.detach().abs().to(torch.float64)
+            per_position = t.sum(dim=[d for d in range(t.ndim) if d != member.dim]) if t.ndim > 1 else t
+            mass.index_add_(0, member.units, per_position[member.positions].cpu())
+    return mass
+
+
+def keep_from_plan(
+    model: nn.Module, graph: ChannelGraph, plan: WidthPlan, init: str = "inherit"
+) -> dict[int, torch.LongTensor]:
+    """``{group id: sorted LongTensor of the plan.widths[id] units to keep}`` for each group that shrinks.
+
+    Units are ranked by :func:`unit_l1_mass` (ties: the lower index first). Groups whose planned width is
+    their size are left out (kept whole). ``init`` is ``"inherit"`` or ``"reinit"`` (same selection).
+    """
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    plan.check_graph(graph)
+    keep: dict[int, torch.LongTensor] = {}
+    for gid, width in plan.widths.items():
+        group = graph.group(gid)
+        if width >= group.size:
+            continue
+        if not group.prunable:
+            raise ValueError(
+                f"plan shrinks frozen group {gid} to {width} of {group.size}: {graph.explain(gid)}"
+            )
+        if width < 1:
+            raise ValueError(f"plan.widths[{gid}] must be >= 1, got {width}")
+        mass = unit_l1_mass(model, group)
+        order = torch.sort(-mass, stable=True).indices  # heaviest first, ties by index
+        keep[gid] = torch.sort(order[:width]).values
+    return keep
