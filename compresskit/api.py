@@ -266,6 +266,19 @@ def _train_config(cls: type, **wanted: Any) -> Any:
     return cls(**{k: v for k, v in wanted.items() if k in fields})
 
 
+def _as_text(obj: Any) -> str:
+    """Plain text of a string or a rich renderable (a table)."""
+    if isinstance(obj, str):
+        return obj
+    import io
+
+    from rich.console import Console
+
+    console = Console(file=io.StringIO(), width=120, color_system=None)
+    console.print(obj)
+    return console.file.getvalue()
+
+
 def _console(enabled: bool):
     from rich.console import Console
 
@@ -404,7 +417,7 @@ def compress(
                        min_width=config.min_width, divisor=config.divisor)
     widths = {str(g.id): [int(g.size), int(plan.widths.get(g.id, g.size))] for g in graph.groups}
     if out_dir is not None:
-        atomic_write_json({"widths": widths, "densities": densities, "explain": plan.explain()},
+        atomic_write_json({"widths": widths, "densities": densities, "explain": _as_text(plan.explain())},
                           out_dir / "plan.json")
     timings["plan"] = time.perf_counter() - t0
     if stop_after == "plan":
@@ -484,7 +497,7 @@ def _finish(*, model: nn.Module, final: nn.Module, plan: Any, stage: str, r: _Re
     changed = {k: v for k, v in widths.items() if v[0] != v[1]}
     report = CompressReport(
         model=name, loss=r.loss_how, inputs=r.inputs_how, before=before, after=after, layers=layers,
-        widths=changed if plan is not None else {}, plan=plan.explain() if plan is not None else "",
+        widths=changed if plan is not None else {}, plan=_as_text(plan.explain()) if plan is not None else "",
         stages=timings, config=config.model_dump(mode="json"),
         example_input_shapes=[list(t.shape) for t in r.example_inputs])
     rebuild = None

@@ -34,7 +34,6 @@ __all__ = [
     "evaluate",
     "model_stats",
     "normalize_metrics",
-    "plot_densities",
     "plot_metric_vs_params",
     "print_report",
 ]
@@ -279,6 +278,8 @@ class CompressReport:
         written = []
         dens = {r.name: r.density for r in self.layers if r.density is not None}
         if dens:
+            from compresskit.sparsify.density import plot_densities
+
             written.append(plot_densities(dens, out_dir / "densities.png"))
         names = [m for m in self.before.metrics if self.after is not None and m in self.after.metrics]
         if metric is None and names:
@@ -351,50 +352,17 @@ def print_report(report: CompressReport | Mapping[str, Any], console: Any = None
 
 
 # ------------------------------------------------------------------------------------------------- plots
-def _save_figure(fig: Any, path: str | os.PathLike) -> Path:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return atomic_write_bytes(buf.getvalue(), path)
-
-
-def _pyplot():
-    try:
-        import matplotlib
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("plots need matplotlib: pip install 'compresskit[plot]'") from e
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_densities(densities: Mapping[str, float], path: str | os.PathLike) -> Path:
-    """Bar chart of the density (nonzeros / size) of each layer's weight, in model order; PNG."""
-    if not densities:
-        raise ValueError("plot_densities: densities is empty")
-    plt = _pyplot()
-    names = list(densities)
-    values = [float(densities[n]) for n in names]
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * len(names) + 1.5), 3.5))
-    ax.bar(range(len(names)), values, color="#3b7dd8")
-    ax.set_xticks(range(len(names)), names, rotation=70, ha="right", fontsize=7)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("density (nonzero fraction)")
-    ax.set_title("weight density per layer after sparsification")
-    ax.grid(axis="y", alpha=0.3)
-    return _save_figure(fig, path)
-
-
 def plot_metric_vs_params(points: Sequence[tuple[str, int, float]], path: str | os.PathLike,
                           metric: str = "metric") -> Path:
-    """Scatter of ``(label, parameters, metric value)`` points, parameters on a log axis; PNG."""
+    """Scatter of ``(label, parameters, metric value)`` points, parameters on a log axis; PNG, atomic."""
     if not points:
         raise ValueError("plot_metric_vs_params: points is empty")
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    try:
+        from matplotlib.figure import Figure  # no pyplot: the user's backend is left alone
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("plots need matplotlib: pip install 'compresskit[plot]'") from e
+    fig = Figure(figsize=(5, 3.5), dpi=120)
+    ax = fig.add_subplot()
     for label, params, value in points:
         if not (isinstance(value, (int, float)) and math.isfinite(value)):
             continue
@@ -405,4 +373,7 @@ def plot_metric_vs_params(points: Sequence[tuple[str, int, float]], path: str | 
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} vs parameters")
     ax.grid(alpha=0.3)
-    return _save_figure(fig, path)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return atomic_write_bytes(buf.getvalue(), path)

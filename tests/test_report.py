@@ -17,7 +17,6 @@ from compresskit.report import (
     evaluate,
     measure_latency,
     normalize_metrics,
-    plot_densities,
     plot_metric_vs_params,
     print_report,
 )
@@ -158,12 +157,10 @@ def test_print_report_shows_the_numbers():
 def test_plots_are_png_and_written_atomically(tmp_path):
     import matplotlib.image
 
-    dens = plot_densities({"conv1": 0.5, "conv2": 0.25, "fc": 1.0}, tmp_path / "d.png")
-    pts = plot_metric_vs_params([("a", 1000, 30.0), ("b", 400, 29.5)], tmp_path / "p.png", "psnr")
-    for path in (dens, pts):
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        assert matplotlib.image.imread(path).shape[0] > 50
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.png", "p.png"]  # no temp files left
+    path = plot_metric_vs_params([("a", 1000, 30.0), ("b", 400, 29.5)], tmp_path / "p.png", "psnr")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert matplotlib.image.imread(path).shape[0] > 50
+    assert [p.name for p in tmp_path.iterdir()] == ["p.png"]  # no temp files left
     assert sorted(p.name for p in _report().plot(tmp_path / "r")) == ["densities.png", "psnr_vs_params.png"]
-    with pytest.raises(ValueError, match="densities"):
-        plot_densities({}, tmp_path / "e.png")
+    with pytest.raises(ValueError, match="points"):
+        plot_metric_vs_params([], tmp_path / "e.png")
