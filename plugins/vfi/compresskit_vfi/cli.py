@@ -129,16 +129,26 @@ def _expand_datasets(names: list[str], dirs: list[str]) -> list[tuple[str, str |
     return pairs
 
 
-def _build_dataset(name: str, data_dir: str | None, kind: str) -> Any:
-    from compresskit_vfi.data.datasets import DATASETS, create_dataset
+def _check_dataset_arg(name: str, data_dir: str | None) -> None:
+    from compresskit_vfi.data.datasets import DATASETS
 
     if name == "sample":
-        return create_dataset("sample", kind=kind, split="val", size=None)
+        return
     if name not in DATASETS:
         raise CLIError(f"unknown --dataset {name!r}; expected one of "
                        f"{', '.join(['sample', 'snufilm', *sorted(DATASETS)])}")
     if data_dir is None:
         raise CLIError(f"--dataset {name} needs --data-dir")
+    if not Path(data_dir).exists():
+        raise CLIError(f"--data-dir {data_dir!r} of --dataset {name} does not exist")
+
+
+def _build_dataset(name: str, data_dir: str | None, kind: str) -> Any:
+    from compresskit_vfi.data.datasets import create_dataset
+
+    if name == "sample":
+        return create_dataset("sample", kind=kind, split="val", size=None)
+    _check_dataset_arg(name, data_dir)
     kinded = name.startswith("snufilm") or name in ("davis90", "frames", "video")
     return create_dataset(name, data_dir, **({"kind": kind} if kinded else {}))
 
@@ -155,23 +165,27 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise CLIError(f"--limit must be >= 1, got {args.limit}")
     checkpoints = [None if c == "-" else c for c in args.checkpoint] or [None] * n
+    pairs = _expand_datasets(args.dataset, args.data_dir)
+    for name, d in pairs:  # names and folders are checked before any model is built
+        _check_dataset_arg(name, d)
     models: dict[str, Any] = {}
     for i, (name, ckpt) in enumerate(zip(args.model, checkpoints)):
         label = args.label[i] if args.label else name
         if label in models:
             label = f"{name}:{Path(ckpt).stem}" if ckpt else f"{name}#{i}"
-        if ckpt is None:
-            print(f"{PROG}: warning: --model {name} has no --checkpoint; scoring random weights",
-                  file=sys.stderr)
         models[label] = _create_model(name, ckpt)
     kind = "quintuplet" if any(model_num_inputs(m) == 4 for m in models.values()) else "triplet"
     datasets = {}
-    for name, d in _expand_datasets(args.dataset, args.data_dir):
+    for name, d in pairs:
         ds = _build_dataset(name, d, kind)
         key = str(getattr(ds, "name", name))
         while key in datasets:
             key += "'"
         datasets[key] = ds
+    for name, ckpt in zip(args.model, checkpoints):
+        if ckpt is None:
+            print(f"{PROG}: warning: --model {name} has no --checkpoint; scoring random weights",
+                  file=sys.stderr)
     result = evaluate(models, datasets, args.convention, device=args.device, lpips=args.lpips,
                       runtime=not args.no_runtime, runtime_repeats=args.runtime_repeats,
                       macs=not args.no_macs, limit=args.limit, tile=args.tile, overlap=args.overlap,

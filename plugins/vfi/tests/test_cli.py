@@ -1,0 +1,159 @@
+"""``compresskit-vfi``: help, one-line errors with no output file, evaluate and interpolate end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from compresskit_vfi.cli import main
+from compresskit_vfi.data.video import read_video, write_video
+from PIL import Image
+from torch import nn
+
+import compresskit as ck
+
+
+class WeightedAverage(nn.Module):
+    """w·frame0 + (1 − w)·frame1 with a learnable w (0.5 unless a checkpoint says otherwise)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(0.5))
+
+    def forward(self, frame0, frame1):
+        return self.w * frame0 + (1 - self.w) * frame1
+
+
+@pytest.fixture(scope="module", autouse=True)
+def registered():
+    ck.register_model("test_cli_weighted_average", task="vfi", overwrite=True)(WeightedAverage)
+
+
+def _checkpoint(tmp_path, w):
+    path = tmp_path / f"w{w}.pth"
+    torch.save({"state_dict": {"w": torch.tensor(w)}}, path)
+    return str(path)
+
+
+def _video(path, n=4):
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (n, 16, 24, 3), dtype=np.uint8)
+    write_video(frames, path, fps=8, codec="ffv1")
+    return frames
+
+
+def _one_error_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("compresskit-vfi"), err
+    return err[0]
+
+
+def test_help_has_examples(capsys):
+    for cmd in ("evaluate", "interpolate"):
+        with pytest.raises(SystemExit) as e:
+            main([cmd, "--help"])
+        assert e.value.code == 0
+        out = capsys.readouterr().out
+        assert "examples:" in out and f"compresskit-vfi {cmd} " in out
+
+
+def test_console_script_is_installed():
+    from importlib.metadata import entry_points
+
+    (ep,) = [e for e in entry_points(group="console_scripts") if e.name == "compresskit-vfi"]
+    assert ep.value == "compresskit_vfi.cli:main"
+    r = subprocess.run([sys.executable, "-m", "compresskit_vfi.cli", "interpolate", "a.mp4", "b.mp4",
+                        "--model", "x", "--factor", "3"], capture_output=True, text=True)
+    assert r.returncode != 0
+    assert r.stderr.strip() == "compresskit-vfi: error: --factor must be 2, 4 or 8, got '3'"
+
+
+def test_interpolate_errors_are_one_line_and_leave_no_output(tmp_path, capsys):
+    src = tmp_path / "in.mkv"
+    _video(src)
+    out = tmp_path / "out.mp4"
+    assert main(["interpolate", str(src), str(out), "--model", "test_cli_weighted_average",
+                 "--factor", "6"]) != 0
+    assert "--factor must be 2, 4 or 8" in _one_error_line(capsys)
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"not a video at all")
+    assert main(["interpolate", str(bad), str(out), "--model", "test_cli_weighted_average"]) != 0
+    assert "could not be opened" in _one_error_line(capsys)
+    assert main(["interpolate", str(tmp_path / "none.mp4"), str(out), "--model", "x"]) != 0
+    assert "does not exist" in _one_error_line(capsys)
+    assert main(["interpolate", str(src), str(out), "--model", "no_such_model_xyz"]) != 0
+    assert "no_such_model_xyz" in _one_error_line(capsys)
+    assert main(["interpolate", str(src), str(tmp_path / "out.gif"), "--model",
+                 "test_cli_weighted_average", "--no-progress"]) != 0
+    assert "unsupported video suffix" in _one_error_line(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.mp4", "in.mkv"]
+
+
+def test_interpolate_end_to_end_with_checkpoint(tmp_path, capsys):
+    src = tmp_path / "in.mkv"
+    frames = _video(src)
+    out = tmp_path / "out.mkv"
+    rc = main(["interpolate", str(src), str(out), "--model", "test_cli_weighted_average", "--checkpoint",
+               _checkpoint(tmp_path, 1.0), "--factor", "2", "--codec", "ffv1", "--tile", "8",
+               "--overlap", "0"])
+    assert rc == 0, capsys.readouterr().err
+    got = read_video(out)
+    assert got.shape == (7, 16, 24, 3)
+    np.testing.assert_array_equal(got[::2], frames)
+    np.testing.assert_array_equal(got[1::2], frames[:-1])  # w = 1 from the checkpoint: the earlier frame
+    assert "wrote" in capsys.readouterr().out
+
+
+def _frame_folder(root, n=6):
+    y, x = np.mgrid[0:16, 0:40].astype(np.float64)
+    for t in range(n):
+        v = 2 * np.round((120 + 60 * np.sin((x + 2 * t) / 3) + 40 * np.cos(y / 4)) / 2)
+        img = np.stack([v, v, 254 - v], -1)[:, :24].astype(np.uint8)
+        root.mkdir(exist_ok=True)
+        Image.fromarray(img).save(root / f"{t:03d}.png")
+    return [np.asarray(Image.open(root / f"{t:03d}.png")) for t in range(n)]
+
+
+def test_evaluate_end_to_end(tmp_path, capsys):
+    frames = _frame_folder(tmp_path / "frames")
+    out = tmp_path / "eval"
+    rc = main(["evaluate", "--model", "test_cli_weighted_average", "--checkpoint", _checkpoint(tmp_path, 0.5),
+               "--model", "test_cli_weighted_average", "--checkpoint", _checkpoint(tmp_path, 1.0),
+               "--label", "mean", "--label", "previous", "--dataset", "frames",
+               "--data-dir", str(tmp_path / "frames"), "--no-runtime", "--no-macs", "--out", str(out),
+               "--convention", "cdfi", "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    res = json.loads((out / "results.json").read_text())
+    (ds_name,) = res["scores"]["mean"]
+    f = [a.astype(np.float64) for a in frames]
+
+    def psnr(p, g):
+        return 10 * np.log10(255.0 ** 2 / np.mean((p - g) ** 2))
+
+    exp_mean = np.mean([psnr((f[t] + f[t + 2]) / 2, f[t + 1]) for t in range(4)])
+    exp_prev = np.mean([psnr(f[t], f[t + 1]) for t in range(4)])
+    assert res["scores"]["mean"][ds_name]["psnr"] == pytest.approx(exp_mean, abs=1e-4)
+    assert res["scores"]["previous"][ds_name]["psnr"] == pytest.approx(exp_prev, abs=1e-4)
+    assert res["models"]["mean"]["params"] == 1
+    assert (out / f"psnr_vs_params_{ds_name}.png").is_file()
+    assert "mean" in capsys.readouterr().out
+
+
+def test_evaluate_argument_errors(tmp_path, capsys):
+    base = ["evaluate", "--model", "test_cli_weighted_average", "--no-runtime", "--no-progress",
+            "--out", str(tmp_path / "o")]
+    assert main([*base, "--dataset", "davis90"]) != 0
+    assert "needs --data-dir" in _one_error_line(capsys)
+    assert main([*base, "--dataset", "davis90", "--data-dir", str(tmp_path / "missing")]) != 0
+    assert "does not exist" in _one_error_line(capsys)
+    assert main([*base, "--dataset", "imagenet", "--data-dir", str(tmp_path)]) != 0
+    assert "unknown --dataset 'imagenet'" in _one_error_line(capsys)
+    assert main([*base, "--checkpoint", "a.pth", "--checkpoint", "b.pth", "--dataset", "sample"]) != 0
+    assert "one --checkpoint per --model" in _one_error_line(capsys)
+    assert main([*base, "--checkpoint", str(tmp_path / "nope.pth"), "--dataset", "sample"]) != 0
+    assert "does not exist" in _one_error_line(capsys)
+    assert not (tmp_path / "o").exists()
