@@ -122,6 +122,8 @@ def _sampled_dots(t: _Taps, grad_rows: torch.Tensor, x_rows: torch.Tensor) -> to
     """``G[p, e] = <grad_out[p], x_rows[index[p, e]]>`` for every tap corner e of every pixel p."""
     n, entries = t.index.shape
     crow = torch.arange(0, n * entries + 1, entries, dtype=t.index.dtype)
+    if x_rows.shape[0] < entries:  # the kernel wants no more non-zeros per row than columns
+        x_rows = torch.cat([x_rows, x_rows.new_zeros(entries - x_rows.shape[0], x_rows.shape[1])])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
         pattern = torch.sparse_csr_tensor(crow, t.index.view(-1), t.coef.new_zeros(n * entries),
