@@ -53,6 +53,18 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def _tile(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        size = int(value)
+    except ValueError:
+        size = 0
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of pixels or 'auto', got {value!r}")
+    return size
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG,
                      description="Evaluate video frame interpolation models and interpolate videos.")
@@ -79,7 +91,8 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-runtime", action="store_true", help="skip timing a 480p frame")
     ev.add_argument("--runtime-repeats", type=int, default=3, metavar="N")
     ev.add_argument("--no-macs", action="store_true", help="skip counting MACs")
-    ev.add_argument("--tile", type=int, default=None, metavar="PX", help="tiled inference, tile size")
+    ev.add_argument("--tile", type=_tile, default=None, metavar="PX|auto",
+                    help="predict in tiles of PX pixels, or 'auto' (tiles only when out of memory)")
     ev.add_argument("--overlap", type=int, default=32, metavar="PX", help="context around each tile")
     ev.add_argument("--out", default="vfi_eval", metavar="DIR", help="output folder (default: vfi_eval)")
     ev.add_argument("--no-progress", action="store_true")
@@ -92,7 +105,8 @@ def _build_parser() -> argparse.ArgumentParser:
     ip.add_argument("--model", required=True, metavar="NAME", help="registered model name")
     ip.add_argument("--checkpoint", default=None, metavar="PATH", help="model checkpoint")
     ip.add_argument("--factor", default="2", metavar="{2,4,8}", help="frame-rate factor (default 2)")
-    ip.add_argument("--tile", type=int, default=None, metavar="PX", help="predict in tiles of PX pixels")
+    ip.add_argument("--tile", type=_tile, default=None, metavar="PX|auto",
+                    help="predict in tiles of PX pixels, or 'auto' (tiles only when out of memory)")
     ip.add_argument("--overlap", type=int, default=32, metavar="PX", help="context around each tile")
     ip.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     ip.add_argument("--fps", type=float, default=None, help="input frame rate (default: the file's, or 25)")

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from compresskit_vfi.interpolate import model_num_inputs, progress_bar, tiled_forward
+from compresskit_vfi.interpolate import make_predictor, model_num_inputs, progress_bar
 
 __all__ = ["CONVENTIONS", "ModelSummary", "EvaluationResult", "evaluate", "quantize"]
 
@@ -183,7 +183,7 @@ def _summary(model: nn.Module, n_inputs: int, device: torch.device, runtime: boo
 def evaluate(models: Mapping[str, nn.Module], datasets: Any, convention: str = "stmfnet", *,
              device: str | torch.device = "cpu", lpips: bool = False, runtime: bool = True,
              runtime_repeats: int = 3, macs: bool = True, limit: int | None = None,
-             tile: int | None = None, overlap: int = 32, out_dir: str | os.PathLike | None = None,
+             tile: int | str | None = None, overlap: int = 32, out_dir: str | os.PathLike | None = None,
              progress: bool = True, console: Any = None) -> EvaluationResult:
     """Score every model on every test set; print the table; save JSON and PNGs to ``out_dir`` if given.
 
@@ -194,7 +194,8 @@ def evaluate(models: Mapping[str, nn.Module], datasets: Any, convention: str = "
         lpips: also score LPIPS (needs the ``lpips`` package and its weights locally).
         runtime, macs: measure seconds per 480p frame and MACs at 256×256.
         limit: score only the first ``limit`` samples of each set (quick looks).
-        tile, overlap: tiled inference (see :func:`compresskit_vfi.interpolate.tiled_forward`).
+        tile, overlap: tiled inference, or tile="auto"
+            (see :func:`compresskit_vfi.interpolate.make_predictor`).
     """
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
@@ -212,6 +213,7 @@ def evaluate(models: Mapping[str, nn.Module], datasets: Any, convention: str = "
     fns = _metric_fns(convention, lpips)
     device = torch.device(device)
     arity = {label: model_num_inputs(m) for label, m in models.items()}
+    predictors = {label: make_predictor(m, tile, overlap) for label, m in models.items()}
     for m in models.values():
         m.to(device).eval()
     result = EvaluationResult(convention)
@@ -233,10 +235,10 @@ def evaluate(models: Mapping[str, nn.Module], datasets: Any, convention: str = "
             for i in range(n):
                 frames = [f.unsqueeze(0).to(device) for f in ds[i]]
                 gt = frames[-1]
-                for label, model in models.items():
+                for label in models:
                     inputs = _model_inputs(frames, arity[label], label, ds_name)
                     with torch.inference_mode():
-                        pred = quantize(tiled_forward(model, inputs, tile, overlap))
+                        pred = quantize(predictors[label](inputs))
                     for metric, fn in fns.items():
                         sums[label][metric] += _as_float(fn(pred, gt))
                 if bar:

@@ -10,7 +10,8 @@ Two-input models (AdaCoF, CDFI) get ``(f_t, f_{t+1})``; four-input models (ST-MF
 Tiled inference splits a frame into ``tile``-sized cores; each core is predicted from a crop enlarged by
 ``overlap`` pixels on every side (clipped at the frame border) and only the core is kept. For a model
 whose output at a pixel depends only on inputs within ``overlap`` pixels (e.g. a conv net whose receptive
-field radius is at most the overlap), the tiled result equals the untiled one.
+field radius is at most the overlap), the tiled result equals the untiled one. ``tile="auto"`` predicts
+whole frames and falls back to tiles, halved until they fit, when a frame runs out of memory.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ __all__ = [
     "FACTORS",
     "model_num_inputs",
     "tiled_forward",
+    "AutoTiler",
+    "make_predictor",
     "interpolate_frames",
     "interpolate_video",
 ]
@@ -101,6 +104,50 @@ def tiled_forward(model: Callable[..., torch.Tensor], inputs: Sequence[torch.Ten
     return out
 
 
+def _is_out_of_memory(e: BaseException) -> bool:
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
+class AutoTiler:
+    """Predict whole frames while they fit; on out-of-memory retry with tiles halved until they do.
+
+    The tile size found is kept for the following frames. ``min_tile`` bounds the search.
+    """
+
+    def __init__(self, model: Callable[..., torch.Tensor], overlap: int = 32, min_tile: int = 64):
+        self.model, self.overlap, self.min_tile = model, overlap, min_tile
+        self.tile: int | None = None
+
+    def __call__(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+        while True:
+            try:
+                return tiled_forward(self.model, inputs, self.tile, self.overlap)
+            except Exception as e:
+                if not _is_out_of_memory(e):
+                    raise
+                current = self.tile or max(inputs[0].shape[-2:])
+                if current // 2 < self.min_tile:
+                    raise RuntimeError(f"out of memory even with {current}-pixel tiles "
+                                       f"(overlap {self.overlap})") from e
+                self.tile = current // 2
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+
+
+def make_predictor(model: Callable[..., torch.Tensor], tile: int | Sequence[int] | str | None = None,
+                   overlap: int = 32) -> Callable[[Sequence[torch.Tensor]], torch.Tensor]:
+    """``predict(inputs)``: whole frames (None), fixed tiles (pixels) or ``"auto"`` (:class:`AutoTiler`)."""
+    if tile == "auto":
+        return AutoTiler(model, overlap)
+    if isinstance(tile, str):
+        raise ValueError(f"tile must be None, a size in pixels or 'auto', got {tile!r}")
+    if tile is not None:
+        _pair(tile, "tile")
+    if overlap < 0:
+        raise ValueError(f"overlap must be >= 0, got {overlap}")
+    return lambda inputs: tiled_forward(model, inputs, tile, overlap)
+
+
 def _double(frames: Iterator[torch.Tensor], predict: Callable[[list[torch.Tensor]], torch.Tensor],
             n_inputs: int) -> Iterator[torch.Tensor]:
     """One ×2 level: f0, mid(f0,f1), f1, mid(f1,f2), f2, ..."""
@@ -122,7 +169,7 @@ def _double(frames: Iterator[torch.Tensor], predict: Callable[[list[torch.Tensor
 
 
 def interpolate_frames(model: nn.Module, frames: Iterable[torch.Tensor], factor: int = 2,
-                       tile: int | Sequence[int] | None = None, overlap: int = 32,
+                       tile: int | Sequence[int] | str | None = None, overlap: int = 32,
                        n_inputs: int | None = None) -> Iterator[torch.Tensor]:
     """Yield the up-converted sequence: the input frames (B, 3, H, W) with ``factor − 1`` between each pair.
 
@@ -132,9 +179,11 @@ def interpolate_frames(model: nn.Module, frames: Iterable[torch.Tensor], factor:
         raise ValueError(f"factor must be one of {FACTORS}, got {factor!r}")
     n = n_inputs or model_num_inputs(model)
 
+    forward = make_predictor(model, tile, overlap)
+
     @torch.no_grad()
     def predict(inputs: list[torch.Tensor]) -> torch.Tensor:
-        return tiled_forward(model, inputs, tile, overlap).clamp(0, 1)
+        return forward(inputs).clamp(0, 1)
 
     stream: Iterator[torch.Tensor] = iter(frames)
     for _ in range(factor.bit_length() - 1):
@@ -172,7 +221,7 @@ def _input_frames(path: Path, fps: float | None) -> tuple[Iterator[Any], int, Fr
 
 
 def interpolate_video(input: str | os.PathLike, output: str | os.PathLike, model: nn.Module,
-                      factor: int = 2, tile: int | Sequence[int] | None = None, overlap: int = 32,
+                      factor: int = 2, tile: int | Sequence[int] | str | None = None, overlap: int = 32,
                       device: str | torch.device = "cpu", fps: float | None = None, codec: str | None = None,
                       crf: int = 18, progress: bool = True) -> dict[str, Any]:
     """Up-convert the video (or frame folder) ``input`` by ``factor`` into the video file ``output``.

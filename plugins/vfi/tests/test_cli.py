@@ -90,6 +90,10 @@ def test_interpolate_errors_are_one_line_and_leave_no_output(tmp_path, capsys):
     assert main(["interpolate", str(src), str(tmp_path / "out.gif"), "--model",
                  "test_cli_weighted_average", "--no-progress"]) != 0
     assert "unsupported video suffix" in _one_error_line(capsys)
+    with pytest.raises(SystemExit) as e:
+        main(["interpolate", str(src), str(out), "--model", "x", "--tile", "0"])
+    assert e.value.code == 2
+    assert "expected a positive number of pixels or 'auto'" in _one_error_line(capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.mp4", "in.mkv"]
 
 

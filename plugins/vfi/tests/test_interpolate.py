@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 from compresskit_vfi.data.video import read_video, video_info, write_video
-from compresskit_vfi.interpolate import interpolate_frames, interpolate_video, model_num_inputs, tiled_forward
+from compresskit_vfi.interpolate import (
+    interpolate_frames,
+    interpolate_video,
+    make_predictor,
+    model_num_inputs,
+    tiled_forward,
+)
 from torch import nn
 
 
@@ -64,6 +70,40 @@ def test_tiled_equals_untiled(tile):
     with torch.no_grad():
         short = tiled_forward(SmallConvNet(), [a, b], tile=16, overlap=1)
     assert (short - SmallConvNet()(a, b)).abs().max() > 1e-4
+
+
+class MemoryLimited(SmallConvNet):
+    """Raises torch.OutOfMemoryError for inputs of more than ``limit`` pixels, like a full GPU."""
+
+    def __init__(self, limit):
+        super().__init__()
+        self.limit, self.sizes = limit, []
+
+    def forward(self, a, b):
+        if a.shape[-2] * a.shape[-1] > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        self.sizes.append(tuple(a.shape[-2:]))
+        return super().forward(a, b)
+
+
+def test_auto_tiling_falls_back_on_out_of_memory():
+    g = torch.Generator().manual_seed(2)
+    a, b = torch.rand(1, 3, 200, 300, generator=g), torch.rand(1, 3, 200, 300, generator=g)
+    with torch.no_grad():
+        full = SmallConvNet()(a, b)
+        m = MemoryLimited(limit=120 * 120)
+        tiler = make_predictor(m, "auto", overlap=4)
+        out = tiler([a, b])
+        torch.testing.assert_close(out, full, rtol=0, atol=1e-6)
+        assert tiler.tile == 75  # 300 -> 150 (158x158 crops > limit) -> 75 (83x83 crops fit)
+        assert max(h * w for h, w in m.sizes) <= 120 * 120
+        n_calls = len(m.sizes)
+        tiler([a, b])  # the tile size found is kept: no failed attempts on the next frame
+        assert len(m.sizes) == 2 * n_calls
+        with pytest.raises(RuntimeError, match="out of memory even with"):
+            make_predictor(MemoryLimited(limit=10), "auto", overlap=4)([a, b])
+    with pytest.raises(ValueError, match="tile must be"):
+        make_predictor(m, "big")
 
 
 def _frames(values, h=4, w=6):
@@ -134,11 +174,11 @@ def test_interpolate_video_failure_leaves_no_output(tmp_path):
         def forward(self, a, b):
             self.n += 1
             if self.n == 3:
-                raise RuntimeError("out of memory")
+                raise RuntimeError("model failed")
             return a
 
     out = tmp_path / "out.mp4"
-    with pytest.raises(RuntimeError, match="out of memory"):
+    with pytest.raises(RuntimeError, match="model failed"):
         interpolate_video(src, out, Breaks(), progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mkv"]
     with pytest.raises(ValueError, match="factor"):
