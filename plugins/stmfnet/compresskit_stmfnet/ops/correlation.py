@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+import compresskit as ck
+
 MAX_DISPLACEMENT = 4
 WINDOW = 2 * MAX_DISPLACEMENT + 1
 N_DISPLACEMENTS = WINDOW * WINDOW  # 81
@@ -127,6 +129,18 @@ if torch.cuda.is_available():  # pragma: no cover - needs a GPU
     @_correlation_backward.register_kernel("cuda")
     def _(grad: Tensor, f1: Tensor, f2: Tensor) -> tuple[Tensor, Tensor]:
         return _tk.correlation_backward(grad.contiguous(), f1.contiguous(), f2.contiguous(), MAX_DISPLACEMENT)
+
+
+def _channel_rule(ctx):
+    """Every input channel enters the 1/C average, so none can be dropped exactly; the 81 output
+    channels are displacements (fixed)."""
+    ctx.freeze_all_inputs("correlation averages over all channels (1/C): no channel can be dropped exactly")
+    out = ctx.fresh(N_DISPLACEMENTS)
+    ctx.freeze(out, "correlation output channels are displacements, read by meaning")
+    return ctx.tracked(1, out)
+
+
+ck.register_rule(torch.ops.compresskit_stmfnet.correlation, _channel_rule)
 
 
 def correlation(f1: Tensor, f2: Tensor) -> Tensor:

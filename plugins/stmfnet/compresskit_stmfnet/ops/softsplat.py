@@ -24,6 +24,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+import compresskit as ck
+
 __all__ = ["sum_splat", "softmax_splat"]
 
 
@@ -132,6 +134,10 @@ if torch.cuda.is_available():  # pragma: no cover - needs a GPU
     @_sum_splat_backward.register_kernel("cuda")
     def _(grad: Tensor, x: Tensor, flow: Tensor) -> tuple[Tensor, Tensor]:
         return _tk.sum_splat_backward(grad.contiguous(), x.contiguous(), flow.contiguous())
+
+
+ck.register_rule(torch.ops.compresskit_stmfnet.sum_splat, passthrough={0: 0},
+                 reason="the 2 flow channels are read by meaning (x, y displacement)")
 
 
 def sum_splat(x: Tensor, flow: Tensor) -> Tensor:

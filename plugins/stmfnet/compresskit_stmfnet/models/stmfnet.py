@@ -1,0 +1,206 @@
+"""ST-MFNet (Danier, Zhang & Bull, CVPR 2022) and, with other widths and no flow branch, ST-MFNet Mini
+(Morris et al.).
+
+Four frames I0..I3 in, the frame halfway between I1 and I2 out, any size (frames are reflect-padded
+bottom/right to a multiple of 128 and the result cropped back):
+
+1. features = MultiScaleResNeXtUNet(cat(I1 − mean, I2 − mean)) at H/2;
+2. 18 kernel heads → AdaCoF warps (F=5, d=1) of I1 and I2 at 1×, at ½× (Gaussian 5×5, σ=0.5, then
+   stride 2) and at 2× (separable 8-tap half-pel filter [−1,4,−11,40,40,−11,4,−1]/64);
+3. flow branch (``flow=True``): PWC-Net flows F₁₂, F₂₁ (frozen by default), softmax splatting of I1, I2 by
+   half the flow with importance ``Z = paramScale · mean_c |I1 − backwarp(I2, F₁₂)|``;
+4. GridNet(2×: warps, 1×: warps (+ splats), ½×: warps) → Ĩ;
+5. output = Ĩ + UNet3D(I0, I1, Ĩ, I2, I3).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from compresskit_vfi.ops import adacof
+from torch import Tensor, nn
+
+from compresskit_stmfnet.models.feature_extractor import MultiScaleResNeXtUNet
+from compresskit_stmfnet.models.gridnet import MultiInputGridNet
+from compresskit_stmfnet.models.kernel_heads import KernelEstimation
+from compresskit_stmfnet.models.pwcnet import PWCNet, backwarp
+from compresskit_stmfnet.models.unet3d import UNet3D
+from compresskit_stmfnet.ops import softmax_splat
+
+MEAN_RGB = (0.4631, 0.4352, 0.3990)
+KERNEL_SIZE = 5
+DILATION = 1
+PAD_MULTIPLE = 128
+HALF_PEL_TAPS = (-1.0, 4.0, -11.0, 40.0, 40.0, -11.0, 4.0, -1.0)
+
+
+@dataclass(frozen=True)
+class STMFNetWidths:
+    """Every width a plan can change: feature extractor stages, kernel-head hidden convs, GridNet rows,
+    3-D U-Net layers, and the channels of the fusion conv after folding time."""
+
+    features: tuple[int, int, int, int] = (64, 128, 256, 512)
+    heads: tuple[int, int] = (64, 64)
+    grid: tuple[int, int, int] = (32, 64, 96)
+    unet: tuple[int, int, int, int] = (32, 64, 96, 128)
+    fuse: int = 32
+
+    def __post_init__(self) -> None:
+        for name, n in (("features", 4), ("heads", 2), ("grid", 3), ("unet", 4)):
+            v = getattr(self, name)
+            if len(v) != n or not all(isinstance(c, int) and c > 0 for c in v):
+                raise ValueError(f"STMFNetWidths.{name}: expected {n} positive ints, got {v!r}")
+            object.__setattr__(self, name, tuple(v))
+        if any(c % 32 for c in self.features):
+            raise ValueError(f"STMFNetWidths.features: each must be a multiple of 32 (grouped convs with 32 "
+                             f"groups), got {self.features}")
+        if not isinstance(self.fuse, int) or self.fuse < 1:
+            raise ValueError(f"STMFNetWidths.fuse: expected a positive int, got {self.fuse!r}")
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+STMFNET_WIDTHS = STMFNetWidths()
+#: the published ST-MFNet Mini widths (Morris et al.)
+STMFNET_MINI_WIDTHS = STMFNetWidths(features=(32, 64, 96, 128), heads=(30, 30), grid=(16, 32, 46),
+                                    unet=(16, 24, 32, 40), fuse=8)
+
+
+def gaussian_kernel(size: int = 5, sigma: float = 0.5) -> Tensor:
+    """Normalised 2-D Gaussian ``outer(g, g)``, ``g_i ∝ exp(−i²/2σ²)``, as a depthwise [3,1,k,k] filter."""
+    r = size // 2
+    g = torch.tensor([math.exp(-(i * i) / (2 * sigma * sigma)) for i in range(-r, r + 1)])
+    k = torch.outer(g, g)
+    return (k / k.sum()).expand(3, 1, size, size).clone()
+
+
+class HalfPelUpsampler(nn.Module):
+    """×2 upsampling: even pixels copied, odd pixels the separable 8-tap half-pel filter, rows then columns.
+
+    ``half[j] = Σ_k f_k · x[j − 3 + k]``, f = [−1,4,−11,40,40,−11,4,−1]/64, borders replicated."""
+
+    def __init__(self):
+        super().__init__()
+        taps = torch.tensor(HALF_PEL_TAPS) / 64.0
+        self.filter = nn.Parameter(taps.view(1, 1, 1, 8).repeat(3, 1, 1, 1), requires_grad=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        half = F.conv2d(F.pad(x, (3, 4, 0, 0), mode="replicate"), self.filter, groups=c)
+        rows = torch.stack([x, half], 4).reshape(b, c, h, 2 * w)
+        half = F.conv2d(F.pad(rows, (0, 0, 3, 4), mode="replicate"), self.filter.transpose(2, 3), groups=c)
+        return torch.stack([rows, half], 3).reshape(b, c, 2 * h, 2 * w)
+
+
+class ImportanceMetric(nn.Module):
+    """Softmax-splatting importance ``Z = paramScale · mean_c |I1 − backwarp(I2, F₁₂)|``, paramScale₀ = −1."""
+
+    def __init__(self):
+        super().__init__()
+        self.paramScale = nn.Parameter(-torch.ones(1, 1, 1, 1))
+
+    def forward(self, img1: Tensor, img2: Tensor, flow: Tensor) -> Tensor:
+        return self.paramScale * (img1 - backwarp(img2, flow)).abs().mean(1, keepdim=True)
+
+
+def reflect_pad_to(x: Tensor, multiple: int) -> Tensor:
+    """Reflect-pad bottom/right to a multiple of ``multiple``; pads wider than the image are done in steps."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    while ph or pw:
+        sh, sw = min(ph, x.shape[-2] - 1), min(pw, x.shape[-1] - 1)
+        if (ph and sh < 1) or (pw and sw < 1):
+            raise ValueError(f"reflect_pad_to: cannot reflect-pad a frame of size {tuple(x.shape[-2:])}")
+        x = F.pad(x, (0, sw, 0, sh), mode="reflect")
+        ph, pw = ph - sh, pw - sw
+    return x
+
+
+class STMFNet(nn.Module):
+    """ST-MFNet with configurable widths; ``flow=False`` drops the PWC-Net and softmax-splatting branch.
+
+    ``forward(I0, I1, I2, I3) -> I_t`` with frames (B,3,H,W) in [0,1]; t is halfway between I1 and I2.
+    ``freeze_flow``: the PWC-Net's parameters get ``requires_grad=False`` (the published default)."""
+
+    def __init__(self, widths: STMFNetWidths | dict | None = None, flow: bool = True,
+                 freeze_flow: bool = True):
+        super().__init__()
+        if widths is None:
+            widths = STMFNET_WIDTHS
+        elif isinstance(widths, dict):
+            widths = STMFNetWidths(**{k: tuple(v) if isinstance(v, Sequence) else v
+                                      for k, v in widths.items()})
+        elif not isinstance(widths, STMFNetWidths):
+            raise TypeError("STMFNet: widths must be STMFNetWidths, a dict or None, "
+                            f"got {type(widths).__name__}")
+        self.widths = widths
+        self.flow = bool(flow)
+        self.gauss_kernel = nn.Parameter(gaussian_kernel(KERNEL_SIZE, 0.5), requires_grad=False)
+        self.feature_extractor = MultiScaleResNeXtUNet(6, widths.features)
+        self.get_kernel = KernelEstimation(widths.features[0], widths.heads, KERNEL_SIZE)
+        self.upsampler = HalfPelUpsampler()
+        self.scale_synthesis = MultiInputGridNet((6, 12 if self.flow else 6, 6), widths.grid, 3)
+        if self.flow:
+            self.flow_estimator = PWCNet()
+            self.metric = ImportanceMetric()
+            if freeze_flow:
+                self.flow_estimator.requires_grad_(False)
+        self.dyntex_generator = UNet3D(widths.unet, widths.fuse, n_frames=5)
+        self.register_buffer("mean_rgb", torch.tensor(MEAN_RGB).view(1, 3, 1, 1), persistent=False)
+
+    # ------------------------------------------------------------------------------------------ pieces
+    def downsample(self, x: Tensor) -> Tensor:
+        """Gaussian 5×5 (σ=0.5, reflect borders), then every second pixel."""
+        padded = F.pad(x, (2, 2, 2, 2), mode="reflect")
+        return F.conv2d(padded, self.gauss_kernel, stride=2, groups=x.shape[1])
+
+    def warp(self, x: Tensor, weight: Tensor, alpha: Tensor, beta: Tensor) -> Tensor:
+        """AdaCoF warp of ``x`` (replicate-padded by (F−1)·d/2) with one kernel set."""
+        p = (KERNEL_SIZE - 1) * DILATION // 2
+        return adacof(F.pad(x, (p, p, p, p), mode="replicate"), weight, alpha, beta, DILATION)
+
+    def _check(self, frames: tuple[Tensor, ...]) -> None:
+        if len(frames) != 4:
+            raise ValueError(f"STMFNet: expected 4 frames (I0, I1, I2, I3), got {len(frames)}")
+        ref = frames[0]
+        for i, f in enumerate(frames):
+            if not isinstance(f, Tensor) or f.dim() != 4 or f.shape[1] != 3:
+                raise ValueError(f"STMFNet: frame I{i} must be a (B,3,H,W) tensor, "
+                                 f"got {getattr(f, 'shape', type(f))}")
+            if f.shape != ref.shape:
+                raise ValueError(f"STMFNet: frame I{i} has shape {tuple(f.shape)}, "
+                                 f"expected I0's {tuple(ref.shape)}")
+
+    # ----------------------------------------------------------------------------------------- forward
+    def forward(self, I0: Tensor, I1: Tensor, I2: Tensor, I3: Tensor) -> Tensor:  # noqa: N803
+        self._check((I0, I1, I2, I3))
+        h, w = I0.shape[-2:]
+        I0, I1, I2, I3 = (reflect_pad_to(f, PAD_MULTIPLE) for f in (I0, I1, I2, I3))  # noqa: N806
+
+        feats = self.feature_extractor(torch.cat([I1 - self.mean_rgb, I2 - self.mean_rgb], 1))
+        k = self.get_kernel(feats)
+
+        warp_1x = [self.warp(I1, k["Weight1"], k["Alpha1"], k["Beta1"]),
+                   self.warp(I2, k["Weight2"], k["Alpha2"], k["Beta2"])]
+        I1d, I2d = self.downsample(I1), self.downsample(I2)  # noqa: N806
+        warp_half = [self.warp(I1d, k["Weight1_ds"], k["Alpha1_ds"], k["Beta1_ds"]),
+                     self.warp(I2d, k["Weight2_ds"], k["Alpha2_ds"], k["Beta2_ds"])]
+        I1u, I2u = self.upsampler(I1), self.upsampler(I2)  # noqa: N806
+        warp_2x = [self.warp(I1u, k["Weight1_us"], k["Alpha1_us"], k["Beta1_us"]),
+                   self.warp(I2u, k["Weight2_us"], k["Alpha2_us"], k["Beta2_us"])]
+
+        if self.flow:
+            f12 = self.flow_estimator.full_resolution_flow(I1, I2)
+            f21 = self.flow_estimator.full_resolution_flow(I2, I1)
+            splat1 = softmax_splat(I1, 0.5 * f12, self.metric(I1, I2, f12))
+            splat2 = softmax_splat(I2, 0.5 * f21, self.metric(I2, I1, f21))
+            warp_1x += [splat1, splat2]
+
+        coarse = self.scale_synthesis(torch.cat(warp_2x, 1), torch.cat(warp_1x, 1), torch.cat(warp_half, 1))
+        residual = self.dyntex_generator(torch.stack([I0, I1, coarse, I2, I3], 2))
+        return (coarse + residual)[:, :, :h, :w]

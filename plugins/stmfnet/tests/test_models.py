@@ -1,0 +1,129 @@
+"""ST-MFNet / Mini against the published checkpoint layouts; their parts against independent references."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from compresskit_stmfnet.models import STMFNET_MINI_WIDTHS, STMFNet, STMFNetWidths
+from compresskit_stmfnet.models.pwcnet import backwarp
+from compresskit_stmfnet.models.stmfnet import HalfPelUpsampler, reflect_pad_to
+
+import compresskit as ck
+
+DATA = Path(__file__).parent / "data"
+
+
+def layout(name: str) -> dict:
+    return json.loads((DATA / f"{name}.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def full() -> STMFNet:
+    torch.manual_seed(0)
+    return STMFNet().eval()
+
+
+@pytest.fixture(scope="module")
+def mini() -> STMFNet:
+    torch.manual_seed(0)
+    return STMFNet(STMFNET_MINI_WIDTHS, flow=False).eval()
+
+
+@pytest.mark.parametrize("name", ["stmfnet", "stmfnet_mini"])
+def test_state_dict_matches_published_layout(name, full, mini):
+    model = full if name == "stmfnet" else mini
+    ref = layout(name)
+    own = {k: list(v.shape) for k, v in model.state_dict().items()}
+    assert list(own) == list(ref["state_dict"])  # same keys, same order
+    assert own == ref["state_dict"]
+    assert len(own) == ref["n_state_dict_keys"]
+    assert sum(p.numel() for p in model.parameters()) == ref["total_params"]
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert trainable == ref["trainable_params_upstream_default"]
+    for top, count in ref["params_by_top_module"].items():
+        own_count = sum(p.numel() for n, p in model.named_parameters() if n == top or n.startswith(top + "."))
+        assert own_count == count
+    # an official-layout checkpoint loads strictly
+    official = {k: torch.zeros(s) if s else torch.tensor(0) for k, s in ref["state_dict"].items()}
+    ck.load_state_dict_strict(model, {"state_dict": official})
+    torch.manual_seed(0)  # restore random weights for the other tests
+    model.load_state_dict(type(model)(model.widths, flow=model.flow).state_dict())
+
+
+def test_pwcnet_is_frozen_by_default_and_trainable_on_request(full):
+    assert not any(p.requires_grad for p in full.flow_estimator.parameters())
+    assert full.metric.paramScale.requires_grad and float(full.metric.paramScale.detach()) == -1.0
+    assert not full.gauss_kernel.requires_grad and not full.upsampler.filter.requires_grad
+    free = STMFNet(STMFNET_MINI_WIDTHS, flow=True, freeze_flow=False)
+    assert all(p.requires_grad for p in free.flow_estimator.parameters())
+
+
+def test_flow_branch_gradients_reach_the_metric_but_not_the_frozen_pwcnet():
+    torch.manual_seed(3)
+    model = STMFNet(STMFNET_MINI_WIDTHS, flow=True)  # full-width parts are exercised by the trace test
+    g = torch.Generator().manual_seed(1)
+    frames = [torch.rand(1, 3, 64, 64, generator=g) for _ in range(4)]
+    out = model(*frames)
+    assert out.shape == (1, 3, 64, 64) and torch.isfinite(out).all()
+    out.mean().backward()
+    assert model.metric.paramScale.grad is not None and model.metric.paramScale.grad.abs() > 0
+    assert model.get_kernel.moduleWeight1_us[7].weight.grad.abs().sum() > 0
+    assert model.scale_synthesis.lateral_1_0.f[1].weight.grad[:, 6:].abs().sum() > 0  # splat inputs used
+    assert all(p.grad is None for p in model.flow_estimator.parameters())
+    assert model.gauss_kernel.grad is None and model.upsampler.filter.grad is None
+
+
+def test_mini_forward_crops_back_any_size(mini):
+    g = torch.Generator().manual_seed(2)
+    frames = [torch.rand(2, 3, 40, 72, generator=g) for _ in range(4)]
+    with torch.no_grad():
+        out = mini(*frames)
+    assert out.shape == (2, 3, 40, 72) and torch.isfinite(out).all()
+    # batch elements are independent (eval-mode BN): the second alone gives the same result
+    with torch.no_grad():
+        single = mini(*[f[1:] for f in frames])
+    torch.testing.assert_close(single[0], out[1], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="I2"):
+        mini(frames[0], frames[1], frames[2][:, :2], frames[3])
+
+
+def test_reflect_pad_to_matches_numpy_for_pads_wider_than_the_frame():
+    x = torch.arange(2 * 3 * 5 * 9, dtype=torch.float64).view(2, 3, 5, 9)
+    out = reflect_pad_to(x, 16)
+    ref = np.pad(x.numpy(), ((0, 0), (0, 0), (0, 11), (0, 7)), mode="reflect")
+    np.testing.assert_array_equal(out.numpy(), ref)
+
+
+def test_half_pel_upsampler_interpolates_linear_ramps_exactly():
+    up = HalfPelUpsampler().double()
+    y, x = torch.meshgrid(torch.arange(12.0), torch.arange(16.0), indexing="ij")
+    img = (0.3 * x + 0.7 * y + 1).double().expand(1, 3, 12, 16)
+    out = up(img)
+    assert out.shape == (1, 3, 24, 32)
+    torch.testing.assert_close(out[..., ::2, ::2], img)  # even samples copied
+    yy, xx = torch.meshgrid(torch.arange(24.0) / 2, torch.arange(32.0) / 2, indexing="ij")
+    expected = (0.3 * xx + 0.7 * yy + 1).double()
+    # the 8 taps reach 4 pixels: exact away from the replicated border
+    torch.testing.assert_close(out[0, :, 6:-8, 6:-8], expected[6:-8, 6:-8].expand(3, -1, -1))
+
+
+def test_backwarp_integer_flow_is_a_shift():
+    x = torch.rand(1, 2, 6, 7, dtype=torch.float64)
+    flow = torch.zeros(1, 2, 6, 7, dtype=torch.float64)
+    flow[:, 0] = 2.0  # read two pixels to the right
+    out = backwarp(x, flow)
+    torch.testing.assert_close(out[..., :-2], x[..., 2:])
+    assert out[..., -2:].abs().max() == 0
+
+
+def test_widths_validation():
+    with pytest.raises(ValueError, match="features"):
+        STMFNetWidths(features=(30, 64, 96, 128))
+    with pytest.raises(ValueError, match="heads"):
+        STMFNetWidths(heads=(30,))
+    with pytest.raises(TypeError, match="widths"):
+        STMFNet(widths=[1, 2, 3])
