@@ -260,12 +260,6 @@ class _Stages:
 
 
 # ------------------------------------------------------------------------------------------- training
-def _train_config(cls: type, **wanted: Any) -> Any:
-    """Build ``cls`` (TrainConfig / DistillConfig) from the fields it has."""
-    fields = getattr(cls, "model_fields", {})
-    return cls(**{k: v for k, v in wanted.items() if k in fields})
-
-
 def _as_text(obj: Any) -> str:
     """Plain text of a string or a rich renderable (a table)."""
     if isinstance(obj, str):
@@ -343,6 +337,12 @@ def compress(
     from compresskit.sparsify.obproxsg import OBProxSG, l1_param_groups
     from compresskit.train.loop import train
 
+    if teacher is not None:
+        from compresskit.distill.registry import list_losses
+
+        if config.distill_loss not in list_losses():
+            raise ValueError(f"config.distill_loss: unknown loss {config.distill_loss!r}; registered losses: "
+                             f"{', '.join(list_losses())}")
     console = _console(config.progress)
     r = _resolve(model, train_loader, loss_fn, example_inputs, inputs_fn)
     if val_loader is not None and not metrics:
@@ -356,6 +356,7 @@ def compress(
                           out_dir / "resolved.json")
     stages = _Stages(out_dir, config.resume)
     timings: dict[str, float] = {}
+    device = str(next(model.parameters(), torch.zeros(())).device)
     name = r.registered[0] if r.registered else type(model).__name__
 
     def stats(m: nn.Module) -> ModelStats:
@@ -400,8 +401,8 @@ def compress(
         opt = OBProxSG(groups, lr=config.lr,
                        lambda_=config.lambda_, eps=config.eps, n_prox_steps=config.n_prox_steps,
                        n_orthant_steps=config.n_orthant_steps)
-        tcfg = _train_config(TrainConfig, steps=config.sparsify_steps, lr=config.lr, seed=config.seed,
-                             checkpoint_every=config.checkpoint_every, progress=config.progress)
+        tcfg = TrainConfig(steps=config.sparsify_steps, lr=config.lr, seed=config.seed, device=device,
+                           checkpoint_every=config.checkpoint_every, progress=config.progress)
         train(work, train_loader, r.loss_fn, optimizer=opt, config=tcfg, inputs_fn=r.inputs_fn,
               out_dir=stages.train_dir("sparsify", fp_sparse), resume=config.resume)
         stages.save("sparsified.pt", fp_sparse, state_dict=work.state_dict())
@@ -442,8 +443,8 @@ def compress(
     # 4. fine-tune / distill
     t0 = time.perf_counter()
     fp_tune = {"upstream": fp_shrink, "teacher": _checksum(teacher),
-               **config.model_dump(mode="json",
-                                   include={"finetune_steps", "finetune_lr", "distill_alpha", "seed"})}
+               **config.model_dump(mode="json", include={"finetune_steps", "finetune_lr", "distill_alpha",
+                                                          "distill_loss", "seed"})}
     done = stages.load("finetuned.pt", fp_tune)
     if done is not None:
         console.print("[green]fine-tune[/]: loaded finetuned.pt")
@@ -451,21 +452,22 @@ def compress(
     elif config.finetune_steps > 0:
         torch.manual_seed(config.seed)
         folder = stages.train_dir("finetune", fp_tune)
+        common = dict(steps=config.finetune_steps, lr=config.finetune_lr, seed=config.seed, device=device,
+                      checkpoint_every=config.checkpoint_every, progress=config.progress)
         if teacher is not None:
-            from compresskit.distill.engine import distill
+            from compresskit.distill.engine import OutputLoss, distill
 
-            console.print(f"[bold]4/4 distill[/] from the teacher: {config.finetune_steps} steps")
-            dcfg = _train_config(DistillConfig, steps=config.finetune_steps, lr=config.finetune_lr,
-                                 seed=config.seed, alpha=config.distill_alpha,
-                                 checkpoint_every=config.checkpoint_every, progress=config.progress)
-            distill(small, teacher, train_loader, config=dcfg, **_distill_kwargs(distill, r, folder, config))
+            console.print(f"[bold]4/4 distill[/] from the teacher: {config.finetune_steps} steps, "
+                          f"{config.distill_alpha}·loss(S, batch) + {config.distill_loss}(S, T)")
+            student_term = _BatchLoss(r.loss_fn, r.inputs_fn)
+            terms = [OutputLoss(student_term, config.distill_alpha, "target", name="student"),
+                     OutputLoss(config.distill_loss, 1.0, "teacher", name="distill")]
+            distill(small, teacher, train_loader, config=DistillConfig(**common, alpha=config.distill_alpha),
+                    losses=terms, inputs_fn=student_term.inputs_fn, out_dir=folder, resume=config.resume)
         else:
             console.print(f"[bold]4/4 fine-tune[/]: {config.finetune_steps} steps")
-            tcfg = _train_config(TrainConfig, steps=config.finetune_steps, lr=config.finetune_lr,
-                                 seed=config.seed, checkpoint_every=config.checkpoint_every,
-                                 progress=config.progress)
-            train(small, train_loader, r.loss_fn, config=tcfg, inputs_fn=r.inputs_fn, out_dir=folder,
-                  resume=config.resume)
+            train(small, train_loader, r.loss_fn, config=TrainConfig(**common), inputs_fn=r.inputs_fn,
+                  out_dir=folder, resume=config.resume)
         stages.save("finetuned.pt", fp_tune, state_dict=small.state_dict())
     timings["finetune"] = time.perf_counter() - t0
 
@@ -518,10 +520,20 @@ def _finish(*, model: nn.Module, final: nn.Module, plan: Any, stage: str, r: _Re
     return result
 
 
-def _distill_kwargs(distill_fn: Callable, r: _Resolved, folder: Path | None, config: CompressConfig) -> dict:
-    """Pass what ``ck.distill`` accepts: the ground-truth loss, inputs_fn, out_dir and resume."""
-    import inspect
+class _BatchLoss:
+    """``loss_fn(output, batch)`` as a distillation term ``fn(output, target)``.
 
-    params = inspect.signature(distill_fn).parameters
-    wanted = {"inputs_fn": r.inputs_fn, "out_dir": folder, "resume": config.resume, "loss_fn": r.loss_fn}
-    return {k: v for k, v in wanted.items() if k in params}
+    The distiller hands a term only the target; the whole batch is the one its ``inputs_fn`` saw last
+    (every forward reads its inputs from the batch whose loss follows), so it is remembered there.
+    """
+
+    def __init__(self, loss_fn: LossFn, inputs_fn: Callable[[Any], tuple]):
+        self.loss_fn, self._inputs_fn, self.batch = loss_fn, inputs_fn, None
+        self.__name__ = _describe(loss_fn)
+
+    def inputs_fn(self, batch: Any) -> tuple:
+        self.batch = batch
+        return self._inputs_fn(batch)
+
+    def __call__(self, output: Any, target: Any) -> torch.Tensor:
+        return self.loss_fn(output, self.batch)

@@ -163,6 +163,9 @@ class CompressConfig(Config):
     finetune_lr: float = Field(1e-3, gt=0, description="learning rate of stage II (Adamax)")
     distill_alpha: float = Field(
         0.1, ge=0, description="weight α of the ground-truth loss when distilling: α·L(S, GT) + L(S, T)")
+    distill_loss: str = Field(
+        "l1", min_length=1, description="registered loss L(S, T) between student and teacher outputs "
+        "(ck.list_losses(); the papers: 'laplacian')")
     # bookkeeping
     out_dir: Path | None = Field(
         None, description="folder for stage checkpoints, config and report (None: nothing is written)")

@@ -223,6 +223,31 @@ def test_finished_stages_are_reused_and_changed_settings_redo_later_stages(task,
     assert not torch.equal(other.model.conv1.weight, first.model.conv1.weight)
 
 
+def test_distillation_from_a_frozen_teacher(task):
+    model, train, val = task
+    seen = []
+
+    def loss(output, batch):  # the student term must see whole batches of the loader
+        seen.append(batch)
+        return _l1(output, batch)
+
+    teacher = ShiftNet()
+    teacher.load_state_dict(model.state_dict())
+    teacher.train()
+    weights = {k: v.clone() for k, v in teacher.state_dict().items()}
+    cfg = _config(sparsify_steps=10, finetune_steps=12, distill_alpha=0.5, distill_loss="mse")
+    result = ck.compress(model, train[:6], loss, config=cfg, teacher=teacher, val_loader=val, metrics=[psnr])
+    assert len(seen) == 10 + 12  # one call per step of each stage
+    for batch in seen[10:]:
+        assert any(all(torch.equal(a, b) for a, b in zip(batch, t)) for t in train[:6])
+    assert teacher.training and all(torch.equal(v, teacher.state_dict()[k]) for k, v in weights.items())
+    assert set(result.report.after.metrics) == {"psnr"}
+    alone = ck.compress(model, train[:6], loss, config=cfg).model  # same run without the teacher term
+    assert not torch.equal(alone.conv1.weight, result.model.conv1.weight)
+    with pytest.raises(ValueError, match="distill_loss: unknown loss 'nope'"):
+        ck.compress(model, train[:2], config=_config(distill_loss="nope"), teacher=teacher)
+
+
 def test_plain_compress_infers_inputs_and_l1_loss(task):
     model, train, _ = task
     result = ck.compress(model, train[:4], config=_config())
