@@ -210,14 +210,14 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _interpolate(args: argparse.Namespace) -> int:
-    from compresskit_vfi.interpolate import FACTORS, interpolate_video
-
     try:
         factor = int(args.factor)
     except ValueError:
         factor = None
-    if factor not in FACTORS:
+    if factor not in (2, 4, 8):  # checked before torch is even imported
         raise CLIError(f"--factor must be 2, 4 or 8, got {args.factor!r}")
+    from compresskit_vfi.interpolate import interpolate_video
+
     src = Path(args.input)
     if not src.exists():
         raise CLIError(f"input {args.input!r} does not exist")
