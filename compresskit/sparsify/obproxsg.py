@@ -16,6 +16,7 @@ after the first ``n_prox_steps``; ``n_prox_steps=None`` means prox steps for eve
 The update runs on grouped tensor lists with ``torch._foreach_*`` ops (``compile=False``, default) or as
 one fused ``torch.compile`` kernel per tensor (``compile=True``; falls back to the eager path with a
 warning if compilation fails). float16/bfloat16 parameters are updated in float32 and written back.
+A NaN or infinite gradient is not hidden: it reaches the parameter as it would with SGD.
 """
 
 from __future__ import annotations
@@ -149,7 +150,47 @@ def _orthant_eager(xs: list[torch.Tensor], gs: list[torch.Tensor], lr: float, la
     del direction
     torch._foreach_mul_(zetas, xs)  # zetas now hold x̂·ζ (0 where x was 0, so zeros stay zero)
     for x, along in zip(xs, zetas):
-        x.masked_fill_(along.gt(eps).logical_not_(), 0)
+        x.masked_fill_(along.le(eps), 0)  # keep where x̂·ζ > eps (a NaN stays NaN, as in SGD)
+
+
+_CPU_CHUNK = 1 << 18  # elements per slice on CPU: a few passes over a slice stay in cache
+
+
+def _cpu_slices(xs: list[torch.Tensor], gs: list[torch.Tensor]):  # type: ignore[no-untyped-def]
+    for x, g in zip(xs, gs):
+        xf, gf = x.view(-1), g.reshape(-1)
+        for start in range(0, xf.numel(), _CPU_CHUNK):
+            yield xf[start : start + _CPU_CHUNK], gf[start : start + _CPU_CHUNK]
+
+
+def _prox_cpu(xs: list[torch.Tensor], gs: list[torch.Tensor], lr: float, lam: float) -> None:
+    """The prox step slice by slice (contiguous tensors): both passes over a slice hit the cache."""
+    threshold = lr * lam
+    for x, g in _cpu_slices(xs, gs):
+        x.add_(g, alpha=-lr)
+        if threshold > 0:
+            torch.ops.aten.softshrink.out(x, threshold, out=x)
+
+
+def _orthant_cpu(
+    xs: list[torch.Tensor], gs: list[torch.Tensor], lr: float, lam: float, eps: float, scratch: torch.Tensor
+) -> None:
+    """The orthant step slice by slice, in place, with ``ζ`` and ``x̂·ζ`` in a reused scratch buffer.
+
+    On CPU a fresh temporary of a large tensor costs page faults that dwarf the arithmetic, and several
+    passes over a cache-sized slice cost little more than one. Where kept, ``x̂ = sign(x̂)·(x̂·ζ)``
+    exactly, so the masked result is ``copysign(threshold(x̂·ζ, eps, 0), x̂)`` (dropped entries become
+    ``±0``).
+    """
+    for x, g in _cpu_slices(xs, gs):
+        zeta = scratch[: x.numel()]
+        torch.sign(x, out=zeta)
+        x.add_(g, alpha=-lr)
+        if lam != 0:
+            x.add_(zeta, alpha=-lr * lam)  # x̂ = x − lr·g − lr·λ·ζ
+        zeta.mul_(x)  # x̂·ζ (0 where x was 0, so zeros stay zero)
+        torch.nn.functional.threshold_(zeta, eps, 0.0)  # x̂·ζ where > eps, else 0
+        torch.copysign(zeta, x, out=x)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -170,7 +211,7 @@ def _orthant_fused(xs, gs, lrs, lams, epss):  # type: ignore[no-untyped-def]
         x32 = x.float() if x.dtype in _LOW_PRECISION else x
         zeta = torch.sign(x32)
         x_hat = x32 - lr * (g.to(x32.dtype) + lam * zeta)
-        x.copy_(torch.where(x_hat * zeta > eps, x_hat, torch.zeros_like(x_hat)).to(x.dtype))
+        x.copy_(torch.where(x_hat * zeta <= eps, torch.zeros_like(x_hat), x_hat).to(x.dtype))
 
 
 _COMPILED: dict[str, Callable[..., None]] = {}
@@ -229,6 +270,7 @@ class OBProxSG(torch.optim.Optimizer):
             raise TypeError(f"compile must be True or False, got {compile!r}")
         self.compile = compile
         self.num_steps = 0
+        self._scratch: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}  # CPU orthant temporaries
         super().__init__(params, {"lr": lr, "lambda_": lambda_, "eps": eps})
 
     # -- groups and schedule -----------------------------------------------------------------------
@@ -292,6 +334,10 @@ class OBProxSG(torch.optim.Optimizer):
         )
         return state
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._scratch = {}
+
     # -- the step ----------------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -329,16 +375,22 @@ class OBProxSG(torch.optim.Optimizer):
         self.num_steps += 1
         return loss
 
-    @staticmethod
     def _step_eager(
+        self,
         phase: str, xs: list[torch.Tensor], gs: list[torch.Tensor], lr: float, lam: float, eps: float
     ) -> None:
         low = xs[0].dtype in _LOW_PRECISION
         work_xs = [x.float() for x in xs] if low else xs
         work_gs = [g.float() for g in gs] if low else gs
+        on_cpu = work_xs[0].device.type == "cpu" and all(x.is_contiguous() for x in work_xs)
         if phase == "prox":
-            _prox_eager(work_xs, work_gs, lr, lam)
-        else:
+            (_prox_cpu if on_cpu else _prox_eager)(work_xs, work_gs, lr, lam)
+        elif on_cpu:
+            key = (work_xs[0].device, work_xs[0].dtype)
+            if key not in self._scratch:
+                self._scratch[key] = torch.empty(_CPU_CHUNK, dtype=key[1], device=key[0])
+            _orthant_cpu(work_xs, work_gs, lr, lam, eps, self._scratch[key])
+        else:  # CUDA & co: multi-tensor kernels, temporaries come from the caching allocator
             _orthant_eager(work_xs, work_gs, lr, lam, eps)
         if low:
             torch._foreach_copy_(xs, work_xs)
