@@ -39,50 +39,68 @@ ROLES = ("out", "in", "param")
 
 
 class UnionFind:
-    """Union-find over integer elements ``0..n-1`` with path halving and union by size; grows on demand."""
+    """Union-find over integer elements, resolved in bulk.
+
+    Rules only *record* unions while the graph is walked (``union``/``union_arrays`` append edges);
+    :meth:`labels` then computes every element's class at once with vectorised min-label propagation and
+    pointer jumping (numpy), which is what makes building groups for large models cheap.
+    """
 
     def __init__(self) -> None:
-        self.parent: list[int] = []
-        self.rank: list[int] = []
+        self.n = 0
+        self._a: list[np.ndarray] = []
+        self._b: list[np.ndarray] = []
+        self._labels: np.ndarray | None = None
 
     def __len__(self) -> int:
-        return len(self.parent)
+        return self.n
 
     def make(self, n: int) -> np.ndarray:
         """Create ``n`` fresh singleton elements and return their ids."""
-        start = len(self.parent)
-        self.parent.extend(range(start, start + n))
-        self.rank.extend([1] * n)
+        start = self.n
+        self.n += n
+        self._labels = None
         return np.arange(start, start + n, dtype=np.int64)
 
-    def find(self, x: int) -> int:
-        parent = self.parent
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    def union(self, a: int, b: int) -> int:
-        ra, rb = self.find(a), self.find(b)
-        if ra == rb:
-            return ra
-        if self.rank[ra] < self.rank[rb]:
-            ra, rb = rb, ra
-        self.parent[rb] = ra
-        self.rank[ra] += self.rank[rb]
-        return ra
+    def union(self, a: int, b: int) -> None:
+        self.union_arrays(np.array([a], dtype=np.int64), np.array([b], dtype=np.int64))
 
     def union_arrays(self, a: np.ndarray, b: np.ndarray) -> None:
         """Union ``a[i]`` with ``b[i]`` for every ``i`` (arrays of equal length)."""
         if len(a) != len(b):
             raise ValueError(f"cannot join channel spaces of different sizes ({len(a)} vs {len(b)})")
-        for x, y in zip(a.tolist(), b.tolist()):
-            if x != y:
-                self.union(x, y)
+        self._a.append(np.asarray(a, dtype=np.int64))
+        self._b.append(np.asarray(b, dtype=np.int64))
+        self._labels = None
+
+    def labels(self) -> np.ndarray:
+        """``labels[e]``: the smallest element of ``e``'s class (its root)."""
+        if self._labels is not None:
+            return self._labels
+        lab = np.arange(self.n, dtype=np.int64)
+        if self._a:
+            a, b = np.concatenate(self._a), np.concatenate(self._b)
+            while True:
+                m = np.minimum(lab[a], lab[b])
+                new = lab.copy()
+                np.minimum.at(new, a, m)
+                np.minimum.at(new, b, m)
+                while True:  # pointer jumping: follow labels to their fixpoint
+                    jumped = new[new]
+                    if np.array_equal(jumped, new):
+                        break
+                    new = jumped
+                if np.array_equal(new, lab):
+                    break
+                lab = new
+        self._labels = lab
+        return lab
+
+    def find(self, x: int) -> int:
+        return int(self.labels()[x])
 
     def roots(self, ids: np.ndarray) -> np.ndarray:
-        find = self.find
-        return np.fromiter((find(int(i)) for i in ids), dtype=np.int64, count=len(ids))
+        return self.labels()[np.asarray(ids, dtype=np.int64)]
 
 
 @dataclass(frozen=True)
@@ -361,49 +379,42 @@ def build_groups(
 ) -> tuple[list[ChannelGroup], list[Layer]]:
     """Turn the rules' records (element unions, fresh blocks, members, freezes) into groups and layers.
 
-    A unit is a union-find root; two units are in the same group when they hold elements of the same
-    fresh block. Units inside a group are ordered by their smallest element id (for a conv output, that is
-    channel order). Called once per trace.
+    A unit is a union-find class of elements; two units are in the same group when they hold elements of
+    the same fresh block. Units inside a group are ordered by their smallest element (for a conv output,
+    channel order), groups by their first unit. Called once per trace; vectorised over elements.
     """
-    find = uf.find
-    # group-level union-find over units: units sharing a block
-    unit_parent: dict[int, int] = {}
-
-    def gfind(x: int) -> int:
-        while unit_parent.setdefault(x, x) != x:
-            unit_parent[x] = unit_parent[unit_parent[x]]
-            x = unit_parent[x]
-        return x
-
-    min_elem: dict[int, int] = {}
+    labels = uf.labels()  # element -> unit (smallest element of the class)
+    n = len(labels)
+    # group-level union-find over units: every unit of a block joins the block's first unit
+    gu = UnionFind()
+    gu.make(n)
     for block in blocks:
-        if len(block) == 0:
-            continue
-        roots = uf.roots(block)
-        first = gfind(int(roots[0]))
-        for r, e in zip(roots.tolist(), block.tolist()):
-            if e < min_elem.get(r, 1 << 62):
-                min_elem[r] = e
-            gr = gfind(r)
-            if gr != first:
-                unit_parent[gr] = first
-    # units of each group, ordered by smallest element
-    group_units: dict[int, list[int]] = defaultdict(list)
-    for unit in min_elem:
-        group_units[gfind(unit)].append(unit)
-    # order groups by first appearance (smallest element)
-    ordered = sorted(group_units.items(), key=lambda kv: min(min_elem[u] for u in kv[1]))
-    unit_index: dict[int, tuple[int, int]] = {}
-    sizes: list[int] = []
-    for gi, (_, units) in enumerate(ordered):
-        units.sort(key=lambda u: min_elem[u])
-        for k, u in enumerate(units):
-            unit_index[u] = (gi, k)
-        sizes.append(len(units))
+        if len(block) > 1:
+            units = labels[block]
+            gu.union_arrays(np.full(len(units) - 1, units[0]), units[1:])
+    glabels = gu.labels()
+    units = np.unique(labels)  # sorted: ordered by smallest element
+    unit_group_root = glabels[units]
+    group_roots, first = np.unique(unit_group_root, return_index=True)
+    order = np.argsort(first, kind="stable")  # groups by their first unit
+    group_index = np.empty(n, dtype=np.int64)
+    group_index[group_roots[order]] = np.arange(len(group_roots))
+    unit_gid = group_index[unit_group_root]
+    sizes = np.bincount(unit_gid, minlength=len(group_roots))
+    # rank of each unit inside its group (units are sorted by smallest element already)
+    sort = np.argsort(unit_gid, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    rank = np.empty(len(units), dtype=np.int64)
+    rank[sort] = np.arange(len(units)) - np.repeat(starts, sizes)
+    gid_of = np.full(n, -1, dtype=np.int64)
+    k_of = np.full(n, -1, dtype=np.int64)
+    gid_of[units], k_of[units] = unit_gid, rank
 
     reasons: dict[int, list[str]] = defaultdict(list)
     for ids, reason in frozen:
-        for gi in {unit_index[find(int(e))][0] for e in ids.tolist() if find(int(e)) in unit_index}:
+        if len(ids) == 0:
+            continue
+        for gi in np.unique(gid_of[labels[ids]]).tolist():
             if reason not in reasons[gi]:
                 reasons[gi].append(reason)
 
@@ -411,22 +422,20 @@ def build_groups(
     widest: dict[int, int] = defaultdict(int)
     layer_groups: dict[str, dict[str, list[int]]] = defaultdict(lambda: {"in": [], "out": [], "param": []})
     for rm in raw_members:
-        per_group: dict[int, tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
-        for pos, e in enumerate(rm.ids.tolist()):
-            if e < 0:
-                continue
-            gi, k = unit_index[find(e)]
-            per_group[gi][0].append(pos)
-            per_group[gi][1].append(k)
-        for gi, (pos, units) in per_group.items():
+        pos_all = np.nonzero(rm.ids >= 0)[0]
+        u = labels[rm.ids[pos_all]]
+        g_all, k_all = gid_of[u], k_of[u]
+        for gi in np.unique(g_all).tolist():
+            sel = g_all == gi
+            pos = pos_all[sel]
             members[gi].append(
                 Member(
                     module=rm.module,
                     tensor=rm.tensor,
                     dim=rm.dim,
                     role=rm.role,
-                    positions=torch.tensor(pos, dtype=torch.long),
-                    units=torch.tensor(units, dtype=torch.long),
+                    positions=torch.from_numpy(pos.astype(np.int64)),
+                    units=torch.from_numpy(k_all[sel].astype(np.int64)),
                     length=len(rm.ids),
                     module_type=rm.module_type,
                 )
@@ -437,7 +446,7 @@ def build_groups(
                 lg.append(gi)
 
     groups: list[ChannelGroup] = []
-    for gi, size in enumerate(sizes):
+    for gi, size in enumerate(sizes.tolist()):
         mem = _dedupe_members(members.get(gi, []))
         rs = list(reasons.get(gi, []))
         if not mem and not rs:

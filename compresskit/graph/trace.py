@@ -265,16 +265,19 @@ def trace(model: nn.Module, example_inputs: Any, *, method: str = "auto") -> Cha
     was_training = model.training
     model.eval()
     try:
-        _run_check(model, inputs)
         errors: list[str] = []
         if method in ("auto", "fx"):
             try:
                 graph, meta = _trace_fx(model, inputs)
-                return GraphBuilder(model, graph, meta, "fx").run()
             except Exception as e:
+                _run_check(model, inputs)  # bad inputs get the clear error, not a tracing one
                 if method == "fx":
                     raise
                 errors.append(f"fx: {type(e).__name__}: {e}")
+            else:
+                return GraphBuilder(model, graph, meta, "fx").run()
+        else:
+            _run_check(model, inputs)
         try:
             graph, meta, params = _trace_export(model, inputs)
         except Exception as e:
