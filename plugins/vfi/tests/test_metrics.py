@@ -8,11 +8,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from compresskit_vfi.metrics import LPIPS, psnr, quantize_8bit, ssim_matlab, ssim_skimage
 from scipy import ndimage
 from skimage import data
 from skimage.metrics import structural_similarity
-
-from compresskit_vfi.metrics import LPIPS, psnr, quantize_8bit, ssim_matlab, ssim_skimage
 
 
 def photo(name: str, crop=(slice(100, 196), slice(120, 248))) -> torch.Tensor:
@@ -25,7 +24,8 @@ def degraded(img: torch.Tensor, seed: int) -> torch.Tensor:
     """A plausible interpolation error: a slight shift, blur and noise (values may leave [0, 1])."""
     g = torch.Generator().manual_seed(seed)
     shifted = torch.roll(img, shifts=(1, -2), dims=(1, 2))
-    blurred = torch.nn.functional.avg_pool2d(shifted[None], 3, stride=1, padding=1, count_include_pad=False)[0]
+    blurred = torch.nn.functional.avg_pool2d(shifted[None], 3, stride=1, padding=1,
+                                             count_include_pad=False)[0]
     return 0.6 * img + 0.4 * blurred + 0.03 * torch.randn(img.shape, generator=g, dtype=img.dtype)
 
 
