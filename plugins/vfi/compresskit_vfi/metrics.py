@@ -8,8 +8,8 @@
 * :func:`ssim_skimage` – the CDFI convention: ``skimage.metrics.structural_similarity`` with its defaults
   (7×7 uniform window, sample covariance, K1 = 0.01, K2 = 0.03, border of 3 cropped) over the RGB channels,
   data_range 1, on 8-bit quantised outputs; written here in torch.
-* :class:`LPIPS` – a wrapper of the ``lpips`` package (Zhang et al., CVPR 2018) that never downloads: the
-  package and its backbone weights must be present locally.
+* :class:`LPIPS` / :func:`lpips` – a wrapper of the ``lpips`` package (Zhang et al., CVPR 2018) that
+  never downloads: the package and its backbone weights must be present locally.
 
 Every function takes ``pred`` and ``gt`` as (B, C, H, W) or (C, H, W) tensors in [0, 1] and returns the
 mean over images (``reduction="mean"``) or one value per image (``reduction="none"``).
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["quantize_8bit", "psnr", "ssim_matlab", "ssim_skimage", "LPIPS"]
+__all__ = ["quantize_8bit", "psnr", "ssim_matlab", "ssim_skimage", "LPIPS", "lpips"]
 
 Reduction = Literal["mean", "none"]
 
@@ -180,3 +180,18 @@ class LPIPS(nn.Module):
         x, y = (quantize_8bit(t).float() / 255 for t in (pred, gt))
         per_image = self.model(x, y, normalize=True).flatten(1).mean(1)
         return _reduce(per_image.double(), reduction)
+
+
+_LPIPS_CACHE: dict[tuple[str, str | None, str], LPIPS] = {}
+
+
+Backbone = Literal["alex", "vgg", "squeeze"]
+
+
+def lpips(pred: Tensor, gt: Tensor, reduction: Reduction = "mean", net: Backbone = "alex",
+          backbone_path: str | os.PathLike | None = None) -> Tensor:
+    """LPIPS distance with a cached :class:`LPIPS` module per (net, weights, device); see :class:`LPIPS`."""
+    key = (net, None if backbone_path is None else str(backbone_path), str(pred.device))
+    if key not in _LPIPS_CACHE:
+        _LPIPS_CACHE[key] = LPIPS(net, backbone_path).to(pred.device)
+    return _LPIPS_CACHE[key](pred, gt, reduction=reduction)

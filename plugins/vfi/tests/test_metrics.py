@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from compresskit_vfi.metrics import LPIPS, psnr, quantize_8bit, ssim_matlab, ssim_skimage
+from compresskit_vfi.metrics import LPIPS, lpips, psnr, quantize_8bit, ssim_matlab, ssim_skimage
 from scipy import ndimage
 from skimage import data
 from skimage.metrics import structural_similarity
@@ -116,6 +116,8 @@ def test_bad_input_names_the_argument():
 def test_lpips_without_package_says_what_is_missing():
     with pytest.raises(RuntimeError, match="'lpips' package"):
         LPIPS()
+    with pytest.raises(RuntimeError, match="'lpips' package"):
+        lpips(torch.zeros(3, 8, 8), torch.zeros(3, 8, 8))
 
 
 @pytest.mark.skipif(importlib.util.find_spec("lpips") is None, reason="needs the lpips package")
