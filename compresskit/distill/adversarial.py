@@ -92,8 +92,8 @@ class GANLoss(AdversarialLoss):
     """
 
     def __init__(self, discriminator: nn.Module | None = None, in_channels: int = 3, lr: float = 1e-4,
-                 betas: tuple[float, float] = (0.5, 0.999)):
-        super().__init__(discriminator or PatchDiscriminator(in_channels), lr=lr, betas=betas)
+                 betas: tuple[float, float] = (0.5, 0.999), optimizer: torch.optim.Optimizer | None = None):
+        super().__init__(discriminator or PatchDiscriminator(in_channels), optimizer, lr=lr, betas=betas)
 
     def generator_loss(self, d_fake: torch.Tensor) -> torch.Tensor:
         return F.softplus(-d_fake).mean()

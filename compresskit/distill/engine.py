@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from compresskit.config import DistillConfig
+from compresskit.config import DistillConfig, FeaturePair
 from compresskit.distill.adversarial import AdversarialLoss
 from compresskit.distill.cache import build_cache, cached_loader, split_cached
 from compresskit.distill.features import FeatureHooks, StudentWithAdapters, get_submodule, make_adapter
@@ -64,7 +64,8 @@ def default_terms(config: DistillConfig) -> list[Term]:
         OutputLoss(config.student_loss, config.alpha, "target", dict(config.loss_kwargs), "student"),
         OutputLoss(config.distill_loss, 1.0, "teacher", dict(config.loss_kwargs), "distill"),
     ]
-    terms += [FeatureLoss(f.student, f.teacher, f.loss, f.weight) for f in config.features]
+    pairs = [f if isinstance(f, FeaturePair) else FeaturePair.model_validate(f) for f in config.features]
+    terms += [FeatureLoss(f.student, f.teacher, f.loss, f.weight) for f in pairs]
     return terms
 
 
