@@ -1,0 +1,21 @@
+"""Entry point of compresskit-vfi (``compresskit.plugins`` group, name ``vfi``).
+
+``register()`` is called once by compresskit's plugin discovery. It imports the custom ops, which
+registers the ``compresskit_vfi::adacof`` op and its channel rule with compresskit. The VFI task helpers
+(``compresskit_vfi.task``: default loss, batch → inputs) are used by the model plugins when they register
+their models; the datasets are built with ``compresskit_vfi.data.create_dataset``.
+"""
+
+from __future__ import annotations
+
+_done = False
+
+
+def register() -> None:
+    """Register the VFI plugin's ops and rules with compresskit (idempotent)."""
+    global _done
+    if _done:
+        return
+    import compresskit_vfi.ops  # noqa: F401  (registers the AdaCoF op and its channel rule)
+
+    _done = True
