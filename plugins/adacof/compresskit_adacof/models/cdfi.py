@@ -182,9 +182,8 @@ class CDFI(AdaCoF):
         nn.Module.__init__(self)
         self._init_op(kernel_size, dilation)
         self.get_kernel = CDFIKernelEstimation(kernel_size, widths or cdfi_widths(), pyramid)
-        self.pyramid = tuple(pyramid)
         self.separate_warps = bool(separate_warps)
-        self.context_synthesis = GridNet(2 * (3 + sum(self.pyramid)), 3, grid_channels, grid_columns)
+        self.context_synthesis = GridNet(2 * (3 + sum(pyramid)), 3, grid_channels, grid_columns)
 
     def forward(self, frame0: torch.Tensor, frame1: torch.Tensor, return_aux: bool = False) -> Any:
         check_frames(frame0, frame1)
@@ -198,7 +197,7 @@ class CDFI(AdaCoF):
             warped1 = [self.warp(t, w1, a1, b1) for t in (f0, *pyramid)]
             warped2 = [self.warp(t, w2, a2, b2) for t in (f1, *pyramid)]
         else:  # one op call per kernel set on the channel concatenation (2 calls)
-            splits = [3, *self.pyramid]
+            splits = [f0.shape[1], *(p.shape[1] for p in pyramid)]  # from the shapes: right after shrinking
             warped1 = list(torch.split(self.warp(torch.cat([f0, *pyramid], 1), w1, a1, b1), splits, dim=1))
             warped2 = list(torch.split(self.warp(torch.cat([f1, *pyramid], 1), w2, a2, b2), splits, dim=1))
         warp = occ * warped1[0] + (1 - occ) * warped2[0]
