@@ -13,6 +13,7 @@ import importlib
 import json
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -171,13 +172,10 @@ def _cmd_trace(args: argparse.Namespace) -> int:
 
 
 def _shape(text: str) -> tuple[int, ...]:
-    try:
-        shape = tuple(int(x) for x in text.replace("x", ",").split(",") if x.strip())
-    except ValueError:
-        shape = ()
-    if not shape or any(d <= 0 for d in shape):
-        raise ValueError(f"--input: expected a shape like 1,3,64,64, got {text!r}")
-    return shape
+    parts = [x.strip() for x in text.replace("x", ",").split(",")]
+    if not all(x.isdigit() and int(x) > 0 for x in parts):
+        raise ValueError(f"--input: expected a shape like 1,3,64,64 or 1x3x64x64, got {text!r}")
+    return tuple(int(x) for x in parts)
 
 
 def _run_stage(args: argparse.Namespace, stop_after: str | None, force_distill: bool = False) -> int:
@@ -294,6 +292,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    formatwarning = warnings.formatwarning
+    warnings.formatwarning = _warning_line
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
@@ -304,6 +304,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"compresskit {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 1
+    finally:
+        warnings.formatwarning = formatwarning
+
+
+def _warning_line(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001
+    return f"compresskit: warning: {str(message).splitlines()[0]}\n"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,157 @@
+"""The ``compresskit`` command line: help, trace, the stage commands on one job file, report, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import compresskit as ck
+from compresskit.cli import main
+
+TASK = textwrap.dedent('''
+    """A tiny task for CLI tests: a conv net learns to copy its input shifted by one pixel."""
+    import torch
+    from torch import nn
+
+
+    def make_net(width=8):
+        return nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(),
+                             nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
+                             nn.Conv2d(width, 3, 3, padding=1))
+
+
+    def loaders(n=6, size=12):
+        g = torch.Generator().manual_seed(0)
+        def batch():
+            x = torch.rand(4, 3, size, size + 1, generator=g)
+            return x[..., :-1], x[..., 1:]
+        return [batch() for _ in range(n)], [batch() for _ in range(2)]
+
+
+    def neg_mse(output, batch):
+        return -((output - batch[-1]) ** 2).mean()
+''')
+
+
+def _errors(stderr: str) -> list[str]:
+    """stderr without the one-line warnings (e.g. a plugin that failed to load)."""
+    return [line for line in stderr.strip().splitlines() if not line.startswith("compresskit: warning:")]
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    (tmp_path / "clitask.py").write_text(TASK)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _job(path: Path, **compress) -> Path:
+    cfg = {**dict(sparsify_steps=6, lambda_=0.05, lr=1e-2, finetune_steps=4, checkpoint_every=2,
+                  measure_latency=False, progress=False), **compress}
+    job = {"model": {"name": "clitask:make_net", "kwargs": {"width": 8}},
+           "data": {"factory": "clitask:loaders", "kwargs": {"n": 6}},
+           "loss": "l1", "metrics": {"neg_mse": "clitask:neg_mse"}, "compress": cfg}
+    if path.suffix == ".json":
+        path.write_text(json.dumps(job))
+    else:
+        import yaml
+
+        path.write_text(yaml.safe_dump(job))
+    return path
+
+
+COMMANDS = [None, "trace", "sparsify", "plan", "shrink", "distill", "compress", "report"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_everywhere_has_examples(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"] if command is None else [command, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "example" in out and "compresskit" in out
+
+
+def test_trace_prints_the_groups_of_a_factory(workdir, capsys):
+    assert main(["trace", "clitask:make_net", "--kwargs", '{"width": 8}', "--input", "1,3,12,12",
+                 "--json", "groups.json"]) == 0
+    out = capsys.readouterr().out
+    assert "prunable" in out and "frozen" in out
+    data = json.loads((workdir / "groups.json").read_text())
+    sys.path.insert(0, str(workdir))
+    import clitask
+
+    graph = ck.trace(clitask.make_net(8), (torch.zeros(1, 3, 12, 12),))
+    assert [g["size"] for g in data["groups"]] == [g.size for g in graph.groups]
+    assert sum(g["prunable"] for g in data["groups"]) == 2  # the two hidden widths; input/output frozen
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["trace", "no_such_model", "--input", "1,3,8,8"], "neither a registered model"),
+        (["trace", "clitask:missing", "--input", "1,3,8,8"], "has no attribute 'missing'"),
+        (["trace", "clitask:make_net", "--input", "1,x,8"], "--input: expected a shape"),
+        (["trace", "clitask:make_net"], "--input: give the shape"),
+        (["compress", "missing.yaml"], "does not exist"),
+        (["report", "missing.json"], "does not exist"),
+    ],
+)
+def test_errors_are_one_line_with_exit_code_1(workdir, capsys, argv, message):
+    assert main(argv) == 1
+    err = _errors(capsys.readouterr().err)
+    assert len(err) == 1 and err[0].startswith(f"compresskit {argv[0]}: error:") and message in err[0]
+
+
+def test_job_errors_name_the_setting(workdir, capsys):
+    job = _job(workdir / "job.yaml", lambda_=-1.0)
+    assert main(["compress", str(job)]) == 1
+    err = _errors(capsys.readouterr().err)
+    assert len(err) == 1 and "compress.lambda_" in err[0] and "greater than or equal to 0" in err[0]
+    job = _job(workdir / "job.yaml")
+    assert main(["sparsify", str(job)]) == 1  # stage commands share a folder
+    assert "--out" in capsys.readouterr().err
+    assert main(["compress", str(job), "--set", "sparsify_stepz=3"]) == 1
+    assert "unknown compress setting 'sparsify_stepz'" in capsys.readouterr().err
+
+
+def test_stage_commands_resume_into_the_same_model_as_one_shot(workdir, capsys):
+    job = _job(workdir / "job.json")
+    assert main(["sparsify", str(job), "--out", "staged"]) == 0
+    assert (workdir / "staged/sparsified.pt").is_file() and not (workdir / "staged/shrunk.pt").exists()
+    assert main(["plan", str(job), "--out", "staged"]) == 0
+    assert "widths" in json.loads((workdir / "staged/plan.json").read_text())
+    assert main(["shrink", str(job), "--out", "staged"]) == 0
+    assert (workdir / "staged/shrunk.pt").is_file() and (workdir / "staged/shrunk.model.pt").is_file()
+    assert main(["compress", str(job), "--out", "staged"]) == 0
+    assert main(["compress", str(job), "--out", "oneshot"]) == 0
+    staged, oneshot = ck.load(workdir / "staged/compressed.pt"), ck.load(workdir / "oneshot/compressed.pt")
+    x = torch.rand(2, 3, 12, 12)
+    with torch.no_grad():
+        assert torch.equal(staged(x), oneshot(x))
+    capsys.readouterr()
+    assert main(["report", "staged"]) == 0
+    out = capsys.readouterr().out
+    assert "parameters" in out and "neg_mse" in out and "l1(output, batch[-1])" in out
+
+
+def test_distill_command_and_set_overrides(workdir):
+    job = _job(workdir / "job.yaml")
+    argv = ["distill", str(job), "--out", "d", "--set", "distill_alpha=0.5", "--set", "distill_loss=mse"]
+    assert main(argv) == 0
+    cfg = json.loads((workdir / "d/config.json").read_text())
+    assert cfg["distill_alpha"] == 0.5 and cfg["distill_loss"] == "mse"
+    assert (workdir / "d/compressed.pt").is_file()
+
+
+def test_console_script_exit_code(workdir):
+    script = Path(sys.executable).parent / "compresskit"
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "compresskit.cli"]
+    bad = subprocess.run([*cmd, "report", "nope.json"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and len(_errors(bad.stderr)) == 1
