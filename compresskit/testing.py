@@ -111,8 +111,10 @@ def assert_shrink_exact(
         graph = trace(model, example_inputs)
     keep = random_keep(graph, keep_fraction, seed)
     if not keep:
-        raise AssertionError(f"no prunable group with two or more channels in {type(model).__name__}:\n"
-                             + "\n".join(graph.explain(g.id) for g in graph.groups[:5]))
+        raise AssertionError(
+            f"no prunable group with two or more channels in {type(model).__name__}:\n"
+            + "\n".join(graph.explain(g.id) for g in graph.groups[:5])
+        )
     small = shrink(model, graph, keep=keep)
     reference = zeroed_reference(model, graph, keep)
 

@@ -393,3 +393,25 @@ def test_trace_leaves_model_untouched() -> None:
     assert model.training
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+class DataBranch(nn.Module):
+    """Takes a branch on the *values* of a conv output: traced on real values, not shapes only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.pos, self.neg = nn.Conv2d(4, 2, 1), nn.Conv2d(4, 5, 1)
+        with torch.no_grad():
+            self.conv.bias.fill_(10.0)  # outputs are positive for inputs near zero
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return self.pos(y) if y.mean() > 0 else self.neg(y).sum(1, keepdim=True)
+
+
+def test_value_dependent_branch_is_traced_on_real_values() -> None:
+    g = ck.trace(DataBranch(), torch.zeros(1, 3, 4, 4))
+    called = {n.target for n in g.fx_graph.nodes if n.op == "call_module"}
+    assert called == {"conv", "pos"}
+    assert [layer.name for layer in g.layers] == ["conv", "pos"]

@@ -136,7 +136,10 @@ def test_plan_goes_through_keep_from_plan(resnet, monkeypatch) -> None:
     small = ck.shrink(model, g, plan={"width": 2}, init="reinit")
     assert calls and calls[0][0] is model and calls[0][3] == "reinit"
     member = next(m for m in grp.members if m.role == "out")
-    assert getattr(small.get_submodule(member.module), member.tensor).shape[member.dim] == 2 * grp.channels_per_unit
+    assert (
+        getattr(small.get_submodule(member.module), member.tensor).shape[member.dim]
+        == 2 * grp.channels_per_unit
+    )
 
 
 def test_assert_shrink_exact_reports_and_validates() -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from zoo import ZOO, build
 
 import compresskit as ck
-from zoo import ZOO, build
 
 
 @pytest.mark.parametrize("name", sorted(ZOO))

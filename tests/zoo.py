@@ -15,8 +15,13 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def conv_bn(cin: int, cout: int, k: int = 3, s: int = 1, groups: int = 1, act: type | None = nn.ReLU) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, s, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+def conv_bn(
+    cin: int, cout: int, k: int = 3, s: int = 1, groups: int = 1, act: type | None = nn.ReLU
+) -> nn.Sequential:
+    layers: list[nn.Module] = [
+        nn.Conv2d(cin, cout, k, s, k // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+    ]
     if act is not None:
         layers.append(act())
     return nn.Sequential(*layers)
@@ -58,7 +63,10 @@ class DenseLayer(nn.Module):
     def __init__(self, cin: int, growth: int) -> None:
         super().__init__()
         self.bn1, self.conv1 = nn.BatchNorm2d(cin), nn.Conv2d(cin, 2 * growth, 1, bias=False)
-        self.bn2, self.conv2 = nn.BatchNorm2d(2 * growth), nn.Conv2d(2 * growth, growth, 3, padding=1, bias=False)
+        self.bn2, self.conv2 = (
+            nn.BatchNorm2d(2 * growth),
+            nn.Conv2d(2 * growth, growth, 3, padding=1, bias=False),
+        )
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         x = torch.cat(feats, 1)
@@ -71,7 +79,9 @@ class DenseNet(nn.Module):
         self.stem = nn.Conv2d(3, 8, 3, padding=1, bias=False)
         self.block = nn.ModuleList(DenseLayer(8 + i * growth, growth) for i in range(layers))
         c = 8 + layers * growth
-        self.trans = nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, c // 2, 1, bias=False), nn.AvgPool2d(2))
+        self.trans = nn.Sequential(
+            nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, c // 2, 1, bias=False), nn.AvgPool2d(2)
+        )
         self.head = nn.Linear(c // 2, 5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -86,7 +96,12 @@ class DenseNet(nn.Module):
 class SqueezeExcite(nn.Module):
     def __init__(self, c: int, r: int = 4, gate: type = nn.Hardsigmoid, act: type = nn.ReLU) -> None:
         super().__init__()
-        self.fc1, self.act, self.fc2, self.gate = nn.Conv2d(c, max(1, c // r), 1), act(), nn.Conv2d(max(1, c // r), c, 1), gate()
+        self.fc1, self.act, self.fc2, self.gate = (
+            nn.Conv2d(c, max(1, c // r), 1),
+            act(),
+            nn.Conv2d(max(1, c // r), c, 1),
+            gate(),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = F.adaptive_avg_pool2d(x, 1)
@@ -212,7 +227,10 @@ class EncoderBlock(nn.Module):
     def __init__(self, d: int, heads: int) -> None:
         super().__init__()
         self.ln1, self.attn = nn.LayerNorm(d), nn.MultiheadAttention(d, heads, batch_first=True)
-        self.ln2, self.mlp = nn.LayerNorm(d), nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+        self.ln2, self.mlp = (
+            nn.LayerNorm(d),
+            nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d)),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.ln1(x)
@@ -274,7 +292,9 @@ class ShuffleUnit(nn.Module):
     def __init__(self, c: int) -> None:
         super().__init__()
         half = c // 2
-        self.branch = nn.Sequential(conv_bn(half, half, 1), conv_bn(half, half, 3, groups=half, act=None), conv_bn(half, half, 1))
+        self.branch = nn.Sequential(
+            conv_bn(half, half, 1), conv_bn(half, half, 3, groups=half, act=None), conv_bn(half, half, 1)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a, b = x.chunk(2, dim=1)
@@ -298,7 +318,14 @@ class ShuffleNetV2(nn.Module):
 # U-Net (Ronneberger et al. 2015): concat skips, ConvTranspose2d up-sampling ----------------------------
 def double_conv(cin: int, cout: int, nd: int = 2) -> nn.Sequential:
     conv, bn = (nn.Conv2d, nn.BatchNorm2d) if nd == 2 else (nn.Conv3d, nn.BatchNorm3d)
-    return nn.Sequential(conv(cin, cout, 3, padding=1), bn(cout), nn.ReLU(), conv(cout, cout, 3, padding=1), bn(cout), nn.ReLU())
+    return nn.Sequential(
+        conv(cin, cout, 3, padding=1),
+        bn(cout),
+        nn.ReLU(),
+        conv(cout, cout, 3, padding=1),
+        bn(cout),
+        nn.ReLU(),
+    )
 
 
 class UNet(nn.Module):
@@ -339,7 +366,9 @@ class PixelShuffleSR(nn.Module):
         super().__init__()
         self.head = nn.Sequential(nn.Conv2d(3, c, 3, padding=1), nn.PReLU(c))
         self.body = nn.Sequential(SRBlock(c), SRBlock(c))
-        self.up = nn.Sequential(nn.Conv2d(c, c * scale * scale, 3, padding=1), nn.PixelShuffle(scale), nn.PReLU(c))
+        self.up = nn.Sequential(
+            nn.Conv2d(c, c * scale * scale, 3, padding=1), nn.PixelShuffle(scale), nn.PReLU(c)
+        )
         self.tail = nn.Conv2d(c, 3, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -352,8 +381,13 @@ class FlattenClassifier(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(8, 12, 3, padding=1), nn.BatchNorm2d(12), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 12, 3, padding=1),
+            nn.BatchNorm2d(12),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
         )
         self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(12 * 4 * 4, 20), nn.ReLU(), nn.Linear(20, 10))
 
@@ -374,11 +408,15 @@ def backwarp(img: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
 class TwoFrameVFI(nn.Module):
     def __init__(self, c: int = 8) -> None:
         super().__init__()
-        self.enc = nn.Sequential(nn.Conv2d(6, c, 3, padding=1), nn.ReLU(), nn.Conv2d(c, 2 * c, 3, 2, 1), nn.ReLU())
+        self.enc = nn.Sequential(
+            nn.Conv2d(6, c, 3, padding=1), nn.ReLU(), nn.Conv2d(c, 2 * c, 3, 2, 1), nn.ReLU()
+        )
         self.dec = nn.Sequential(nn.ConvTranspose2d(2 * c, c, 4, 2, 1), nn.ReLU())
         self.flow = nn.Conv2d(c, 4, 3, padding=1)
         self.taps = nn.Conv2d(c, 2, 3, padding=1)
-        self.refine = nn.Sequential(nn.Conv2d(3 + c, c, 3, padding=1), nn.ReLU(), nn.Conv2d(c, 3, 3, padding=1))
+        self.refine = nn.Sequential(
+            nn.Conv2d(3 + c, c, 3, padding=1), nn.ReLU(), nn.Conv2d(c, 3, 3, padding=1)
+        )
 
     def forward(self, frame0: torch.Tensor, frame1: torch.Tensor) -> torch.Tensor:
         h, w = frame0.shape[2:]

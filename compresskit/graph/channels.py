@@ -363,7 +363,8 @@ class ChannelGraph:
 
     def __repr__(self) -> str:
         n_p = sum(g.prunable for g in self.groups)
-        return f"ChannelGraph({len(self.groups)} groups, {n_p} prunable, {len(self.layers)} layers, {self.method})"
+        n_l = len(self.layers)
+        return f"ChannelGraph({len(self.groups)} groups, {n_p} prunable, {n_l} layers, {self.method})"
 
 
 def _short(names: list[str], n: int = 3) -> str:

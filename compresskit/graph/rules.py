@@ -1291,7 +1291,7 @@ def _full_slice(s: Any, size: int) -> bool:
 def index_core(ctx: RuleContext, x: TensorInfo, idx: Any) -> Any:
     """Basic indexing ``x[...]``: slices, ints, ``None``, ``...``; the channel dim must be taken whole."""
     items = list(idx) if isinstance(idx, tuple) else [idx]
-    if any(isinstance(i, TensorInfo) or isinstance(i, list) for i in items):
+    if any(isinstance(i, TensorInfo | list) for i in items):
         ctx.freeze(x.ids, "advanced indexing") if x.tracked else None
         return ctx.untracked() if isinstance(ctx.out, TensorInfo) else None
     n_real = sum(1 for i in items if i is not None and i is not Ellipsis)
@@ -1435,7 +1435,7 @@ def _pixel_unshuffle(ctx: RuleContext) -> Any:
 
 
 def _channel_shuffle(ctx: RuleContext) -> Any:
-    """Output channel ``j*g + i`` is input channel ``i*(C/g) + j``; position ``j`` of every group is one unit."""
+    """Output channel ``j*g + i`` is input channel ``i*(C/g) + j``; position ``j`` of each group is a unit."""
     x = ctx.arg(0, "input")
     g = ctx.module.groups if ctx.module is not None else ctx.arg(1, "groups")
     if not isinstance(x, TensorInfo) or not x.tracked:

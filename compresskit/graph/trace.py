@@ -43,12 +43,27 @@ def register_leaf(obj: Any) -> Any:
     return obj
 
 
+class _NeedsRealValues(Exception):
+    """Python read a tensor's data while convolutions were only shape-inferred: trace again for real."""
+
+
+_SHAPE_QUERIES = {"size", "dim", "numel", "ndimension", "nelement", "is_contiguous", "get_device"}
+_SHAPE_ATTRS = {"shape", "dtype", "device", "ndim", "is_cuda", "requires_grad", "layout", "is_sparse"}
+
+
 class _ConcreteProxy(fx.Proxy):
     """A proxy that also knows the value the example inputs give it."""
 
     @property
     def value(self) -> Any:
-        return self.tracer.value_of(self)  # type: ignore[attr-defined]
+        v = self.tracer.value_of(self)  # type: ignore[attr-defined]
+        return v
+
+    def _scalar(self) -> Any:
+        v = self.value
+        if isinstance(v, torch.Tensor) and self.tracer.shapes_only:  # type: ignore[attr-defined]
+            raise _NeedsRealValues
+        return v
 
     def __getattr__(self, k: str) -> Any:
         if k.startswith("__") and k.endswith("__"):
@@ -56,16 +71,16 @@ class _ConcreteProxy(fx.Proxy):
         return _ConcreteAttribute(self, k)
 
     def __bool__(self) -> bool:
-        return bool(self.value)
+        return bool(self._scalar())
 
     def __index__(self) -> int:
-        return operator.index(self.value)
+        return operator.index(self._scalar())
 
     def __int__(self) -> int:
-        return int(self.value)
+        return int(self._scalar())
 
     def __float__(self) -> float:
-        return float(self.value)
+        return float(self._scalar())
 
     def __len__(self) -> int:
         return len(self.value)
@@ -84,9 +99,12 @@ class _ConcreteAttribute(_ConcreteProxy, fx.proxy.Attribute):
 class _ConcreteTracer(fx.Tracer):
     """fx tracing that computes every node on the example inputs as it records it."""
 
-    def __init__(self, placeholder_values: dict[str, Any]) -> None:
+    def __init__(self, placeholder_values: dict[str, Any], shapes_only: bool = False) -> None:
         super().__init__(autowrap_functions=tuple(_LEAF_FUNCTIONS.values()))
         self.placeholder_values = placeholder_values
+        # shapes_only: conv/linear layers are not computed, only their output shapes (uninitialised
+        # memory of the right shape); any Python read of tensor data aborts, and the trace is redone
+        self.shapes_only = shapes_only
         self.values: dict[fx.Node, Any] = {}
         self._computing = False
 
@@ -170,14 +188,55 @@ class _ConcreteTracer(fx.Tracer):
         try:
             with torch.no_grad():
                 if kind == "call_function":
-                    return target(*a, **k)
+                    out = target(*a, **k)
+                    if target is getattr and a[1] not in _SHAPE_ATTRS:
+                        self._check_data_read(a, out)
+                    return out
                 if kind == "call_method":
-                    return getattr(a[0], target)(*a[1:], **k)
+                    out = getattr(a[0], target)(*a[1:], **k)
+                    if target not in _SHAPE_QUERIES:
+                        self._check_data_read(a, out)
+                    return out
                 if kind == "call_module":
-                    return self.root.get_submodule(target)(*a, **k)
+                    module = self.root.get_submodule(target)
+                    if self.shapes_only:
+                        shape = _layer_output_shape(module, a, k)
+                        if shape is not None:
+                            return torch.empty(shape, dtype=a[0].dtype, device=a[0].device)
+                    return module(*a, **k)
         finally:
             self._computing = False
         raise ValueError(f"unknown node kind {kind}")
+
+    def _check_data_read(self, args: Any, out: Any) -> None:
+        """In shapes-only mode, a Python number or bool computed from a tensor is a data read."""
+        scalar = isinstance(out, bool | int | float | list) and not isinstance(out, torch.Size)
+        if self.shapes_only and scalar and any(isinstance(x, torch.Tensor) for x in args):
+            raise _NeedsRealValues
+
+
+def _layer_output_shape(m: nn.Module, args: tuple, kwargs: dict) -> tuple[int, ...] | None:
+    """Output shape of a conv or linear layer from the standard formulas (None: compute it for real)."""
+    if kwargs or len(args) != 1 or not isinstance(args[0], torch.Tensor):
+        return None
+    x = args[0]
+    if isinstance(m, nn.Linear):
+        return (*x.shape[:-1], m.out_features) if x.shape[-1] == m.in_features else None
+    if isinstance(m, nn.modules.conv._ConvNd) and not isinstance(m.padding, str):
+        nd = len(m.kernel_size)
+        if x.dim() not in (nd + 1, nd + 2) or x.shape[-nd - 1] != m.in_channels:
+            return None
+        out = []
+        for i in range(nd):
+            size, k, s, p, d = x.shape[-nd + i], m.kernel_size[i], m.stride[i], m.padding[i], m.dilation[i]
+            if m.transposed:
+                out.append((size - 1) * s - 2 * p + d * (k - 1) + m.output_padding[i] + 1)
+            else:
+                out.append((size + 2 * p - d * (k - 1) - 1) // s + 1)
+        if min(out) <= 0:
+            return None
+        return (*x.shape[: -nd - 1], m.out_channels, *out)
+    return None
 
 
 def _fetch_attr(root: nn.Module, qualname: str) -> Any:
@@ -212,6 +271,13 @@ def _run_check(model: nn.Module, inputs: tuple) -> None:
 
 
 def _trace_fx(model: nn.Module, inputs: tuple) -> tuple[fx.Graph, dict[fx.Node, Any]]:
+    try:
+        return _trace_fx_once(model, inputs, shapes_only=True)
+    except _NeedsRealValues:
+        return _trace_fx_once(model, inputs, shapes_only=False)
+
+
+def _trace_fx_once(model: nn.Module, inputs: tuple, shapes_only: bool) -> tuple[fx.Graph, dict[fx.Node, Any]]:
     sig = inspect.signature(model.forward)
     bound = sig.bind(*inputs)
     bound.apply_defaults()
@@ -221,7 +287,7 @@ def _trace_fx(model: nn.Module, inputs: tuple) -> tuple[fx.Graph, dict[fx.Node, 
         if param.kind == inspect.Parameter.VAR_POSITIONAL:
             raise TypeError("forward(*args) cannot be traced by fx")
         values[pname] = _clone(v)
-    tracer = _ConcreteTracer(values)
+    tracer = _ConcreteTracer(values, shapes_only)
     graph = tracer.trace(model)
     meta = {
         n: to_meta(tracer.values.get(n)) if n.op != "get_attr" else to_meta(tracer.node_value(n))

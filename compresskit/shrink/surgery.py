@@ -49,15 +49,22 @@ def validate_keep(graph: ChannelGraph, keep: Any) -> dict[int, torch.Tensor]:
         elif isinstance(idx, np.ndarray | list | tuple | range):
             t = torch.as_tensor(np.asarray(list(idx) if isinstance(idx, range) else idx))
         else:
-            raise TypeError(f"keep[{gid}]: expected a LongTensor/list of unit indices, got {type(idx).__name__}")
+            raise TypeError(
+                f"keep[{gid}]: expected a LongTensor/list of unit indices, got {type(idx).__name__}"
+            )
         if t.dtype == torch.bool or (t.numel() and t.is_floating_point()) or t.dim() != 1:
-            raise TypeError(f"keep[{gid}]: expected a 1-D tensor of integer indices, got {t.dtype} {tuple(t.shape)}")
+            raise TypeError(
+                f"keep[{gid}]: expected a 1-D tensor of integer indices, got {t.dtype} {tuple(t.shape)}"
+            )
         t = t.long()
         if t.numel() == 0:
-            raise ValueError(f"keep[{gid}]: empty keep-set (a group must keep at least one of {group.size} units)")
+            raise ValueError(
+                f"keep[{gid}]: empty keep-set (a group must keep at least one of {group.size} units)"
+            )
         if int(t.min()) < 0 or int(t.max()) >= group.size:
             raise ValueError(
-                f"keep[{gid}]: indices must lie in [0, {group.size}), got min {int(t.min())} max {int(t.max())}"
+                f"keep[{gid}]: indices must lie in [0, {group.size}), "
+                f"got min {int(t.min())} max {int(t.max())}"
             )
         if torch.unique(t).numel() != t.numel():
             raise ValueError(f"keep[{gid}]: duplicate indices")
@@ -78,7 +85,9 @@ def _check_graph_matches(model: nn.Module, graph: ChannelGraph, gids: list[int])
                 )
 
 
-def dropped_positions(graph: ChannelGraph, keep: dict[int, torch.Tensor]) -> dict[tuple[str, str, int], set[int]]:
+def dropped_positions(
+    graph: ChannelGraph, keep: dict[int, torch.Tensor]
+) -> dict[tuple[str, str, int], set[int]]:
     """``{(module, tensor, dim): positions to remove}`` for a validated keep-set."""
     drops: dict[tuple[str, str, int], set[int]] = defaultdict(set)
     for gid, kept in keep.items():
