@@ -43,9 +43,11 @@ def register() -> None:
     global _done
     if _done:
         return
-    # TODO(H6): default_loss / inputs_from_batch from compresskit_vfi.task once it lands
+    from compresskit_vfi.task import default_loss, inputs_from_batch
+
     for factory in (adacof, adacof_plus, compressed_adacof, compressed_adacof_plus, cdfi):
-        ck.register_model(factory.__name__, task="vfi", tags=("vfi", "adacof"))(factory)
+        ck.register_model(factory.__name__, task="vfi", default_loss=default_loss,
+                          inputs_from_batch=inputs_from_batch, tags=("vfi", "adacof"))(factory)
     from . import losses
 
     losses.register()

@@ -16,20 +16,22 @@ from compresskit_adacof.models import (
     widths_from_state_dict,
 )
 from compresskit_adacof.models.adacof import HEADS, check_widths
+from compresskit_vfi.task import default_loss
+
+import compresskit as ck
+import compresskit.registry
 
 DATA = Path(__file__).resolve().parent / "data"
 # in a checkout /work/main, the shared reference lies beside it: /work/shared/reference
 SHARED = Path(__file__).resolve().parents[4] / "shared" / "reference" / "checkpoint_layouts"
 
-# (builder, layout file, published parameter count from the papers' releases)
+# registered name -> (layout file, published parameter count from the papers' releases)
 MODELS = {
-    "adacof": (lambda: AdaCoF(5, 1), "adacof_f5_d1.json", 21_843_427),
-    "adacof_plus": (lambda: AdaCoF(11, 2), "adacof_f11_d2.json", 22_933_219),
-    "compressed_adacof": (lambda: AdaCoF(5, 1, compressed_widths()), "compressed_adacof_f5_d1.json",
-                          2_452_094),
-    "compressed_adacof_plus": (lambda: AdaCoF(11, 2, compressed_widths()), "compressed_adacof_f11_d2.json",
-                               2_557_214),
-    "cdfi": (lambda: CDFI(), "cdfi.json", 4_976_718),
+    "adacof": ("adacof_f5_d1.json", 21_843_427),
+    "adacof_plus": ("adacof_f11_d2.json", 22_933_219),
+    "compressed_adacof": ("compressed_adacof_f5_d1.json", 2_452_094),
+    "compressed_adacof_plus": ("compressed_adacof_f11_d2.json", 2_557_214),
+    "cdfi": ("cdfi.json", 4_976_718),
 }
 
 
@@ -38,9 +40,11 @@ def _layout(filename: str) -> dict:
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_state_dict_matches_published_layout(name):
-    build, filename, published = MODELS[name]
-    model = build()
+def test_registered_model_matches_published_layout(name):
+    filename, published = MODELS[name]
+    model = ck.create_model(name)
+    info = ck.model_info(name)
+    assert info.task == "vfi" and info.default_loss is default_loss and info.inputs_from_batch is not None
     layout = _layout(filename)
     ours = {k: list(v.shape) for k, v in model.state_dict().items()}
     assert set(ours) == set(layout["state_dict"]), (
@@ -54,20 +58,28 @@ def test_state_dict_matches_published_layout(name):
         assert sum(p.numel() for p in model.get_submodule(module).parameters()) == count, module
 
 
-@pytest.mark.parametrize("filename", sorted({f for _, f, _ in MODELS.values()}))
+@pytest.mark.parametrize("filename", sorted(f for f, _ in MODELS.values()))
 def test_layout_copies_equal_shared_reference(filename):
     if not (SHARED / filename).is_file():
         pytest.skip(f"shared reference folder {SHARED} is absent (tests use the copies in tests/data)")
     assert json.loads((SHARED / filename).read_text()) == _layout(filename)
 
 
-def test_random_checkpoint_in_published_layout_loads_strictly():
-    layout = _layout("compressed_adacof_f11_d2.json")["state_dict"]
+def test_checkpoint_in_published_layout_loads_strictly(tmp_path):
+    layout = _layout("cdfi.json")["state_dict"]
     gen = torch.Generator().manual_seed(0)
     state = {k: torch.randn(shape, generator=gen) for k, shape in layout.items()}
-    model = AdaCoF(11, 2, widths_from_state_dict(state))
-    model.load_state_dict(state, strict=True)
-    assert torch.equal(model.get_kernel.moduleBeta2[7].bias, state["get_kernel.moduleBeta2.7.bias"])
+    torch.save({"state_dict": state, "epoch": 100}, tmp_path / "cdfi.pth")  # the official file format
+    model = ck.create_model("cdfi", checkpoint=tmp_path / "cdfi.pth")
+    assert torch.equal(model.get_kernel.moduleBlend[7].bias, state["get_kernel.moduleBlend.7.bias"])
+    up = "context_synthesis.up_1_2.f.4.weight"
+    assert torch.equal(model.get_parameter(up), state[up])
+    del state["get_kernel.module1by1_3.bias"]
+    with pytest.raises(ck.registry.CheckpointMismatchError, match="module1by1_3.bias"):
+        ck.create_model("cdfi", checkpoint=state)
+    small = _layout("compressed_adacof_f11_d2.json")["state_dict"]
+    model = AdaCoF(11, 2, widths_from_state_dict({k: torch.empty(v) for k, v in small.items()}))
+    model.load_state_dict({k: torch.zeros(v) for k, v in small.items()}, strict=True)
 
 
 def test_widths_read_from_a_checkpoint_layout_are_the_published_widths():
@@ -123,7 +135,7 @@ def _set_identity_kernels(model: AdaCoF, alpha: float = 0.0, occlusion: float = 
 @pytest.mark.parametrize("name", ["compressed_adacof", "compressed_adacof_plus", "cdfi"])
 def test_centre_tap_kernels_reproduce_the_input_frame_at_an_odd_size(name):
     torch.manual_seed(0)
-    model = MODELS[name][0]().eval()
+    model = ck.create_model(name).eval()
     _set_identity_kernels(model, occlusion=1e4)
     frame0, frame1 = torch.rand(2, 2, 3, 37, 45).unbind(0)
     with torch.no_grad():
