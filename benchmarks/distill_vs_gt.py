@@ -14,7 +14,6 @@ Reported: test PSNR (dB) of both students per seed, mean ± std, and of the teac
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path

@@ -85,7 +85,8 @@ def test_resume_is_bit_exact(tmp_path, by):
     assert _records(tmp_path / "full" / "metrics.jsonl") == _records(tmp_path / "cut" / "metrics.jsonl")
     # keep_last=2 periodic checkpoints, no temporary files left behind
     names = sorted(p.name for p in (tmp_path / "cut").iterdir())
-    assert [n for n in names if n.startswith("ckpt-")] == [p.name for p in ckpt.list_checkpoints(tmp_path / "cut")]
+    kept = [p.name for p in ckpt.list_checkpoints(tmp_path / "cut")]
+    assert [n for n in names if n.startswith("ckpt-")] == kept
     assert len(ckpt.list_checkpoints(tmp_path / "cut")) == 2
     assert not [n for n in names if n.endswith(".tmp")]
 
@@ -224,8 +225,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
                  config=ck.TrainConfig(steps=8, checkpoint_every=2, progress=False))
     assert ckpt.latest_checkpoint(tmp_path).name == "ckpt-step00000004.pt"
     assert all(torch.isfinite(p).all() for p in model.parameters())
-    assert all(torch.isfinite(v).all() for v in ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path))["model"]
-               .values())
+    saved = ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path))["model"]
+    assert all(torch.isfinite(v).all() for v in saved.values())
 
 
 def test_clear_errors_for_bad_loaders_and_batches():
@@ -240,8 +241,8 @@ def test_clear_errors_for_bad_loaders_and_batches():
     with pytest.raises(BatchError, match="at least 2 elements"):
         ck.train(small_net(), [(torch.zeros(2, 6),)], mse, config=cfg)
     with pytest.raises(BatchError, match=r"element 0 should be a 2-d float32 tensor.*got a 3-d"):
-        ck.train(small_net(), [(torch.zeros(2, 6), torch.zeros(2, 3)), (torch.zeros(2, 1, 6), torch.zeros(2, 3))],
-                 mse, config=cfg)
+        good, bad = (torch.zeros(2, 6), torch.zeros(2, 3)), (torch.zeros(2, 1, 6), torch.zeros(2, 3))
+        ck.train(small_net(), [good, bad], mse, config=cfg)
     with pytest.raises(BatchError, match=r"model\(\*inputs\) failed for inputs \(2, 5\)"):
         ck.train(small_net(), [(torch.zeros(2, 5), torch.zeros(2, 3))], mse, config=cfg)
     with pytest.raises(TypeError, match="scalar tensor"):

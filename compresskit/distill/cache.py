@@ -24,7 +24,7 @@ CACHE_KEY = "__teacher__"
 
 
 def fingerprint(teacher: nn.Module, dataset: Dataset, feature_paths: Sequence[str]) -> str:
-    """sha256 over the teacher's state (names, shapes, bytes), the dataset length and first item, and paths."""
+    """sha256 of the teacher's state (names, shapes, bytes), the dataset length and first item, the paths."""
     h = hashlib.sha256()
     for name, t in teacher.state_dict().items():
         t = t.detach().cpu().contiguous()
@@ -104,7 +104,8 @@ class WithTeacherOutputs(Dataset):
 
     def __getitem__(self, i: int) -> tuple[Any, ...]:
         item = _as_tuple(self.dataset[i], f"dataset item {i}")
-        extra = {"output": self.cache.outputs[i], "features": {p: f[i] for p, f in self.cache.features.items()}}
+        features = {p: f[i] for p, f in self.cache.features.items()}
+        extra = {"output": self.cache.outputs[i], "features": features}
         return (*item, {CACHE_KEY: extra})
 
 

@@ -136,8 +136,8 @@ class Distiller:
             raise ValueError("student and teacher are the same module; distil into a separate (smaller) copy")
         shared = {id(p) for p in student.parameters()} & {id(p) for p in teacher.parameters()}
         if shared:
-            raise ValueError(f"student and teacher share {len(shared)} parameter tensors; the teacher must stay "
-                             "fixed, so give the student its own copy (copy.deepcopy)")
+            raise ValueError(f"student and teacher share {len(shared)} parameter tensors; the teacher must "
+                             "stay fixed, so give the student its own copy (copy.deepcopy)")
         config = config if config is not None else DistillConfig()
         if not isinstance(config, DistillConfig):
             raise TypeError(f"config must be a compresskit DistillConfig, got {type(config).__name__}")
@@ -292,7 +292,8 @@ def _normalise_terms(losses: Sequence[Term | str] | None, config: DistillConfig)
         elif isinstance(item, str) or callable(item):
             terms.append(OutputLoss(item))
         else:
-            raise TypeError("losses must be a list of OutputLoss / FeatureLoss terms, loss names or callables; "
+            raise TypeError("losses must be a list of OutputLoss / FeatureLoss terms, loss names or "
+                            "callables, "
                             f"got {type(item).__name__}")
     if not terms:
         raise ValueError("losses is empty: give at least one term")

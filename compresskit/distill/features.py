@@ -54,8 +54,8 @@ def make_adapter(student_feature: torch.Tensor, teacher_feature: torch.Tensor, w
     teacher's; the identity when they already agree. Channels are dimension 1."""
     s, t = student_feature, teacher_feature
     if s.dim() != t.dim() or s.dim() < 2:
-        raise ValueError(f"feature distillation {where}: student feature {tuple(s.shape)} and teacher feature "
-                         f"{tuple(t.shape)} must both be (B, C, ...) tensors of the same rank")
+        raise ValueError(f"feature distillation {where}: student feature {tuple(s.shape)} and teacher "
+                         f"feature {tuple(t.shape)} must both be (B, C, ...) tensors of the same rank")
     if s.shape[2:] != t.shape[2:]:
         raise ValueError(f"feature distillation {where}: spatial sizes differ, student {tuple(s.shape)} vs "
                          f"teacher {tuple(t.shape)}; pick layers at the same resolution")

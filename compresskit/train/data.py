@@ -84,16 +84,19 @@ class EpochLoader:
         return isinstance(loader.sampler, SequentialSampler)
 
     def _rebuild(self, loader: DataLoader) -> None:
-        self.sampler = ResumableSampler(len(loader.dataset), shuffle=isinstance(loader.sampler, RandomSampler),
-                                        seed=self.seed, rank=self.ctx.rank, world_size=self.ctx.world_size)
+        shuffle = isinstance(loader.sampler, RandomSampler)
+        self.sampler = ResumableSampler(len(loader.dataset), shuffle=shuffle, seed=self.seed,
+                                        rank=self.ctx.rank, world_size=self.ctx.world_size)
         self.batch_size = loader.batch_size
         self._generator = torch.Generator()
         extra: dict[str, Any] = {}
         if loader.num_workers > 0:
-            extra = {"prefetch_factor": loader.prefetch_factor, "persistent_workers": loader.persistent_workers}
+            extra = {"prefetch_factor": loader.prefetch_factor,
+                     "persistent_workers": loader.persistent_workers}
         self.loader = DataLoader(
-            loader.dataset, batch_size=loader.batch_size, sampler=self.sampler, num_workers=loader.num_workers,
-            collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, drop_last=loader.drop_last,
+            loader.dataset, batch_size=loader.batch_size, sampler=self.sampler,
+            num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
+            drop_last=loader.drop_last,
             timeout=loader.timeout, worker_init_fn=loader.worker_init_fn,
             multiprocessing_context=loader.multiprocessing_context, generator=self._generator, **extra)
 

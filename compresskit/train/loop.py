@@ -98,7 +98,8 @@ class Trainer:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not callable(loss_fn):
-            raise TypeError(f"loss_fn must be callable as loss_fn(output, batch), got {type(loss_fn).__name__}")
+            raise TypeError("loss_fn must be callable as loss_fn(output, batch), "
+                            f"got {type(loss_fn).__name__}")
         if config is None:
             config = TrainConfig()
         if not isinstance(config, TrainConfig):
@@ -156,8 +157,8 @@ class Trainer:
             mine = {id(p) for p in self.model.parameters()}
             for group in arg.param_groups:
                 if any(id(p) not in mine for p in group["params"]):
-                    raise ValueError("optimizer holds parameters that are not the model's (was it built for "
-                                     "another copy of the model?); pass a factory params -> Optimizer instead")
+                    raise ValueError("optimizer holds parameters that are not the model's (was it built "
+                                     "for another copy of the model?); pass a factory params -> Optimizer")
             return arg
         if not params:
             raise ValueError("model has no parameters with requires_grad=True: nothing to train")
@@ -168,8 +169,8 @@ class Trainer:
                                 f"got {type(opt).__name__}")
             return opt
         if arg is not None:
-            raise TypeError("optimizer must be a torch.optim.Optimizer, a factory params -> Optimizer, or None; "
-                            f"got {type(arg).__name__}")
+            raise TypeError("optimizer must be a torch.optim.Optimizer, a factory params -> Optimizer, "
+                            f"or None; got {type(arg).__name__}")
         if cfg.optimizer == "adamax":
             return torch.optim.Adamax(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
         if cfg.optimizer == "adam":
@@ -184,7 +185,8 @@ class Trainer:
             if cfg.scheduler == "none":
                 return None
             if cfg.scheduler == "step":
-                return torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+                return torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=cfg.step_size,
+                                                       gamma=cfg.gamma)
             if total_intervals is None:
                 raise ValueError("scheduler='cosine' needs a known length: give config.steps or a loader "
                                  "with len()")
@@ -234,13 +236,14 @@ class Trainer:
                 raise BatchError(f"{where}: element {i} should be {_fmt_one(want)} like in the first batch, "
                                  f"got {_fmt_one(got)}")
 
-    def _forward(self, module: nn.Module, batch: Any, where: str) -> tuple[Any, torch.Tensor, dict[str, float]]:
+    def _forward(self, module: nn.Module, batch: Any, where: str
+                 ) -> tuple[Any, torch.Tensor, dict[str, float]]:
         inputs = self._inputs(batch, where)
         try:
             output = module(*inputs)
         except (RuntimeError, ValueError, TypeError, IndexError) as e:
-            raise BatchError(f"{where}: model(*inputs) failed for inputs {_fmt_spec([_shape(x) for x in inputs])}"
-                             f": {e}") from e
+            shapes = _fmt_spec([_shape(x) for x in inputs])
+            raise BatchError(f"{where}: model(*inputs) failed for inputs {shapes}: {e}") from e
         result = self.loss_fn(output, batch)
         loss, parts = _split_loss(result)
         return output, loss, parts
@@ -279,8 +282,8 @@ class Trainer:
         if self._scaler is not None and state["scaler"] is not None:
             self._scaler.load_state_dict(state["scaler"])
         if len(state["callbacks"]) != len(self.callbacks):
-            raise ValueError(f"checkpoint {str(path)!r} was written with {len(state['callbacks'])} callbacks, "
-                             f"this run has {len(self.callbacks)}")
+            raise ValueError(f"checkpoint {str(path)!r} was written with {len(state['callbacks'])} "
+                             f"callbacks, this run has {len(self.callbacks)}")
         for cb, cb_state in zip(self.callbacks, state["callbacks"]):
             cb.load_state_dict(cb_state)
         self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
@@ -334,7 +337,8 @@ class Trainer:
         values = self.validate()
         monitor = self.config.monitor
         if monitor not in values:
-            raise ValueError(f"config.monitor={monitor!r} is not among the validation values {sorted(values)}")
+            raise ValueError(f"config.monitor={monitor!r} is not among the validation values "
+                             f"{sorted(values)}")
         value = values[monitor]
         better = self.best is None or (value < self.best if self.config.mode == "min" else value > self.best)
         if better and math.isfinite(value):
@@ -375,19 +379,24 @@ class Trainer:
                      if self.val_loader is not None else None)
         n_batches = self._train.batches_per_epoch()
         if n_batches == 0:
-            raise ValueError("train_loader yields no batches (empty dataset, or fewer samples than batch_size "
-                             "with drop_last=True)")
+            raise ValueError("train_loader yields no batches (empty dataset, or fewer samples than "
+                             "batch_size with drop_last=True)")
         steps_per_epoch = math.ceil(n_batches / cfg.grad_accum) if n_batches is not None else None
         epochs = None if cfg.steps is not None else (cfg.epochs or 1)
         max_steps = cfg.steps
         total = cfg.steps if cfg.steps is not None else (
             epochs * steps_per_epoch if steps_per_epoch is not None else None)
-        intervals = total if cfg.scheduler_interval == "step" else (
-            epochs if epochs is not None else (math.ceil(total / steps_per_epoch) if steps_per_epoch else None))
+        if cfg.scheduler_interval == "step":
+            intervals = total
+        elif epochs is not None:
+            intervals = epochs
+        else:
+            intervals = math.ceil(total / steps_per_epoch) if steps_per_epoch else None
         self.scheduler = self._build_scheduler(intervals)
 
         is_main = self.ctx.is_main
-        self._log = MetricsLog(self.out_dir / "metrics.jsonl" if self.out_dir is not None and is_main else None)
+        writes = self.out_dir is not None and is_main
+        self._log = MetricsLog(self.out_dir / "metrics.jsonl" if writes else None)
         self._saved_at: tuple[int, int, int] | None = None
         latest = ckpt.latest_checkpoint(self.out_dir) if self.out_dir is not None and self.resume else None
         if latest is not None:
@@ -445,12 +454,14 @@ class Trainer:
                         last_loss = self._optimizer_step(group, where)
                         group = []
                         window.append(last_loss)
-                        if self.step % cfg.log_every == 0 or (max_steps is not None and self.step >= max_steps):
+                        last_step = max_steps is not None and self.step >= max_steps
+                        if self.step % cfg.log_every == 0 or last_step:
                             now = time.perf_counter()
                             self._log_train(window, now - t_last)
                             window, t_last = [], now
                         bar.update(self.step, last_loss)
-                        if cfg.val_every is not None and self._val is not None and self.step % cfg.val_every == 0:
+                        val_now = cfg.val_every is not None and self.step % cfg.val_every == 0
+                        if val_now and self._val is not None:
                             self._run_validation()
                         if cfg.checkpoint_every is not None and self.step % cfg.checkpoint_every == 0:
                             self._save()
@@ -558,8 +569,10 @@ def _split_loss(result: Any) -> tuple[torch.Tensor, dict[str, float]]:
 
 def _check_scalar(loss: Any, where: str) -> None:
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-        got = f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__
-        raise TypeError(f"loss_fn must return a scalar tensor (or a mapping with 'loss'), got {got} at {where}")
+        got = (f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor)
+               else type(loss).__name__)
+        raise TypeError(f"loss_fn must return a scalar tensor (or a mapping with 'loss'), got {got} "
+                        f"at {where}")
     if not loss.requires_grad:
         raise ValueError(f"the loss does not depend on any trainable parameter at {where} (requires_grad is "
                          "False): does loss_fn detach the output or use torch.no_grad()?")
@@ -602,4 +615,4 @@ def _fmt_one(spec: Any) -> str:
 
 
 def _fmt_spec(spec: list[Any]) -> str:
-    return ", ".join(_fmt_one(s) if isinstance(s, tuple) and s and s[0] in ("tensor",) else str(s) for s in spec)
+    return ", ".join(_fmt_one(s) if isinstance(s, tuple) and s and s[0] == "tensor" else str(s) for s in spec)
