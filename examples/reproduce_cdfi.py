@@ -20,28 +20,36 @@ import sys
 from pathlib import Path
 
 from compresskit_adacof.models.adacof import compressed_widths
-from compresskit_adacof.recipe import CDFIRecipeConfig, plan_published_widths, run
+from compresskit_adacof.recipe import CDFIRecipeConfig, plan_published_widths, published_densities, run
 from rich.console import Console
 from rich.table import Table
 
 STAGES = ("sparsify", "shrink", "retrain", "cdfi", "evaluate")
 
 
-def published_plan_table(rule: str = "sqrt", console: Console | None = None) -> dict:
-    """Print planned widths (published densities → ``ck.plan_widths``) beside the published ones."""
+def published_plan_table(console: Console | None = None) -> dict:
+    """Print the widths ``ck.plan_widths`` gives for the published densities (both rules) beside the
+    published compressed AdaCoF; returns them with the parameter counts."""
     console = console or Console()
-    planned, params = plan_published_widths(rule=rule)
+    planned = {rule: plan_published_widths(rule=rule) for rule in ("linear", "sqrt")}
     published = compressed_widths()
-    table = Table(title=f"compressed AdaCoF (F=5): widths planned from the published densities "
-                        f"(rule={rule!r}) vs published")
+    table = Table(title="compressed AdaCoF (F=5, d=1): widths planned from the densities published with "
+                        "CDFI vs the published widths")
     table.add_column("layer")
-    table.add_column("planned", justify="right")
-    table.add_column("published", justify="right")
-    for name, widths in planned.items():
-        table.add_row(name, " ".join(map(str, widths)), " ".join(map(str, published[name])))
-    table.add_row("[bold]parameters", f"{params:,}", "2,452,094")
+    table.add_column("published density", justify="right", no_wrap=True)
+    for rule in planned:
+        table.add_column(f"planned, {rule!r}", justify="right", no_wrap=True)
+    table.add_column("published", justify="right", no_wrap=True)
+    densities = published_densities()
+    for name in published:
+        indices = (1,) if name.startswith("Upsample") else (0, 2, 4)
+        d = [densities.get(f"get_kernel.module{name}.{i}") for i in indices]
+        dens = " ".join(f"{x:.3f}" for x in d) if all(x is not None for x in d) else "-"
+        table.add_row(name, dens, *(" ".join(map(str, planned[r][0][name])) for r in planned),
+                      " ".join(map(str, published[name])))
+    table.add_row("[bold]parameters", "", *(f"{planned[r][1]:,}" for r in planned), "2,452,094")
     console.print(table)
-    return {"rule": rule, "planned": planned, "published": published, "params": params}
+    return {"published": published, **{r: {"widths": w, "params": n} for r, (w, n) in planned.items()}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,12 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stop-after", choices=STAGES, default="evaluate", help="stop after this stage")
     p.add_argument("--published-plan", action="store_true",
                    help="only print the widths planned from the published densities")
-    p.add_argument("--rule", choices=("sqrt", "linear"), default=None, help="width rule (default sqrt, CDFI)")
+    p.add_argument("--rule", choices=("linear", "sqrt"), default=None,
+                   help="width rule of stage I (default linear: it reproduces the published widths)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     args = p.parse_args(argv)
     console = Console(quiet=args.quiet)
     if args.published_plan:
-        published_plan_table(args.rule or "sqrt", console)
+        published_plan_table(console)
         return 0
     values = CDFIRecipeConfig.load(args.config).model_dump() if args.config else {}
     flags = {"out_dir": args.out, "smoke": args.smoke or values.get("smoke", False),

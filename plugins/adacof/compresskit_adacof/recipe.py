@@ -90,7 +90,9 @@ class CDFIRecipeConfig(Config):
     sparsify_epochs: int = Field(20, ge=1, description="total epochs of stage I sparsification")
     sparsify_triplets: int = Field(1000, ge=1, description="Vimeo-90K training triplets used in stage I")
     sparsify_batch: int = Field(8, ge=1, description="batch size of stage I")
-    width_rule: Literal["linear", "sqrt"] = Field("sqrt", description="CDFI code: C' = floor(√d·C)")
+    width_rule: Literal["linear", "sqrt"] = Field(
+        "linear", description="'linear' C_in' = ceil(d·C_in) reproduces the published compressed AdaCoF "
+        "widths from the published densities; 'sqrt' C' = floor(√d·C) is the CDFI code's rule")
     coupling: Literal["max", "min", "mean"] = Field("max", description="one width per coupled group")
     init: Literal["inherit", "reinit"] = Field("reinit", description="the compressed AdaCoF is retrained "
                                                "from scratch in CDFI ('reinit'), or keeps its weights")
@@ -380,11 +382,11 @@ def run(cfg: CDFIRecipeConfig, console: Console | None = None,
     return summary
 
 
-def plan_published_widths(rule: Literal["linear", "sqrt"] = "sqrt", coupling: str = "max",
+def plan_published_widths(rule: Literal["linear", "sqrt"] = "linear", coupling: str = "max",
                           kernel_size: int = 5, dilation: int = 1) -> tuple[dict[str, tuple[int, ...]], int]:
     """Feed the published densities to ``ck.plan_widths`` on the dense AdaCoF; returns (widths, params)."""
     model = AdaCoF(kernel_size, dilation)
-    graph = ck.trace(model, (torch.zeros(1, 3, 64, 64), torch.zeros(1, 3, 64, 64)))
+    graph = ck.trace(model, (torch.zeros(1, 3, 32, 32), torch.zeros(1, 3, 32, 32)))
     plan = ck.plan_widths(graph, published_densities(), rule=rule, coupling=coupling)
     small = ck.shrink(model, graph, plan=plan, init="reinit")
     return widths_from_state_dict(small.state_dict()), sum(p.numel() for p in small.parameters())

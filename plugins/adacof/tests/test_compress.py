@@ -84,3 +84,55 @@ def test_cdfi_pyramid_channels_are_prunable_and_feed_the_gridnet_published_warps
                    "freezes every channel (DESIGN: split takes segments; compresskit/graph/rules.py)")
 def test_cdfi_pyramid_channels_are_prunable_and_feed_the_gridnet_joint_warps():
     _check_pyramid_groups(CDFI())
+
+
+# output widths of the dense AdaCoF fixed by a published density (under the linear rule a group's width
+# comes from the density of the layer that consumes it): Conv1..5 and the first two convs of each Deconv
+DETERMINED = [(f"Conv{k}", i) for k in range(1, 6) for i in range(3)] + \
+             [(f"Deconv{k}", i) for k in (5, 4, 3, 2) for i in range(2)]
+
+
+@pytest.fixture(scope="module")
+def planned_from_published():
+    from compresskit_adacof.recipe import plan_published_widths
+
+    return plan_published_widths(rule="linear")
+
+
+def test_published_densities_plan_the_published_widths(planned_from_published):
+    """ceil(d·C_in) back to front from the densities published with CDFI gives the published compressed
+    AdaCoF's widths (±1: the densities are published to 3 digits) wherever a density determines them."""
+    widths, _ = planned_from_published
+    published = compressed_widths()
+    for name, i in DETERMINED:
+        assert abs(widths[name][i] - published[name][i]) <= 1, (name, i, widths[name], published[name])
+    for k in (2, 3, 4, 5):  # the residual-coupled widths are equal
+        assert widths[f"Conv{k}"][-1] == widths[f"Upsample{k}"][0]
+        assert abs(widths[f"Upsample{k}"][0] - published[f"Upsample{k}"][0]) <= 1
+
+
+def test_published_densities_plan_the_published_size_where_they_apply(planned_from_published):
+    """Parameters of the 23 convs whose input and output widths both follow from published densities:
+    within 2 % of the published compressed AdaCoF's; the rest (Deconv_k's last conv, Upsample_k and the
+    heads, whose densities are not published) stay between the published and the dense sizes."""
+    widths, total = planned_from_published
+    published = compressed_widths()
+
+    def conv_params(w, name, i):
+        """3×3 conv with bias: out · (in · 9 + 1), the input being the previous conv of the stage or the
+        tensor the stage reads (Conv k: Conv k−1's output; Deconv k: Conv min(k+1, 5)'s residual width)."""
+        k = int(name[-1])
+        if i > 0:
+            cin = w[name][i - 1]
+        elif name == "Conv1":
+            cin = 6
+        elif name.startswith("Conv"):
+            cin = w[f"Conv{k - 1}"][-1]
+        else:
+            cin = w[f"Conv{min(k + 1, 5)}"][-1]
+        return w[name][i] * (cin * 9 + 1)
+
+    planned_part = sum(conv_params(widths, n, i) for n, i in DETERMINED)
+    published_part = sum(conv_params(published, n, i) for n, i in DETERMINED)
+    assert planned_part == pytest.approx(published_part, rel=0.02)
+    assert 2_452_094 < total < 21_843_427
