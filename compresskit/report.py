@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from compresskit.io import atomic_write_bytes, atomic_write_json
 
@@ -63,23 +64,67 @@ def _as_tuple(example_inputs: Any) -> tuple:
 def count_macs(model: nn.Module, example_inputs: Any) -> int:
     """Multiply-accumulates of one forward pass on ``example_inputs``.
 
-    Counted by ``torch.utils.flop_counter.FlopCounterMode`` over the aten ops it knows (convolutions,
-    transposed convolutions, matrix products, attention), as FLOPs / 2: a conv contributes
-    C_out · C_in/groups · k_h · k_w · H_out · W_out per sample. Element-wise ops, norms and custom ops
-    are not counted.
+    Every convolution, transposed convolution, linear map, matrix product and attention call is counted
+    as it runs (module or functional, through a ``TorchFunctionMode``): a conv contributes
+    ``C_out · C_in/groups · k_h · k_w`` per output pixel and sample, a transposed conv ``C_out/groups ·
+    k_h · k_w`` per *input* pixel, a linear map ``in_features`` per output element. Element-wise ops,
+    norms and custom ops are not counted.
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
     inputs = _as_tuple(example_inputs)
     was_training = model.training
     model.eval()
+    counter = _MacCounter()
     try:
-        counter = FlopCounterMode(display=False)
         with torch.no_grad(), counter:
             model(*inputs)
     finally:
         model.train(was_training)
-    return int(counter.get_total_flops()) // 2
+    return counter.total
+
+
+def _arg(args: tuple, kwargs: dict, index: int, name: str) -> Any:
+    return args[index] if len(args) > index else kwargs.get(name)
+
+
+class _MacCounter(TorchFunctionMode):
+    """Adds up the MACs of the heavy torch calls made inside it (nested calls are not seen twice)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        self.total += _macs_of(func, args, kwargs, out)
+        return out
+
+
+def _macs_of(func: Any, args: tuple, kwargs: dict, out: Any) -> int:
+    F = torch.nn.functional
+    if func in (F.conv1d, F.conv2d, F.conv3d):  # weight (C_out, C_in/g, *k): one kernel per output
+        return out.numel() * _arg(args, kwargs, 1, "weight")[0].numel()
+    if func in (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d):  # (C_in, C_out/g, *k)
+        return _arg(args, kwargs, 0, "input").numel() * _arg(args, kwargs, 1, "weight")[0].numel()
+    if func is F.linear:
+        return out.numel() * _arg(args, kwargs, 1, "weight").shape[-1]
+    if func in _MATMULS:
+        a = args[0] if func is not torch.Tensor.__rmatmul__ else args[1]
+        return out.numel() * (a.shape[-1] if a.dim() > 0 else 1)
+    if func is F.scaled_dot_product_attention:  # Q·Kᵀ and softmax(·)·V
+        q, k, v = (_arg(args, kwargs, i, n) for i, n in enumerate(("query", "key", "value")))
+        scores = q.numel() // q.shape[-1] * k.shape[-2]
+        return scores * q.shape[-1] + scores * v.shape[-1]
+    if func is F.multi_head_attention_forward:  # (L, N, E) inputs: 4 projections, Q·Kᵀ, attention·V
+        query, key = _arg(args, kwargs, 0, "query"), _arg(args, kwargs, 1, "key")
+        n_q, n_k, embed = query.shape[0], key.shape[0], query.shape[-1]
+        batch = query.shape[1] if query.dim() == 3 else 1
+        return batch * ((2 * n_q + 2 * n_k) * embed * embed + 2 * n_q * n_k * embed)
+    return 0
+
+
+_MATMULS = (torch.matmul, torch.mm, torch.bmm, torch.Tensor.matmul, torch.Tensor.mm, torch.Tensor.bmm,
+            torch.Tensor.__matmul__, torch.Tensor.__rmatmul__)
 
 
 def measure_latency(

@@ -65,6 +65,28 @@ def test_macs_match_textbook_formulas():
     x = torch.randn(2, 3, 16, 16)
     assert count_macs(model, x) == _hand_macs(model, x) > 0
     assert count_macs(model, (x,)) == count_macs(model, [x])
+    # the same, written out: conv 3→8 on 16×16; grouped conv 8→12 (4 groups) to 8×8; transposed conv
+    # 12→4, 4×4 kernel, from 8×8; 1×3 conv 4→6; linear 1536→10; batch 2
+    assert count_macs(model, x) == 2 * (8 * 256 * 3 * 9 + 12 * 64 * 2 * 9 + 64 * 12 * 4 * 16 + 6 * 256 * 4 * 3
+                                        + 1536 * 10)
+
+
+def test_macs_of_functional_calls_matmuls_and_attention():
+    class Functional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(4, 16))
+            self.mha = nn.MultiheadAttention(8, 2, batch_first=True)
+
+        def forward(self, x, q):
+            y = nn.functional.linear(x, self.w)  # (2, 5, 16) → (2, 5, 4)
+            z = y @ torch.ones(4, 3)  # (2, 5, 4) @ (4, 3)
+            a = nn.functional.scaled_dot_product_attention(q, q, q)  # (1, 2, 5, 8): Q·Kᵀ and ·V
+            b, _ = self.mha(q[0], q[0], q[0])  # batch 2, 5 tokens, E = 8: 4 projections + Q·Kᵀ + ·V
+            return z.sum() + a.sum() + b.sum()
+
+    expected = 2 * 5 * 4 * 16 + 2 * 5 * 3 * 4 + 2 * (2 * 5 * 5 * 8) + 2 * ((4 * 5) * 64 + 2 * 25 * 8)
+    assert count_macs(Functional(), (torch.randn(2, 5, 16), torch.randn(1, 2, 5, 8))) == expected
 
 
 def test_params_counted_by_hand():
