@@ -1,10 +1,12 @@
 """How long one OBProxSG.step() takes next to torch.optim.SGD(foreach=True), in the same run.
 
 The parameters are the 118 tensors of AdaCoF (F=5, d=1; 21,843,427 parameters; shapes built from the
-published topology), each with a random gradient. Timed, median of ``--repeats`` steps after warm-up:
+published topology), each with a random gradient. Timed: median of ``--repeats`` steps after warm-up,
+the variants taking turns step by step (a shared machine's load changes hit all of them alike):
 
 - SGD(foreach=True): the yardstick (x ← x − lr·g);
-- OBProxSG prox and orthant steps, eager (``torch._foreach_*``) and compiled (``compile=True``);
+- OBProxSG prox and orthant steps, eager (CPU: slice by slice in cache; CUDA: ``torch._foreach_*``)
+  and compiled (``compile=True``);
 - a naive per-tensor ``torch.where`` implementation of both steps (what not to do).
 
     python benchmarks/obproxsg_step.py                 # CPU, all threads
@@ -58,16 +60,23 @@ def _naive(phase: str, params: list[torch.Tensor], lr: float, lam: float, eps: f
                 p.copy_(torch.where(x_hat * z > eps, x_hat, torch.zeros_like(p)))
 
 
-def _time(fn: Callable[[], None], repeats: int, sync: Callable[[], None]) -> float:
-    fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+def _time_interleaved(
+    fns: dict[str, Callable[[], None]], repeats: dict[str, int], sync: Callable[[], None]
+) -> dict[str, float]:
+    """Median ms per call; the variants take turns, so a load change on the machine hits all alike."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for fn in fns.values():  # warm-up
         fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+    sync()
+    for r in range(max(repeats.values())):
+        for k, fn in fns.items():
+            if r >= repeats[k]:
+                continue
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -97,29 +106,34 @@ def main(argv: list[str] | None = None) -> dict:
     console.print(f"{len(params)} tensors, {n:,} parameters, {dtype} on {device} "
                   f"({torch.get_num_threads()} threads, torch {torch.__version__})")
 
-    rows: list[tuple[str, float | None, str]] = []
+    fns: dict[str, Callable[[], None]] = {}
+    repeats: dict[str, int] = {}
+    notes: dict[str, str] = {}
     sgd = torch.optim.SGD(params, lr=lr, foreach=True)
-    base = _time(sgd.step, args.repeats, sync)
-    rows.append(("SGD(foreach=True)", base, ""))
+    fns["SGD(foreach=True)"] = sgd.step
     for compiled in ([False] if args.no_compile else [False, True]):
         for phase, n_prox in (("prox", None), ("orthant", 0)):
             opt = ck.OBProxSG(params, lr=lr, lambda_=lam, eps=eps, n_prox_steps=n_prox, compile=compiled)
             assert opt.phase == phase
-            note = ""
+            name = f"OBProxSG {phase}, {'compiled' if compiled else 'eager'}"
             if compiled:
                 t0 = time.perf_counter()
                 opt.step()
                 sync()
-                note = f"first step (compiles) {time.perf_counter() - t0:.1f} s"
+                notes[name] = f"first step compiles: {time.perf_counter() - t0:.0f} s"
                 if not opt.compile:
-                    note = "compile failed: eager fallback"
-            rows.append((f"OBProxSG {phase}, {'compiled' if compiled else 'eager foreach'}",
-                         _time(opt.step, args.repeats, sync), note))
+                    notes[name] = "compile failed: eager fallback"
+            fns[name] = opt.step
     if not args.no_naive:
         for phase in ("prox", "orthant"):
-            rows.append((f"naive per-tensor torch.where, {phase}",
-                         _time(lambda ph=phase: _naive(ph, params, lr, lam, eps), max(3, args.repeats // 3),
-                               sync), ""))
+            fns[f"naive per-tensor torch.where, {phase}"] = (
+                lambda ph=phase: _naive(ph, params, lr, lam, eps)
+            )
+    for name in fns:
+        repeats[name] = max(3, args.repeats // 3) if name.startswith("naive") else args.repeats
+    ms = _time_interleaved(fns, repeats, sync)
+    base = ms["SGD(foreach=True)"]
+    rows = [(name, ms[name], notes.get(name, "")) for name in fns]
 
     table = Table(title=f"one optimizer step, {n / 1e6:.1f}M parameters (AdaCoF tensors), {dtype}, {device}")
     table.add_column("update")

@@ -335,3 +335,20 @@ def test_bad_group_and_state():
     p.grad = torch.ones(2)
     with pytest.raises(ValueError, match="lr must be >= 0"):
         opt.step()
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch):
+    def broken(name):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(obx, "_compiled", broken)
+    gen = torch.Generator().manual_seed(5)
+    (x,) = _params(gen, [(30,)])
+    g = torch.randn(30, generator=gen, dtype=torch.float64)
+    want = torch.tensor(ref_step(x.detach().tolist(), g.tolist(), "prox", 0.1, 0.5, 0.0), dtype=torch.float64)
+    opt = ck.OBProxSG([x], lr=0.1, lambda_=0.5, compile=True)
+    x.grad = g
+    with pytest.warns(UserWarning, match="torch.compile failed.*no compiler here"):
+        opt.step()
+    assert opt.compile is False
+    torch.testing.assert_close(x.detach(), want, rtol=1e-13, atol=1e-15)
