@@ -145,5 +145,6 @@ ck.register_rule(torch.ops.compresskit_stmfnet.correlation, _channel_rule)
 
 def correlation(f1: Tensor, f2: Tensor) -> Tensor:
     """9×9 cost volume (B,81,H,W) between feature maps ``f1`` and ``f2`` (B,C,H,W), averaged over C."""
-    _check(f1, f2)
+    if not isinstance(f1, torch.fx.Proxy):  # under symbolic tracing the op node is recorded
+        _check(f1, f2)
     return _correlation(f1.contiguous(), f2.contiguous())

@@ -142,7 +142,8 @@ ck.register_rule(torch.ops.compresskit_stmfnet.sum_splat, passthrough={0: 0},
 
 def sum_splat(x: Tensor, flow: Tensor) -> Tensor:
     """Summation splatting of ``x`` (B,C,H,W) along ``flow`` (B,2,H,W; channel 0 horizontal, 1 vertical)."""
-    _check(x, flow)
+    if not isinstance(x, torch.fx.Proxy):  # under symbolic tracing the op node is recorded
+        _check(x, flow)
     return _sum_splat(x.contiguous(), flow.contiguous())
 
 
@@ -150,8 +151,9 @@ def softmax_splat(x: Tensor, flow: Tensor, metric: Tensor) -> Tensor:
     """Softmax splatting: ``Σ→(exp(Z)·x) / Σ→(exp(Z))`` with importance ``metric`` Z (B,1,H,W).
 
     Both splats are one op call on ``cat(exp(Z)·x, exp(Z))``; pixels nothing lands on are 0."""
-    if not isinstance(metric, Tensor) or metric.dim() != 4 or metric.shape[1] != 1 \
-            or metric.shape[0] != x.shape[0] or metric.shape[2:] != x.shape[2:]:
+    if not isinstance(metric, torch.fx.Proxy) and (
+            not isinstance(metric, Tensor) or metric.dim() != 4 or metric.shape[1] != 1 \
+            or metric.shape[0] != x.shape[0] or metric.shape[2:] != x.shape[2:]):
         raise ValueError(f"softmax_splat: metric must be (B,1,H,W) matching x {tuple(x.shape)}, "
                          f"got {tuple(getattr(metric, 'shape', ()))}")
     z = torch.exp(metric)
