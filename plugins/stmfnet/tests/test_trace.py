@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections import Counter
 
 import torch
+from compresskit_stmfnet.models import STMFNET_MINI_WIDTHS, STMFNet
 
 import compresskit as ck
-from compresskit_stmfnet.models import STMFNET_MINI_WIDTHS, STMFNet
 
 
 def frames(size: int = 64, seed: int = 0) -> tuple[torch.Tensor, ...]:
