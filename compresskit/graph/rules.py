@@ -834,15 +834,13 @@ def layernorm_core(ctx: RuleContext, x: Any, n_norm: int) -> Any:
 
 def _layernorm_module(ctx: RuleContext) -> Any:
     x = ctx.arg(0, "input")
-    out = layernorm_core(ctx, x, len(ctx.module.normalized_shape))
-    if isinstance(x, TensorInfo) and x.tracked and ctx.module.elementwise_affine:
-        ctx.member(
-            ctx.module_name, "weight", x.cdim - x.ndim + len(ctx.module.normalized_shape), x.ids, "param"
-        )
-        if ctx.module.bias is not None:
-            ctx.member(
-                ctx.module_name, "bias", x.cdim - x.ndim + len(ctx.module.normalized_shape), x.ids, "param"
-            )
+    n = len(ctx.module.normalized_shape)
+    out = layernorm_core(ctx, x, n)
+    if isinstance(x, TensorInfo) and x.tracked and ctx.module.elementwise_affine and x.cdim >= x.ndim - n:
+        pdim = x.cdim - (x.ndim - n)  # the (frozen) channels index the affine parameters here
+        for t in ("weight", "bias"):
+            if getattr(ctx.module, t, None) is not None:
+                ctx.member(ctx.module_name, t, pdim, x.ids, "param")
     return out
 
 

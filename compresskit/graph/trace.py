@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import operator
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -176,6 +177,8 @@ class _ConcreteTracer(fx.Tracer):
     def _compute(self, kind: str, target: Any, args: Any, kwargs: Any) -> Any:
         if kind == "placeholder":
             name = str(target).lstrip("*")
+            if name not in self.placeholder_values:  # fx renames placeholders of concrete args
+                name = re.sub(r"_\d+$", "", name)
             if name not in self.placeholder_values:
                 raise TypeError(f"example_inputs: no value for forward argument {name!r}")
             return self.placeholder_values[name]
@@ -186,24 +189,23 @@ class _ConcreteTracer(fx.Tracer):
         a, k = self._concrete(tuple(args)), self._concrete(dict(kwargs))
         self._computing = True
         try:
-            with torch.no_grad():
-                if kind == "call_function":
-                    out = target(*a, **k)
-                    if target is getattr and a[1] not in _SHAPE_ATTRS:
-                        self._check_data_read(a, out)
-                    return out
-                if kind == "call_method":
-                    out = getattr(a[0], target)(*a[1:], **k)
-                    if target not in _SHAPE_QUERIES:
-                        self._check_data_read(a, out)
-                    return out
-                if kind == "call_module":
-                    module = self.root.get_submodule(target)
-                    if self.shapes_only:
-                        shape = _layer_output_shape(module, a, k)
-                        if shape is not None:
-                            return torch.empty(shape, dtype=a[0].dtype, device=a[0].device)
-                    return module(*a, **k)
+            if kind == "call_function":
+                out = target(*a, **k)
+                if target is getattr and a[1] not in _SHAPE_ATTRS:
+                    self._check_data_read(a, out)
+                return out
+            if kind == "call_method":
+                out = getattr(a[0], target)(*a[1:], **k)
+                if target not in _SHAPE_QUERIES:
+                    self._check_data_read(a, out)
+                return out
+            if kind == "call_module":
+                module = self.root.get_submodule(target)
+                if self.shapes_only:
+                    shape = _layer_output_shape(module, a, k)
+                    if shape is not None:
+                        return torch.empty(shape, dtype=a[0].dtype, device=a[0].device)
+                return module(*a, **k)
         finally:
             self._computing = False
         raise ValueError(f"unknown node kind {kind}")
@@ -287,13 +289,27 @@ def _trace_fx_once(model: nn.Module, inputs: tuple, shapes_only: bool) -> tuple[
         if param.kind == inspect.Parameter.VAR_POSITIONAL:
             raise TypeError("forward(*args) cannot be traced by fx")
         values[pname] = _clone(v)
+    # arguments that hold no tensor (None, flags, scales) are baked in: ``if extra is not None`` must see
+    # the real None, not a proxy
+    concrete = {k: v for k, v in values.items() if not _has_tensor(v)}
     tracer = _ConcreteTracer(values, shapes_only)
-    graph = tracer.trace(model)
+    with torch.no_grad():
+        graph = tracer.trace(model, concrete_args=concrete or None)
     meta = {
         n: to_meta(tracer.values.get(n)) if n.op != "get_attr" else to_meta(tracer.node_value(n))
         for n in graph.nodes
     }
     return graph, meta
+
+
+def _has_tensor(v: Any) -> bool:
+    if isinstance(v, torch.Tensor):
+        return True
+    if isinstance(v, tuple | list):
+        return any(_has_tensor(x) for x in v)
+    if isinstance(v, dict):
+        return any(_has_tensor(x) for x in v.values())
+    return False
 
 
 def _clone(v: Any) -> Any:
@@ -328,8 +344,9 @@ def trace(model: nn.Module, example_inputs: Any, *, method: str = "auto") -> Cha
     inputs = _check_inputs(model, example_inputs)
     if method not in ("auto", "fx", "export"):
         raise ValueError(f"method: expected 'auto', 'fx' or 'export', got {method!r}")
-    was_training = model.training
-    model.eval()
+    modes = {m: m.training for m in model.modules()}
+    if any(modes.values()):
+        model.eval()
     try:
         errors: list[str] = []
         if method in ("auto", "fx"):
@@ -351,7 +368,9 @@ def trace(model: nn.Module, example_inputs: Any, *, method: str = "auto") -> Cha
             raise RuntimeError("could not trace the model:\n  " + "\n  ".join(errors)) from e
         return GraphBuilder(model, graph, meta, "export", params).run()
     finally:
-        model.train(was_training)
+        for m, training in modes.items():  # restore each module's own mode (frozen BN stays eval)
+            if m.training != training:
+                m.train(training)
 
 
 def leaf_functions() -> Sequence[Callable]:
