@@ -177,7 +177,8 @@ class _LossTerms:
         self.loss = loss
 
     def __call__(self, output: Any, batch: Any) -> dict[str, torch.Tensor]:
-        return self.loss.terms(output, batch)
+        terms = self.loss.terms(output, batch)
+        return {k: v if k == "loss" else v.detach() for k, v in terms.items()}
 
 
 # ---------------------------------------------------------------------------------------------- stages
@@ -256,7 +257,7 @@ def stage_shrink(cfg: CDFIRecipeConfig, sparse: AdaCoF, console: Console) -> Ada
     torch.manual_seed(cfg.seed)
     small = ck.shrink(sparse, graph, plan=plan, init=cfg.init)
     widths = widths_from_state_dict(small.state_dict())
-    atomic_write_json({"widths": widths, "densities": densities, "explain": plan.explain(),
+    atomic_write_json({"widths": widths, "densities": densities, "plan": plan.to_dict(),
                        "params": sum(p.numel() for p in small.parameters())}, out / "plan.json")
     atomic_torch_save(small.state_dict(), out / "done.pt")
     console.print(f"[bold]stage I shrink[/]: {sum(p.numel() for p in sparse.parameters()):,} → "
