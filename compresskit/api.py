@@ -42,6 +42,7 @@ from compresskit.report import (
     evaluate,
     measure_latency,
     normalize_metrics,
+    to_device,
 )
 
 __all__ = ["compress", "CompressResult", "load"]
@@ -194,6 +195,8 @@ def _resolve(model: nn.Module, train_loader: Iterable, loss_fn: LossFn | None, e
                             f"got {type(example_inputs).__name__}")
         example_inputs = tuple(example_inputs)
         inputs_how += "; example inputs given"
+    device = next(model.parameters(), torch.zeros(())).device
+    example_inputs = tuple(to_device(example_inputs, device))
     if loss_fn is not None:
         if not callable(loss_fn):
             raise TypeError(f"loss_fn: expected a callable loss_fn(output, batch) -> scalar tensor, "

@@ -182,6 +182,17 @@ def normalize_metrics(metrics: Mapping[str, Metric] | Sequence[Metric] | Metric 
     return out
 
 
+def to_device(batch: Any, device: torch.device) -> Any:
+    """``batch`` with every tensor in it (tuples, lists, dicts, nested) moved to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(to_device(b, device) for b in batch)
+    if isinstance(batch, Mapping):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
 def _batch_size(batch: Any) -> int:
     for item in batch if isinstance(batch, (tuple, list)) else (batch,):
         if isinstance(item, torch.Tensor) and item.dim() > 0:
@@ -205,10 +216,12 @@ def evaluate(
     sums = dict.fromkeys(metrics, 0.0)
     count = 0
     try:
+        device = next(model.parameters(), torch.zeros(())).device
         with torch.no_grad():
             for i, batch in enumerate(loader):
                 if max_batches is not None and i >= max_batches:
                     break
+                batch = to_device(batch, device)
                 output = model(*inputs_fn(batch))
                 n = _batch_size(batch)
                 for name, fn in metrics.items():
@@ -385,7 +398,7 @@ def print_report(report: CompressReport | Mapping[str, Any], console: Any = None
         columns = (("layer", "left"), ("type", "left"), ("density", "right"), ("weight before", "right"),
                    ("weight after", "right"), ("params after/before", "right"))
         for col, just in columns:
-            layers.add_column(col, justify=just)
+            layers.add_column(col, justify=just, overflow="fold")
         for r in report.layers:
             layers.add_row(r.name, r.type, "-" if r.density is None else f"{r.density:.3f}",
                            "×".join(map(str, r.shape_before)),
