@@ -154,6 +154,23 @@ def test_frozen_groups_keep_width():
             assert plan.widths[g.id] == 1
 
 
+def test_strict_false_ignores_modules_outside_the_graph():
+    class WithUnused(Chain):
+        def __init__(self):
+            super().__init__()
+            self.unused = nn.Linear(4, 4)
+
+    m = WithUnused()
+    graph = _trace(m)
+    dens = {**ck.layer_densities(m), "b": 0.3}
+    with pytest.raises(ValueError, match=r"not in the traced graph: \['unused'\].*strict=False"):
+        ck.plan_widths(graph, dens)
+    plan = ck.plan_widths(graph, dens, strict=False)
+    assert plan.ignored == ["unused"] and "unused" in plan.explain_text()
+    assert plan.widths[_group(graph, "a").id] == linear(0.3, 8)
+    assert WidthPlan.from_dict(plan.to_dict()).ignored == ["unused"]
+
+
 def test_explain_and_serialisation(tmp_path):
     graph = _trace(Residual())
     plan = ck.plan_widths(graph, {"a": 0.8, "b": 0.5, "c": 0.7, "d": 0.25, "e": 0.6, "f": 0.4}, rule="sqrt")

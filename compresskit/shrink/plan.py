@@ -71,6 +71,7 @@ class WidthPlan:
     min_width: int = 1
     divisor: int = 1
     groups: list[GroupPlan] = field(default_factory=list)  # in planning order (back to front)
+    ignored: list[str] = field(default_factory=list)  # density names not in the graph (strict=False)
 
     # -- summaries ---------------------------------------------------------------------------------
 
@@ -91,12 +92,16 @@ class WidthPlan:
             size = f"{gp.size}" + (f"×{gp.channels_per_unit}" if gp.channels_per_unit > 1 else "")
             props = "\n".join(f"{p.layer} ({p.role}): {p.density:.3f} → {p.width}" for p in gp.proposals)
             t.add_row(str(gp.id), size, props or "-", gp.note, str(gp.width))
+        if self.ignored:
+            t.caption = f"ignored densities (not in the traced graph): {', '.join(self.ignored)}"
         return t
 
     def explain_text(self) -> str:
         """The same as :meth:`explain`, as plain text (one line per group)."""
         lines = [f"width plan: rule={self.rule} coupling={self.coupling} min_width={self.min_width} "
                  f"divisor={self.divisor}"]
+        if self.ignored:
+            lines.append(f"ignored densities (not in the traced graph): {', '.join(self.ignored)}")
         for gp in self.groups:
             props = ", ".join(f"{p.layer}({p.role}) d={p.density:.3f}->{p.width}" for p in gp.proposals)
             line = f"group {gp.id}: {gp.size} -> {gp.width}  [{gp.note}]"
@@ -118,6 +123,7 @@ class WidthPlan:
             "widths": {str(k): v for k, v in self.widths.items()},
             "sizes": {str(k): v for k, v in self.sizes.items()},
             "groups": [asdict(g) for g in self.groups],
+            "ignored": list(self.ignored),
         }
 
     @classmethod
@@ -130,7 +136,7 @@ class WidthPlan:
                 for g in data.get("groups", [])
             ]
             plan = cls(widths, sizes, str(data["rule"]), str(data["coupling"]), int(data.get("min_width", 1)),
-                       int(data.get("divisor", 1)), groups)
+                       int(data.get("divisor", 1)), groups, [str(n) for n in data.get("ignored", [])])
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"not a WidthPlan dict ({type(err).__name__}: {err})") from err
         for gid, w in plan.widths.items():
@@ -177,6 +183,8 @@ def plan_widths(
     coupling: str = "max",
     min_width: int = 1,
     divisor: int = 1,
+    *,
+    strict: bool = True,
 ) -> WidthPlan:
     """Plan one width per channel group from per-layer densities (see the module docstring).
 
@@ -188,6 +196,9 @@ def plan_widths(
         coupling: how a group with several proposals takes one width: ``"max"``, ``"min"`` or ``"mean"``.
         min_width: smallest width of any group, in units (a layer of density ~0 shrinks to this).
         divisor: round widths up to a multiple of this (in units), never above the group's size.
+        strict: raise on density names that are not modules of the traced graph (typos, another model);
+            ``strict=False`` ignores them (e.g. modules the example inputs never reach) and lists them in
+            ``plan.ignored``.
 
     Returns a :class:`WidthPlan`; ``plan.explain()`` tells how each width was decided.
     """
@@ -203,12 +214,14 @@ def plan_widths(
         raise TypeError(f"densities must be a dict {{module name: density}}, got {type(densities).__name__}")
     known = {layer.name for layer in graph.layers} | {m.module for g in graph.groups for m in g.members}
     unknown = [n for n in densities if n not in known]
-    if unknown:
+    if unknown and strict:
         raise ValueError(
             f"densities has module names that are not in the traced graph: {unknown[:8]}"
             + (f" (+{len(unknown) - 8} more)" if len(unknown) > 8 else "")
-            + "; pass densities of the model that was traced (names as in model.named_modules())"
+            + "; pass densities of the model that was traced (names as in model.named_modules()), or "
+            "strict=False to ignore modules the traced forward never reaches"
         )
+    densities = {n: d for n, d in densities.items() if n in known}
     for name, d in densities.items():
         if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 <= float(d) <= 1.0:
             raise ValueError(f"densities[{name!r}] must be a number in [0, 1], got {d!r}")
@@ -263,4 +276,4 @@ def plan_widths(
             gp.note = ", ".join(steps)
         widths[gid] = gp.width
         plans.append(gp)
-    return WidthPlan(widths, sizes, rule, coupling, min_width, divisor, plans)
+    return WidthPlan(widths, sizes, rule, coupling, min_width, divisor, plans, ignored=unknown)
