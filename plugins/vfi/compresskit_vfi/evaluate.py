@@ -103,9 +103,9 @@ class EvaluationResult:
         from rich.table import Table
 
         table = Table(title=f"VFI evaluation ({self.convention} convention)")
-        table.add_column("model", style="bold")
+        table.add_column("model", style="bold", overflow="fold")
         for d in self.datasets:
-            table.add_column(f"{d}\nPSNR / SSIM", justify="right")
+            table.add_column(f"{d}\nPSNR / SSIM", justify="right", overflow="fold")
         table.add_column("params (M)", justify="right")
         table.add_column("MACs (G)", justify="right")
         table.add_column("s / 480p frame", justify="right")
