@@ -161,3 +161,25 @@ def test_flips_and_temporal_reversal():
     outs2 = [t2(q) for _ in range(20)]
     assert all(torch.equal(a[0], b[0]) for a, b in zip(outs1, outs2))
     assert len({tuple(o[0].flatten()[:3].tolist()) for o in outs1}) > 3
+
+
+def test_vtest_from_gzipped_opencv_doc(tmp_path, monkeypatch):
+    import gzip
+
+    from compresskit_vfi.data.video import write_video
+
+    doc = tmp_path / "opencv-doc"
+    doc.mkdir()
+    frames = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    write_video(frames, tmp_path / "v.avi", codec="mpeg4")
+    (doc / "vtest.avi.gz").write_bytes(gzip.compress((tmp_path / "v.avi").read_bytes()))
+    monkeypatch.setattr(samples_mod, "OPENCV_DOC_DIR", doc)
+    monkeypatch.setenv("COMPRESSKIT_CACHE", str(tmp_path / "cache"))
+    path = sample_clip_path("vtest")
+    assert path == tmp_path / "cache" / "samples" / "vtest.avi"
+    assert path.read_bytes() == (tmp_path / "v.avi").read_bytes()
+    assert load_clip("vtest", short_side=None).frames.shape == (3, 16, 16, 3)
+    monkeypatch.setattr(samples_mod, "OPENCV_DOC_DIR", tmp_path / "nowhere")
+    with pytest.raises(SampleDataMissingError, match="opencv-doc"):
+        sample_clip_path("vtest")
+    assert "vtest" not in samples_mod.available_clips()
