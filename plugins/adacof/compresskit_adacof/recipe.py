@@ -75,6 +75,8 @@ class CDFIRecipeConfig(Config):
     smoke_size: int = Field(64, ge=32, description="crop size of the smoke run's training samples")
     smoke_eval_samples: int = Field(2, ge=1, description="samples per test set in smoke mode")
     smoke_batch: int = Field(2, ge=1, description="batch size of every training stage in smoke mode")
+    smoke_lambda: float = Field(0.3, ge=0, description="OBProx-SG λ in smoke mode: large, so that a few "
+                                "steps already zero whole weights and the plan has something to shrink")
     # data and weights (local paths; nothing is downloaded)
     vimeo_dir: Path | None = Field(None, description="Vimeo-90K triplet root (tri_trainlist.txt, sequences/)")
     middlebury_dir: Path | None = Field(None, description="Middlebury root (other-data/, other-gt-interp/)")
@@ -159,8 +161,12 @@ def _test_sets(cfg: CDFIRecipeConfig) -> dict[str, Dataset]:
     return sets
 
 
+def _batch(cfg: CDFIRecipeConfig, batch: int) -> int:
+    return cfg.smoke_batch if cfg.smoke else batch
+
+
 def _loader(ds: Dataset, batch: int, cfg: CDFIRecipeConfig) -> DataLoader:
-    batch = cfg.smoke_batch if cfg.smoke else batch
+    batch = _batch(cfg, batch)
     return DataLoader(ds, batch_size=batch, shuffle=True, drop_last=len(ds) >= batch,
                       num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
 
@@ -209,11 +215,11 @@ def stage_sparsify(cfg: CDFIRecipeConfig, data: Dataset, console: Console) -> Ad
     schedule = ({"n_prox_steps": cfg.smoke_steps // 2, "n_orthant_steps": None} if cfg.smoke
                 else ck.steps_from_epochs(cfg.sparsify_prox_epochs, steps_per_epoch))
     n_prox = schedule["n_prox_steps"]
-    console.print(f"[bold]stage I sparsify[/]: OBProx-SG λ={cfg.sparsify_lambda}, lr={cfg.sparsify_lr}, "
+    lambda_ = cfg.smoke_lambda if cfg.smoke else cfg.sparsify_lambda
+    console.print(f"[bold]stage I sparsify[/]: OBProx-SG λ={lambda_}, lr={cfg.sparsify_lr}, "
                   f"{n_prox} Prox-SG steps then orthant steps, {len(data)} triplets")
     # the papers put the l1 penalty on every parameter
-    opt = ck.OBProxSG(l1_param_groups(model, cfg.sparsify_lambda), lr=cfg.sparsify_lr,
-                      lambda_=cfg.sparsify_lambda, **schedule)
+    opt = ck.OBProxSG(l1_param_groups(model, lambda_), lr=cfg.sparsify_lr, lambda_=lambda_, **schedule)
     loss = CDFILoss(spatial=cfg.spatial_weight, perceptual=0.0)
     ck.train(model, loader, _LossTerms(loss), optimizer=opt, inputs_fn=_with_aux,
              config=_train_config(cfg, cfg.sparsify_epochs, cfg.sparsify_lr, scheduler="none"),
@@ -271,7 +277,8 @@ def stage_retrain(cfg: CDFIRecipeConfig, small: AdaCoF, data: Dataset, console: 
         small.load_state_dict(torch.load(out / "done.pt", map_location="cpu", weights_only=True))
         console.print(f"[green]stage I retrain[/]: done ({out / 'done.pt'})")
         return small
-    console.print(f"[bold]stage I retrain[/]: compressed AdaCoF, Adamax {cfg.lr}, batch {cfg.retrain_batch}")
+    console.print(f"[bold]stage I retrain[/]: compressed AdaCoF, Adamax {cfg.lr}, "
+                  f"batch {_batch(cfg, cfg.retrain_batch)}")
     loss = CDFILoss(spatial=cfg.spatial_weight, perceptual=0.0)
     ck.train(small, _loader(data, cfg.retrain_batch, cfg), _LossTerms(loss), inputs_fn=_with_aux,
              config=_train_config(cfg, cfg.retrain_epochs, cfg.lr), out_dir=out / "train", resume=True)
@@ -298,7 +305,8 @@ def stage_cdfi(cfg: CDFIRecipeConfig, data: Dataset, console: Console) -> CDFI:
         console.print(f"[green]stage II CDFI[/]: done ({out / 'done.pt'})")
         return model
     loss = _cdfi_loss(cfg)
-    console.print(f"[bold]stage II CDFI[/]: Adamax {cfg.lr}, batch {cfg.cdfi_batch}, loss Charbonnier + "
+    console.print(f"[bold]stage II CDFI[/]: Adamax {cfg.lr}, batch {_batch(cfg, cfg.cdfi_batch)}, "
+                  f"loss Charbonnier + "
                   f"{loss.spatial}·g_Spatial + {loss.perceptual_weight}·VGG16 relu4_3")
     ck.train(model, _loader(data, cfg.cdfi_batch, cfg), _LossTerms(loss), inputs_fn=_with_aux,
              config=_train_config(cfg, cfg.cdfi_epochs, cfg.lr), out_dir=out / "train", resume=True)
@@ -325,7 +333,7 @@ def stage_evaluate(cfg: CDFIRecipeConfig, models: Mapping[str, nn.Module], conso
         result.save_json(out / "results.json")
     text = paper_table(result.to_dict())
     atomic_write_text(text, cfg.out_dir / "table.md")
-    console.print(text)
+    console.print(text, soft_wrap=True, markup=False, highlight=False)
     return result.to_dict()
 
 
