@@ -191,10 +191,19 @@ def _run_stage(args: argparse.Namespace, stop_after: str | None, force_distill: 
     teacher = model if (job.distill or force_distill) else None
     result = compress(model, train_loader, loss_fn=_loss(job.loss), config=job.compress, teacher=teacher,
                       val_loader=val_loader, metrics=metrics or None, stop_after=stop_after)
-    out_dir = job.compress.out_dir
-    if out_dir is not None:
-        print(f"outputs in {out_dir}/")
-    return 0 if result is not None else 1
+    from rich.console import Console
+
+    console = Console()
+    if stop_after == "sparsify":
+        from compresskit.sparsify.density import density_table
+
+        densities = {r.name: r.density for r in result.report.layers if r.density is not None}
+        console.print(density_table(densities))
+    elif stop_after == "plan":
+        console.print(result.plan.explain())
+    if job.compress.out_dir is not None:
+        console.print(f"outputs in {job.compress.out_dir}/")
+    return 0
 
 
 def _stage_command(stop_after: str | None, force_distill: bool) -> Callable[[argparse.Namespace], int]:
