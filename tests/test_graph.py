@@ -331,16 +331,27 @@ class ShapeBranch(nn.Module):
 
 class NeedsExport(ShapeBranch):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor):  # a proxy is not a tensor: fx cannot follow this
-            raise TypeError("expected a tensor")
+        size = torch.tensor([x.shape[-2], x.shape[-1]])  # a list of proxies is no data for torch.tensor
+        return super().forward(x) * (size.prod() > 0)
+
+
+class ChecksInputs(ShapeBranch):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:  # input checks as user code writes them
+            raise TypeError("expected a (B, C, H, W) tensor")
         return super().forward(x)
+
+
+def test_isinstance_checks_on_inputs_trace_with_fx() -> None:
+    g = ck.trace(ChecksInputs(), torch.randn(1, 3, 10, 13))
+    assert g.method == "fx" and _group_of(g, "conv.weight", 0).prunable
 
 
 def test_shape_branches_trace_with_fx_and_export_fallback() -> None:
     x = torch.randn(1, 3, 10, 13)
     g = ck.trace(ShapeBranch(), x)
     assert g.method == "fx" and _group_of(g, "conv.weight", 0).prunable
-    with pytest.raises(TypeError):
+    with pytest.raises((TypeError, RuntimeError)):
         ck.trace(NeedsExport(), x, method="fx")
     g = ck.trace(NeedsExport(), x)
     assert g.method == "export" and _group_of(g, "conv.weight", 0).prunable

@@ -60,6 +60,20 @@ class _ConcreteProxy(fx.Proxy):
         v = self.tracer.value_of(self)  # type: ignore[attr-defined]
         return v
 
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:  # noqa: D105
+        """``isinstance(proxy, torch.Tensor)`` is true when the value is a tensor, as user code expects
+        (input checks); fx itself sees a proxy (the tracer turns this off while it builds nodes)."""
+        tracer = object.__getattribute__(self, "tracer")
+        if tracer.spoof_class:
+            try:
+                v = tracer.value_of(self)
+            except Exception:
+                v = None
+            if isinstance(v, torch.Tensor):
+                return type(v)
+        return type(self)
+
     def _scalar(self) -> Any:
         v = self.value
         if isinstance(v, torch.Tensor) and self.tracer.shapes_only:  # type: ignore[attr-defined]
@@ -106,6 +120,7 @@ class _ConcreteTracer(fx.Tracer):
         # shapes_only: conv/linear layers are not computed, only their output shapes (uninitialised
         # memory of the right shape); any Python read of tensor data aborts, and the trace is redone
         self.shapes_only = shapes_only
+        self.spoof_class = True
         self.values: dict[fx.Node, Any] = {}
         self._computing = False
 
@@ -117,6 +132,13 @@ class _ConcreteTracer(fx.Tracer):
             return False
         from_torch = t.__module__.startswith(("torch.nn", "torch.ao.nn"))
         return from_torch and next(iter(m.children()), None) is None
+
+    def create_arg(self, a: Any) -> Any:
+        spoof, self.spoof_class = self.spoof_class, False
+        try:
+            return super().create_arg(a)
+        finally:
+            self.spoof_class = spoof
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return _ConcreteProxy(node, self)
