@@ -144,8 +144,10 @@ class LaplacianPyramidLoss(nn.Module):
     """Laplacian pyramid loss ``Σ_i 2^i · ‖L_i(x) − L_i(y)‖₁`` over ``levels`` bands (Bojanowski et al.
     2018; the loss of ST-MFNet and ST-MFNet Mini, 5 levels).
 
-    ``reduction="mean"`` averages each band's absolute difference (scale-free); ``"sum"`` is the published
-    one, which sums, so its value grows with batch size and crop size.
+    ``reduction="sum"`` is the published loss, whose value grows with batch and crop size;
+    ``reduction="mean"`` divides it by the number of input elements (B·C·H·W): the same balance between
+    levels and the same gradient direction, independent of batch and crop size. (Averaging each level
+    on its own would instead weight a low-pass element 8^i times a full-resolution one.)
     """
 
     def __init__(self, levels: int = 5, reduction: Reduction = "mean"):
@@ -162,5 +164,5 @@ class LaplacianPyramidLoss(nn.Module):
         bands_target = laplacian_pyramid(target, self.levels)
         total = pred.new_zeros(())
         for i, (a, b) in enumerate(zip(bands_pred, bands_target)):
-            total = total + (2.0**i) * _reduce((a - b).abs(), self.reduction)
-        return total
+            total = total + (2.0**i) * (a - b).abs().sum()
+        return total / pred.numel() if self.reduction == "mean" else total
