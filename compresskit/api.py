@@ -21,6 +21,7 @@ import hashlib
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -373,10 +374,11 @@ def compress(
     def finish(final: nn.Module, plan: Any, stage: str) -> CompressResult:
         return _finish(model=model, final=final, plan=plan, stage=stage, r=r, name=name, before=before,
                        after=stats(final), densities=densities, widths=widths, timings=timings, config=config,
-                       out_dir=out_dir, console=console)
+                       out_dir=out_dir, console=console, notes=notes)
 
     densities: dict[str, float] = {}
     widths: dict[str, list[int]] = {}
+    notes: list[str] = []
 
     # 0. trace and measure the original
     t0 = time.perf_counter()
@@ -424,6 +426,7 @@ def compress(
         atomic_write_json({"widths": widths, "densities": densities, "explain": _as_text(plan.explain())},
                           out_dir / "plan.json")
     timings["plan"] = time.perf_counter() - t0
+    notes.extend(_dense_warning(plan, densities, config))
     if stop_after == "plan":
         return finish(work, plan, "planned")
 
@@ -480,10 +483,24 @@ def compress(
 _STOPS = ("sparsify", "plan", "shrink")
 
 
+def _dense_warning(plan: Any, densities: Mapping[str, float], config: CompressConfig) -> list[str]:
+    """A note (and a warning) when the plan keeps almost every channel: λ was too weak to sparsify."""
+    kept = plan.kept_fraction()
+    if kept < 0.95 or not densities:
+        return []
+    mean = sum(densities.values()) / len(densities)
+    budget = config.lr * config.lambda_ * config.sparsify_steps
+    note = (f"the plan keeps {kept:.0%} of the prunable channels: the sparsified weights are still dense "
+            f"(mean density {mean:.2f}). OBProx-SG moves each weight by about lr·λ per step towards zero, "
+            f"{budget:.2g} in total here; raise lambda_ or sparsify_steps (or lr).")
+    warnings.warn(note, stacklevel=3)
+    return [note]
+
+
 def _finish(*, model: nn.Module, final: nn.Module, plan: Any, stage: str, r: _Resolved, name: str,
             before: ModelStats, after: ModelStats, densities: Mapping[str, float],
             widths: Mapping[str, list[int]], timings: dict[str, float], config: CompressConfig,
-            out_dir: Path | None, console: Any) -> CompressResult:
+            out_dir: Path | None, console: Any, notes: list[str]) -> CompressResult:
     """Build the report and result of the stage reached; write them into ``out_dir``."""
     final_modules = dict(final.named_modules())
     layers = []
@@ -504,7 +521,7 @@ def _finish(*, model: nn.Module, final: nn.Module, plan: Any, stage: str, r: _Re
         model=name, loss=r.loss_how, inputs=r.inputs_how, before=before, after=after, layers=layers,
         widths=changed if plan is not None else {}, plan=_as_text(plan.explain()) if plan is not None else "",
         stages=timings, config=config.model_dump(mode="json"),
-        example_input_shapes=[list(t.shape) for t in r.example_inputs])
+        example_input_shapes=[list(t.shape) for t in r.example_inputs], notes=list(notes))
     rebuild = None
     if r.registered is not None:
         kept = {k: v[1] for k, v in changed.items()} if stage in ("shrunk", "compressed") else {}

@@ -281,6 +281,7 @@ class CompressReport:
     stages: dict[str, float] = field(default_factory=dict)  # stage -> seconds
     config: dict[str, Any] = field(default_factory=dict)
     example_input_shapes: list[list[int]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # warnings about the run (e.g. nothing became sparse)
 
     # ---- derived numbers
     @property
@@ -405,6 +406,8 @@ def print_report(report: CompressReport | Mapping[str, Any], console: Any = None
                            "-" if r.shape_after is None else "×".join(map(str, r.shape_after)),
                            _ratio(r.params_before, r.params_after))
         console.print(layers)
+    for note in report.notes:
+        console.print(f"[yellow]note:[/] {note}")
     if report.stages:
         console.print("stages: " + ", ".join(f"{k} {v:.1f}s" for k, v in report.stages.items()))
 

@@ -248,6 +248,14 @@ def test_distillation_from_a_frozen_teacher(task):
         ck.compress(model, train[:2], config=_config(distill_loss="nope"), teacher=teacher)
 
 
+def test_too_weak_l1_is_reported(task):
+    model, train, _ = task
+    with pytest.warns(UserWarning, match="raise lambda_ or sparsify_steps"):
+        result = ck.compress(model, train[:2], _l1, config=_config(lambda_=0.0, finetune_steps=0))
+    assert len(result.report.notes) == 1 and "still dense" in result.report.notes[0]
+    assert result.report.after.params == result.report.before.params  # λ = 0: nothing to remove
+
+
 def test_plain_compress_infers_inputs_and_l1_loss(task):
     model, train, _ = task
     result = ck.compress(model, train[:4], config=_config())
