@@ -379,3 +379,12 @@ def test_compiled_step_matches_eager_without_recompiling():
         assert torch.equal(p == 0, q == 0)
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
     assert sum(int((p == 0).sum()) for p in a) > 0
+
+
+def test_bad_added_group_is_not_kept():
+    opt = ck.OBProxSG([torch.nn.Parameter(torch.ones(2))], lr=1e-3, lambda_=1e-4)
+    with pytest.raises(ValueError, match=r"eps must be >= 0 \(param group 1\)"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.ones(1))], "eps": -1.0})
+    assert len(opt.param_groups) == 1
+    opt.add_param_group({"params": [torch.nn.Parameter(torch.ones(1))], "lambda_": 0})
+    assert opt.param_groups[1]["lambda_"] == 0.0 and opt.param_groups[1]["lr"] == 1e-3

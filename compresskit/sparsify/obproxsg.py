@@ -276,12 +276,16 @@ class OBProxSG(torch.optim.Optimizer):
     # -- groups and schedule -----------------------------------------------------------------------
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        super().add_param_group(param_group)
-        group = self.param_groups[-1]
-        where = f" (param group {len(self.param_groups) - 1})"
-        group["lr"] = _check_number("lr", group["lr"], positive=True, where=where)
-        group["lambda_"] = _check_number("lambda_", group["lambda_"], where=where)
-        group["eps"] = _check_number("eps", group["eps"], where=where)
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
+        where = f" (param group {len(self.param_groups)})"
+        value = {k: param_group.get(k, self.defaults[k]) for k in ("lr", "lambda_", "eps")}
+        checked = {  # validated before the group joins, so a bad group never half-exists
+            "lr": _check_number("lr", value["lr"], positive=True, where=where),
+            "lambda_": _check_number("lambda_", value["lambda_"], where=where),
+            "eps": _check_number("eps", value["eps"], where=where),
+        }
+        super().add_param_group({**param_group, **checked})
 
     @property
     def phase(self) -> str:
