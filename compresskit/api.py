@@ -90,7 +90,10 @@ def load(path: str | os.PathLike) -> nn.Module:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # a pickled module needs the full unpickler
-        data = torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:
+            raise ValueError(f"load: {str(path)!r} could not be read as a torch file: {e}") from e
     if not isinstance(data, Mapping) or data.get("format") != FILE_FORMAT:
         raise ValueError(f"load: {str(path)!r} is not a file written by CompressResult.save "
                          f"(expected format {FILE_FORMAT!r})")

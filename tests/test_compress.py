@@ -139,6 +139,14 @@ def test_save_load_is_bit_exact_for_a_plain_model(task, tmp_path):
     with torch.no_grad():
         for x, _ in val:
             assert torch.equal(loaded(x), result.model(x))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ck.load(tmp_path / "missing.pt")
+    torch.save({"state_dict": {}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a file written by CompressResult.save"):
+        ck.load(tmp_path / "other.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match="could not be read"):
+        ck.load(tmp_path / "junk.pt")
 
 
 _calls = {"loss": 0, "inputs": 0}
