@@ -389,6 +389,7 @@ def compress(
     console.print(f"loss: {r.loss_how}\ninputs: {r.inputs_how}")
     work = copy.deepcopy(model)
     graph = trace(work, r.example_inputs)
+    widths = {str(g.id): [int(g.size), int(g.size)] for g in graph.groups}  # [before, after] per group
     before = stats(model)
     timings["trace+measure"] = time.perf_counter() - t0
 
@@ -527,10 +528,11 @@ def _finish(*, model: nn.Module, final: nn.Module, plan: Any, stage: str, r: _Re
         example_input_shapes=[list(t.shape) for t in r.example_inputs], notes=list(notes))
     rebuild = None
     if r.registered is not None:
-        kept = {k: v[1] for k, v in changed.items()} if stage in ("shrunk", "compressed") else {}
+        # every group's width: a loaded model compressed again is rebuilt from the full-size one
+        shrunk = stage in ("shrunk", "compressed")
         rebuild = {"name": r.registered[0], "kwargs": r.registered[1],
                    "inputs": [(list(t.shape), str(t.dtype).removeprefix("torch.")) for t in r.example_inputs],
-                   "widths": kept}
+                   "widths": {k: v[1] if shrunk else v[0] for k, v in widths.items()}}
     result = CompressResult(final, plan, report, rebuild)
     if out_dir is not None:
         suffix = "" if stage == "compressed" else f"_{stage}"

@@ -184,6 +184,13 @@ def test_registered_model_defaults_and_rebuild_from_file(task, tmp_path):
     with torch.no_grad():
         for x, _ in val:
             assert torch.equal(loaded(x), result.model(x))
+    # the loaded model still knows its registered name: compress it again, save, rebuild from the file
+    again = ck.compress(loaded, dict_batches, config=_config(lambda_=0.2))
+    assert sum(p.numel() for p in again.model.parameters()) < sum(p.numel() for p in loaded.parameters())
+    reloaded = ck.load(again.save(tmp_path / "smaller.pt"))
+    again.model.eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(val[0][0]), again.model(val[0][0]))
 
 
 class _Interrupt(Exception):
