@@ -99,6 +99,14 @@ def main() -> None:
     for name in ("densenet", "mobilenet_v3", "regnet", "unet2d", "shufflenet_v2", "two_frame_vfi"):
         models[name] = build(name)
     console = Console()
+    try:  # the published VFI models, when the plugins are installed
+        ck.load_plugins()
+        for name, n_frames in (("adacof", 2), ("cdfi", 2), ("stmfnet_mini", 4)):
+            if name in ck.list_models():
+                frames = tuple(torch.rand(1, 3, 128, 128) for _ in range(n_frames))
+                models[f"{name} (128px)"] = (ck.create_model(name).eval(), frames)
+    except Exception as e:  # report, do not hide
+        console.print(f"[yellow]VFI plugin models skipped: {type(e).__name__}: {e}[/]")
     if tp is None:
         console.print(
             "[yellow]torch-pruning is not installed: skipping its column "

@@ -154,7 +154,7 @@ class _ConcreteTracer(fx.Tracer):
         return super().getattr(attr, attr_val, parameter_proxy_cache)
 
     def value_of(self, p: Any) -> Any:
-        if isinstance(p, fx.proxy.Attribute):
+        if issubclass(type(p), fx.proxy.Attribute):
             return getattr(self.value_of(p.root), p.attr)
         return self.node_value(p.node)
 
@@ -171,7 +171,7 @@ class _ConcreteTracer(fx.Tracer):
             self._computing = computing
 
     def _concrete(self, a: Any) -> Any:
-        if isinstance(a, fx.Proxy):
+        if issubclass(type(a), fx.Proxy):  # type(), not isinstance: proxies answer __class__
             return self.value_of(a)
         if isinstance(a, fx.Node):
             return self.node_value(a)
