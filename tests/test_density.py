@@ -12,7 +12,7 @@ from compresskit.sparsify.density import density_table, plot_densities
 
 def _model():
     torch.manual_seed(0)
-    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(16, 5))
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.PReLU(), nn.Flatten(), nn.Linear(16, 5))
     with torch.no_grad():
         m[0].weight.fill_(0.5)
         m[0].weight[:2] = 0.0  # 2 of 4 output filters zero: 54 of 108 entries
@@ -28,8 +28,8 @@ def test_counts_nonzeros_per_weight():
     assert ck.layer_densities(_model()) == {"0": 54 / 108, "4": 60 / 80}
     dens = ck.layer_densities(_model(), threshold=1e-3)
     assert dens["0"] == 53 / 108 and dens["4"] == 60 / 80
-    with_norms = ck.layer_densities(_model(), include_norms=True)
-    assert list(with_norms) == ["0", "1", "4"] and with_norms["1"] == 3 / 4
+    with_norms = ck.layer_densities(_model(), include_per_channel=True)
+    assert list(with_norms) == ["0", "1", "2", "4"] and with_norms["1"] == 3 / 4 and with_norms["2"] == 1.0
 
 
 def test_shared_weight_counted_once_and_custom_modules():

@@ -162,13 +162,19 @@ def test_strict_false_ignores_modules_outside_the_graph():
 
     m = WithUnused()
     graph = _trace(m)
-    dens = {**ck.layer_densities(m), "b": 0.3}
+    dens = {**ck.layer_densities(m), "b": 0.3}  # a plain dict: names outside the graph are errors
     with pytest.raises(ValueError, match=r"not in the traced graph: \['unused'\].*strict=False"):
         ck.plan_widths(graph, dens)
     plan = ck.plan_widths(graph, dens, strict=False)
     assert plan.ignored == ["unused"] and "unused" in plan.explain_text()
     assert plan.widths[_group(graph, "a").id] == linear(0.3, 8)
     assert WidthPlan.from_dict(plan.to_dict()).ignored == ["unused"]
+    # measured on the model by ck.layer_densities: the unreached module is ignored by default
+    assert ck.plan_widths(graph, ck.layer_densities(m)).ignored == ["unused"]
+    with pytest.raises(ValueError, match="not in the traced graph"):
+        ck.plan_widths(graph, ck.layer_densities(m), strict=True)
+    with pytest.raises(ValueError, match="not in the traced graph"):  # nothing matches: another model
+        ck.plan_widths(graph, ck.layer_densities(Residual().d), strict=False)
 
 
 def test_explain_and_serialisation(tmp_path):

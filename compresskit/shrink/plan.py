@@ -184,7 +184,7 @@ def plan_widths(
     min_width: int = 1,
     divisor: int = 1,
     *,
-    strict: bool = True,
+    strict: bool | None = None,
 ) -> WidthPlan:
     """Plan one width per channel group from per-layer densities (see the module docstring).
 
@@ -196,9 +196,11 @@ def plan_widths(
         coupling: how a group with several proposals takes one width: ``"max"``, ``"min"`` or ``"mean"``.
         min_width: smallest width of any group, in units (a layer of density ~0 shrinks to this).
         divisor: round widths up to a multiple of this (in units), never above the group's size.
-        strict: raise on density names that are not modules of the traced graph (typos, another model);
-            ``strict=False`` ignores them (e.g. modules the example inputs never reach) and lists them in
-            ``plan.ignored``.
+        strict: what to do with density names that are not modules of the traced graph. True: raise
+            (typos, another model). False: ignore them (modules the example inputs never reach) and list
+            them in ``plan.ignored``. None (default): False for the output of ``ck.layer_densities``
+            (measured on the model, so such names are unreached modules), True for any other dict. If no
+            name at all is in the graph, it always raises.
 
     Returns a :class:`WidthPlan`; ``plan.explain()`` tells how each width was decided.
     """
@@ -214,7 +216,11 @@ def plan_widths(
         raise TypeError(f"densities must be a dict {{module name: density}}, got {type(densities).__name__}")
     known = {layer.name for layer in graph.layers} | {m.module for g in graph.groups for m in g.members}
     unknown = [n for n in densities if n not in known]
-    if unknown and strict:
+    if strict is None:
+        from compresskit.sparsify.density import LayerDensities
+
+        strict = not isinstance(densities, LayerDensities)
+    if unknown and (strict or len(unknown) == len(densities)):
         raise ValueError(
             f"densities has module names that are not in the traced graph: {unknown[:8]}"
             + (f" (+{len(unknown) - 8} more)" if len(unknown) > 8 else "")

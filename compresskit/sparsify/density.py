@@ -17,20 +17,28 @@ from torch import nn
 
 from compresskit.io import atomic_write_bytes
 
-__all__ = ["layer_densities", "density_table", "plot_densities"]
+__all__ = ["layer_densities", "LayerDensities", "density_table", "plot_densities"]
 
-_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+# modules whose weight is one scale or slope per channel, not a layer of connections
+_PER_CHANNEL = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm, nn.PReLU)
+
+
+class LayerDensities(dict):
+    """``{module name: density}`` measured on a model by :func:`layer_densities` (a plain ``dict``
+    otherwise). The type tells :func:`compresskit.plan_widths` that a name its graph does not know is a
+    module the traced forward never reached (ignored), not a typo (an error for hand-written dicts)."""
 
 
 def layer_densities(
-    model: nn.Module, threshold: float = 0.0, *, include_norms: bool = False
-) -> dict[str, float]:
+    model: nn.Module, threshold: float = 0.0, *, include_per_channel: bool = False
+) -> LayerDensities:
     """``{module name: nonzeros / size of its weight}`` for every module with a ``weight`` tensor.
 
     Convolutions, linear layers, embeddings and any custom module with a ``weight`` parameter count;
-    normalisation layers (whose weight is a per-channel scale, not a layer of connections) are left out
-    unless ``include_norms``. ``threshold``: entries with ``|w| <= threshold`` count as zero (0 = exact).
-    Names are ``model.named_modules()`` names, in module order; each weight is counted once.
+    normalisation layers and PReLU (whose weight is a per-channel scale or slope, not a layer of
+    connections) are left out unless ``include_per_channel``. ``threshold``: entries with
+    ``|w| <= threshold`` count as zero (0 = exact). Names are ``model.named_modules()`` names, in module
+    order; a weight shared by several modules is counted once. Returns a :class:`LayerDensities` (a dict).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -38,7 +46,7 @@ def layer_densities(
         raise TypeError(f"threshold must be a number >= 0, got {threshold!r}")
     if not math.isfinite(threshold) or threshold < 0:
         raise ValueError(f"threshold must be a finite number >= 0, got {threshold}")
-    out: dict[str, float] = {}
+    out = LayerDensities()
     seen: set[int] = set()
     for name, module in model.named_modules():
         weight = module._parameters.get("weight")
@@ -46,7 +54,7 @@ def layer_densities(
             weight = module._buffers.get("weight")
         if not isinstance(weight, torch.Tensor) or weight.numel() == 0 or id(weight) in seen:
             continue
-        if isinstance(module, _NORMS) and not include_norms:
+        if isinstance(module, _PER_CHANNEL) and not include_per_channel:
             continue
         seen.add(id(weight))
         with torch.no_grad():
