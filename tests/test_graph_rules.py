@@ -103,6 +103,17 @@ EXACT: dict[str, tuple[Callable[[], nn.Module], torch.Tensor]] = {
         ),
         X,
     ),
+    "norm_spatial_new_zeros_index_select": (
+        lambda: Lambda(
+            lambda s, y: s.head(
+                y / (1 + y.norm(2, 3, keepdim=True))
+                + y.new_zeros(y.shape[0], 1, 1, 1)
+                + y.index_select(2, torch.tensor([0, 2, 2, 1, 5, 4]))
+            ),
+            _head(),
+        ),
+        X,
+    ),
     "matmul_spatial_mixing": (
         lambda: Lambda(
             lambda s, y: s.head((y.flatten(2) @ torch.softmax(s.mix, -1)).view_as(y)),
@@ -139,6 +150,11 @@ FROZEN: dict[str, tuple[Callable[[], nn.Module], str]] = {
     "normalize": (
         lambda: Lambda(lambda s, y: F.normalize(y, dim=1).sum(1)),
         "normalisation over the channels",
+    ),
+    "norm_channels": (lambda: Lambda(lambda s, y: y.norm(2, 1)), "reduction over the channels"),
+    "index_select_channels": (
+        lambda: Lambda(lambda s, y: y.index_select(1, torch.tensor([1, 0]))),
+        "index_select picks channels",
     ),
     "select_channel": (lambda: Lambda(lambda s, y: y[:, 3]), "picks channels by position"),
     "slice_channels": (lambda: Lambda(lambda s, y: y[:, :4].sum(1)), "picks channels by position"),

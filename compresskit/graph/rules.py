@@ -1624,6 +1624,34 @@ def _grid_sample(ctx: RuleContext) -> Any:
     return ctx.like(x)
 
 
+def _norm(ctx: RuleContext) -> Any:
+    """``torch.norm(x, p, dim, keepdim)`` / ``linalg.vector_norm(x, ord, dim, keepdim)``."""
+    x = ctx.arg(0, "input")
+    if not isinstance(x, TensorInfo):
+        return None
+    c = _reduce_dims(ctx, x, ctx.arg(2, "dim"), bool(ctx.arg(3, "keepdim", False)))
+    if isinstance(c, int):
+        return TensorInfo(ctx.out_shape, c, x.ids)
+    return ctx.untracked()
+
+
+def _new_tensor(ctx: RuleContext) -> Any:
+    """``x.new_zeros(shape)`` and friends read only ``x``'s dtype and device."""
+    return ctx.untracked()
+
+
+def _index_select(ctx: RuleContext) -> Any:
+    """``index_select(x, dim, index)`` / ``gather``-free picks along a non-channel dim pass through."""
+    x = ctx.arg(0, "input")
+    if not isinstance(x, TensorInfo):
+        return None
+    dim = ctx.arg(1, "dim") % x.ndim
+    if x.tracked and x.cdim == dim:
+        ctx.freeze(x.ids, "index_select picks channels by position")
+        return ctx.untracked()
+    return ctx.like(x)
+
+
 def _masked_fill(ctx: RuleContext) -> Any:
     return elementwise(ctx, [ctx.arg(0, "input"), ctx.arg(1, "mask")])
 
@@ -1753,7 +1781,6 @@ def _register_builtin() -> None:
         "min",
         "logsumexp",
         "prod",
-        "norm",
         "argmax",
         "argmin",
         "all",
@@ -1786,6 +1813,13 @@ def _register_builtin() -> None:
     _reg(_F("scaled_dot_product_attention") + _aten("scaled_dot_product_attention"), _sdpa)
     _reg(_F("grid_sample") + _aten("grid_sampler", "grid_sampler_2d", "grid_sampler_3d"), _grid_sample)
     _reg(["masked_fill", "masked_fill_"] + _torch("masked_fill") + _aten("masked_fill"), _masked_fill)
+    _reg(["norm"] + _torch("norm") + [torch.linalg.vector_norm] + _aten("linalg_vector_norm"), _norm)
+    _reg(
+        ["new_zeros", "new_ones", "new_full", "new_empty", "new_tensor"]
+        + _aten("new_zeros", "new_ones", "new_full", "new_empty"),
+        _new_tensor,
+    )
+    _reg(["index_select"] + _torch("index_select") + _aten("index_select"), _index_select)
     _reg(
         ["size", "dim", "numel", "item", "tolist", "ndimension", "nelement", "data_ptr", "is_contiguous"],
         _no_tensor_output,
