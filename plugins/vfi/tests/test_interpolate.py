@@ -188,3 +188,21 @@ def test_interpolate_video_failure_leaves_no_output(tmp_path):
     with pytest.raises(ValueError, match="could not be opened"):
         interpolate_video(bad, out, Average(), progress=False)
     assert not out.exists()
+
+
+def test_interpolate_frame_folder(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    frames = rng.integers(0, 128, (3, 10, 14, 3), dtype=np.uint8) * 2  # even: exact means
+    (tmp_path / "f").mkdir()
+    for t, f in enumerate(frames):
+        Image.fromarray(f).save(tmp_path / "f" / f"frame{t + 8}.png")  # natural order: 8, 9, 10
+    out = tmp_path / "o.mkv"
+    s = interpolate_video(tmp_path / "f", out, Average(), factor=2, fps=12, codec="ffv1", progress=False)
+    assert s["frames_out"] == 5 and s["fps_out"] == 24.0
+    got = read_video(out)
+    np.testing.assert_array_equal(got[::2], frames)
+    np.testing.assert_array_equal(got[1], ((frames[0].astype(int) + frames[1]) // 2).astype(np.uint8))
+    with pytest.raises(ValueError, match="no image files"):
+        interpolate_video(tmp_path, tmp_path / "x.mkv", Average(), progress=False)
