@@ -426,3 +426,12 @@ def test_value_dependent_branch_is_traced_on_real_values() -> None:
     called = {n.target for n in g.fx_graph.nodes if n.op == "call_module"}
     assert called == {"conv", "pos"}
     assert [layer.name for layer in g.layers] == ["conv", "pos"]
+
+
+def test_group_num_params_counts_member_slices() -> None:
+    model, x = build("flatten_classifier")
+    g = ck.trace(model, x)
+    grp = _group_of(g, "features.0.weight", 0)
+    # conv1 rows (8 x 3*3*3) + its bias (8) + conv2 columns (12 x 8 x 3*3)
+    assert grp.num_params(model) == 8 * 27 + 8 + 12 * 8 * 9
+    assert grp.num_params() == 0  # without the model there are no tensors to count

@@ -171,7 +171,8 @@ class ChannelGroup:
         return _unique(m.module for m in self.members)
 
     def num_params(self, model: torch.nn.Module | None = None) -> int:
-        """Scalars in the group's member tensors that one unit of the group accounts for, times ``size``."""
+        """Parameter scalars in the slices of ``model`` this group indexes (buffers excluded); 0 without
+        a model. Dropping ``k`` of ``size`` units removes about ``k / size`` of it."""
         total = 0
         for m in self.members:
             if model is None:
