@@ -262,3 +262,33 @@ def test_default_arguments_and_dict_outputs() -> None:
     grp = next(g for g in graph.groups for m in g.members if m.qualname == "conv.weight" and m.dim == 0)
     assert any("graph input" in r for r in grp.reasons)  # joined with the `extra` input
     assert graph.method == "fx"
+
+
+class TokenMixer(nn.Module):
+    """Class token and positional embedding used directly, on a stream without LayerNorm."""
+
+    def __init__(self, d: int = 8, n: int = 4) -> None:
+        super().__init__()
+        self.embed = nn.Linear(5, d)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, d))
+        self.pos_embed = nn.Parameter(torch.randn(1, n + 1, d))
+        self.mlp = nn.Sequential(nn.Linear(d, 16), nn.GELU(), nn.Linear(16, d))
+        self.head = nn.Linear(d, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.embed(x)
+        t = torch.cat([self.cls_token.expand(t.shape[0], -1, -1), t], 1) + self.pos_embed
+        t = t + self.mlp(t)
+        return self.head(t[:, 0])
+
+
+def test_parameters_used_directly_are_members() -> None:
+    model, x = TokenMixer().eval(), torch.randn(2, 4, 5)
+    g = ck.trace(model, x)
+    stream = next(gr for gr in g.groups for m in gr.members if m.qualname == "embed.weight" and m.dim == 0)
+    assert stream.prunable
+    dims = {m.qualname: m.dim for m in stream.members if m.role == "param"}
+    assert dims["cls_token"] == 2 and dims["pos_embed"] == 2
+    small = ck.shrink(model, g, keep={stream.id: [0, 3, 5]})
+    assert small.cls_token.shape == (1, 1, 3) and small.pos_embed.shape == (1, 5, 3)
+    ck.testing.assert_shrink_exact(model, x, graph=g)
