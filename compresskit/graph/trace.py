@@ -297,7 +297,7 @@ def _run_check(model: nn.Module, inputs: tuple) -> None:
 def _trace_fx(model: nn.Module, inputs: tuple) -> tuple[fx.Graph, dict[fx.Node, Any]]:
     try:
         return _trace_fx_once(model, inputs, shapes_only=True)
-    except _NeedsRealValues:
+    except Exception:  # data read from a skipped layer, or an op that rejects uninitialised values
         return _trace_fx_once(model, inputs, shapes_only=False)
 
 
