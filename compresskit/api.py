@@ -506,6 +506,7 @@ def _finish(*, model: nn.Module, final: nn.Module, plan: Any, stage: str, r: _Re
             widths: Mapping[str, list[int]], timings: dict[str, float], config: CompressConfig,
             out_dir: Path | None, console: Any, notes: list[str]) -> CompressResult:
     """Build the report and result of the stage reached; write them into ``out_dir``."""
+    final.train(model.training)  # returned in the mode the original was given in
     final_modules = dict(final.named_modules())
     layers = []
     for mod_name, mod in model.named_modules():

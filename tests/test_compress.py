@@ -111,6 +111,7 @@ def test_compress_shrinks_under_60_percent_within_1_db(task, tmp_path):
     assert n_after < 0.6 * n_before
     assert after > before - 1.0, (before, after)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())  # the input is untouched
+    assert not model.training and not result.model.training  # the mode it was given in
     rep = result.report
     assert (rep.before.params, rep.after.params) == (n_before, n_after)
     assert rep.before.metrics["psnr"] == pytest.approx(before, abs=1e-4)
