@@ -260,17 +260,22 @@ def test_steps_from_epochs():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_low_precision_math_in_float32(dtype):
+def test_low_precision_math_in_float32(dtype, monkeypatch):
+    monkeypatch.setattr(obx, "_CPU_CHUNK", 64)  # several slices through the float32 scratch rows
     gen = torch.Generator().manual_seed(4)
     (x,) = _params(gen, [(400,)], dtype=dtype)
+    (y,) = _params(gen, [(100,)], dtype=torch.float32)  # float32 beside it: shares the float32 scratch
     lr, lam, eps = 0.05, 0.5, 0.005
-    opt = ck.OBProxSG([x], lr=lr, lambda_=lam, eps=eps, n_prox_steps=1, n_orthant_steps=None)
+    opt = ck.OBProxSG([x, y], lr=lr, lambda_=lam, eps=eps, n_prox_steps=1, n_orthant_steps=None)
     for phase in ("prox", "orthant"):
         g = torch.randn(400, generator=gen).to(dtype)
         before = x.detach().double().tolist()
         want = torch.tensor(ref_step(before, g.double().tolist(), phase, lr, lam, eps))
         x.grad = g
+        y.grad = torch.randn(100, generator=gen)
+        want_y = torch.tensor(ref_step(y.detach().tolist(), y.grad.tolist(), phase, lr, lam, eps))
         opt.step()
+        torch.testing.assert_close(y.detach(), want_y, rtol=1e-6, atol=1e-7)
         assert x.dtype == dtype and x.grad.dtype == dtype
         got = x.detach().double()
         # the float32 result rounded once to the storage type; the float64 reference rounded once too

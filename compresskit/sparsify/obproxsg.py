@@ -163,34 +163,53 @@ def _cpu_slices(xs: list[torch.Tensor], gs: list[torch.Tensor]):  # type: ignore
             yield xf[start : start + _CPU_CHUNK], gf[start : start + _CPU_CHUNK]
 
 
-def _prox_cpu(xs: list[torch.Tensor], gs: list[torch.Tensor], lr: float, lam: float) -> None:
-    """The prox step slice by slice (contiguous tensors): both passes over a slice hit the cache."""
-    threshold = lr * lam
-    for x, g in _cpu_slices(xs, gs):
-        x.add_(g, alpha=-lr)
-        if threshold > 0:
-            torch.ops.aten.softshrink.out(x, threshold, out=x)
+def _prox_slice(x: torch.Tensor, g: torch.Tensor, lr: float, lam: float) -> None:
+    """x ← soft_threshold(x − lr·g, lr·λ) on one slice, in place."""
+    x.add_(g, alpha=-lr)
+    if lr * lam > 0:
+        torch.ops.aten.softshrink.out(x, lr * lam, out=x)
 
 
-def _orthant_cpu(
-    xs: list[torch.Tensor], gs: list[torch.Tensor], lr: float, lam: float, eps: float, scratch: torch.Tensor
+def _orthant_slice(
+    x: torch.Tensor, g: torch.Tensor, lr: float, lam: float, eps: float, zeta: torch.Tensor
 ) -> None:
-    """The orthant step slice by slice, in place, with ``ζ`` and ``x̂·ζ`` in a reused scratch buffer.
+    """The orthant step on one slice, in place; ``zeta`` is scratch of the same size.
+
+    Where kept, ``x̂ = sign(x̂)·(x̂·ζ)`` exactly, so the masked result is
+    ``copysign(threshold(x̂·ζ, eps, 0), x̂)`` (dropped entries become ``±0``).
+    """
+    torch.sign(x, out=zeta)
+    x.add_(g, alpha=-lr)
+    if lam != 0:
+        x.add_(zeta, alpha=-lr * lam)  # x̂ = x − lr·g − lr·λ·ζ
+    zeta.mul_(x)  # x̂·ζ (0 where x was 0, so zeros stay zero)
+    torch.nn.functional.threshold_(zeta, eps, 0.0)  # x̂·ζ where > eps, else 0
+    torch.copysign(zeta, x, out=x)
+
+
+def _step_cpu(
+    phase: str, xs: list[torch.Tensor], gs: list[torch.Tensor], lr: float, lam: float, eps: float,
+    scratch: torch.Tensor,
+) -> None:
+    """Either step on contiguous CPU tensors, slice by slice, through reused scratch rows.
 
     On CPU a fresh temporary of a large tensor costs page faults that dwarf the arithmetic, and several
-    passes over a cache-sized slice cost little more than one. Where kept, ``x̂ = sign(x̂)·(x̂·ζ)``
-    exactly, so the masked result is ``copysign(threshold(x̂·ζ, eps, 0), x̂)`` (dropped entries become
-    ``±0``).
+    passes over a cache-sized slice cost little more than one. float16/bfloat16 slices are upcast into
+    float32 scratch rows, updated there and written back.
     """
+    low = xs[0].dtype in _LOW_PRECISION
     for x, g in _cpu_slices(xs, gs):
-        zeta = scratch[: x.numel()]
-        torch.sign(x, out=zeta)
-        x.add_(g, alpha=-lr)
-        if lam != 0:
-            x.add_(zeta, alpha=-lr * lam)  # x̂ = x − lr·g − lr·λ·ζ
-        zeta.mul_(x)  # x̂·ζ (0 where x was 0, so zeros stay zero)
-        torch.nn.functional.threshold_(zeta, eps, 0.0)  # x̂·ζ where > eps, else 0
-        torch.copysign(zeta, x, out=x)
+        n = x.numel()
+        xw, gw = (scratch[1, :n], scratch[2, :n]) if low else (x, g)
+        if low:
+            xw.copy_(x)
+            gw.copy_(g)
+        if phase == "prox":
+            _prox_slice(xw, gw, lr, lam)
+        else:
+            _orthant_slice(xw, gw, lr, lam, eps, scratch[0, :n])
+        if low:
+            x.copy_(xw)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -270,7 +289,7 @@ class OBProxSG(torch.optim.Optimizer):
             raise TypeError(f"compile must be True or False, got {compile!r}")
         self.compile = compile
         self.num_steps = 0
-        self._scratch: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}  # CPU orthant temporaries
+        self._scratch: dict[torch.dtype, torch.Tensor] = {}  # CPU slices' temporaries, reused
         super().__init__(params, {"lr": lr, "lambda_": lambda_, "eps": eps})
 
     # -- groups and schedule -----------------------------------------------------------------------
@@ -380,21 +399,22 @@ class OBProxSG(torch.optim.Optimizer):
         return loss
 
     def _step_eager(
-        self,
-        phase: str, xs: list[torch.Tensor], gs: list[torch.Tensor], lr: float, lam: float, eps: float
+        self, phase: str, xs: list[torch.Tensor], gs: list[torch.Tensor], lr: float, lam: float, eps: float
     ) -> None:
         low = xs[0].dtype in _LOW_PRECISION
+        if xs[0].device.type == "cpu" and all(x.is_contiguous() for x in xs):
+            work_dtype = torch.float32 if low else xs[0].dtype
+            scratch = self._scratch.get(work_dtype)
+            if scratch is None:  # rows: ζ, and the float32 copies of a low-precision slice of x and g
+                scratch = self._scratch[work_dtype] = torch.empty(3, _CPU_CHUNK, dtype=work_dtype)
+            _step_cpu(phase, xs, gs, lr, lam, eps, scratch)
+            return
+        # CUDA & co: multi-tensor kernels, temporaries come from the caching allocator
         work_xs = [x.float() for x in xs] if low else xs
         work_gs = [g.float() for g in gs] if low else gs
-        on_cpu = work_xs[0].device.type == "cpu" and all(x.is_contiguous() for x in work_xs)
         if phase == "prox":
-            (_prox_cpu if on_cpu else _prox_eager)(work_xs, work_gs, lr, lam)
-        elif on_cpu:
-            key = (work_xs[0].device, work_xs[0].dtype)
-            if key not in self._scratch:
-                self._scratch[key] = torch.empty(_CPU_CHUNK, dtype=key[1], device=key[0])
-            _orthant_cpu(work_xs, work_gs, lr, lam, eps, self._scratch[key])
-        else:  # CUDA & co: multi-tensor kernels, temporaries come from the caching allocator
+            _prox_eager(work_xs, work_gs, lr, lam)
+        else:
             _orthant_eager(work_xs, work_gs, lr, lam, eps)
         if low:
             torch._foreach_copy_(xs, work_xs)
