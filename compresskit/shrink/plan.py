@@ -76,7 +76,7 @@ class WidthPlan:
     # -- summaries ---------------------------------------------------------------------------------
 
     def kept_fraction(self) -> float:
-        """Units kept over units before, over prunable groups that shrink at all."""
+        """Planned units over original units, summed over all groups (frozen ones included)."""
         total = sum(self.sizes.values())
         return sum(self.widths.values()) / total if total else 1.0
 
