@@ -151,9 +151,12 @@ def _cmd_trace(args: argparse.Namespace) -> int:
 
     from compresskit.graph.trace import trace
 
-    kwargs = json.loads(args.kwargs) if args.kwargs else {}
+    try:
+        kwargs = json.loads(args.kwargs) if args.kwargs else {}
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--kwargs: expected a JSON object such as '{{\"width\": 32}}' ({e})") from None
     if not isinstance(kwargs, dict):
-        raise ValueError("--kwargs: expected a JSON object")
+        raise ValueError(f"--kwargs: expected a JSON object such as '{{\"width\": 32}}', got {args.kwargs!r}")
     model = build_model(ModelSpec(name=args.model, checkpoint=args.checkpoint, kwargs=kwargs)).eval()
     if not args.input:
         raise ValueError("--input: give the shape of each positional input, e.g. --input 1,3,64,64")
@@ -290,8 +293,9 @@ def _one_line(e: BaseException) -> str:
     if isinstance(e, ValidationError):
         parts = [f"{'.'.join(str(x) for x in err['loc']) or e.title}: {err['msg']}" for err in e.errors()]
         return f"invalid {e.title}: " + "; ".join(parts)
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"
+    text = str(e).strip().strip("'").splitlines()
+    first = text[0] if text else type(e).__name__
+    return first if type(e) in (ValueError, FileNotFoundError) else f"{type(e).__name__}: {first}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -99,6 +99,8 @@ def test_trace_prints_the_groups_of_a_factory(workdir, capsys):
         (["trace", "clitask:missing", "--input", "1,3,8,8"], "has no attribute 'missing'"),
         (["trace", "clitask:make_net", "--input", "1,x,8"], "--input: expected a shape"),
         (["trace", "clitask:make_net"], "--input: give the shape"),
+        (["trace", "clitask:make_net", "--kwargs", "{width: 3}", "--input", "1,3,8,8"], "--kwargs: expected"),
+        (["trace", "clitask:make_net", "--kwargs", "[3]", "--input", "1,3,8,8"], "--kwargs: expected"),
         (["compress", "missing.yaml"], "does not exist"),
         (["report", "missing.json"], "does not exist"),
     ],
