@@ -292,3 +292,25 @@ def test_parameters_used_directly_are_members() -> None:
     small = ck.shrink(model, g, keep={stream.id: [0, 3, 5]})
     assert small.cls_token.shape == (1, 1, 3) and small.pos_embed.shape == (1, 5, 3)
     ck.testing.assert_shrink_exact(model, x, graph=g)
+
+
+class SizeFromOther(nn.Module):
+    """``y.view(b, c, -1)`` with ``c`` read from ``x``: x's and y's channels must shrink together."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 6, 1), nn.Conv2d(3, 6, 3, padding=1)
+        self.fc_a, self.fc_b = nn.Linear(6, 2), nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xa, xb = self.a(x), self.b(x)
+        n, c = xa.shape[:2]
+        return self.fc_a(xa.mean((2, 3))) + self.fc_b(xb.view(n, c, -1).mean(-1))
+
+
+def test_view_sized_by_another_tensor_couples_their_channels() -> None:
+    model, x = SizeFromOther().eval(), torch.randn(1, 3, 4, 4)
+    g = ck.trace(model, x)
+    a = next(gr for gr in g.groups for m in gr.members if m.qualname == "a.weight" and m.dim == 0)
+    assert "b" in a.producers  # b's output is viewed with a's channel count
+    ck.testing.assert_shrink_exact(model, x, graph=g)

@@ -1010,6 +1010,33 @@ def _literal_flags(ctx: RuleContext, raw: list[Any]) -> list[bool] | None:
     return flags
 
 
+def _size_source(node: Any, builder: Any) -> tuple[Any, int | list[int]] | None:
+    """Where a size argument comes from: ``(tensor node, k)`` for ``t.shape[k]`` / ``t.size(k)``,
+    ``(tensor node, [dims])`` for ``t.shape`` / ``t.size()`` / ``t.shape[a:b]``; ``None`` otherwise."""
+    from torch.fx import Node
+
+    if not isinstance(node, Node):
+        return None
+    if node.op == "call_method" and node.target == "size" and node.args:
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        if isinstance(dim, int):
+            return (node.args[0], dim)
+        shape = builder.meta.get(node)
+        return (node.args[0], list(range(len(shape)))) if dim is None and shape is not None else None
+    if node.op == "call_function" and node.target is getattr and node.args[1] == "shape":
+        return (node.args[0], list(range(len(builder.meta[node]))))
+    if node.op == "call_function" and node.target is operator.getitem:
+        inner = _size_source(node.args[0], builder)
+        if inner is None or not isinstance(inner[1], list):
+            return None
+        idx = node.args[1]
+        if isinstance(idx, int):
+            return (inner[0], inner[1][idx])
+        if isinstance(idx, slice) and all(isinstance(v, int | None) for v in (idx.start, idx.stop, idx.step)):
+            return (inner[0], inner[1][idx])
+    return None
+
+
 def _view(ctx: RuleContext) -> Any:
     x = ctx.arg(0, "input")
     raw = _dims_arg(ctx, 1, "shape" if "shape" in ctx.node.kwargs else "size")
@@ -1018,7 +1045,26 @@ def _view(ctx: RuleContext) -> Any:
         flags = None
     if ctx.builder.method == "export" and flags is not None:
         flags = [True] * len(flags)  # export specialises every size: nothing is known to follow
-    return reshape_core(ctx, x, ctx.out_shape, flags)
+    out = reshape_core(ctx, x, ctx.out_shape, flags)
+    # a size read from a tensor's channel dim ties those channels to the output dim it sizes
+    whole = _size_source(raw[0], ctx.builder) if len(raw) == 1 else None
+    if whole is not None and isinstance(whole[1], list) and len(whole[1]) == len(ctx.out_shape):
+        sources = [(d, (whole[0], k)) for d, k in enumerate(whole[1])]
+    else:
+        sources = [(d, _size_source(r, ctx.builder)) for d, r in enumerate(raw)] if flags is not None else []
+    for d, source in sources:
+        if source is None or not isinstance(source[1], int):
+            continue
+        t = ctx.builder.resolve(source[0])
+        if not isinstance(t, TensorInfo) or not t.tracked or source[1] % t.ndim != t.cdim:
+            continue
+        if isinstance(out, TensorInfo) and out.cdim == d and len(out.ids) == len(t.ids):
+            labels = ctx.builder.uf.labels()
+            if set(labels[out.ids].tolist()) != set(labels[t.ids].tolist()):  # not the same units already
+                ctx.union(out.ids, t.ids)  # equal counts: tying position by position is sufficient
+        else:
+            ctx.freeze(t.ids, f"reshape sizes its dim {d} with this tensor's channel count")
+    return out
 
 
 def _view_as(ctx: RuleContext) -> Any:
