@@ -293,7 +293,7 @@ def _one_line(e: BaseException) -> str:
     if isinstance(e, ValidationError):
         parts = [f"{'.'.join(str(x) for x in err['loc']) or e.title}: {err['msg']}" for err in e.errors()]
         return f"invalid {e.title}: " + "; ".join(parts)
-    text = str(e).strip().strip("'").splitlines()
+    text = (str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)).strip().splitlines()
     first = text[0] if text else type(e).__name__
     return first if type(e) in (ValueError, FileNotFoundError) else f"{type(e).__name__}: {first}"
 
