@@ -7,11 +7,13 @@ Questions (CDFI paper, and the ``one op call per kernel set`` design of compress
   the published structure (12 separate calls)?
 
 Times are medians of ``--repeats`` forward passes (``compresskit.report.measure_latency``, inference mode,
-batch 1) with ``--threads`` torch threads; MACs count convolutions only (``compresskit.report.count_macs``;
-the AdaCoF op and element-wise work are not counted). Results print as a rich table and, with ``--json``,
-are written atomically as JSON.
+batch 1) with ``--threads`` torch threads, every model and input in ``--memory-format`` (channels_last by
+default: oneDNN's convolutions are much faster in NHWC for the compressed models' odd widths); MACs
+count convolutions only (``compresskit.report.count_macs``; the AdaCoF op and element-wise work are not
+counted). Results print as a rich table and, with ``--json``, are written atomically as JSON.
 
-    .venv/bin/python benchmarks/adacof_speed.py [--size 256] [--threads 1] [--repeats 5] [--json out.json]
+    .venv/bin/python benchmarks/adacof_speed.py [--size 256] [--threads 1] [--repeats 5]
+        [--memory-format channels_last|contiguous] [--json out.json]
 """
 
 from __future__ import annotations
@@ -51,19 +53,22 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--repeats", type=int, default=5, help="timed forward passes per model")
     parser.add_argument("--warmup", type=int, default=1, help="untimed forward passes per model")
+    parser.add_argument("--memory-format", choices=("channels_last", "contiguous"), default="channels_last",
+                        help="memory layout of every model and input")
     parser.add_argument("--json", default=None, help="write the results to this JSON file")
     args = parser.parse_args(argv)
     if args.size < 17:
         parser.error(f"--size: expected at least 17, got {args.size}")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    frames = tuple(torch.rand(2, 1, 3, args.size, args.size).unbind(0))
+    layout = torch.channels_last if args.memory_format == "channels_last" else torch.contiguous_format
+    frames = tuple(f.contiguous(memory_format=layout) for f in torch.rand(2, 1, 3, args.size, args.size))
     console = Console()
     rows = {}
     with console.status("timing") as status:
         for name, build in MODELS.items():
             status.update(f"timing {name}")
-            model = build().eval()
+            model = build().eval().to(memory_format=layout)
             latency = measure_latency(model, frames, repeats=args.repeats, warmup=args.warmup)
             rows[name] = {"params": count_params(model), "conv_macs": count_macs(model, frames),
                           "median_ms": latency["median_ms"], "min_ms": latency["min_ms"]}
@@ -73,7 +78,8 @@ def main(argv: list[str] | None = None) -> dict:
         ok = None if goal is None else (value >= goal if op == ">=" else value <= goal)
         ratios.append({"ratio": label, "value": value, "goal": f"{op} {goal}" if goal else None, "met": ok})
 
-    table = Table(title=f"AdaCoF family at {args.size}×{args.size}, CPU, {args.threads} thread(s), batch 1")
+    table = Table(title=f"AdaCoF family at {args.size}×{args.size}, CPU, {args.threads} thread(s), batch 1, "
+                        f"{args.memory_format}")
     for col in ("model", "params", "conv GMACs", "median ms", "min ms"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for name, r in rows.items():
@@ -87,7 +93,8 @@ def main(argv: list[str] | None = None) -> dict:
         rt.add_row(r["ratio"], f"{r['value']:.2f}×", r["goal"] or "-",
                    {True: "yes", False: "NO", None: "-"}[r["met"]])
     console.print(rt)
-    result = {"size": args.size, "threads": args.threads, "repeats": args.repeats, "torch": torch.__version__,
+    result = {"size": args.size, "threads": args.threads, "repeats": args.repeats,
+              "memory_format": args.memory_format, "torch": torch.__version__,
               "cpu": platform.processor() or platform.machine(), "models": rows, "ratios": ratios}
     if args.json:
         atomic_write_json(result, args.json)
