@@ -89,6 +89,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--exact", action="store_true", help="also run assert_shrink_exact on every model")
     args = ap.parse_args()
     from zoo import build
 
@@ -131,8 +132,17 @@ def main() -> None:
                 )
             except Exception as e:  # report, do not hide
                 console.print(f"[red]Torch-Pruning failed on {name}: {type(e).__name__}: {e}[/]")
+        exact = None
+        if args.exact:
+            check = ck.testing.assert_shrink_exact(model, inputs, graph=graph)
+            exact = check.max_rel_error
+            console.print(
+                f"{name}: exact, {check.params_before} -> {check.params_after} params, "
+                f"max relative error {exact:.1e} ({check.dtype})"
+            )
         rows.append(
             {
+                "max_rel_error": exact,
                 "model": name,
                 "params": params,
                 "groups": len(graph.groups),
