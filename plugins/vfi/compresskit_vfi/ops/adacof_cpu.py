@@ -52,15 +52,15 @@ class _Taps:
         # offsets beyond the image only ever read the border; bounding them keeps the integer cast defined
         a = a.clamp(-(hp + 1), hp + 1)
         be = be.clamp(-(wp + 1), wp + 1)
-        ta, tb = a.trunc(), be.trunc()  # C cast: truncation toward zero
-        fa, fb = a - ta, be - tb
+        ia, ib = a.to(index_dtype), be.to(index_dtype)  # the C cast: truncation toward zero
+        fa, fb = a - ia, be - ib
         tap = torch.arange(taps, device=w.device)
         k_off = ((tap // f) * dilation).to(index_dtype)
         l_off = ((tap % f) * dilation).to(index_dtype)
         rows = torch.arange(r0, r1, device=w.device, dtype=index_dtype).view(-1, 1, 1)
         cols = torch.arange(width, device=w.device, dtype=index_dtype).view(1, -1, 1)
-        y0 = ta.to(index_dtype).add_(rows + k_off)
-        x0 = tb.to(index_dtype).add_(cols + l_off)
+        y0 = ia.add_(rows + k_off)
+        x0 = ib.add_(cols + l_off)
         y1 = (y0 + 1).clamp_(0, hp - 1).mul_(wp)
         y0 = y0.clamp_(0, hp - 1).mul_(wp)
         x1 = (x0 + 1).clamp_(0, wp - 1)
@@ -143,7 +143,7 @@ def _scatter_rows(t: _Taps, grad_rows: torch.Tensor, grad_x_rows: torch.Tensor) 
     torch.cumsum(counts, 0, out=offsets[1:])
     source = torch.div(order, entries, rounding_mode="floor")
     grad_x_rows[lo:hi + 1] += F.embedding_bag(source, grad_rows, offsets, mode="sum",
-                                              per_sample_weights=t.coef.view(-1)[order],
+                                              per_sample_weights=t.coef.view(-1).index_select(0, order),
                                               include_last_offset=True)
 
 
