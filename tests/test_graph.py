@@ -435,3 +435,45 @@ def test_group_num_params_counts_member_slices() -> None:
     # conv1 rows (8 x 3*3*3) + its bias (8) + conv2 columns (12 x 8 x 3*3)
     assert grp.num_params(model) == 8 * 27 + 8 + 12 * 8 * 9
     assert grp.num_params() == 0  # without the model there are no tensors to count
+
+
+class Opaque(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = nn.Conv2d(8, 8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x) * 2
+
+
+class UsesOpaque(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.opaque, self.out = nn.Conv2d(3, 8, 1), Opaque(), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.opaque(self.conv(x)))
+
+
+def test_leaf_module_without_rule_is_frozen() -> None:
+    x = torch.randn(1, 3, 4, 4)
+    g = ck.trace(UsesOpaque(), x)
+    assert _group_of(g, "conv.weight", 0).prunable  # traced through: the inner conv is seen
+    ck.register_leaf(Opaque)
+    try:
+        g = ck.trace(UsesOpaque(), x)
+        assert "opaque" in {n.target for n in g.fx_graph.nodes if n.op == "call_module"}
+        grp = _group_of(g, "conv.weight", 0)
+        assert not grp.prunable and "Opaque 'opaque'" in _reasons(grp) and "no channel rule" in _reasons(grp)
+    finally:
+        from compresskit.graph import trace
+
+        trace._LEAF_MODULES.discard(Opaque)
+
+
+def test_shrunk_model_exports() -> None:
+    model, x = build("mobilenet_v3")
+    g = ck.trace(model, x)
+    small = ck.shrink(model, g, keep=ck.testing.random_keep(g, 0.5, seed=2))
+    ep = torch.export.export(small, x, strict=False)
+    torch.testing.assert_close(ep.module()(*x), small(*x))
