@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -95,9 +96,10 @@ def train_teacher(train_set: TensorDataset, steps: int, seed: int = 0, width: in
 
 
 def compare(seed: int, teacher: nn.Module, train_set: TensorDataset, test_set: TensorDataset,
-            steps: int, lr: float = 3e-3) -> tuple[float, float]:
+            steps: int, lr: float = 3e-3, cache_dir: Path | None = None) -> tuple[float, float]:
     """(PSNR trained on ground truth, PSNR distilled) for one seed: same init, data order, optimizer
-    (Adamax), learning rate and steps; Laplacian loss vs the default 0.1·Lap(S, GT) + Lap(S, T)."""
+    (Adamax), learning rate and steps; Laplacian loss vs the default 0.1·Lap(S, GT) + Lap(S, T).
+    With ``cache_dir`` the teacher's outputs are computed once and cached there (the data is fixed)."""
     torch.manual_seed(1000 + seed)
     gt_student = Interpolator(8, 2)
     kd_student = Interpolator(8, 2)
@@ -105,7 +107,8 @@ def compare(seed: int, teacher: nn.Module, train_set: TensorDataset, test_set: T
     loader = DataLoader(train_set, batch_size=8, shuffle=True)
     common = dict(steps=steps, lr=lr, seed=seed, progress=False, scheduler="none")
     ck.train(gt_student, loader, laplacian, config=ck.TrainConfig(**common))
-    ck.distill(kd_student, teacher, loader, config=ck.DistillConfig(**common))
+    cache = {"cache_teacher": True, "cache_dir": cache_dir} if cache_dir is not None else {}
+    ck.distill(kd_student, teacher, loader, config=ck.DistillConfig(**common, **cache))
     return psnr(gt_student, test_set), psnr(kd_student, test_set)
 
 
@@ -123,7 +126,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     train_set, test_set = make_task()
     teacher = train_teacher(train_set, args.teacher_steps)
-    rows = [compare(s, teacher, train_set, test_set, args.student_steps, args.lr) for s in range(args.seeds)]
+    with tempfile.TemporaryDirectory() as cache_dir:
+        rows = [compare(s, teacher, train_set, test_set, args.student_steps, args.lr, Path(cache_dir))
+                for s in range(args.seeds)]
     gt, kd = [r[0] for r in rows], [r[1] for r in rows]
     gain = [b - a for a, b in rows]
     result = {
