@@ -139,6 +139,7 @@ class Trainer:
         self.scheduler: Any = None
         self._batch_spec: list[Any] | None = None
         self._pending_logs: dict[str, list[float]] = {}
+        self._val: EpochLoader | None = None
 
     # ------------------------------------------------------------------ set-up
     def _resolve_device(self) -> torch.device:
@@ -305,7 +306,7 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         """Mean loss and metrics over ``val_loader`` (weighted by batch size, all ranks together)."""
         if self._val is None:
-            raise ValueError("validate() needs a val_loader")
+            raise ValueError("validate() runs during fit() and needs a val_loader")
         module = self._unwrapped()
         was_training = module.training
         cpu_rng = torch.get_rng_state()  # validation must not move the training run's random streams
