@@ -75,7 +75,7 @@ def task():
     train, val = _batches(img, 32), _batches(img, 4, seed=1)
     model = ShiftNet()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for step in range(600):
+    for step in range(1500):  # ~37 dB; the identity scores ~18 dB
         x, t = train[step % len(train)]
         loss = nn.functional.l1_loss(model(x), t)
         opt.zero_grad()
@@ -94,14 +94,14 @@ def _l1(output, batch):
     return nn.functional.l1_loss(output, batch[-1])
 
 
-# λ strong enough that OBProx-SG zeroes ~40 % of conv2/conv3 weights in 150 steps
-_QUALITY = dict(sparsify_steps=150, lambda_=0.1, finetune_steps=250)
+# λ strong enough that OBProx-SG zeroes ~30-40 % of the conv2/conv3 weights in 150 steps
+_QUALITY = dict(sparsify_steps=150, lambda_=0.07, finetune_steps=400)
 
 
 def test_compress_shrinks_under_60_percent_within_1_db(task, tmp_path):
     model, train, val = task
     before = _psnr_of(model, val)
-    assert before > 30  # the teacher learned the task (identity scores ~18 dB)
+    assert before > 35  # the teacher learned the task (the identity scores ~18 dB)
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     result = ck.compress(model, train, _l1, config=_config(tmp_path, **_QUALITY),
                          val_loader=val, metrics={"psnr": psnr})
