@@ -118,13 +118,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--teacher-steps", type=int, default=600)
     parser.add_argument("--student-steps", type=int, default=200)
     parser.add_argument("--lr", type=float, default=3e-3, help="the students' Adamax learning rate")
+    parser.add_argument("--noise", type=float, default=0.1, help="σ of the noise on the training targets")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
 
     from rich.console import Console
     from rich.table import Table
 
-    train_set, test_set = make_task()
+    train_set, test_set = make_task(noise=args.noise)
     teacher = train_teacher(train_set, args.teacher_steps)
     with tempfile.TemporaryDirectory() as cache_dir:
         rows = [compare(s, teacher, train_set, test_set, args.student_steps, args.lr, Path(cache_dir))
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
     gain = [b - a for a, b in rows]
     result = {
         "teacher_psnr": psnr(teacher, test_set), "teacher_steps": args.teacher_steps,
-        "student_steps": args.student_steps, "seeds": args.seeds, "lr": args.lr,
+        "student_steps": args.student_steps, "seeds": args.seeds, "lr": args.lr, "noise": args.noise,
         "average_psnr": psnr(Interpolator(8, 2), test_set),
         "gt_psnr": gt, "distill_psnr": kd,
         "gt_mean": statistics.mean(gt), "gt_std": statistics.stdev(gt) if len(gt) > 1 else 0.0,
