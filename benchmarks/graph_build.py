@@ -99,7 +99,7 @@ def main() -> None:
     }
     for name in ("densenet", "mobilenet_v3", "regnet", "unet2d", "shufflenet_v2", "two_frame_vfi"):
         models[name] = build(name)
-    console = Console()
+    console = Console(width=140)
     try:  # the published VFI models, when the plugins are installed
         ck.load_plugins()
         for name, n_frames in (("adacof", 2), ("cdfi", 2), ("stmfnet_mini", 4)):
@@ -116,14 +116,15 @@ def main() -> None:
     table = Table(
         title=f"channel graph construction, best of {args.repeat} (s), {torch.get_num_threads()} thread(s)"
     )
-    for col in ("model", "params", "ck groups", "ck.trace", "Torch-Pruning build_dependency", "ratio tp/ck"):
+    cols = ("model", "params", "ck groups", "ck.trace", "TP build_dependency", "ratio", "TP + get_all_groups")
+    for col in cols:
         table.add_column(col, justify="right" if col != "model" else "left")
     rows = []
     for name, (model, inputs) in models.items():
         params = sum(p.numel() for p in model.parameters())
         graph = ck.trace(model, inputs)
         t_ck = best_of(lambda m=model, x=inputs: ck.trace(m, x), args.repeat)
-        t_tp = None
+        t_tp = t_tp_groups = None
         if tp is not None:
             try:
                 t_tp = best_of(
@@ -131,7 +132,17 @@ def main() -> None:
                     args.repeat,
                 )
             except Exception as e:  # report, do not hide
-                console.print(f"[red]Torch-Pruning failed on {name}: {type(e).__name__}: {e}[/]")
+                console.print(
+                    f"[red]Torch-Pruning build_dependency failed on {name}: {type(e).__name__}: {e}[/]"
+                )
+        if t_tp is not None:
+            try:
+                dg = tp.DependencyGraph().build_dependency(model, example_inputs=inputs)
+                t_tp_groups = t_tp + best_of(lambda dg=dg: list(dg.get_all_groups()), args.repeat)
+            except Exception as e:  # report, do not hide
+                console.print(
+                    f"[red]Torch-Pruning get_all_groups failed on {name}: {type(e).__name__}: {e}[/]"
+                )
         exact = None
         if args.exact:
             check = ck.testing.assert_shrink_exact(model, inputs, graph=graph)
@@ -149,6 +160,7 @@ def main() -> None:
                 "prunable": len(graph.prunable_groups),
                 "ck_trace_s": t_ck,
                 "tp_build_s": t_tp,
+                "tp_build_and_groups_s": t_tp_groups,
             }
         )
         table.add_row(
@@ -158,6 +170,7 @@ def main() -> None:
             f"{t_ck:.3f}",
             "-" if t_tp is None else f"{t_tp:.3f}",
             "-" if t_tp is None else f"{t_tp / t_ck:.2f}",
+            "-" if t_tp_groups is None else f"{t_tp_groups:.3f}",
         )
     console.print(table)
 

@@ -134,6 +134,8 @@ class _ConcreteTracer(fx.Tracer):
         return from_torch and next(iter(m.children()), None) is None
 
     def create_arg(self, a: Any) -> Any:
+        if type(a) is _ConcreteProxy or type(a) is _ConcreteAttribute:  # the common case, fast
+            return a.node
         spoof, self.spoof_class = self.spoof_class, False
         try:
             return super().create_arg(a)
