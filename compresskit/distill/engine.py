@@ -29,7 +29,7 @@ from compresskit.distill.adversarial import AdversarialLoss
 from compresskit.distill.cache import build_cache, cached_loader, split_cached
 from compresskit.distill.features import FeatureHooks, StudentWithAdapters, get_submodule, make_adapter
 from compresskit.distill.registry import get_loss
-from compresskit.train.distributed import barrier, setup
+from compresskit.train.distributed import barrier, broadcast_module, setup
 from compresskit.train.loop import Callback, Trainer, TrainResult, default_inputs
 
 
@@ -94,6 +94,7 @@ class _AdversarialSteps(Callback):
     def on_train_start(self, trainer: Trainer) -> None:
         for loss in self.losses:
             loss.to(trainer.device)
+            broadcast_module(loss.discriminator, trainer.ctx)  # every rank starts from rank 0's
 
     def on_step_end(self, trainer: Trainer) -> None:
         for i, loss in enumerate(self.losses):

@@ -85,6 +85,13 @@ def average_gradients(params: Iterable[torch.nn.Parameter], ctx: DistContext) ->
             p.grad.div_(ctx.world_size)
 
 
+def broadcast_module(module: torch.nn.Module, ctx: DistContext) -> None:
+    """Copy rank 0's parameters and buffers to every process (for modules outside DDP)."""
+    if ctx.distributed:
+        for t in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(t.data, src=0)
+
+
 def gather_objects(obj: Any, ctx: DistContext) -> list[Any]:
     """``[obj of rank 0, obj of rank 1, ...]`` on every process."""
     if not ctx.distributed:
