@@ -256,10 +256,15 @@ class CustomOpUser(nn.Module):
         return self.out(torch.ops.compresskit_test.channel_scale(self.conv(x), self.s(x)))
 
 
-@pytest.mark.parametrize("method", ["fx", "export"])
-def test_custom_library_op_rule(method: str) -> None:
+@pytest.mark.parametrize(("method", "overload"), [("fx", False), ("export", False), ("fx", True)])
+def test_custom_library_op_rule(method: str, overload: bool) -> None:
     x = torch.randn(1, 3, 4, 4)
-    ck.register_rule(torch.ops.compresskit_test.channel_scale, passthrough=0)
+    from compresskit.graph import rules
+
+    op = torch.ops.compresskit_test.channel_scale
+    for key in (op, op.default):
+        rules._FUNCTION_RULES.pop(key, None)
+    ck.register_rule(op.default if overload else op, passthrough=0)
     g = ck.trace(CustomOpUser(), x, method=method)
     assert _group_of(g, "conv.weight", 0).prunable
     assert not _group_of(g, "s.weight", 0).prunable

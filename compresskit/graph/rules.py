@@ -393,6 +393,9 @@ def lookup_rule(kind: str, target: Any, module: nn.Module | None = None) -> Rule
         packet = getattr(target, "overloadpacket", None)
         if packet is not None and packet in _FUNCTION_RULES:
             return _FUNCTION_RULES[packet]
+        default = getattr(target, "default", None) if type(target).__name__ == "OpOverloadPacket" else None
+        if default is not None and default in _FUNCTION_RULES:  # rule given for op.default
+            return _FUNCTION_RULES[default]
     return None
 
 
