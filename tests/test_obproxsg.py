@@ -359,6 +359,36 @@ def test_compile_failure_falls_back_to_eager(monkeypatch):
     torch.testing.assert_close(x.detach(), want, rtol=1e-13, atol=1e-15)
 
 
+@pytest.mark.parametrize("threshold, expect_compiled", [(31, False), (30, True)])
+def test_auto_compile_decides_on_the_first_steps_size(monkeypatch, threshold, expect_compiled):
+    """compile="auto" (the default) compiles only when the first step updates >= AUTO_COMPILE_NUMEL
+    elements; the decision is kept for later steps and the update is the reference one either way."""
+    calls = []
+
+    def fake_compiled(name):  # the eager multi-tensor kernels stand in for the compiled ones
+        calls.append(name)
+        return lambda xs, gs, lrs, lams, *eps: (obx._prox_eager(xs, gs, float(lrs[0]), float(lams[0]))
+                                                if name == "prox" else
+                                                obx._orthant_eager(xs, gs, float(lrs[0]), float(lams[0]),
+                                                                   float(eps[0][0])))
+
+    monkeypatch.setattr(obx, "_compiled", fake_compiled)
+    monkeypatch.setattr(obx, "AUTO_COMPILE_NUMEL", threshold)
+    gen = torch.Generator().manual_seed(6)
+    (x,) = _params(gen, [(30,)])
+    opt = ck.OBProxSG([x], lr=0.1, lambda_=0.5)
+    assert opt.compile == "auto"
+    for _ in range(2):
+        g = torch.randn(30, generator=gen, dtype=torch.float64)
+        want = ref_step(x.detach().tolist(), g.tolist(), "prox", 0.1, 0.5, 0.0)
+        x.grad = g
+        opt.step()
+        want = torch.tensor(want, dtype=torch.float64)
+        torch.testing.assert_close(x.detach(), want, rtol=1e-13, atol=1e-15)
+    assert opt.compile is expect_compiled
+    assert calls == (["prox", "prox"] if expect_compiled else [])
+
+
 @pytest.mark.slow
 def test_compiled_step_matches_eager_without_recompiling():
     """compile=True really compiles (both phases), agrees with eager, and a scheduler changing lr does not

@@ -13,9 +13,13 @@ then ``n_orthant_steps`` orthant steps, repeating. ``n_orthant_steps=None`` mean
 after the first ``n_prox_steps``; ``n_prox_steps=None`` means prox steps for ever (plain Prox-SG).
 ``steps_from_epochs`` converts the papers' epoch schedule (Np epochs, epoch size) into these two numbers.
 
-The update runs on grouped tensor lists with ``torch._foreach_*`` ops (``compile=False``, default) or as
-one fused ``torch.compile`` kernel per tensor (``compile=True``; falls back to the eager path with a
-warning if compilation fails). float16/bfloat16 parameters are updated in float32 and written back.
+The update runs on grouped tensor lists with ``torch._foreach_*`` ops (``compile=False``) or as one
+fused ``torch.compile`` kernel per tensor (``compile=True``; falls back to the eager path with a warning
+if compilation fails). The default ``compile="auto"`` decides at the first step: compiled when the
+parameters being updated hold at least ``AUTO_COMPILE_NUMEL`` elements (a real network, where the fused
+kernel is ~3× faster than eager and its one-off compilation pays for itself), eager below that (tests,
+toy models, where compiling would cost more than it saves). float16/bfloat16 parameters are updated in
+float32 and written back.
 A NaN or infinite gradient is not hidden: it reaches the parameter as it would with SGD.
 """
 
@@ -31,6 +35,8 @@ import torch
 __all__ = ["OBProxSG", "steps_from_epochs", "l1_param_groups"]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+#: ``compile="auto"`` compiles the update for at least this many updated elements
+AUTO_COMPILE_NUMEL = 4_000_000
 PHASES = ("prox", "orthant")
 
 
@@ -259,6 +265,7 @@ class OBProxSG(torch.optim.Optimizer):
         n_orthant_steps: orthant steps per cycle (int >= 1); ``None``: orthant for ever after.
         compile: fuse each update into one ``torch.compile`` kernel per tensor (much faster on large
             models; the first step compiles, tens of seconds). Falls back to eager with a warning.
+            ``"auto"`` (default): compile when the first step updates >= ``AUTO_COMPILE_NUMEL`` elements.
 
     ``opt.phase`` is the phase of the next ``step()``; ``opt.num_steps`` the steps taken so far. Both
     are saved by ``state_dict()`` and restored exactly by ``load_state_dict()``.
@@ -273,7 +280,7 @@ class OBProxSG(torch.optim.Optimizer):
         n_prox_steps: int | None = None,
         n_orthant_steps: int | None = None,
         *,
-        compile: bool = False,
+        compile: bool | str = "auto",
     ) -> None:
         lr = _check_number("lr", lr, positive=True)
         lambda_ = _check_number("lambda_", lambda_)
@@ -285,8 +292,8 @@ class OBProxSG(torch.optim.Optimizer):
                 "n_orthant_steps needs n_prox_steps: a cycle starts with n_prox_steps prox steps "
                 "(use n_prox_steps=0 for orthant steps only)"
             )
-        if not isinstance(compile, bool):
-            raise TypeError(f"compile must be True or False, got {compile!r}")
+        if not (isinstance(compile, bool) or compile == "auto"):
+            raise TypeError(f"compile must be True, False or 'auto', got {compile!r}")
         self.compile = compile
         self.num_steps = 0
         self._scratch: dict[torch.dtype, torch.Tensor] = {}  # CPU slices' temporaries, reused
@@ -390,6 +397,9 @@ class OBProxSG(torch.optim.Optimizer):
             for xs, gs in buckets.values():
                 work.append((xs, gs, lr, lam, eps))
         if work:
+            if self.compile == "auto":  # decided once, on the first step's workload
+                numel = sum(x.numel() for xs, *_ in work for x in xs)
+                self.compile = numel >= AUTO_COMPILE_NUMEL
             if self.compile:
                 self._step_compiled(phase, work)
             else:
