@@ -10,7 +10,8 @@ Times are medians of ``--repeats`` forward passes (``compresskit.report.measure_
 batch 1) with ``--threads`` torch threads, every model and input in ``--memory-format`` (channels_last by
 default: oneDNN's convolutions are much faster in NHWC for the compressed models' odd widths); MACs
 count convolutions only (``compresskit.report.count_macs``; the AdaCoF op and element-wise work are not
-counted). Ratios compare the minimum times, which other load on a shared machine can only lengthen. Results print as a rich table and, with ``--json``, are written atomically as JSON.
+counted). Ratios compare the minimum times, which other load on a shared machine can only lengthen.
+Results print as a rich table and, with ``--json``, are written atomically as JSON.
 
     .venv/bin/python benchmarks/adacof_speed.py [--size 256] [--threads 1] [--repeats 5]
         [--memory-format channels_last|contiguous] [--json out.json]
