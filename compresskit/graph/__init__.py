@@ -1,13 +1,14 @@
 """Tracing a model into a channel-dependency graph (torch.fx) and its channel groups.
 
-``trace`` → :class:`ChannelGraph` (``groups``: :class:`ChannelGroup` with :class:`Member` s, ``layers``:
-:class:`Layer` s in execution order); ``register_rule`` / ``register_leaf`` teach it custom ops, with
-rule functions written against :class:`RuleContext` and :class:`TensorInfo`. See ``docs/graph.md``.
+``compresskit.trace`` returns a :class:`ChannelGraph`: ``groups`` (:class:`ChannelGroup` with
+:class:`Member` s) and ``layers`` (:class:`Layer` s in execution order). ``register_rule`` and
+``compresskit.register_leaf`` teach it custom ops; rule functions are written against
+:class:`RuleContext` and :class:`TensorInfo`. See ``docs/graph.md``. The tracing function stays in the
+submodule ``compresskit.graph.trace`` (not re-exported here, so that name remains the module).
 """
 
 from compresskit.graph.channels import ChannelGraph, ChannelGroup, Layer, Member
 from compresskit.graph.rules import ParamRef, RuleContext, TensorInfo, register_rule
-from compresskit.graph.trace import register_leaf, trace
 
 __all__ = [
     "ChannelGraph",
@@ -17,7 +18,5 @@ __all__ = [
     "ParamRef",
     "RuleContext",
     "TensorInfo",
-    "register_leaf",
     "register_rule",
-    "trace",
 ]
