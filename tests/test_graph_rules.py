@@ -314,3 +314,25 @@ def test_view_sized_by_another_tensor_couples_their_channels() -> None:
     a = next(gr for gr in g.groups for m in gr.members if m.qualname == "a.weight" and m.dim == 0)
     assert "b" in a.producers  # b's output is viewed with a's channel count
     ck.testing.assert_shrink_exact(model, x, graph=g)
+
+
+@pytest.mark.parametrize(
+    "module, shape",
+    [
+        (nn.Conv1d(4, 6, 3, stride=2, padding=1, dilation=2), (2, 4, 11)),
+        (nn.Conv2d(4, 6, (3, 5), stride=(2, 1), padding=(0, 2), groups=2), (1, 4, 9, 10)),
+        (nn.Conv3d(4, 4, 3, stride=2, padding=1, groups=4), (1, 4, 5, 6, 7)),
+        (nn.ConvTranspose2d(4, 6, 4, stride=2, padding=1, output_padding=1, dilation=1), (1, 4, 5, 7)),
+        (nn.ConvTranspose3d(4, 2, 3, stride=2, padding=1, output_padding=1, dilation=2), (1, 4, 3, 4, 5)),
+        (nn.ConvTranspose1d(4, 4, 5, stride=3, groups=4), (2, 4, 6)),
+        (nn.Conv2d(4, 6, 3), (4, 7, 7)),  # unbatched input
+        (nn.Linear(5, 3), (2, 7, 5)),
+    ],
+)
+def test_shapes_only_layer_output_shape_matches_the_layer(module: nn.Module, shape: tuple) -> None:
+    """The fast path of the tracer computes conv/linear output shapes by formula: compare with the layer."""
+    from importlib import import_module
+
+    x = torch.randn(*shape)
+    formula = import_module("compresskit.graph.trace")._layer_output_shape(module, (x,), {})
+    assert formula == tuple(module(x).shape)
