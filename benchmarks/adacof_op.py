@@ -65,7 +65,7 @@ def per_tap_gather(x: torch.Tensor, weight: torch.Tensor, alpha: torch.Tensor, b
     out = x.new_zeros(bsz, ch, height, width)
     for t in range(taps):
         args = (flat, weight[:, t:t + 1], alpha[:, t:t + 1], beta[:, t:t + 1], t)
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() and any(v.requires_grad for v in (x, weight, alpha, beta)):
             out = out + checkpoint(one_tap, *args, use_reentrant=True)
         else:
             out = out + one_tap(*args)

@@ -1,4 +1,5 @@
-"""CPU kernels of the AdaCoF sampling operator, in pure PyTorch.
+"""CPU kernels of the AdaCoF sampling operator, in pure PyTorch (device-agnostic: also the fallback on a
+GPU without Triton).
 
 Formula (Lee et al., "AdaCoF", CVPR 2020; conventions of the published CUDA kernel)::
 
@@ -121,7 +122,7 @@ def adacof_forward_cpu(x: torch.Tensor, weight: torch.Tensor, alpha: torch.Tenso
 def _sampled_dots(t: _Taps, grad_rows: torch.Tensor, x_rows: torch.Tensor) -> torch.Tensor:
     """``G[p, e] = <grad_out[p], x_rows[index[p, e]]>`` for every tap corner e of every pixel p."""
     n, entries = t.index.shape
-    crow = torch.arange(0, n * entries + 1, entries, dtype=t.index.dtype)
+    crow = torch.arange(0, n * entries + 1, entries, dtype=t.index.dtype, device=t.index.device)
     if x_rows.shape[0] < entries:  # the kernel wants no more non-zeros per row than columns
         x_rows = torch.cat([x_rows, x_rows.new_zeros(entries - x_rows.shape[0], x_rows.shape[1])])
     with warnings.catch_warnings():
@@ -139,7 +140,7 @@ def _scatter_rows(t: _Taps, grad_rows: torch.Tensor, grad_x_rows: torch.Tensor) 
     lo, hi = int(flat.min()), int(flat.max())
     order = torch.argsort(flat - lo, stable=True)
     counts = torch.bincount(flat - lo, minlength=hi - lo + 1)
-    offsets = torch.zeros(hi - lo + 2, dtype=torch.int64)
+    offsets = torch.zeros(hi - lo + 2, dtype=torch.int64, device=flat.device)
     torch.cumsum(counts, 0, out=offsets[1:])
     source = torch.div(order, entries, rounding_mode="floor")
     grad_x_rows[lo:hi + 1] += F.embedding_bag(source, grad_rows, offsets, mode="sum",
