@@ -114,6 +114,13 @@ EXACT: dict[str, tuple[Callable[[], nn.Module], torch.Tensor]] = {
         ),
         X,
     ),
+    "max_values_and_T": (
+        lambda: Lambda(
+            lambda s, y: s.fc(torch.stack([y, -y], -1).max(-1).values.mean((2, 3)).T.T),
+            lambda m: setattr(m, "fc", nn.Linear(8, 3)),
+        ),
+        X,
+    ),
     "matmul_spatial_mixing": (
         lambda: Lambda(
             lambda s, y: s.head((y.flatten(2) @ torch.softmax(s.mix, -1)).view_as(y)),

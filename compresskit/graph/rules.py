@@ -1701,6 +1701,25 @@ def _index_select(ctx: RuleContext) -> Any:
     return ctx.like(x)
 
 
+def _getattr(ctx: RuleContext) -> Any:
+    """Attributes that hold tensors: ``.values``/``.indices`` of ``max(dim)``, ``.data``, ``.T``/``.mT``."""
+    obj, name = ctx.arg(0), ctx.arg(1)
+    if isinstance(obj, tuple) and name in ("values", "indices") and len(obj) == 2:
+        return obj[0 if name == "values" else 1]
+    if not isinstance(obj, TensorInfo):
+        return None
+    if name in ("data", "real"):
+        return ctx.like(obj)
+    if name in ("T", "mT") and obj.ndim >= 2:
+        perm = list(range(obj.ndim))
+        if name == "T":
+            perm.reverse()
+        else:
+            perm[-2], perm[-1] = perm[-1], perm[-2]
+        return _move(obj, perm, ctx.out_shape)
+    return None
+
+
 def _masked_fill(ctx: RuleContext) -> Any:
     return elementwise(ctx, [ctx.arg(0, "input"), ctx.arg(1, "mask")])
 
@@ -1869,6 +1888,7 @@ def _register_builtin() -> None:
         _new_tensor,
     )
     _reg(["index_select"] + _torch("index_select") + _aten("index_select"), _index_select)
+    _reg([getattr], _getattr)
     _reg(
         ["size", "dim", "numel", "item", "tolist", "ndimension", "nelement", "data_ptr", "is_contiguous"],
         _no_tensor_output,
