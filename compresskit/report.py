@@ -395,16 +395,19 @@ def print_report(report: CompressReport | Mapping[str, Any], console: Any = None
     console.print(summary)
     console.print(f"loss: {report.loss}\ninputs: {report.inputs}")
     if report.layers:
-        layers = Table(title="layers", title_justify="left")
-        columns = (("layer", "left"), ("type", "left"), ("density", "right"), ("weight before", "right"),
-                   ("weight after", "right"), ("params after/before", "right"))
-        for col, just in columns:
-            layers.add_column(col, justify=just, overflow="fold")
+        names = [r.name for r in report.layers]
+        prefix = os.path.commonprefix(names) if len(names) > 1 else ""
+        prefix = prefix[: prefix.rfind(".") + 1]  # only whole module-path components
+        title = "layers" + (f" (under {prefix[:-1]})" if prefix else "")
+        layers = Table(title=title, title_justify="left")
+        for col, just in (("layer", "left"), ("density", "right"), ("out×in before → after", "right"),
+                          ("params", "right")):
+            layers.add_column(col, justify=just, no_wrap=True)
         for r in report.layers:
-            layers.add_row(r.name, r.type, "-" if r.density is None else f"{r.density:.3f}",
-                           "×".join(map(str, r.shape_before)),
-                           "-" if r.shape_after is None else "×".join(map(str, r.shape_after)),
-                           _ratio(r.params_before, r.params_after))
+            io_before = "×".join(map(str, r.shape_before[:2]))
+            io_after = "-" if r.shape_after is None else "×".join(map(str, r.shape_after[:2]))
+            layers.add_row(r.name[len(prefix):], "-" if r.density is None else f"{r.density:.3f}",
+                           f"{io_before} → {io_after}", _ratio(r.params_before, r.params_after))
         console.print(layers)
     for note in report.notes:
         console.print(f"[yellow]note:[/] {note}")

@@ -171,7 +171,8 @@ def test_print_report_shows_the_numbers():
     console = Console(record=True, width=140)
     print_report(_report().to_dict(), console)
     text = console.export_text()
-    needles = ("parameters", "1,000", "400", "0.400×", "50k", "psnr", "29.6", "-0.4", "conv1", "8×3×3×3")
+    needles = ("parameters", "1,000", "400", "0.400×", "50k", "psnr", "29.6", "-0.4", "conv1",
+               "8×3 → 4×3", "0.500×")
     for needle in needles:
         assert needle in text, needle
 
