@@ -7,7 +7,6 @@ channels-last norms, pixel shuffle, transposed convs, 3-D convs) is what matters
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -472,4 +471,4 @@ def build(name: str, seed: int = 0) -> tuple[nn.Module, tuple]:
     return model.eval(), inputs()
 
 
-__all__ = ["ZOO", "build", "math"]
+__all__ = ["ZOO", "build"]
