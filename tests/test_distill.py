@@ -76,6 +76,14 @@ def test_default_objective_is_alpha_laplacian_gt_plus_laplacian_teacher():
     assert rec["student"] == pytest.approx(float(want_student), rel=1e-5)
     assert rec["distill"] == pytest.approx(float(want_distill), rel=1e-5)
     assert rec["loss"] == pytest.approx(float(want_student + want_distill), rel=1e-5)
+    # the same objective with the ground-truth term written as a training-loop loss_fn(output, batch)
+    student = net(4, 1, bn=False)
+    student[3].p = 0.0
+    terms = [OutputLoss(lambda out, batch: lap(out, batch[-1]), 0.1, "batch", name="student"),
+             OutputLoss("laplacian", name="distill")]
+    again = ck.distill(student, teacher, DataLoader(data, batch_size=4), losses=terms,
+                       config=ck.DistillConfig(steps=1, log_every=1, progress=False))
+    assert again.history[0]["loss"] == pytest.approx(rec["loss"], rel=1e-6)
 
 
 def test_feature_distillation_with_adapters():

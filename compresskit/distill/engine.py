@@ -35,11 +35,13 @@ from compresskit.train.loop import Callback, Trainer, TrainResult, default_input
 
 @dataclass
 class OutputLoss:
-    """``weight · loss(student output, reference)``; reference is the teacher's output or the target."""
+    """``weight · loss(student output, reference)``; reference is the teacher's output (``"teacher"``),
+    the target ``batch[-1]`` (``"target"``), or the whole batch (``"batch"``: a ``loss_fn(output, batch)``
+    of the training loop used as the ground-truth term)."""
 
-    loss: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    loss: str | Callable[[Any, Any], torch.Tensor]
     weight: float = 1.0
-    against: Literal["teacher", "target"] = "teacher"
+    against: Literal["teacher", "target", "batch"] = "teacher"
     kwargs: dict[str, Any] = field(default_factory=dict)
     name: str | None = None
 
@@ -253,7 +255,8 @@ class Distiller:
             total: torch.Tensor | None = None
             for name, term, fn in zip(names, self.terms, self._fns):
                 if isinstance(term, OutputLoss):
-                    value = fn(output, t_out if term.against == "teacher" else target)
+                    reference = {"teacher": t_out, "target": target, "batch": batch}[term.against]
+                    value = fn(output, reference)
                 else:
                     value = fn(model.adapted[term.student], t_feats[term.teacher])
                 value = term.weight * value
@@ -299,8 +302,8 @@ def _normalise_terms(losses: Sequence[Term | str] | None, config: DistillConfig)
     if not terms:
         raise ValueError("losses is empty: give at least one term")
     for t in terms:
-        if isinstance(t, OutputLoss) and t.against not in ("teacher", "target"):
-            raise ValueError(f"OutputLoss.against must be 'teacher' or 'target', got {t.against!r}")
+        if isinstance(t, OutputLoss) and t.against not in ("teacher", "target", "batch"):
+            raise ValueError(f"OutputLoss.against must be 'teacher', 'target' or 'batch', got {t.against!r}")
     return terms
 
 
