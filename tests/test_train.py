@@ -101,6 +101,19 @@ def test_resume_of_finished_run_returns_at_once(tmp_path):
         assert torch.equal(a, b)
 
 
+def test_fresh_start_in_a_used_folder(tmp_path):
+    data = DataLoader(NoisyPairs(8), batch_size=4)
+    ck.train(small_net(), data, mse, config=ck.TrainConfig(steps=6, checkpoint_every=2, progress=False),
+             out_dir=tmp_path)
+    with pytest.warns(UserWarning, match="removing 3 checkpoint"):
+        again = ck.train(small_net(), data, mse, out_dir=tmp_path, resume=False,
+                         config=ck.TrainConfig(steps=2, checkpoint_every=1, progress=False))
+    names = [p.name for p in ckpt.list_checkpoints(tmp_path)]
+    assert names == ["ckpt-step00000001.pt", "ckpt-step00000002.pt"]
+    assert again.last_checkpoint.name == "ckpt-step00000002.pt"
+    assert [r["step"] for r in again.history] == [2]
+
+
 def test_grad_accumulation_matches_one_big_batch():
     """grad_accum=4 over batches of 2 takes the same SGD steps as batches of 8 (mean losses)."""
     data = NoisyPairs(16)

@@ -405,6 +405,14 @@ class Trainer:
         else:
             self._log.truncate(0)
             ckpt.seed_everything(cfg.seed + self.ctx.rank)
+            if writes:  # a fresh start in a used folder: older checkpoints would pass for newer ones
+                stale = [*ckpt.list_checkpoints(self.out_dir), self.out_dir / "best.pt"]
+                stale = [p for p in stale if p.is_file()]
+                if stale:
+                    warnings.warn(f"resume=False: removing {len(stale)} checkpoint(s) of an earlier run in "
+                                  f"{str(self.out_dir)!r}", stacklevel=2)
+                for p in stale:
+                    p.unlink()
         if self.out_dir is not None and is_main:
             cfg.dump(self.out_dir / "config.json")
 
