@@ -9,6 +9,8 @@ channels warped by one kernel set). Timed, median of ``--repeats`` runs after on
   activation-checkpointed, or its graph would not fit in memory);
 - ``compresskit_vfi.ops.adacof``: the custom op (CPU: embedding_bag / sampled_addmm kernels; CUDA: Triton).
 
+The two are run alternately (baseline, op, baseline, op, ...) so that a change in machine load hits both.
+
 Forward alone, and forward + backward (gradients of x, W, α, β). On CUDA the op's time is also set against
 the memory-bandwidth floor: bytes it must touch (x, W, α, β read once, output written once) divided by the
 bandwidth of a large device-to-device copy measured in the same run.
@@ -88,18 +90,28 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def _once(fn: Callable[[], object], device: str) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
 def timed(fn: Callable[[], object], device: str, repeats: int, warmup: int = 1) -> float:
     """Median seconds of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(_once(fn, device) for _ in range(repeats))
+
+
+def timed_pair(base: Callable[[], object], ours: Callable[[], object], device: str, repeats: int,
+               warmup: int = 1) -> tuple[float, float]:
+    """Median seconds of both, their runs interleaved so that a change in machine load hits both alike."""
+    for _ in range(warmup):
+        base(), ours()
+    runs = [(_once(base, device), _once(ours, device)) for _ in range(repeats)]
+    return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
 
 
 def copy_bandwidth(device: str) -> float:
@@ -147,10 +159,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     rows = {}
     with torch.no_grad():
-        rows["forward"] = (timed(lambda: per_tap_gather(x, w, a, b, d), dev, args.repeats, args.warmup),
-                           timed(lambda: adacof(x, w, a, b, d), dev, args.repeats, args.warmup))
-    rows["forward + backward"] = (timed(fwd_bwd(per_tap_gather), dev, args.repeats, args.warmup),
-                                  timed(fwd_bwd(adacof), dev, args.repeats, args.warmup))
+        rows["forward"] = timed_pair(lambda: per_tap_gather(x, w, a, b, d), lambda: adacof(x, w, a, b, d),
+                                     dev, args.repeats, args.warmup)
+    rows["forward + backward"] = timed_pair(fwd_bwd(per_tap_gather), fwd_bwd(adacof), dev, args.repeats,
+                                            args.warmup)
 
     result: dict = {
         "problem": {"size": args.size, "channels": args.channels, "kernel_size": args.kernel_size,
