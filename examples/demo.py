@@ -1,0 +1,189 @@
+"""The main job, end to end, on the embedded sample clips (``make demo``).
+
+1. Take a VFI model: AdaCoF (the official checkpoint with ``--checkpoint``; without one, nothing can be
+   downloaded here, so a quarter-width AdaCoF is first trained on the sample clips: the "original").
+2. Sparsify it with OBProx-SG, show the per-layer density table, plan widths back to front and shrink it.
+3. Distill the small model from the original (α·Lap(S, GT) + Lap(S, T)).
+4. Evaluate both (PSNR/SSIM, parameters, MACs, CPU latency) and write into ``--out``: the compressed model,
+   report JSON, density chart, PSNR-vs-parameters plot and a side-by-side PNG.
+
+Every stage checkpoints into ``--out``; run it again and it resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+import compresskit as ck
+
+RECIPES = """\
+Full-scale recipes (datasets on local disk, one GPU or several with torchrun):
+
+  python examples/reproduce_cdfi.py --help
+  python examples/reproduce_stmfnet_mini.py --help
+
+  e.g. python examples/reproduce_cdfi.py --vimeo DIR --middlebury DIR --ucf101-dvf DIR --out runs/cdfi
+       torchrun --nproc_per_node 4 examples/reproduce_stmfnet_mini.py --vimeo-septuplet DIR --bvi-dvc DIR \\
+           --ucf101 DIR --davis DIR --snufilm DIR --teacher stmfnet.pth --out runs/mini
+Guides: docs/reproduce_cdfi.md, docs/reproduce_stmfnet_mini.md; compress your own model: docs/guide.md"""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="compresskit demo: sparsify, plan, shrink and distill a VFI model on the sample clips.",
+        epilog="example: python examples/demo.py --out demo_output   (about 10 minutes on 2 CPU cores)")
+    p.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder (resumable)")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="official AdaCoF (F=5, d=1) checkpoint; without it a quarter-width AdaCoF is trained")
+    p.add_argument("--width-scale", type=float, default=0.25, help="width of the trained original (0-1]")
+    p.add_argument("--crop", type=int, default=64, help="training crop size")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--teacher-steps", type=int, default=500, help="training steps of the original")
+    p.add_argument("--sparsify-steps", type=int, default=300, help="OBProx-SG steps")
+    p.add_argument("--finetune-steps", type=int, default=400, help="distillation steps of the small model")
+    p.add_argument("--lambda", dest="lambda_", type=float, default=1e-2, help="l1 strength λ of OBProx-SG")
+    p.add_argument("--sparsify-lr", type=float, default=1e-2,
+                   help="OBProx-SG step size (plain SGD steps: each weight moves ~lr·λ per step toward 0)")
+    p.add_argument("--max-frames", type=int, default=None, help="decode only this many frames per clip")
+    p.add_argument("--val-samples", type=int, default=48, help="validation triplets scored")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if not 0 < args.width_scale <= 1:
+        p.error(f"--width-scale: expected a number in (0, 1], got {args.width_scale}")
+    return args
+
+
+def scaled_widths(scale: float) -> dict[str, tuple[int, ...]]:
+    """The published AdaCoF widths times ``scale`` (residual-coupled widths stay equal)."""
+    from compresskit_adacof.models.adacof import dense_widths
+
+    return {k: tuple(max(4, math.ceil(c * scale)) for c in v) for k, v in dense_widths(5).items()}
+
+
+def build_original(args: argparse.Namespace, train_loader, console: Console) -> torch.nn.Module:
+    if args.checkpoint is not None:
+        console.print(f"original: official AdaCoF from {args.checkpoint}")
+        return ck.create_model("adacof", checkpoint=args.checkpoint)
+    model = ck.create_model("adacof", widths=scaled_widths(args.width_scale))
+    console.print(f"original: AdaCoF at width ×{args.width_scale}, trained {args.teacher_steps} steps on the "
+                  "sample clips (pass --checkpoint for the official weights)")
+    from compresskit_vfi.task import default_loss  # Charbonnier(output, batch[-1])
+
+    ck.train(model, train_loader, default_loss,
+             config=ck.TrainConfig(steps=args.teacher_steps, lr=1e-3, scheduler="none", seed=args.seed,
+                                   checkpoint_every=100),
+             out_dir=args.out / "original", resume=True)
+    return model.eval()
+
+
+def side_by_side(sample, teacher, student, path: Path) -> None:
+    """inputs | ground truth | original | compressed, one row, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from compresskit.io import atomic_write_bytes
+
+    f0, f1, gt = (t.unsqueeze(0) for t in sample)
+    with torch.no_grad():
+        outs = [teacher(f0, f1), student(f0, f1)]
+    from compresskit_vfi.metrics import psnr
+
+    panels = [("frame 0", f0), ("frame 1", f1), ("ground truth", gt),
+              (f"original {float(psnr(outs[0], gt)):.2f} dB", outs[0]),
+              (f"compressed {float(psnr(outs[1], gt)):.2f} dB", outs[1])]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4))
+    for ax, (title, img) in zip(axes, panels):
+        ax.imshow(img[0].clamp(0, 1).permute(1, 2, 0).numpy())
+        ax.set_title(title, fontsize=10)
+        ax.axis("off")
+    fig.tight_layout()
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(buf.getvalue(), path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    console = Console()
+    torch.manual_seed(args.seed)
+    started = time.perf_counter()
+    from compresskit_vfi.data import sample_dataset
+    from compresskit_vfi.evaluate import evaluate
+    from compresskit_vfi.metrics import psnr
+
+    console.print(Panel.fit("compresskit demo: AdaCoF → OBProx-SG → plan → shrink → distill → evaluate",
+                            style="bold"))
+    train_set = sample_dataset("triplet", "train", size=args.crop, max_frames=args.max_frames, seed=args.seed)
+    val_full = sample_dataset("triplet", "val", size=None, max_frames=args.max_frames)
+    stride = max(1, len(val_full) // args.val_samples)
+    val_set = torch.utils.data.Subset(val_full, list(range(0, len(val_full), stride))[: args.val_samples])
+    console.print(f"data: {len(train_set)} training triplets ({args.crop}² crops), {len(val_set)} validation "
+                  f"triplets (whole {tuple(val_full[0][0].shape[-2:])} frames) from the sample clips "
+                  f"{', '.join(c.name for c in train_set.clips)}")
+    g = torch.Generator().manual_seed(args.seed)
+    train_loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size, shuffle=True,
+                                               drop_last=True, generator=g)
+    val_loader = torch.utils.data.DataLoader(val_set, batch_size=1)
+
+    original = build_original(args, train_loader, console)
+
+    result = ck.compress(
+        original, train_loader, teacher=original, val_loader=val_loader,
+        metrics={"psnr": lambda out, batch: psnr(out, batch[-1])},
+        config=ck.CompressConfig(
+            sparsify_steps=args.sparsify_steps, lambda_=args.lambda_, lr=args.sparsify_lr, eps=1e-4,
+            n_prox_steps=args.sparsify_steps // 2, width_rule="linear", coupling="max", min_width=4,
+            init="inherit", finetune_steps=args.finetune_steps, finetune_lr=1e-3, distill_alpha=0.1,
+            distill_loss="laplacian",
+            out_dir=args.out / "compress", seed=args.seed))
+    small = result.model.eval()
+    result.save(args.out / "compressed_model.pt")
+
+    # latency was measured by compress() at the training input size; skip the 480p timing here
+    ev = evaluate({"original": original, "compressed": small}, {"sample-val": val_set}, convention="stmfnet",
+                  runtime=False)
+    ev.print(console)
+    ev.save(args.out)
+    side_by_side(val_full[len(val_full) // 2], original, small, args.out / "side_by_side.png")
+
+    rep = result.report
+    table = Table(title="compresskit demo: before → after", show_lines=False)
+    table.add_column("")
+    table.add_column("original", justify="right")
+    table.add_column("compressed", justify="right")
+    table.add_column("ratio", justify="right")
+    for key, label, fmt in (("params", "parameters", "{:,.0f}"), ("macs", "MACs", "{:,.0f}"),
+                            ("latency_ms", "CPU latency (ms)", "{:.1f}")):
+        b, a = getattr(rep.before, key), getattr(rep.after, key)
+        if b is None or a is None:
+            continue
+        table.add_row(label, fmt.format(b), fmt.format(a), f"{b / a:.2f}×" if a else "")
+    for name in ("psnr", "ssim"):
+        vals = [ev.scores[m]["sample-val"].get(name) for m in ("original", "compressed")]
+        if None not in vals:
+            table.add_row(f"{name.upper()} (sample-val)", f"{vals[0]:.3f}", f"{vals[1]:.3f}",
+                          f"{vals[1] - vals[0]:+.3f}")
+    console.print(table)
+    console.print(f"wrote {args.out}/: compressed_model.pt (rebuild it with ck.load), compress/report.json, "
+                  "compress/densities.png, side_by_side.png, the evaluation JSON and PSNR-vs-parameters PNG")
+    console.print(f"finished in {time.perf_counter() - started:.0f} s")
+    console.print(Panel(RECIPES, title="next", expand=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
