@@ -39,6 +39,8 @@ def _pair(pred: Tensor, gt: Tensor, min_size: int = 1) -> tuple[Tensor, Tensor]:
     for name, t in (("pred", pred), ("gt", gt)):
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be a float tensor in [0, 1], got {t.dtype}")
         if t.dim() not in (3, 4):
             raise ValueError(f"{name} must be (B, C, H, W) or (C, H, W), got shape {tuple(t.shape)}")
     if pred.shape != gt.shape:

@@ -108,6 +108,8 @@ def test_bad_input_names_the_argument():
         ssim_matlab(torch.zeros(8, 8), torch.zeros(8, 8))
     with pytest.raises(ValueError, match="at least 7x7"):
         ssim_skimage(torch.zeros(3, 5, 9), torch.zeros(3, 5, 9))
+    with pytest.raises(TypeError, match="float tensor in"):
+        psnr(torch.zeros(3, 8, 8, dtype=torch.uint8), torch.zeros(3, 8, 8, dtype=torch.uint8))
     with pytest.raises(ValueError, match="reduction"):
         psnr(torch.zeros(3, 8, 8), torch.zeros(3, 8, 8), reduction="sum")
 

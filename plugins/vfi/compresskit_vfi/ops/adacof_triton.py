@@ -29,8 +29,8 @@ def _tap(w_ptr, a_ptr, b_ptr, k_base, t, hw, mask_p, i, j, HP, WP, F, DIL, ACC: 
     av = tl.load(a_ptr + k_base + t * hw, mask=mask_p, other=0.0).to(ACC)
     bv = tl.load(b_ptr + k_base + t * hw, mask=mask_p, other=0.0).to(ACC)
     # offsets past the image only read the border; bounding them keeps the float->int cast defined
-    lim_a = (HP + 1).to(ACC)
-    lim_b = (WP + 1).to(ACC)
+    lim_a = HP + 1.0  # float arithmetic: also right when Triton specialises a size of 1 to a constant
+    lim_b = WP + 1.0
     av = tl.minimum(tl.maximum(av, -lim_a), lim_a)
     bv = tl.minimum(tl.maximum(bv, -lim_b), lim_b)
     ai = av.to(tl.int32)  # fptosi: truncation toward zero, the C cast of the published kernel
