@@ -217,6 +217,12 @@ def test_channel_rule_passes_image_channels_and_freezes_taps():
     assert any("read by meaning" in r for r in kernels.reasons)
 
 
+def test_shrinking_through_the_op_is_exact():
+    # dropping feature channels = zeroing them where the op's output is consumed
+    check = ck.testing.assert_shrink_exact(_Warp().eval(), (torch.rand(1, 3, 8, 8),), keep_fraction=0.5)
+    assert check.shrunk_groups == 1 and check.params_after < check.params_before
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_cuda_matches_cpu(dtype):  # pragma: no cover - needs a GPU
