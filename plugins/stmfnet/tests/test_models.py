@@ -123,3 +123,21 @@ def test_widths_validation():
         STMFNetWidths(heads=(30,))
     with pytest.raises(TypeError, match="widths"):
         STMFNet(widths=[1, 2, 3])
+
+
+def test_onednn_conv3d_matches_reference_conv3d_with_gradients():
+    from compresskit_stmfnet.models.unet3d import Conv3d
+
+    torch.manual_seed(4)
+    fast = Conv3d(4, 6, 3, padding=1, stride=(1, 2, 2))
+    ref = torch.nn.Conv3d(4, 6, 3, padding=1, stride=(1, 2, 2))
+    ref.load_state_dict(fast.state_dict())
+    x = torch.rand(1, 4, 5, 16, 16, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_()
+    out, out_ref = fast(x), ref(x_ref)
+    torch.testing.assert_close(out, out_ref, rtol=1e-5, atol=1e-5)
+    g = torch.rand_like(out)
+    out.backward(g)
+    out_ref.backward(g)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast.weight.grad, ref.weight.grad, rtol=1e-4, atol=1e-5)

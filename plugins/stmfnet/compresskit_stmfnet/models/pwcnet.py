@@ -122,5 +122,5 @@ class PWCNet(nn.Module):
 
     def full_resolution_flow(self, img1: Tensor, img2: Tensor) -> Tensor:
         """Flow in pixels at the input size: ``20 · resize(forward)`` (the vectors are not rescaled)."""
-        flow = self.forward(img1, img2)
+        flow = self(img1, img2)
         return 20.0 * F.interpolate(flow, size=img1.shape[2:], mode="bilinear", align_corners=False)

@@ -15,6 +15,7 @@ bottom/right to a multiple of 128 and the result cropped back):
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -206,3 +207,82 @@ class STMFNet(nn.Module):
         coarse = self.scale_synthesis(torch.cat(warp_2x, 1), torch.cat(warp_1x, 1), torch.cat(warp_half, 1))
         residual = self.dyntex_generator(torch.stack([I0, I1, coarse, I2, I3], 2))
         return (coarse + residual)[:, :, :h, :w]
+
+
+# ------------------------------------------------------------------------------------- plans and branches
+def flow_branch_density(model: STMFNet) -> float:
+    """Fraction of nonzero GridNet weights that read the softmax-splatted frames (input channels 6–11 of
+    ``scale_synthesis.lateral_1_0``): 0 means the flow branch no longer affects the output."""
+    if not model.flow:
+        return 0.0
+    lateral = model.scale_synthesis.lateral_1_0
+    convs = [lateral.f[1]] + ([lateral.conv] if lateral.conv is not None else [])
+    reads = torch.cat([c.weight.detach()[:, 6:].flatten() for c in convs])
+    return float((reads != 0).float().mean())
+
+
+def drop_flow_branch(model: STMFNet) -> STMFNet:
+    """A copy without the PWC-Net, the importance metric and the GridNet inputs of the splatted frames.
+
+    Exact (same output) when :func:`flow_branch_density` is 0; otherwise the splats' contribution is lost."""
+    small = copy.deepcopy(model)
+    if not small.flow:
+        return small
+    del small.flow_estimator, small.metric
+    lateral = small.scale_synthesis.lateral_1_0
+    for holder, key in ((lateral.f, "1"), (lateral, "conv")):
+        old = holder._modules[key]
+        if old is None:
+            continue
+        new = nn.Conv2d(6, old.out_channels, old.kernel_size, old.stride, old.padding,
+                        bias=old.bias is not None)
+        with torch.no_grad():
+            new.weight.copy_(old.weight[:, :6])
+            if old.bias is not None:
+                new.bias.copy_(old.bias)
+        holder._modules[key] = new.to(old.weight.device, old.weight.dtype)
+    small.flow = False
+    return small
+
+
+def _round_up(c: int, multiple: int) -> int:
+    return max(multiple, -(-c // multiple) * multiple)
+
+
+def summarize_widths(model: STMFNet) -> STMFNetWidths:
+    """One width per part of a (shrunk) ST-MFNet: the widest layer of each part, feature-extractor widths
+    rounded up to a multiple of 32 (grouped convs). ``STMFNet(summarize_widths(m))`` is a uniform model at
+    least as wide as ``m`` everywhere."""
+    fe = model.feature_extractor
+
+    def block_width(block: nn.Module) -> int:
+        small, large = block.resnext_small, block.resnext_large
+        return max(small.conv1.out_channels, large.conv1.out_channels,
+                   small.conv3.out_channels + large.conv3.out_channels)
+
+    stages = [(fe.conv1, fe.deconv1), (fe.conv2, fe.deconv2), (fe.conv3, fe.deconv3), (fe.conv4, fe.deconv4)]
+    features = tuple(_round_up(max(block_width(a), block_width(b)), 32) for a, b in stages)
+    heads = list(model.get_kernel.children())
+    hidden = (max(h[0].out_channels for h in heads), max(h[2].out_channels for h in heads))
+    grid = []
+    gn = model.scale_synthesis
+    for i in range(3):
+        outs = [m.out_channels for name, blk in gn.named_children() if name.startswith(f"lateral_{i}_")
+                for m in blk.modules() if isinstance(m, nn.Conv2d)]
+        for name, blk in gn.named_children():
+            if name.startswith(f"down_{i - 1}_"):
+                outs.append(blk.f[3].out_channels)
+            elif name.startswith(f"up_{i}_"):
+                outs.append(blk.f[4].out_channels)
+        grid.append(max(outs))
+    enc = model.dyntex_generator.encoder
+    unet = [max(m.out_channels for m in getattr(enc, f"layer{k}").modules() if isinstance(m, nn.Conv3d))
+            for k in (1, 2, 3, 4)]
+    unet[0] = max(unet[0], enc.stem[0].out_channels)
+    dec = model.dyntex_generator.decoder
+    dec_out = [dec[0].conv[0].out_channels, dec[1].upconv[0].out_channels, dec[2].upconv[0].out_channels,
+               dec[3].conv[0].out_channels, dec[4].upconv[0].out_channels]
+    for k, w in zip((2, 1, 0, 0, 0), dec_out):
+        unet[k] = max(unet[k], w)
+    fuse = model.dyntex_generator.feature_fuse[0].out_channels
+    return STMFNetWidths(features=features, heads=hidden, grid=tuple(grid), unet=tuple(unet), fuse=fuse)

@@ -1,0 +1,412 @@
+"""The ST-MFNet Mini recipe (Morris et al.) on compresskit's pieces, resumable stage by stage.
+
+Phase I  — OBProx-SG on the pretrained ST-MFNet (λ 1e-4, lr 1e-3, eps 1e-4, Np = 2 epochs of Prox-SG
+           steps then orthant steps, 20 epochs, Laplacian loss) → per-layer densities → ``plan_widths``
+           (the Mini paper's ceil(d·C) rule, back to front) → ``shrink`` → the compressed architecture,
+           decided by compresskit and printed beside the published Mini widths. A branch whose density
+           collapses (the flow branch: the GridNet weights reading the softmax-splatted frames) is dropped.
+Phase II — the compressed student trained from scratch with ``0.1·Lap(S, GT) + Lap(S, T)`` (``ck.distill``;
+           teacher frozen, in eval mode), Adamax 1e-3, batch 2, 256 crops, flips and time reversal,
+           StepLR(20, 0.5), on Vimeo-90K septuplets + BVI-DVC; evaluation with the ST-MFNet conventions
+           on UCF101, DAVIS-90 (every frame) and SNU-FILM (four levels), written as the paper's Table 1.
+
+Every stage writes into ``out_dir/<stage>/`` and is skipped on a rerun once done; an interrupted training
+stage continues from its last checkpoint (``ck.train`` / ``ck.distill``). ``smoke=True`` runs the same code
+path on the embedded sample clips with a few steps per stage.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
+
+import compresskit as ck
+from compresskit.config import Config
+from compresskit.io import atomic_torch_save, atomic_write_json, atomic_write_text
+from compresskit.sparsify.obproxsg import l1_param_groups
+from compresskit_stmfnet.models import STMFNET_MINI_WIDTHS, STMFNet
+from compresskit_stmfnet.models.stmfnet import drop_flow_branch, flow_branch_density, summarize_widths
+
+__all__ = ["MiniRecipeConfig", "run", "PUBLISHED", "build_student", "widths_table", "paper_table"]
+
+#: Table 1 of the Mini paper (PSNR, SSIM) per test set; VFI_MODELS.md
+PUBLISHED: dict[str, dict[str, tuple[float, float | None]]] = {
+    "ST-MFNet": {"ucf101": (33.384, 0.970), "davis": (28.287, 0.895), "snufilm_easy": (40.775, None),
+                 "snufilm_medium": (37.111, None), "snufilm_hard": (31.698, None),
+                 "snufilm_extreme": (25.810, None)},
+    "ST-MFNet Mini": {"ucf101": (33.070, 0.969), "davis": (26.335, 0.855), "snufilm_easy": (40.982, 0.992),
+                      "snufilm_medium": (36.127, 0.982), "snufilm_hard": (30.914, 0.950),
+                      "snufilm_extreme": (25.877, 0.894)},
+    "ST-MFNet Mini w/o KD": {"ucf101": (33.013, None), "davis": (26.013, None),
+                             "snufilm_easy": (40.826, None), "snufilm_medium": (35.858, None),
+                             "snufilm_hard": (30.724, None), "snufilm_extreme": (25.726, None)},
+}
+PUBLISHED_PARAMS = {"ST-MFNet": 21_028_799, "ST-MFNet Mini": 1_822_162, "ST-MFNet Mini w/o KD": 1_822_162}
+TEST_SETS = ("ucf101", "davis", "snufilm_easy", "snufilm_medium", "snufilm_hard", "snufilm_extreme")
+
+
+class MiniRecipeConfig(Config):
+    """Published settings by default; dataset roots and the ST-MFNet checkpoint are local paths."""
+
+    out_dir: Path = Field(..., description="where every stage writes its checkpoints, reports and table")
+    smoke: bool = Field(False, description="run on the embedded sample clips with `smoke_steps` per stage")
+    smoke_steps: int = Field(4, ge=1, description="optimizer steps per training stage in smoke mode")
+    smoke_size: int = Field(64, ge=32, description="crop size of the smoke run's samples")
+    smoke_eval_samples: int = Field(2, ge=1, description="samples per test set in smoke mode")
+    smoke_lambda: float = Field(
+        2.0, ge=0, description="OBProx-SG λ of the smoke run: large, so that a few steps already sparsify")
+    smoke_widths: dict[str, Any] = Field(
+        default_factory=lambda: {"features": [32, 32, 64, 64], "heads": [16, 16], "grid": [8, 16, 24],
+                                 "unet": [8, 8, 16, 16], "fuse": 8},
+        description="widths of the smoke run's ST-MFNet (flow branch included): the full one takes "
+                    "minutes per step on a CPU")
+    # data and weights
+    vimeo_septuplet_dir: Path | None = Field(None, description="Vimeo-90K septuplet root (sep_trainlist.txt)")
+    bvidvc_dir: Path | None = Field(None, description="BVI-DVC quintuplet strips root")
+    ucf101_dir: Path | None = Field(None, description="UCF101 QVI quintuplets root (100 clips)")
+    davis_dir: Path | None = Field(None, description="DAVIS root (every frame is scored)")
+    snufilm_dir: Path | None = Field(None, description="SNU-FILM root (test-easy.txt ... test-extreme.txt)")
+    stmfnet_checkpoint: Path | None = Field(None, description="pretrained ST-MFNet (official layout)")
+    pwcnet_checkpoint: Path | None = Field(
+        None, description="PWC-Net 'default' weights (netExtractor…netRefiner keys) if not in the checkpoint")
+    # Phase I
+    sparsify_lambda: float = Field(1e-4, ge=0, description="OBProx-SG λ")
+    sparsify_lr: float = Field(1e-3, gt=0, description="OBProx-SG learning rate")
+    sparsify_eps: float = Field(1e-4, ge=0, description="OBProx-SG orthant threshold")
+    sparsify_prox_epochs: float = Field(2, ge=0, description="Np: epochs of Prox-SG steps, then orthant")
+    sparsify_epochs: int = Field(20, ge=1, description="epochs of Phase I")
+    sparsify_batch: int = Field(2, ge=1, description="batch size of Phase I")
+    width_rule: Literal["linear", "sqrt"] = Field("linear", description="'linear': Mini's ceil(d·C)")
+    coupling: Literal["max", "min", "mean"] = Field("max", description="one width per coupled group")
+    drop_flow: Literal["auto", "always", "never"] = Field(
+        "auto", description="drop the flow branch: when its density collapses (auto), always, or never")
+    flow_collapse_density: float = Field(
+        0.05, ge=0, le=1, description="auto: drop the flow branch below this density")
+    student: Literal["plan", "uniform"] = Field(
+        "plan", description="'plan': the shrunk model, layer by layer; 'uniform': STMFNet(widths=summary)")
+    # Phase II
+    distill_epochs: int = Field(70, ge=0, description="epochs of Phase II (not stated in the reference)")
+    batch: int = Field(2, ge=1, description="batch size of Phase II")
+    crop: int = Field(256, ge=32, description="random crop of Phase II")
+    alpha: float = Field(0.1, ge=0, description="weight of Lap(S, GT); Lap(S, T) has weight 1")
+    lr: float = Field(1e-3, gt=0, description="Adamax learning rate of Phase II")
+    step_size: int = Field(20, ge=1, description="StepLR period in epochs")
+    gamma: float = Field(0.5, gt=0, description="StepLR factor")
+    # evaluation and running
+    eval_limit: int | None = Field(None, ge=1, description="score only the first N samples of each test set")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda', ...")
+    seed: int = Field(0, ge=0, description="seed of the data order and the initialisations")
+    progress: bool = Field(True, description="rich progress bars")
+
+
+# ------------------------------------------------------------------------------------------------ data
+def _train_set(cfg: MiniRecipeConfig) -> Dataset:
+    if cfg.smoke:
+        from compresskit_vfi.data.samples import sample_dataset
+
+        return sample_dataset("quintuplet", "train", size=cfg.smoke_size, seed=cfg.seed)
+    from compresskit_vfi.data.datasets import BVIDVCQuintuplets, Vimeo90KSeptuplet
+    from compresskit_vfi.data.transforms import train_transform
+
+    if cfg.vimeo_septuplet_dir is None and cfg.bvidvc_dir is None:
+        raise ValueError("vimeo_septuplet_dir / bvidvc_dir: the Mini recipe trains on Vimeo-90K septuplets + "
+                         "BVI-DVC; give at least one root folder (or use smoke=True for the sample clips)")
+    parts: list[Dataset] = []
+    if cfg.vimeo_septuplet_dir is not None:
+        parts.append(Vimeo90KSeptuplet(cfg.vimeo_septuplet_dir, "train",
+                                       transform=train_transform(cfg.crop, seed=cfg.seed)))
+    if cfg.bvidvc_dir is not None:
+        parts.append(BVIDVCQuintuplets(cfg.bvidvc_dir,
+                                       transform=train_transform(cfg.crop, seed=cfg.seed + 1)))
+    return parts[0] if len(parts) == 1 else ConcatDataset(parts)
+
+
+def _test_sets(cfg: MiniRecipeConfig) -> dict[str, Dataset]:
+    if cfg.smoke:
+        from compresskit_vfi.data.samples import sample_dataset
+
+        ds = sample_dataset("quintuplet", "val", size=cfg.smoke_size)
+        return {"sample_val": Subset(ds, range(min(len(ds), cfg.smoke_eval_samples)))}
+    from compresskit_vfi.data.datasets import DAVIS90, SNUFILM, UCF101QVI
+
+    sets: dict[str, Dataset] = {}
+    if cfg.ucf101_dir is not None:
+        sets["ucf101"] = UCF101QVI(cfg.ucf101_dir)
+    if cfg.davis_dir is not None:
+        sets["davis"] = DAVIS90(cfg.davis_dir, kind="quintuplet")
+    if cfg.snufilm_dir is not None:
+        for level in ("easy", "medium", "hard", "extreme"):
+            sets[f"snufilm_{level}"] = SNUFILM(cfg.snufilm_dir, level=level, kind="quintuplet")
+    if not sets:
+        raise ValueError("no test set: give ucf101_dir, davis_dir and/or snufilm_dir")
+    return sets
+
+
+def _loader(ds: Dataset, batch: int, cfg: MiniRecipeConfig) -> DataLoader:
+    return DataLoader(ds, batch_size=batch, shuffle=True, drop_last=len(ds) >= batch,
+                      num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
+
+
+def _laplacian_to_target(output: torch.Tensor, batch: Any) -> torch.Tensor:
+    """Phase I loss: the Laplacian pyramid loss (5 levels) of the output against the batch's target."""
+    return _LAPLACIAN(output, batch[-1])
+
+
+_LAPLACIAN = ck.get_loss("laplacian")
+
+
+def _train_config(cfg: MiniRecipeConfig, epochs: int, lr: float, **kw: Any) -> dict[str, Any]:
+    if cfg.smoke:
+        return dict(steps=cfg.smoke_steps, lr=lr, device=cfg.device, seed=cfg.seed, progress=cfg.progress,
+                    log_every=1, **kw)
+    return dict(epochs=epochs, lr=lr, step_size=cfg.step_size, gamma=cfg.gamma, device=cfg.device,
+                seed=cfg.seed, progress=cfg.progress, **kw)
+
+
+def _example(cfg: MiniRecipeConfig) -> tuple[torch.Tensor, ...]:
+    size = cfg.smoke_size if cfg.smoke else 256
+    return tuple(torch.zeros(1, 3, size, size) for _ in range(4))
+
+
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# --------------------------------------------------------------------------------------------- Phase I
+def load_teacher(cfg: MiniRecipeConfig) -> STMFNet:
+    """The pretrained ST-MFNet (PWC-Net frozen); in smoke mode a seeded random one of ``smoke_widths``."""
+    torch.manual_seed(cfg.seed)
+    model = STMFNet(cfg.smoke_widths if cfg.smoke else None)
+    if cfg.stmfnet_checkpoint is not None:
+        ck.load_state_dict_strict(model, cfg.stmfnet_checkpoint)
+    elif not cfg.smoke:
+        raise ValueError("stmfnet_checkpoint: Phase I sparsifies the pretrained ST-MFNet; give the official "
+                         "checkpoint file")
+    if cfg.pwcnet_checkpoint is not None:
+        ck.load_state_dict_strict(model.flow_estimator, cfg.pwcnet_checkpoint)
+    return model
+
+
+def stage_sparsify(cfg: MiniRecipeConfig, data: Dataset, console: Console) -> STMFNet:
+    """OBProx-SG on ST-MFNet; writes ``sparsify/done.pt`` and ``sparsify/densities.json``."""
+    out = cfg.out_dir / "sparsify"
+    model = load_teacher(cfg)
+    if (out / "done.pt").is_file():
+        model.load_state_dict(torch.load(out / "done.pt", map_location="cpu", weights_only=True))
+        console.print(f"[green]Phase I sparsify[/]: done ({out / 'done.pt'})")
+        return model
+    batch = 2 if cfg.smoke else cfg.sparsify_batch
+    loader = _loader(data, batch, cfg)
+    schedule = ({"n_prox_steps": cfg.smoke_steps // 2, "n_orthant_steps": None} if cfg.smoke
+                else ck.steps_from_epochs(cfg.sparsify_prox_epochs, len(loader)))
+    lam = cfg.smoke_lambda if cfg.smoke else cfg.sparsify_lambda
+    console.print(f"[bold]Phase I sparsify[/]: OBProx-SG λ={lam}, lr={cfg.sparsify_lr}, "
+                  f"eps={cfg.sparsify_eps}, {schedule['n_prox_steps']} Prox-SG steps then orthant steps, "
+                  f"Laplacian loss, {len(data)} samples")
+    # the paper puts the l1 penalty on every trainable parameter (the PWC-Net is frozen)
+    opt = ck.OBProxSG(l1_param_groups(model, lam), lr=cfg.sparsify_lr, lambda_=lam, eps=cfg.sparsify_eps,
+                      **schedule)
+    config = ck.TrainConfig(**_train_config(cfg, cfg.sparsify_epochs, cfg.sparsify_lr, scheduler="none"))
+    ck.train(model, loader, _laplacian_to_target, optimizer=opt, config=config, out_dir=out / "train",
+             resume=True)
+    densities = ck.layer_densities(model)
+    atomic_write_json(densities, out / "densities.json")
+    atomic_torch_save(model.state_dict(), out / "done.pt")
+    return model
+
+
+def density_report(densities: Mapping[str, float]) -> Table:
+    """Mean density per top-level part (and overall, weighted by size), as the paper reports it."""
+    table = Table(title="Phase I: density per part (mean over its layers)")
+    table.add_column("part")
+    table.add_column("layers", justify="right")
+    table.add_column("mean density", justify="right")
+    parts: dict[str, list[float]] = {}
+    for name, d in densities.items():
+        top = name.split(".")[0]
+        if top == "get_kernel":
+            top = "get_kernel." + name.split(".")[1].removeprefix("module")
+        parts.setdefault(top, []).append(d)
+    for part, ds in parts.items():
+        table.add_row(part, str(len(ds)), f"{sum(ds) / len(ds):.3f}")
+    return table
+
+
+def _decide_flow(cfg: MiniRecipeConfig, sparse: STMFNet) -> tuple[bool, float]:
+    density = flow_branch_density(sparse)
+    drop = cfg.drop_flow == "always" or (cfg.drop_flow == "auto" and density <= cfg.flow_collapse_density)
+    return drop, density
+
+
+def build_student(sparse: STMFNet, plan: Any, drop_flow: bool, example: tuple[torch.Tensor, ...],
+                  mode: Literal["plan", "uniform"] = "plan", seed: int = 0) -> STMFNet:
+    """The compressed architecture from a width plan, freshly initialised (trained from scratch in Phase II).
+
+    ``mode="plan"``: ``ck.shrink(sparse, graph, plan, init="reinit")`` layer by layer, then the flow branch
+    dropped if asked; ``"uniform"``: ``STMFNet(widths=summarize_widths(that))`` (one width per part)."""
+    graph = ck.trace(sparse, example)
+    if isinstance(plan, Mapping):
+        from compresskit.shrink.plan import WidthPlan
+
+        plan = WidthPlan.from_dict(dict(plan))
+    torch.manual_seed(seed)
+    small = ck.shrink(sparse, graph, plan=plan, init="reinit")
+    if drop_flow:
+        small = drop_flow_branch(small)
+    if mode == "uniform":
+        torch.manual_seed(seed)
+        small = STMFNet(summarize_widths(small), flow=not drop_flow)
+    return small
+
+
+def stage_plan(cfg: MiniRecipeConfig, sparse: STMFNet, console: Console) -> tuple[STMFNet, dict]:
+    """Densities → plan → compressed student; writes ``plan/plan.json`` (rebuilt from it on a rerun)."""
+    out = cfg.out_dir / "plan"
+    if (out / "plan.json").is_file():
+        info = json.loads((out / "plan.json").read_text())
+        student = build_student(sparse, info["plan"], info["drop_flow"], _example(cfg), cfg.student, cfg.seed)
+        console.print(f"[green]Phase I plan[/]: done ({out / 'plan.json'})")
+        return student, info
+    densities = ck.layer_densities(sparse)
+    console.print(density_report(densities))
+    drop, branch_density = _decide_flow(cfg, sparse)
+    console.print(f"flow branch density (GridNet weights reading the splatted frames): {branch_density:.3f} "
+                  f"→ {'dropped' if drop else 'kept'} (drop_flow={cfg.drop_flow})")
+    graph = ck.trace(sparse, _example(cfg))
+    plan = ck.plan_widths(graph, densities, rule=cfg.width_rule, coupling=cfg.coupling)
+    student = build_student(sparse, plan, drop, _example(cfg), cfg.student, cfg.seed)
+    widths = summarize_widths(student).to_dict()
+    info = {"plan": plan.to_dict(), "drop_flow": drop, "flow_branch_density": branch_density,
+            "widths": widths, "params": {"stmfnet": _params(sparse), "student": _params(student)},
+            "overall_density": _overall_density(sparse)}
+    atomic_write_json(info, out / "plan.json")
+    console.print(widths_table(widths, drop, _params(student)))
+    return student, info
+
+
+def _overall_density(model: nn.Module) -> float:
+    """Nonzeros / size over every trainable weight of ≥ 2 dims (the paper's ≈ 0.24 at the end of Phase I)."""
+    nz = total = 0
+    for p in model.parameters():
+        if p.requires_grad and p.dim() >= 2:
+            nz += int((p != 0).sum())
+            total += p.numel()
+    return nz / max(total, 1)
+
+
+def widths_table(widths: Mapping[str, Any], dropped_flow: bool, params: int) -> Table:
+    """The compressed architecture decided by compresskit beside the published ST-MFNet Mini."""
+    mini = STMFNET_MINI_WIDTHS.to_dict()
+    table = Table(title="compressed architecture: compresskit's plan vs the published ST-MFNet Mini")
+    table.add_column("part")
+    table.add_column("compresskit", justify="right")
+    table.add_column("published Mini", justify="right")
+    names = {"features": "feature extractor stages", "heads": "kernel-head hidden convs",
+             "grid": "GridNet rows", "unet": "3-D U-Net layers", "fuse": "fusion conv"}
+    for key, label in names.items():
+        table.add_row(label, str(widths[key]), str(mini[key]))
+    table.add_row("flow branch", "dropped" if dropped_flow else "kept", "dropped")
+    table.add_row("parameters", f"{params:,}", f"{PUBLISHED_PARAMS['ST-MFNet Mini']:,}")
+    return table
+
+
+# -------------------------------------------------------------------------------------------- Phase II
+def stage_distill(cfg: MiniRecipeConfig, student: STMFNet, teacher: STMFNet, data: Dataset,
+                  console: Console) -> STMFNet:
+    """``0.1·Lap(S, GT) + Lap(S, T)`` from scratch; writes ``distill/done.pt`` and ``stmfnet_mini.pth``."""
+    out = cfg.out_dir / "distill"
+    if (out / "done.pt").is_file():
+        student.load_state_dict(torch.load(out / "done.pt", map_location="cpu", weights_only=True))
+        console.print(f"[green]Phase II distill[/]: done ({out / 'done.pt'})")
+        return student
+    batch = 2 if cfg.smoke else cfg.batch
+    console.print(f"[bold]Phase II distill[/]: {cfg.alpha}·Lap(S, GT) + Lap(S, T), Adamax {cfg.lr}, batch "
+                  f"{batch}, StepLR({cfg.step_size}, {cfg.gamma}), {len(data)} samples")
+    config = ck.DistillConfig(**_train_config(cfg, cfg.distill_epochs, cfg.lr, optimizer="adamax"),
+                              alpha=cfg.alpha, student_loss="laplacian", distill_loss="laplacian")
+    ck.distill(student, teacher, _loader(data, batch, cfg), config=config, out_dir=out / "train", resume=True)
+    atomic_torch_save({"state_dict": student.state_dict()}, out / "stmfnet_mini.pth")
+    atomic_torch_save(student.state_dict(), out / "done.pt")
+    return student
+
+
+def stage_evaluate(cfg: MiniRecipeConfig, models: Mapping[str, nn.Module], console: Console) -> dict:
+    """ST-MFNet conventions; writes ``evaluate/results.json`` and ``table.md``."""
+    from compresskit_vfi.evaluate import EvaluationResult, evaluate
+
+    out = cfg.out_dir / "evaluate"
+    if (out / "results.json").is_file():
+        result = EvaluationResult.from_dict(json.loads((out / "results.json").read_text()))
+        console.print(f"[green]evaluate[/]: done ({out / 'results.json'})")
+    else:
+        limit = cfg.smoke_eval_samples if cfg.smoke else cfg.eval_limit
+        device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else (
+            "cpu" if cfg.device == "auto" else cfg.device)
+        result = evaluate(dict(models), _test_sets(cfg), convention="stmfnet", device=device,
+                          runtime=not cfg.smoke, macs=not cfg.smoke, limit=limit, progress=cfg.progress,
+                          console=console)
+        result.save_json(out / "results.json")
+    text = paper_table(result.to_dict())
+    atomic_write_text(text, cfg.out_dir / "table.md")
+    console.print(text)
+    return result.to_dict()
+
+
+def paper_table(results: Mapping[str, Any]) -> str:
+    """Markdown table in the layout of the Mini paper's Table 1: published rows, then ours, PSNR/SSIM."""
+    sets = list(TEST_SETS)
+    ours_sets = [d for per in results["scores"].values() for d in per]
+    sets += [d for d in dict.fromkeys(ours_sets) if d not in sets]
+    header = "| model | params | " + " | ".join(f"{d} PSNR / SSIM" for d in sets) + " |"
+    lines = [header, "|" + "---|" * (len(sets) + 2)]
+
+    def cell(psnr: float | None, ssim: float | None) -> str:
+        def fmt(v: float | None, digits: int) -> str:
+            return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+        return f"{fmt(psnr, 3)} / {fmt(ssim, 3)}"
+
+    for name, scores in PUBLISHED.items():
+        row = [cell(*scores[d]) if d in scores else "-" for d in sets]
+        lines.append(f"| {name} (published) | {PUBLISHED_PARAMS[name]:,} | " + " | ".join(row) + " |")
+    for name, per in results["scores"].items():
+        row = [cell(per[d]["psnr"], per[d].get("ssim")) if d in per else "-" for d in sets]
+        params = results["models"].get(name, {}).get("params")
+        lines.append(f"| {name} (ours) | {params:,} | " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def run(cfg: MiniRecipeConfig, console: Console | None = None,
+        stop_after: Literal["sparsify", "plan", "distill", "evaluate"] = "evaluate") -> dict:
+    """Run (or resume) the whole recipe; returns ``{"plan", "evaluation"}``."""
+    console = console or Console(quiet=not cfg.progress)
+    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    cfg.dump(cfg.out_dir / "config.json")
+    data = _train_set(cfg)
+    summary: dict[str, Any] = {}
+    sparse = stage_sparsify(cfg, data, console)
+    if stop_after == "sparsify":
+        return summary
+    student, info = stage_plan(cfg, sparse, console)
+    summary["plan"] = {k: v for k, v in info.items() if k != "plan"}
+    if stop_after == "plan":
+        return summary
+    teacher = load_teacher(cfg).eval()  # the original pretrained ST-MFNet, not the sparsified one
+    student = stage_distill(cfg, student, teacher, data, console)
+    if stop_after == "distill":
+        return summary
+    models = {"ST-MFNet": teacher, "ST-MFNet Mini": student.eval()}
+    summary["evaluation"] = stage_evaluate(cfg, models, console)
+    atomic_write_json(summary, cfg.out_dir / "summary.json")
+    return summary
