@@ -6,14 +6,15 @@ Questions (CDFI paper, and the ``one op call per kernel set`` design of compress
 - how much does warping the frame and the 5-level pyramid in ONE op call per kernel set (2 calls) save over
   the published structure (12 separate calls)?
 
-Times are medians of ``--repeats`` forward passes (``compresskit.report.measure_latency``, inference mode,
-batch 1) with ``--threads`` torch threads, every model and input in ``--memory-format`` (channels_last by
-default: oneDNN's convolutions are much faster in NHWC for the compressed models' odd widths); MACs
+Times come from ``--repeats`` forward passes per model (inference mode, batch 1), the models taking turns
+so that a change of load hits all of them alike, with ``--threads`` torch threads, every model and input
+in ``--memory-format`` (channels_last by default: oneDNN's convolutions are much faster in NHWC for the
+compressed models' odd widths); MACs
 count convolutions only (``compresskit.report.count_macs``; the AdaCoF op and element-wise work are not
 counted). Ratios compare the minimum times, which other load on a shared machine can only lengthen.
 Results print as a rich table and, with ``--json``, are written atomically as JSON.
 
-    .venv/bin/python benchmarks/adacof_speed.py [--size 256] [--threads 1] [--repeats 5]
+    .venv/bin/python benchmarks/adacof_speed.py [--size 256] [--threads 1] [--repeats 7]
         [--memory-format channels_last|contiguous] [--json out.json]
 """
 
@@ -21,14 +22,17 @@ from __future__ import annotations
 
 import argparse
 import platform
+import statistics
+import time
 
 import torch
 from compresskit_adacof.models import CDFI, AdaCoF, compressed_widths
 from rich.console import Console
+from rich.progress import Progress
 from rich.table import Table
 
 from compresskit.io import atomic_write_json
-from compresskit.report import count_macs, count_params, measure_latency
+from compresskit.report import count_macs, count_params
 
 MODELS = {
     "AdaCoF (F=5, d=1)": lambda: AdaCoF(5, 1),
@@ -48,11 +52,28 @@ RATIOS = (
 )
 
 
+def interleaved_times(models: dict[str, torch.nn.Module], inputs: tuple[torch.Tensor, ...], repeats: int,
+                      warmup: int, console: Console) -> dict[str, list[float]]:
+    """Milliseconds of ``repeats`` forward passes per model, the models taking turns (round robin), so
+    that a change of load on a shared machine hits every model alike; ``warmup`` untimed passes first."""
+    times: dict[str, list[float]] = {name: [] for name in models}
+    with torch.inference_mode(), Progress(*Progress.get_default_columns(), console=console) as progress:
+        task = progress.add_task("timing", total=(warmup + repeats) * len(models))
+        for r in range(warmup + repeats):
+            for name, model in models.items():
+                start = time.perf_counter()
+                model(*inputs)
+                if r >= warmup:
+                    times[name].append((time.perf_counter() - start) * 1e3)
+                progress.advance(task)
+    return times
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=256, help="frame height and width")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--repeats", type=int, default=5, help="timed forward passes per model")
+    parser.add_argument("--repeats", type=int, default=7, help="timed forward passes per model")
     parser.add_argument("--warmup", type=int, default=1, help="untimed forward passes per model")
     parser.add_argument("--memory-format", choices=("channels_last", "contiguous"), default="channels_last",
                         help="memory layout of every model and input")
@@ -65,14 +86,12 @@ def main(argv: list[str] | None = None) -> dict:
     layout = torch.channels_last if args.memory_format == "channels_last" else torch.contiguous_format
     frames = tuple(f.contiguous(memory_format=layout) for f in torch.rand(2, 1, 3, args.size, args.size))
     console = Console()
+    models = {name: build().eval().to(memory_format=layout) for name, build in MODELS.items()}
+    times = interleaved_times(models, frames, args.repeats, args.warmup, console)
     rows = {}
-    with console.status("timing") as status:
-        for name, build in MODELS.items():
-            status.update(f"timing {name}")
-            model = build().eval().to(memory_format=layout)
-            latency = measure_latency(model, frames, repeats=args.repeats, warmup=args.warmup)
-            rows[name] = {"params": count_params(model), "conv_macs": count_macs(model, frames),
-                          "median_ms": latency["median_ms"], "min_ms": latency["min_ms"]}
+    for name, model in models.items():
+        rows[name] = {"params": count_params(model), "conv_macs": count_macs(model, frames),
+                      "median_ms": statistics.median(times[name]), "min_ms": min(times[name])}
     ratios = []
     for label, num, den, goal, op in RATIOS:
         value = rows[num]["min_ms"] / rows[den]["min_ms"]
