@@ -189,6 +189,113 @@ def test_split_sizes_and_chunks() -> None:
     ck.testing.assert_shrink_exact(SplitModel(None), x)
 
 
+class SegmentSplit(nn.Module):
+    """Two convs (6 and 10 channels) concatenated, then taken apart again by ``mode``; each part feeds a
+    conv of its own."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+        self.a, self.b = nn.Conv2d(3, 6, 1), nn.Conv2d(3, 10, 1)
+        self.p, self.q = nn.Conv2d(6, 4, 3, padding=1), nn.Conv2d(10, 4, 1)
+        self.out = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = torch.relu(self.a(x)), self.b(x)
+        y = torch.cat([a, b], 1)
+        if self.mode == "split_shapes":
+            u, v = torch.split(y, [a.shape[1], b.shape[1]], 1)
+        elif self.mode == "split_method":
+            u, v = y.split([a.size(1), b.size(1)], dim=1)
+        elif self.mode == "split_with_sizes":
+            u, v = torch.split_with_sizes(y, [a.shape[1], y.shape[1] - a.shape[1]], 1)
+        elif self.mode == "slices":
+            c1 = a.shape[1]
+            u, v = y[:, :c1], y[:, c1:]
+        elif self.mode == "negative_slice":
+            u, v = y[:, : -b.shape[1]], y[:, -b.shape[1] :]
+        elif self.mode == "narrow":
+            u, v = y.narrow(1, 0, a.shape[1]), torch.narrow(y, 1, a.shape[1], b.shape[1])
+        elif self.mode == "split_literal":
+            u, v = torch.split(y, [6, 10], 1)
+        elif self.mode == "slice_literal":
+            u, v = y[:, :6], y[:, 6:]
+        elif self.mode == "narrow_literal":
+            u, v = y.narrow(1, 0, 6), y.narrow(1, 6, 10)
+        elif self.mode == "split_inside":  # computed sizes, but in the wrong order: 10 | 6
+            w, z = torch.split(y, [b.shape[1], a.shape[1]], 1)
+            u, v = z, w
+        elif self.mode == "slice_inside":  # computed bound, but 10 falls inside b's segment 6:16
+            u, v = y[:, b.shape[1] :], y[:, : b.shape[1]]
+        else:
+            raise ValueError(self.mode)
+        return self.out(self.p(u) + self.q(v))
+
+
+@pytest.mark.parametrize(
+    "mode", ["split_shapes", "split_method", "split_with_sizes", "slices", "negative_slice", "narrow"]
+)
+def test_split_and_slices_computed_from_shapes_take_the_concat_segments(mode: str) -> None:
+    x = torch.randn(2, 3, 5, 5)
+    model = SegmentSplit(mode)
+    g = ck.trace(model, x)
+    a, b = _group_of(g, "a.weight", 0), _group_of(g, "b.weight", 0)
+    assert a.prunable and b.prunable, g.explain(a.id) + "\n" + g.explain(b.id)
+    assert (a.size, b.size) == (6, 10)
+    assert a.consumers == ["p"] and b.consumers == ["q"]  # each part is exactly its segment
+    check = ck.testing.assert_shrink_exact(model, x, graph=g)
+    assert {a.id, b.id} <= set(check.keep)
+
+
+@pytest.mark.parametrize(
+    ("mode", "frozen", "reason"),
+    [
+        ("split_literal", "ab", "hard-coded split sizes [6, 10]"),
+        ("narrow_literal", "ab", "hard-coded start, length"),
+        # y[:, :6] pins a's 6 channels; y[:, 6:] then takes "the rest", which b may shrink
+        ("slice_literal", "a", "hard-coded bounds [:6]"),
+        ("split_inside", "ab", "a boundary falls inside a segment"),
+        ("slice_inside", "ab", "a boundary falls inside a segment"),
+    ],
+)
+def test_split_and_slices_with_literal_sizes_or_inside_a_segment_are_frozen(
+    mode: str, frozen: str, reason: str
+) -> None:
+    x = torch.randn(2, 3, 5, 5)
+    model = SegmentSplit(mode)
+    g = ck.trace(model, x)
+    for name in "ab":
+        group = _group_of(g, f"{name}.weight", 0)
+        if name in frozen:
+            assert not group.prunable and reason in _reasons(group), g.explain(group.id)
+            assert reason in g.explain(group.id)
+        else:
+            assert group.prunable, g.explain(group.id)
+    assert _group_of(g, "p.weight", 0).prunable  # the layers after the split are not affected
+    ck.testing.assert_shrink_exact(model, x, graph=g)
+
+
+class SplitOffTheFrame(nn.Module):
+    """``cat([frame, features])`` sliced back with a hard-coded 3: the frame's channels are frozen anyway
+    (graph input), so the literal cannot go wrong and the features stay prunable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.f, self.g = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.cat([x, self.f(x)], 1)
+        rgb, feats = torch.split(y, [3, y.shape[1] - 3], 1)
+        return self.g(feats) + rgb[:, :2]
+
+
+def test_literal_size_over_frozen_channels_keeps_the_rest_prunable() -> None:
+    x = torch.randn(1, 3, 4, 4)
+    g = ck.trace(SplitOffTheFrame(), x)
+    assert _group_of(g, "f.weight", 0).prunable, g.explain(_group_of(g, "f.weight", 0).id)
+    ck.testing.assert_shrink_exact(SplitOffTheFrame(), x, graph=g)
+
+
 class UsesFFT(nn.Module):
     def __init__(self) -> None:
         super().__init__()

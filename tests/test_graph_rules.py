@@ -164,7 +164,15 @@ FROZEN: dict[str, tuple[Callable[[], nn.Module], str]] = {
         "index_select picks channels",
     ),
     "select_channel": (lambda: Lambda(lambda s, y: y[:, 3]), "picks channels by position"),
-    "slice_channels": (lambda: Lambda(lambda s, y: y[:, :4].sum(1)), "picks channels by position"),
+    "slice_channels": (lambda: Lambda(lambda s, y: s.head(y[:, :4]), _head(4)), "picks channels by position"),
+    "slice_channels_literal": (
+        lambda: Lambda(lambda s, y: s.head(y[:, :4]), _head(4)),
+        "hard-coded bounds [:4]: sizes computed from tensor shapes",
+    ),
+    "split_channels_literal": (
+        lambda: Lambda(lambda s, y: s.head(torch.split(y, [4, 4], 1)[1]), _head(4)),
+        "hard-coded split sizes [4, 4]",
+    ),
     "flip_channels": (lambda: Lambda(lambda s, y: y.flip(1).sum(1)), "reorders the channels"),
     "unbind": (lambda: Lambda(lambda s, y: sum(y.unbind(1))), "unbind"),
     "pad_channels": (

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from compresskit.graph.channels import ChannelGraph, RawMember, UnionFind, build_groups
+from compresskit.graph.channels import ChannelGraph, CountCheck, RawMember, UnionFind, build_groups
 from compresskit.graph.rules import ParamRef, RuleContext, TensorInfo, _flatten_infos, lookup_rule
 
 
@@ -52,6 +52,8 @@ class GraphBuilder:
         self.memo: dict[tuple[str, str, int], tuple[np.ndarray, str, str]] = {}
         self.layer_order: list[tuple[str, str]] = []
         self.infos: dict[fx.Node, Any] = {}
+        self.checks: list[CountCheck] = []  # sizes computed in the forward that must follow the pruning
+        self.size_exprs: dict[fx.Node, Any] = {}  # memo of rules.size_expr
         self._modules = dict(root.named_modules())
 
     # -- services for rules --------------------------------------------------------------------------
@@ -75,6 +77,14 @@ class GraphBuilder:
 
     def freeze(self, ids: np.ndarray, reason: str) -> None:
         self.frozen.append((np.asarray(ids, dtype=np.int64), reason))
+
+    def require_count(
+        self, lhs: np.ndarray, pos: np.ndarray, neg: np.ndarray, const: int, reason: str
+    ) -> None:
+        """After shrinking, ``kept(lhs) + kept(neg)`` must equal ``kept(pos) + const`` (checked at the
+        end, in :func:`~compresskit.graph.channels.build_groups`)."""
+        as_ids = [np.asarray(a, dtype=np.int64) for a in (lhs, pos, neg)]
+        self.checks.append(CountCheck(*as_ids, int(const), reason))
 
     def get_module(self, name: str) -> nn.Module | None:
         return self._modules.get(name)
@@ -126,7 +136,7 @@ class GraphBuilder:
         for node in self.graph.nodes:
             self.infos[node] = self._visit(node)
         raw = [RawMember(m, t, d, ids, role, tn) for (m, t, d), (ids, role, tn) in self.memo.items()]
-        groups, layers = build_groups(self.uf, self.blocks, raw, self.frozen, self.layer_order)
+        groups, layers = build_groups(self.uf, self.blocks, raw, self.frozen, self.layer_order, self.checks)
         return ChannelGraph(groups, layers, self.method, self.graph, type(self.root).__name__, len(self.uf))
 
     def _visit(self, node: fx.Node) -> Any:

@@ -24,7 +24,7 @@ frozen, and :meth:`ChannelGraph.explain` says why.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -113,6 +113,25 @@ class RawMember:
     ids: np.ndarray  # element id per position along ``dim`` (-1: position not tied to any group)
     role: str
     module_type: str = ""
+
+
+@dataclass(frozen=True)
+class CountCheck:
+    """A size the forward computes must follow the pruning: ``kept(lhs) + kept(neg) == kept(pos) + const``
+    for every keep-set, where ``kept(ids)`` counts the channels of ``ids`` that survive.
+
+    Rules record one per split piece or slice boundary along the channels: ``lhs`` are the channels the
+    piece (or the prefix before a boundary) holds in the traced model, ``pos``/``neg``/``const`` describe
+    the size expression (``a.shape[1] - b.shape[1] + 3``). Checked once all unions are known: it holds when
+    the free (non-frozen) units of both sides are the same multiset and the frozen channels balance the
+    constant; otherwise every group it touches is frozen with ``reason``.
+    """
+
+    lhs: np.ndarray
+    pos: np.ndarray
+    neg: np.ndarray
+    const: int
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -378,6 +397,7 @@ def build_groups(
     raw_members: list[RawMember],
     frozen: list[tuple[np.ndarray, str]],
     layer_order: list[tuple[str, str]],
+    checks: Sequence[CountCheck] = (),
 ) -> tuple[list[ChannelGroup], list[Layer]]:
     """Turn the rules' records (element unions, fresh blocks, members, freezes) into groups and layers.
 
@@ -419,6 +439,8 @@ def build_groups(
         for gi in np.unique(gid_of[labels[ids]]).tolist():
             if reason not in reasons[gi]:
                 reasons[gi].append(reason)
+    if checks:
+        _apply_count_checks(checks, labels, gid_of, len(group_roots), reasons)
 
     members: dict[int, list[Member]] = defaultdict(list)
     widest: dict[int, int] = defaultdict(int)
@@ -485,3 +507,45 @@ def _dedupe_members(members: list[Member]) -> list[Member]:
             continue
         out[key] = m
     return list(out.values())
+
+
+def _apply_count_checks(
+    checks: Sequence[CountCheck],
+    labels: np.ndarray,
+    gid_of: np.ndarray,
+    n_groups: int,
+    reasons: dict[int, list[str]],
+) -> None:
+    """Freeze the groups of every :class:`CountCheck` that does not hold (in place, into ``reasons``).
+
+    Freezing only makes checks easier to satisfy (frozen channels are constants), so failing checks are
+    frozen one at a time and the rest re-examined until none fails: no group is frozen that a check
+    failing only because of another failed check would have dragged in.
+    """
+    frozen = np.zeros(n_groups, dtype=bool)
+    for gi in reasons:
+        frozen[gi] = True
+    pending = list(checks)
+    changed = True
+    while changed and pending:
+        changed = False
+        still = []
+        for c in pending:
+            left_u = labels[np.concatenate([c.lhs, c.neg])]
+            right_u = labels[c.pos]
+            lf, rf = frozen[gid_of[left_u]], frozen[gid_of[right_u]]
+            holds = int(lf.sum()) == int(rf.sum()) + c.const and np.array_equal(
+                np.sort(left_u[~lf]), np.sort(right_u[~rf])
+            )
+            if holds:
+                continue
+            touched = np.unique(gid_of[labels[np.concatenate([c.lhs, c.pos, c.neg])]])
+            if len(touched) == 0 or frozen[touched].all():
+                still.append(c)  # cannot fail once everything is frozen (traced sizes agree); keep looking
+                continue
+            for gi in touched.tolist():
+                frozen[gi] = True
+                if c.reason not in reasons[gi]:
+                    reasons[gi].append(c.reason)
+            changed = True
+        pending = still

@@ -138,6 +138,8 @@ class RuleContext:
     * ``ctx.bind(info, dim, ids)`` – an operand that must be aligned with ``ids`` along ``dim``
       (joined if tracked there, a member if it is a parameter, frozen if it is an untracked tensor).
     * ``ctx.tracked(cdim, ids)``, ``ctx.untracked()``, ``ctx.like(info)`` – build the output info.
+    * ``ctx.require_count(lhs, expr, reason)`` – a size computed in the forward (``size_expr``) must count
+      the channels ``lhs`` after shrinking; checked once the graph is complete, else frozen with ``reason``.
     """
 
     def __init__(self, builder: GraphBuilder, node: Any, module: nn.Module | None, module_name: str):
@@ -206,6 +208,9 @@ class RuleContext:
         for t in self.tensor_args():
             if t.tracked:
                 self.freeze(t.ids, reason)
+
+    def require_count(self, lhs: np.ndarray, expr: SizeExpr, reason: str) -> None:
+        self.builder.require_count(lhs, expr.pos, expr.neg, expr.const, f"{self.describe()}: {reason}")
 
     def weight_ids(self, module: str, tensor: str, dim: int, role: str) -> np.ndarray:
         return self.builder.weight_ids(module, tensor, dim, role, self._module_type(module))
@@ -1040,6 +1045,137 @@ def _size_source(node: Any, builder: Any) -> tuple[Any, int | list[int]] | None:
     return None
 
 
+_NO_IDS = np.empty(0, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class SizeExpr:
+    """A size the forward computes, as it will be after shrinking: ``kept(pos) - kept(neg) + const``.
+
+    ``t.shape[c]`` of a tracked channel dim counts ``t``'s channels (``pos = t.ids``); other dims and
+    Python numbers are constants; ``+``/``-`` combine. ``literal``: a hard-coded number takes part.
+    """
+
+    pos: np.ndarray
+    neg: np.ndarray
+    const: int
+    literal: bool
+
+    def __neg__(self) -> SizeExpr:
+        return SizeExpr(self.neg, self.pos, -self.const, self.literal)
+
+
+def size_expr(ctx: RuleContext, raw: Any) -> SizeExpr | None:
+    """What a size argument (a raw fx argument) counts, or ``None`` when the graph cannot follow it."""
+    from torch.fx import Node
+
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, int):
+        return SizeExpr(_NO_IDS, _NO_IDS, raw, raw != 0)
+    if not isinstance(raw, Node):
+        return None
+    memo = ctx.builder.size_exprs
+    if raw not in memo:
+        memo[raw] = _size_expr_of_node(ctx, raw)
+    return memo[raw]
+
+
+def _size_expr_of_node(ctx: RuleContext, node: Any) -> SizeExpr | None:
+    value = ctx.builder.infos.get(node)
+    if not isinstance(value, int) or isinstance(value, bool):
+        return None
+    source = _size_source(node, ctx.builder)
+    if source is not None:
+        if not isinstance(source[1], int):
+            return None
+        t = ctx.builder.resolve(source[0])
+        if not isinstance(t, TensorInfo) or t.ndim == 0:
+            return None
+        k = source[1] % t.ndim
+        if t.tracked and k == t.cdim:
+            return SizeExpr(t.ids, _NO_IDS, 0, False)
+        if t.param is not None and t.param.dims[k] is not None:
+            return None  # a parameter's dim may be shrunk
+        return SizeExpr(_NO_IDS, _NO_IDS, value, False)  # batch or spatial size: not changed by shrinking
+    if node.op == "call_function" and node.target is operator.neg and len(node.args) == 1:
+        a = size_expr(ctx, node.args[0])
+        return None if a is None else -a
+    if node.op == "call_function" and node.target in (operator.add, operator.sub) and len(node.args) == 2:
+        a, b = size_expr(ctx, node.args[0]), size_expr(ctx, node.args[1])
+        if a is None or b is None:
+            return None
+        if node.target is operator.sub:
+            b = -b
+        return SizeExpr(
+            np.concatenate([a.pos, b.pos]),
+            np.concatenate([a.neg, b.neg]),
+            a.const + b.const,
+            a.literal or b.literal,
+        )
+    return None
+
+
+def _fmt_size(raw: Any, value: Any) -> str:
+    from torch.fx import Node
+
+    return f"{value}" if not isinstance(raw, Node) else f"{raw.name}={value}"
+
+
+_FOLLOW_HINT = "sizes computed from tensor shapes (t.shape[1]) would follow the pruning"
+
+
+def require_segments(
+    ctx: RuleContext,
+    x: TensorInfo,
+    requirements: Sequence[tuple[np.ndarray, SizeExpr | None, str]],
+    hard_coded: str,
+) -> bool:
+    """Record that each piece ``lhs`` of ``x``'s channels must be counted by its size expression.
+
+    ``requirements``: ``(lhs, expr, where)`` with ``where`` naming the piece or boundary. A size the
+    graph cannot follow, or any size under torch.export (every size is specialised there), freezes all of
+    ``x``'s channels now (returns False); otherwise the checks run once the graph is complete: a piece
+    that holds whole segments of the space (a concat's parts, counted by the shapes they come from)
+    stays prunable; a hard-coded size (``hard_coded`` names it) or a boundary inside a segment freezes
+    the groups it touches.
+    """
+    if ctx.builder.method != "fx":
+        ctx.freeze(x.ids, f"{hard_coded} (torch.export specialises every size)")
+        return False
+    if any(e is None for _, e, _ in requirements):
+        ctx.freeze(
+            x.ids,
+            f"{hard_coded.split(' with ')[0]} with sizes computed in a way the graph cannot "
+            "follow (only t.shape[k], t.size(k), numbers, + and - are)",
+        )
+        return False
+    for lhs, expr, where in requirements:
+        if expr.literal:
+            reason = f"{hard_coded}: {_FOLLOW_HINT}"
+        else:
+            reason = (
+                f"{where}: a boundary falls inside a segment of the {len(x.ids)} channels (the size it is "
+                "computed from does not count the same channels)"
+            )
+        ctx.require_count(lhs, expr, reason)
+    return True
+
+
+def _boundary(
+    ctx: RuleContext, ids: np.ndarray, raw: Any, value: int
+) -> tuple[np.ndarray, SizeExpr | None] | None:
+    """The requirement of a slice bound ``value`` (from argument ``raw``) over channels ``ids``:
+    a bound ``b >= 0`` counts ``ids[:b]``, a negative one counts ``ids[b:]`` (from the end)."""
+    n = len(ids)
+    expr = size_expr(ctx, raw)
+    if value < 0:
+        return ids[max(0, n + value) :], (-expr if expr is not None else None)
+    if isinstance(raw, int) and value >= n:
+        return None  # a literal past the end: still the end after shrinking
+    return ids[: min(value, n)], expr
+
+
 def _view(ctx: RuleContext) -> Any:
     x = ctx.arg(0, "input")
     raw = _dims_arg(ctx, 1, "shape" if "shape" in ctx.node.kwargs else "size")
@@ -1287,18 +1423,63 @@ def _chunk(ctx: RuleContext) -> Any:
 
 
 def _split(ctx: RuleContext) -> Any:
+    """``split(x, size)``: equal parts as :func:`_chunk`; ``split(x, [sizes])`` / ``split_with_sizes``:
+    each part takes its segment of the channels (:func:`require_segments`)."""
     x = ctx.arg(0, "input")
     if not isinstance(x, TensorInfo):
         return None
     dim = ctx.arg(2, "dim", 0) % x.ndim
     sizes = [o.shape[dim] for o in ctx.out]
-    size_arg = ctx.raw_arg(1, "split_size_or_sections")
-    if size_arg is None:
-        size_arg = ctx.raw_arg(1, "split_size")
+    size_arg = _MISSING
+    for name in ("split_size_or_sections", "split_size", "split_sizes"):
+        if size_arg is _MISSING:
+            size_arg = ctx._raw(1, name)
     from torch.fx import Node
 
+    if isinstance(size_arg, list | tuple) and x.tracked and x.cdim == dim and sum(sizes) == x.shape[dim]:
+        return _split_sections(ctx, x, dim, sizes, list(size_arg))
     follows = isinstance(size_arg, Node) and ctx.builder.method == "fx" and sum(sizes) == x.shape[dim]
     return _split_like(ctx, x, dim, sizes, follows)
+
+
+def _split_sections(ctx: RuleContext, x: TensorInfo, dim: int, sizes: list[int], raw: list[Any]) -> Any:
+    starts = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+    pieces = [x.ids[starts[k] : starts[k + 1]] for k in range(len(sizes))]
+    shown = ", ".join(_fmt_size(r, v) for r, v in zip(raw, sizes))
+    reqs = [
+        (piece, size_expr(ctx, r), f"split part {k} (channels {starts[k]}:{starts[k + 1]})")
+        for k, (piece, r) in enumerate(zip(pieces, raw))
+    ]
+    require_segments(ctx, x, reqs, f"split along the channels with hard-coded split sizes [{shown}]")
+    return type(ctx.out)(TensorInfo(o.shape, dim, p) for o, p in zip(ctx.out, pieces))
+
+
+def _narrow(ctx: RuleContext) -> Any:
+    """``narrow(x, dim, start, length)``: the channels ``start:start+length`` when both follow the shapes."""
+    x = ctx.arg(0, "input")
+    if not isinstance(x, TensorInfo):
+        return None
+    dim, start, length = ctx.arg(1, "dim") % x.ndim, ctx.arg(2, "start"), ctx.arg(3, "length")
+    if not (x.tracked and x.cdim == dim):
+        return ctx.like(x)
+    if not isinstance(start, int) or not isinstance(length, int):
+        ctx.freeze(x.ids, "narrow with a tensor start picks channels by position")
+        return ctx.untracked()
+    n = len(x.ids)
+    first = start + n if start < 0 else start
+    bound = _boundary(ctx, x.ids, ctx.raw_arg(2, "start"), start)
+    reqs = [] if bound is None else [(*bound, f"narrow start {start}")]
+    reqs.append(
+        (
+            x.ids[first : first + length],
+            size_expr(ctx, ctx.raw_arg(3, "length")),
+            f"narrow {first}:{first + length}",
+        )
+    )
+    shown = f"{_fmt_size(ctx.raw_arg(2, 'start'), start)}, {_fmt_size(ctx.raw_arg(3, 'length'), length)}"
+    what = f"narrow picks channels by position with hard-coded start, length ({shown})"
+    require_segments(ctx, x, reqs, what)
+    return ctx.tracked(dim, x.ids[first : first + length])
 
 
 def _unbind(ctx: RuleContext) -> Any:
@@ -1325,7 +1506,7 @@ def _getitem(ctx: RuleContext) -> Any:
         if isinstance(obj, list | tuple | dict) and not isinstance(idx, TensorInfo):
             return obj[idx]
         return None
-    return index_core(ctx, obj, idx)
+    return index_core(ctx, obj, idx, ctx.raw_arg(1))
 
 
 def _full_slice(s: Any, size: int) -> bool:
@@ -1335,9 +1516,14 @@ def _full_slice(s: Any, size: int) -> bool:
     return start == 0 and stop == size and step == 1
 
 
-def index_core(ctx: RuleContext, x: TensorInfo, idx: Any) -> Any:
-    """Basic indexing ``x[...]``: slices, ints, ``None``, ``...``; the channel dim must be taken whole."""
+def index_core(ctx: RuleContext, x: TensorInfo, idx: Any, raw_idx: Any = _MISSING) -> Any:
+    """Basic indexing ``x[...]``: slices, ints, ``None``, ``...``. The channel dim is taken whole, or
+    sliced with step 1 into a segment whose bounds follow the shapes (``raw_idx``: the fx argument, to
+    tell computed bounds from hard-coded ones; see :func:`require_segments`)."""
     items = list(idx) if isinstance(idx, tuple) else [idx]
+    raws = list(raw_idx) if isinstance(raw_idx, tuple) else [raw_idx]
+    if len(raws) != len(items):
+        raws = [_MISSING] * len(items)
     if any(isinstance(i, TensorInfo | list) for i in items):
         ctx.freeze(x.ids, "advanced indexing") if x.tracked else None
         return ctx.untracked() if isinstance(ctx.out, TensorInfo) else None
@@ -1345,17 +1531,25 @@ def index_core(ctx: RuleContext, x: TensorInfo, idx: Any) -> Any:
     if Ellipsis in items:
         k = items.index(Ellipsis)
         items = items[:k] + [slice(None)] * (x.ndim - n_real) + items[k + 1 :]
-    items += [slice(None)] * (x.ndim - sum(1 for i in items if i is not None))
+        raws = raws[:k] + [slice(None)] * (x.ndim - n_real) + raws[k + 1 :]
+    pad = x.ndim - sum(1 for i in items if i is not None)
+    items += [slice(None)] * pad
+    raws += [slice(None)] * pad
     src: list[int | None] = []
     d = 0
-    channel_ok = True
-    for it in items:
+    channel_ok, explained = True, False
+    ids = x.ids
+    for it, raw in zip(items, raws):
         if it is None:
             src.append(None)
             continue
         if isinstance(it, slice):
             if d == x.cdim and not _full_slice(it, x.shape[d]):
-                channel_ok = False
+                segment = _channel_slice(ctx, x, it, raw)
+                if isinstance(segment, np.ndarray):
+                    ids = segment
+                else:
+                    channel_ok, explained = False, segment
             if x.param is not None and not x.tracked and not _full_slice(it, x.shape[d]):
                 channel_ok = False
             src.append(d)
@@ -1366,12 +1560,34 @@ def index_core(ctx: RuleContext, x: TensorInfo, idx: Any) -> Any:
     out = ctx.out_shape
     if x.tracked:
         if not channel_ok:
-            ctx.freeze(x.ids, "indexing picks channels by position (hard-coded channel selection)")
+            if not explained:
+                ctx.freeze(x.ids, "indexing picks channels by position (hard-coded channel selection)")
             return TensorInfo(out)
-        return TensorInfo(out, src.index(x.cdim), x.ids)
+        return TensorInfo(out, src.index(x.cdim), ids)
     if x.param is not None and channel_ok:
         return _insert_dims(x, src, out)
     return TensorInfo(out)
+
+
+def _channel_slice(ctx: RuleContext, x: TensorInfo, it: slice, raw: Any) -> np.ndarray | bool:
+    """The channels ``x[:, a:b]`` keeps, with the requirements on its bounds recorded; ``False`` when the
+    slice is strided or its bounds were not seen (the caller freezes), ``True`` when frozen here."""
+    n = len(x.ids)
+    if not isinstance(raw, slice) or it.step not in (None, 1):
+        return False
+    start, stop, _ = it.indices(n)
+    reqs = []
+    for name, value, raw_v in (("start", it.start, raw.start), ("stop", it.stop, raw.stop)):
+        if value is None:
+            continue
+        bound = _boundary(ctx, x.ids, raw_v, value)
+        if bound is not None:
+            reqs.append((*bound, f"slice {name} {value}"))
+    shown = f"{'' if it.start is None else it.start}:{'' if it.stop is None else it.stop}"
+    what = f"slicing picks channels by position with hard-coded bounds [{shown}]"
+    if not require_segments(ctx, x, reqs, what):
+        return True
+    return x.ids[start : max(start, stop)]
 
 
 def _slice_aten(ctx: RuleContext) -> Any:
@@ -1777,7 +1993,13 @@ def _register_builtin() -> None:
     _reg(_torch("cat", "concat", "concatenate") + _aten("cat", "concat"), _cat)
     _reg(_torch("stack") + _aten("stack"), _stack)
     _reg(["chunk"] + _torch("chunk") + _aten("chunk"), _chunk)
-    _reg(["split"] + _torch("split") + _aten("split", "split_with_sizes"), _split)
+    _reg(
+        ["split", "split_with_sizes"]
+        + _torch("split", "split_with_sizes")
+        + _aten("split", "split_with_sizes"),
+        _split,
+    )
+    _reg(["narrow"] + _torch("narrow") + _aten("narrow"), _narrow)
     _reg(["unbind"] + _torch("unbind") + _aten("unbind"), _unbind)
     _reg([operator.getitem], _getitem)
     _reg(_aten("slice"), _slice_aten)

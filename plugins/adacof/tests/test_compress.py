@@ -80,8 +80,6 @@ def test_cdfi_pyramid_channels_are_prunable_and_feed_the_gridnet_published_warps
     _check_pyramid_groups(CDFI(separate_warps=True))
 
 
-@pytest.mark.xfail(strict=True, reason="core graph gap: torch.split of a channel concat into unequal parts "
-                   "freezes every channel (DESIGN: split takes segments; compresskit/graph/rules.py)")
 def test_cdfi_pyramid_channels_are_prunable_and_feed_the_gridnet_joint_warps():
     _check_pyramid_groups(CDFI())
 
