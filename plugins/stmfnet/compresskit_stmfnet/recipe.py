@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -404,8 +405,8 @@ def run(cfg: MiniRecipeConfig, console: Console | None = None,
         return summary
     teacher = load_teacher(cfg).eval()  # the original pretrained ST-MFNet, not the sparsified one
     student = stage_distill(cfg, student, teacher, data, console)
-    if stop_after == "distill":
-        return summary
+    if stop_after == "distill" or int(os.environ.get("RANK", "0")) != 0:
+        return summary  # under torchrun, rank 0 evaluates and writes the table
     models = {"ST-MFNet": teacher, "ST-MFNet Mini": student.eval()}
     summary["evaluation"] = stage_evaluate(cfg, models, console)
     atomic_write_json(summary, cfg.out_dir / "summary.json")
