@@ -199,6 +199,29 @@ def test_rule_freezes(name: str) -> None:
     assert any(reason in r for r in group.reasons), group.reasons
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        lambda s, y: s.head(torch.sigmoid(s.gate(y)) * y),  # spatial gate V·x (AdaCoF's occlusion map)
+        lambda s, y: s.head(y - s.gate(y).expand(-1, y.shape[1], -1, -1) * s.gate(y).expand_as(y)),
+        lambda s, y: s.head(torch.where(s.gate(y) > 0, y, -y)),
+    ],
+    ids=["mul", "expand", "where"],
+)
+def test_single_channel_broadcast_over_channels_is_frozen(body: Callable) -> None:
+    def extra(m: nn.Module) -> None:
+        m.gate = nn.Conv2d(8, 1, 3, padding=1)
+        _head()(m)
+
+    model = Lambda(body, extra).eval()
+    graph = ck.trace(model, X)
+    gate = next(g for g in graph.groups if "gate" in g.producers)
+    assert (gate.size, gate.prunable) == (1, False), graph.explain(gate.id)
+    assert "broadcast over channels" in graph.explain(gate.id)
+    assert _conv_group(graph).prunable  # the n channels it is broadcast over are not affected
+    ck.testing.assert_shrink_exact(model, X, graph=graph)
+
+
 class MLP(nn.Module):
     def __init__(self) -> None:
         super().__init__()

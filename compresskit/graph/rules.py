@@ -230,6 +230,8 @@ class RuleContext:
             return
         dim = dim % info.ndim
         if info.shape[dim] == 1 and len(ids) != 1:
+            if info.cdim == dim:
+                self.freeze(info.ids, _BROADCAST.format(n=len(ids)))
             return  # broadcast
         if info.cdim == dim:
             self.union(info.ids, ids)
@@ -261,6 +263,11 @@ class RuleContext:
         if info.cdim is not None:
             self.freeze(info.ids, "output shape does not keep the channel dim")
         return TensorInfo(shape)
+
+
+_BROADCAST = (
+    "broadcast over channels: a 1-channel operand is applied to {n} channels, so its single channel must stay"
+)
 
 
 def _contains_node(x: Any) -> bool:
@@ -471,8 +478,9 @@ def elementwise(ctx: RuleContext, operands: Sequence[Any] | None = None) -> Tens
     for t in tensors:
         if t.tracked:
             d = t.cdim + n - t.ndim
-            if shape[d] != len(t.ids):
-                continue  # a single channel broadcast over many
+            if shape[d] != len(t.ids):  # a single channel broadcast over many
+                ctx.freeze(t.ids, _BROADCAST.format(n=shape[d]))
+                continue
             if chosen is None:
                 chosen = (d, t.ids)
             elif chosen[0] != d:
@@ -1336,6 +1344,24 @@ def _expand(ctx: RuleContext) -> Any:
     out = ctx.out_shape
     lead = len(out) - x.ndim
     src = [None] * lead + list(range(x.ndim))
+    if x.tracked and out[x.cdim + lead] != len(x.ids):
+        c = x.cdim + lead
+        ctx.freeze(x.ids, _BROADCAST.format(n=out[c]) + " (expand)")
+        # the copies follow the tensor whose channel count sizes them: expand_as(t), expand(t.shape[1])
+        if ctx.node.target == "expand_as":
+            sizer = ctx.arg(1, "other")
+            sized = (sizer, c) if isinstance(sizer, TensorInfo) else None
+        else:
+            raw = _dims_arg(ctx, 1, "size")
+            src = _size_source(raw[c], ctx.builder) if len(raw) == len(out) else None
+            sized = (
+                (ctx.builder.resolve(src[0]), src[1]) if src is not None and isinstance(src[1], int) else None
+            )
+        if sized is not None:
+            t, k = sized
+            if isinstance(t, TensorInfo) and t.tracked and k % t.ndim == t.cdim and len(t.ids) == out[c]:
+                return ctx.tracked(c, t.ids)
+        return ctx.untracked()
     return _insert_dims(x, src, out)
 
 

@@ -49,8 +49,6 @@ def test_last_kernel_head_convs_keep_f2_channels(adacof_graph):
         assert _group_produced_by(graph, f"get_kernel.module{head}.4").prunable
 
 
-@pytest.mark.xfail(strict=True, reason="core graph gap: a 1-channel operand broadcast over 3 channels "
-                   "(V·warp) is not frozen by the element-wise rule (compresskit/graph/rules.py)")
 def test_occlusion_conv_keeps_its_single_channel(adacof_graph):
     _, graph = adacof_graph
     occlusion = _group_produced_by(graph, "get_kernel.moduleOcclusion.7")
