@@ -200,6 +200,15 @@ def test_export_sees_one_node():
     assert not any("gather" in str(t) or "index" in str(t) for t in targets)
 
 
+def test_plain_fx_symbolic_trace_sees_one_node():
+    model = _Warp().eval()
+    gm = torch.fx.symbolic_trace(model)
+    targets = [n.target for n in gm.graph.nodes if n.op == "call_function"]
+    assert sum("compresskit_vfi.adacof" in str(t) for t in targets) == 1
+    frame = torch.rand(1, 3, 8, 8)
+    torch.testing.assert_close(gm(frame), model(frame))
+
+
 def test_compile_fullgraph_without_breaks():
     model = _Warp().eval()
     frame = torch.rand(1, 3, 8, 8)
