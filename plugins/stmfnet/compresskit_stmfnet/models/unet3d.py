@@ -21,11 +21,13 @@ class Conv3d(nn.Conv3d):
     """``nn.Conv3d`` that runs oneDNN for float32 on the CPU: same maths, same parameters.
 
     PyTorch's CPU heuristic sends batch-1 3-D convs with B·C·T·H ≤ 20480 (every conv of the Mini's U-Net at
-    256², and the widest of ST-MFNet's) to its reference kernel ``slow_conv3d``, about 4× slower here."""
+    256², and the widest of ST-MFNet's) to its reference kernel ``slow_conv3d``, about 4× slower here.
+    Under a ``TorchFunctionMode`` (MAC counters, tracers) the standard ``conv3d`` runs, so they see it."""
 
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         if (input.device.type == "cpu" and input.dtype == torch.float32 and self.padding_mode == "zeros"
-                and torch.backends.mkldnn.is_available() and not isinstance(input, torch.fx.Proxy)):
+                and torch.backends.mkldnn.is_available() and not isinstance(input, torch.fx.Proxy)
+                and not torch._C._is_torch_function_mode_enabled()):
             return torch.mkldnn_convolution(input, weight, bias, self.padding, self.stride, self.dilation,
                                             self.groups)
         return super()._conv_forward(input, weight, bias)
