@@ -25,6 +25,7 @@ and Triton are present). The backward is a custom op of its own, so ``torch.fx``
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import Tensor
@@ -93,6 +94,20 @@ if triton_available():  # pragma: no cover - needs a GPU
 
     _adacof.register_kernel("cuda")(adacof_forward_triton)
     _adacof_backward.register_kernel("cuda")(adacof_backward_triton)
+elif torch.cuda.is_available():  # pragma: no cover - a GPU without Triton: correct, through the CPU
+    warnings.warn("compresskit_vfi: triton is not installed, the AdaCoF op runs its CPU kernel for CUDA "
+                  "tensors (slow); pip install triton", stacklevel=2)
+
+    def _via_cpu(fn):
+        def run(*args):
+            device = next(a.device for a in args if isinstance(a, Tensor))
+            out = fn(*(a.cpu() if isinstance(a, Tensor) else a for a in args))
+            return out.to(device) if isinstance(out, Tensor) else tuple(o.to(device) for o in out)
+
+        return run
+
+    _adacof.register_kernel("cuda")(_via_cpu(adacof_forward_cpu))
+    _adacof_backward.register_kernel("cuda")(_via_cpu(adacof_backward_cpu))
 
 
 def adacof_padding(kernel_size: int, dilation: int) -> int:

@@ -1,5 +1,4 @@
-"""CPU kernels of the AdaCoF sampling operator, in pure PyTorch (device-agnostic: also the fallback on a
-GPU without Triton).
+"""CPU kernels of the AdaCoF sampling operator, in pure PyTorch.
 
 Formula (Lee et al., "AdaCoF", CVPR 2020; conventions of the published CUDA kernel)::
 
