@@ -275,6 +275,16 @@ def test_split_and_slices_with_literal_sizes_or_inside_a_segment_are_frozen(
     ck.testing.assert_shrink_exact(model, x, graph=g)
 
 
+@pytest.mark.parametrize("mode", ["split_shapes", "narrow"])
+def test_split_under_torch_export_is_frozen(mode: str) -> None:
+    """torch.export specialises every size, so a split it traced cannot be known to follow the shapes."""
+    x = torch.randn(2, 3, 5, 5)
+    g = ck.trace(SegmentSplit(mode), x, method="export")
+    group = _group_of(g, "a.weight", 0)
+    assert not group.prunable and "torch.export specialises every size" in _reasons(group)
+    ck.testing.assert_shrink_exact(SegmentSplit(mode), x, graph=g)
+
+
 class SplitOffTheFrame(nn.Module):
     """``cat([frame, features])`` sliced back with a hard-coded 3: the frame's channels are frozen anyway
     (graph input), so the literal cannot go wrong and the features stay prunable."""

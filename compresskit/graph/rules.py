@@ -1149,7 +1149,8 @@ def require_segments(
     the groups it touches.
     """
     if ctx.builder.method != "fx":
-        ctx.freeze(x.ids, f"{hard_coded} (torch.export specialises every size)")
+        what = hard_coded.split(" with ")[0]
+        ctx.freeze(x.ids, f"{what}: torch.export specialises every size, so none can follow the pruning")
         return False
     if any(e is None for _, e, _ in requirements):
         ctx.freeze(
