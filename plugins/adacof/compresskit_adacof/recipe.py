@@ -242,9 +242,9 @@ def density_table(densities: Mapping[str, float], title: str = "per-layer densit
     return table
 
 
-def _example(cfg: CDFIRecipeConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    size = 64 if cfg.smoke else 256
-    return torch.zeros(1, 3, size, size), torch.zeros(1, 3, size, size)
+def _example() -> tuple[torch.Tensor, torch.Tensor]:
+    """Frames to trace with: the graph does not depend on the size (64×64 keeps tracing fast)."""
+    return torch.zeros(1, 3, 64, 64), torch.zeros(1, 3, 64, 64)
 
 
 def stage_shrink(cfg: CDFIRecipeConfig, sparse: AdaCoF, console: Console) -> AdaCoF:
@@ -258,7 +258,7 @@ def stage_shrink(cfg: CDFIRecipeConfig, sparse: AdaCoF, console: Console) -> Ada
         return model
     densities = ck.layer_densities(sparse)
     console.print(density_table(densities))
-    graph = ck.trace(sparse, _example(cfg))
+    graph = ck.trace(sparse, _example())
     plan = ck.plan_widths(graph, densities, rule=cfg.width_rule, coupling=cfg.coupling)
     torch.manual_seed(cfg.seed)
     small = ck.shrink(sparse, graph, plan=plan, init=cfg.init)
@@ -327,7 +327,8 @@ def stage_evaluate(cfg: CDFIRecipeConfig, models: Mapping[str, nn.Module], conso
         console.print(f"[green]evaluate[/]: done ({out / 'results.json'})")
     else:
         limit = cfg.smoke_eval_samples if cfg.smoke else cfg.eval_limit
-        result = evaluate(dict(models), _test_sets(cfg), convention="cdfi", lpips=cfg.lpips,
+        device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+        result = evaluate(dict(models), _test_sets(cfg), convention="cdfi", lpips=cfg.lpips, device=device,
                           runtime=False, macs=not cfg.smoke, limit=limit, progress=cfg.progress,
                           console=console)
         result.save_json(out / "results.json")

@@ -157,14 +157,16 @@ def test_half_pixel_offsets_interpolate_with_the_reflect_padded_frame():
         torch.testing.assert_close(model(frame0, frame1), (frame0 + below) / 2, rtol=0, atol=1e-6)
 
 
-def test_dense_adacof_forward_and_aux_kernels():
+@pytest.mark.parametrize("name", ["adacof", "adacof_plus"])
+def test_dense_adacof_forward_and_aux_kernels(name):
     torch.manual_seed(0)
-    model = AdaCoF(5, 1).eval()
+    model = ck.create_model(name).eval()
+    f2 = model.kernel_size**2
     frame0, frame1 = torch.rand(2, 1, 3, 33, 47).unbind(0)
     with torch.no_grad():
         out, aux = model(frame0, frame1, return_aux=True)
     assert out.shape == (1, 3, 33, 47)
-    assert aux["weight1"].shape == aux["alpha2"].shape == (1, 25, 64, 64)
+    assert aux["weight1"].shape == aux["alpha2"].shape == (1, f2, 64, 64)
     torch.testing.assert_close(aux["weight2"].sum(1), torch.ones(1, 64, 64))
     assert ((aux["occlusion"] > 0) & (aux["occlusion"] < 1)).all()
 
