@@ -35,7 +35,7 @@ def published_plan_table(console: Console | None = None) -> dict:
     published = compressed_widths()
     table = Table(title="compressed AdaCoF (F=5, d=1): widths planned from the densities published with "
                         "CDFI vs the published widths")
-    table.add_column("layer")
+    table.add_column("layer", no_wrap=True)
     table.add_column("published density", justify="right", no_wrap=True)
     for rule in planned:
         table.add_column(f"planned, {rule!r}", justify="right", no_wrap=True)
