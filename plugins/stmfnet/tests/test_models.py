@@ -141,3 +141,18 @@ def test_onednn_conv3d_matches_reference_conv3d_with_gradients():
     out_ref.backward(g)
     torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(fast.weight.grad, ref.weight.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_channels_last_layout_gives_the_same_frames():
+    from compresskit_stmfnet.models.stmfnet import to_channels_last
+
+    torch.manual_seed(8)
+    small = STMFNetWidths(features=(32, 32, 64, 64), heads=(8, 8), grid=(8, 8, 8), unet=(8, 8, 8, 8), fuse=4)
+    model = STMFNet(small, flow=False).eval()
+    g = torch.Generator().manual_seed(9)
+    frames = [torch.rand(1, 3, 64, 64, generator=g) for _ in range(4)]
+    with torch.no_grad():
+        ref = model(*frames)
+        fast = to_channels_last(model)(*[f.contiguous(memory_format=torch.channels_last) for f in frames])
+    assert model.get_kernel.moduleWeight1[0].weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-5)

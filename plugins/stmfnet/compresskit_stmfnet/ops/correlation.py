@@ -16,6 +16,7 @@ Channel rule: the 81 output channels are displacements, not features; the op rea
 from __future__ import annotations
 
 import torch
+from compresskit_vfi.ops import triton_available
 from torch import Tensor
 
 import compresskit as ck
@@ -119,7 +120,7 @@ _correlation_backward.register_autograd(_backward_bw, setup_context=_setup_conte
 
 
 # ------------------------------------------------------------------------------------------------ CUDA
-if torch.cuda.is_available():  # pragma: no cover - needs a GPU
+if torch.cuda.is_available() and triton_available():  # pragma: no cover - needs a GPU
     from compresskit_stmfnet.ops import _triton_kernels as _tk
 
     @_correlation.register_kernel("cuda")

@@ -22,6 +22,7 @@ meaning (x, y) and stay frozen.
 from __future__ import annotations
 
 import torch
+from compresskit_vfi.ops import triton_available
 from torch import Tensor
 
 import compresskit as ck
@@ -124,7 +125,7 @@ def _backward(ctx, grad: Tensor):
 _sum_splat.register_autograd(_backward, setup_context=_setup_context)
 
 
-if torch.cuda.is_available():  # pragma: no cover - needs a GPU
+if torch.cuda.is_available() and triton_available():  # pragma: no cover - needs a GPU
     from compresskit_stmfnet.ops import _triton_kernels as _tk
 
     @_sum_splat.register_kernel("cuda")
