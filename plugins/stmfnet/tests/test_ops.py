@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -122,3 +127,34 @@ def test_cuda_matches_cpu():  # pragma: no cover - needs a GPU
         gg = torch.autograd.grad((out_g * w.cuda()).sum(), gpu_args)
         for a, b in zip(gc, gg):
             torch.testing.assert_close(b.cpu(), a, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs the triton package")
+def test_triton_kernels_in_interpreter_match_cpu_kernels():
+    """The CUDA kernels' code, run on CPU tensors by Triton's interpreter (no GPU needed)."""
+    code = textwrap.dedent("""
+        import torch
+        from compresskit_stmfnet.ops import _triton_kernels as tk
+        from compresskit_stmfnet.ops.correlation import _correlation, _correlation_backward
+        from compresskit_stmfnet.ops.softsplat import _sum_splat, _sum_splat_backward
+        g = torch.Generator().manual_seed(0)
+        for dt in (torch.float64,):  # float32 runs the same code (the interpreter is slow)
+            tol = dict(rtol=1e-12, atol=1e-12)
+            f1, f2 = (torch.randn(1, 2, 3, 6, generator=g, dtype=dt) for _ in range(2))
+            out = tk.correlation_forward(f1, f2, 4)
+            torch.testing.assert_close(out, _correlation(f1, f2), **tol)
+            gr = torch.randn_like(out)
+            for u, v in zip(tk.correlation_backward(gr, f1, f2, 4), _correlation_backward(gr, f1, f2)):
+                torch.testing.assert_close(u, v, **tol)
+            x = torch.randn(2, 3, 5, 7, generator=g, dtype=dt)
+            flow = torch.randn(2, 2, 5, 7, generator=g, dtype=dt) * 3
+            out = tk.sum_splat_forward(x, flow)
+            torch.testing.assert_close(out, _sum_splat(x, flow), **tol)
+            gr = torch.randn_like(out)
+            for u, v in zip(tk.sum_splat_backward(gr, x, flow), _sum_splat_backward(gr, x, flow)):
+                torch.testing.assert_close(u, v, **tol)
+        print("OK")
+    """)
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "OK" in done.stdout, done.stderr[-3000:]

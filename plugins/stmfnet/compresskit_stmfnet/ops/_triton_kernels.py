@@ -30,7 +30,7 @@ def _corr_fwd_kernel(f1, f2, out, C, H, W, R: tl.constexpr, BLOCK: tl.constexpr)
     for d in range(win * win):
         dy = d // win - R
         dx = d % win - R
-        y2 = y + dy
+        y2 = y + dy + tl.zeros([BLOCK], dtype=tl.int32)  # row as a vector: masks stay vectors
         x2 = xs + dx
         m = xmask & (x2 >= 0) & (x2 < W) & (y2 >= 0) & (y2 < H)
         acc = tl.zeros([BLOCK], dtype=out.dtype.element_ty)
@@ -60,14 +60,14 @@ def _corr_bwd_kernel(grad, f1, f2, g1, g2, C, H, W, R: tl.constexpr, BLOCK: tl.c
         dy = d // win - R
         dx = d % win - R
         # ∂/∂f1[y, x]: g[d, y, x] · f2[y+dy, x+dx]
-        yp = y + dy
+        yp = y + dy + tl.zeros([BLOCK], dtype=tl.int32)
         xp = xs + dx
         mp = xmask & (xp >= 0) & (xp < W) & (yp >= 0) & (yp < H)
         gd = tl.load(grad + ((b * nd + d) * H + y) * W + xs, mask=xmask, other=0.0)
         v2 = tl.load(f2 + (base + yp) * W + xp, mask=mp, other=0.0)
         acc1 += gd * v2
         # ∂/∂f2[y, x]: g[d, y−dy, x−dx] · f1[y−dy, x−dx]
-        ym = y - dy
+        ym = y - dy + tl.zeros([BLOCK], dtype=tl.int32)
         xm = xs - dx
         mm = xmask & (xm >= 0) & (xm < W) & (ym >= 0) & (ym < H)
         gm = tl.load(grad + ((b * nd + d) * H + ym) * W + xm, mask=mm, other=0.0)
