@@ -88,9 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-steps", type=int, default=400)
     p.add_argument("--sparsify-steps", type=int, default=300)
     p.add_argument("--finetune-steps", type=int, default=300)
-    p.add_argument("--lambda", dest="lambda_", type=float, default=3e-3,
+    p.add_argument("--lambda", dest="lambda_", type=float, default=1.5e-3,
                    help="l1 strength λ of OBProx-SG (each weight moves about lr·λ per step towards zero)")
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate of the sparsify stage (plain SGD steps)")
+    p.add_argument("--lr", type=float, default=5e-2, help="learning rate of the sparsify stage (plain SGD steps)")
     args = p.parse_args(argv)
 
     torch.manual_seed(0)
