@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--finetune-steps", type=int, default=300)
     p.add_argument("--lambda", dest="lambda_", type=float, default=1.5e-3,
                    help="l1 strength λ of OBProx-SG (each weight moves about lr·λ per step towards zero)")
-    p.add_argument("--lr", type=float, default=5e-2, help="learning rate of the sparsify stage (plain SGD steps)")
+    p.add_argument("--lr", type=float, default=5e-2,
+                   help="learning rate of the sparsify stage (plain SGD steps, so SGD-sized)")
     args = p.parse_args(argv)
 
     torch.manual_seed(0)
