@@ -65,7 +65,7 @@ class MiniRecipeConfig(Config):
     smoke_size: int = Field(64, ge=32, description="crop size of the smoke run's samples")
     smoke_eval_samples: int = Field(2, ge=1, description="samples per test set in smoke mode")
     smoke_lambda: float = Field(
-        2.0, ge=0, description="OBProx-SG λ of the smoke run: large, so that a few steps already sparsify")
+        20.0, ge=0, description="OBProx-SG λ of the smoke run: large, so that a few steps already sparsify")
     smoke_widths: dict[str, Any] = Field(
         default_factory=lambda: {"features": [32, 32, 64, 64], "heads": [16, 16], "grid": [8, 16, 24],
                                  "unet": [8, 8, 16, 16], "fuse": 8},
@@ -180,6 +180,12 @@ def _example(cfg: MiniRecipeConfig) -> tuple[torch.Tensor, ...]:
     return tuple(torch.zeros(1, 3, size, size) for _ in range(4))
 
 
+def _steps_per_epoch(loader: DataLoader) -> int:
+    """Optimizer steps per epoch on each process: under torchrun every rank reads 1/WORLD_SIZE of the data."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return max(1, math.ceil(len(loader) / world))
+
+
 def _params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -210,7 +216,7 @@ def stage_sparsify(cfg: MiniRecipeConfig, data: Dataset, console: Console) -> ST
     batch = 2 if cfg.smoke else cfg.sparsify_batch
     loader = _loader(data, batch, cfg)
     schedule = ({"n_prox_steps": cfg.smoke_steps // 2, "n_orthant_steps": None} if cfg.smoke
-                else ck.steps_from_epochs(cfg.sparsify_prox_epochs, len(loader)))
+                else ck.steps_from_epochs(cfg.sparsify_prox_epochs, _steps_per_epoch(loader)))
     lam = cfg.smoke_lambda if cfg.smoke else cfg.sparsify_lambda
     console.print(f"[bold]Phase I sparsify[/]: OBProx-SG λ={lam}, lr={cfg.sparsify_lr}, "
                   f"eps={cfg.sparsify_eps}, {schedule['n_prox_steps']} Prox-SG steps then orthant steps, "
