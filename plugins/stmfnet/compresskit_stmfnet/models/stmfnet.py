@@ -126,7 +126,9 @@ class STMFNet(nn.Module):
     """ST-MFNet with configurable widths; ``flow=False`` drops the PWC-Net and softmax-splatting branch.
 
     ``forward(I0, I1, I2, I3) -> I_t`` with frames (B,3,H,W) in [0,1]; t is halfway between I1 and I2.
-    ``freeze_flow``: the PWC-Net's parameters get ``requires_grad=False`` (the published default)."""
+    ``freeze_flow``: the PWC-Net's parameters get ``requires_grad=False`` (the published default).
+    ``self.widths`` records the widths it was built with; ``ck.shrink`` changes the layers, not this record
+    (:func:`summarize_widths` reads a shrunk model's widths from its layers)."""
 
     def __init__(self, widths: STMFNetWidths | dict | None = None, flow: bool = True,
                  freeze_flow: bool = True):
