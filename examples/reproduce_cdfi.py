@@ -21,6 +21,7 @@ from pathlib import Path
 
 from compresskit_adacof.models.adacof import compressed_widths
 from compresskit_adacof.recipe import CDFIRecipeConfig, plan_published_widths, published_densities, run
+from compresskit_vfi.recipe import add_run_arguments, add_stop_arguments, run_from_args
 from rich.console import Console
 from rich.table import Table
 
@@ -55,17 +56,14 @@ def published_plan_table(console: Console | None = None) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Reproduce CDFI: compress AdaCoF (stage I), train CDFI "
                                 "(stage II), evaluate on Middlebury, UCF101-DVF and Vimeo-90K.")
-    p.add_argument("--out", type=Path, default=Path("runs/cdfi"), help="output folder (resumes from it)")
-    p.add_argument("--config", type=Path, default=None, help="JSON/YAML CDFIRecipeConfig; flags override")
-    p.add_argument("--smoke", action="store_true", help="embedded sample clips, a few steps per stage")
-    p.add_argument("--smoke-steps", type=int, default=None, help="optimizer steps per stage in smoke mode")
+    add_run_arguments(p, Path("runs/cdfi"), "CDFIRecipeConfig")
     p.add_argument("--vimeo", type=Path, default=None, help="Vimeo-90K triplet root")
     p.add_argument("--middlebury", type=Path, default=None, help="Middlebury root (other-data/, ...)")
     p.add_argument("--ucf101-dvf", type=Path, default=None, help="UCF101-DVF root")
     p.add_argument("--adacof-checkpoint", type=Path, default=None, help="pretrained AdaCoF F=5 d=1 (.pth)")
     p.add_argument("--vgg-weights", type=Path, default=None, help="local ImageNet VGG16 state_dict (.pth)")
     p.add_argument("--lpips", action="store_true", help="also score LPIPS (needs lpips and its weights)")
-    p.add_argument("--stop-after", choices=STAGES, default="evaluate", help="stop after this stage")
+    add_stop_arguments(p, STAGES)
     p.add_argument("--published-plan", action="store_true",
                    help="only print the widths planned from the published densities")
     p.add_argument("--rule", choices=("linear", "sqrt"), default=None,
@@ -76,22 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.published_plan:
         published_plan_table(console)
         return 0
-    values = CDFIRecipeConfig.load(args.config).model_dump() if args.config else {}
-    flags = {"out_dir": args.out, "smoke": args.smoke or values.get("smoke", False),
-             "smoke_steps": args.smoke_steps, "vimeo_dir": args.vimeo, "middlebury_dir": args.middlebury,
-             "ucf101_dvf_dir": args.ucf101_dvf, "adacof_checkpoint": args.adacof_checkpoint,
-             "vgg_weights": args.vgg_weights, "width_rule": args.rule, "lpips": args.lpips or None,
-             "progress": False if args.quiet else None}
-    values.update({k: v for k, v in flags.items() if v is not None})
-    try:
-        cfg = CDFIRecipeConfig.model_validate(values)
-        run(cfg, console, stop_after=args.stop_after)
-    except (ValueError, FileNotFoundError) as e:
-        console.print(f"[red]error[/]: {e}")
-        if args.quiet:
-            print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    flags = {"vimeo_dir": args.vimeo, "middlebury_dir": args.middlebury, "ucf101_dvf_dir": args.ucf101_dvf,
+             "adacof_checkpoint": args.adacof_checkpoint, "vgg_weights": args.vgg_weights,
+             "width_rule": args.rule, "lpips": args.lpips or None}
+    return run_from_args(args, CDFIRecipeConfig, flags, run, console)
 
 
 if __name__ == "__main__":

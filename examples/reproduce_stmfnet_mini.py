@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from compresskit_stmfnet.recipe import MiniRecipeConfig, run
+from compresskit_vfi.recipe import add_run_arguments, add_stop_arguments, run_from_args
 from rich.console import Console
 
 STAGES = ("sparsify", "plan", "distill", "evaluate")
@@ -35,10 +36,7 @@ def _rank() -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Reproduce ST-MFNet Mini: OBProx-SG on ST-MFNet (Phase I), "
                                 "distillation into the planned student (Phase II), Table 1 evaluation.")
-    p.add_argument("--out", type=Path, default=Path("runs/stmfnet_mini"), help="output folder (resumes)")
-    p.add_argument("--config", type=Path, default=None, help="JSON/YAML MiniRecipeConfig; flags override")
-    p.add_argument("--smoke", action="store_true", help="embedded sample clips, a few steps per stage")
-    p.add_argument("--smoke-steps", type=int, default=None, help="optimizer steps per stage in smoke mode")
+    add_run_arguments(p, Path("runs/stmfnet_mini"), "MiniRecipeConfig")
     p.add_argument("--stmfnet-checkpoint", type=Path, default=None, help="pretrained ST-MFNet (.pth)")
     p.add_argument("--pwcnet-checkpoint", type=Path, default=None, help="PWC-Net 'default' weights (.pth)")
     p.add_argument("--vimeo-septuplet", type=Path, default=None, help="Vimeo-90K septuplet root")
@@ -50,27 +48,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="drop the flow branch when its density collapses (auto), always or never")
     p.add_argument("--student", choices=("plan", "uniform"), default=None,
                    help="student from the plan layer by layer, or one width per part")
-    p.add_argument("--stop-after", choices=STAGES, default="evaluate", help="stop after this stage")
+    add_stop_arguments(p, STAGES)
     p.add_argument("--quiet", action="store_true", help="no progress output")
     args = p.parse_args(argv)
     console = Console(quiet=args.quiet or _rank() != 0)
-    values = MiniRecipeConfig.load(args.config).model_dump() if args.config else {}
-    flags = {"out_dir": args.out, "smoke": args.smoke or values.get("smoke", False),
-             "smoke_steps": args.smoke_steps, "stmfnet_checkpoint": args.stmfnet_checkpoint,
-             "pwcnet_checkpoint": args.pwcnet_checkpoint, "vimeo_septuplet_dir": args.vimeo_septuplet,
-             "bvidvc_dir": args.bvidvc, "ucf101_dir": args.ucf101, "davis_dir": args.davis,
-             "snufilm_dir": args.snufilm, "drop_flow": args.drop_flow, "student": args.student,
-             "progress": False if args.quiet else None}
-    values.update({k: v for k, v in flags.items() if v is not None})
-    try:
-        cfg = MiniRecipeConfig.model_validate(values)
-        run(cfg, console, stop_after=args.stop_after)
-    except (ValueError, FileNotFoundError) as e:
-        console.print(f"[red]error[/]: {e}")
-        if args.quiet:
-            print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    flags = {"stmfnet_checkpoint": args.stmfnet_checkpoint, "pwcnet_checkpoint": args.pwcnet_checkpoint,
+             "vimeo_septuplet_dir": args.vimeo_septuplet, "bvidvc_dir": args.bvidvc,
+             "ucf101_dir": args.ucf101, "davis_dir": args.davis, "snufilm_dir": args.snufilm,
+             "drop_flow": args.drop_flow, "student": args.student}
+    return run_from_args(args, MiniRecipeConfig, flags, run, console)
 
 
 if __name__ == "__main__":

@@ -14,12 +14,12 @@ skipped on a rerun, an interrupted training stage continues from its last checkp
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from compresskit_vfi import recipe as common
 from pydantic import Field
 from rich.console import Console
 from rich.table import Table
@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 import compresskit as ck
 from compresskit.config import Config
-from compresskit.io import atomic_torch_save, atomic_write_json, atomic_write_text
+from compresskit.io import atomic_torch_save, atomic_write_json
 from compresskit.sparsify.obproxsg import l1_param_groups
 
 from .losses import CDFILoss
@@ -143,10 +143,7 @@ def _train_sets(cfg: CDFIRecipeConfig) -> tuple[Dataset, Dataset, Dataset]:
 
 def _test_sets(cfg: CDFIRecipeConfig) -> dict[str, Dataset]:
     if cfg.smoke:
-        from compresskit_vfi.data.samples import sample_dataset
-
-        ds = sample_dataset("triplet", "val", size=cfg.smoke_size)
-        return {"sample_val": Subset(ds, range(min(len(ds), cfg.smoke_eval_samples)))}
+        return common.smoke_test_sets(cfg, "triplet")
     from compresskit_vfi.data.datasets import UCF101DVF, MiddleburyOther, Vimeo90KTriplet
 
     sets: dict[str, Dataset] = {}
@@ -166,9 +163,7 @@ def _batch(cfg: CDFIRecipeConfig, batch: int) -> int:
 
 
 def _loader(ds: Dataset, batch: int, cfg: CDFIRecipeConfig) -> DataLoader:
-    batch = _batch(cfg, batch)
-    return DataLoader(ds, batch_size=batch, shuffle=True, drop_last=len(ds) >= batch,
-                      num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
+    return common.recipe_loader(ds, _batch(cfg, batch), cfg)
 
 
 def _with_aux(batch: Any) -> tuple[Any, ...]:
@@ -189,11 +184,7 @@ class _LossTerms:
 
 # ---------------------------------------------------------------------------------------------- stages
 def _train_config(cfg: CDFIRecipeConfig, epochs: int, lr: float, **kw: Any) -> ck.TrainConfig:
-    if cfg.smoke:
-        return ck.TrainConfig(steps=cfg.smoke_steps, lr=lr, device=cfg.device, seed=cfg.seed,
-                              progress=cfg.progress, log_every=1, **kw)
-    return ck.TrainConfig(epochs=epochs, lr=lr, step_size=cfg.step_size, gamma=cfg.gamma, device=cfg.device,
-                          seed=cfg.seed, progress=cfg.progress, **kw)
+    return ck.TrainConfig(**common.train_settings(cfg, epochs, lr, **kw))
 
 
 def stage_sparsify(cfg: CDFIRecipeConfig, data: Dataset, console: Console) -> AdaCoF:
@@ -201,9 +192,7 @@ def stage_sparsify(cfg: CDFIRecipeConfig, data: Dataset, console: Console) -> Ad
     out = cfg.out_dir / "sparsify"
     torch.manual_seed(cfg.seed)
     model = AdaCoF(cfg.kernel_size, cfg.dilation)
-    if (out / "done.pt").is_file():
-        model.load_state_dict(torch.load(out / "done.pt", map_location="cpu", weights_only=True))
-        console.print(f"[green]stage I sparsify[/]: done ({out / 'done.pt'})")
+    if common.load_done(out, model, console, "stage I sparsify"):
         return model
     if cfg.adacof_checkpoint is not None:
         ck.load_state_dict_strict(model, cfg.adacof_checkpoint)
@@ -211,9 +200,7 @@ def stage_sparsify(cfg: CDFIRecipeConfig, data: Dataset, console: Console) -> Ad
         raise ValueError("adacof_checkpoint: stage I compresses a pretrained AdaCoF (F=5, d=1); give the "
                          "official checkpoint file")
     loader = _loader(data, cfg.sparsify_batch, cfg)
-    steps_per_epoch = len(loader)
-    schedule = ({"n_prox_steps": cfg.smoke_steps // 2, "n_orthant_steps": None} if cfg.smoke
-                else ck.steps_from_epochs(cfg.sparsify_prox_epochs, steps_per_epoch))
+    schedule = common.obproxsg_schedule(cfg, cfg.sparsify_prox_epochs, len(loader))
     n_prox = schedule["n_prox_steps"]
     lambda_ = cfg.smoke_lambda if cfg.smoke else cfg.sparsify_lambda
     console.print(f"[bold]stage I sparsify[/]: OBProx-SG λ={lambda_}, lr={cfg.sparsify_lr}, "
@@ -226,7 +213,7 @@ def stage_sparsify(cfg: CDFIRecipeConfig, data: Dataset, console: Console) -> Ad
              out_dir=out / "train", resume=True)
     densities = ck.layer_densities(model)
     atomic_write_json(densities, out / "densities.json")
-    atomic_torch_save(model.state_dict(), out / "done.pt")
+    common.mark_done(out, model)
     return model
 
 
@@ -250,11 +237,10 @@ def _example() -> tuple[torch.Tensor, torch.Tensor]:
 def stage_shrink(cfg: CDFIRecipeConfig, sparse: AdaCoF, console: Console) -> AdaCoF:
     """Trace, plan widths from the densities, shrink; writes ``shrink/plan.json`` and ``shrink/done.pt``."""
     out = cfg.out_dir / "shrink"
-    if (out / "done.pt").is_file():
-        state = torch.load(out / "done.pt", map_location="cpu", weights_only=True)
+    state = common.read_done(out, console, "stage I shrink")
+    if state is not None:
         model = AdaCoF(cfg.kernel_size, cfg.dilation, widths_from_state_dict(state))
         model.load_state_dict(state)
-        console.print(f"[green]stage I shrink[/]: done ({out / 'done.pt'})")
         return model
     densities = ck.layer_densities(sparse)
     console.print(density_table(densities))
@@ -264,25 +250,23 @@ def stage_shrink(cfg: CDFIRecipeConfig, sparse: AdaCoF, console: Console) -> Ada
     small = ck.shrink(sparse, graph, plan=plan, init=cfg.init)
     widths = widths_from_state_dict(small.state_dict())
     atomic_write_json({"widths": widths, "densities": densities, "plan": plan.to_dict(),
-                       "params": sum(p.numel() for p in small.parameters())}, out / "plan.json")
-    atomic_torch_save(small.state_dict(), out / "done.pt")
-    console.print(f"[bold]stage I shrink[/]: {sum(p.numel() for p in sparse.parameters()):,} → "
-                  f"{sum(p.numel() for p in small.parameters()):,} parameters")
+                       "params": common.count_params(small)}, out / "plan.json")
+    common.mark_done(out, small)
+    console.print(f"[bold]stage I shrink[/]: {common.count_params(sparse):,} → "
+                  f"{common.count_params(small):,} parameters")
     return small
 
 
 def stage_retrain(cfg: CDFIRecipeConfig, small: AdaCoF, data: Dataset, console: Console) -> AdaCoF:
     out = cfg.out_dir / "retrain"
-    if (out / "done.pt").is_file():
-        small.load_state_dict(torch.load(out / "done.pt", map_location="cpu", weights_only=True))
-        console.print(f"[green]stage I retrain[/]: done ({out / 'done.pt'})")
+    if common.load_done(out, small, console, "stage I retrain"):
         return small
     console.print(f"[bold]stage I retrain[/]: compressed AdaCoF, Adamax {cfg.lr}, "
                   f"batch {_batch(cfg, cfg.retrain_batch)}")
     loss = CDFILoss(spatial=cfg.spatial_weight, perceptual=0.0)
     ck.train(small, _loader(data, cfg.retrain_batch, cfg), _LossTerms(loss), inputs_fn=_with_aux,
              config=_train_config(cfg, cfg.retrain_epochs, cfg.lr), out_dir=out / "train", resume=True)
-    atomic_torch_save(small.state_dict(), out / "done.pt")
+    common.mark_done(out, small)
     return small
 
 
@@ -300,9 +284,7 @@ def stage_cdfi(cfg: CDFIRecipeConfig, data: Dataset, console: Console) -> CDFI:
     out = cfg.out_dir / "cdfi"
     torch.manual_seed(cfg.seed)
     model = CDFI()
-    if (out / "done.pt").is_file():
-        model.load_state_dict(torch.load(out / "done.pt", map_location="cpu", weights_only=True))
-        console.print(f"[green]stage II CDFI[/]: done ({out / 'done.pt'})")
+    if common.load_done(out, model, console, "stage II CDFI"):
         return model
     loss = _cdfi_loss(cfg)
     console.print(f"[bold]stage II CDFI[/]: Adamax {cfg.lr}, batch {_batch(cfg, cfg.cdfi_batch)}, "
@@ -311,64 +293,26 @@ def stage_cdfi(cfg: CDFIRecipeConfig, data: Dataset, console: Console) -> CDFI:
     ck.train(model, _loader(data, cfg.cdfi_batch, cfg), _LossTerms(loss), inputs_fn=_with_aux,
              config=_train_config(cfg, cfg.cdfi_epochs, cfg.lr), out_dir=out / "train", resume=True)
     atomic_torch_save({"state_dict": model.state_dict(), "epoch": cfg.cdfi_epochs}, out / "cdfi.pth")
-    atomic_torch_save(model.state_dict(), out / "done.pt")
+    common.mark_done(out, model)
     return model
 
 
 def stage_evaluate(cfg: CDFIRecipeConfig, models: Mapping[str, nn.Module], console: Console) -> dict:
     """Score the models with the CDFI conventions; writes ``evaluate/results.json`` and ``table.md``."""
-    from compresskit_vfi.evaluate import EvaluationResult, evaluate
-
-    out = cfg.out_dir / "evaluate"
-    if (out / "results.json").is_file():
-        import json
-
-        result = EvaluationResult.from_dict(json.loads((out / "results.json").read_text()))
-        console.print(f"[green]evaluate[/]: done ({out / 'results.json'})")
-    else:
-        limit = cfg.smoke_eval_samples if cfg.smoke else cfg.eval_limit
-        device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
-        result = evaluate(dict(models), _test_sets(cfg), convention="cdfi", lpips=cfg.lpips, device=device,
-                          runtime=False, macs=not cfg.smoke, limit=limit, progress=cfg.progress,
-                          console=console)
-        result.save_json(out / "results.json")
-    text = paper_table(result.to_dict())
-    atomic_write_text(text, cfg.out_dir / "table.md")
-    console.print(text, soft_wrap=True, markup=False, highlight=False)
-    return result.to_dict()
+    return common.cached_evaluation(cfg, models, lambda: _test_sets(cfg), paper_table, console,
+                                    convention="cdfi", lpips=cfg.lpips, runtime=False, macs=not cfg.smoke)
 
 
 def paper_table(results: Mapping[str, Any]) -> str:
     """Markdown table like CDFI's Table 2: published rows, then ours, PSNR / SSIM / LPIPS per test set."""
-    sets = ["vimeo", "middlebury", "ucf101_dvf"]
-    ours_sets = [d for per in results["scores"].values() for d in per]
-    sets += [d for d in dict.fromkeys(ours_sets) if d not in sets]
-    header = "| model | params | " + " | ".join(f"{d} PSNR / SSIM / LPIPS" for d in sets) + " |"
-    lines = [header, "|" + "---|" * (len(sets) + 2)]
-
-    def cell(psnr: float | None, ssim: float | None, lpips: float | None) -> str:
-        def fmt(v: float | None, digits: int) -> str:
-            return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
-
-        return f"{fmt(psnr, 2)} / {fmt(ssim, 3)} / {fmt(lpips, 3)}"
-
-    for name, scores in PUBLISHED.items():
-        row = [cell(*scores[d]) if d in scores else "-" for d in sets]
-        lines.append(f"| {name} (published) | {PUBLISHED_PARAMS[name]:,} | " + " | ".join(row) + " |")
-    for name, per in results["scores"].items():
-        row = [cell(per[d]["psnr"], per[d].get("ssim"), per[d].get("lpips")) if d in per else "-"
-               for d in sets]
-        params = results["models"].get(name, {}).get("params")
-        lines.append(f"| {name} (ours) | {params:,} | " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n"
+    return common.paper_table(results, PUBLISHED, PUBLISHED_PARAMS, ("vimeo", "middlebury", "ucf101_dvf"),
+                              (("psnr", 2), ("ssim", 3), ("lpips", 3)))
 
 
 def run(cfg: CDFIRecipeConfig, console: Console | None = None,
         stop_after: Literal["sparsify", "shrink", "retrain", "cdfi", "evaluate"] = "evaluate") -> dict:
     """Run (or resume) the whole recipe; returns ``{"widths", "params", "evaluation"}``."""
-    console = console or Console(quiet=not cfg.progress)
-    cfg.out_dir.mkdir(parents=True, exist_ok=True)
-    cfg.dump(cfg.out_dir / "config.json")
+    console = common.start_run(cfg, console)
     sparse_set, retrain_set, cdfi_set = _train_sets(cfg)
     summary: dict[str, Any] = {}
     sparse = stage_sparsify(cfg, sparse_set, console)
@@ -376,8 +320,8 @@ def run(cfg: CDFIRecipeConfig, console: Console | None = None,
         return summary
     small = stage_shrink(cfg, sparse, console)
     summary["widths"] = widths_from_state_dict(small.state_dict())
-    summary["params"] = {"adacof": sum(p.numel() for p in sparse.parameters()),
-                         "compressed_adacof": sum(p.numel() for p in small.parameters())}
+    summary["params"] = {"adacof": common.count_params(sparse),
+                         "compressed_adacof": common.count_params(small)}
     if stop_after == "shrink":
         return summary
     small = stage_retrain(cfg, small, retrain_set, console)
@@ -399,4 +343,4 @@ def plan_published_widths(rule: Literal["linear", "sqrt"] = "linear", coupling: 
     graph = ck.trace(model, (torch.zeros(1, 3, 32, 32), torch.zeros(1, 3, 32, 32)))
     plan = ck.plan_widths(graph, published_densities(), rule=rule, coupling=coupling)
     small = ck.shrink(model, graph, plan=plan, init="reinit")
-    return widths_from_state_dict(small.state_dict()), sum(p.numel() for p in small.parameters())
+    return widths_from_state_dict(small.state_dict()), common.count_params(small)

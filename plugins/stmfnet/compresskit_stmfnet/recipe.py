@@ -25,15 +25,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from compresskit_vfi import recipe as common
 from pydantic import Field
 from rich.console import Console
 from rich.table import Table
 from torch import nn
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 import compresskit as ck
 from compresskit.config import Config
-from compresskit.io import atomic_torch_save, atomic_write_json, atomic_write_text
+from compresskit.io import atomic_torch_save, atomic_write_json
 from compresskit.sparsify.obproxsg import l1_param_groups
 from compresskit_stmfnet.models import STMFNET_MINI_WIDTHS, STMFNet
 from compresskit_stmfnet.models.stmfnet import drop_flow_branch, flow_branch_density, summarize_widths
@@ -135,10 +136,7 @@ def _train_set(cfg: MiniRecipeConfig) -> Dataset:
 
 def _test_sets(cfg: MiniRecipeConfig) -> dict[str, Dataset]:
     if cfg.smoke:
-        from compresskit_vfi.data.samples import sample_dataset
-
-        ds = sample_dataset("quintuplet", "val", size=cfg.smoke_size)
-        return {"sample_val": Subset(ds, range(min(len(ds), cfg.smoke_eval_samples)))}
+        return common.smoke_test_sets(cfg, "quintuplet")
     from compresskit_vfi.data.datasets import DAVIS90, SNUFILM, UCF101QVI
 
     sets: dict[str, Dataset] = {}
@@ -154,25 +152,12 @@ def _test_sets(cfg: MiniRecipeConfig) -> dict[str, Dataset]:
     return sets
 
 
-def _loader(ds: Dataset, batch: int, cfg: MiniRecipeConfig) -> DataLoader:
-    return DataLoader(ds, batch_size=batch, shuffle=True, drop_last=len(ds) >= batch,
-                      num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
-
-
 def _laplacian_to_target(output: torch.Tensor, batch: Any) -> torch.Tensor:
     """Phase I loss: the Laplacian pyramid loss (5 levels) of the output against the batch's target."""
     return _LAPLACIAN(output, batch[-1])
 
 
 _LAPLACIAN = ck.get_loss("laplacian")
-
-
-def _train_config(cfg: MiniRecipeConfig, epochs: int, lr: float, **kw: Any) -> dict[str, Any]:
-    if cfg.smoke:
-        return dict(steps=cfg.smoke_steps, lr=lr, device=cfg.device, seed=cfg.seed, progress=cfg.progress,
-                    log_every=1, **kw)
-    return dict(epochs=epochs, lr=lr, step_size=cfg.step_size, gamma=cfg.gamma, device=cfg.device,
-                seed=cfg.seed, progress=cfg.progress, **kw)
 
 
 def _example(cfg: MiniRecipeConfig) -> tuple[torch.Tensor, ...]:
@@ -184,10 +169,6 @@ def _steps_per_epoch(loader: DataLoader) -> int:
     """Optimizer steps per epoch on each process: under torchrun every rank reads 1/WORLD_SIZE of the data."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     return max(1, math.ceil(len(loader) / world))
-
-
-def _params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 # --------------------------------------------------------------------------------------------- Phase I
@@ -209,14 +190,11 @@ def stage_sparsify(cfg: MiniRecipeConfig, data: Dataset, console: Console) -> ST
     """OBProx-SG on ST-MFNet; writes ``sparsify/done.pt`` and ``sparsify/densities.json``."""
     out = cfg.out_dir / "sparsify"
     model = load_teacher(cfg)
-    if (out / "done.pt").is_file():
-        model.load_state_dict(torch.load(out / "done.pt", map_location="cpu", weights_only=True))
-        console.print(f"[green]Phase I sparsify[/]: done ({out / 'done.pt'})")
+    if common.load_done(out, model, console, "Phase I sparsify"):
         return model
     batch = 2 if cfg.smoke else cfg.sparsify_batch
-    loader = _loader(data, batch, cfg)
-    schedule = ({"n_prox_steps": cfg.smoke_steps // 2, "n_orthant_steps": None} if cfg.smoke
-                else ck.steps_from_epochs(cfg.sparsify_prox_epochs, _steps_per_epoch(loader)))
+    loader = common.recipe_loader(data, batch, cfg)
+    schedule = common.obproxsg_schedule(cfg, cfg.sparsify_prox_epochs, _steps_per_epoch(loader))
     lam = cfg.smoke_lambda if cfg.smoke else cfg.sparsify_lambda
     console.print(f"[bold]Phase I sparsify[/]: OBProx-SG λ={lam}, lr={cfg.sparsify_lr}, "
                   f"eps={cfg.sparsify_eps}, {schedule['n_prox_steps']} Prox-SG steps then orthant steps, "
@@ -224,12 +202,13 @@ def stage_sparsify(cfg: MiniRecipeConfig, data: Dataset, console: Console) -> ST
     # the paper puts the l1 penalty on every trainable parameter (the PWC-Net is frozen)
     opt = ck.OBProxSG(l1_param_groups(model, lam), lr=cfg.sparsify_lr, lambda_=lam, eps=cfg.sparsify_eps,
                       **schedule)
-    config = ck.TrainConfig(**_train_config(cfg, cfg.sparsify_epochs, cfg.sparsify_lr, scheduler="none"))
+    config = ck.TrainConfig(**common.train_settings(cfg, cfg.sparsify_epochs, cfg.sparsify_lr,
+                                                    scheduler="none"))
     ck.train(model, loader, _laplacian_to_target, optimizer=opt, config=config, out_dir=out / "train",
              resume=True)
     densities = ck.layer_densities(model)
     atomic_write_json(densities, out / "densities.json")
-    atomic_torch_save(model.state_dict(), out / "done.pt")
+    common.mark_done(out, model)
     return model
 
 
@@ -295,10 +274,11 @@ def stage_plan(cfg: MiniRecipeConfig, sparse: STMFNet, console: Console) -> tupl
     student = build_student(sparse, plan, drop, _example(cfg), cfg.student, cfg.seed)
     widths = summarize_widths(student).to_dict()
     info = {"plan": plan.to_dict(), "drop_flow": drop, "flow_branch_density": branch_density,
-            "widths": widths, "params": {"stmfnet": _params(sparse), "student": _params(student)},
+            "widths": widths,
+            "params": {"stmfnet": common.count_params(sparse), "student": common.count_params(student)},
             "overall_density": _overall_density(sparse)}
     atomic_write_json(info, out / "plan.json")
-    console.print(widths_table(widths, drop, _params(student)))
+    console.print(widths_table(widths, drop, common.count_params(student)))
     return student, info
 
 
@@ -333,73 +313,35 @@ def stage_distill(cfg: MiniRecipeConfig, student: STMFNet, teacher: STMFNet, dat
                   console: Console) -> STMFNet:
     """``0.1·Lap(S, GT) + Lap(S, T)`` from scratch; writes ``distill/done.pt`` and ``stmfnet_mini.pth``."""
     out = cfg.out_dir / "distill"
-    if (out / "done.pt").is_file():
-        student.load_state_dict(torch.load(out / "done.pt", map_location="cpu", weights_only=True))
-        console.print(f"[green]Phase II distill[/]: done ({out / 'done.pt'})")
+    if common.load_done(out, student, console, "Phase II distill"):
         return student
     batch = 2 if cfg.smoke else cfg.batch
     console.print(f"[bold]Phase II distill[/]: {cfg.alpha}·Lap(S, GT) + Lap(S, T), Adamax {cfg.lr}, batch "
                   f"{batch}, StepLR({cfg.step_size}, {cfg.gamma}), {len(data)} samples")
-    config = ck.DistillConfig(**_train_config(cfg, cfg.distill_epochs, cfg.lr, optimizer="adamax"),
+    config = ck.DistillConfig(**common.train_settings(cfg, cfg.distill_epochs, cfg.lr, optimizer="adamax"),
                               alpha=cfg.alpha, student_loss="laplacian", distill_loss="laplacian")
-    ck.distill(student, teacher, _loader(data, batch, cfg), config=config, out_dir=out / "train", resume=True)
+    ck.distill(student, teacher, common.recipe_loader(data, batch, cfg), config=config, out_dir=out / "train",
+               resume=True)
     atomic_torch_save({"state_dict": student.state_dict()}, out / "stmfnet_mini.pth")
-    atomic_torch_save(student.state_dict(), out / "done.pt")
+    common.mark_done(out, student)
     return student
 
 
 def stage_evaluate(cfg: MiniRecipeConfig, models: Mapping[str, nn.Module], console: Console) -> dict:
     """ST-MFNet conventions; writes ``evaluate/results.json`` and ``table.md``."""
-    from compresskit_vfi.evaluate import EvaluationResult, evaluate
-
-    out = cfg.out_dir / "evaluate"
-    if (out / "results.json").is_file():
-        result = EvaluationResult.from_dict(json.loads((out / "results.json").read_text()))
-        console.print(f"[green]evaluate[/]: done ({out / 'results.json'})")
-    else:
-        limit = cfg.smoke_eval_samples if cfg.smoke else cfg.eval_limit
-        device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else (
-            "cpu" if cfg.device == "auto" else cfg.device)
-        result = evaluate(dict(models), _test_sets(cfg), convention="stmfnet", device=device,
-                          runtime=not cfg.smoke, macs=not cfg.smoke, limit=limit, progress=cfg.progress,
-                          console=console)
-        result.save_json(out / "results.json")
-    text = paper_table(result.to_dict())
-    atomic_write_text(text, cfg.out_dir / "table.md")
-    console.print(text)
-    return result.to_dict()
+    return common.cached_evaluation(cfg, models, lambda: _test_sets(cfg), paper_table, console,
+                                    convention="stmfnet", runtime=not cfg.smoke, macs=not cfg.smoke)
 
 
 def paper_table(results: Mapping[str, Any]) -> str:
     """Markdown table in the layout of the Mini paper's Table 1: published rows, then ours, PSNR/SSIM."""
-    sets = list(TEST_SETS)
-    ours_sets = [d for per in results["scores"].values() for d in per]
-    sets += [d for d in dict.fromkeys(ours_sets) if d not in sets]
-    header = "| model | params | " + " | ".join(f"{d} PSNR / SSIM" for d in sets) + " |"
-    lines = [header, "|" + "---|" * (len(sets) + 2)]
-
-    def cell(psnr: float | None, ssim: float | None) -> str:
-        def fmt(v: float | None, digits: int) -> str:
-            return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
-
-        return f"{fmt(psnr, 3)} / {fmt(ssim, 3)}"
-
-    for name, scores in PUBLISHED.items():
-        row = [cell(*scores[d]) if d in scores else "-" for d in sets]
-        lines.append(f"| {name} (published) | {PUBLISHED_PARAMS[name]:,} | " + " | ".join(row) + " |")
-    for name, per in results["scores"].items():
-        row = [cell(per[d]["psnr"], per[d].get("ssim")) if d in per else "-" for d in sets]
-        params = results["models"].get(name, {}).get("params")
-        lines.append(f"| {name} (ours) | {params:,} | " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n"
+    return common.paper_table(results, PUBLISHED, PUBLISHED_PARAMS, TEST_SETS, (("psnr", 3), ("ssim", 3)))
 
 
 def run(cfg: MiniRecipeConfig, console: Console | None = None,
         stop_after: Literal["sparsify", "plan", "distill", "evaluate"] = "evaluate") -> dict:
     """Run (or resume) the whole recipe; returns ``{"plan", "evaluation"}``."""
-    console = console or Console(quiet=not cfg.progress)
-    cfg.out_dir.mkdir(parents=True, exist_ok=True)
-    cfg.dump(cfg.out_dir / "config.json")
+    console = common.start_run(cfg, console)
     data = _train_set(cfg)
     summary: dict[str, Any] = {}
     sparse = stage_sparsify(cfg, data, console)
