@@ -98,17 +98,16 @@ def correlation_backward(grad: Tensor, f1: Tensor, f2: Tensor, r: int) -> tuple[
 
 # ------------------------------------------------------------------------------------- summation splat
 @triton.jit
-def _splat_fwd_kernel(x, flow, out, C, H, W, BLOCK: tl.constexpr):
-    b = tl.program_id(0)
-    p = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+def _splat_corners(flow, b, p, H, W):
+    """Where pixels ``p`` (flat, image ``b``) land, p + F(p), and its 4 bilinear corners 00, 10, 01, 11:
+    the in-image mask of p, the fractional offsets (ax, ay), each corner's flat index, its in-image mask
+    and its weight (1−ax)(1−ay), ax(1−ay), (1−ax)ay, ax·ay."""
     n = H * W
     pm = p < n
-    px = p % W
-    py = p // W
     fx = tl.load(flow + (b * 2) * n + p, mask=pm, other=0.0)
     fy = tl.load(flow + (b * 2 + 1) * n + p, mask=pm, other=0.0)
-    tx = px + fx
-    ty = py + fy
+    tx = p % W + fx
+    ty = p // W + fy
     x0f = tl.floor(tx)
     y0f = tl.floor(ty)
     ax = tx - x0f
@@ -121,17 +120,23 @@ def _splat_fwd_kernel(x, flow, out, C, H, W, BLOCK: tl.constexpr):
     v10 = pm & (x1 >= 0) & (x1 < W) & (y0 >= 0) & (y0 < H)
     v01 = pm & (x0 >= 0) & (x0 < W) & (y1 >= 0) & (y1 < H)
     v11 = pm & (x1 >= 0) & (x1 < W) & (y1 >= 0) & (y1 < H)
-    w00 = (1 - ax) * (1 - ay)
-    w10 = ax * (1 - ay)
-    w01 = (1 - ax) * ay
-    w11 = ax * ay
+    return (pm, ax, ay, y0 * W + x0, y0 * W + x1, y1 * W + x0, y1 * W + x1, v00, v10, v01, v11,
+            (1 - ax) * (1 - ay), ax * (1 - ay), (1 - ax) * ay, ax * ay)
+
+
+@triton.jit
+def _splat_fwd_kernel(x, flow, out, C, H, W, BLOCK: tl.constexpr):
+    b = tl.program_id(0)
+    p = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    n = H * W
+    pm, ax, ay, i00, i10, i01, i11, v00, v10, v01, v11, w00, w10, w01, w11 = _splat_corners(flow, b, p, H, W)
     for c in range(C):
         base = (b * C + c) * n
         val = tl.load(x + base + p, mask=pm, other=0.0)
-        tl.atomic_add(out + base + y0 * W + x0, val * w00, mask=v00)
-        tl.atomic_add(out + base + y0 * W + x1, val * w10, mask=v10)
-        tl.atomic_add(out + base + y1 * W + x0, val * w01, mask=v01)
-        tl.atomic_add(out + base + y1 * W + x1, val * w11, mask=v11)
+        tl.atomic_add(out + base + i00, val * w00, mask=v00)
+        tl.atomic_add(out + base + i10, val * w10, mask=v10)
+        tl.atomic_add(out + base + i01, val * w01, mask=v01)
+        tl.atomic_add(out + base + i11, val * w11, mask=v11)
 
 
 @triton.jit
@@ -139,37 +144,15 @@ def _splat_bwd_kernel(grad, x, flow, gx, gflow, C, H, W, BLOCK: tl.constexpr):
     b = tl.program_id(0)
     p = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     n = H * W
-    pm = p < n
-    px = p % W
-    py = p // W
-    fx = tl.load(flow + (b * 2) * n + p, mask=pm, other=0.0)
-    fy = tl.load(flow + (b * 2 + 1) * n + p, mask=pm, other=0.0)
-    tx = px + fx
-    ty = py + fy
-    x0f = tl.floor(tx)
-    y0f = tl.floor(ty)
-    ax = tx - x0f
-    ay = ty - y0f
-    x0 = x0f.to(tl.int32)
-    y0 = y0f.to(tl.int32)
-    x1 = x0 + 1
-    y1 = y0 + 1
-    v00 = pm & (x0 >= 0) & (x0 < W) & (y0 >= 0) & (y0 < H)
-    v10 = pm & (x1 >= 0) & (x1 < W) & (y0 >= 0) & (y0 < H)
-    v01 = pm & (x0 >= 0) & (x0 < W) & (y1 >= 0) & (y1 < H)
-    v11 = pm & (x1 >= 0) & (x1 < W) & (y1 >= 0) & (y1 < H)
-    w00 = (1 - ax) * (1 - ay)
-    w10 = ax * (1 - ay)
-    w01 = (1 - ax) * ay
-    w11 = ax * ay
+    pm, ax, ay, i00, i10, i01, i11, v00, v10, v01, v11, w00, w10, w01, w11 = _splat_corners(flow, b, p, H, W)
     accx = tl.zeros([BLOCK], dtype=gflow.dtype.element_ty)
     accy = tl.zeros([BLOCK], dtype=gflow.dtype.element_ty)
     for c in range(C):
         base = (b * C + c) * n
-        g00 = tl.load(grad + base + y0 * W + x0, mask=v00, other=0.0)
-        g10 = tl.load(grad + base + y0 * W + x1, mask=v10, other=0.0)
-        g01 = tl.load(grad + base + y1 * W + x0, mask=v01, other=0.0)
-        g11 = tl.load(grad + base + y1 * W + x1, mask=v11, other=0.0)
+        g00 = tl.load(grad + base + i00, mask=v00, other=0.0)
+        g10 = tl.load(grad + base + i10, mask=v10, other=0.0)
+        g01 = tl.load(grad + base + i01, mask=v01, other=0.0)
+        g11 = tl.load(grad + base + i11, mask=v11, other=0.0)
         val = tl.load(x + base + p, mask=pm, other=0.0)
         tl.store(gx + base + p, w00 * g00 + w10 * g10 + w01 * g01 + w11 * g11, mask=pm)
         accx += val * (-(1 - ay) * g00 + (1 - ay) * g10 - ay * g01 + ay * g11)

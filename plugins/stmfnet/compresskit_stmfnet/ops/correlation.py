@@ -20,6 +20,7 @@ from compresskit_vfi.ops import triton_available
 from torch import Tensor
 
 import compresskit as ck
+from compresskit_stmfnet.ops._autograd import register_gradient_op
 
 MAX_DISPLACEMENT = 4
 WINDOW = 2 * MAX_DISPLACEMENT + 1
@@ -84,18 +85,7 @@ def _(grad: Tensor, f1: Tensor, f2: Tensor) -> tuple[Tensor, Tensor]:
     return torch.empty_like(f1), torch.empty_like(f2)
 
 
-def _setup_context(ctx, inputs, output) -> None:
-    f1, f2 = inputs
-    ctx.save_for_backward(f1, f2)
-
-
-def _backward(ctx, grad: Tensor):
-    f1, f2 = ctx.saved_tensors
-    g1, g2 = _correlation_backward(grad.contiguous(), f1, f2)
-    return (g1 if ctx.needs_input_grad[0] else None), (g2 if ctx.needs_input_grad[1] else None)
-
-
-_correlation.register_autograd(_backward, setup_context=_setup_context)
+register_gradient_op(_correlation, _correlation_backward)
 
 
 def _setup_context_bw(ctx, inputs, output) -> None:

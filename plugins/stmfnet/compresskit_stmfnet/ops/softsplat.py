@@ -26,6 +26,7 @@ from compresskit_vfi.ops import triton_available
 from torch import Tensor
 
 import compresskit as ck
+from compresskit_stmfnet.ops._autograd import register_gradient_op
 
 __all__ = ["sum_splat", "softmax_splat"]
 
@@ -111,18 +112,7 @@ def _(grad: Tensor, x: Tensor, flow: Tensor) -> tuple[Tensor, Tensor]:
     return torch.empty_like(x), torch.empty_like(flow)
 
 
-def _setup_context(ctx, inputs, output) -> None:
-    x, flow = inputs
-    ctx.save_for_backward(x, flow)
-
-
-def _backward(ctx, grad: Tensor):
-    x, flow = ctx.saved_tensors
-    gx, gf = _sum_splat_backward(grad.contiguous(), x, flow)
-    return (gx if ctx.needs_input_grad[0] else None), (gf if ctx.needs_input_grad[1] else None)
-
-
-_sum_splat.register_autograd(_backward, setup_context=_setup_context)
+register_gradient_op(_sum_splat, _sum_splat_backward)
 
 
 if torch.cuda.is_available() and triton_available():  # pragma: no cover - needs a GPU
