@@ -24,7 +24,6 @@ and Triton are present). The backward is a custom op of its own, so ``torch.fx``
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import torch
@@ -135,7 +134,7 @@ def _check(x: Tensor, weight: Tensor, alpha: Tensor, beta: Tensor, dilation: int
             raise ValueError(f"adacof: {name} must have weight's shape {tuple(weight.shape)} (B, F², H, W), "
                              f"got {tuple(t.shape)}")
     taps = int(weight.shape[1])
-    f = math.isqrt(taps)
+    f = round(taps**0.5)  # exact for any realistic F; unlike math.isqrt, dynamo can trace it on SymInts
     if f * f != taps or taps == 0:
         raise ValueError(f"adacof: weight.shape[1] must be F² (a square number of taps), got {taps}")
     if x.shape[0] != weight.shape[0]:
