@@ -132,3 +132,15 @@ def test_gan_loss_hand_values_and_discriminator_step():
     with torch.no_grad():  # validation forwards leave nothing for the discriminator
         gan(fake, real)
     assert math.isnan(gan.discriminator_step())
+
+
+def test_plugin_losses_are_found_without_loading_plugins_first():
+    """``ck.get_loss`` / ``ck.list_losses`` discover installed plugins like ``ck.create_model`` does: the
+    adacof plugin registers ``g_spatial`` and ``cdfi`` (checked in a fresh interpreter)."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("compresskit_adacof")
+    code = "import compresskit as ck; names = ck.list_losses(); print('g_spatial' in names, 'cdfi' in names)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "True"]

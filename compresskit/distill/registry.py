@@ -64,11 +64,15 @@ def list_losses() -> list[str]:
 
 
 def _load_builtins() -> None:
+    """The core's losses, then the installed plugins' (discovered once, as for models)."""
     global _builtins_loaded
     if not _builtins_loaded:
         _builtins_loaded = True
         for module in _BUILTIN_MODULES:
             importlib.import_module(module)
+        from compresskit.plugins import load_plugins
+
+        load_plugins()
 
 
 def _describe(obj: Any) -> str:
