@@ -28,13 +28,13 @@ import compresskit as ck
 RECIPES = """\
 Full-scale recipes (datasets on local disk, one GPU or several with torchrun):
 
-  python examples/reproduce_cdfi.py --help
-  python examples/reproduce_stmfnet_mini.py --help
+  python examples/reproduce_cdfi.py --adacof-checkpoint adacof.pth --vimeo DIR --middlebury DIR \\
+      --ucf101-dvf DIR --out runs/cdfi
+  torchrun --nproc_per_node 4 examples/reproduce_stmfnet_mini.py --stmfnet-checkpoint stmfnet.pth \\
+      --vimeo-septuplet DIR --bvidvc DIR --ucf101 DIR --davis DIR --snufilm DIR --out runs/mini
 
-  e.g. python examples/reproduce_cdfi.py --vimeo DIR --middlebury DIR --ucf101-dvf DIR --out runs/cdfi
-       torchrun --nproc_per_node 4 examples/reproduce_stmfnet_mini.py --vimeo-septuplet DIR --bvi-dvc DIR \\
-           --ucf101 DIR --davis DIR --snufilm DIR --teacher stmfnet.pth --out runs/mini
-Guides: docs/reproduce_cdfi.md, docs/reproduce_stmfnet_mini.md; compress your own model: docs/guide.md"""
+Both take --smoke (the same code path on the sample clips, minutes on a CPU) and --help.
+Guides: docs/reproduce_cdfi.md, docs/reproduce_stmfnet_mini.md; your own model: docs/compress_your_model.md"""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,9 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--width-scale", type=float, default=0.25, help="width of the trained original (0-1]")
     p.add_argument("--crop", type=int, default=64, help="training crop size")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--teacher-steps", type=int, default=500, help="training steps of the original")
-    p.add_argument("--sparsify-steps", type=int, default=300, help="OBProx-SG steps")
-    p.add_argument("--finetune-steps", type=int, default=400, help="distillation steps of the small model")
+    p.add_argument("--teacher-steps", type=int, default=400, help="training steps of the original")
+    p.add_argument("--sparsify-steps", type=int, default=200, help="OBProx-SG steps")
+    p.add_argument("--finetune-steps", type=int, default=300, help="distillation steps of the small model")
     p.add_argument("--lambda", dest="lambda_", type=float, default=1e-2, help="l1 strength λ of OBProx-SG")
     p.add_argument("--sparsify-lr", type=float, default=1e-2,
                    help="OBProx-SG step size (plain SGD steps: each weight moves ~lr·λ per step toward 0)")
@@ -156,7 +156,6 @@ def main(argv: list[str] | None = None) -> int:
     # latency was measured by compress() at the training input size; skip the 480p timing here
     ev = evaluate({"original": original, "compressed": small}, {"sample-val": val_set}, convention="stmfnet",
                   runtime=False)
-    ev.print(console)
     ev.save(args.out)
     side_by_side(val_full[len(val_full) // 2], original, small, args.out / "side_by_side.png")
 
@@ -166,11 +165,13 @@ def main(argv: list[str] | None = None) -> int:
     table.add_column("original", justify="right")
     table.add_column("compressed", justify="right")
     table.add_column("ratio", justify="right")
-    for key, label, fmt in (("params", "parameters", "{:,.0f}"), ("macs", "MACs", "{:,.0f}"),
+    for key, label, fmt in (("params", "parameters", "{:,.0f}"), ("macs", "GMACs per batch", "{:.3g}"),
                             ("latency_ms", "CPU latency (ms)", "{:.1f}")):
         b, a = getattr(rep.before, key), getattr(rep.after, key)
         if b is None or a is None:
             continue
+        if key == "macs":
+            b, a = b / 1e9, a / 1e9
         table.add_row(label, fmt.format(b), fmt.format(a), f"{b / a:.2f}×" if a else "")
     for name in ("psnr", "ssim"):
         vals = [ev.scores[m]["sample-val"].get(name) for m in ("original", "compressed")]
