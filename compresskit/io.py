@@ -1,4 +1,4 @@
-"""Atomic writes: nothing is lost if a run is interrupted mid-write (temp file in the same folder + rename)."""
+"""Atomic writes: nothing is lost if a run is interrupted mid-write (temp file beside it + rename)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def _atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
-    """Call ``write(f)`` on a temp file beside ``path``, then rename it to ``path`` (for streaming writers)."""
+    """Call ``write(f)`` on a temp file beside ``path``, then rename it to ``path`` (streaming writers)."""
     return _atomic(path, write)
 
 

@@ -62,15 +62,16 @@ def register_model(
     tags: tuple[str, ...] = (),
     overwrite: bool = False,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator registering ``factory(**kwargs) -> nn.Module`` under ``name`` (default: the function name)."""
+    """Decorator registering ``factory(**kwargs) -> nn.Module`` under ``name`` (default: its name)."""
 
     def decorator(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         key = name or factory.__name__
         if not isinstance(key, str) or not key:
             raise ValueError(f"register_model: name must be a non-empty string, got {key!r}")
         if key in _MODELS and not overwrite and _MODELS[key].factory is not factory:
-            raise ValueError(f"register_model: a model named {key!r} is already registered "
-                             f"(by {_MODELS[key].plugin or _MODELS[key].factory.__module__}); pass overwrite=True")
+            owner = _MODELS[key].plugin or _MODELS[key].factory.__module__
+            raise ValueError(f"register_model: a model named {key!r} is already registered (by {owner}); "
+                             "pass overwrite=True")
         _MODELS[key] = ModelInfo(key, factory, task, default_loss, inputs_from_batch,
                                  description or (factory.__doc__ or "").strip().split("\n")[0],
                                  factory.__module__.split(".")[0], tuple(tags))
@@ -102,7 +103,8 @@ def model_info(name: str) -> ModelInfo:
     return _MODELS[name]
 
 
-def create_model(name: str, checkpoint: str | os.PathLike | Mapping | None = None, **kwargs: Any) -> nn.Module:
+def create_model(name: str, checkpoint: str | os.PathLike | Mapping | None = None,
+                 **kwargs: Any) -> nn.Module:
     """Build the registered model ``name`` with ``kwargs``; load ``checkpoint`` strictly when given."""
     info = model_info(name)
     model = info.factory(**kwargs)
