@@ -8,7 +8,7 @@ from pathlib import Path
 DOC = Path(__file__).resolve().parents[1] / "docs" / "distillation.md"
 
 
-def test_distillation_page_code_blocks_run(tmp_path, monkeypatch):
+def test_distillation_page_code_blocks_run(tmp_path, monkeypatch, isolated_registries):
     blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
     assert len(blocks) >= 5
     monkeypatch.chdir(tmp_path)

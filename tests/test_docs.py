@@ -58,7 +58,8 @@ def _bin(name: str) -> str | None:
 
 
 @pytest.mark.parametrize("path", [p for p in DOCS if _blocks(p, {"python"})], ids=lambda p: p.name)
-def test_python_blocks_run(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_python_blocks_run(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                           isolated_registries: None) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("COMPRESSKIT_DOCS_TEST", "1")
     namespace: dict = {"__name__": "__docs__"}
