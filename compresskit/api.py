@@ -43,8 +43,8 @@ from compresskit.report import (
     evaluate,
     measure_latency,
     normalize_metrics,
-    to_device,
 )
+from compresskit.train.batch import to_device
 
 __all__ = ["compress", "CompressResult", "load"]
 

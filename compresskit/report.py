@@ -24,6 +24,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from compresskit.io import atomic_write_bytes, atomic_write_json
+from compresskit.train.batch import to_device
 
 __all__ = [
     "CompressReport",
@@ -180,17 +181,6 @@ def normalize_metrics(metrics: Mapping[str, Metric] | Sequence[Metric] | Metric 
         if not isinstance(name, str) or not callable(fn):
             raise TypeError(f"metrics: entry {name!r} must map a string to a callable fn(output, batch)")
     return out
-
-
-def to_device(batch: Any, device: torch.device) -> Any:
-    """``batch`` with every tensor in it (tuples, lists, dicts, nested) moved to ``device``."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(to_device(b, device) for b in batch)
-    if isinstance(batch, Mapping):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    return batch
 
 
 def _batch_size(batch: Any) -> int:

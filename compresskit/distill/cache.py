@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from compresskit.io import atomic_write_json
+from compresskit.train.batch import to_device
 
 CACHE_KEY = "__teacher__"
 
@@ -69,7 +70,7 @@ def build_cache(teacher: nn.Module, loader: DataLoader, *, inputs_fn: Callable[[
     row = 0
     with torch.no_grad():
         for batch in ordered:
-            batch = _to(batch, device)
+            batch = to_device(batch, device)
             out = teacher(*inputs_fn(batch))
             feats = feature_hooks.pop() if feature_hooks is not None else {}
             if not isinstance(out, torch.Tensor):
@@ -144,11 +145,3 @@ def _as_tuple(item: Any, where: str) -> tuple[Any, ...]:
         raise TypeError(f"{where}: expected a tuple or list (input_1, ..., input_n, target), "
                         f"got {type(item).__name__}")
     return tuple(item)
-
-
-def _to(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device)
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(_to(x, device) for x in batch)
-    return batch

@@ -29,6 +29,7 @@ from compresskit.distill.adversarial import AdversarialLoss
 from compresskit.distill.cache import build_cache, cached_loader, split_cached
 from compresskit.distill.features import FeatureHooks, StudentWithAdapters, get_submodule, make_adapter
 from compresskit.distill.registry import get_loss
+from compresskit.train.batch import to_device
 from compresskit.train.distributed import barrier, broadcast_module, setup
 from compresskit.train.loop import Callback, Trainer, TrainResult, default_inputs
 
@@ -159,7 +160,7 @@ class Distiller:
         """One forward of both models on the first batch to read feature widths; builds the adapters."""
         batch, _ = split_cached(next(iter(self.train_loader)))
         device = next(self.student.parameters()).device
-        batch = _to(batch, device)
+        batch = to_device(batch, device)
         was = self.student.training
         self.student.eval()  # no BatchNorm statistics move during the probe
         try:
@@ -319,11 +320,3 @@ def _term_names(terms: list[Term]) -> list[str]:
             name = f"{label}:{t.against}"
         names.append(name if name not in names else f"{name}#{i}")
     return names
-
-
-def _to(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device)
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(_to(x, device) for x in batch)
-    return batch

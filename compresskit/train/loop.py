@@ -29,6 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from compresskit.config import TrainConfig
 from compresskit.io import atomic_torch_save
 from compresskit.train import checkpoint as ckpt
+from compresskit.train.batch import to_device
 from compresskit.train.data import EpochLoader
 from compresskit.train.distributed import DistContext, all_reduce_mean, all_reduce_sum, gather_objects, setup
 from compresskit.train.progress import MetricsLog, ProgressBar
@@ -317,7 +318,7 @@ class Trainer:
         try:
             with torch.no_grad(), self._autocast():
                 for i, batch in enumerate(self._val.batches(0)):
-                    batch = _to_device(batch, self.device)
+                    batch = to_device(batch, self.device)
                     output, loss, _ = self._forward(module, batch, f"val_loader batch {i}")
                     n = _batch_size(batch)
                     sums[0] += float(loss) * n
@@ -443,7 +444,7 @@ class Trainer:
                     where = f"train_loader batch {self.position} of epoch {self.epoch}"
                     seen_any = True
                     self._check_spec(batch, where)
-                    batch = _to_device(batch, self.device)
+                    batch = to_device(batch, self.device)
                     group_start = self.position - len(group)
                     group_size = (min(cfg.grad_accum, n_batches - group_start) if n_batches is not None
                                   else cfg.grad_accum)
@@ -585,18 +586,6 @@ def _check_scalar(loss: Any, where: str) -> None:
     if not loss.requires_grad:
         raise ValueError(f"the loss does not depend on any trainable parameter at {where} (requires_grad is "
                          "False): does loss_fn detach the output or use torch.no_grad()?")
-
-
-def _to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
-        return type(batch)(*(_to_device(x, device) for x in batch))
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_device(x, device) for x in batch)
-    if isinstance(batch, Mapping):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    return batch
 
 
 def _batch_size(batch: Any) -> int:
