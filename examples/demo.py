@@ -40,7 +40,7 @@ Guides: docs/reproduce_cdfi.md, docs/reproduce_stmfnet_mini.md; your own model: 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="compresskit demo: sparsify, plan, shrink and distill a VFI model on the sample clips.",
-        epilog="example: python examples/demo.py --out demo_output   (about 10 minutes on 2 CPU cores)")
+        epilog="example: python examples/demo.py --out demo_output   (about 5 minutes on 2 CPU cores)")
     p.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder (resumable)")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="official AdaCoF (F=5, d=1) checkpoint; without it a quarter-width AdaCoF is trained")
