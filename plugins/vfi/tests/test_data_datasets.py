@@ -90,6 +90,25 @@ def test_bvi_dvc_strips(tmp_path):
         ds[2]
 
 
+def test_bvi_dvc_published_quintuplet_folders(tmp_path):
+    # ST-MFNet's BVIDVC_quintuplet reads <root>/quintuplets/<id>/quintuplet.png, a strip cut at x = 0, 256,
+    # 512, 768, 1024 into f1, f3, f5, f7, f4; here five 12-wide frames whose values name the frame
+    for k, sid in enumerate(("10", "2", "1")):  # natural order of the ids: 1, 2, 10
+        strip = np.concatenate([np.full((H, W, 3), v + 20 * k, np.uint8) for v in (1, 3, 5, 7, 4)], axis=1)
+        (tmp_path / "quintuplets" / sid).mkdir(parents=True)
+        Image.fromarray(strip).save(tmp_path / "quintuplets" / sid / "quintuplet.png")
+    for root in (tmp_path, tmp_path / "quintuplets"):  # the dataset root, or the quintuplets folder itself
+        ds = BVIDVCQuintuplets(root)
+        assert len(ds) == 3 and ds.n_inputs == 4
+        assert [_values(ds[i]) for i in range(3)] == [[41, 43, 45, 47, 44], [21, 23, 25, 27, 24],
+                                                      [1, 3, 5, 7, 4]]
+    assert len(create_dataset("bvi_dvc", tmp_path)) == 3
+    (tmp_path / "empty" / "quintuplets" / "00001").mkdir(parents=True)
+    with pytest.raises(DatasetLayoutError, match="quintuplet.png") as e:
+        BVIDVCQuintuplets(tmp_path / "empty")
+    assert "<root>/quintuplets/<id>/quintuplet.png" in str(e.value)
+
+
 def test_ucf101_qvi_and_dvf(tmp_path):
     for c in range(3):
         for k, name in enumerate(("frame0", "frame1", "frame2", "frame3", "framet")):

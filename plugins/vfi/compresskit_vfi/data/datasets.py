@@ -80,6 +80,10 @@ def _natural_key(name: str) -> list[Any]:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
+def _subfolders(root: Path) -> list[Path]:
+    return sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: _natural_key(p.name))
+
+
 def _image_files(folder: Path) -> list[Path]:
     return sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
                   key=lambda p: _natural_key(p.name))
@@ -227,22 +231,31 @@ class Vimeo90KSeptuplet(FrameTupleDataset):
 # --------------------------------------------------------------------------------------------- BVI-DVC
 
 class BVIDVCQuintuplets(FrameTupleDataset):
-    """BVI-DVC training strips: each image is five equal-width frames side by side, f1 f3 f5 f7 f4.
+    """BVI-DVC training quintuplets: each image is five equal-width frames side by side, f1 f3 f5 f7 f4.
 
-    The strip is cut into five (H, W/5) frames; the sample is ``(f1, f3, f5, f7, f4)`` = (I0..I3, gt).
+    The published layout (ST-MFNet's ``BVIDVC_quintuplet``) is one folder per sample,
+    ``<root>/quintuplets/<id>/quintuplet.png``, a 1280×256 strip; the strip is cut into five (H, W/5)
+    frames and the sample is ``(f1, f3, f5, f7, f4)`` = (I0..I3, gt). Strips stored directly as
+    ``<root>/quintuplets/*.png`` are read too. Samples are in natural order of ``<id>``.
     """
 
     LAYOUT = """
-<root>/quintuplets/*.png   (or the strips directly in <root>)
+<root>/quintuplets/<id>/quintuplet.png   one folder per sample (the published layout; <root> may also be
+                                         the quintuplets folder itself)
+or <root>/quintuplets/*.png              the strips directly
 each strip is 5 frames of equal width side by side, ordered f1, f3, f5, f7, f4
 (e.g. 1280x256 = 5 frames of 256x256)"""
+
+    STRIP_NAME = "quintuplet.png"
 
     def __init__(self, root: str | os.PathLike, transform: Callable | None = None):
         root = _require_dir(Path(root), self.LAYOUT)
         folder = root / "quintuplets" if (root / "quintuplets").is_dir() else root
-        strips = _image_files(folder)
+        strips = [d / self.STRIP_NAME for d in _subfolders(folder) if (d / self.STRIP_NAME).is_file()]
+        strips += _image_files(folder)
         if not strips:
-            raise _layout_error("no strip images found in", folder, self.LAYOUT)
+            raise _layout_error(f"no <id>/{self.STRIP_NAME} folders (or strip images) found in", folder,
+                                self.LAYOUT)
         self._cache: tuple[Path, np.ndarray] | None = None
         super().__init__([tuple((p, k) for k in range(5)) for p in strips], loader=self._load_part,
                          transform=transform, name="bvi_dvc")
@@ -260,10 +273,6 @@ each strip is 5 frames of equal width side by side, ordered f1, f3, f5, f7, f4
 
 
 # ---------------------------------------------------------------------------------------------- UCF101
-
-def _subfolders(root: Path) -> list[Path]:
-    return sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: _natural_key(p.name))
-
 
 class UCF101QVI(FrameTupleDataset):
     """UCF101 quintuplets of the QVI test set (100 clips), used by ST-MFNet."""
