@@ -186,6 +186,8 @@ class _AudioCopy:
                 if self.pending is None:
                     return
             p = self.pending
+            if p.pts is None:
+                p.pts = p.dts
             if seconds is not None and (p.pts - self.shift) * p.time_base >= seconds:
                 return
             p.pts -= self.shift
