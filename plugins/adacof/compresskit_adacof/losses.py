@@ -35,8 +35,10 @@ def _smoothness(x: torch.Tensor, charbonnier: nn.Module) -> torch.Tensor:
 def g_spatial(aux: Mapping[str, torch.Tensor], eps: float = 1e-3) -> torch.Tensor:
     """Offset smoothness of AdaCoF/CDFI.
 
-    For each kernel set k and each offset map O ∈ {α_k, β_k} (B, F², H, W): the tap-weighted mean offset
-    Ō = Σ_t W_k[t]·O[t] (B, 1, H, W); the term is Σ Charbonnier(∂x Ō) + Charbonnier(∂y Ō) over the four maps.
+    For each kernel set k and each offset map O ∈ {α_k, β_k} (B, F², H, W): Ō = (1/F²)·Σ_t W_k[t]·O[t]
+    (B, 1, H, W), the mean over the F² taps of W·O as the published AdaCoF/CDFI code takes it (the softmax
+    makes Σ_t W = 1, so this is the tap-weighted mean offset divided by F²); the term is
+    Σ Charbonnier(∂x Ō) + Charbonnier(∂y Ō) over the four maps.
     """
     missing = [k for k in ("weight1", "alpha1", "beta1", "weight2", "alpha2", "beta2") if k not in aux]
     if missing:
@@ -46,7 +48,7 @@ def g_spatial(aux: Mapping[str, torch.Tensor], eps: float = 1e-3) -> torch.Tenso
     for k in ("1", "2"):
         weight = aux["weight" + k]
         for name in ("alpha", "beta"):
-            total = total + _smoothness((weight * aux[name + k]).sum(1, keepdim=True), charbonnier)
+            total = total + _smoothness((weight * aux[name + k]).mean(1, keepdim=True), charbonnier)
     return total
 
 

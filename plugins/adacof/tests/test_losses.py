@@ -24,14 +24,15 @@ def _aux(f2=4, h=3, w=5, seed=0, dtype=torch.float64):
 
 
 def _g_spatial_loop(aux):
-    """Per-pixel reference: for each offset map, Ō = Σ_t W_t·O_t; mean √(Δ² + ε²) along x, plus along y."""
+    """Per-pixel reference: for each offset map, Ō = (1/F²)·Σ_t W_t·O_t (published: torch.mean over the
+    taps of W·O); mean √(Δ² + ε²) along x, plus along y."""
     total = 0.0
     for k in ("1", "2"):
         weight = aux["weight" + k][0]
         for name in ("alpha", "beta"):
             offsets = aux[name + k][0]
             f2, h, w = offsets.shape
-            mean = [[sum(float(weight[t, i, j] * offsets[t, i, j]) for t in range(f2)) for j in range(w)]
+            mean = [[sum(float(weight[t, i, j] * offsets[t, i, j]) for t in range(f2)) / f2 for j in range(w)]
                     for i in range(h)]
             dx = [math.sqrt((mean[i][j + 1] - mean[i][j]) ** 2 + EPS**2)
                   for i in range(h) for j in range(w - 1)]
@@ -45,6 +46,17 @@ def test_g_spatial_matches_a_per_pixel_loop():
     aux = _aux()
     assert float(g_spatial(aux, EPS)) == pytest.approx(_g_spatial_loop(aux), rel=1e-10)
     assert float(GSpatialLoss(EPS)((torch.zeros(1), aux))) == pytest.approx(_g_spatial_loop(aux), rel=1e-10)
+
+
+def test_g_spatial_averages_w_times_o_over_the_taps_by_hand():
+    """F² = 4 taps, uniform W = ¼, 2×2 pixels; α1 = 4 on every tap of the right column, 0 on the left; all
+    other offsets 0. Published: m = mean_t(W·α) = (1/4)·(4·¼·4) = 1 on the right, 0 on the left, so
+    α1 gives √(1 + ε²) along x and ε along y; the three zero maps give 2ε each."""
+    aux = {k: torch.zeros(1, 4, 2, 2, dtype=torch.float64) for k in ("alpha1", "beta1", "alpha2", "beta2")}
+    aux["weight1"] = aux["weight2"] = torch.full((1, 4, 2, 2), 0.25, dtype=torch.float64)
+    aux["alpha1"][..., 1] = 4.0
+    expected = math.sqrt(1 + EPS**2) + EPS + 3 * 2 * EPS
+    assert float(g_spatial(aux, EPS)) == pytest.approx(expected, rel=1e-12)
 
 
 def test_g_spatial_of_constant_offsets_is_eight_epsilons():
