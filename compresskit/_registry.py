@@ -69,6 +69,10 @@ class Registry(Generic[V]):
         """Remove ``key``; returns what it held (``None`` if nothing)."""
         return self._items.pop(key, None)
 
+    def clear(self) -> None:
+        """Remove every entry (inside :meth:`snapshot`, to test against an empty registry)."""
+        self._items.clear()
+
     # -- reading -------------------------------------------------------------------------------------
     def _discover(self) -> None:
         if self._plugins:

@@ -42,8 +42,9 @@ def fake_plugins(tmp_path, monkeypatch):
     monkeypatch.setattr(plugins, "_loaded", {})
     monkeypatch.setattr(plugins, "_errors", {})
     monkeypatch.setattr(plugins, "_done", False)
-    monkeypatch.setattr(registry, "_MODELS", {})
-    yield
+    with registry.MODELS.snapshot():
+        registry.MODELS.clear()
+        yield
     for name in ("ck_fake_good", "ck_fake_import_error", "ck_fake_register_error"):
         sys.modules.pop(name, None)
 

@@ -19,11 +19,11 @@ class TinyNet(nn.Module):
 
 
 @pytest.fixture()
-def clean_registry(monkeypatch):
-    """A private copy of the registry, so test models never leak into other tests."""
-    monkeypatch.setattr(registry, "_MODELS", dict(registry._MODELS))
-    ck.register_model("test_tiny", task="toy", description="a tiny net")(TinyNet)
-    return registry._MODELS
+def clean_registry():
+    """Registrations made by the test are undone afterwards, so test models never leak into other tests."""
+    with registry.MODELS.snapshot() as models:
+        ck.register_model("test_tiny", task="toy", description="a tiny net")(TinyNet)
+        yield models
 
 
 def trained_state(width: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
