@@ -494,10 +494,8 @@ def _split(ctx: RuleContext) -> Any:
         return None
     dim = ctx.arg(2, "dim", 0) % x.ndim
     sizes = [o.shape[dim] for o in ctx.out]
-    size_arg = MISSING
-    for name in ("split_size_or_sections", "split_size", "split_sizes"):
-        if size_arg is MISSING:
-            size_arg = ctx._raw(1, name)
+    names = ("split_size_or_sections", "split_size", "split_sizes")
+    size_arg = next((ctx.raw_arg(1, name) for name in names if ctx.has_arg(1, name)), MISSING)
     from torch.fx import Node
 
     if isinstance(size_arg, list | tuple) and x.tracked and x.cdim == dim and sum(sizes) == x.shape[dim]:
