@@ -30,7 +30,7 @@ class WeightedAverage(nn.Module):
 
 @pytest.fixture(scope="module", autouse=True)
 def registered():
-    ck.register_model("test_cli_weighted_average", task="vfi", overwrite=True)(WeightedAverage)
+    ck.register_model("test_cli_weighted_average", task="vfi", replace=True)(WeightedAverage)
 
 
 def _checkpoint(tmp_path, w):

@@ -27,6 +27,7 @@ __all__ = [
     "FrameTupleDataset",
     "ArrayLoader",
     "sample_windows",
+    "check_kind",
     "Vimeo90KTriplet",
     "Vimeo90KSeptuplet",
     "BVIDVCQuintuplets",
@@ -89,7 +90,8 @@ def _image_files(folder: Path) -> list[Path]:
                   key=lambda p: _natural_key(p.name))
 
 
-def _check_kind(kind: str) -> str:
+def check_kind(kind: str) -> str:
+    """``kind`` if it is one of :data:`KINDS` (``"triplet"``, ``"quintuplet"``), else a ``ValueError``."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     return kind
@@ -101,7 +103,7 @@ def sample_windows(n_frames: int, kind: str = "triplet", step: int = 1) -> list[
     triplet: inputs ``(t, t+2)``, target ``t+1``; quintuplet: inputs ``(t, t+2, t+4, t+6)``, target
     ``t+3`` (the septuplet convention of ST-MFNet and DAVIS-90). ``t`` advances by ``step``.
     """
-    _check_kind(kind)
+    check_kind(kind)
     if step < 1:
         raise ValueError(f"step must be >= 1, got {step}")
     if kind == "triplet":
@@ -340,7 +342,7 @@ frames of each sequence in name order; t = 0, 2, 4, ... with t+6 inside the sequ
 
     def __init__(self, root: str | os.PathLike, kind: str = "quintuplet", transform: Callable | None = None,
                  step: int = STEP):
-        _check_kind(kind)
+        check_kind(kind)
         root = _require_dir(Path(root), self.LAYOUT)
         if (root / "JPEGImages" / "480p").is_dir():
             root = root / "JPEGImages" / "480p"
@@ -397,7 +399,7 @@ class SNUFILM(FrameTupleDataset):
                  transform: Callable | None = None):
         if level not in SNU_FILM_OFFSETS:
             raise ValueError(f"SNUFILM: level must be one of {list(SNU_FILM_OFFSETS)}, got {level!r}")
-        _check_kind(kind)
+        check_kind(kind)
         root = _require_dir(Path(root), self.LAYOUT)
         list_file = root / f"test-{level}.txt"
         if not list_file.is_file() and (root / "eval_modes" / list_file.name).is_file():
@@ -498,7 +500,7 @@ class VideoFrames(FrameTupleDataset):
                  max_frames: int | None = None, transform: Callable | None = None):
         from compresskit_vfi.data.video import clean_segments, read_video
 
-        _check_kind(kind)
+        check_kind(kind)
         frames = read_video(path, max_frames)
         segments = clean_segments(frames) if clean else [list(range(len(frames)))]
         samples = [tuple((0, seg[i]) for i in w)
