@@ -38,7 +38,8 @@ or a dict); several inputs passing to the same output are joined (an element-wis
 channel dims must have the input's size. Tensor arguments not listed are frozen with ``reason``.
 Targets: an ``nn.Module`` subclass (it also becomes a tracing leaf), a function (register it with
 ``register_leaf`` too when fx must not trace into it), a ``torch.library`` op (``OpOverloadPacket`` or
-``OpOverload``), or a method name string such as ``"view"``.
+``OpOverload``), a custom ``torch.autograd.Function`` subclass (or its ``.apply``; tracing never enters
+it), or a method name string such as ``"view"``.
 """
 
 from __future__ import annotations
@@ -301,10 +302,11 @@ def register_rule(
 ) -> Any:
     """Declare how ``target`` moves channels.
 
-    ``target``: an ``nn.Module`` subclass (made a tracing leaf), a function, a ``torch.library`` op, or a
-    method name. Give either ``rule`` (a function of a :class:`RuleContext` returning the output info),
-    or ``passthrough`` (tensor argument index → output index; every other tensor argument and output is
-    frozen with ``reason``), or neither to use it as a decorator: ``@register_rule(MyModule)``.
+    ``target``: an ``nn.Module`` subclass (made a tracing leaf), a function, a ``torch.library`` op, a
+    ``torch.autograd.Function`` subclass, or a method name. Give either ``rule`` (a function of a
+    :class:`RuleContext` returning the output info), or ``passthrough`` (tensor argument index → output
+    index; every other tensor argument and output is frozen with ``reason``), or neither to use it as a
+    decorator: ``@register_rule(MyModule)``.
     Registering again replaces the previous rule.
     """
     if rule is not None and passthrough is not None:
@@ -320,6 +322,7 @@ def register_rule(
         rule = passthrough_rule(passthrough, reason or "read by meaning (declared by register_rule)")
     if not callable(rule):
         raise TypeError(f"register_rule: rule must be callable, got {type(rule).__name__}")
+    target = _function_class(target)
     if isinstance(target, type) and issubclass(target, nn.Module):
         _MODULE_RULES[target] = rule
     elif isinstance(target, str):
@@ -387,6 +390,15 @@ def passthrough_rule(mapping: int | dict[int, int] | Iterable[tuple[int, int]], 
     return rule
 
 
+def _function_class(target: Any) -> Any:
+    """``MyFunction.apply`` → ``MyFunction``: a custom autograd.Function is keyed by its class."""
+    owner = getattr(target, "__self__", None)
+    named_apply = getattr(target, "__name__", None) == "apply"
+    if named_apply and isinstance(owner, type) and issubclass(owner, torch.autograd.Function):
+        return owner
+    return target
+
+
 def lookup_rule(kind: str, target: Any, module: nn.Module | None = None) -> RuleFn | None:
     """The rule for a node (``kind`` as in torch.fx), or ``None`` if there is none."""
     if kind == "call_module":
@@ -397,6 +409,9 @@ def lookup_rule(kind: str, target: Any, module: nn.Module | None = None) -> Rule
     if kind == "call_method":
         return _METHOD_RULES.get(target) or _METHOD_RULES.get(str(target).rstrip("_"))
     if kind == "call_function":
+        function = getattr(target, "autograd_function", None)  # MyFunction.apply (graph/trace.py)
+        if function is not None:
+            return _FUNCTION_RULES.get(function) or getattr(target, "opaque_rule", None)
         try:
             if target in _FUNCTION_RULES:
                 return _FUNCTION_RULES[target]
