@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compresskit.config import CompressConfig
-from compresskit.io import atomic_torch_save, atomic_write_json
+from compresskit.io import atomic_torch_save, atomic_write_json, remove_stale_temps
 from compresskit.report import (
     CompressReport,
     LayerRecord,
@@ -306,6 +306,7 @@ def compress(
     out_dir = Path(config.out_dir) if config.out_dir is not None else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(out_dir, depth=1)  # left by a killed run (stage folders included)
         config.dump(out_dir / "config.json")
         atomic_write_json({"loss": r.loss_how, "inputs": r.inputs_how,
                            "example_input_shapes": [list(t.shape) for t in r.example_inputs]},

@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from compresskit.config import TrainConfig
-from compresskit.io import atomic_torch_save
+from compresskit.io import atomic_torch_save, remove_stale_temps
 from compresskit.train import checkpoint as ckpt
 from compresskit.train.batch import to_device
 from compresskit.train.data import EpochLoader
@@ -400,6 +400,8 @@ class Trainer:
         writes = self.out_dir is not None and is_main
         self._log = MetricsLog(self.out_dir / "metrics.jsonl" if writes else None)
         self._saved_at: tuple[int, int, int] | None = None
+        if writes:  # half-written temp files of a killed run
+            remove_stale_temps(self.out_dir)
         latest = ckpt.latest_checkpoint(self.out_dir) if self.out_dir is not None and self.resume else None
         if latest is not None:
             self._restore(latest)
