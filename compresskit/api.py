@@ -41,6 +41,7 @@ from compresskit.report import (
     count_macs,
     count_params,
     evaluate,
+    frozen_group_notes,
     measure_latency,
     normalize_metrics,
 )
@@ -274,6 +275,11 @@ def compress(
         raise TypeError(f"teacher: expected an nn.Module or None, got {type(teacher).__name__}")
     if val_loader is not None and not isinstance(val_loader, Iterable):
         raise TypeError(f"val_loader: expected batches or None, got {type(val_loader).__name__}")
+    from compresskit.train.data import require_reiterable
+
+    require_reiterable(train_loader, "train_loader")
+    if val_loader is not None:
+        require_reiterable(val_loader, "val_loader")
     if config is None:
         config = CompressConfig()
     elif isinstance(config, Mapping):
@@ -286,6 +292,7 @@ def compress(
         raise ValueError(f"stop_after: expected one of {_STOPS} or None, got {stop_after!r}")
 
     from compresskit.config import DistillConfig, TrainConfig
+    from compresskit.distill.registry import list_losses
     from compresskit.graph.trace import trace
     from compresskit.shrink.plan import plan_widths
     from compresskit.shrink.surgery import shrink
@@ -293,12 +300,9 @@ def compress(
     from compresskit.sparsify.obproxsg import OBProxSG, l1_param_groups
     from compresskit.train.loop import train
 
-    if teacher is not None:
-        from compresskit.distill.registry import list_losses
-
-        if config.distill_loss not in list_losses():
-            raise ValueError(f"config.distill_loss: unknown loss {config.distill_loss!r}; registered losses: "
-                             f"{', '.join(list_losses())}")
+    if config.distill_loss not in list_losses():  # with or without a teacher: a typo fails now
+        raise ValueError(f"config.distill_loss: unknown loss {config.distill_loss!r}; registered losses: "
+                         f"{', '.join(list_losses())}")
     console = _console(config.progress)
     r = _resolve(model, train_loader, loss_fn, example_inputs, inputs_fn)
     if val_loader is not None and not metrics:
@@ -339,6 +343,7 @@ def compress(
     console.print(f"loss: {r.loss_how}\ninputs: {r.inputs_how}")
     work = copy.deepcopy(model)
     graph = trace(work, r.example_inputs)
+    notes.extend(frozen_group_notes(graph))  # channels compression cannot touch, and why
     widths = {str(g.id): [int(g.size), int(g.size)] for g in graph.groups}  # [before, after] per group
     before = stats(model)
     timings["trace+measure"] = time.perf_counter() - t0
