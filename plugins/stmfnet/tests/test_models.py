@@ -156,3 +156,51 @@ def test_channels_last_layout_gives_the_same_frames():
         fast = to_channels_last(model)(*[f.contiguous(memory_format=torch.channels_last) for f in frames])
     assert model.get_kernel.moduleWeight1[0].weight.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-5)
+
+
+class _Stub(torch.nn.Module):
+    """A block replaced by a known map: records its input, returns ``value`` at ``scale`` × the input size."""
+
+    def __init__(self, channels: int, scale: float, value: float):
+        super().__init__()
+        self.channels, self.scale, self.value, self.seen = channels, scale, value, None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen = x.detach().clone()
+        h, w = int(x.shape[-2] * self.scale), int(x.shape[-1] * self.scale)
+        return torch.full((x.shape[0], self.channels, h, w), self.value, dtype=x.dtype)
+
+
+def test_feature_extractor_adds_the_skips_to_the_deconv_inputs_as_published():
+    """Published UMultiScaleResNext: d4 = deconv4(c4), d3 = deconv3(d4 + c4), d2 = deconv2(d3 + c3),
+    d1 = deconv1(d2 + c2); the output is d1 (c1 is never added)."""
+    from compresskit_stmfnet.models.feature_extractor import MultiScaleResNeXtUNet
+
+    widths = (32, 32, 64, 64)
+    fe = MultiScaleResNeXtUNet(6, widths)
+    # encoder stubs output 1, 2, 3, 4; decoder stubs 40, 30, 20, 10 (deconv4 keeps the size, others ×2)
+    for k, w in enumerate(widths, start=1):
+        setattr(fe, f"conv{k}", _Stub(w, 0.5, float(k)))
+    fe.deconv4 = _Stub(widths[3], 1, 40.0)
+    fe.deconv3 = _Stub(widths[2], 2, 30.0)
+    fe.deconv2 = _Stub(widths[1], 2, 20.0)
+    fe.deconv1 = _Stub(widths[0], 2, 10.0)
+    out = fe(torch.zeros(1, 6, 64, 64))
+    assert torch.all(fe.deconv4.seen == 4)          # c4
+    assert torch.all(fe.deconv3.seen == 40 + 4)     # d4 + c4
+    assert torch.all(fe.deconv2.seen == 30 + 3)     # d3 + c3
+    assert torch.all(fe.deconv1.seen == 20 + 2)     # d2 + c2
+    assert out.shape == (1, 32, 32, 32) and torch.all(out == 10)  # d1, no c1
+
+    # the real blocks called in the published order give the module's output
+    torch.manual_seed(12)
+    fe = MultiScaleResNeXtUNet(6, widths).eval()
+    x = torch.rand(1, 6, 64, 64)
+    with torch.no_grad():
+        c1 = fe.conv1(x)
+        c2 = fe.conv2(c1)
+        c3 = fe.conv3(c2)
+        c4 = fe.conv4(c3)
+        d4 = fe.deconv4(c4)
+        d1 = fe.deconv1(fe.deconv2(fe.deconv3(d4 + c4) + c3) + c2)
+        torch.testing.assert_close(fe(x), d1)
