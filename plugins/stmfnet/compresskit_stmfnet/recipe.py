@@ -1,14 +1,17 @@
 """The ST-MFNet Mini recipe (Morris et al.) on compresskit's pieces, resumable stage by stage.
 
 Phase I  — OBProx-SG on the pretrained ST-MFNet (λ 1e-4, lr 1e-3, eps 1e-4, Np = 2 epochs of Prox-SG
-           steps then orthant steps, 20 epochs, Laplacian loss) → per-layer densities → ``plan_widths``
-           (the Mini paper's ceil(d·C) rule, back to front) → ``shrink`` → the compressed architecture,
-           decided by compresskit and printed beside the published Mini widths. A branch whose density
-           collapses (the flow branch: the GridNet weights reading the softmax-splatted frames) is dropped.
+           steps then orthant steps, 20 epochs, the published *summed* Laplacian loss that λ and lr were
+           tuned with) → per-layer densities of the trained layers → ``plan_widths`` (the Mini paper's
+           ceil(d·C) rule, back to front) → ``shrink`` → the compressed architecture, decided by
+           compresskit and printed beside the published Mini widths. A branch whose density collapses
+           (the flow branch: the GridNet weights reading the softmax-splatted frames) is dropped; a kept
+           one keeps its pretrained, frozen PWC-Net (full width, never re-initialised).
 Phase II — the compressed student trained from scratch with ``0.1·Lap(S, GT) + Lap(S, T)`` (``ck.distill``;
            teacher frozen, in eval mode), Adamax 1e-3, batch 2, 256 crops, flips and time reversal,
-           StepLR(20, 0.5), on Vimeo-90K septuplets + BVI-DVC; evaluation with the ST-MFNet conventions
-           on UCF101, DAVIS-90 (every frame) and SNU-FILM (four levels), written as the paper's Table 1.
+           StepLR(20, 0.5), 20 epochs, on Vimeo-90K septuplets + BVI-DVC; evaluation with the ST-MFNet
+           conventions on UCF101, DAVIS-90 (every frame) and SNU-FILM (four levels), written as the
+           paper's Table 1.
 
 Every stage writes into ``out_dir/<stage>/`` and is skipped on a rerun once done; an interrupted training
 stage continues from its last checkpoint (``ck.train`` / ``ck.distill``). ``smoke=True`` runs the same code
@@ -35,11 +38,13 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 import compresskit as ck
 from compresskit.config import Config
 from compresskit.io import atomic_torch_save, atomic_write_json
+from compresskit.shrink.plan import WidthPlan
 from compresskit.sparsify.obproxsg import l1_param_groups
 from compresskit_stmfnet.models import STMFNET_MINI_WIDTHS, STMFNet
 from compresskit_stmfnet.models.stmfnet import drop_flow_branch, flow_branch_density, summarize_widths
 
-__all__ = ["MiniRecipeConfig", "run", "PUBLISHED", "build_student", "widths_table", "paper_table"]
+__all__ = ["MiniRecipeConfig", "run", "PUBLISHED", "build_student", "plan_student", "phase1_loss",
+           "widths_table", "paper_table"]
 
 #: Table 1 of the Mini paper (PSNR, SSIM) per test set; VFI_MODELS.md
 PUBLISHED: dict[str, dict[str, tuple[float, float | None]]] = {
@@ -67,6 +72,9 @@ class MiniRecipeConfig(Config):
     smoke_eval_samples: int = Field(2, ge=1, description="samples per test set in smoke mode")
     smoke_lambda: float = Field(
         20.0, ge=0, description="OBProx-SG λ of the smoke run: large, so that a few steps already sparsify")
+    smoke_reduction: Literal["sum", "mean"] = Field(
+        "mean", description="Phase I loss reduction of the smoke run: its teacher is random, and from a "
+                            "random start the summed loss at lr 1e-3 diverges (NaN within 4 steps at 64²)")
     smoke_widths: dict[str, Any] = Field(
         default_factory=lambda: {"features": [32, 32, 64, 64], "heads": [16, 16], "grid": [8, 16, 24],
                                  "unet": [8, 8, 16, 16], "fuse": 8},
@@ -88,6 +96,9 @@ class MiniRecipeConfig(Config):
     sparsify_prox_epochs: float = Field(2, ge=0, description="Np: epochs of Prox-SG steps, then orthant")
     sparsify_epochs: int = Field(20, ge=1, description="epochs of Phase I")
     sparsify_batch: int = Field(2, ge=1, description="batch size of Phase I")
+    sparsify_reduction: Literal["sum", "mean"] = Field(
+        "sum", description="Phase I Laplacian loss: 'sum' is the published loss (its scale grows with batch "
+                           "and crop; λ 1e-4 and lr 1e-3 were tuned with it), 'mean' divides it by B·C·H·W")
     width_rule: Literal["linear", "sqrt"] = Field("linear", description="'linear': Mini's ceil(d·C)")
     coupling: Literal["max", "min", "mean"] = Field("max", description="one width per coupled group")
     drop_flow: Literal["auto", "always", "never"] = Field(
@@ -97,7 +108,7 @@ class MiniRecipeConfig(Config):
     student: Literal["plan", "uniform"] = Field(
         "plan", description="'plan': the shrunk model, layer by layer; 'uniform': STMFNet(widths=summary)")
     # Phase II
-    distill_epochs: int = Field(70, ge=0, description="epochs of Phase II (not stated in the reference)")
+    distill_epochs: int = Field(20, ge=0, description="epochs of Phase II (the Mini paper: 20)")
     batch: int = Field(2, ge=1, description="batch size of Phase II")
     crop: int = Field(256, ge=32, description="random crop of Phase II")
     alpha: float = Field(0.1, ge=0, description="weight of Lap(S, GT); Lap(S, T) has weight 1")
@@ -152,12 +163,19 @@ def _test_sets(cfg: MiniRecipeConfig) -> dict[str, Dataset]:
     return sets
 
 
-def _laplacian_to_target(output: torch.Tensor, batch: Any) -> torch.Tensor:
-    """Phase I loss: the Laplacian pyramid loss (5 levels) of the output against the batch's target."""
-    return _LAPLACIAN(output, batch[-1])
+class phase1_loss:  # noqa: N801 (a loss function, named like one)
+    """Phase I loss: the 5-level Laplacian pyramid loss ``Σ_i 2^i ‖L_i(output) − L_i(target)‖₁`` of the
+    output against the batch's target (its last item). ``reduction="sum"`` is the published loss (ST-MFNet
+    Mini's ``LaplacianLoss``, ``L1Loss(reduction="sum")``), whose scale grows with batch and crop size: the
+    published λ=1e-4 and lr=1e-3 were tuned with it, and the mean (÷ B·C·H·W, ≈ 4·10⁵ at batch 2, 256²)
+    would leave OBProx-SG's steps — and the density they reach — far smaller."""
 
+    def __init__(self, reduction: Literal["sum", "mean"] = "sum"):
+        self.reduction = reduction
+        self.laplacian = ck.get_loss("laplacian", reduction=reduction)
 
-_LAPLACIAN = ck.get_loss("laplacian")
+    def __call__(self, output: torch.Tensor, batch: Any) -> torch.Tensor:
+        return self.laplacian(output, batch[-1])
 
 
 def _example(cfg: MiniRecipeConfig) -> tuple[torch.Tensor, ...]:
@@ -196,16 +214,17 @@ def stage_sparsify(cfg: MiniRecipeConfig, data: Dataset, console: Console) -> ST
     loader = common.recipe_loader(data, batch, cfg)
     schedule = common.obproxsg_schedule(cfg, cfg.sparsify_prox_epochs, _steps_per_epoch(loader))
     lam = cfg.smoke_lambda if cfg.smoke else cfg.sparsify_lambda
+    reduction = cfg.smoke_reduction if cfg.smoke else cfg.sparsify_reduction
     console.print(f"[bold]Phase I sparsify[/]: OBProx-SG λ={lam}, lr={cfg.sparsify_lr}, "
                   f"eps={cfg.sparsify_eps}, {schedule['n_prox_steps']} Prox-SG steps then orthant steps, "
-                  f"Laplacian loss, {len(data)} samples")
+                  f"Laplacian loss ({reduction}), {len(data)} samples")
     # the paper puts the l1 penalty on every trainable parameter (the PWC-Net is frozen)
     opt = ck.OBProxSG(l1_param_groups(model, lam), lr=cfg.sparsify_lr, lambda_=lam, eps=cfg.sparsify_eps,
                       **schedule)
     config = ck.TrainConfig(**common.train_settings(cfg, cfg.sparsify_epochs, cfg.sparsify_lr,
                                                     scheduler="none"))
-    ck.train(model, loader, _laplacian_to_target, optimizer=opt, config=config, out_dir=out / "train",
-             resume=True)
+    ck.train(model, loader, phase1_loss(reduction), optimizer=opt, config=config,
+             out_dir=out / "train", resume=True)
     densities = ck.layer_densities(model)
     atomic_write_json(densities, out / "densities.json")
     common.mark_done(out, model)
@@ -235,16 +254,41 @@ def _decide_flow(cfg: MiniRecipeConfig, sparse: STMFNet) -> tuple[bool, float]:
     return drop, density
 
 
+def trained_densities(model: nn.Module) -> dict[str, float]:
+    """``ck.layer_densities`` of the layers Phase I trained: a frozen layer (the pretrained PWC-Net) was
+    never sparsified, so it proposes no width and keeps its own."""
+    frozen = {name for name, m in model.named_modules()
+              if isinstance(getattr(m, "weight", None), nn.Parameter) and not m.weight.requires_grad}
+    return {name: d for name, d in ck.layer_densities(model).items() if name not in frozen}
+
+
+def plan_student(sparse: STMFNet, example: tuple[torch.Tensor, ...], rule: str = "linear",
+                 coupling: str = "max") -> WidthPlan:
+    """The width plan of Phase I: ``ck.plan_widths`` from the densities of the trained layers."""
+    graph = ck.trace(sparse, example)
+    return ck.plan_widths(graph, trained_densities(sparse), rule=rule, coupling=coupling, strict=False)
+
+
+def _keep_pretrained_flow(student: STMFNet, sparse: STMFNet) -> None:
+    """A kept flow branch keeps the pretrained PWC-Net of ``sparse`` (frozen in Phase I), frozen."""
+    try:
+        student.flow_estimator.load_state_dict(sparse.flow_estimator.state_dict())
+    except RuntimeError as err:
+        raise ValueError("plan: a kept flow branch must keep the pretrained PWC-Net's widths (its layers are "
+                         "frozen and propose no width); this plan changed them") from err
+    student.flow_estimator.requires_grad_(False)
+
+
 def build_student(sparse: STMFNet, plan: Any, drop_flow: bool, example: tuple[torch.Tensor, ...],
                   mode: Literal["plan", "uniform"] = "plan", seed: int = 0) -> STMFNet:
     """The compressed architecture from a width plan, freshly initialised (trained from scratch in Phase II).
 
     ``mode="plan"``: ``ck.shrink(sparse, graph, plan, init="reinit")`` layer by layer, then the flow branch
-    dropped if asked; ``"uniform"``: ``STMFNet(widths=summarize_widths(that))`` (one width per part)."""
+    dropped if asked; ``"uniform"``: ``STMFNet(widths=summarize_widths(that))`` (one width per part). A kept
+    flow branch is not trained from scratch: its PWC-Net keeps the pretrained weights, frozen (a random
+    frozen flow estimator would feed noise to the splatting)."""
     graph = ck.trace(sparse, example)
     if isinstance(plan, Mapping):
-        from compresskit.shrink.plan import WidthPlan
-
         plan = WidthPlan.from_dict(dict(plan))
     torch.manual_seed(seed)
     small = ck.shrink(sparse, graph, plan=plan, init="reinit")
@@ -253,6 +297,8 @@ def build_student(sparse: STMFNet, plan: Any, drop_flow: bool, example: tuple[to
     if mode == "uniform":
         torch.manual_seed(seed)
         small = STMFNet(summarize_widths(small), flow=not drop_flow)
+    if not drop_flow and sparse.flow:
+        _keep_pretrained_flow(small, sparse)
     return small
 
 
@@ -269,8 +315,7 @@ def stage_plan(cfg: MiniRecipeConfig, sparse: STMFNet, console: Console) -> tupl
     drop, branch_density = _decide_flow(cfg, sparse)
     console.print(f"flow branch density (GridNet weights reading the splatted frames): {branch_density:.3f} "
                   f"→ {'dropped' if drop else 'kept'} (drop_flow={cfg.drop_flow})")
-    graph = ck.trace(sparse, _example(cfg))
-    plan = ck.plan_widths(graph, densities, rule=cfg.width_rule, coupling=cfg.coupling)
+    plan = plan_student(sparse, _example(cfg), rule=cfg.width_rule, coupling=cfg.coupling)
     student = build_student(sparse, plan, drop, _example(cfg), cfg.student, cfg.seed)
     widths = summarize_widths(student).to_dict()
     info = {"plan": plan.to_dict(), "drop_flow": drop, "flow_branch_density": branch_density,

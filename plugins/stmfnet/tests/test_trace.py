@@ -46,3 +46,27 @@ def test_shrinking_stmfnet_with_flow_branch_is_exact():
     check = ck.testing.assert_shrink_exact(model, frames(seed=1), keep_fraction=0.5, seed=0)
     assert check.shrunk_groups == check.prunable > 100
     assert check.params_after < 0.5 * check.params_before
+
+
+def test_feature_extractor_skips_couple_c4_d4_c3_d3_c2_d2_and_leave_c1_alone():
+    """The published skips (d3 = deconv3(d4 + c4), d2 = deconv2(d3 + c3), d1 = deconv1(d2 + c2)) tie
+    the output channels of conv4 to deconv4, conv3 to deconv3 and conv2 to deconv2; conv1's are read by
+    conv2 only, and deconv1's (the features) by the kernel heads."""
+    model = STMFNet(STMFNET_MINI_WIDTHS, flow=False)
+    graph = ck.trace(model, frames())
+
+    def produced_by(block: str) -> set[int]:
+        name = f"feature_extractor.{block}.resnext_small.conv3"
+        ids = {g.id for g in graph.groups if name in g.producers}
+        assert ids, name
+        return ids
+
+    for k in (2, 3, 4):
+        assert produced_by(f"conv{k}") == produced_by(f"deconv{k}"), k
+    assert produced_by("conv1").isdisjoint(produced_by("deconv1"))
+    for gid in produced_by("deconv1"):
+        assert graph.group(gid).prunable
+        assert "get_kernel.moduleWeight1.0" in graph.group(gid).consumers
+    for gid in produced_by("conv1"):
+        assert not any(c.startswith(("feature_extractor.deconv", "get_kernel"))
+                       for c in graph.group(gid).consumers)

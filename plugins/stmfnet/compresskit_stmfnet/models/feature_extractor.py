@@ -3,7 +3,8 @@
 Each stage runs two ResNeXt bottlenecks (Xie et al., CVPR 2017) side by side, one with a small and one
 with a large grouped kernel, each giving half the stage's channels; their concatenation is gated by
 squeeze-excitation (Hu et al., CVPR 2018). Encoder stages stride 2; the decoder mirrors them with
-transposed convs and adds the encoder's skips. Output: ``widths[0]`` channels at H/2.
+transposed convs, each reading the previous decoder output plus the encoder skip of the same width
+(published ``UMultiScaleResNext``). Output: ``widths[0]`` channels at H/2.
 """
 
 from __future__ import annotations
@@ -82,7 +83,10 @@ class MultiScaleResNeXtBlock(nn.Module):
 
 class MultiScaleResNeXtUNet(nn.Module):
     """Encoder conv1..4 (stride 2, kernels (3,7),(3,7),(3,5),(3,5)); decoder deconv4 (stride 1), deconv3..1
-    (transposed ×2) with skip adds: ``d3 = deconv3(deconv4(e4)) + e3`` … ``d1 = deconv1(d2) + e1``."""
+    (transposed ×2), the skips added to each deconv's input (Danier et al.'s published wiring):
+
+    ``d4 = deconv4(c4)``, ``d3 = deconv3(d4 + c4)``, ``d2 = deconv2(d3 + c3)``, ``d1 = deconv1(d2 + c2)``;
+    the output is ``d1`` (``c1`` feeds conv2 only). The adds tie channels c4~d4, c3~d3 and c2~d2."""
 
     def __init__(self, in_ch: int = 6, widths: Sequence[int] = (64, 128, 256, 512)):
         super().__init__()
@@ -97,11 +101,11 @@ class MultiScaleResNeXtUNet(nn.Module):
         self.deconv1 = MultiScaleResNeXtBlock(w1, w0, (3, 7), transposed=True)
 
     def forward(self, x: Tensor) -> Tensor:
-        e1 = self.conv1(x)
-        e2 = self.conv2(e1)
-        e3 = self.conv3(e2)
-        e4 = self.conv4(e3)
-        d = self.deconv4(e4)
-        d = self.deconv3(d) + e3
-        d = self.deconv2(d) + e2
-        return self.deconv1(d) + e1
+        c1 = self.conv1(x)
+        c2 = self.conv2(c1)
+        c3 = self.conv3(c2)
+        c4 = self.conv4(c3)
+        d4 = self.deconv4(c4)
+        d3 = self.deconv3(d4 + c4)
+        d2 = self.deconv2(d3 + c3)
+        return self.deconv1(d2 + c2)

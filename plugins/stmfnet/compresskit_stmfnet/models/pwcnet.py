@@ -22,14 +22,22 @@ _NAMES = {1: "One", 2: "Two", 3: "Thr", 4: "Fou", 5: "Fiv", 6: "Six"}
 
 
 def backwarp(x: Tensor, flow: Tensor) -> Tensor:
-    """Backward warping ``out(p) = x(p + flow(p))``, bilinear, zero outside (flow channel 0 is horizontal)."""
+    """Backward warping as in the published PWC-Net / ST-MFNet: ``out(p) = x(p + flow(p)·W/(W−1))``.
+
+    The sampling grid is the pixel centres ``−1 + (2i + 1)/W`` (``align_corners=False``) plus the flow
+    divided by ``(W − 1)/2`` (``(H − 1)/2`` vertically), bilinear with zeros outside; the result is
+    multiplied by a validity mask, a warped ones channel thresholded at 0.999, so samples that reach
+    outside the frame give 0 (flow channel 0 is horizontal)."""
     b, _, h, w = flow.shape
     gx = torch.arange(w, device=flow.device, dtype=flow.dtype).view(1, 1, w).expand(b, h, w)
     gy = torch.arange(h, device=flow.device, dtype=flow.dtype).view(1, h, 1).expand(b, h, w)
-    nx = (gx + flow[:, 0] + 0.5) * (2.0 / w) - 1.0
-    ny = (gy + flow[:, 1] + 0.5) * (2.0 / h) - 1.0
+    nx = (2.0 * gx + 1.0) / w - 1.0 + flow[:, 0] * (2.0 / (x.shape[3] - 1.0))
+    ny = (2.0 * gy + 1.0) / h - 1.0 + flow[:, 1] * (2.0 / (x.shape[2] - 1.0))
     grid = torch.stack([nx, ny], 3)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    ones = flow.new_ones(b, 1, h, w)
+    valid = F.grid_sample(ones, grid, mode="bilinear", padding_mode="zeros", align_corners=False) > 0.999
+    return out * valid.to(out.dtype)
 
 
 class Extractor(nn.Module):

@@ -6,7 +6,7 @@ bottom/right to a multiple of 128 and the result cropped back):
 
 1. features = MultiScaleResNeXtUNet(cat(I1 − mean, I2 − mean)) at H/2;
 2. 18 kernel heads → AdaCoF warps (F=5, d=1) of I1 and I2 at 1×, at ½× (Gaussian 5×5, σ=0.5, then
-   stride 2) and at 2× (separable 8-tap half-pel filter [−1,4,−11,40,40,−11,4,−1]/64);
+   bilinear to half size) and at 2× (separable 8-tap half-pel filter [−1,4,−11,40,40,−11,4,−1]/64);
 3. flow branch (``flow=True``): PWC-Net flows F₁₂, F₂₁ (frozen by default), softmax splatting of I1, I2 by
    half the flow with importance ``Z = paramScale · mean_c |I1 − backwarp(I2, F₁₂)|``;
 4. GridNet(2×: warps, 1×: warps (+ splats), ½×: warps) → Ĩ;
@@ -83,7 +83,9 @@ def gaussian_kernel(size: int = 5, sigma: float = 0.5) -> Tensor:
 class HalfPelUpsampler(nn.Module):
     """×2 upsampling: even pixels copied, odd pixels the separable 8-tap half-pel filter, rows then columns.
 
-    ``half[j] = Σ_k f_k · x[j − 3 + k]``, f = [−1,4,−11,40,40,−11,4,−1]/64, borders replicated."""
+    ``half[j] = Σ_k f_k · x[j − 3 + k]``, f = [−1,4,−11,40,40,−11,4,−1]/64, borders reflected (the
+    published ``Upsampler_8tap``; the filter is separable, so rows then columns equals its columns then
+    rows)."""
 
     def __init__(self):
         super().__init__()
@@ -92,9 +94,9 @@ class HalfPelUpsampler(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
-        half = F.conv2d(F.pad(x, (3, 4, 0, 0), mode="replicate"), self.filter, groups=c)
+        half = F.conv2d(F.pad(x, (3, 4, 0, 0), mode="reflect"), self.filter, groups=c)
         rows = torch.stack([x, half], 4).reshape(b, c, h, 2 * w)
-        half = F.conv2d(F.pad(rows, (0, 0, 3, 4), mode="replicate"), self.filter.transpose(2, 3), groups=c)
+        half = F.conv2d(F.pad(rows, (0, 0, 3, 4), mode="reflect"), self.filter.transpose(2, 3), groups=c)
         return torch.stack([rows, half], 3).reshape(b, c, 2 * h, 2 * w)
 
 
@@ -158,9 +160,12 @@ class STMFNet(nn.Module):
 
     # ------------------------------------------------------------------------------------------ pieces
     def downsample(self, x: Tensor) -> Tensor:
-        """Gaussian 5×5 (σ=0.5, reflect borders), then every second pixel."""
+        """Gaussian 5×5 (σ=0.5, reflect borders) at full resolution, then bilinear (``align_corners=False``)
+        to (H/2, W/2) as published: at this exact factor, the mean of each 2×2 block."""
         padded = F.pad(x, (2, 2, 2, 2), mode="reflect")
-        return F.conv2d(padded, self.gauss_kernel, stride=2, groups=x.shape[1])
+        blurred = F.conv2d(padded, self.gauss_kernel, groups=x.shape[1])
+        return F.interpolate(blurred, size=(x.shape[-2] // 2, x.shape[-1] // 2), mode="bilinear",
+                             align_corners=False)
 
     def warp(self, x: Tensor, weight: Tensor, alpha: Tensor, beta: Tensor) -> Tensor:
         """AdaCoF warp of ``x`` (replicate-padded by (F−1)·d/2) with one kernel set."""
