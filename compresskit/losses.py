@@ -139,8 +139,10 @@ def _blur(img: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
 
 
 def pyramid_reduce(img: torch.Tensor) -> torch.Tensor:
-    """Blur with the 5×5 binomial kernel (reflect padding), keep every second row and column."""
-    return _blur(img)[..., ::2, ::2]
+    """Blur with the 5×5 binomial kernel (reflect padding), then average each 2×2 block (``avg_pool2d``),
+    as the published ST-MFNet loss does, not every second sample. An odd last row or column is a block of
+    its own (the mean of the samples it has), so odd sizes work too."""
+    return F.avg_pool2d(_blur(img), 2, ceil_mode=True)
 
 
 def pyramid_expand(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

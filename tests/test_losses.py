@@ -28,7 +28,9 @@ def test_l1_mse_charbonnier_hand_values():
 
 
 def _naive_pyramid(img: np.ndarray, levels: int) -> list[np.ndarray]:
-    """Burt-Adelson pyramid of one (H, W) channel with explicit loops, written from the definition."""
+    """Laplacian pyramid of one (H, W) channel with explicit loops, written from the published ST-MFNet
+    loss (losses/laplacianpyramid.py): blur, then the mean of each 2×2 block (avg_pool2d; an odd last row
+    or column is averaged over the samples it has), expand = zero insertion and 4× the blur."""
     k1 = np.array([1, 4, 6, 4, 1], dtype=np.float64)
     kernel = np.outer(k1, k1) / 256
 
@@ -45,9 +47,17 @@ def _naive_pyramid(img: np.ndarray, levels: int) -> list[np.ndarray]:
         up[::2, ::2] = x
         return blur(up, 4 * kernel)[: shape[0], : shape[1]]
 
+    def block_mean(x):
+        h, w = (x.shape[0] + 1) // 2, (x.shape[1] + 1) // 2
+        out = np.zeros((h, w))
+        for i in range(h):
+            for j in range(w):
+                out[i, j] = x[2 * i : 2 * i + 2, 2 * j : 2 * j + 2].mean()
+        return out
+
     bands, g = [], img
     for _ in range(levels - 1):
-        down = blur(g, kernel)[::2, ::2]
+        down = block_mean(blur(g, kernel))
         bands.append(g - expand(down, g.shape))
         g = down
     return [*bands, g]

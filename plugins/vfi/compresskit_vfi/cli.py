@@ -151,13 +151,13 @@ def _compressed_spec(path: Path) -> dict[str, Any] | None:
     """
     import torch
 
-    from compresskit.api import FILE_FORMAT
+    from compresskit.saving import FILE_FORMATS
 
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:
         return {}  # not a plain weights file: let compresskit.load decide
-    if isinstance(data, dict) and data.get("format") == FILE_FORMAT:
+    if isinstance(data, dict) and data.get("format") in FILE_FORMATS:
         return data
     return None
 
