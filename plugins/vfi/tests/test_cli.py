@@ -153,7 +153,7 @@ def _smooth_clip(path, n=5, h=16, w=24):
 
 
 def test_interpolate_loads_what_compress_saves(tmp_path, capsys):
-    ck.register_model("test_cli_tiny_vfi", task="vfi", overwrite=True)(TinyVFI)
+    ck.register_model("test_cli_tiny_vfi", task="vfi", replace=True)(TinyVFI)
     torch.manual_seed(0)
     model = ck.create_model("test_cli_tiny_vfi")
     g = torch.Generator().manual_seed(1)
