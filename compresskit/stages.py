@@ -214,7 +214,7 @@ def removal_fraction(state: State) -> Callable[[nn.Module], float]:
     from compresskit.shrink.importance import get_importance
     from compresskit.shrink.plan import plan_for_target
 
-    importance = get_importance(state.config.plan.importance)
+    importance = get_importance(state.config.plan.importance, state.model)
 
     def fraction(model: nn.Module) -> float:
         plan = plan_for_target(state.graph, state.cost, importance(model, state.graph), state.target,
@@ -281,7 +281,7 @@ class PlanStage(Stage):
 
         cfg = state.config.plan
         state.densities = layer_densities(state.work)
-        state.importance = get_importance(cfg.importance)(state.work, state.graph)
+        state.importance = get_importance(cfg.importance, state.model)(state.work, state.graph)
         if cfg.rule == "target":
             state.plan, record = _target_plan(state)
         else:
@@ -302,7 +302,7 @@ class PlanStage(Stage):
         from compresskit.sparsify.density import layer_densities
 
         state.densities = layer_densities(state.work)
-        state.importance = get_importance(state.config.plan.importance)(state.work, state.graph)
+        state.importance = get_importance(state.config.plan.importance, state.model)(state.work, state.graph)
         state.plan = WidthPlan.from_dict(json.loads(payload["plan"]))
         state.records["plan"] = json.loads(payload["record"])
         if state.config.plan.rule != "target":
@@ -325,15 +325,18 @@ def _widths(state: State) -> dict[str, list[int]]:
 
 
 def _removed_share(state: State) -> float:
-    """Share of the prunable groups' importance in the units the plan removes (0: only zeros go)."""
+    """Share of the prunable groups' l1 mass (after sparsification) in the units the plan removes (0: only
+    zeros go)."""
     from compresskit.shrink.importance import removal_order
+    from compresskit.shrink.select import unit_l1_mass
 
     total = removed = 0.0
     for gid, scores in state.importance.items():
-        total += float(scores.sum())
+        mass = unit_l1_mass(state.work, state.graph.group(gid))
+        total += float(mass.sum())
         drop = state.plan.sizes[gid] - state.plan.widths.get(gid, state.plan.sizes[gid])
         if drop > 0:
-            removed += float(scores[removal_order(scores)[:drop]].sum())
+            removed += float(mass[removal_order(scores)[:drop]].sum())
     return removed / total if total > 0 else 0.0
 
 

@@ -36,15 +36,23 @@ class Importance(Protocol):
 
 
 class L1Importance:
-    """l1 mass of each unit's slices, normalised by its group's mean unit mass."""
+    """l1 mass of each unit's slices, normalised by its group's mean unit mass.
+
+    With a ``reference`` model (the original, before sparsification: same module names) the mean is
+    the reference's, so a group that sparsification emptied as a whole scores near 0 instead of 1.
+    """
 
     name = "l1"
+
+    def __init__(self, reference: nn.Module | None = None):
+        self.reference = reference
 
     def __call__(self, model: nn.Module, graph: ChannelGraph) -> dict[int, torch.Tensor]:
         out = {}
         for group in graph.prunable_groups:
             mass = unit_l1_mass(model, group)
-            mean = float(mass.mean()) if mass.numel() else 0.0
+            ref = unit_l1_mass(self.reference, group) if self.reference is not None else mass
+            mean = float(ref.mean()) if ref.numel() else 0.0
             out[group.id] = mass / mean if mean > 0 else torch.zeros_like(mass)
         return out
 
@@ -73,8 +81,11 @@ class DensityImportance:
 
     name = "density"
 
+    def __init__(self, reference: nn.Module | None = None):
+        self.reference = reference
+
     def __call__(self, model: nn.Module, graph: ChannelGraph) -> dict[int, torch.Tensor]:
-        l1 = L1Importance()(model, graph)
+        l1 = L1Importance(self.reference)(model, graph)
         return {g.id: unit_density(model, g) + 1e-6 * l1[g.id] / (1 + l1[g.id])
                 for g in graph.prunable_groups}
 
@@ -82,12 +93,13 @@ class DensityImportance:
 _IMPORTANCES = {"l1": L1Importance, "density": DensityImportance}
 
 
-def get_importance(name: str | Importance) -> Importance:
-    """The importance called ``name`` (``"l1"``, ``"density"``), or an Importance object as is."""
+def get_importance(name: str | Importance, reference: nn.Module | None = None) -> Importance:
+    """The importance called ``name`` (``"l1"``, ``"density"``; normalised against ``reference``, the
+    unsparsified model), or an Importance object as is."""
     if isinstance(name, str):
         if name not in _IMPORTANCES:
             raise ValueError(f"importance: expected one of {sorted(_IMPORTANCES)}, got {name!r}")
-        return _IMPORTANCES[name]()
+        return _IMPORTANCES[name](reference)
     if not callable(name):
         raise TypeError(f"importance: expected a name or an Importance object, got {type(name).__name__}")
     return name
