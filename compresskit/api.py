@@ -389,8 +389,8 @@ def _finish(state: Any, r: _Resolved, name: str, out_dir: Path | None) -> Compre
     if note:
         notes.append(note)
     removed = state.records.get("plan", {}).get("removed_importance")
-    if removed is not None and removed > 0.25 and state.config.plan.rule == "target":
-        notes.append(f"the removed units held {removed:.0%} of the prunable importance: sparsification "
+    if removed is not None and removed > 0.1 and state.config.plan.rule == "target":
+        notes.append(f"the removed units held {removed:.0%} of the prunable l1 mass: sparsification "
                      f"did not empty them within {state.config.sparsify.steps} steps, so recovery has "
                      "more to win back (raise sparsify.steps)")
     report = CompressReport(

@@ -395,11 +395,15 @@ def print_report(report: CompressReport | Mapping[str, Any], console: Any = None
         console.print(f"target [bold]{t['target']}[/]: achieved {got} {t['metric']}"
                       + ("" if t.get("predicted") is None else f" (planned {t['predicted']:.3g}x)"))
     cal = report.calibration
-    if cal.get("lambda0") is not None:
+    if cal.get("method") == "progressive":
+        console.print(f"sparsify: the units the plan removes ({cal.get('removed_fraction', 0):.0%}) were "
+                      f"driven to zero ({cal.get('gone', 0):.0%} of their l1 mass gone) while the others "
+                      f"trained (kept {cal.get('kept', 1):.0%} of theirs)")
+    elif cal.get("lambda0") is not None:
         final = cal.get("final_lambda", cal["lambda0"])
-        console.print(f"λ calibrated: λ0 {cal['lambda0']:.3g} → {final:.3g}, "
-                      f"{cal.get('heading_to_zero', 0):.0%} of the units heading to zero "
-                      f"(target removes {cal.get('target_fraction', 0):.0%})")
+        console.print(f"λ calibrated: λ0 {cal['lambda0']:.3g} → {final:.3g}; the units the plan removes "
+                      f"({cal.get('removed_fraction', 0):.0%}) lost {cal.get('gone', 0):.0%} of their l1 "
+                      f"mass, the others kept {cal.get('kept', 1):.0%}")
     console.print(f"loss: {report.loss}\ninputs: {report.inputs}")
     if report.layers:
         names = [r.name for r in report.layers]

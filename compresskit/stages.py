@@ -83,25 +83,6 @@ class _Stages:
         return folder
 
 
-class _BatchLoss:
-    """``loss_fn(output, batch)`` as a distillation term ``fn(output, target)``.
-
-    The distiller hands a term only the target; the whole batch is the one its ``inputs_fn`` saw last
-    (every forward reads its inputs from the batch whose loss follows), so it is remembered there.
-    """
-
-    def __init__(self, loss_fn: Callable, inputs_fn: Callable[[Any], tuple], name: str):
-        self.loss_fn, self._inputs_fn, self.batch = loss_fn, inputs_fn, None
-        self.__name__ = name
-
-    def inputs_fn(self, batch: Any) -> tuple:
-        self.batch = batch
-        return self._inputs_fn(batch)
-
-    def __call__(self, output: Any, target: Any) -> torch.Tensor:
-        return self.loss_fn(output, self.batch)
-
-
 # ----------------------------------------------------------------------------------------------- state
 @dataclass
 class State:
@@ -209,21 +190,19 @@ def _check_reachable(state: State) -> None:
                     round_to=state.round_to())
 
 
-def removal_fraction(state: State) -> Callable[[nn.Module], float]:
-    """``fn(model)``: the fraction of prunable units the target plan removes for the model's weights."""
+def target_widths(state: State) -> Callable[[nn.Module], dict[int, int]]:
+    """``fn(model)``: the target plan's widths ``{group id: units}`` for the model's current weights."""
     from compresskit.shrink.importance import get_importance
     from compresskit.shrink.plan import plan_for_target
 
     importance = get_importance(state.config.plan.importance, state.model)
 
-    def fraction(model: nn.Module) -> float:
+    def widths(model: nn.Module) -> dict[int, int]:
         plan = plan_for_target(state.graph, state.cost, importance(model, state.graph), state.target,
                                min_width=state.config.plan.min_width, round_to=state.round_to())
-        groups = state.graph.prunable_groups
-        total = sum(g.size for g in groups)
-        return 1.0 - sum(plan.widths[g.id] for g in groups) / total if total else 0.0
+        return dict(plan.widths)
 
-    return fraction
+    return widths
 
 
 # -------------------------------------------------------------------------------------------- sparsify
@@ -246,12 +225,13 @@ class SparsifyStage(Stage):
 
         cfg = state.config
         if cfg.sparsify.steps > 0:
-            state.console.print(f"[bold]1/4 sparsify[/]: OBProx-SG, λ={cfg.sparsify.lambda_}, "
-                                f"{cfg.sparsify.steps} steps")
+            how = (f"OBProx-SG, λ={cfg.sparsify.lambda_}" if cfg.sparsify.method == "obproxsg"
+                   else "the units the plan removes go to zero progressively")
+            state.console.print(f"[bold]1/4 sparsify[/]: {how}, {cfg.sparsify.steps} steps")
         ctx = SparsifyContext(
             train_loader=state.train_loader, loss_fn=state.loss_fn, inputs_fn=state.inputs_fn,
             graph=state.graph,
-            removal_fraction=removal_fraction(state) if cfg.plan.rule == "target" else (lambda m: 0.5),
+            widths_fn=target_widths(state),
             device=state.device, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every, progress=cfg.progress,
             out_dir=state.store.train_dir("sparsify", self.fingerprint(state)), resume=cfg.resume)
         record = get_sparsifier(cfg.sparsify).run(state.work, ctx)
@@ -480,8 +460,7 @@ class RecoverStage(Stage):
             which = "given" if state.teacher is not None else "original"
             state.console.print(f"[bold]4/4 distill[/] from the {which} teacher: {rc.steps} steps, "
                                 f"{rc.alpha}·loss(S, batch) + {rc.distill_loss}(S, T)")
-            student_term = _BatchLoss(state.loss_fn, state.inputs_fn, state.loss_how)
-            terms: list[Any] = [OutputLoss(student_term, rc.alpha, "target", name="student"),
+            terms: list[Any] = [OutputLoss(state.loss_fn, rc.alpha, "batch", name="student"),
                                 OutputLoss(rc.distill_loss, 1.0, "teacher", name="distill")]
             extra: dict[str, Any] = {}
             if isinstance(rc.features, list):
@@ -495,7 +474,7 @@ class RecoverStage(Stage):
                     extra[key] = getattr(rc, key)
             distill(state.small, teacher, state.train_loader, config=DistillConfig(**common, alpha=rc.alpha,
                                                                                    **extra),
-                    losses=terms, inputs_fn=student_term.inputs_fn, val_loader=val,
+                    losses=terms, inputs_fn=state.inputs_fn, val_loader=val,
                     metrics=state.metrics or None, out_dir=folder, resume=cfg.resume)
         else:
             state.console.print(f"[bold]4/4 fine-tune[/]: {rc.steps} steps")
