@@ -90,7 +90,8 @@ def test_unknown_key_and_assignment_are_checked():
 
 def test_flat_keys_of_the_first_version_still_work_with_a_warning():
     with pytest.warns(FutureWarning, match="sparsify_steps → sparsify.steps"):
-        cfg = CompressConfig(sparsify_steps=7, lambda_=0.1, finetune_steps=3, width_rule="sqrt", init="reinit")
+        cfg = CompressConfig(sparsify_steps=7, lambda_=0.1, finetune_steps=3, width_rule="sqrt",
+                             init="reinit")
     assert (cfg.sparsify.steps, cfg.sparsify.lambda_, cfg.recover.steps) == (7, 0.1, 3)
     assert cfg.sparsify.method == "obproxsg"  # a fixed λ means the papers' l1 training
     assert (cfg.plan.rule, cfg.shrink.init) == ("sqrt", "reinit")
