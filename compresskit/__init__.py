@@ -25,6 +25,7 @@ _API: dict[str, str] = {
     "register_rule": "compresskit.graph.rules",
     # shrink (Core I / II)
     "shrink": "compresskit.shrink.surgery",
+    "register_resizer": "compresskit.shrink.resize",
     "plan_widths": "compresskit.shrink.plan",
     "plan_for_target": "compresskit.shrink.plan",
     "WidthPlan": "compresskit.shrink.plan",
@@ -122,6 +123,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
         register_model,
     )
     from compresskit.shrink.plan import WidthPlan, plan_for_target, plan_widths  # noqa: F401
+    from compresskit.shrink.resize import register_resizer  # noqa: F401
     from compresskit.shrink.surgery import shrink  # noqa: F401
     from compresskit.sparsify.density import layer_densities  # noqa: F401
     from compresskit.sparsify.obproxsg import OBProxSG, steps_from_epochs  # noqa: F401

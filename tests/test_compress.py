@@ -169,7 +169,7 @@ def _registered_inputs(batch):
 
 
 ck.register_model("test_compress_shiftnet", task="shift", default_loss=_registered_loss,
-                  inputs_from_batch=_registered_inputs, overwrite=True)(ShiftNet)
+                  inputs_from_batch=_registered_inputs, replace=True)(ShiftNet)
 
 
 def test_registered_model_defaults_and_rebuild_from_file(task, tmp_path):

@@ -23,6 +23,7 @@ from torch import fx, nn
 from compresskit.graph.build import GraphBuilder, to_meta
 from compresskit.graph.channels import ChannelGraph
 from compresskit.graph.rules import has_module_rule
+from compresskit.plugins import ensure_plugins
 
 _LEAF_MODULES: set[type] = set()
 _LEAF_FUNCTIONS: dict[int, Callable] = {}
@@ -368,6 +369,7 @@ def trace(model: nn.Module, example_inputs: Any, *, method: str = "auto") -> Cha
     inputs = _check_inputs(model, example_inputs)
     if method not in ("auto", "fx", "export"):
         raise ValueError(f"method: expected 'auto', 'fx' or 'export', got {method!r}")
+    ensure_plugins()  # the plugins' channel rules and leaves, registered before tracing starts
     modes = {m: m.training for m in model.modules()}
     if any(modes.values()):
         model.eval()
