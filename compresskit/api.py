@@ -1,10 +1,11 @@
-"""``compress()``: trace → sparsify (OBProx-SG) → densities → plan widths → shrink → fine-tune → report.
+"""``compress(model, loader, target="4x params")``: trace → sparsify → plan → shrink → recover → report.
 
-The pipeline of the ST-MFNet Mini and CDFI papers for any ``nn.Module``. Every stage writes an atomic
-checkpoint into ``config.out_dir`` (``sparsified.pt``, ``plan.json``, ``shrunk.pt``, ``finetuned.pt``)
-stamped with a fingerprint of the settings it depends on; a rerun with the same settings skips finished
-stages and continues an interrupted training stage from its last checkpoint (``ck.train``'s resume). A
-stage whose settings changed is redone, and so is everything after it.
+The stages are objects in :mod:`compresskit.stages`; ``compress`` checks its arguments, resolves the loss,
+inputs and target, and runs them in a loop. Every stage writes an atomic checkpoint into
+``config.out_dir`` (``sparsified.pt``, ``plan.pt``, ``shrunk.pt``, ``finetuned.pt``) stamped with a
+fingerprint of the settings it depends on; a rerun with the same settings skips finished stages and
+continues an interrupted training stage from its last checkpoint (``ck.train``'s resume). A stage whose
+settings changed is redone, and so is everything after it.
 
 ``CompressResult.save(path)`` writes one file from which :func:`load` rebuilds the small model alone:
 for a model built by ``ck.create_model`` the file holds its registered name, factory kwargs, example input
@@ -207,19 +208,6 @@ def _resolve(model: nn.Module, train_loader: Iterable, loss_fn: LossFn | None, e
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def _as_text(obj: Any) -> str:
-    """Plain text of a string or a rich renderable (a table)."""
-    if isinstance(obj, str):
-        return obj
-    import io
-
-    from rich.console import Console
-
-    console = Console(file=io.StringIO(), width=120, color_system=None)
-    console.print(obj)
-    return console.file.getvalue()
-
-
 def _console(enabled: bool):
     from rich.console import Console
 
