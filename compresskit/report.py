@@ -346,6 +346,31 @@ class CompressReport:
         return written
 
 
+_EXPECTED_FROZEN = ("graph input", "graph output")
+_MAX_FROZEN_NOTES = 12
+
+
+def frozen_group_notes(graph: Any) -> list[str]:
+    """One note per channel group a layer produces that tracing froze for a reason other than being a
+    graph input or output (an op without a channel rule, a custom Function, data read into numpy, ...):
+    the channels compression could not touch, and why."""
+    notes = []
+    for g in graph.groups:
+        if g.prunable or not g.producers:
+            continue
+        reasons = list(dict.fromkeys(r for r in g.reasons if not any(e in r for e in _EXPECTED_FROZEN)))
+        if not reasons:
+            continue
+        more = f" (+{len(reasons) - 2} more)" if len(reasons) > 2 else ""
+        notes.append(f"frozen channel group {g.id} ({g.size} channels of {', '.join(g.producers)}): "
+                     + "; ".join(reasons[:2]) + more)
+    if len(notes) > _MAX_FROZEN_NOTES:
+        extra = len(notes) - _MAX_FROZEN_NOTES
+        notes = notes[:_MAX_FROZEN_NOTES] + [f"... and {extra} more frozen channel groups "
+                                             "(ck.trace(model, inputs).explain(group_id) tells why)"]
+    return notes
+
+
 def _fmt_int(n: int | None) -> str:
     if n is None:
         return "-"

@@ -26,7 +26,14 @@ from torch import nn
 
 from compresskit.config import CompressConfig
 from compresskit.io import atomic_torch_save, atomic_write_json
-from compresskit.report import ModelStats, count_macs, count_params, evaluate, measure_latency
+from compresskit.report import (
+    ModelStats,
+    count_macs,
+    count_params,
+    evaluate,
+    frozen_group_notes,
+    measure_latency,
+)
 from compresskit.target import Target
 
 __all__ = ["State", "Stage", "STAGES", "TraceStage", "SparsifyStage", "PlanStage", "ShrinkStage",
@@ -167,6 +174,7 @@ class TraceStage(Stage):
 
         state.work = copy.deepcopy(state.model)
         state.graph = trace(state.work, state.example_inputs)
+        state.notes.extend(frozen_group_notes(state.graph))  # channels compression cannot touch, and why
         state.costs["params"] = params_cost(state.work, state.graph)
         state.costs["macs"] = macs_cost(state.work, state.graph, state.example_inputs)
         metric = state.target.metric

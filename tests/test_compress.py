@@ -137,14 +137,16 @@ def test_save_load_is_bit_exact_for_a_plain_model(task, tmp_path):
     model, train, val = task
     result = ck.compress(model, train, _l1, config=_config())
     path = result.save(tmp_path / "small.pt")
-    loaded = ck.load(path)
-    assert type(loaded) is ShiftNet and not loaded.training
-    assert [m.out_channels for m in (loaded.conv1, loaded.conv2)] == [
+    loaded = ck.load(path)  # a checked torch.export program: no ShiftNet, no unpickling
+    original = ck.load(path, trusted=True)  # the pickled ShiftNet, on request
+    assert type(original) is ShiftNet and not loaded.training and not original.training
+    assert [m.out_channels for m in (original.conv1, original.conv2)] == [
         m.out_channels for m in (result.model.conv1, result.model.conv2)]
     result.model.eval()
     with torch.no_grad():
         for x, _ in val:
             assert torch.equal(loaded(x), result.model(x))
+            assert torch.equal(original(x), result.model(x))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         ck.load(tmp_path / "missing.pt")
     torch.save({"state_dict": {}}, tmp_path / "other.pt")

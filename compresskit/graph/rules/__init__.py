@@ -38,7 +38,8 @@ or a dict); several inputs passing to the same output are joined (an element-wis
 channel dims must have the input's size. Tensor arguments not listed are frozen with ``reason``.
 Targets: an ``nn.Module`` subclass (it also becomes a tracing leaf), a function (register it with
 ``register_leaf`` too when fx must not trace into it), a ``torch.library`` op (``OpOverloadPacket`` or
-``OpOverload``), or a method name string such as ``"view"``. A target that already has a rule needs
+``OpOverload``), a custom ``torch.autograd.Function`` subclass (or its ``.apply``; tracing never enters
+it), or a method name string such as ``"view"``. A target that already has a rule needs
 ``replace=True``.
 
 The built-in rules, one module per op family (each registers its rules next to their definitions):

@@ -33,11 +33,12 @@ def register_rule(
 ) -> Any:
     """Declare how ``target`` moves channels.
 
-    ``target``: an ``nn.Module`` subclass (made a tracing leaf), a function, a ``torch.library`` op, or a
-    method name; a list or tuple of them gives each the same rule. Give either ``rule`` (a function of a
-    :class:`RuleContext` returning the output info), or ``passthrough`` (tensor argument index → output
-    index; every other tensor argument and output is frozen with ``reason``), or neither to use it as a
-    decorator: ``@register_rule(MyModule)``. A target that already has another rule raises
+    ``target``: an ``nn.Module`` subclass (made a tracing leaf), a function, a ``torch.library`` op, a
+    custom ``torch.autograd.Function`` subclass (or its ``.apply``), or a method name; a list or tuple of
+    them gives each the same rule. Give either ``rule`` (a function of a :class:`RuleContext` returning
+    the output info), or ``passthrough`` (tensor argument index → output index; every other tensor
+    argument and output is frozen with ``reason``), or neither to use it as a decorator:
+    ``@register_rule(MyModule)``. A target that already has another rule raises
     :class:`~compresskit._registry.AlreadyRegisteredError` unless ``replace=True``.
     """
     if rule is not None and passthrough is not None:
@@ -53,7 +54,7 @@ def register_rule(
         rule = passthrough_rule(passthrough, reason or "read by meaning (declared by register_rule)")
     if not callable(rule):
         raise TypeError(f"register_rule: rule must be callable, got {type(rule).__name__}")
-    targets = list(target) if isinstance(target, list | tuple) else [target]
+    targets = [_function_class(t) for t in (target if isinstance(target, list | tuple) else [target])]
     for t in targets:
         if not (isinstance(t, str) and t) and not callable(t):
             raise TypeError(
@@ -118,6 +119,14 @@ def passthrough_rule(mapping: int | dict[int, int] | Iterable[tuple[int, int]], 
     return rule
 
 
+def _function_class(target: Any) -> Any:
+    """``MyFunction.apply`` → ``MyFunction``: a custom autograd.Function is keyed by its class."""
+    owner = getattr(target, "__self__", None)
+    named_apply = getattr(target, "__name__", None) == "apply"
+    if named_apply and isinstance(owner, type) and issubclass(owner, torch.autograd.Function):
+        return owner
+    return target
+
 
 def _is_module_class(key: Any) -> bool:
     return isinstance(key, type) and issubclass(key, nn.Module)
@@ -139,6 +148,9 @@ def lookup_rule(kind: str, target: Any, module: nn.Module | None = None) -> Rule
     if kind == "call_function":
         if isinstance(target, str) or _is_module_class(target):
             return None  # method names and module classes are other kinds of keys
+        function = getattr(target, "autograd_function", None)  # MyFunction.apply (graph/trace.py)
+        if function is not None:
+            return RULES.find(function) or getattr(target, "opaque_rule", None)
         rule = RULES.find(target)
         if rule is not None:
             return rule
