@@ -1,6 +1,6 @@
 """compresskit: make neural networks smaller and faster without losing their quality.
 
-trace → sparsify (OBProx-SG) → layer densities → plan widths back to front → shrink → distill.
+compress(model, loader, target="4x params"): trace → sparsify → plan widths for the target → shrink → distill.
 
 The public API is exactly the names in ``__all__``; they are imported on first use so that
 ``import compresskit`` stays fast and a plugin that only registers a model pays for nothing else.
@@ -27,6 +27,7 @@ _API: dict[str, str] = {
     "shrink": "compresskit.shrink.surgery",
     "register_resizer": "compresskit.shrink.resize",
     "plan_widths": "compresskit.shrink.plan",
+    "plan_for_target": "compresskit.shrink.plan",
     "WidthPlan": "compresskit.shrink.plan",
     # sparsify (Core II)
     "OBProxSG": "compresskit.sparsify.obproxsg",
@@ -39,6 +40,12 @@ _API: dict[str, str] = {
     "CompressConfig": "compresskit.config",
     "TrainConfig": "compresskit.config",
     "DistillConfig": "compresskit.config",
+    # targets and planning (Core IV)
+    "Target": "compresskit.target",
+    "SparsifyConfig": "compresskit.config",
+    "PlanConfig": "compresskit.config",
+    "ShrinkConfig": "compresskit.config",
+    "RecoverConfig": "compresskit.config",
     # training and distillation (Core III)
     "train": "compresskit.train.loop",
     "Trainer": "compresskit.train.loop",
@@ -93,7 +100,15 @@ sys.modules[__name__].__class__ = _Package
 if TYPE_CHECKING:  # static analysers and IDEs see the real names
     from compresskit import config, io, losses, report, testing  # noqa: F401
     from compresskit.api import CompressResult, compress, load  # noqa: F401
-    from compresskit.config import CompressConfig, DistillConfig, TrainConfig  # noqa: F401
+    from compresskit.config import (  # noqa: F401
+        CompressConfig,
+        DistillConfig,
+        PlanConfig,
+        RecoverConfig,
+        ShrinkConfig,
+        SparsifyConfig,
+        TrainConfig,
+    )
     from compresskit.distill.engine import Distiller, distill  # noqa: F401
     from compresskit.distill.registry import get_loss, list_losses, register_loss  # noqa: F401
     from compresskit.graph.channels import ChannelGraph, ChannelGroup  # noqa: F401
@@ -107,9 +122,10 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
         model_info,
         register_model,
     )
-    from compresskit.shrink.plan import WidthPlan, plan_widths  # noqa: F401
+    from compresskit.shrink.plan import WidthPlan, plan_for_target, plan_widths  # noqa: F401
     from compresskit.shrink.resize import register_resizer  # noqa: F401
     from compresskit.shrink.surgery import shrink  # noqa: F401
     from compresskit.sparsify.density import layer_densities  # noqa: F401
     from compresskit.sparsify.obproxsg import OBProxSG, steps_from_epochs  # noqa: F401
+    from compresskit.target import Target  # noqa: F401
     from compresskit.train.loop import Trainer, train  # noqa: F401

@@ -90,9 +90,8 @@ def test_compress_removes_temp_files_of_a_killed_run(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 3, 1))
     data = [(torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8))]
-    with pytest.warns(UserWarning, match="the plan keeps"):
-        ck.compress(model, data, config=dict(sparsify_steps=1, finetune_steps=1, measure_latency=False,
-                                             progress=False, out_dir=out))
+    ck.compress(model, data, config=dict(sparsify={"steps": 1}, recover={"steps": 1}, measure_latency=False,
+                                         progress=False, out_dir=out))
     assert not any(p.exists() for p in stale)
     assert mine.read_text() == "user file"
     assert [p for p in _temps(out) if p != mine] == []

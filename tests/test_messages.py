@@ -9,7 +9,7 @@ from zoo import build
 
 import compresskit as ck
 
-_QUICK = dict(sparsify_steps=0, finetune_steps=0, measure_latency=False, progress=False)
+_QUICK = dict(sparsify={"steps": 0}, recover={"steps": 0}, measure_latency=False, progress=False)
 
 
 def _net() -> nn.Module:
@@ -27,7 +27,7 @@ def _l2(out, batch):  # noqa: ANN001, ANN202
 def test_a_generator_loader_is_refused_up_front() -> None:
     gen = (b for b in _batches())
     with pytest.raises(TypeError, match=r"train_loader: .*generator.*re-iterable \(a DataLoader or list\)"):
-        ck.compress(_net(), gen, config=dict(_QUICK, sparsify_steps=2))
+        ck.compress(_net(), gen, config=dict(_QUICK, sparsify={"steps": 2}))
     with pytest.raises(TypeError, match=r"train_loader: .*re-iterable"):
         ck.train(_net(), iter(_batches()), _l2, config=ck.TrainConfig(steps=2, progress=False))
     with pytest.raises(TypeError, match=r"val_loader: .*re-iterable"):
@@ -37,8 +37,8 @@ def test_a_generator_loader_is_refused_up_front() -> None:
 
 
 def test_an_unknown_distill_loss_fails_without_a_teacher_too() -> None:
-    with pytest.raises(ValueError, match=r"config.distill_loss: unknown loss 'l_one'"):
-        ck.compress(_net(), _batches(), config=dict(_QUICK, distill_loss="l_one"))
+    with pytest.raises(ValueError, match=r"config.recover.distill_loss: unknown loss 'l_one'"):
+        ck.compress(_net(), _batches(), config=dict(_QUICK, recover={"steps": 0, "distill_loss": "l_one"}))
 
 
 def test_frozen_groups_and_their_reasons_are_in_the_report_notes() -> None:
