@@ -38,6 +38,12 @@ _API: dict[str, str] = {
     "CompressConfig": "compresskit.config",
     "TrainConfig": "compresskit.config",
     "DistillConfig": "compresskit.config",
+    # targets and planning (Core IV)
+    "Target": "compresskit.target",
+    "SparsifyConfig": "compresskit.config",
+    "PlanConfig": "compresskit.config",
+    "ShrinkConfig": "compresskit.config",
+    "RecoverConfig": "compresskit.config",
     # training and distillation (Core III)
     "train": "compresskit.train.loop",
     "Trainer": "compresskit.train.loop",
@@ -92,7 +98,15 @@ sys.modules[__name__].__class__ = _Package
 if TYPE_CHECKING:  # static analysers and IDEs see the real names
     from compresskit import config, io, losses, report, testing  # noqa: F401
     from compresskit.api import CompressResult, compress, load  # noqa: F401
-    from compresskit.config import CompressConfig, DistillConfig, TrainConfig  # noqa: F401
+    from compresskit.config import (  # noqa: F401
+        CompressConfig,
+        DistillConfig,
+        PlanConfig,
+        RecoverConfig,
+        ShrinkConfig,
+        SparsifyConfig,
+        TrainConfig,
+    )
     from compresskit.distill.engine import Distiller, distill  # noqa: F401
     from compresskit.distill.registry import get_loss, list_losses, register_loss  # noqa: F401
     from compresskit.graph.channels import ChannelGraph, ChannelGroup  # noqa: F401
@@ -110,4 +124,5 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
     from compresskit.shrink.surgery import shrink  # noqa: F401
     from compresskit.sparsify.density import layer_densities  # noqa: F401
     from compresskit.sparsify.obproxsg import OBProxSG, steps_from_epochs  # noqa: F401
+    from compresskit.target import Target  # noqa: F401
     from compresskit.train.loop import Trainer, train  # noqa: F401

@@ -303,10 +303,10 @@ def compress(
     """Compress ``model`` the way the ST-MFNet Mini / CDFI papers did; ``model`` itself is left unchanged.
 
     1. trace the channel groups (``ck.trace``) on ``example_inputs`` (default: from the first batch);
-    2. sparsify a copy with OBProx-SG (``ck.train`` with ``ck.OBProxSG``) for ``config.sparsify_steps``;
+    2. sparsify a copy with OBProx-SG (``ck.train`` with ``ck.OBProxSG``) for ``config.sparsify.steps``;
     3. read per-layer densities and plan widths back to front (``ck.plan_widths``);
     4. shrink into a smaller dense model (``ck.shrink``, ``init`` inherit or reinit);
-    5. fine-tune it for ``config.finetune_steps``: distilled from ``teacher`` when given (``ck.distill``,
+    5. fine-tune it for ``config.recover.steps``: distilled from ``teacher`` when given (``ck.distill``,
        ``α·loss(S, GT) + L(S, T)``), else trained on ``loss_fn``;
     6. measure parameters, MACs, CPU latency and ``metrics`` on ``val_loader`` before and after.
 
@@ -347,8 +347,8 @@ def compress(
     if teacher is not None:
         from compresskit.distill.registry import list_losses
 
-        if config.distill_loss not in list_losses():
-            raise ValueError(f"config.distill_loss: unknown loss {config.distill_loss!r}; registered losses: "
+        if config.recover.distill_loss not in list_losses():
+            raise ValueError(f"config.recover.distill_loss: unknown loss {config.recover.distill_loss!r}; registered losses: "
                              f"{', '.join(list_losses())}")
     console = _console(config.progress)
     r = _resolve(model, train_loader, loss_fn, example_inputs, inputs_fn)
@@ -396,21 +396,20 @@ def compress(
     # 1. sparsify
     t0 = time.perf_counter()
     fp_sparse = {"model": _checksum(model), "loss": r.loss_how, "inputs": r.inputs_how,
-                 **config.model_dump(mode="json", include={"sparsify_steps", "lambda_", "lr", "eps", "l1_on",
-                                                            "n_prox_steps", "n_orthant_steps", "seed"})}
+                 "sparsify": config.sparsify.model_dump(mode="json"), "seed": config.seed}
     done = stages.load("sparsified.pt", fp_sparse)
     if done is not None:
         console.print("[green]sparsify[/]: loaded sparsified.pt")
         work.load_state_dict(done["state_dict"])
-    elif config.sparsify_steps > 0:
-        console.print(f"[bold]1/4 sparsify[/]: OBProx-SG, λ={config.lambda_}, {config.sparsify_steps} steps")
+    elif config.sparsify.steps > 0:
+        console.print(f"[bold]1/4 sparsify[/]: OBProx-SG, λ={config.sparsify.lambda_}, {config.sparsify.steps} steps")
         torch.manual_seed(config.seed)
-        every = config.l1_on == "all"
-        groups = l1_param_groups(work, config.lambda_, include_biases=every, include_norms=every)
-        opt = OBProxSG(groups, lr=config.lr,
-                       lambda_=config.lambda_, eps=config.eps, n_prox_steps=config.n_prox_steps,
-                       n_orthant_steps=config.n_orthant_steps)
-        tcfg = TrainConfig(steps=config.sparsify_steps, lr=config.lr, seed=config.seed, device=device,
+        every = config.sparsify.l1_on == "all"
+        groups = l1_param_groups(work, config.sparsify.lambda_, include_biases=every, include_norms=every)
+        opt = OBProxSG(groups, lr=config.sparsify.lr,
+                       lambda_=config.sparsify.lambda_, eps=config.sparsify.eps, n_prox_steps=config.sparsify.n_prox_steps,
+                       n_orthant_steps=config.sparsify.n_orthant_steps)
+        tcfg = TrainConfig(steps=config.sparsify.steps, lr=config.sparsify.lr, seed=config.seed, device=device,
                            checkpoint_every=config.checkpoint_every, progress=config.progress)
         train(work, train_loader, r.loss_fn, optimizer=opt, config=tcfg, inputs_fn=r.inputs_fn,
               out_dir=stages.train_dir("sparsify", fp_sparse), resume=config.resume)
@@ -423,8 +422,8 @@ def compress(
     # 2. densities and plan
     t0 = time.perf_counter()
     densities = layer_densities(work)
-    plan = plan_widths(graph, densities, rule=config.width_rule, coupling=config.coupling,
-                       min_width=config.min_width, divisor=config.divisor)
+    plan = plan_widths(graph, densities, rule=config.plan.rule, coupling=config.plan.coupling,
+                       min_width=config.plan.min_width, divisor=config.plan.round_to)
     widths = {str(g.id): [int(g.size), int(plan.widths.get(g.id, g.size))] for g in graph.groups}
     if out_dir is not None:
         atomic_write_json({"widths": widths, "densities": densities, "explain": _as_text(plan.explain())},
@@ -437,9 +436,9 @@ def compress(
     # 3. shrink
     t0 = time.perf_counter()
     fp_shrink = {"upstream": fp_sparse, "widths": widths,
-                 **config.model_dump(mode="json", include={"init", "seed"})}
+                 "shrink": config.shrink.model_dump(mode="json"), "seed": config.seed}
     torch.manual_seed(config.seed)
-    small = shrink(work, graph, plan=plan, init=config.init)
+    small = shrink(work, graph, plan=plan, init=config.shrink.init)
     done = stages.load("shrunk.pt", fp_shrink)
     if done is not None:
         small.load_state_dict(done["state_dict"])
@@ -453,29 +452,28 @@ def compress(
     # 4. fine-tune / distill
     t0 = time.perf_counter()
     fp_tune = {"upstream": fp_shrink, "teacher": _checksum(teacher),
-               **config.model_dump(mode="json", include={"finetune_steps", "finetune_lr", "distill_alpha",
-                                                          "distill_loss", "seed"})}
+               "recover": config.recover.model_dump(mode="json"), "seed": config.seed}
     done = stages.load("finetuned.pt", fp_tune)
     if done is not None:
         console.print("[green]fine-tune[/]: loaded finetuned.pt")
         small.load_state_dict(done["state_dict"])
-    elif config.finetune_steps > 0:
+    elif config.recover.steps > 0:
         torch.manual_seed(config.seed)
         folder = stages.train_dir("finetune", fp_tune)
-        common = dict(steps=config.finetune_steps, lr=config.finetune_lr, seed=config.seed, device=device,
+        common = dict(steps=config.recover.steps, lr=config.recover.lr, seed=config.seed, device=device,
                       checkpoint_every=config.checkpoint_every, progress=config.progress)
         if teacher is not None:
             from compresskit.distill.engine import OutputLoss, distill
 
-            console.print(f"[bold]4/4 distill[/] from the teacher: {config.finetune_steps} steps, "
-                          f"{config.distill_alpha}·loss(S, batch) + {config.distill_loss}(S, T)")
+            console.print(f"[bold]4/4 distill[/] from the teacher: {config.recover.steps} steps, "
+                          f"{config.recover.alpha}·loss(S, batch) + {config.recover.distill_loss}(S, T)")
             student_term = _BatchLoss(r.loss_fn, r.inputs_fn)
-            terms = [OutputLoss(student_term, config.distill_alpha, "target", name="student"),
-                     OutputLoss(config.distill_loss, 1.0, "teacher", name="distill")]
-            distill(small, teacher, train_loader, config=DistillConfig(**common, alpha=config.distill_alpha),
+            terms = [OutputLoss(student_term, config.recover.alpha, "target", name="student"),
+                     OutputLoss(config.recover.distill_loss, 1.0, "teacher", name="distill")]
+            distill(small, teacher, train_loader, config=DistillConfig(**common, alpha=config.recover.alpha),
                     losses=terms, inputs_fn=student_term.inputs_fn, out_dir=folder, resume=config.resume)
         else:
-            console.print(f"[bold]4/4 fine-tune[/]: {config.finetune_steps} steps")
+            console.print(f"[bold]4/4 fine-tune[/]: {config.recover.steps} steps")
             train(small, train_loader, r.loss_fn, config=TrainConfig(**common), inputs_fn=r.inputs_fn,
                   out_dir=folder, resume=config.resume)
         stages.save("finetuned.pt", fp_tune, state_dict=small.state_dict())
@@ -493,7 +491,7 @@ def _dense_warning(plan: Any, densities: Mapping[str, float], config: CompressCo
     if kept < 0.95 or not densities:
         return []
     mean = sum(densities.values()) / len(densities)
-    budget = config.lr * config.lambda_ * config.sparsify_steps
+    budget = config.sparsify.lr * config.sparsify.lambda_ * config.sparsify.steps
     note = (f"the plan keeps {kept:.0%} of the prunable channels: the sparsified weights are still dense "
             f"(mean density {mean:.2f}). OBProx-SG moves each weight by about lr·λ per step towards zero, "
             f"{budget:.2g} in total here; raise lambda_ or sparsify_steps (or lr).")

@@ -13,6 +13,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from compresskit.io import atomic_write_text
+from compresskit.target import Target
 
 C = TypeVar("C", bound="Config")
 
@@ -130,17 +131,30 @@ class DistillConfig(TrainConfig):
     cache_dir: Path | None = Field(None, description="where teacher outputs are cached (None: out_dir/cache)")
 
 
-class CompressConfig(Config):
-    """Every knob of :func:`compresskit.compress`: sparsify → plan → shrink → fine-tune.
+class SparsifyConfig(Config):
+    """Stage I: l1-regularised training with OBProx-SG until the channels the plan removes are ~zero.
 
-    Defaults follow the ST-MFNet Mini recipe (λ 1e-4, lr 1e-3) scaled down to steps; the papers' epoch
-    schedules convert with ``ck.steps_from_epochs``.
+    ``lambda_="auto"`` (default) calibrates λ: it starts at ``λ0 = q(|w|, f) / (lr · steps)`` (OBProx-SG
+    moves a weight by about ``lr·λ`` per step, so the weights below the ``f``-quantile, ``f`` the fraction
+    of units the target removes, can reach zero within the budget), then every ``calibrate_every`` steps
+    compares the fraction of units heading to zero (l1 mass ≤ ``zero_tol`` × their group's initial mean)
+    with a schedule rising linearly to ``f`` at ``ramp`` of the steps, and multiplies λ by ``growth``
+    when behind, divides when ahead (dual ascent on the sparsity gap, as CoFi does on its cost).
+    A number fixes λ (the expert knob of the papers).
     """
 
-    # stage I: l1-regularised training with OBProx-SG
-    sparsify_steps: int = Field(300, ge=0, description="OBProx-SG steps of stage I (0 skips it)")
-    lambda_: float = Field(1e-4, ge=0, description="l1 strength λ of OBProx-SG")
-    lr: float = Field(1e-3, gt=0, description="learning rate of stage I")
+    method: Literal["obproxsg"] = Field("obproxsg", description="the sparsifier (Sparsifier protocol)")
+    steps: int = Field(300, ge=0, description="OBProx-SG steps of stage I (0 skips it)")
+    lr: float = Field(1e-3, gt=0, description="learning rate (step size α) of stage I")
+    lambda_: float | Literal["auto"] = Field(
+        "auto", description="l1 strength λ of OBProx-SG, or 'auto' to calibrate it from the target")
+    growth: float = Field(1.5, gt=1, description="auto-λ: factor applied per calibration when off schedule")
+    calibrate_every: int | None = Field(
+        None, ge=1, description="auto-λ: steps between calibrations (None: steps // 10, at least 1)")
+    ramp: float = Field(0.75, gt=0, le=1, description="auto-λ: fraction of the steps by which the target "
+                        "fraction of units should be heading to zero")
+    zero_tol: float = Field(0.05, gt=0, lt=1, description="auto-λ: a unit heads to zero when its l1 mass "
+                            "is at most this times its group's initial mean unit mass")
     eps: float = Field(0.0, ge=0, description="OBProx-SG orthant threshold: entries at or below it become 0")
     n_prox_steps: int | None = Field(
         None, ge=0, description="Prox-SG steps before orthant steps (None: Prox-SG for ever)")
@@ -148,24 +162,94 @@ class CompressConfig(Config):
         None, ge=1, description="orthant steps before returning to Prox-SG steps (None: for ever)")
     l1_on: Literal["weights", "all"] = Field(
         "weights", description="l1 on 'weights' (biases and norms exempt) or on 'all' parameters (papers)")
-    # widths
-    width_rule: Literal["linear", "sqrt"] = Field(
-        "linear", description="'linear': ceil(d·C) back to front (ST-MFNet Mini); 'sqrt': floor(√d·C) (CDFI)")
+
+    @model_validator(mode="after")
+    def _check_schedule(self) -> SparsifyConfig:
+        if self.n_orthant_steps is not None and self.n_prox_steps is None:
+            raise ValueError("n_orthant_steps is set but n_prox_steps is None (Prox-SG for ever): "
+                             "give n_prox_steps too, or leave n_orthant_steps None")
+        return self
+
+
+class PlanConfig(Config):
+    """Stage II: the widths. ``rule="target"`` (default) ranks every unit of every prunable group by
+    ``importance`` per unit of marginal cost and removes the cheapest-to-lose until the target is met,
+    then shrinks and counts to verify. ``"linear"``/``"sqrt"`` are the papers' density rules
+    (``ck.plan_widths``; the target is then only reported)."""
+
+    rule: Literal["target", "linear", "sqrt"] = Field(
+        "target", description="'target': meet the target; 'linear'/'sqrt': the papers' density rules")
+    importance: Literal["l1", "density"] = Field(
+        "l1", description="unit importance: l1 mass of its slices, or the density of its slices")
+    min_width: int = Field(1, ge=1, description="no group shrinks below this many units")
+    round_to: int | Literal["auto"] = Field(
+        "auto", description="widths (in channels) are multiples of this; 'auto': 8 on CUDA, 1 on CPU")
     coupling: Literal["max", "min", "mean"] = Field(
-        "max", description="one width for a group shared by several layers: max, min or mean of their widths")
-    min_width: int = Field(1, ge=1, description="no group shrinks below this many channels")
-    divisor: int = Field(1, ge=1, description="widths are rounded up to a multiple of this")
-    # shrink
+        "max", description="density rules: one width for a group shared by several layers")
+    verify: bool = Field(True, description="shrink and count (or time) the planned model; correct if off")
+    latency_repeats: int = Field(5, ge=1, description="timed runs per latency check of a latency target")
+
+
+class ShrinkConfig(Config):
+    """Stage III: the surgery."""
+
     init: Literal["inherit", "reinit"] = Field(
         "inherit", description="'inherit': copy the kept channels' weights; 'reinit': fresh initialisation")
-    # stage II: fine-tuning (distillation when a teacher is given)
-    finetune_steps: int = Field(300, ge=0, description="training steps of the small model (0 skips it)")
-    finetune_lr: float = Field(1e-3, gt=0, description="learning rate of stage II (Adamax)")
-    distill_alpha: float = Field(
-        0.1, ge=0, description="weight α of the ground-truth loss when distilling: α·L(S, GT) + L(S, T)")
+
+
+class RecoverConfig(Config):
+    """Stage IV: win the quality back by distilling from the teacher (default: the original, frozen):
+    ``L = α·loss(S, batch) + distill_loss(S, T) + feature_weight·Σ feature terms``."""
+
+    steps: int = Field(300, ge=0, description="training steps of the small model (0 skips it)")
+    lr: float = Field(1e-3, gt=0, description="learning rate (Adamax)")
+    scheduler: Literal["cosine", "step", "none"] = Field("cosine", description="learning-rate schedule")
+    teacher: Literal["original", "none"] = Field(
+        "original", description="without teacher=: distil from the original model, or 'none' (plain "
+        "fine-tuning on the loss)")
+    alpha: float = Field(0.1, ge=0, description="weight α of the ground-truth term α·loss(S, batch)")
     distill_loss: str = Field(
-        "l1", min_length=1, description="registered loss L(S, T) between student and teacher outputs "
+        "l1", min_length=1, description="registered loss between student and teacher outputs "
         "(ck.list_losses(); the papers: 'laplacian')")
+    features: Literal["auto"] | list[FeaturePair] | None = Field(
+        None, description="feature distillation: 'auto' (pair modules by name), explicit pairs, or None")
+    feature_weight: float = Field(1.0, ge=0, description="weight of the feature terms")
+    early_stop_patience: int | None = Field(
+        None, ge=1, description="stop after this many validations without improvement (needs val_loader)")
+    val_every: int | None = Field(None, ge=1, description="validate every N steps (None: each epoch end)")
+
+
+#: flat keys of the first CompressConfig → (sub-config, field); still accepted, with a FutureWarning
+_LEGACY = {
+    "sparsify_steps": ("sparsify", "steps"), "lambda_": ("sparsify", "lambda_"), "lr": ("sparsify", "lr"),
+    "eps": ("sparsify", "eps"), "n_prox_steps": ("sparsify", "n_prox_steps"),
+    "n_orthant_steps": ("sparsify", "n_orthant_steps"), "l1_on": ("sparsify", "l1_on"),
+    "width_rule": ("plan", "rule"), "coupling": ("plan", "coupling"), "min_width": ("plan", "min_width"),
+    "divisor": ("plan", "round_to"), "init": ("shrink", "init"), "finetune_steps": ("recover", "steps"),
+    "finetune_lr": ("recover", "lr"), "distill_alpha": ("recover", "alpha"),
+    "distill_loss": ("recover", "distill_loss"),
+}
+
+
+class CompressConfig(Config):
+    """Every knob of :func:`compresskit.compress`, one sub-model per stage::
+
+        CompressConfig(target="4x params", sparsify=SparsifyConfig(steps=300), plan=PlanConfig(...),
+                       shrink=ShrinkConfig(...), recover=RecoverConfig(steps=300), out_dir="run")
+
+    Each sub-model's ``model_dump()`` is its stage's fingerprint: changing it redoes that stage and the
+    ones after it. Mappings work for the sub-models (``sparsify={"steps": 100}``). The flat keys of the
+    first version (``sparsify_steps``, ``lambda_``, ``finetune_steps``, ...) are still read, with a
+    FutureWarning.
+    """
+
+    target: Target | None = Field(
+        None, description="what to reach, e.g. '4x params', '50% macs', '2x latency' (None: "
+        "compress()'s target= argument, else the default '2x macs')")
+    sparsify: SparsifyConfig = Field(default_factory=SparsifyConfig, description="stage I")
+    plan: PlanConfig = Field(default_factory=PlanConfig, description="stage II")
+    shrink: ShrinkConfig = Field(default_factory=ShrinkConfig, description="stage III")
+    recover: RecoverConfig = Field(default_factory=RecoverConfig, description="stage IV")
     # bookkeeping
     out_dir: Path | None = Field(
         None, description="folder for stage checkpoints, config and report (None: nothing is written)")
@@ -174,13 +258,27 @@ class CompressConfig(Config):
     checkpoint_every: int = Field(50, ge=1, description="training steps between checkpoints")
     eval_batches: int | None = Field(
         None, ge=1, description="validation batches used for metrics before/after (None: all)")
-    measure_latency: bool = Field(True, description="measure CPU latency before and after")
+    measure_latency: bool = Field(True, description="measure latency before and after")
     latency_repeats: int = Field(10, ge=1, description="timed forward passes per latency measurement")
-    progress: bool = Field(True, description="show rich progress bars")
+    progress: bool = Field(True, description="show progress and the report")
 
-    @model_validator(mode="after")
-    def _check_schedule(self) -> CompressConfig:
-        if self.n_orthant_steps is not None and self.n_prox_steps is None:
-            raise ValueError("n_orthant_steps is set but n_prox_steps is None (Prox-SG for ever): "
-                             "give n_prox_steps too, or leave n_orthant_steps None")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_keys(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not any(k in _LEGACY for k in data):
+            return data
+        import warnings
+
+        data = dict(data)
+        moved = []
+        for key in [k for k in data if k in _LEGACY]:
+            section, name = _LEGACY[key]
+            sub = data.get(section)
+            sub = dict(sub) if isinstance(sub, dict) else (sub.model_dump() if isinstance(sub, Config)
+                                                           else {})
+            sub[name] = data.pop(key)
+            data[section] = sub
+            moved.append(f"{key} → {section}.{name}")
+        warnings.warn("CompressConfig: flat keys are deprecated, use the stage sub-configs: "
+                      + ", ".join(moved), FutureWarning, stacklevel=2)
+        return data
