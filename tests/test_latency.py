@@ -80,6 +80,11 @@ def test_prediction_is_the_hand_computed_interpolation(fake_clock: list[float]) 
         want = (3 * w8 + w8 * w16 + w16 * 4 + 14) / 1000
         assert table({g8: w8, g16: w16}) == pytest.approx(want), (w8, w16)
     assert table({}) == pytest.approx(table.full())
+    # the planner's extras: at width 0 only the frozen input/output products and the ReLUs remain
+    assert table.fixed() == pytest.approx(14 / 1000)
+    assert table.delta({g8: 8, g16: 16}, g8, 4) == pytest.approx((3 * 4 + 4 * 16) / 1000)
+    assert table.neighbours(g8) == {g8, g16} and table.share_of(g8) == pytest.approx(
+        (3 * 8 + 8 * 16) / (3 * 8 + 8 * 16 + 16 * 4 + 14))
 
 
 def test_table_is_deterministic_and_read_back_from_the_cache(fake_clock: list[float], tmp_path) -> None:

@@ -127,12 +127,17 @@ class LatencyTable:
 
     metric = "latency"
 
-    def __init__(self, layers: list[LayerTable], measured_ms: float, sizes: Mapping[int, int], *,
-                 device: str, key: dict[str, Any], from_cache: int = 0) -> None:
+    def __init__(self, layers: list[LayerTable], measured_ms: float, sizes: Mapping[int, int],
+                 prunable: set[int], *, device: str, key: dict[str, Any], from_cache: int = 0) -> None:
         self.layers = layers
         self.measured_ms = float(measured_ms)
         self.fixed_ms = max(0.0, self.measured_ms - sum(t.full() for t in layers))
         self.sizes = dict(sizes)
+        self.prunable = set(prunable)
+        self._by_group: dict[int, list[int]] = {}
+        for i, t in enumerate(layers):
+            for g in dict.fromkeys(s.group for s in (*t.in_shares, *t.out_shares)):
+                self._by_group.setdefault(g, []).append(i)
         self.device = device
         self.key = key
         self.from_cache = from_cache  # how many tables (layers + whole model) were read, not timed
@@ -140,14 +145,35 @@ class LatencyTable:
     # -- CostModel -----------------------------------------------------------------------------------
     def __call__(self, widths: Mapping[int, int]) -> float:
         widths = self._check(widths)
-        total = self.fixed_ms
-        for t in self.layers:
-            c_in = _kept(t.in_channels, t.in_shares, widths)
-            total += t.at(c_in, _kept(t.out_channels, t.out_shares, widths))
-        return total
+        return self.fixed_ms + sum(self._layer(t, widths) for t in self.layers)
 
     def full(self) -> float:
         return self.fixed_ms + sum(t.full() for t in self.layers)
+
+    def fixed(self) -> float:
+        """The predicted time with every prunable group at width 0: what no plan can remove."""
+        return self(dict.fromkeys(self.prunable, 0))
+
+    def _layer(self, t: LayerTable, widths: Mapping[int, int]) -> float:
+        return t.at(_kept(t.in_channels, t.in_shares, widths), _kept(t.out_channels, t.out_shares, widths))
+
+    def delta(self, widths: Mapping[int, int], gid: int, new_width: int) -> float:
+        """``cost(widths) − cost(widths with group gid at new_width)``, re-pricing only its layers."""
+        other = {**widths, gid: new_width}
+        return sum(self._layer(self.layers[i], widths) - self._layer(self.layers[i], other)
+                   for i in self._by_group.get(gid, ()))
+
+    def neighbours(self, gid: int) -> set[int]:
+        """Groups sharing a layer with ``gid`` (their marginal time moves when ``gid``'s width does)."""
+        out: set[int] = set()
+        for i in self._by_group.get(gid, ()):
+            t = self.layers[i]
+            out.update(s.group for s in (*t.in_shares, *t.out_shares) if s.group in self.prunable)
+        return out
+
+    def share_of(self, gid: int) -> float:
+        """Fraction of the full time spent in layers that group ``gid`` indexes."""
+        return sum(self.layers[i].full() for i in self._by_group.get(gid, ())) / (self.full() or 1.0)
 
     def _check(self, widths: Mapping[int, int]) -> Mapping[int, int]:
         if not isinstance(widths, Mapping):
@@ -236,7 +262,7 @@ class LatencyTable:
                                 cache, device)
                 layers.append(t)
         cache.flush()
-        return cls(layers, measured, sizes, device=key["device"], key=key, from_cache=cache.hits)
+        return cls(layers, measured, sizes, prunable, device=key["device"], key=key, from_cache=cache.hits)
 
 
 def latency_cost(model: nn.Module, graph: ChannelGraph, example_inputs: Any, **kw: Any) -> LatencyTable:
