@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from compresskit.checks import batch_spec, check_batch_consistent
 from compresskit.config import TrainConfig
 from compresskit.io import atomic_torch_save
 from compresskit.train import checkpoint as ckpt
@@ -139,6 +140,7 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
         self._batch_spec: list[Any] | None = None
+        self._batch_shapes: Any = None
         self._pending_logs: dict[str, list[float]] = {}
         self._val: EpochLoader | None = None
 
@@ -223,12 +225,14 @@ class Trainer:
         return default_inputs(batch)
 
     def _check_spec(self, batch: Any, where: str) -> None:
-        """Every training batch must look like the first: same length, tensor ranks and dtypes."""
+        """Every training batch must look like the first: same length, tensor ranks, dtypes and shapes
+        (``config.batch_shapes``; see :func:`compresskit.checks.check_batch_consistent`)."""
         if not isinstance(batch, (tuple, list)):
             return
         spec = [_describe(x) for x in batch]
         if self._batch_spec is None:
             self._batch_spec = spec
+            self._batch_shapes = batch_spec(batch)
             return
         if len(spec) != len(self._batch_spec):
             raise BatchError(f"{where}: expected {len(self._batch_spec)} elements like the first batch "
@@ -237,6 +241,12 @@ class Trainer:
             if want != got:
                 raise BatchError(f"{where}: element {i} should be {_fmt_one(want)} like in the first batch, "
                                  f"got {_fmt_one(got)}")
+        if self.config.batch_shapes != "off":  # shapes too: a 1-channel target must not broadcast silently
+            try:
+                check_batch_consistent(batch, self._batch_shapes, where,
+                                       spatial=self.config.batch_shapes == "spatial")
+            except ValueError as e:
+                raise BatchError(str(e)) from None
 
     def _forward(self, module: nn.Module, batch: Any, where: str
                  ) -> tuple[Any, torch.Tensor, dict[str, float]]:
