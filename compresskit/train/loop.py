@@ -33,7 +33,7 @@ from compresskit.train import checkpoint as ckpt
 from compresskit.train.batch import to_device
 from compresskit.train.data import EpochLoader
 from compresskit.train.distributed import DistContext, all_reduce_mean, all_reduce_sum, gather_objects, setup
-from compresskit.train.progress import MetricsLog, ProgressBar
+from compresskit.train.progress import MetricsLog, ProgressBar, ProgressLines
 
 LossFn = Callable[[Any, Any], "torch.Tensor | Mapping[str, torch.Tensor]"]
 OptimizerArg = "torch.optim.Optimizer | Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None"
@@ -58,6 +58,11 @@ class Callback:
     def on_validation_end(self, trainer: Trainer, values: dict[str, float]) -> None: ...
 
     def on_train_end(self, trainer: Trainer) -> None: ...
+
+    def progress_fields(self, trainer: Trainer) -> dict[str, float]:
+        """Values shown in the plain progress lines (e.g. ``{"density": 0.4}``); asked only when a
+        line is written."""
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -96,7 +101,7 @@ class Trainer:
                  metrics: Mapping[str, Callable[[Any, Any], Any]] | None = None,
                  inputs_fn: Callable[[Any], Sequence[Any]] | None = None,
                  out_dir: str | os.PathLike | None = None, resume: bool = True,
-                 callbacks: Sequence[Callback] = ()):
+                 callbacks: Sequence[Callback] = (), stage: str = "train"):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not callable(loss_fn):
@@ -125,6 +130,7 @@ class Trainer:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.resume = resume
         self.callbacks = list(callbacks)
+        self.stage = str(stage)
         # run state, readable by callbacks
         self.step = 0
         self.epoch = 0
@@ -436,8 +442,12 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_train_start(self)
 
-        bar = ProgressBar(total, enabled=cfg.progress and is_main, description="train")
+        bar = ProgressBar(total, enabled=cfg.progress and is_main, description=self.stage)
         bar.start(self.step)
+        log_txt = self.out_dir / "log.txt" if writes else None
+        lines = ProgressLines(total, stage=self.stage, every=cfg.progress_every,
+                              enabled=cfg.progress and is_main, log_path=log_txt)
+        lines.start(self.step)
         last_loss: float | None = None
         t_last = time.perf_counter()
         window: list[float] = []
@@ -480,6 +490,7 @@ class Trainer:
                             self._log_train(window, now - t_last)
                             window, t_last = [], now
                         bar.update(self.step, last_loss)
+                        lines.update(self.step, last_loss, self._progress_fields)
                         val_now = cfg.val_every is not None and self.step % cfg.val_every == 0
                         if val_now and self._val is not None:
                             self._run_validation()
@@ -496,6 +507,7 @@ class Trainer:
                     last_loss = self._optimizer_step(group, f"end of epoch {self.epoch}")
                     window.append(last_loss)
                     bar.update(self.step, last_loss)
+                    lines.update(self.step, last_loss, self._progress_fields)
                 # end of epoch
                 if self.scheduler is not None and cfg.scheduler_interval == "epoch":
                     self.scheduler.step()
@@ -509,8 +521,13 @@ class Trainer:
                 self._log_train(window, time.perf_counter() - t_last)
             if self._saved_at != (self.step, self.epoch, self.position):
                 self._save()
+        except BaseException as e:
+            bar.close()  # the bar's last frame before the line saying why the run stopped
+            lines.fail(self.step, e)
+            raise
         finally:
             bar.close()
+        lines.close(self.step, last_loss, self._progress_fields)
         if cfg.load_best and self.best_checkpoint is not None:
             best = torch.load(self.best_checkpoint, map_location=self.device, weights_only=True)
             self.model.load_state_dict(best["model"])
@@ -519,6 +536,21 @@ class Trainer:
         return TrainResult(model=self.model, step=self.step, epoch=self.epoch, loss=last_loss, best=self.best,
                            best_step=self.best_step, history=list(self._log.records), out_dir=self.out_dir,
                            last_checkpoint=self.last_checkpoint, best_checkpoint=self.best_checkpoint)
+
+    def _progress_fields(self) -> dict[str, float]:
+        """Mean layer density while an OBProx-SG optimizer sparsifies, and what callbacks add."""
+        out: dict[str, float] = {}
+        from compresskit.sparsify.obproxsg import OBProxSG
+
+        if isinstance(self.optimizer, OBProxSG):
+            from compresskit.sparsify.density import layer_densities
+
+            dens = layer_densities(self.model)
+            if dens:
+                out["density"] = round(sum(dens.values()) / len(dens), 4)
+        for cb in self.callbacks:
+            out.update(cb.progress_fields(self))
+        return out
 
     def _optimizer_step(self, group: list[tuple[torch.Tensor, dict[str, float]]], where: str) -> float:
         cfg = self.config
@@ -565,16 +597,17 @@ def train(model: nn.Module, train_loader: Iterable[Any], loss_fn: LossFn, *, opt
           scheduler: Any = None, config: TrainConfig | None = None, val_loader: Iterable[Any] | None = None,
           metrics: Mapping[str, Callable[[Any, Any], Any]] | None = None,
           inputs_fn: Callable[[Any], Sequence[Any]] | None = None, out_dir: str | os.PathLike | None = None,
-          resume: bool = True, callbacks: Sequence[Callback] = ()) -> TrainResult:
+          resume: bool = True, callbacks: Sequence[Callback] = (), stage: str = "train") -> TrainResult:
     """Train ``model`` on ``train_loader`` minimising ``loss_fn(model(*inputs_fn(batch)), batch)``.
 
     See :class:`Trainer` and :class:`compresskit.TrainConfig`; with ``out_dir`` the run writes
-    ``config.json``, ``metrics.jsonl``, ``ckpt-step*.pt`` and ``best.pt`` there, and ``resume=True``
-    continues exactly from the newest checkpoint found.
+    ``config.json``, ``metrics.jsonl``, ``log.txt`` (the progress lines), ``ckpt-step*.pt`` and ``best.pt``
+    there, and ``resume=True`` continues exactly from the newest checkpoint found. ``stage`` names the run
+    in the progress bar and lines (``"sparsify"``, ``"distill"``).
     """
     return Trainer(model, train_loader, loss_fn, optimizer=optimizer, scheduler=scheduler, config=config,
                    val_loader=val_loader, metrics=metrics, inputs_fn=inputs_fn, out_dir=out_dir,
-                   resume=resume, callbacks=callbacks).fit()
+                   resume=resume, callbacks=callbacks, stage=stage).fit()
 
 
 # ---------------------------------------------------------------------- helpers
