@@ -244,8 +244,7 @@ class LatencyTable:
             model_sig = _model_signature(model, graph, inputs)
             measured = cache.get("model:" + model_sig)
             if measured is None:
-                with torch.no_grad():
-                    measured = clock.measure(lambda: model(*inputs))
+                measured = clock.measure(lambda: model(*inputs))
                 cache.put("model:" + model_sig, measured)
         finally:
             for m, training in modes.items():
@@ -290,8 +289,8 @@ class _Clock:
         return self.timer() - t0
 
     def measure(self, fn: Callable[[], Any]) -> float:
-        """Median milliseconds of one call of ``fn``."""
-        with torch.no_grad():
+        """Median milliseconds of one call of ``fn`` (in inference mode, like ``measure_latency``)."""
+        with torch.inference_mode():
             for _ in range(self.warmup):
                 fn()
             once = self._run(fn, 1)
