@@ -104,9 +104,30 @@ def test_table_is_deterministic_and_read_back_from_the_cache(fake_clock: list[fl
 
     model, x = Chain(), torch.randn(1, 3, 8, 8)
     cached = LatencyTable.build(model, ck.trace(model, x), x, timer=no_timing, cache_dir=tmp_path)
-    assert cached.from_cache == 4  # three layers and the whole model
+    assert cached.from_cache == 5  # three layers, the whole model, and it shrunk to half (calibration)
     g8, g16 = _groups(graph)
     assert cached({g8: 3, g16: 10}) == pytest.approx(first({g8: 3, g16: 10}))
+
+
+def test_time_outside_the_layers_follows_the_activations(monkeypatch: pytest.MonkeyPatch,
+                                                         fake_clock: list[float]) -> None:
+    """A ReLU costing 1 ns per element: the rest is fitted as a + b · (elements of the layers' outputs)
+    from the full model and the model shrunk to half, so it is exact at every width."""
+    def relu(self: nn.ReLU, x: torch.Tensor) -> torch.Tensor:  # instead of the fixture's 7 µs a call
+        fake_clock[0] += x.numel() * 1e-9
+        return torch.relu(x)
+
+    monkeypatch.setattr(nn.ReLU, "forward", relu)
+    _, graph, _, table = _build(fake_clock, repeats=1)
+    g8, g16 = _groups(graph)
+    for w8, w16 in [(8, 16), (3, 10), (1, 5)]:
+        convs = (3 * w8 + w8 * w16 + w16 * 4) / 1000
+        relus = (w8 * 64 + w16 * 64) * 1e-6  # 8x8 pixels each, in ms
+        assert table({g8: w8, g16: w16}) == pytest.approx(convs + relus, rel=1e-9), (w8, w16)
+    assert table.fixed_ms == pytest.approx(0.0, abs=1e-12)
+    # without calibration the rest is the full model's, whatever the widths
+    _, _, _, plain = _build(fake_clock, repeats=1, calibrate=())
+    assert plain({g8: 4, g16: 8}) == pytest.approx((3 * 4 + 4 * 8 + 8 * 4) / 1000 + (8 + 16) * 64 * 1e-6)
 
 
 def test_layer_called_twice_counts_twice(fake_clock: list[float]) -> None:

@@ -30,6 +30,7 @@ import json
 import math
 import platform
 import statistics
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,9 +95,22 @@ class LayerTable:
     depthwise: bool = False
     in_shares: list[_Share] = field(default_factory=list)
     out_shares: list[_Share] = field(default_factory=list)
+    out_numel: int = 0  # elements of one call's output (what the norms and activations after it touch)
+    out_prunable: bool = False
 
     def full(self) -> float:
         return self.calls * self.ms[-1][-1]
+
+    def kept_out(self, widths: Mapping[int, int]) -> float:
+        if self.depthwise:  # the output follows the input, times the channel multiplier
+            return _kept(self.in_channels, self.in_shares, widths) * self.out_channels / self.in_channels
+        return _kept(self.out_channels, self.out_shares, widths)
+
+    def volume(self, widths: Mapping[int, int]) -> float:
+        """Output elements of all calls that the widths can change (0 when its output is frozen)."""
+        if not self.out_prunable:
+            return 0.0
+        return self.calls * self.out_numel * self.kept_out(widths) / self.out_channels
 
     def at(self, c_in: float, c_out: float) -> float:
         """Interpolated time (ms, all calls) at ``c_in`` input and ``c_out`` output channels."""
@@ -128,12 +142,13 @@ class LatencyTable:
     metric = "latency"
 
     def __init__(self, layers: list[LayerTable], measured_ms: float, sizes: Mapping[int, int],
-                 prunable: set[int], *, device: str, key: dict[str, Any], from_cache: int = 0) -> None:
+                 prunable: set[int], *, device: str, key: dict[str, Any], from_cache: int = 0,
+                 calibration: Sequence[tuple[Mapping[int, int], float]] = ()) -> None:
         self.layers = layers
         self.measured_ms = float(measured_ms)
-        self.fixed_ms = max(0.0, self.measured_ms - sum(t.full() for t in layers))
         self.sizes = dict(sizes)
         self.prunable = set(prunable)
+        self.fixed_ms, self.ms_per_element = self._fit_rest(calibration)
         self._by_group: dict[int, list[int]] = {}
         for i, t in enumerate(layers):
             for g in dict.fromkeys(s.group for s in (*t.in_shares, *t.out_shares)):
@@ -142,13 +157,32 @@ class LatencyTable:
         self.key = key
         self.from_cache = from_cache  # how many tables (layers + whole model) were read, not timed
 
+    def _rest(self, widths: Mapping[int, int]) -> float:
+        return self.fixed_ms + self.ms_per_element * sum(t.volume(widths) for t in self.layers)
+
+    def _fit_rest(self, calibration: Sequence[tuple[Mapping[int, int], float]]) -> tuple[float, float]:
+        """``rest = a + b · V`` through (V, measured − Σ layer tables) at full width and each calibration
+        point (least squares; ``a, b >= 0``); without calibration ``b = 0`` (the rest is a constant)."""
+        pts = [({}, self.measured_ms), *calibration]
+        xs = [sum(t.volume(w) for t in self.layers) for w, _ in pts]
+        ys = [ms - sum(self._layer(t, w) for t in self.layers) for w, ms in pts]
+        n, mx, my = len(xs), sum(xs) / len(xs), sum(ys) / len(ys)
+        sxx = sum((x - mx) ** 2 for x in xs)
+        b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if n > 1 and sxx > 0 else 0.0
+        if b <= 0:
+            return max(0.0, ys[0] if n == 1 else my), 0.0
+        a = my - b * mx
+        if a < 0:  # through the origin instead
+            a, b = 0.0, max(0.0, sum(x * y for x, y in zip(xs, ys)) / sum(x * x for x in xs))
+        return a, b
+
     # -- CostModel -----------------------------------------------------------------------------------
     def __call__(self, widths: Mapping[int, int]) -> float:
         widths = self._check(widths)
-        return self.fixed_ms + sum(self._layer(t, widths) for t in self.layers)
+        return self._rest(widths) + sum(self._layer(t, widths) for t in self.layers)
 
     def full(self) -> float:
-        return self.fixed_ms + sum(t.full() for t in self.layers)
+        return self._rest({}) + sum(t.full() for t in self.layers)
 
     def fixed(self) -> float:
         """The predicted time with every prunable group at width 0: what no plan can remove."""
@@ -160,8 +194,9 @@ class LatencyTable:
     def delta(self, widths: Mapping[int, int], gid: int, new_width: int) -> float:
         """``cost(widths) − cost(widths with group gid at new_width)``, re-pricing only its layers."""
         other = {**widths, gid: new_width}
-        return sum(self._layer(self.layers[i], widths) - self._layer(self.layers[i], other)
-                   for i in self._by_group.get(gid, ()))
+        b = self.ms_per_element
+        return sum(self._layer(t, widths) - self._layer(t, other) + b * (t.volume(widths) - t.volume(other))
+                   for t in (self.layers[i] for i in self._by_group.get(gid, ())))
 
     def neighbours(self, gid: int) -> set[int]:
         """Groups sharing a layer with ``gid`` (their marginal time moves when ``gid``'s width does)."""
@@ -173,7 +208,9 @@ class LatencyTable:
 
     def share_of(self, gid: int) -> float:
         """Fraction of the full time spent in layers that group ``gid`` indexes."""
-        return sum(self.layers[i].full() for i in self._by_group.get(gid, ())) / (self.full() or 1.0)
+        b = self.ms_per_element
+        return sum(self.layers[i].full() + b * self.layers[i].volume({})
+                   for i in self._by_group.get(gid, ())) / (self.full() or 1.0)
 
     def _check(self, widths: Mapping[int, int]) -> Mapping[int, int]:
         if not isinstance(widths, Mapping):
@@ -191,7 +228,7 @@ class LatencyTable:
     def to_dict(self) -> dict[str, Any]:
         return {
             "device": self.device, "key": self.key, "measured_ms": self.measured_ms,
-            "fixed_ms": self.fixed_ms,
+            "fixed_ms": self.fixed_ms, "ms_per_element": self.ms_per_element,
             "layers": [{"name": t.name, "signature": t.signature, "calls": t.calls, "in_counts": t.in_counts,
                         "out_counts": t.out_counts, "ms": t.ms} for t in self.layers],
         }
@@ -205,10 +242,12 @@ class LatencyTable:
     def build(cls, model: nn.Module, graph: ChannelGraph, example_inputs: Any, *,
               device: str | torch.device | None = None, cache_dir: str | Path | None = None, repeats: int = 5,
               grid: Sequence[float] = (0.25, 0.5, 0.75, 1.0), timer: Callable[[], float] | None = None,
-              warmup: int = 2, min_run_s: float = 2e-3) -> LatencyTable:
+              warmup: int = 2, min_run_s: float = 2e-3, calibrate: Sequence[float] = (0.5,)) -> LatencyTable:
         """Measure ``model`` (and each of its weighted layers alone) on ``device`` (default: where its
         parameters are). ``grid``: kept fractions of each prunable channel dimension (1.0 is always
-        added); ``timer``: a clock in seconds (``time.perf_counter``; inject a fake one in tests)."""
+        added); ``timer``: a clock in seconds (``time.perf_counter``; inject a fake one in tests);
+        ``calibrate``: kept fractions at which the whole model is shrunk and measured to fit the rest
+        (``()``: the rest is a constant)."""
         import time
 
         timer = timer or time.perf_counter
@@ -240,7 +279,7 @@ class LatencyTable:
                              f"not {device}; move the model first (the table times it where it runs)")
         model.eval()
         try:
-            shapes = _record_inputs(model, inputs, {n: modules[n] for n in weighted})
+            shapes, out_numel = _record_inputs(model, inputs, {n: modules[n] for n in weighted})
             model_sig = _model_signature(model, graph, inputs)
             measured = cache.get("model:" + model_sig)
             if measured is None:
@@ -259,9 +298,24 @@ class LatencyTable:
                 in_shares, out_shares = _shares(graph, name, mod)
                 t = _time_layer(name, mod, shape, dtype, calls, in_shares, out_shares, prunable, fracs, clock,
                                 cache, device)
+                t.out_numel = out_numel[(name, shape, dtype)]
+                t.out_prunable = any(s.group in prunable for s in (in_shares if t.depthwise else out_shares))
                 layers.append(t)
+        points = []
+        for f in calibrate:
+            if not 0 < f < 1:
+                raise ValueError(f"calibrate: expected kept fractions in (0, 1), got {tuple(calibrate)!r}")
+            widths = {g.id: max(1, round(f * g.size)) for g in graph.groups if g.prunable}
+            ms = cache.get(f"model:{model_sig}|kept={f}")
+            if ms is None:
+                ms = _measure_shrunk(model, graph, inputs, widths, clock)
+                if ms is None:
+                    continue
+                cache.put(f"model:{model_sig}|kept={f}", ms)
+            points.append((widths, ms))
         cache.flush()
-        return cls(layers, measured, sizes, prunable, device=key["device"], key=key, from_cache=cache.hits)
+        return cls(layers, measured, sizes, prunable, device=key["device"], key=key, from_cache=cache.hits,
+                   calibration=points)
 
 
 def latency_cost(model: nn.Module, graph: ChannelGraph, example_inputs: Any, **kw: Any) -> LatencyTable:
@@ -300,22 +354,41 @@ class _Clock:
 
 
 def _record_inputs(model: nn.Module, inputs: tuple, modules: dict[str, nn.Module]
-                   ) -> dict[str, list[tuple[tuple[int, ...], torch.dtype]]]:
-    """Input shape and dtype of every call of each module in one forward (pre-hooks, removed after)."""
+                   ) -> tuple[dict[str, list[tuple[tuple[int, ...], torch.dtype]]], dict[tuple, int]]:
+    """Input shape and dtype of every call of each module in one forward, and the number of elements its
+    output has for each (hooks, removed after)."""
     seen: dict[str, list[tuple[tuple[int, ...], torch.dtype]]] = {n: [] for n in modules}
+    numel: dict[tuple, int] = {}
     handles = []
     for name, mod in modules.items():
-        def hook(m: nn.Module, args: tuple, name: str = name) -> None:
+        def hook(m: nn.Module, args: tuple, out: Any, name: str = name) -> None:
             if args and isinstance(args[0], torch.Tensor):
-                seen[name].append((tuple(args[0].shape), args[0].dtype))
-        handles.append(mod.register_forward_pre_hook(hook))
+                key = (tuple(args[0].shape), args[0].dtype)
+                seen[name].append(key)
+                numel[(name, *key)] = out.numel() if isinstance(out, torch.Tensor) else 0
+        handles.append(mod.register_forward_hook(hook))
     try:
         with torch.no_grad():
             model(*inputs)
     finally:
         for h in handles:
             h.remove()
-    return seen
+    return seen, numel
+
+
+def _measure_shrunk(model: nn.Module, graph: ChannelGraph, inputs: tuple, widths: Mapping[int, int],
+                    clock: _Clock) -> float | None:
+    """The whole model shrunk to ``widths`` (first units of each group) and measured; None if it fails."""
+    from compresskit.shrink.surgery import shrink
+
+    keep = {gid: torch.arange(w) for gid, w in widths.items() if w < graph.groups[gid].size}
+    try:
+        small = shrink(model, graph, keep=keep).eval()
+        return clock.measure(lambda: small(*inputs))
+    except Exception as e:  # a model the surgery cannot run: the rest stays a constant
+        warnings.warn(f"latency table: the model shrunk to calibrate the rest could not run ({e}); the time "
+                      "outside conv/linear layers is taken as a constant", stacklevel=3)
+        return None
 
 
 def _distinct(calls: list[tuple[tuple[int, ...], torch.dtype]]

@@ -1,0 +1,150 @@
+"""How well the latency table predicts the measured latency of shrunk models, and whether latency tracks MACs.
+
+For each model: trace it, build :class:`compresskit.shrink.latency.LatencyTable` (every conv/linear layer
+timed alone on a grid of kept channel fractions 0.25/0.5/0.75/1), build it a second time (read from the
+cache), then for several width assignments shrink the model for real (``ck.shrink``) and compare:
+
+- ``predicted`` = ``table(widths)`` with ``measured`` = ``compresskit.report.measure_latency`` of the
+  shrunk model (median of ``--repeats``), error = predicted / measured − 1;
+- the MACs ratio (full / shrunk, ``count_macs``) with the measured latency ratio (full / shrunk).
+
+Width assignments: every prunable group kept at 75 %, 50 %, 25 % (random channels, seed 0), and two
+non-uniform ones (each group at its own random fraction in [0.2, 0.9]).
+
+Models: a ResNet with bottlenecks (the test zoo's, widths 64/128/256, 96×96 input), AdaCoF at a quarter of
+its published widths (compresskit-adacof, 128×128 frames), and the zoo's small MobileNetV3 (depthwise
+convs, squeeze-excite; 96×96).
+
+    python benchmarks/latency_table.py --threads 1 --json latency_table.json
+    python benchmarks/latency_table.py --models resnet --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+import compresskit as ck
+from compresskit.io import atomic_write_json
+from compresskit.report import count_macs, measure_latency
+from compresskit.shrink.latency import LatencyTable, device_name
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+
+def resnet() -> tuple[torch.nn.Module, tuple]:
+    from zoo import ResNet
+
+    torch.manual_seed(0)
+    return ResNet(widths=(64, 128, 256), blocks=2), (torch.randn(1, 3, 96, 96),)
+
+
+def adacof_quarter() -> tuple[torch.nn.Module, tuple]:
+    from compresskit_adacof import AdaCoF, dense_widths
+    from compresskit_adacof.models.adacof import KERNEL_HEADS
+
+    widths = {k: tuple(max(1, c // 4) for c in v) for k, v in dense_widths(5).items()}
+    for name in KERNEL_HEADS:  # the heads' last layer emits the F² kernel taps: not a width
+        widths[name] = (*widths[name][:2], dense_widths(5)[name][2])
+    torch.manual_seed(0)
+    frames = (torch.rand(1, 3, 128, 128), torch.rand(1, 3, 128, 128))
+    return AdaCoF(5, 1, widths), frames
+
+
+def mobilenet() -> tuple[torch.nn.Module, tuple]:
+    from zoo import MobileNetV3
+
+    torch.manual_seed(0)
+    return MobileNetV3(), (torch.randn(1, 3, 96, 96),)
+
+
+MODELS = {"resnet": resnet, "adacof_quarter": adacof_quarter, "mobilenet_v3": mobilenet}
+
+
+def assignments(graph: ck.ChannelGraph) -> list[tuple[str, dict[int, torch.Tensor]]]:
+    gen = torch.Generator().manual_seed(0)
+    out = []
+    for f in (0.75, 0.5, 0.25):
+        out.append((f"all {f:.0%}", ck.testing.random_keep(graph, f, seed=0)))
+    rng = random.Random(0)
+    for i in range(2):
+        keep = {}
+        for g in graph.prunable_groups:
+            if g.size >= 2:
+                k = min(g.size, max(1, round(g.size * rng.uniform(0.2, 0.9))))
+                keep[g.id] = torch.sort(torch.randperm(g.size, generator=gen)[:k]).values
+        out.append((f"random {i + 1}", keep))
+    return out
+
+
+def run(name: str, repeats: int, cache_dir: Path, console: Console) -> dict:
+    model, inputs = MODELS[name]()
+    model.eval()
+    graph = ck.trace(model, inputs)
+    t0 = time.perf_counter()
+    table = LatencyTable.build(model, graph, inputs, cache_dir=cache_dir, repeats=5)
+    build_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    again = LatencyTable.build(model, graph, inputs, cache_dir=cache_dir, repeats=5)
+    cached_s = time.perf_counter() - t0
+    full_ms = measure_latency(model, inputs, repeats=repeats)["median_ms"]
+    full_macs = count_macs(model, inputs)
+    rows = []
+    for label, keep in assignments(graph):
+        small = ck.shrink(model, graph, keep=keep).eval()
+        widths = {gid: len(idx) for gid, idx in keep.items()}
+        measured = measure_latency(small, inputs, repeats=repeats)["median_ms"]
+        predicted = table(widths)
+        macs = count_macs(small, inputs)
+        rows.append({"widths": label, "predicted_ms": predicted, "measured_ms": measured,
+                     "error": predicted / measured - 1, "macs_ratio": full_macs / macs,
+                     "latency_ratio": full_ms / measured, "predicted_ratio": table.full() / predicted})
+    full_again = measure_latency(model, inputs, repeats=repeats)["median_ms"]
+    t = Table(title=f"{name}: {table.full():.2f} ms predicted at full width (measured {full_ms:.2f}, "
+                    f"{full_again:.2f} at the end), fixed part {table.fixed_ms:.2f} ms; table built in "
+                    f"{build_s:.1f} s, {cached_s:.2f} s from the cache")
+    for col in ("widths", "predicted ms", "measured ms", "error", "MACs ratio", "latency ratio",
+                "predicted ratio"):
+        t.add_column(col, justify="right")
+    for r in rows:
+        t.add_row(r["widths"], f"{r['predicted_ms']:.2f}", f"{r['measured_ms']:.2f}", f"{r['error']:+.0%}",
+                  f"{r['macs_ratio']:.2f}x", f"{r['latency_ratio']:.2f}x", f"{r['predicted_ratio']:.2f}x")
+    console.print(t)
+    return {"model": name, "layers": len(table.layers), "full_predicted_ms": table.full(),
+            "full_measured_ms": full_ms, "full_measured_end_ms": full_again, "fixed_ms": table.fixed_ms,
+            "build_s": build_s, "cached_build_s": cached_s, "cache_hits": again.from_cache, "rows": rows,
+            "mean_abs_error": sum(abs(r["error"]) for r in rows) / len(rows)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: least disturbed by other load)")
+    ap.add_argument("--repeats", type=int, default=20, help="timed runs per measured latency")
+    ap.add_argument("--cache-dir", default=None, help="where the table is cached (default: a temp folder)")
+    ap.add_argument("--json", default=None, help="write the results here")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    console = Console()
+    device = torch.device("cpu")
+    console.print(f"{device_name(device)}, torch {torch.__version__}, {args.threads} thread(s), "
+                  f"python {platform.python_version()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        cache_dir = Path(args.cache_dir) if args.cache_dir else Path(tmp)
+        results = [run(name, args.repeats, cache_dir, console) for name in args.models]
+    if args.json:
+        atomic_write_json({"device": device_name(device), "torch": torch.__version__, "threads": args.threads,
+                           "repeats": args.repeats, "results": results}, args.json)
+
+
+if __name__ == "__main__":
+    main()
