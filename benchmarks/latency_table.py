@@ -86,43 +86,51 @@ def assignments(graph: ck.ChannelGraph) -> list[tuple[str, dict[int, torch.Tenso
     return out
 
 
-def run(name: str, repeats: int, cache_dir: Path, console: Console) -> dict:
+def run(name: str, repeats: int, cache_dir: Path, console: Console, stat: str, table_repeats: int) -> dict:
     model, inputs = MODELS[name]()
     model.eval()
     graph = ck.trace(model, inputs)
+    kw = {"repeats": table_repeats, "stat": stat}
     t0 = time.perf_counter()
-    table = LatencyTable.build(model, graph, inputs, cache_dir=cache_dir, repeats=5)
+    table = LatencyTable.build(model, graph, inputs, cache_dir=cache_dir, **kw)
     build_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    again = LatencyTable.build(model, graph, inputs, cache_dir=cache_dir, repeats=5)
+    again = LatencyTable.build(model, graph, inputs, cache_dir=cache_dir, **kw)
     cached_s = time.perf_counter() - t0
-    full_ms = measure_latency(model, inputs, repeats=repeats)["median_ms"]
+    constant = LatencyTable.build(model, graph, inputs, cache_dir=cache_dir, **kw, calibrate=())
+    full_ms = measure_latency(model, inputs, repeats=repeats)[f"{stat}_ms"]
     full_macs = count_macs(model, inputs)
     rows = []
     for label, keep in assignments(graph):
         small = ck.shrink(model, graph, keep=keep).eval()
         widths = {gid: len(idx) for gid, idx in keep.items()}
-        measured = measure_latency(small, inputs, repeats=repeats)["median_ms"]
+        measured = measure_latency(small, inputs, repeats=repeats)[f"{stat}_ms"]
         predicted = table(widths)
         macs = count_macs(small, inputs)
         rows.append({"widths": label, "predicted_ms": predicted, "measured_ms": measured,
-                     "error": predicted / measured - 1, "macs_ratio": full_macs / macs,
+                     "error": predicted / measured - 1,
+                     "error_constant_rest": constant(widths) / measured - 1, "macs_ratio": full_macs / macs,
                      "latency_ratio": full_ms / measured, "predicted_ratio": table.full() / predicted})
-    full_again = measure_latency(model, inputs, repeats=repeats)["median_ms"]
+    layer_ms = sum(t.full() for t in table.layers)
+    full_again = measure_latency(model, inputs, repeats=repeats)[f"{stat}_ms"]
     t = Table(title=f"{name}: {table.full():.2f} ms predicted at full width (measured {full_ms:.2f}, "
-                    f"{full_again:.2f} at the end), fixed part {table.fixed_ms:.2f} ms; table built in "
-                    f"{build_s:.1f} s, {cached_s:.2f} s from the cache")
-    for col in ("widths", "predicted ms", "measured ms", "error", "MACs ratio", "latency ratio",
-                "predicted ratio"):
+                    f"{full_again:.2f} at the end), outside the layers {table.full() - layer_ms:.2f} ms, "
+                    f"{table.fixed_ms:.2f} of it fixed; table built in {build_s:.1f} s, {cached_s:.2f} s "
+                    "from the cache")
+    for col in ("widths", "predicted ms", "measured ms", "error", "error, rest constant", "MACs ratio",
+                "latency ratio", "predicted ratio"):
         t.add_column(col, justify="right")
     for r in rows:
         t.add_row(r["widths"], f"{r['predicted_ms']:.2f}", f"{r['measured_ms']:.2f}", f"{r['error']:+.0%}",
+                  f"{r['error_constant_rest']:+.0%}",
                   f"{r['macs_ratio']:.2f}x", f"{r['latency_ratio']:.2f}x", f"{r['predicted_ratio']:.2f}x")
     console.print(t)
     return {"model": name, "layers": len(table.layers), "full_predicted_ms": table.full(),
             "full_measured_ms": full_ms, "full_measured_end_ms": full_again, "fixed_ms": table.fixed_ms,
             "build_s": build_s, "cached_build_s": cached_s, "cache_hits": again.from_cache, "rows": rows,
-            "mean_abs_error": sum(abs(r["error"]) for r in rows) / len(rows)}
+            "ms_per_element": table.ms_per_element,
+            "mean_abs_error": sum(abs(r["error"]) for r in rows) / len(rows),
+            "mean_abs_error_constant_rest": sum(abs(r["error_constant_rest"]) for r in rows) / len(rows)}
 
 
 def main() -> None:
@@ -132,18 +140,24 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=20, help="timed runs per measured latency")
     ap.add_argument("--cache-dir", default=None, help="where the table is cached (default: a temp folder)")
     ap.add_argument("--json", default=None, help="write the results here")
+    ap.add_argument("--stat", default="min", choices=("min", "median"),
+                    help="statistic of the timed runs, for the table and the measurements alike "
+                    "(min: steadier when other work shares the machine)")
+    ap.add_argument("--table-repeats", type=int, default=7, help="timed runs per table entry")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    console = Console()
+    console = Console(width=150)
     device = torch.device("cpu")
     console.print(f"{device_name(device)}, torch {torch.__version__}, {args.threads} thread(s), "
                   f"python {platform.python_version()}")
     with tempfile.TemporaryDirectory() as tmp:
         cache_dir = Path(args.cache_dir) if args.cache_dir else Path(tmp)
-        results = [run(name, args.repeats, cache_dir, console) for name in args.models]
+        results = [run(name, args.repeats, cache_dir, console, args.stat, args.table_repeats)
+                   for name in args.models]
     if args.json:
         atomic_write_json({"device": device_name(device), "torch": torch.__version__, "threads": args.threads,
-                           "repeats": args.repeats, "results": results}, args.json)
+                           "repeats": args.repeats, "table_repeats": args.table_repeats, "stat": args.stat,
+                           "results": results}, args.json)
 
 
 if __name__ == "__main__":

@@ -242,12 +242,14 @@ class LatencyTable:
     def build(cls, model: nn.Module, graph: ChannelGraph, example_inputs: Any, *,
               device: str | torch.device | None = None, cache_dir: str | Path | None = None, repeats: int = 5,
               grid: Sequence[float] = (0.25, 0.5, 0.75, 1.0), timer: Callable[[], float] | None = None,
-              warmup: int = 2, min_run_s: float = 2e-3, calibrate: Sequence[float] = (0.5,)) -> LatencyTable:
+              warmup: int = 2, min_run_s: float = 2e-3, calibrate: Sequence[float] = (0.5,),
+              stat: str = "median") -> LatencyTable:
         """Measure ``model`` (and each of its weighted layers alone) on ``device`` (default: where its
         parameters are). ``grid``: kept fractions of each prunable channel dimension (1.0 is always
         added); ``timer``: a clock in seconds (``time.perf_counter``; inject a fake one in tests);
         ``calibrate``: kept fractions at which the whole model is shrunk and measured to fit the rest
-        (``()``: the rest is a constant)."""
+        (``()``: the rest is a constant); ``stat``: ``"median"`` of the runs, or ``"min"`` (steadier on a
+        machine shared with other work)."""
         import time
 
         timer = timer or time.perf_counter
@@ -266,8 +268,12 @@ class LatencyTable:
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
         key = {"device": device_name(device), "torch": torch.__version__, "threads": torch.get_num_threads()}
+        if stat != "median":
+            key["stat"] = stat
         inputs = tuple(x.to(device) if isinstance(x, torch.Tensor) else x for x in inputs)
-        clock = _Clock(timer, device, repeats, warmup, min_run_s)
+        if stat not in ("median", "min"):
+            raise ValueError(f"stat: expected 'median' or 'min', got {stat!r}")
+        clock = _Clock(timer, device, repeats, warmup, min_run_s, stat)
         cache = _Cache(Path(cache_dir) if cache_dir is not None else None, key)
 
         modules = dict(model.named_modules())
@@ -326,9 +332,10 @@ def latency_cost(model: nn.Module, graph: ChannelGraph, example_inputs: Any, **k
 # ---------------------------------------------------------------------- measuring
 class _Clock:
     def __init__(self, timer: Callable[[], float], device: torch.device, repeats: int, warmup: int,
-                 min_run_s: float) -> None:
+                 min_run_s: float, stat: str = "median") -> None:
         self.timer, self.device, self.repeats = timer, device, repeats
         self.warmup, self.min_run_s = warmup, min_run_s
+        self.stat = statistics.median if stat == "median" else min
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -343,14 +350,14 @@ class _Clock:
         return self.timer() - t0
 
     def measure(self, fn: Callable[[], Any]) -> float:
-        """Median milliseconds of one call of ``fn`` (in inference mode, like ``measure_latency``)."""
+        """Milliseconds of one call of ``fn``, median (or min) of the runs, in inference mode."""
         with torch.inference_mode():
             for _ in range(self.warmup):
                 fn()
             once = self._run(fn, 1)
             n = max(1, min(1000, math.ceil(self.min_run_s / once))) if once > 0 else 1
             runs = [self._run(fn, n) / n for _ in range(self.repeats)]
-        return 1000.0 * statistics.median(runs)
+        return 1000.0 * self.stat(runs)
 
 
 def _record_inputs(model: nn.Module, inputs: tuple, modules: dict[str, nn.Module]
@@ -535,7 +542,8 @@ class _Cache:
 
     def __init__(self, cache_dir: Path | None, key: dict[str, Any]) -> None:
         self.path = cache_dir / CACHE_FILE if cache_dir is not None else None
-        self.prefix = f"{key['device']}|torch={key['torch']}|threads={key['threads']}|"
+        self.prefix = f"{key['device']}|torch={key['torch']}|threads={key['threads']}|" + (
+            f"stat={key['stat']}|" if "stat" in key else "")
         self.entries: dict[str, Any] = {}
         self.hits = 0
         self.dirty = False
