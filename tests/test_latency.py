@@ -104,7 +104,7 @@ def test_table_is_deterministic_and_read_back_from_the_cache(fake_clock: list[fl
 
     model, x = Chain(), torch.randn(1, 3, 8, 8)
     cached = LatencyTable.build(model, ck.trace(model, x), x, timer=no_timing, cache_dir=tmp_path)
-    assert cached.from_cache == 5  # three layers, the whole model, and it shrunk to half (calibration)
+    assert cached.from_cache == 6  # 3 layers, the whole model, its layers inside it, the model shrunk to half
     g8, g16 = _groups(graph)
     assert cached({g8: 3, g16: 10}) == pytest.approx(first({g8: 3, g16: 10}))
 
@@ -128,6 +128,27 @@ def test_time_outside_the_layers_follows_the_activations(monkeypatch: pytest.Mon
     # without calibration the rest is the full model's, whatever the widths
     _, _, _, plain = _build(fake_clock, repeats=1, calibrate=())
     assert plain({g8: 4, g16: 8}) == pytest.approx((3 * 4 + 4 * 8 + 8 * 4) / 1000 + (8 + 16) * 64 * 1e-6)
+
+
+def test_a_layer_slower_inside_the_model_scales_its_table(monkeypatch: pytest.MonkeyPatch,
+                                                          fake_clock: list[float]) -> None:
+    """Alone, a layer runs with warm caches; the table is scaled to its time inside the forward."""
+    torch.manual_seed(0)
+    fake_clock[0] = 0.0
+    model, x = Chain(), torch.randn(1, 3, 8, 8)
+    patched = nn.Conv2d.forward
+
+    def conv(self: nn.Conv2d, inp: torch.Tensor) -> torch.Tensor:
+        if self is model.c2:  # the model's own c2 costs 3x what a copy of it costs alone
+            fake_clock[0] += 2 * self.in_channels * self.out_channels * US
+        return patched(self, inp)
+
+    monkeypatch.setattr(nn.Conv2d, "forward", conv)
+    graph = ck.trace(model, x)
+    table = LatencyTable.build(model, graph, x, timer=lambda: fake_clock[0], repeats=1, calibrate=())
+    g8, g16 = _groups(graph)
+    assert {t.name: round(t.scale, 9) for t in table.layers} == {"c1": 1, "c2": 3, "c3": 1}
+    assert table({g8: 4, g16: 8}) == pytest.approx((3 * 4 + 3 * 4 * 8 + 8 * 4 + 14) / 1000)
 
 
 def test_layer_called_twice_counts_twice(fake_clock: list[float]) -> None:

@@ -97,9 +97,10 @@ class LayerTable:
     out_shares: list[_Share] = field(default_factory=list)
     out_numel: int = 0  # elements of one call's output (what the norms and activations after it touch)
     out_prunable: bool = False
+    scale: float = 1.0  # the layer's time inside the model's forward / alone, at full width
 
     def full(self) -> float:
-        return self.calls * self.ms[-1][-1]
+        return self.calls * self.scale * self.ms[-1][-1]
 
     def kept_out(self, widths: Mapping[int, int]) -> float:
         if self.depthwise:  # the output follows the input, times the channel multiplier
@@ -115,9 +116,9 @@ class LayerTable:
     def at(self, c_in: float, c_out: float) -> float:
         """Interpolated time (ms, all calls) at ``c_in`` input and ``c_out`` output channels."""
         if self.depthwise:
-            return self.calls * max(0.0, _interp1(self.in_counts, [r[0] for r in self.ms], c_in))
+            return self.calls * self.scale * max(0.0, _interp1(self.in_counts, [r[0] for r in self.ms], c_in))
         rows = [_interp1(self.out_counts, row, c_out) for row in self.ms]
-        return self.calls * max(0.0, _interp1(self.in_counts, rows, c_in))
+        return self.calls * self.scale * max(0.0, _interp1(self.in_counts, rows, c_in))
 
 
 def _interp1(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
@@ -230,7 +231,7 @@ class LatencyTable:
             "device": self.device, "key": self.key, "measured_ms": self.measured_ms,
             "fixed_ms": self.fixed_ms, "ms_per_element": self.ms_per_element,
             "layers": [{"name": t.name, "signature": t.signature, "calls": t.calls, "in_counts": t.in_counts,
-                        "out_counts": t.out_counts, "ms": t.ms} for t in self.layers],
+                        "out_counts": t.out_counts, "ms": t.ms, "scale": t.scale} for t in self.layers],
         }
 
     def __repr__(self) -> str:
@@ -291,6 +292,10 @@ class LatencyTable:
             if measured is None:
                 measured = clock.measure(lambda: model(*inputs))
                 cache.put("model:" + model_sig, measured)
+            in_model = cache.get(f"model:{model_sig}|layers")
+            if in_model is None:
+                in_model = _time_in_model(model, inputs, {n: modules[n] for n in weighted}, clock)
+                cache.put(f"model:{model_sig}|layers", in_model)
         finally:
             for m, training in modes.items():
                 if m.training != training:
@@ -305,6 +310,9 @@ class LatencyTable:
                 t = _time_layer(name, mod, shape, dtype, calls, in_shares, out_shares, prunable, fracs, clock,
                                 cache, device)
                 t.out_numel = out_numel[(name, shape, dtype)]
+                inside = in_model.get(_call_key(name, shape, dtype))
+                if inside is not None and t.ms[-1][-1] > 0:
+                    t.scale = inside / t.ms[-1][-1]
                 t.out_prunable = any(s.group in prunable for s in (in_shares if t.depthwise else out_shares))
                 layers.append(t)
         points = []
@@ -396,6 +404,50 @@ def _measure_shrunk(model: nn.Module, graph: ChannelGraph, inputs: tuple, widths
         warnings.warn(f"latency table: the model shrunk to calibrate the rest could not run ({e}); the time "
                       "outside conv/linear layers is taken as a constant", stacklevel=3)
         return None
+
+
+def _call_key(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> str:
+    return f"{name}|{tuple(shape)}|{dtype}".replace(" ", "")
+
+
+def _time_in_model(model: nn.Module, inputs: tuple, modules: dict[str, nn.Module], clock: _Clock
+                   ) -> dict[str, float]:
+    """Milliseconds per call of each layer inside the model's forward (timer read in hooks around it),
+    by :func:`_call_key`; the statistic of ``clock`` over ``repeats`` forwards after the warm-up."""
+    runs: dict[str, list[float]] = {}
+    current: dict[str, list[float]] = {}
+    started: dict[str, float] = {}
+
+    def pre(name: str) -> Callable:
+        def hook(m: nn.Module, args: tuple) -> None:
+            clock._sync()
+            started[name] = clock.timer()
+        return hook
+
+    def post(name: str) -> Callable:
+        def hook(m: nn.Module, args: tuple, out: Any) -> None:
+            clock._sync()
+            if args and isinstance(args[0], torch.Tensor) and name in started:
+                key = _call_key(name, tuple(args[0].shape), args[0].dtype)
+                current.setdefault(key, []).append(clock.timer() - started.pop(name))
+        return hook
+
+    handles = []
+    for name, mod in modules.items():
+        handles.append(mod.register_forward_pre_hook(pre(name)))
+        handles.append(mod.register_forward_hook(post(name)))
+    try:
+        with torch.inference_mode():
+            for i in range(clock.warmup + clock.repeats):
+                current.clear()
+                model(*inputs)
+                if i >= clock.warmup:
+                    for key, times in current.items():
+                        runs.setdefault(key, []).append(sum(times) / len(times))
+    finally:
+        for h in handles:
+            h.remove()
+    return {key: 1000.0 * clock.stat(v) for key, v in runs.items()}
 
 
 def _distinct(calls: list[tuple[tuple[int, ...], torch.dtype]]
