@@ -4,8 +4,9 @@ For each model: trace it, build :class:`compresskit.shrink.latency.LatencyTable`
 timed alone on a grid of kept channel fractions 0.25/0.5/0.75/1), build it a second time (read from the
 cache), then for several width assignments shrink the model for real (``ck.shrink``) and compare:
 
-- ``predicted`` = ``table(widths)`` with ``measured`` = ``compresskit.report.measure_latency`` of the
-  shrunk model (median of ``--repeats``), error = predicted / measured − 1;
+- ``predicted`` = ``table(widths)`` with ``measured`` = the shrunk model timed the table's way
+  (``measure_ms``: ``--stat`` of ``--repeats`` runs, on the ``--clock``), error = predicted / measured − 1;
+  also the error when the time outside the layers is a constant (``calibrate=()``);
 - the MACs ratio (full / shrunk, ``count_macs``) with the measured latency ratio (full / shrunk).
 
 Width assignments: every prunable group kept at 75 %, 50 %, 25 % (random channels, seed 0), and two
@@ -15,8 +16,11 @@ Models: a ResNet with bottlenecks (the test zoo's, widths 64/128/256, 96×96 inp
 its published widths (compresskit-adacof, 128×128 frames), and the zoo's small MobileNetV3 (depthwise
 convs, squeeze-excite; 96×96).
 
-    python benchmarks/latency_table.py --threads 1 --json latency_table.json
-    python benchmarks/latency_table.py --models resnet --threads 2
+The default clock is this thread's CPU time with one torch thread: on a machine shared with other jobs
+the wall clock swings by 2x between two measurements of the same model, the thread's CPU time does not.
+
+    python benchmarks/latency_table.py --json latency_table.json
+    python benchmarks/latency_table.py --models resnet --clock wall --threads 2 --stat median
 """
 
 from __future__ import annotations
@@ -35,8 +39,8 @@ from rich.table import Table
 
 import compresskit as ck
 from compresskit.io import atomic_write_json
-from compresskit.report import count_macs, measure_latency
-from compresskit.shrink.latency import LatencyTable, device_name
+from compresskit.report import count_macs
+from compresskit.shrink.latency import LatencyTable, device_name, measure_ms
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
@@ -86,11 +90,19 @@ def assignments(graph: ck.ChannelGraph) -> list[tuple[str, dict[int, torch.Tenso
     return out
 
 
-def run(name: str, repeats: int, cache_dir: Path, console: Console, stat: str, table_repeats: int) -> dict:
+CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
+
+
+def run(name: str, args: argparse.Namespace, cache_dir: Path, console: Console) -> dict:
     model, inputs = MODELS[name]()
     model.eval()
     graph = ck.trace(model, inputs)
-    kw = {"repeats": table_repeats, "stat": stat}
+    timer = CLOCKS[args.clock]
+    kw = {"repeats": args.table_repeats, "stat": args.stat, "timer": timer}
+
+    def measure(m: torch.nn.Module) -> float:
+        return measure_ms(lambda: m(*inputs), repeats=args.repeats, timer=timer, stat=args.stat)
+
     t0 = time.perf_counter()
     table = LatencyTable.build(model, graph, inputs, cache_dir=cache_dir, **kw)
     build_s = time.perf_counter() - t0
@@ -98,13 +110,13 @@ def run(name: str, repeats: int, cache_dir: Path, console: Console, stat: str, t
     again = LatencyTable.build(model, graph, inputs, cache_dir=cache_dir, **kw)
     cached_s = time.perf_counter() - t0
     constant = LatencyTable.build(model, graph, inputs, cache_dir=cache_dir, **kw, calibrate=())
-    full_ms = measure_latency(model, inputs, repeats=repeats)[f"{stat}_ms"]
+    full_ms = measure(model)
     full_macs = count_macs(model, inputs)
     rows = []
     for label, keep in assignments(graph):
         small = ck.shrink(model, graph, keep=keep).eval()
         widths = {gid: len(idx) for gid, idx in keep.items()}
-        measured = measure_latency(small, inputs, repeats=repeats)[f"{stat}_ms"]
+        measured = measure(small)
         predicted = table(widths)
         macs = count_macs(small, inputs)
         rows.append({"widths": label, "predicted_ms": predicted, "measured_ms": measured,
@@ -112,7 +124,7 @@ def run(name: str, repeats: int, cache_dir: Path, console: Console, stat: str, t
                      "error_constant_rest": constant(widths) / measured - 1, "macs_ratio": full_macs / macs,
                      "latency_ratio": full_ms / measured, "predicted_ratio": table.full() / predicted})
     layer_ms = sum(t.full() for t in table.layers)
-    full_again = measure_latency(model, inputs, repeats=repeats)[f"{stat}_ms"]
+    full_again = measure(model)
     t = Table(title=f"{name}: {table.full():.2f} ms predicted at full width (measured {full_ms:.2f}, "
                     f"{full_again:.2f} at the end), outside the layers {table.full() - layer_ms:.2f} ms, "
                     f"{table.fixed_ms:.2f} of it fixed; table built in {build_s:.1f} s, {cached_s:.2f} s "
@@ -144,20 +156,24 @@ def main() -> None:
                     help="statistic of the timed runs, for the table and the measurements alike "
                     "(min: steadier when other work shares the machine)")
     ap.add_argument("--table-repeats", type=int, default=7, help="timed runs per table entry")
+    ap.add_argument("--clock", default="thread", choices=list(CLOCKS),
+                    help="thread: CPU time of this thread (with --threads 1 all the work runs in it; other "
+                    "load on the machine does not inflate it); wall: time.perf_counter")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.clock == "thread" and args.threads != 1:
+        ap.error("--clock thread counts this thread's CPU time only: use it with --threads 1")
     console = Console(width=150)
     device = torch.device("cpu")
     console.print(f"{device_name(device)}, torch {torch.__version__}, {args.threads} thread(s), "
-                  f"python {platform.python_version()}")
+                  f"python {platform.python_version()}, clock {args.clock}, {args.stat} of the runs")
     with tempfile.TemporaryDirectory() as tmp:
         cache_dir = Path(args.cache_dir) if args.cache_dir else Path(tmp)
-        results = [run(name, args.repeats, cache_dir, console, args.stat, args.table_repeats)
-                   for name in args.models]
+        results = [run(name, args, cache_dir, console) for name in args.models]
     if args.json:
         atomic_write_json({"device": device_name(device), "torch": torch.__version__, "threads": args.threads,
                            "repeats": args.repeats, "table_repeats": args.table_repeats, "stat": args.stat,
-                           "results": results}, args.json)
+                           "clock": args.clock, "results": results}, args.json)
 
 
 if __name__ == "__main__":

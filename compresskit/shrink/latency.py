@@ -5,21 +5,28 @@ layer with half the channels is rarely twice as fast on a CPU or GPU). As in Net
 2018) and HALP (Shen et al., NeurIPS 2022), each weighted layer is timed *alone* on a small grid of kept
 input/output channel counts, and a width assignment is priced by interpolating the tables::
 
-    T(widths) = T_fixed + Σ_layers  interp_l(c_in(widths), c_out(widths))
-    T_fixed   = max(0, T_model − Σ_layers t_l(C_in, C_out))
+    T(w) = a + b · V(w) + Σ_layers  s_l · interp_l(c_in(w), c_out(w))
 
-``T_model`` is the whole model measured once at full width; ``T_fixed`` is what the tables do not see
-(activations, norms, adds, resampling, Python overhead), taken as constant. ``interp_l`` is bilinear
-between grid points and linear beyond the smallest one (floored at 0). Each layer is one nn.Conv1d/2d/3d,
-ConvTranspose1d/2d/3d or nn.Linear called on the input shape it received in the traced forward (a layer
-called several times counts once per call). Grouped convolutions keep their group count, depthwise ones
-shrink their groups with their channels (in = out, one axis).
+- ``interp_l``: bilinear between grid points, linear beyond the smallest one (floored at 0). Each layer
+  is one nn.Conv1d/2d/3d, ConvTranspose1d/2d/3d or nn.Linear, called on the input shape it received in
+  the traced forward (a layer called several times counts once per call). Grouped convolutions keep their
+  group count, depthwise ones shrink their groups with their channels (in = out: one axis).
+- ``s_l``: the layer's time measured *inside* the model's forward (timer read in hooks around it) over its
+  time alone at full width. Alone, a layer runs with warm caches and reused memory; inside the model it
+  does not (on a 2-core CPU the in-model times were 2-10x the isolated ones).
+- ``a + b · V(w)``: the time outside these layers (norms, activations, adds, resampling, Python), with
+  ``V(w)`` the number of elements the layers output that the widths can change, since the ops after a
+  layer touch its output. ``a, b >= 0`` are fitted from the whole model measured at full width and shrunk
+  to each ``calibrate`` fraction (default: half of every group); ``calibrate=()`` keeps it a constant.
 
-Times are milliseconds, each the median of ``repeats`` runs after a warm-up, a run being as many calls
-as fill about ``min_run_s`` (CUDA is synchronised around each run). The tables are cached in
-``cache_dir/latency_table.json`` under a key of device name, torch version, thread count and the layer's
-signature (type, channels, kernel, stride, padding, dilation, groups, bias, input shape, dtype), so a second
-build on the same machine reads them instead of timing.
+Times are milliseconds, each the median (or ``stat="min"``) of ``repeats`` runs after a warm-up, a run
+being as many calls as fill about ``min_run_s`` (CUDA is synchronised around each run). The tables are
+cached in ``cache_dir/latency_table.json`` under a key of device name, torch version, thread count and the
+layer's signature (type, channels, kernel, stride, padding, dilation, groups, bias, input shape, dtype),
+and the whole-model measurements under a hash of the model's graph, parameter shapes and input shapes, so
+a second build on the same machine reads them instead of timing. ``timer`` is injectable: a fake clock
+makes the table deterministic, and ``time.thread_time`` with ``torch.set_num_threads(1)`` measures CPU
+time that other work on a shared machine does not inflate. See docs/latency.md.
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ from compresskit.io import atomic_write_json
 if TYPE_CHECKING:  # pragma: no cover
     from compresskit.graph.channels import ChannelGraph
 
-__all__ = ["LatencyTable", "LayerTable", "latency_cost", "device_name", "CACHE_FILE"]
+__all__ = ["LatencyTable", "LayerTable", "latency_cost", "measure_ms", "device_name", "CACHE_FILE"]
 
 CACHE_FILE = "latency_table.json"
 _FORMAT = 1
@@ -330,6 +337,17 @@ class LatencyTable:
         cache.flush()
         return cls(layers, measured, sizes, prunable, device=key["device"], key=key, from_cache=cache.hits,
                    calibration=points)
+
+
+def measure_ms(fn: Callable[[], Any], *, device: str | torch.device = "cpu", repeats: int = 5,
+               warmup: int = 2, timer: Callable[[], float] | None = None, stat: str = "median",
+               min_run_s: float = 2e-3) -> float:
+    """Milliseconds of one call of ``fn`` measured as the table measures (warm-up, runs of enough calls to
+    fill ``min_run_s``, median or min of ``repeats`` runs, CUDA synchronised, inference mode)."""
+    import time
+
+    clock = _Clock(timer or time.perf_counter, torch.device(device), repeats, warmup, min_run_s, stat)
+    return clock.measure(fn)
 
 
 def latency_cost(model: nn.Module, graph: ChannelGraph, example_inputs: Any, **kw: Any) -> LatencyTable:
