@@ -116,3 +116,18 @@ def test_traced_graph_matches_eager_on_the_zoo() -> None:
         second = tuple(torch.randn_like(t) for t in inputs)
         check_trace_matches_eager(model, graph, second)
         assert model.training or not any(m.training for m in model.modules())  # modes restored
+
+
+def test_compress_reports_a_data_dependent_branch_before_training() -> None:
+    torch.manual_seed(0)
+    batches = [(torch.rand(2, 3, 8, 8) + 0.1, torch.zeros(2, 4, 8, 8)),
+               (-torch.rand(2, 3, 8, 8) - 0.1, torch.zeros(2, 4, 8, 8))]  # the second takes the other branch
+
+    def mse(out: torch.Tensor, batch: tuple) -> torch.Tensor:
+        return (out - batch[-1]).pow(2).mean()
+
+    model = Branchy()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="the traced graph disagrees with eager execution on a second batch"):
+        ck.compress(model, batches, mse, target="2x params")
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
