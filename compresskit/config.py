@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -158,7 +158,7 @@ class SparsifyConfig(Config):
         "plan removes are scaled to zero on a schedule while the rest trains (HESSO-like, no λ)")
     steps: int = Field(300, ge=0, description="OBProx-SG steps of stage I (0 skips it)")
     lr: float = Field(1e-3, gt=0, description="learning rate (step size α) of stage I")
-    lambda_: float | Literal["auto"] = Field(
+    lambda_: Annotated[float, Field(ge=0)] | Literal["auto"] = Field(
         "auto", description="l1 strength λ of OBProx-SG, or 'auto' to calibrate it from the target")
     growth: float = Field(1.25, gt=1, description="auto-λ: factor applied per calibration when off schedule")
     calibrate_every: int | None = Field(
@@ -204,7 +204,7 @@ class PlanConfig(Config):
     importance: Literal["l1", "density"] = Field(
         "l1", description="unit importance: l1 mass of its slices, or the density of its slices")
     min_width: int = Field(1, ge=1, description="no group shrinks below this many units")
-    round_to: int | Literal["auto"] = Field(
+    round_to: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         "auto", description="widths (in channels) are multiples of this; 'auto': 8 on CUDA, 1 on CPU")
     coupling: Literal["max", "min", "mean"] = Field(
         "max", description="density rules: one width for a group shared by several layers")

@@ -378,7 +378,8 @@ def _target_plan(state: State) -> tuple[Any, dict[str, Any]]:
     tol = 0.05 if target.metric == "latency" else 0.0
     attempts: list[dict[str, Any]] = []
     best = None
-    for _ in range(4 if cfg.verify else 1):
+    lo, hi = 0.0, float(cost.full())  # budgets known to fit / not to fit the measured goal
+    for _ in range((4 if target.metric == "latency" else 8) if cfg.verify else 1):
         plan = plan_for_target(state.graph, cost, state.importance, target, budget=budget, **kw)
         if not cfg.verify:
             break
@@ -391,8 +392,13 @@ def _target_plan(state: State) -> tuple[Any, dict[str, Any]]:
             best = (score, plan)
         if fits and achieved >= goal * 0.9:
             break
-        budget *= goal / max(achieved, 1e-300)
-        if budget >= float(cost.full()):
+        if fits:
+            lo = max(lo, budget)
+        else:
+            hi = min(hi, budget)
+        guess = budget * goal / max(achieved, 1e-300)  # the prediction's error, assumed proportional
+        budget = guess if lo < guess < hi else (lo + hi) / 2  # else bisect between the known budgets
+        if hi - lo < 1e-6 * hi:
             break
     if best is not None:
         plan = best[1]
