@@ -211,3 +211,18 @@ def test_bad_arguments_are_named(fake_clock: list[float]) -> None:
         LatencyTable.build(model, graph, x, repeats=0)
     with pytest.raises(ValueError, match="grid"):
         LatencyTable.build(model, graph, x, grid=(0.0, 0.5))
+
+
+def test_the_target_planner_meets_a_latency_target_with_the_table(fake_clock: list[float]) -> None:
+    from compresskit.shrink.cost import CostModel
+    from compresskit.shrink.importance import L1Importance
+    from compresskit.shrink.plan import plan_for_target
+
+    model, graph, _, table = _build(fake_clock, repeats=1)
+    assert isinstance(table, CostModel)
+    plan = plan_for_target(graph, table, L1Importance()(model, graph), "2x latency")
+    g8, g16 = _groups(graph)
+    w8, w16 = plan.widths[g8], plan.widths[g16]
+    budget = table.full() / 2
+    got = (3 * w8 + w8 * w16 + w16 * 4 + 14) / 1000  # the fake clock's cost of those widths, by hand
+    assert got <= budget * (1 + 1e-9) and got >= 0.85 * budget, (w8, w16, got, budget)
