@@ -505,7 +505,7 @@ class RecoverStage(Stage):
             state.console.print(f"[bold]4/4 fine-tune[/]: {rc.steps} steps")
             train(state.small, state.train_loader, state.loss_fn, config=TrainConfig(**common),
                   inputs_fn=state.inputs_fn, val_loader=val, metrics=state.metrics or None, out_dir=folder,
-                  resume=cfg.resume)
+                  resume=cfg.resume, stage="fine-tune")
         return {"state_dict": state.small.state_dict()}
 
     def restore(self, state: State, payload: dict[str, Any]) -> None:

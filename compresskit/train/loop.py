@@ -538,11 +538,12 @@ class Trainer:
                            last_checkpoint=self.last_checkpoint, best_checkpoint=self.best_checkpoint)
 
     def _progress_fields(self) -> dict[str, float]:
-        """Mean layer density while an OBProx-SG optimizer sparsifies, and what callbacks add."""
+        """Mean layer density in the sparsify stage (or while an OBProx-SG optimizer trains), and what
+        callbacks add."""
         out: dict[str, float] = {}
         from compresskit.sparsify.obproxsg import OBProxSG
 
-        if isinstance(self.optimizer, OBProxSG):
+        if isinstance(self.optimizer, OBProxSG) or self.stage == "sparsify":
             from compresskit.sparsify.density import layer_densities
 
             dens = layer_densities(self.model)
