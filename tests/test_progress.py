@@ -101,3 +101,20 @@ def test_a_failing_run_says_where_it_stopped(capsys) -> None:
     with pytest.raises(FloatingPointError):
         ck.train(Tiny(), batches, mse, config=cfg)
     assert re.search(r"\[train\] stopped at step 1/3 \(33%\): NonFiniteLossError", capsys.readouterr().out)
+
+
+def test_compress_logs_each_training_stage(capsys) -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 3, padding=1))
+    batches = [(torch.rand(2, 3, 6, 6), torch.rand(2, 3, 6, 6)) for _ in range(2)]
+    cfg = ck.CompressConfig(target="2x params", sparsify={"steps": 3}, recover={"steps": 2},
+                            measure_latency=False, progress=True)
+
+    def mse(out: torch.Tensor, batch: tuple) -> torch.Tensor:
+        return (out - batch[-1]).pow(2).mean()
+
+    ck.compress(net, batches, mse, config=cfg)
+    out = capsys.readouterr().out
+    assert re.search(r"\[sparsify\] start: 3 steps", out)
+    assert re.search(r"\[sparsify\] done: step 3/3 \(100%\) \| loss [0-9.e-]+ \| density [0-9.]+ \|", out)
+    assert re.search(r"\[(distill|fine-tune)\] done: step 2/2", out)
