@@ -177,7 +177,7 @@ class TraceStage(Stage):
                                              cache_dir=cache)
         state.cost = state.costs[metric]
         state.before = state.stats(state.model)
-        if state.config.plan.rule == "target":
+        if state.config.plan.rule == "target" or _needs_target_plan(state):
             _check_reachable(state)
         return None
 
@@ -198,6 +198,12 @@ def _check_second_batch(state: State) -> None:
     device = tensors[0].device if tensors else torch.device("cpu")
     inputs = tuple(to_device(tuple(state.inputs_fn(batch)), device))
     check_trace_matches_eager(state.work, state.graph, inputs)
+
+
+def _needs_target_plan(state: State) -> bool:
+    """Whether stage I steers by the target's plan (progressive zeroing, or OBProx-SG with auto-λ)."""
+    sp = state.config.sparsify
+    return sp.steps > 0 and (sp.method == "progressive" or sp.lambda_ == "auto")
 
 
 def _check_reachable(state: State) -> None:
@@ -234,7 +240,7 @@ class SparsifyStage(Stage):
     def fingerprint(self, state: State) -> dict[str, Any]:
         fp = {"upstream": state.fingerprints["trace"],
               "sparsify": state.config.sparsify.model_dump(mode="json")}
-        if state.config.sparsify.lambda_ == "auto":  # the calibration aims at the target's removals
+        if _needs_target_plan(state):  # stage I aims at the units the target's plan removes
             fp.update(target=str(state.target), plan=state.config.plan.model_dump(mode="json"),
                       round_to=state.round_to())
         return fp
