@@ -131,3 +131,21 @@ def test_compress_reports_a_data_dependent_branch_before_training() -> None:
     with pytest.raises(ValueError, match="the traced graph disagrees with eager execution on a second batch"):
         ck.compress(model, batches, mse, target="2x params")
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_dict_batches_are_checked_too() -> None:
+    class DictNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x)
+
+    batches = [{"x": torch.zeros(2, 3, 4, 4), "y": torch.zeros(2, 3, 4, 4)},
+               {"x": torch.zeros(2, 3, 4, 4), "y": torch.zeros(2, 1, 4, 4)}]
+    cfg = TrainConfig(steps=2, progress=False, device="cpu", scheduler="none")
+    with pytest.raises(BatchError, match=re.escape("train_loader batch 1 of epoch 0: element ['y'] has shape "
+                                                   "(2, 1, 4, 4), the first batch's has (2, 3, 4, 4)")):
+        train(DictNet(), batches, lambda out, b: (out - b["y"]).pow(2).mean(), config=cfg,
+              inputs_fn=lambda b: (b["x"],))

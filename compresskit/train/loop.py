@@ -234,6 +234,11 @@ class Trainer:
         """Every training batch must look like the first: same length, tensor ranks, dtypes and shapes
         (``config.batch_shapes``; see :func:`compresskit.checks.check_batch_consistent`)."""
         if not isinstance(batch, (tuple, list)):
+            if isinstance(batch, Mapping | torch.Tensor):  # dict batches: the shapes alone
+                if self._batch_shapes is None:
+                    self._batch_shapes = batch_spec(batch)
+                else:
+                    self._check_shapes(batch, where)
             return
         spec = [_describe(x) for x in batch]
         if self._batch_spec is None:
@@ -247,6 +252,9 @@ class Trainer:
             if want != got:
                 raise BatchError(f"{where}: element {i} should be {_fmt_one(want)} like in the first batch, "
                                  f"got {_fmt_one(got)}")
+        self._check_shapes(batch, where)
+
+    def _check_shapes(self, batch: Any, where: str) -> None:
         if self.config.batch_shapes != "off":  # shapes too: a 1-channel target must not broadcast silently
             try:
                 check_batch_consistent(batch, self._batch_shapes, where,
