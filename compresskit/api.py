@@ -388,6 +388,11 @@ def _finish(state: Any, r: _Resolved, name: str, out_dir: Path | None) -> Compre
     note = _latency_note(state, after) if stage in ("shrunk", "compressed") else None
     if note:
         notes.append(note)
+    got = summary.get("achieved")
+    if got is not None and got < state.target.ratio * 0.97:
+        why = ("measured latency varies from run to run and the plan could not cut more time"
+               if state.target.metric == "latency" else "the surgery counted differently from the plan")
+        notes.append(f"target {state.target} not reached: achieved {got:.3g}x ({why}; see report.planning)")
     removed = state.records.get("plan", {}).get("removed_importance")
     if removed is not None and removed > 0.1 and state.config.plan.rule == "target":
         notes.append(f"the removed units held {removed:.0%} of the prunable l1 mass: sparsification "

@@ -282,3 +282,48 @@ def test_latency_note_when_speed_does_not_follow_macs():
     state.costs["latency"] = Table()
     note = _latency_note(state, ModelStats(25, 250, 8.0))
     assert "60% of the measured time" in note and "caps the speed-up at 1.7x" in note
+
+
+def test_latency_target_plans_on_the_table_and_verifies_by_timing(monkeypatch):
+    """A "2x latency" target: the plan uses the latency cost model, then times the shrunk model."""
+    import importlib
+
+    cost_mod = importlib.import_module("compresskit.shrink.cost")  # ck.shrink is the function
+
+    class Table:  # stands in for the measured latency table: ms proportional to the MACs, plus 0.1 ms
+        metric = "latency"
+
+        def __init__(self, macs):
+            self.macs, self.scale = macs, 1e-6
+
+        def __call__(self, widths):
+            return 0.1 + self.scale * self.macs(widths)
+
+        def full(self):
+            return self({})
+
+        def fixed(self):
+            return 0.1
+
+    built = []
+
+    def fake(metric, model, graph, example_inputs, **kw):
+        assert metric == "latency" and "cache_dir" in kw
+        built.append(Table(macs_cost(model, graph, example_inputs)))
+        return built[-1]
+
+    monkeypatch.setattr(cost_mod, "cost_model", fake)
+    model, _ = _chain((32, 32))
+    x = (torch.rand(1, 3, 48, 48),)
+    cfg = ck.CompressConfig(sparsify={"steps": 2}, recover={"steps": 0}, progress=False, latency_repeats=3,
+                            plan={"latency_repeats": 3})
+    result = ck.compress(model, _batches(x, 2), _energy, target="2x latency", config=cfg)
+    assert len(built) == 1
+    rep = result.report
+    assert rep.target["metric"] == "latency" and rep.target["achieved"] == pytest.approx(
+        rep.before.latency_ms / rep.after.latency_ms)
+    tried = rep.planning["verification"]
+    assert 1 <= len(tried) <= 4 and all(t["measured"] > 0 for t in tried)  # timed, in ms
+    assert rep.planning["predicted"] <= built[0].full() / 2 * 1.5  # planned on the table's cost
+    if rep.target["achieved"] < 2 * 0.97:
+        assert any("not reached" in n for n in rep.notes)
