@@ -95,7 +95,11 @@ class TrainConfig(Config):
     keep_last: int = Field(3, ge=1, description="periodic checkpoints kept on disk")
     load_best: bool = Field(False, description="load the best checkpoint's weights at the end")
     log_every: int = Field(10, ge=1, description="steps between train records in metrics.jsonl")
-    progress: bool = Field(True, description="rich progress bar (off anyway when not a terminal)")
+    progress: bool = Field(True, description="rich progress bar on a terminal; plain progress lines when not")
+    progress_every: float = Field(30.0, gt=0, description="seconds between plain progress lines")
+    batch_shapes: Literal["same", "spatial", "off"] = Field(
+        "same", description="train batches must have the first one's shapes except the batch size ('same'), "
+        "may also change spatial sizes together ('spatial', fully convolutional models), or are not checked")
 
     @model_validator(mode="after")
     def _check_length(self) -> TrainConfig:

@@ -175,6 +175,7 @@ class TraceStage(Stage):
         state.work = copy.deepcopy(state.model)
         state.graph = trace(state.work, state.example_inputs)
         state.notes.extend(frozen_group_notes(state.graph))  # channels compression cannot touch, and why
+        _check_second_batch(state)
         state.costs["params"] = params_cost(state.work, state.graph)
         state.costs["macs"] = macs_cost(state.work, state.graph, state.example_inputs)
         metric = state.target.metric
@@ -187,6 +188,24 @@ class TraceStage(Stage):
         if state.config.plan.rule == "target" or _needs_target_plan(state):
             _check_reachable(state)
         return None
+
+
+def _check_second_batch(state: State) -> None:
+    """The traced graph must agree with eager execution on the loader's second batch (data-dependent
+    control flow would make the channel graph wrong for other inputs): ValueError before any training."""
+    from compresskit.checks import check_trace_matches_eager
+    from compresskit.train.batch import to_device
+
+    it = iter(state.train_loader)
+    try:
+        next(it)
+        batch = next(it)
+    except StopIteration:  # one batch: nothing else to compare with
+        return
+    tensors = [x for x in state.example_inputs if isinstance(x, torch.Tensor)]
+    device = tensors[0].device if tensors else torch.device("cpu")
+    inputs = tuple(to_device(tuple(state.inputs_fn(batch)), device))
+    check_trace_matches_eager(state.work, state.graph, inputs)
 
 
 def _needs_target_plan(state: State) -> bool:
@@ -500,7 +519,7 @@ class RecoverStage(Stage):
             state.console.print(f"[bold]4/4 fine-tune[/]: {rc.steps} steps")
             train(state.small, state.train_loader, state.loss_fn, config=TrainConfig(**common),
                   inputs_fn=state.inputs_fn, val_loader=val, metrics=state.metrics or None, out_dir=folder,
-                  resume=cfg.resume)
+                  resume=cfg.resume, stage="fine-tune")
         return {"state_dict": state.small.state_dict()}
 
     def restore(self, state: State, payload: dict[str, Any]) -> None:

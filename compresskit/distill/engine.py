@@ -210,7 +210,7 @@ class Distiller:
             trainer = Trainer(model, train_loader, self._loss_fn(model, teacher_hooks), optimizer=optimizer,
                               scheduler=self.scheduler, config=cfg, val_loader=self.val_loader,
                               metrics=self.metrics, inputs_fn=lambda b: self.inputs_fn(split_cached(b)[0]),
-                              out_dir=self.out_dir, resume=self.resume, callbacks=callbacks)
+                              out_dir=self.out_dir, resume=self.resume, callbacks=callbacks, stage="distill")
             try:
                 result = trainer.fit()
             finally:

@@ -210,7 +210,7 @@ class OBProxSGSparsifier:
                            checkpoint_every=ctx.checkpoint_every, progress=ctx.progress)
         torch.manual_seed(ctx.seed)
         train(model, ctx.train_loader, ctx.loss_fn, optimizer=opt, config=tcfg, inputs_fn=ctx.inputs_fn,
-              out_dir=ctx.out_dir, resume=ctx.resume, callbacks=callbacks)
+              out_dir=ctx.out_dir, resume=ctx.resume, callbacks=callbacks, stage="sparsify")
         if auto:
             record.update(final_lambda=calib.lam, **calib.measure(), history=calib.history)
         else:
@@ -326,7 +326,7 @@ class ProgressiveSparsifier:
                            checkpoint_every=ctx.checkpoint_every, progress=ctx.progress)
         torch.manual_seed(ctx.seed)
         train(model, ctx.train_loader, ctx.loss_fn, config=tcfg, inputs_fn=ctx.inputs_fn, out_dir=ctx.out_dir,
-              resume=ctx.resume, callbacks=[zeroing])
+              resume=ctx.resume, callbacks=[zeroing], stage="sparsify")
         return {"method": "progressive", "steps": cfg.steps, "lr": cfg.lr, **zeroing.measure(),
                 "history": zeroing.history}
 

@@ -26,13 +26,14 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from compresskit.checks import batch_spec, check_batch_consistent
 from compresskit.config import TrainConfig
 from compresskit.io import atomic_torch_save, remove_stale_temps
 from compresskit.train import checkpoint as ckpt
 from compresskit.train.batch import to_device
 from compresskit.train.data import EpochLoader, require_reiterable
 from compresskit.train.distributed import DistContext, all_reduce_mean, all_reduce_sum, gather_objects, setup
-from compresskit.train.progress import MetricsLog, ProgressBar
+from compresskit.train.progress import MetricsLog, ProgressBar, ProgressLines
 
 LossFn = Callable[[Any, Any], "torch.Tensor | Mapping[str, torch.Tensor]"]
 OptimizerArg = "torch.optim.Optimizer | Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None"
@@ -57,6 +58,11 @@ class Callback:
     def on_validation_end(self, trainer: Trainer, values: dict[str, float]) -> None: ...
 
     def on_train_end(self, trainer: Trainer) -> None: ...
+
+    def progress_fields(self, trainer: Trainer) -> dict[str, float]:
+        """Values shown in the plain progress lines (e.g. ``{"density": 0.4}``); asked only when a
+        line is written."""
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -95,7 +101,7 @@ class Trainer:
                  metrics: Mapping[str, Callable[[Any, Any], Any]] | None = None,
                  inputs_fn: Callable[[Any], Sequence[Any]] | None = None,
                  out_dir: str | os.PathLike | None = None, resume: bool = True,
-                 callbacks: Sequence[Callback] = ()):
+                 callbacks: Sequence[Callback] = (), stage: str = "train"):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not callable(loss_fn):
@@ -127,6 +133,7 @@ class Trainer:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.resume = resume
         self.callbacks = list(callbacks)
+        self.stage = str(stage)
         # run state, readable by callbacks
         self.step = 0
         self.epoch = 0
@@ -142,6 +149,7 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
         self._batch_spec: list[Any] | None = None
+        self._batch_shapes: Any = None
         self._pending_logs: dict[str, list[float]] = {}
         self._val: EpochLoader | None = None
 
@@ -226,12 +234,19 @@ class Trainer:
         return default_inputs(batch)
 
     def _check_spec(self, batch: Any, where: str) -> None:
-        """Every training batch must look like the first: same length, tensor ranks and dtypes."""
+        """Every training batch must look like the first: same length, tensor ranks, dtypes and shapes
+        (``config.batch_shapes``; see :func:`compresskit.checks.check_batch_consistent`)."""
         if not isinstance(batch, (tuple, list)):
+            if isinstance(batch, Mapping | torch.Tensor):  # dict batches: the shapes alone
+                if self._batch_shapes is None:
+                    self._batch_shapes = batch_spec(batch)
+                else:
+                    self._check_shapes(batch, where)
             return
         spec = [_describe(x) for x in batch]
         if self._batch_spec is None:
             self._batch_spec = spec
+            self._batch_shapes = batch_spec(batch)
             return
         if len(spec) != len(self._batch_spec):
             raise BatchError(f"{where}: expected {len(self._batch_spec)} elements like the first batch "
@@ -240,6 +255,15 @@ class Trainer:
             if want != got:
                 raise BatchError(f"{where}: element {i} should be {_fmt_one(want)} like in the first batch, "
                                  f"got {_fmt_one(got)}")
+        self._check_shapes(batch, where)
+
+    def _check_shapes(self, batch: Any, where: str) -> None:
+        if self.config.batch_shapes != "off":  # shapes too: a 1-channel target must not broadcast silently
+            try:
+                check_batch_consistent(batch, self._batch_shapes, where,
+                                       spatial=self.config.batch_shapes == "spatial")
+            except ValueError as e:
+                raise BatchError(str(e)) from None
 
     def _forward(self, module: nn.Module, batch: Any, where: str
                  ) -> tuple[Any, torch.Tensor, dict[str, float]]:
@@ -431,8 +455,12 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_train_start(self)
 
-        bar = ProgressBar(total, enabled=cfg.progress and is_main, description="train")
+        bar = ProgressBar(total, enabled=cfg.progress and is_main, description=self.stage)
         bar.start(self.step)
+        log_txt = self.out_dir / "log.txt" if writes else None
+        lines = ProgressLines(total, stage=self.stage, every=cfg.progress_every,
+                              enabled=cfg.progress and is_main, log_path=log_txt)
+        lines.start(self.step)
         last_loss: float | None = None
         t_last = time.perf_counter()
         window: list[float] = []
@@ -475,6 +503,7 @@ class Trainer:
                             self._log_train(window, now - t_last)
                             window, t_last = [], now
                         bar.update(self.step, last_loss)
+                        lines.update(self.step, last_loss, self._progress_fields)
                         val_now = cfg.val_every is not None and self.step % cfg.val_every == 0
                         if val_now and self._val is not None:
                             self._run_validation()
@@ -491,6 +520,7 @@ class Trainer:
                     last_loss = self._optimizer_step(group, f"end of epoch {self.epoch}")
                     window.append(last_loss)
                     bar.update(self.step, last_loss)
+                    lines.update(self.step, last_loss, self._progress_fields)
                 # end of epoch
                 if self.scheduler is not None and cfg.scheduler_interval == "epoch":
                     self.scheduler.step()
@@ -504,8 +534,13 @@ class Trainer:
                 self._log_train(window, time.perf_counter() - t_last)
             if self._saved_at != (self.step, self.epoch, self.position):
                 self._save()
+        except BaseException as e:
+            bar.close()  # the bar's last frame before the line saying why the run stopped
+            lines.fail(self.step, e)
+            raise
         finally:
             bar.close()
+        lines.close(self.step, last_loss, self._progress_fields)
         if cfg.load_best and self.best_checkpoint is not None:
             best = torch.load(self.best_checkpoint, map_location=self.device, weights_only=True)
             self.model.load_state_dict(best["model"])
@@ -514,6 +549,22 @@ class Trainer:
         return TrainResult(model=self.model, step=self.step, epoch=self.epoch, loss=last_loss, best=self.best,
                            best_step=self.best_step, history=list(self._log.records), out_dir=self.out_dir,
                            last_checkpoint=self.last_checkpoint, best_checkpoint=self.best_checkpoint)
+
+    def _progress_fields(self) -> dict[str, float]:
+        """Mean layer density in the sparsify stage (or while an OBProx-SG optimizer trains), and what
+        callbacks add."""
+        out: dict[str, float] = {}
+        from compresskit.sparsify.obproxsg import OBProxSG
+
+        if isinstance(self.optimizer, OBProxSG) or self.stage == "sparsify":
+            from compresskit.sparsify.density import layer_densities
+
+            dens = layer_densities(self.model)
+            if dens:
+                out["density"] = round(sum(dens.values()) / len(dens), 4)
+        for cb in self.callbacks:
+            out.update(cb.progress_fields(self))
+        return out
 
     def _optimizer_step(self, group: list[tuple[torch.Tensor, dict[str, float]]], where: str) -> float:
         cfg = self.config
@@ -560,16 +611,17 @@ def train(model: nn.Module, train_loader: Iterable[Any], loss_fn: LossFn, *, opt
           scheduler: Any = None, config: TrainConfig | None = None, val_loader: Iterable[Any] | None = None,
           metrics: Mapping[str, Callable[[Any, Any], Any]] | None = None,
           inputs_fn: Callable[[Any], Sequence[Any]] | None = None, out_dir: str | os.PathLike | None = None,
-          resume: bool = True, callbacks: Sequence[Callback] = ()) -> TrainResult:
+          resume: bool = True, callbacks: Sequence[Callback] = (), stage: str = "train") -> TrainResult:
     """Train ``model`` on ``train_loader`` minimising ``loss_fn(model(*inputs_fn(batch)), batch)``.
 
     See :class:`Trainer` and :class:`compresskit.TrainConfig`; with ``out_dir`` the run writes
-    ``config.json``, ``metrics.jsonl``, ``ckpt-step*.pt`` and ``best.pt`` there, and ``resume=True``
-    continues exactly from the newest checkpoint found.
+    ``config.json``, ``metrics.jsonl``, ``log.txt`` (the progress lines), ``ckpt-step*.pt`` and ``best.pt``
+    there, and ``resume=True`` continues exactly from the newest checkpoint found. ``stage`` names the run
+    in the progress bar and lines (``"sparsify"``, ``"distill"``).
     """
     return Trainer(model, train_loader, loss_fn, optimizer=optimizer, scheduler=scheduler, config=config,
                    val_loader=val_loader, metrics=metrics, inputs_fn=inputs_fn, out_dir=out_dir,
-                   resume=resume, callbacks=callbacks).fit()
+                   resume=resume, callbacks=callbacks, stage=stage).fit()
 
 
 # ---------------------------------------------------------------------- helpers
