@@ -233,9 +233,7 @@ def cost_model(metric: str, model: nn.Module, graph: ChannelGraph, example_input
     if metric == "macs":
         return macs_cost(model, graph, example_inputs)
     if metric == "latency":
-        try:
-            from compresskit.shrink.latency import latency_cost
-        except ImportError as e:  # pragma: no cover - until the latency table lands
-            raise NotImplementedError("latency targets need compresskit.shrink.latency") from e
+        from compresskit.shrink.latency import latency_cost
+
         return latency_cost(model, graph, example_inputs, **latency_kw)
     raise ValueError(f"metric: expected one of 'params', 'macs', 'latency', got {metric!r}")
