@@ -21,7 +21,6 @@ a ``ValueError`` before any training.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -147,7 +146,7 @@ def check_trace_matches_eager(model: nn.Module, graph_or_traced: ChannelGraph | 
                             f"torch.fx.GraphModule, got {type(graph_or_traced).__name__}")
         if method != "fx":
             return
-        gm = fx.GraphModule(model, copy.deepcopy(fx_graph))
+        gm = graph_or_traced.graph_module(model)
     modes = {m: m.training for m in model.modules()}
     model.eval()
     gm.eval()

@@ -23,6 +23,7 @@ frozen, and :meth:`ChannelGraph.explain` says why.
 
 from __future__ import annotations
 
+import copy
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -220,6 +221,21 @@ class Layer:
     param_groups: list[int] = field(default_factory=list)
 
 
+class _ConstantsRoot(torch.nn.Module):
+    """``model``'s attributes plus the traced constants, as the root a GraphModule copies from."""
+
+    def __init__(self, model: torch.nn.Module, constants: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        object.__setattr__(self, "_model", model)
+        object.__setattr__(self, "_constants", constants)
+
+    def __getattr__(self, name: str) -> Any:
+        constants = object.__getattribute__(self, "_constants")
+        if name in constants:
+            return constants[name]
+        return getattr(object.__getattribute__(self, "_model"), name)
+
+
 def _unique(items: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
@@ -240,7 +256,9 @@ class ChannelGraph:
       groups it consumes (``in_groups``), produces (``out_groups``) and carries per-channel tensors of
       (``param_groups``). Width planning walks ``reversed(graph.layers)``.
     * ``method`` – ``"fx"`` (symbolic tracing with concrete values) or ``"export"`` (torch.export).
-    * ``fx_graph`` – the traced ``torch.fx.Graph`` (for inspection).
+    * ``fx_graph`` – the traced ``torch.fx.Graph`` (for inspection; :meth:`graph_module` runs it).
+    * ``fx_constants`` – tensors the fx graph reads by ``get_attr`` that are not the model's own
+      (``torch.tensor(...)`` calls in forward; fx stows them, ``ck.trace`` keeps them here instead).
     """
 
     def __init__(
@@ -256,8 +274,20 @@ class ChannelGraph:
         self.layers = layers
         self.method = method
         self.fx_graph = fx_graph
+        self.fx_constants: dict[str, torch.Tensor] = {}
         self.model_type = model_type
         self.num_elements = num_elements
+
+    def graph_module(self, model: torch.nn.Module) -> Any:
+        """The traced fx graph as a runnable ``torch.fx.GraphModule`` over ``model``'s modules and
+        parameters (the model that was traced, or a copy of it); only for ``method == "fx"``."""
+        from torch import fx
+
+        if self.method != "fx" or self.fx_graph is None:
+            raise ValueError(f"graph_module: only an fx trace can be re-run, this graph is {self.method!r}")
+        root = _ConstantsRoot(model, self.fx_constants)
+        gm = fx.GraphModule(root, copy.deepcopy(self.fx_graph), class_name=type(model).__name__)
+        return gm
 
     # -- queries -------------------------------------------------------------------------------------
     def __len__(self) -> int:

@@ -436,14 +436,17 @@ def _run_check(model: nn.Module, inputs: tuple) -> None:
         ) from e
 
 
-def _trace_fx(model: nn.Module, inputs: tuple) -> tuple[fx.Graph, dict[fx.Node, Any]]:
+_Traced = tuple[fx.Graph, dict[fx.Node, Any], dict[str, torch.Tensor]]  # graph, values, stowed constants
+
+
+def _trace_fx(model: nn.Module, inputs: tuple) -> _Traced:
     try:
         return _trace_fx_once(model, inputs, shapes_only=True)
     except Exception:  # data read from a skipped layer, or an op that rejects uninitialised values
         return _trace_fx_once(model, inputs, shapes_only=False)
 
 
-def _trace_fx_once(model: nn.Module, inputs: tuple, shapes_only: bool) -> tuple[fx.Graph, dict[fx.Node, Any]]:
+def _trace_fx_once(model: nn.Module, inputs: tuple, shapes_only: bool) -> _Traced:
     sig = inspect.signature(model.forward)
     bound = sig.bind(*inputs)
     bound.apply_defaults()
@@ -458,6 +461,7 @@ def _trace_fx_once(model: nn.Module, inputs: tuple, shapes_only: bool) -> tuple[
     concrete = {k: v for k, v in values.items() if not _has_tensor(v)}
     tracer = _ConcreteTracer(values, shapes_only)
     before = set(vars(model))
+    constants: dict[str, torch.Tensor] = {}
     try:
         with torch.no_grad(), _PatchFunctionApply():
             graph = tracer.trace(model, concrete_args=concrete or None)
@@ -466,10 +470,11 @@ def _trace_fx_once(model: nn.Module, inputs: tuple, shapes_only: bool) -> tuple[
             for n in graph.nodes
         }
     finally:
-        for k in set(vars(model)) - before:  # fx stows constants (torch.tensor(...)) on the root
-            if k.startswith("_tensor_constant"):
+        for k in set(vars(model)) - before:  # fx stows constants (torch.tensor(...)) on the root: the
+            if k.startswith("_tensor_constant"):  # graph keeps them, the user's model does not
+                constants[k] = getattr(model, k)
                 delattr(model, k)
-    return graph, meta
+    return graph, meta, constants
 
 
 def _has_tensor(v: Any) -> bool:
@@ -522,14 +527,16 @@ def trace(model: nn.Module, example_inputs: Any, *, method: str = "auto") -> Cha
         errors: list[str] = []
         if method in ("auto", "fx"):
             try:
-                graph, meta = _trace_fx(model, inputs)
+                graph, meta, constants = _trace_fx(model, inputs)
             except Exception as e:
                 _run_check(model, inputs)  # bad inputs get the clear error, not a tracing one
                 if method == "fx":
                     raise
                 errors.append(f"fx: {type(e).__name__}: {e}")
             else:
-                return GraphBuilder(model, graph, meta, "fx").run()
+                channel_graph = GraphBuilder(model, graph, meta, "fx").run()
+                channel_graph.fx_constants = constants
+                return channel_graph
         else:
             _run_check(model, inputs)
         try:
