@@ -16,12 +16,7 @@ must be importable when loading).
 from __future__ import annotations
 
 import contextlib
-import copy
-import hashlib
 import os
-import shutil
-import time
-import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,12 +33,9 @@ from compresskit.report import (
     LayerRecord,
     Metric,
     ModelStats,
-    count_macs,
-    count_params,
-    evaluate,
-    measure_latency,
     normalize_metrics,
 )
+from compresskit.target import Target
 from compresskit.train.batch import to_device
 
 __all__ = ["compress", "CompressResult", "load"]
@@ -214,59 +206,7 @@ def _resolve(model: nn.Module, train_loader: Iterable, loss_fn: LossFn | None, e
     return _Resolved(inputs_fn, inputs_how, loss_fn, loss_how, example_inputs, registered)
 
 
-# ------------------------------------------------------------------------------------------ checkpoints
-def _checksum(module: nn.Module | None) -> str | None:
-    """Fingerprint of a module's weights (shapes and bytes): checkpoints of another model are not reused."""
-    if module is None:
-        return None
-    h = hashlib.sha1()
-    for name, t in module.state_dict().items():
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-class _Stages:
-    """Stage markers in ``out_dir``; a marker counts only when its fingerprint matches this run."""
-
-    def __init__(self, out_dir: Path | None, resume: bool):
-        self.out_dir = out_dir
-        self.resume = resume
-
-    def path(self, name: str) -> Path | None:
-        return None if self.out_dir is None else self.out_dir / name
-
-    def load(self, name: str, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
-        path = self.path(name)
-        if path is None or not self.resume or not path.is_file():
-            return None
-        data = torch.load(path, map_location="cpu", weights_only=True)
-        return data if data.get("fingerprint") == fingerprint else None
-
-    def save(self, name: str, fingerprint: dict[str, Any], **data: Any) -> None:
-        path = self.path(name)
-        if path is not None:
-            atomic_torch_save({"fingerprint": fingerprint, **data}, path)
-
-    def train_dir(self, name: str, fingerprint: dict[str, Any]) -> Path | None:
-        """Checkpoint folder of a training stage; emptied when it belongs to other settings (or no resume)."""
-        if self.out_dir is None:
-            return None
-        folder = self.out_dir / name
-        stamp = folder / "fingerprint.json"
-        if folder.exists():
-            import json
-
-            old = json.loads(stamp.read_text()) if stamp.is_file() else None
-            if not self.resume or old != fingerprint:
-                shutil.rmtree(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(fingerprint, stamp)
-        return folder
-
-
-# ------------------------------------------------------------------------------------------- training
+# ------------------------------------------------------------------------------------------ helpers
 def _as_text(obj: Any) -> str:
     """Plain text of a string or a rich renderable (a table)."""
     if isinstance(obj, str):
@@ -286,12 +226,24 @@ def _console(enabled: bool):
     return Console(stderr=True, quiet=not enabled)
 
 
+def _config_of(config: Any) -> CompressConfig:
+    if config is None:
+        return CompressConfig()
+    if isinstance(config, Mapping):
+        return CompressConfig.model_validate(dict(config))
+    if isinstance(config, CompressConfig):
+        return config
+    raise TypeError("config: expected a CompressConfig or a mapping of its fields, "
+                    f"got {type(config).__name__}")
+
+
 # ------------------------------------------------------------------------------------------- compress
 def compress(
     model: nn.Module,
     train_loader: Iterable,
     loss_fn: LossFn | None = None,
     example_inputs: Any = None,
+    target: str | Target | None = None,
     config: CompressConfig | Mapping[str, Any] | None = None,
     teacher: nn.Module | None = None,
     val_loader: Iterable | None = None,
@@ -300,22 +252,30 @@ def compress(
     inputs_fn: Callable[[Any], tuple] | None = None,
     stop_after: str | None = None,
 ) -> CompressResult:
-    """Compress ``model`` the way the ST-MFNet Mini / CDFI papers did; ``model`` itself is left unchanged.
+    """Compress ``model`` until it meets ``target``; ``model`` itself is left unchanged.
 
-    1. trace the channel groups (``ck.trace``) on ``example_inputs`` (default: from the first batch);
-    2. sparsify a copy with OBProx-SG (``ck.train`` with ``ck.OBProxSG``) for ``config.sparsify.steps``;
-    3. read per-layer densities and plan widths back to front (``ck.plan_widths``);
-    4. shrink into a smaller dense model (``ck.shrink``, ``init`` inherit or reinit);
-    5. fine-tune it for ``config.recover.steps``: distilled from ``teacher`` when given (``ck.distill``,
-       ``α·loss(S, GT) + L(S, T)``), else trained on ``loss_fn``;
-    6. measure parameters, MACs, CPU latency and ``metrics`` on ``val_loader`` before and after.
+    ``target``: ``"4x params"``, ``"50% macs"`` (keep half), ``"2x latency"`` (measured on the device the
+    model is on) or a ``ck.Target``; None takes ``config.target``, else
+    :data:`~compresskit.target.DEFAULT_TARGET` (``"2x macs"``). The stages (``compresskit.stages``):
+
+    1. **trace** a copy's channel groups on ``example_inputs`` (default: from the first batch), build the
+       target's cost model and fail at once (ValueError naming ``target``) if it cannot be reached;
+    2. **sparsify** the copy with OBProx-SG, λ calibrated from the target (``config.sparsify``);
+    3. **plan** the widths that meet the target, ranking every unit of every group by importance per unit
+       of cost, then shrink and count (or time) to verify (``config.plan``);
+    4. **shrink** into a smaller dense model keeping the most important units (``config.shrink``);
+    5. **recover** the quality by distilling from ``teacher`` (default: the original model, frozen) or
+       fine-tuning (``config.recover``);
+    6. **report** target vs achieved, parameters, MACs, latency and ``metrics`` on ``val_loader``.
 
     ``loss_fn(output, batch)`` receives the whole batch; default: the registered model's loss, else
-    L1 between the output and ``batch[-1]``. ``metrics``: ``{name: fn(output, batch)}`` (default, with a
-    ``val_loader``: the loss). The report records which loss and inputs were used. ``inputs_fn(batch)``
-    overrides how a batch becomes the model's inputs; ``stop_after`` ("sparsify", "plan", "shrink") ends
-    the run early with that stage's model (the CLI's stage commands).
+    L1 between the output and ``batch[-1]``. ``inputs_fn(batch)`` overrides how a batch becomes the
+    model's inputs; ``stop_after`` ("sparsify", "plan", "shrink") ends the run early with that stage's
+    model (the CLI's stage commands).
     """
+    from compresskit.stages import STOPS, State, _Stages, run_stages
+    from compresskit.target import as_target
+
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
     if isinstance(train_loader, (torch.Tensor, str, bytes)) or not isinstance(train_loader, Iterable):
@@ -325,31 +285,17 @@ def compress(
         raise TypeError(f"teacher: expected an nn.Module or None, got {type(teacher).__name__}")
     if val_loader is not None and not isinstance(val_loader, Iterable):
         raise TypeError(f"val_loader: expected batches or None, got {type(val_loader).__name__}")
-    if config is None:
-        config = CompressConfig()
-    elif isinstance(config, Mapping):
-        config = CompressConfig.model_validate(dict(config))
-    elif not isinstance(config, CompressConfig):
-        raise TypeError(f"config: expected a CompressConfig or a mapping of its fields, "
-                        f"got {type(config).__name__}")
+    config = _config_of(config)
+    goal = as_target(target if target is not None else config.target)
     metrics = normalize_metrics(metrics)
-    if stop_after is not None and stop_after not in _STOPS:
-        raise ValueError(f"stop_after: expected one of {_STOPS} or None, got {stop_after!r}")
-
-    from compresskit.config import DistillConfig, TrainConfig
-    from compresskit.graph.trace import trace
-    from compresskit.shrink.plan import plan_widths
-    from compresskit.shrink.surgery import shrink
-    from compresskit.sparsify.density import layer_densities
-    from compresskit.sparsify.obproxsg import OBProxSG, l1_param_groups
-    from compresskit.train.loop import train
-
-    if teacher is not None:
+    if stop_after is not None and stop_after not in STOPS:
+        raise ValueError(f"stop_after: expected one of {tuple(STOPS)} or None, got {stop_after!r}")
+    if teacher is not None or config.recover.teacher == "original":
         from compresskit.distill.registry import list_losses
 
         if config.recover.distill_loss not in list_losses():
-            raise ValueError(f"config.recover.distill_loss: unknown loss {config.recover.distill_loss!r}; registered losses: "
-                             f"{', '.join(list_losses())}")
+            raise ValueError(f"config.recover.distill_loss: unknown loss {config.recover.distill_loss!r}; "
+                             f"registered losses: {', '.join(list_losses())}")
     console = _console(config.progress)
     r = _resolve(model, train_loader, loss_fn, example_inputs, inputs_fn)
     if val_loader is not None and not metrics:
@@ -358,153 +304,66 @@ def compress(
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         config.dump(out_dir / "config.json")
-        atomic_write_json({"loss": r.loss_how, "inputs": r.inputs_how,
+        atomic_write_json({"loss": r.loss_how, "inputs": r.inputs_how, "target": str(goal),
                            "example_input_shapes": [list(t.shape) for t in r.example_inputs]},
                           out_dir / "resolved.json")
-    stages = _Stages(out_dir, config.resume)
-    timings: dict[str, float] = {}
-    device = str(next(model.parameters(), torch.zeros(())).device)
     name = r.registered[0] if r.registered else type(model).__name__
-
-    def stats(m: nn.Module) -> ModelStats:
-        lat = (measure_latency(m, r.example_inputs, repeats=config.latency_repeats)["median_ms"]
-               if config.measure_latency else None)
-        s = ModelStats(count_params(m), count_macs(m, r.example_inputs), lat)
-        if val_loader is not None and metrics:
-            s.metrics = evaluate(m, val_loader, metrics, r.inputs_fn, config.eval_batches)
-        return s
-
-    def finish(final: nn.Module, plan: Any, stage: str) -> CompressResult:
-        return _finish(model=model, final=final, plan=plan, stage=stage, r=r, name=name, before=before,
-                       after=stats(final), densities=densities, widths=widths, timings=timings, config=config,
-                       out_dir=out_dir, console=console, notes=notes)
-
-    densities: dict[str, float] = {}
-    widths: dict[str, list[int]] = {}
-    notes: list[str] = []
-
-    # 0. trace and measure the original
-    t0 = time.perf_counter()
-    console.rule(f"[bold]compress {name}")
+    console.rule(f"[bold]compress {name}[/] to {goal}")
     console.print(f"loss: {r.loss_how}\ninputs: {r.inputs_how}")
-    work = copy.deepcopy(model)
-    graph = trace(work, r.example_inputs)
-    widths = {str(g.id): [int(g.size), int(g.size)] for g in graph.groups}  # [before, after] per group
-    before = stats(model)
-    timings["trace+measure"] = time.perf_counter() - t0
+    state = State(model=model, config=config, target=goal, train_loader=train_loader, loss_fn=r.loss_fn,
+                  inputs_fn=r.inputs_fn, loss_how=r.loss_how, inputs_how=r.inputs_how,
+                  example_inputs=r.example_inputs, store=_Stages(out_dir, config.resume), console=console,
+                  teacher=teacher, val_loader=val_loader, metrics=metrics,
+                  device=str(next(model.parameters(), torch.zeros(())).device))
+    run_stages(state, stop_after)
+    return _finish(state, r, name, out_dir)
 
-    # 1. sparsify
-    t0 = time.perf_counter()
-    fp_sparse = {"model": _checksum(model), "loss": r.loss_how, "inputs": r.inputs_how,
-                 "sparsify": config.sparsify.model_dump(mode="json"), "seed": config.seed}
-    done = stages.load("sparsified.pt", fp_sparse)
-    if done is not None:
-        console.print("[green]sparsify[/]: loaded sparsified.pt")
-        work.load_state_dict(done["state_dict"])
-    elif config.sparsify.steps > 0:
-        console.print(f"[bold]1/4 sparsify[/]: OBProx-SG, λ={config.sparsify.lambda_}, {config.sparsify.steps} steps")
-        torch.manual_seed(config.seed)
-        every = config.sparsify.l1_on == "all"
-        groups = l1_param_groups(work, config.sparsify.lambda_, include_biases=every, include_norms=every)
-        opt = OBProxSG(groups, lr=config.sparsify.lr,
-                       lambda_=config.sparsify.lambda_, eps=config.sparsify.eps, n_prox_steps=config.sparsify.n_prox_steps,
-                       n_orthant_steps=config.sparsify.n_orthant_steps)
-        tcfg = TrainConfig(steps=config.sparsify.steps, lr=config.sparsify.lr, seed=config.seed, device=device,
-                           checkpoint_every=config.checkpoint_every, progress=config.progress)
-        train(work, train_loader, r.loss_fn, optimizer=opt, config=tcfg, inputs_fn=r.inputs_fn,
-              out_dir=stages.train_dir("sparsify", fp_sparse), resume=config.resume)
-        stages.save("sparsified.pt", fp_sparse, state_dict=work.state_dict())
-    timings["sparsify"] = time.perf_counter() - t0
-    if stop_after == "sparsify":
-        densities = layer_densities(work)
-        return finish(work, None, "sparsified")
 
-    # 2. densities and plan
-    t0 = time.perf_counter()
-    densities = layer_densities(work)
-    plan = plan_widths(graph, densities, rule=config.plan.rule, coupling=config.plan.coupling,
-                       min_width=config.plan.min_width, divisor=config.plan.round_to)
-    widths = {str(g.id): [int(g.size), int(plan.widths.get(g.id, g.size))] for g in graph.groups}
-    if out_dir is not None:
-        atomic_write_json({"widths": widths, "densities": densities, "explain": _as_text(plan.explain())},
-                          out_dir / "plan.json")
-    timings["plan"] = time.perf_counter() - t0
-    notes.extend(_dense_warning(plan, densities, config))
-    if stop_after == "plan":
-        return finish(work, plan, "planned")
+def _target_summary(state: Any, after: ModelStats) -> dict[str, Any]:
+    """Target vs achieved (the achieved ratio of the target's metric, measured on the final model)."""
+    before = state.before
+    got = {"params": (before.params, after.params), "macs": (before.macs, after.macs),
+           "latency": (before.latency_ms, after.latency_ms)}[state.target.metric]
+    achieved = got[0] / got[1] if got[0] is not None and got[1] else None
+    plan = state.plan
+    out = {"target": str(state.target), "metric": state.target.metric, "ratio": state.target.ratio,
+           "achieved": achieved,
+           "predicted": (plan.full_cost / plan.predicted if plan is not None and plan.predicted else None)}
+    if state.target.metric == "latency" and after.latency_ms is None:
+        record = state.records.get("plan", {})
+        tried = record.get("verification") or []
+        out["achieved"] = tried[-1]["ratio"] if tried else None
+    return out
 
-    # 3. shrink
-    t0 = time.perf_counter()
-    fp_shrink = {"upstream": fp_sparse, "widths": widths,
-                 "shrink": config.shrink.model_dump(mode="json"), "seed": config.seed}
-    torch.manual_seed(config.seed)
-    small = shrink(work, graph, plan=plan, init=config.shrink.init)
-    done = stages.load("shrunk.pt", fp_shrink)
-    if done is not None:
-        small.load_state_dict(done["state_dict"])
+
+def _latency_note(state: Any, after: ModelStats) -> str | None:
+    """Say so when the measured speed-up falls well short of the MACs reduction, and why."""
+    b = state.before
+    if b.latency_ms is None or after.latency_ms is None or not after.macs or not after.latency_ms:
+        return None
+    mac_gain, lat_gain = b.macs / after.macs, b.latency_ms / after.latency_ms
+    if mac_gain < 1.2 or lat_gain >= 0.8 * mac_gain:
+        return None
+    table = state.costs.get("latency")
+    if table is not None and hasattr(table, "fixed"):
+        share, what = float(table.fixed()) / max(float(table.full()), 1e-300), "of the measured time"
     else:
-        stages.save("shrunk.pt", fp_shrink, state_dict=small.state_dict())
-    console.print(f"[bold]2/4 plan + 3/4 shrink[/]: {count_params(model):,} → {count_params(small):,} params")
-    timings["shrink"] = time.perf_counter() - t0
-    if stop_after == "shrink":
-        return finish(small, plan, "shrunk")
-
-    # 4. fine-tune / distill
-    t0 = time.perf_counter()
-    fp_tune = {"upstream": fp_shrink, "teacher": _checksum(teacher),
-               "recover": config.recover.model_dump(mode="json"), "seed": config.seed}
-    done = stages.load("finetuned.pt", fp_tune)
-    if done is not None:
-        console.print("[green]fine-tune[/]: loaded finetuned.pt")
-        small.load_state_dict(done["state_dict"])
-    elif config.recover.steps > 0:
-        torch.manual_seed(config.seed)
-        folder = stages.train_dir("finetune", fp_tune)
-        common = dict(steps=config.recover.steps, lr=config.recover.lr, seed=config.seed, device=device,
-                      checkpoint_every=config.checkpoint_every, progress=config.progress)
-        if teacher is not None:
-            from compresskit.distill.engine import OutputLoss, distill
-
-            console.print(f"[bold]4/4 distill[/] from the teacher: {config.recover.steps} steps, "
-                          f"{config.recover.alpha}·loss(S, batch) + {config.recover.distill_loss}(S, T)")
-            student_term = _BatchLoss(r.loss_fn, r.inputs_fn)
-            terms = [OutputLoss(student_term, config.recover.alpha, "target", name="student"),
-                     OutputLoss(config.recover.distill_loss, 1.0, "teacher", name="distill")]
-            distill(small, teacher, train_loader, config=DistillConfig(**common, alpha=config.recover.alpha),
-                    losses=terms, inputs_fn=student_term.inputs_fn, out_dir=folder, resume=config.resume)
-        else:
-            console.print(f"[bold]4/4 fine-tune[/]: {config.recover.steps} steps")
-            train(small, train_loader, r.loss_fn, config=TrainConfig(**common), inputs_fn=r.inputs_fn,
-                  out_dir=folder, resume=config.resume)
-        stages.save("finetuned.pt", fp_tune, state_dict=small.state_dict())
-    timings["finetune"] = time.perf_counter() - t0
-
-    return finish(small, plan, "compressed")
+        macs = state.costs["macs"]
+        share, what = macs.fixed() / max(macs.full(), 1e-300), "of the MACs"
+    bound = f", which alone caps the speed-up at {1 / share:.2g}x" if share > 0.02 else ""
+    return (f"latency fell {lat_gain:.2f}x while MACs fell {mac_gain:.2f}x: {share:.0%} {what} is in layers "
+            f"the plan could not touch (frozen channel groups, ops without prunable channels){bound}; "
+            "element-wise, memory-bound and custom ops take time but count no MACs, and small layers are "
+            "bound by per-op overhead rather than arithmetic (a '2x latency' target plans on measured time).")
 
 
-_STOPS = ("sparsify", "plan", "shrink")
-
-
-def _dense_warning(plan: Any, densities: Mapping[str, float], config: CompressConfig) -> list[str]:
-    """A note (and a warning) when the plan keeps almost every channel: λ was too weak to sparsify."""
-    kept = plan.kept_fraction()
-    if kept < 0.95 or not densities:
-        return []
-    mean = sum(densities.values()) / len(densities)
-    budget = config.sparsify.lr * config.sparsify.lambda_ * config.sparsify.steps
-    note = (f"the plan keeps {kept:.0%} of the prunable channels: the sparsified weights are still dense "
-            f"(mean density {mean:.2f}). OBProx-SG moves each weight by about lr·λ per step towards zero, "
-            f"{budget:.2g} in total here; raise lambda_ or sparsify_steps (or lr).")
-    warnings.warn(note, stacklevel=3)
-    return [note]
-
-
-def _finish(*, model: nn.Module, final: nn.Module, plan: Any, stage: str, r: _Resolved, name: str,
-            before: ModelStats, after: ModelStats, densities: Mapping[str, float],
-            widths: Mapping[str, list[int]], timings: dict[str, float], config: CompressConfig,
-            out_dir: Path | None, console: Any, notes: list[str]) -> CompressResult:
+def _finish(state: Any, r: _Resolved, name: str, out_dir: Path | None) -> CompressResult:
     """Build the report and result of the stage reached; write them into ``out_dir``."""
+    from compresskit.stages import _widths
+
+    model, final, stage, plan = state.model, state.final, state.reached, state.plan
     final.train(model.training)  # returned in the mode the original was given in
+    after = state.stats(final)
     final_modules = dict(final.named_modules())
     layers = []
     for mod_name, mod in model.named_modules():
@@ -514,17 +373,32 @@ def _finish(*, model: nn.Module, final: nn.Module, plan: Any, stage: str, r: _Re
         small_mod = final_modules.get(mod_name)
         sw = getattr(small_mod, "weight", None)
         layers.append(LayerRecord(
-            name=mod_name, type=type(mod).__name__, density=densities.get(mod_name),
+            name=mod_name, type=type(mod).__name__, density=state.densities.get(mod_name),
             shape_before=list(w.shape), shape_after=None if sw is None else list(sw.shape),
             params_before=sum(p.numel() for p in mod.parameters(recurse=False)),
             params_after=None if small_mod is None
             else sum(p.numel() for p in small_mod.parameters(recurse=False))))
+    widths = _widths(state)
     changed = {k: v for k, v in widths.items() if v[0] != v[1]}
+    notes = list(state.notes)
+    summary = _target_summary(state, after) if stage in ("shrunk", "compressed") else {
+        "target": str(state.target), "metric": state.target.metric, "ratio": state.target.ratio,
+        "achieved": None, "predicted": (plan.full_cost / plan.predicted
+                                        if plan is not None and plan.predicted else None)}
+    note = _latency_note(state, after) if stage in ("shrunk", "compressed") else None
+    if note:
+        notes.append(note)
+    removed = state.records.get("plan", {}).get("removed_importance")
+    if removed is not None and removed > 0.25 and state.config.plan.rule == "target":
+        notes.append(f"the removed units held {removed:.0%} of the prunable importance: sparsification "
+                     f"did not empty them within {state.config.sparsify.steps} steps, so recovery has "
+                     "more to win back (raise sparsify.steps)")
     report = CompressReport(
-        model=name, loss=r.loss_how, inputs=r.inputs_how, before=before, after=after, layers=layers,
-        widths=changed if plan is not None else {}, plan=_as_text(plan.explain()) if plan is not None else "",
-        stages=timings, config=config.model_dump(mode="json"),
-        example_input_shapes=[list(t.shape) for t in r.example_inputs], notes=list(notes))
+        model=name, loss=r.loss_how, inputs=r.inputs_how, before=state.before, after=after, layers=layers,
+        widths=changed if plan is not None else {}, plan=plan.explain_text() if plan is not None else "",
+        stages=state.timings, config=state.config.model_dump(mode="json"),
+        example_input_shapes=[list(t.shape) for t in r.example_inputs], notes=notes, target=summary,
+        calibration=state.records.get("sparsify", {}), planning=state.records.get("plan", {}))
     rebuild = None
     if r.registered is not None:
         # every group's width: a loaded model compressed again is rebuilt from the full-size one
@@ -539,25 +413,6 @@ def _finish(*, model: nn.Module, final: nn.Module, plan: Any, stage: str, r: _Re
         result.save(out_dir / f"{stage}.model.pt" if suffix else out_dir / "compressed.pt")
         with contextlib.suppress(ImportError):  # matplotlib is optional
             report.plot(out_dir)
-    if config.progress:
-        report.print(console)
+    if state.config.progress:
+        report.print(state.console)
     return result
-
-
-class _BatchLoss:
-    """``loss_fn(output, batch)`` as a distillation term ``fn(output, target)``.
-
-    The distiller hands a term only the target; the whole batch is the one its ``inputs_fn`` saw last
-    (every forward reads its inputs from the batch whose loss follows), so it is remembered there.
-    """
-
-    def __init__(self, loss_fn: LossFn, inputs_fn: Callable[[Any], tuple]):
-        self.loss_fn, self._inputs_fn, self.batch = loss_fn, inputs_fn, None
-        self.__name__ = _describe(loss_fn)
-
-    def inputs_fn(self, batch: Any) -> tuple:
-        self.batch = batch
-        return self._inputs_fn(batch)
-
-    def __call__(self, output: Any, target: Any) -> torch.Tensor:
-        return self.loss_fn(output, self.batch)

@@ -49,7 +49,8 @@ class JobConfig(Config):
     loss: str | None = Field(
         None, description="registered loss name (on output and batch[-1]) or 'module:fn(output, batch)'")
     metrics: dict[str, str] = Field(default_factory=dict, description="{name: 'module:fn(output, batch)'}")
-    distill: bool = Field(False, description="fine-tune by distilling from the original model")
+    distill: bool = Field(False, description="distil from the original model even when "
+                          "compress.recover.teacher is 'none' (the default, 'original', distils anyway)")
     compress: CompressConfig = Field(default_factory=CompressConfig)
 
 
@@ -124,21 +125,41 @@ def _loaders(spec: DataSpec):
     return out, None
 
 
-def load_job(path: str, out: str | None, overrides: Sequence[str]) -> JobConfig:
-    """Read a job file, apply ``--out`` and ``--set key=value`` (keys of the compress section)."""
+def load_job(path: str, out: str | None, overrides: Sequence[str], target: str | None = None) -> JobConfig:
+    """Read a job file, apply ``--out``, ``--target`` and ``--set key=value`` (keys of the compress
+    section; a stage's setting as ``sparsify.steps=100``, ``recover.lr=1e-3``; flat legacy keys too)."""
+    from compresskit.config import _LEGACY
+
     job = JobConfig.load(path)
     data = job.compress.model_dump()
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"--set: expected key=value, got {item!r}")
-        if key not in CompressConfig.model_fields:
+        head, _, rest = key.partition(".")
+        if key in _LEGACY:
+            head, rest = _LEGACY[key]
+        if head not in CompressConfig.model_fields:
             known = ", ".join(CompressConfig.model_fields)
-            raise ValueError(f"--set: unknown compress setting {key!r}; known: {known}")
+            raise ValueError(f"--set: unknown compress setting {key!r}; known: {known} (a stage's settings "
+                             "as e.g. sparsify.steps)")
         try:
-            data[key] = json.loads(value)
+            parsed = json.loads(value)
         except json.JSONDecodeError:
-            data[key] = value
+            parsed = value
+        if rest:
+            section = data.get(head)
+            if not isinstance(section, dict):
+                raise ValueError(f"--set: {head!r} has no settings of its own; use {head}=VALUE")
+            sub_model = CompressConfig.model_fields[head].annotation
+            if isinstance(sub_model, type) and rest not in sub_model.model_fields:
+                raise ValueError(f"--set: unknown setting {key!r}; {head} has "
+                                 f"{', '.join(sub_model.model_fields)}")
+            section[rest] = parsed
+        else:
+            data[head] = parsed
+    if target is not None:
+        data["target"] = target
     if out is not None:
         data["out_dir"] = out
     return job.model_copy(update={"compress": CompressConfig.model_validate(data)})
@@ -184,7 +205,7 @@ def _shape(text: str) -> tuple[int, ...]:
 def _run_stage(args: argparse.Namespace, stop_after: str | None, force_distill: bool = False) -> int:
     from compresskit.api import compress
 
-    job = load_job(args.job, args.out, args.set or [])
+    job = load_job(args.job, args.out, args.set or [], getattr(args, "target", None))
     if stop_after is not None and job.compress.out_dir is None:
         raise ValueError(f"{args.command}: the stages share an output folder; set compress.out_dir in "
                          f"{args.job} or pass --out DIR")
@@ -232,8 +253,12 @@ job file (YAML or JSON):
   data: {factory: my_pkg.data:loaders, kwargs: {crop: 64}}   # returns train or (train, val)
   loss: l1                         # registered loss on (output, batch[-1]), or my_pkg.losses:fn
   metrics: {psnr: my_pkg.metrics:psnr}
-  distill: true                    # fine-tune by distilling from the original model
-  compress: {sparsify_steps: 500, lambda_: 1.0e-4, width_rule: linear, out_dir: runs/net}
+  distill: true                    # distil from the original model (also compress.recover's default)
+  compress:
+    target: 4x params              # or "50% macs", "2x latency"; default 2x macs
+    sparsify: {steps: 500}         # lambda_ calibrated from the target ("auto"), or a number
+    recover: {steps: 500, lr: 1.0e-3}
+    out_dir: runs/net
 """
 
 
@@ -274,10 +299,13 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, formatter_class=fmt, help=text, description=text[0].upper() + text[1:] + ". "
                            "Stages checkpoint into the job's out_dir; a rerun resumes where it stopped.",
                            epilog=f"example:\n  compresskit {name} job.yaml --out runs/net "
-                                  "--set lambda_=2e-4\n\n" + _JOB_EXAMPLE)
+                                  "--target '4x params' --set sparsify.steps=200\n\n" + _JOB_EXAMPLE)
         p.add_argument("job", help="job file (.yaml, .yml or .json)")
         p.add_argument("--out", help="output folder (overrides compress.out_dir)")
-        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a compress setting")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a compress setting, e.g. sparsify.steps=200 or recover.lr=1e-3")
+        p.add_argument("--target", help="what to reach: '4x params', '50%% macs', '2x latency' "
+                                        "(overrides compress.target)")
         p.set_defaults(func=_stage_command(stop, force_distill=name == "distill"))
 
     p = sub.add_parser("report", formatter_class=fmt, help="pretty-print a saved report",

@@ -272,6 +272,12 @@ class CompressReport:
     config: dict[str, Any] = field(default_factory=dict)
     example_input_shapes: list[list[int]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # warnings about the run (e.g. nothing became sparse)
+    #: ``{"target", "metric", "ratio", "achieved", "predicted"}``: what was asked and what was reached
+    target: dict[str, Any] | None = None
+    #: stage I's record: λ0, the calibration history (λ, fraction heading to zero, schedule) per check
+    calibration: dict[str, Any] = field(default_factory=dict)
+    #: stage II's record: the plan's budget, prediction and each verification (measured cost)
+    planning: dict[str, Any] = field(default_factory=dict)
 
     # ---- derived numbers
     @property
@@ -376,13 +382,24 @@ def print_report(report: CompressReport | Mapping[str, Any], console: Any = None
                     _ratio(b.macs, after and after.macs))
     if b.latency_ms is not None:
         a_lat = after.latency_ms if after else None
-        summary.add_row("CPU latency (ms)", f"{b.latency_ms:.2f}", "-" if a_lat is None else f"{a_lat:.2f}",
+        summary.add_row("latency (ms)", f"{b.latency_ms:.2f}", "-" if a_lat is None else f"{a_lat:.2f}",
                         _ratio(b.latency_ms, a_lat))
     for name, value in b.metrics.items():
         a_val = after.metrics.get(name) if after else None
         delta = "-" if a_val is None else f"{a_val - value:+.4g}"
         summary.add_row(name, f"{value:.4g}", "-" if a_val is None else f"{a_val:.4g}", delta)
     console.print(summary)
+    if report.target:
+        t = report.target
+        got = "-" if t.get("achieved") is None else f"{t['achieved']:.3g}x"
+        console.print(f"target [bold]{t['target']}[/]: achieved {got} {t['metric']}"
+                      + ("" if t.get("predicted") is None else f" (planned {t['predicted']:.3g}x)"))
+    cal = report.calibration
+    if cal.get("lambda0") is not None:
+        final = cal.get("final_lambda", cal["lambda0"])
+        console.print(f"λ calibrated: λ0 {cal['lambda0']:.3g} → {final:.3g}, "
+                      f"{cal.get('heading_to_zero', 0):.0%} of the units heading to zero "
+                      f"(target removes {cal.get('target_fraction', 0):.0%})")
     console.print(f"loss: {report.loss}\ninputs: {report.inputs}")
     if report.layers:
         names = [r.name for r in report.layers]

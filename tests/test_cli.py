@@ -52,8 +52,8 @@ def workdir(tmp_path, monkeypatch):
 
 
 def _job(path: Path, **compress) -> Path:
-    cfg = {**dict(sparsify_steps=6, lambda_=0.05, lr=1e-2, finetune_steps=4, checkpoint_every=2,
-                  measure_latency=False, progress=False), **compress}
+    cfg = {**dict(target="2x params", sparsify={"steps": 6, "lr": 1e-2}, recover={"steps": 4},
+                  checkpoint_every=2, measure_latency=False, progress=False), **compress}
     job = {"model": {"name": "clitask:make_net", "kwargs": {"width": 8}},
            "data": {"factory": "clitask:loaders", "kwargs": {"n": 6}},
            "loss": "l1", "metrics": {"neg_mse": "clitask:neg_mse"}, "compress": cfg}
@@ -112,15 +112,23 @@ def test_errors_are_one_line_with_exit_code_1(workdir, capsys, argv, message):
 
 
 def test_job_errors_name_the_setting(workdir, capsys):
-    job = _job(workdir / "job.yaml", lambda_=-1.0)
+    job = _job(workdir / "job.yaml", sparsify={"steps": -1})
     assert main(["compress", str(job)]) == 1
     err = _errors(capsys.readouterr().err)
-    assert len(err) == 1 and "compress.lambda_" in err[0] and "greater than or equal to 0" in err[0]
+    assert len(err) == 1 and "compress.sparsify.steps" in err[0] and "greater than or equal to 0" in err[0]
+    assert main(["compress", str(_job(workdir / "job.yaml", target="3x watts"))]) == 1
+    assert "unknown metric 'watts'" in capsys.readouterr().err
     job = _job(workdir / "job.yaml")
     assert main(["sparsify", str(job)]) == 1  # stage commands share a folder
     assert "--out" in capsys.readouterr().err
     assert main(["compress", str(job), "--set", "sparsify_stepz=3"]) == 1
     assert "unknown compress setting 'sparsify_stepz'" in capsys.readouterr().err
+    assert main(["compress", str(job), "--set", "sparsify.stepz=3"]) == 1
+    assert "unknown setting 'sparsify.stepz'" in capsys.readouterr().err
+    assert main(["compress", str(job), "--out", "x", "--target", "1000x params"]) == 1
+    err = _errors(capsys.readouterr().err)
+    assert len(err) == 1 and "target: 1000x params is unreachable" in err[0]
+    assert not (workdir / "x/sparsify").exists()  # refused before any training
 
 
 def test_stage_commands_resume_into_the_same_model_as_one_shot(workdir, capsys):
@@ -145,10 +153,14 @@ def test_stage_commands_resume_into_the_same_model_as_one_shot(workdir, capsys):
 
 def test_distill_command_and_set_overrides(workdir):
     job = _job(workdir / "job.yaml")
-    argv = ["distill", str(job), "--out", "d", "--set", "distill_alpha=0.5", "--set", "distill_loss=mse"]
+    argv = ["distill", str(job), "--out", "d", "--set", "recover.alpha=0.5", "--set", "distill_loss=mse",
+            "--target", "50% macs"]
     assert main(argv) == 0
     cfg = json.loads((workdir / "d/config.json").read_text())
-    assert cfg["distill_alpha"] == 0.5 and cfg["distill_loss"] == "mse"
+    assert cfg["recover"]["alpha"] == 0.5 and cfg["recover"]["distill_loss"] == "mse"  # dotted and legacy key
+    assert cfg["target"] == {"metric": "macs", "ratio": 2.0}
+    report = json.loads((workdir / "d/report.json").read_text())
+    assert report["target"]["target"] == "2x macs" and 1.9 <= report["target"]["achieved"] <= 2.2
     assert (workdir / "d/compressed.pt").is_file()
 
 

@@ -31,7 +31,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from compresskit.graph.channels import ChannelGraph
 
-__all__ = ["WidthPlan", "GroupPlan", "Proposal", "plan_widths", "RULES", "COUPLINGS"]
+__all__ = ["WidthPlan", "GroupPlan", "Proposal", "plan_widths", "plan_for_target", "allowed_widths", "RULES",
+           "COUPLINGS"]
 
 RULES = ("linear", "sqrt")
 COUPLINGS = ("max", "min", "mean")
@@ -72,6 +73,11 @@ class WidthPlan:
     divisor: int = 1
     groups: list[GroupPlan] = field(default_factory=list)  # in planning order (back to front)
     ignored: list[str] = field(default_factory=list)  # density names not in the graph (strict=False)
+    # target plans (rule="target"): the target, the cost model's prediction, full cost and budget
+    target: str | None = None
+    predicted: float | None = None
+    full_cost: float | None = None
+    budget: float | None = None
 
     # -- summaries ---------------------------------------------------------------------------------
 
@@ -124,6 +130,10 @@ class WidthPlan:
             "sizes": {str(k): v for k, v in self.sizes.items()},
             "groups": [asdict(g) for g in self.groups],
             "ignored": list(self.ignored),
+            "target": self.target,
+            "predicted": self.predicted,
+            "full_cost": self.full_cost,
+            "budget": self.budget,
         }
 
     @classmethod
@@ -136,7 +146,8 @@ class WidthPlan:
                 for g in data.get("groups", [])
             ]
             plan = cls(widths, sizes, str(data["rule"]), str(data["coupling"]), int(data.get("min_width", 1)),
-                       int(data.get("divisor", 1)), groups, [str(n) for n in data.get("ignored", [])])
+                       int(data.get("divisor", 1)), groups, [str(n) for n in data.get("ignored", [])],
+                       data.get("target"), data.get("predicted"), data.get("full_cost"), data.get("budget"))
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"not a WidthPlan dict ({type(err).__name__}: {err})") from err
         for gid, w in plan.widths.items():
@@ -283,3 +294,164 @@ def plan_widths(
         widths[gid] = gp.width
         plans.append(gp)
     return WidthPlan(widths, sizes, rule, coupling, min_width, divisor, plans, ignored=unknown)
+
+
+# ------------------------------------------------------------------------------------ target planning
+def allowed_widths(size: int, channels_per_unit: int, min_width: int, round_to: int) -> list[int]:
+    """Widths a group may take, descending: its size, then every smaller width of at least
+    ``min_width`` units whose channel count (``width · channels_per_unit``) is a multiple of ``round_to``."""
+    step = round_to // math.gcd(round_to, max(1, channels_per_unit))
+    smaller = [w for w in range(step * ((size - 1) // step), 0, -step) if w >= min_width]
+    return [size, *smaller]
+
+
+def plan_for_target(
+    graph: ChannelGraph,
+    cost: Any,
+    importance: dict[int, Any],
+    target: Any,
+    *,
+    min_width: int = 1,
+    round_to: int = 1,
+    budget: float | None = None,
+) -> WidthPlan:
+    """The widths that bring ``cost`` to at most ``cost.full() / ratio`` losing the least importance.
+
+    A global greedy over every prunable group (a knapsack in the spirit of HALP and Torch-Pruning's
+    global ranking): at each step the group whose next removal costs the least importance per unit of
+    cost saved, ``Σ importance(removed units) / (cost(w) − cost(w'))``, gives up its lowest-ranked units
+    (``round_to`` channels at a time; ties: the larger saving first), until the cost meets the budget.
+    No group goes below ``min_width`` units; frozen groups keep their size.
+
+    Args:
+        graph: ``ck.trace(model, example_inputs)``.
+        cost: a :class:`~compresskit.shrink.cost.CostModel` (``params_cost``, ``macs_cost``, a latency table).
+        importance: ``{group id: per-unit scores}`` (an :class:`~compresskit.shrink.importance.Importance`).
+        target: a ``ck.Target``, its string form (its metric should be ``cost.metric``) or a ratio > 1.
+        min_width: smallest width, in units.
+        round_to: widths in channels are multiples of this (8 suits CUDA kernels), unless kept whole.
+        budget: the absolute cost to reach instead of ``full / ratio`` (used to correct a verified plan).
+
+    Raises ValueError naming ``target`` when even the smallest allowed widths cost more than the budget.
+    """
+    from compresskit.shrink.importance import removal_order
+    from compresskit.target import Target
+
+    if isinstance(target, (int, float)) and not isinstance(target, bool):
+        if not target > 1:
+            raise ValueError(f"target: expected a ratio > 1, got {target!r}")
+        ratio, label = float(target), f"{float(target):g}x {getattr(cost, 'metric', 'cost')}"
+    else:
+        t = Target.parse(target)
+        if t.metric != getattr(cost, "metric", t.metric):
+            raise ValueError(f"target: {t} needs a {t.metric} cost model, got a {cost.metric} one")
+        ratio, label = t.ratio, str(t)
+    _check_int("min_width", min_width, 1)
+    _check_int("round_to", round_to, 1)
+    full = float(cost.full())
+    goal = full / ratio if budget is None else float(budget)
+
+    prunable = [g for g in graph.groups if g.prunable]
+    ladders = {g.id: allowed_widths(g.size, g.channels_per_unit, min_width, round_to) for g in prunable}
+    smallest = {gid: ladder[-1] for gid, ladder in ladders.items()}
+    floor = float(cost(smallest))
+    if floor > goal * (1 + 1e-9):
+        frozen = sum(1 for g in graph.groups if not g.prunable)
+        raise ValueError(
+            f"target: {label} is unreachable for this model: with every prunable group at its smallest "
+            f"allowed width (min_width={min_width}, round_to={round_to}) it still costs {floor:.4g} of "
+            f"{full:.4g} {getattr(cost, 'metric', '')}, {full / max(floor, 1e-300):.3g}x at most; "
+            f"{frozen} of {len(graph.groups)} channel groups are frozen (graph.explain(id) says why). "
+            "Ask for a smaller ratio.")
+
+    orders = {gid: removal_order(importance[gid]) for gid in ladders if gid in importance}
+    has_delta = hasattr(cost, "delta") and hasattr(cost, "neighbours")
+
+    def lost(gid: int, width: int) -> float:  # importance of the units a group loses at this width
+        return float(importance[gid][orders[gid][: ladders[gid][0] - width]].sum())
+
+    def remove_until(rung: dict[int, int], skip: set[int]) -> tuple[dict[int, int], float]:
+        """Greedy: the cheapest importance per saved cost goes first, until the cost meets the goal."""
+        rung = dict(rung)
+        widths = {gid: ladders[gid][r] for gid, r in rung.items()}
+
+        def candidate(gid: int) -> tuple[float, float] | None:
+            if gid in skip or gid not in orders or rung[gid] + 1 >= len(ladders[gid]):
+                return None
+            new = ladders[gid][rung[gid] + 1]
+            saved = (cost.delta(widths, gid, new) if has_delta
+                     else float(cost(widths)) - float(cost({**widths, gid: new})))
+            if not saved > 0:
+                return None
+            return max(lost(gid, new) - lost(gid, widths[gid]), 0.0) / saved, saved
+
+        scores = {gid: candidate(gid) for gid in ladders}
+        current = float(cost(widths))
+        while current > goal:
+            live = [(c[0], -c[1], gid) for gid, c in scores.items() if c is not None]
+            if not live:
+                break
+            gid = min(live)[2]
+            rung[gid] += 1
+            widths[gid] = ladders[gid][rung[gid]]
+            current = float(cost(widths))
+            for g in (({gid} | cost.neighbours(gid)) if has_delta else set(ladders)) & set(ladders):
+                scores[g] = candidate(g)
+        return rung, current
+
+    def give_back(rung: dict[int, int], current: float) -> tuple[dict[int, int], float]:
+        """Undo removals, most important per cost first, while the cost stays within the goal."""
+        rung = dict(rung)
+        while True:
+            widths = {gid: ladders[gid][r] for gid, r in rung.items()}
+            best = None
+            for gid, r in rung.items():
+                if r == 0:
+                    continue
+                up = ladders[gid][r - 1]
+                trial = float(cost({**widths, gid: up}))
+                if trial <= goal:
+                    key = (-(lost(gid, widths[gid]) - lost(gid, up)) / max(trial - current, 1e-300), gid)
+                    if best is None or key < best[0]:
+                        best = (key, gid, trial)
+            if best is None:
+                return rung, current
+            rung[best[1]] -= 1
+            current = best[2]
+
+    rung, current = give_back(*remove_until(dict.fromkeys(ladders, 0), set()))
+    # coarse groups (a few units, each a big share of the cost) can overshoot: try raising each pruned
+    # group one step and re-spending the budget elsewhere; keep whatever lands closest under the goal
+    for _ in range(3):
+        if current >= goal * 0.98:
+            break
+        improved = False
+        for gid in [g for g, r in rung.items() if r > 0]:
+            trial = {**rung, gid: rung[gid] - 1}
+            trial, cur = give_back(*remove_until(trial, {gid}))
+            if current < cur <= goal:
+                rung, current, improved = trial, cur, True
+        if not improved:
+            break
+    widths = {gid: ladders[gid][r] for gid, r in rung.items()}
+    removed_mass = {gid: lost(gid, w) if gid in orders else 0.0 for gid, w in widths.items()}
+
+    plans, sizes = [], {}
+    all_widths: dict[int, int] = {}
+    for g in graph.groups:
+        sizes[g.id] = g.size
+        w = widths.get(g.id, g.size)
+        all_widths[g.id] = w
+        gp = GroupPlan(g.id, g.size, g.channels_per_unit, w, g.prunable)
+        if not g.prunable:
+            gp.note = "frozen: " + (g.reasons[0] if g.reasons else "not prunable")
+        elif w < g.size:
+            total = float(importance[g.id].sum()) if g.id in importance else 0.0
+            share = removed_mass[g.id] / total if total > 0 else 0.0
+            gp.note = f"target: removed {g.size - w} lowest-importance units ({share:.1%} of its importance)"
+        else:
+            gp.note = "target: kept (its units cost more importance per saving than others)"
+        plans.append(gp)
+    plan = WidthPlan(all_widths, sizes, "target", "global", min_width, round_to, plans)
+    plan.target, plan.predicted, plan.full_cost, plan.budget = label, current, full, goal
+    return plan
