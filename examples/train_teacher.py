@@ -8,7 +8,7 @@ examples/demo.py scores) next to frame blending (I0 + I1) / 2, and keeps the bes
 written holds the weights in fp16, the widths and the measured PSNRs; the PSNR of the fp16 weights is
 measured again before saving.
 
-    nice -n 10 python benchmarks/train_teacher.py --out examples/assets/adacof_w025_samples.pt
+    nice -n 10 python examples/train_teacher.py --out examples/assets/adacof_w025_samples.pt
 
 Resumable: the training state is checkpointed to ``--work`` at every evaluation.
 """
