@@ -52,6 +52,6 @@ def test_demo_meets_its_target_keeps_quality_and_resumes(tmp_path, capsys):
     assert demo.main(args) == 0
 
 
-#: measured with these settings: see the assertion; a shrink that loses the inherited weights lands
-#: far below (a re-initialised 4x-smaller AdaCoF gives blurred output, more than 10 dB worse)
-QUALITY_BOUND_DB = 3.0
+#: measured with these settings: compressed 33.95 dB, original 33.93, blending 33.85; a shrink that loses
+#: the inherited weights lands far below (a randomly initialised AdaCoF scores ~6 dB under blending)
+QUALITY_BOUND_DB = 1.0
