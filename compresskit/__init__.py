@@ -1,6 +1,6 @@
 """compresskit: make neural networks smaller and faster without losing their quality.
 
-trace → sparsify (OBProx-SG) → layer densities → plan widths back to front → shrink → distill.
+compress(model, loader, target="4x params"): trace → sparsify → plan widths for the target → shrink → distill.
 
 The public API is exactly the names in ``__all__``; they are imported on first use so that
 ``import compresskit`` stays fast and a plugin that only registers a model pays for nothing else.
@@ -25,7 +25,9 @@ _API: dict[str, str] = {
     "register_rule": "compresskit.graph.rules",
     # shrink (Core I / II)
     "shrink": "compresskit.shrink.surgery",
+    "register_resizer": "compresskit.shrink.resize",
     "plan_widths": "compresskit.shrink.plan",
+    "plan_for_target": "compresskit.shrink.plan",
     "WidthPlan": "compresskit.shrink.plan",
     # sparsify (Core II)
     "OBProxSG": "compresskit.sparsify.obproxsg",
@@ -120,7 +122,8 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
         model_info,
         register_model,
     )
-    from compresskit.shrink.plan import WidthPlan, plan_widths  # noqa: F401
+    from compresskit.shrink.plan import WidthPlan, plan_for_target, plan_widths  # noqa: F401
+    from compresskit.shrink.resize import register_resizer  # noqa: F401
     from compresskit.shrink.surgery import shrink  # noqa: F401
     from compresskit.sparsify.density import layer_densities  # noqa: F401
     from compresskit.sparsify.obproxsg import OBProxSG, steps_from_epochs  # noqa: F401

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -143,29 +143,39 @@ class DistillConfig(TrainConfig):
 
 
 class SparsifyConfig(Config):
-    """Stage I: l1-regularised training with OBProx-SG until the channels the plan removes are ~zero.
+    """Stage I: train so that the units the plan removes carry no weight when they go; no λ to tune.
 
-    ``lambda_="auto"`` (default) calibrates λ: it starts at ``λ0 = q(|w|, f) / (lr · steps)`` (OBProx-SG
-    moves a weight by about ``lr·λ`` per step, so the weights below the ``f``-quantile, ``f`` the fraction
-    of units the target removes, can reach zero within the budget), then every ``calibrate_every`` steps
-    compares the fraction of units heading to zero (l1 mass ≤ ``zero_tol`` × their group's initial mean)
-    with a schedule rising linearly to ``f`` at ``ramp`` of the steps, and multiplies λ by ``growth``
-    when behind, divides when ahead (dual ascent on the sparsity gap, as CoFi does on its cost).
-    A number fixes λ (the expert knob of the papers).
+    ``method="progressive"`` (default; target sparsity in the spirit of HESSO): the plan for the current
+    weights names the units to remove (recomputed every ``calibrate_every`` steps), their slices are
+    scaled to exactly zero by ``ramp`` of the steps while the whole model trains on the loss (Adamax,
+    ``lr``), so the rest takes over their work before the surgery.
+
+    ``method="obproxsg"`` (the papers' l1 training): with ``lambda_="auto"`` λ starts at
+    ``λ0 = q(|w|, f) / (lr · steps)`` (OBProx-SG moves a weight by about ``lr·λ`` per step, so the
+    weights below the ``f``-quantile, ``f`` the fraction of units the target removes, can reach zero
+    within the budget); every ``calibrate_every`` steps it multiplies λ by ``growth`` while the l1 mass
+    of the units the plan would remove falls more slowly than a schedule reaching ``1 − zero_tol`` gone
+    at ``ramp`` of the steps, and divides it when ahead or when the units the plan keeps fall below
+    ``kept_floor`` of their mass (dual ascent, as CoFi does on its cost). A number fixes λ (the papers'
+    expert knob); giving one selects ``method="obproxsg"`` unless a method is named.
     """
 
-    method: Literal["obproxsg"] = Field("obproxsg", description="the sparsifier (Sparsifier protocol)")
+    method: Literal["obproxsg", "progressive"] = Field(
+        "progressive", description="'obproxsg': l1 training (λ auto or fixed); 'progressive': the units the "
+        "plan removes are scaled to zero on a schedule while the rest trains (HESSO-like, no λ)")
     steps: int = Field(300, ge=0, description="OBProx-SG steps of stage I (0 skips it)")
     lr: float = Field(1e-3, gt=0, description="learning rate (step size α) of stage I")
-    lambda_: float | Literal["auto"] = Field(
+    lambda_: Annotated[float, Field(ge=0)] | Literal["auto"] = Field(
         "auto", description="l1 strength λ of OBProx-SG, or 'auto' to calibrate it from the target")
-    growth: float = Field(1.5, gt=1, description="auto-λ: factor applied per calibration when off schedule")
+    growth: float = Field(1.25, gt=1, description="auto-λ: factor applied per calibration when off schedule")
     calibrate_every: int | None = Field(
         None, ge=1, description="auto-λ: steps between calibrations (None: steps // 10, at least 1)")
     ramp: float = Field(0.75, gt=0, le=1, description="auto-λ: fraction of the steps by which the target "
                         "fraction of units should be heading to zero")
-    zero_tol: float = Field(0.05, gt=0, lt=1, description="auto-λ: a unit heads to zero when its l1 mass "
-                            "is at most this times its group's initial mean unit mass")
+    zero_tol: float = Field(0.05, gt=0, lt=1, description="auto-λ: the removed units should keep at most "
+                            "this fraction of their initial l1 mass")
+    kept_floor: float = Field(0.85, gt=0, le=1, description="auto-λ: λ backs off when the units the plan "
+                              "keeps fall below this fraction of their initial l1 mass")
     eps: float = Field(0.0, ge=0, description="OBProx-SG orthant threshold: entries at or below it become 0")
     n_prox_steps: int | None = Field(
         None, ge=0, description="Prox-SG steps before orthant steps (None: Prox-SG for ever)")
@@ -173,6 +183,14 @@ class SparsifyConfig(Config):
         None, ge=1, description="orthant steps before returning to Prox-SG steps (None: for ever)")
     l1_on: Literal["weights", "all"] = Field(
         "weights", description="l1 on 'weights' (biases and norms exempt) or on 'all' parameters (papers)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lambda_means_obproxsg(cls, data: Any) -> Any:
+        if (isinstance(data, dict) and "method" not in data and "lambda_" in data
+                and data["lambda_"] != "auto"):
+            return {**data, "method": "obproxsg"}
+        return data
 
     @model_validator(mode="after")
     def _check_schedule(self) -> SparsifyConfig:
@@ -193,7 +211,7 @@ class PlanConfig(Config):
     importance: Literal["l1", "density"] = Field(
         "l1", description="unit importance: l1 mass of its slices, or the density of its slices")
     min_width: int = Field(1, ge=1, description="no group shrinks below this many units")
-    round_to: int | Literal["auto"] = Field(
+    round_to: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         "auto", description="widths (in channels) are multiples of this; 'auto': 8 on CUDA, 1 on CPU")
     coupling: Literal["max", "min", "mean"] = Field(
         "max", description="density rules: one width for a group shared by several layers")

@@ -1,9 +1,16 @@
-"""Atomic writes: nothing is lost if a run is interrupted mid-write (temp file beside it + rename)."""
+"""Atomic writes: nothing is lost if a run is interrupted mid-write.
+
+Each file is written to a temp file beside it (``.name.XXXXXXXX.tmp``), flushed and fsynced, renamed over
+the target with ``os.replace`` (atomic on POSIX and Windows), and the folder is fsynced so the rename
+survives a power cut. A process killed mid-write leaves its temp file behind; :func:`remove_stale_temps`
+deletes those when the next run starts in the folder (``ck.train`` and ``ck.compress`` call it).
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +32,45 @@ def _atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
     return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX); a no-op where folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on a folder
+        pass
+    finally:
+        os.close(fd)
+
+
+#: the temp files :func:`_atomic` creates (``tempfile.mkstemp``: 8 characters of ``[a-z0-9_]``)
+TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+
+
+def remove_stale_temps(folder: str | os.PathLike, depth: int = 0) -> list[Path]:
+    """Delete the temp files a killed writer left in ``folder`` (and ``depth`` levels of subfolders).
+
+    Call it when a run starts, before anything writes there: a temp file is never the only copy of
+    anything (the target is replaced only once its temp file is complete). Returns what was removed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for entry in folder.iterdir():
+        if entry.is_file() and TEMP_NAME.match(entry.name):
+            entry.unlink(missing_ok=True)
+            removed.append(entry)
+        elif depth > 0 and entry.is_dir() and not entry.is_symlink():
+            removed.extend(remove_stale_temps(entry, depth - 1))
+    return removed
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:

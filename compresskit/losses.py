@@ -1,19 +1,55 @@
-"""Generic image losses: L1, MSE, Charbonnier and the Laplacian pyramid loss; all registered by name.
+"""The loss registry (:func:`register_loss`) and the generic image losses registered in it: L1, MSE,
+Charbonnier and the Laplacian pyramid loss.
 
-Each loss takes ``(pred, target)`` tensors of the same shape and returns a scalar tensor.
+Each loss takes ``(pred, target)`` tensors of the same shape and returns a scalar tensor. Losses are looked
+up by name with :func:`compresskit.get_loss` (``compresskit.distill.registry``), which also sees the
+adversarial losses and the plugins' losses.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import warnings
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compresskit.distill.registry import register_loss
+from compresskit._registry import Registry
 
 Reduction = Literal["mean", "sum"]
+T = TypeVar("T")
+
+#: every registered loss: an ``nn.Module`` class or a function ``f(pred, target, **kw) -> Tensor``, by name
+LOSSES: Registry[Any] = Registry("loss")
+
+
+def register_loss(name: str, *, replace: bool = False, override: bool | None = None) -> Callable[[T], T]:
+    """Decorator: register a loss class or function under ``name``.
+
+    A name registered to another object raises :class:`~compresskit._registry.AlreadyRegisteredError`
+    unless ``replace=True`` (``override=`` is its deprecated old name).
+
+    >>> @register_loss("my_l1")
+    ... def my_l1(pred, target):
+    ...     return (pred - target).abs().mean()
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"register_loss: name must be a non-empty string, got {name!r}")
+    if override is not None:
+        warnings.warn("register_loss(override=...) is deprecated; use replace=...", DeprecationWarning,
+                      stacklevel=2)
+        replace = replace or override
+
+    def decorator(obj: T) -> T:
+        if not callable(obj):
+            raise TypeError(f"register_loss({name!r}): expected a loss class or function, "
+                            f"got {type(obj).__name__}")
+        LOSSES.register(name, obj, replace=replace)
+        return obj
+
+    return decorator
 
 
 def _check_pair(pred: torch.Tensor, target: torch.Tensor, who: str) -> None:

@@ -1,7 +1,9 @@
 """Plugin discovery through the entry-point group ``compresskit.plugins`` (lazy, once).
 
-A plugin's entry point names a callable ``register()`` that imports its models, rules, datasets and
-losses. A plugin that fails to load is reported (warning + ``plugin_errors()``), never fatal.
+A plugin's entry point names a callable ``register()`` that registers its models, channel rules, datasets
+and losses (importing a plugin's modules registers nothing by itself). Discovery is lazy: the first lookup
+in any registry, or the first :func:`compresskit.trace`, runs it (:func:`ensure_plugins`). A plugin that
+fails to load is reported (warning + ``plugin_errors()``), never fatal.
 """
 
 from __future__ import annotations
@@ -35,6 +37,13 @@ def load_plugins(force: bool = False) -> dict[str, str]:
             _errors[ep.name] = f"{type(e).__name__}: {e}"
             warnings.warn(f"compresskit plugin {ep.name!r} ({ep.value}) failed to load: {e}", stacklevel=2)
     return {**_loaded, **_errors}
+
+
+def ensure_plugins() -> None:
+    """Discover the installed plugins if that has not happened yet: the one place every registry lookup
+    (models, losses, channel rules) and :func:`compresskit.trace` go through."""
+    if not _done:
+        load_plugins()
 
 
 def plugin_errors() -> dict[str, str]:

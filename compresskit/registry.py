@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from compresskit._registry import Registry
+
 __all__ = [
+    "MODELS",
     "ModelInfo",
     "register_model",
     "create_model",
@@ -46,7 +50,8 @@ class ModelInfo:
     tags: tuple[str, ...] = field(default_factory=tuple)
 
 
-_MODELS: dict[str, ModelInfo] = {}
+#: every registered model, by name (two registrations are the same when they register the same factory)
+MODELS: Registry[ModelInfo] = Registry("model", identity=lambda info: info.factory)
 
 # attribute set on every module built by create_model, so a plain nn.Module remembers where it came from
 _NAME_ATTR = "_compresskit_model"
@@ -60,47 +65,40 @@ def register_model(
     inputs_from_batch: Callable[[Any], tuple] | None = None,
     description: str = "",
     tags: tuple[str, ...] = (),
-    overwrite: bool = False,
+    replace: bool = False,
+    overwrite: bool | None = None,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator registering ``factory(**kwargs) -> nn.Module`` under ``name`` (default: its name)."""
+    """Decorator registering ``factory(**kwargs) -> nn.Module`` under ``name`` (default: its name).
+
+    A name registered to another factory raises :class:`~compresskit._registry.AlreadyRegisteredError`
+    unless ``replace=True`` (``overwrite=`` is its deprecated old name).
+    """
+    if overwrite is not None:
+        warnings.warn("register_model(overwrite=...) is deprecated; use replace=...", DeprecationWarning,
+                      stacklevel=2)
+        replace = replace or overwrite
 
     def decorator(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         key = name or factory.__name__
         if not isinstance(key, str) or not key:
             raise ValueError(f"register_model: name must be a non-empty string, got {key!r}")
-        if key in _MODELS and not overwrite and _MODELS[key].factory is not factory:
-            owner = _MODELS[key].plugin or _MODELS[key].factory.__module__
-            raise ValueError(f"register_model: a model named {key!r} is already registered (by {owner}); "
-                             "pass overwrite=True")
-        _MODELS[key] = ModelInfo(key, factory, task, default_loss, inputs_from_batch,
-                                 description or (factory.__doc__ or "").strip().split("\n")[0],
-                                 factory.__module__.split(".")[0], tuple(tags))
+        info = ModelInfo(key, factory, task, default_loss, inputs_from_batch,
+                         description or (factory.__doc__ or "").strip().split("\n")[0],
+                         factory.__module__.split(".")[0], tuple(tags))
+        MODELS.register(key, info, replace=replace)
         return factory
 
     return decorator
 
 
-def _ensure_plugins() -> None:
-    from compresskit.plugins import load_plugins
-
-    load_plugins()
-
-
 def list_models(pattern: str | None = None) -> list[str]:
     """Names of all registered models (plugins discovered on first call), optionally filtered by a glob."""
-    _ensure_plugins()
-    names = sorted(_MODELS)
-    return [n for n in names if pattern is None or fnmatch.fnmatch(n, pattern)]
+    return [n for n in MODELS.names() if pattern is None or fnmatch.fnmatch(n, pattern)]
 
 
 def model_info(name: str) -> ModelInfo:
-    _ensure_plugins()
-    if name not in _MODELS:
-        from compresskit.plugins import plugin_errors
-
-        hint = f"; plugins that failed to load: {plugin_errors()}" if plugin_errors() else ""
-        raise KeyError(f"unknown model {name!r}; registered models: {sorted(_MODELS)}{hint}")
-    return _MODELS[name]
+    """What was registered as ``name``; ``KeyError`` listing the registered models otherwise."""
+    return MODELS.get(name)
 
 
 def create_model(name: str, checkpoint: str | os.PathLike | Mapping | None = None,

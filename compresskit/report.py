@@ -346,6 +346,31 @@ class CompressReport:
         return written
 
 
+_EXPECTED_FROZEN = ("graph input", "graph output")
+_MAX_FROZEN_NOTES = 12
+
+
+def frozen_group_notes(graph: Any) -> list[str]:
+    """One note per channel group a layer produces that tracing froze for a reason other than being a
+    graph input or output (an op without a channel rule, a custom Function, data read into numpy, ...):
+    the channels compression could not touch, and why."""
+    notes = []
+    for g in graph.groups:
+        if g.prunable or not g.producers:
+            continue
+        reasons = list(dict.fromkeys(r for r in g.reasons if not any(e in r for e in _EXPECTED_FROZEN)))
+        if not reasons:
+            continue
+        more = f" (+{len(reasons) - 2} more)" if len(reasons) > 2 else ""
+        notes.append(f"frozen channel group {g.id} ({g.size} channels of {', '.join(g.producers)}): "
+                     + "; ".join(reasons[:2]) + more)
+    if len(notes) > _MAX_FROZEN_NOTES:
+        extra = len(notes) - _MAX_FROZEN_NOTES
+        notes = notes[:_MAX_FROZEN_NOTES] + [f"... and {extra} more frozen channel groups "
+                                             "(ck.trace(model, inputs).explain(group_id) tells why)"]
+    return notes
+
+
 def _fmt_int(n: int | None) -> str:
     if n is None:
         return "-"
@@ -395,11 +420,15 @@ def print_report(report: CompressReport | Mapping[str, Any], console: Any = None
         console.print(f"target [bold]{t['target']}[/]: achieved {got} {t['metric']}"
                       + ("" if t.get("predicted") is None else f" (planned {t['predicted']:.3g}x)"))
     cal = report.calibration
-    if cal.get("lambda0") is not None:
+    if cal.get("method") == "progressive":
+        console.print(f"sparsify: the units the plan removes ({cal.get('removed_fraction', 0):.0%}) were "
+                      f"driven to zero ({cal.get('gone', 0):.0%} of their l1 mass gone) while the others "
+                      f"trained (kept {cal.get('kept', 1):.0%} of theirs)")
+    elif cal.get("lambda0") is not None:
         final = cal.get("final_lambda", cal["lambda0"])
-        console.print(f"λ calibrated: λ0 {cal['lambda0']:.3g} → {final:.3g}, "
-                      f"{cal.get('heading_to_zero', 0):.0%} of the units heading to zero "
-                      f"(target removes {cal.get('target_fraction', 0):.0%})")
+        console.print(f"λ calibrated: λ0 {cal['lambda0']:.3g} → {final:.3g}; the units the plan removes "
+                      f"({cal.get('removed_fraction', 0):.0%}) lost {cal.get('gone', 0):.0%} of their l1 "
+                      f"mass, the others kept {cal.get('kept', 1):.0%}")
     console.print(f"loss: {report.loss}\ninputs: {report.inputs}")
     if report.layers:
         names = [r.name for r in report.layers]

@@ -26,7 +26,14 @@ from torch import nn
 
 from compresskit.config import CompressConfig
 from compresskit.io import atomic_torch_save, atomic_write_json
-from compresskit.report import ModelStats, count_macs, count_params, evaluate, measure_latency
+from compresskit.report import (
+    ModelStats,
+    count_macs,
+    count_params,
+    evaluate,
+    frozen_group_notes,
+    measure_latency,
+)
 from compresskit.target import Target
 
 __all__ = ["State", "Stage", "STAGES", "TraceStage", "SparsifyStage", "PlanStage", "ShrinkStage",
@@ -81,25 +88,6 @@ class _Stages:
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_json(fingerprint, stamp)
         return folder
-
-
-class _BatchLoss:
-    """``loss_fn(output, batch)`` as a distillation term ``fn(output, target)``.
-
-    The distiller hands a term only the target; the whole batch is the one its ``inputs_fn`` saw last
-    (every forward reads its inputs from the batch whose loss follows), so it is remembered there.
-    """
-
-    def __init__(self, loss_fn: Callable, inputs_fn: Callable[[Any], tuple], name: str):
-        self.loss_fn, self._inputs_fn, self.batch = loss_fn, inputs_fn, None
-        self.__name__ = name
-
-    def inputs_fn(self, batch: Any) -> tuple:
-        self.batch = batch
-        return self._inputs_fn(batch)
-
-    def __call__(self, output: Any, target: Any) -> torch.Tensor:
-        return self.loss_fn(output, self.batch)
 
 
 # ----------------------------------------------------------------------------------------------- state
@@ -186,6 +174,7 @@ class TraceStage(Stage):
 
         state.work = copy.deepcopy(state.model)
         state.graph = trace(state.work, state.example_inputs)
+        state.notes.extend(frozen_group_notes(state.graph))  # channels compression cannot touch, and why
         state.costs["params"] = params_cost(state.work, state.graph)
         state.costs["macs"] = macs_cost(state.work, state.graph, state.example_inputs)
         metric = state.target.metric
@@ -195,9 +184,15 @@ class TraceStage(Stage):
                                              cache_dir=cache)
         state.cost = state.costs[metric]
         state.before = state.stats(state.model)
-        if state.config.plan.rule == "target":
+        if state.config.plan.rule == "target" or _needs_target_plan(state):
             _check_reachable(state)
         return None
+
+
+def _needs_target_plan(state: State) -> bool:
+    """Whether stage I steers by the target's plan (progressive zeroing, or OBProx-SG with auto-λ)."""
+    sp = state.config.sparsify
+    return sp.steps > 0 and (sp.method == "progressive" or sp.lambda_ == "auto")
 
 
 def _check_reachable(state: State) -> None:
@@ -209,21 +204,19 @@ def _check_reachable(state: State) -> None:
                     round_to=state.round_to())
 
 
-def removal_fraction(state: State) -> Callable[[nn.Module], float]:
-    """``fn(model)``: the fraction of prunable units the target plan removes for the model's weights."""
+def target_widths(state: State) -> Callable[[nn.Module], dict[int, int]]:
+    """``fn(model)``: the target plan's widths ``{group id: units}`` for the model's current weights."""
     from compresskit.shrink.importance import get_importance
     from compresskit.shrink.plan import plan_for_target
 
     importance = get_importance(state.config.plan.importance, state.model)
 
-    def fraction(model: nn.Module) -> float:
+    def widths(model: nn.Module) -> dict[int, int]:
         plan = plan_for_target(state.graph, state.cost, importance(model, state.graph), state.target,
                                min_width=state.config.plan.min_width, round_to=state.round_to())
-        groups = state.graph.prunable_groups
-        total = sum(g.size for g in groups)
-        return 1.0 - sum(plan.widths[g.id] for g in groups) / total if total else 0.0
+        return dict(plan.widths)
 
-    return fraction
+    return widths
 
 
 # -------------------------------------------------------------------------------------------- sparsify
@@ -236,7 +229,7 @@ class SparsifyStage(Stage):
     def fingerprint(self, state: State) -> dict[str, Any]:
         fp = {"upstream": state.fingerprints["trace"],
               "sparsify": state.config.sparsify.model_dump(mode="json")}
-        if state.config.sparsify.lambda_ == "auto":  # the calibration aims at the target's removals
+        if _needs_target_plan(state):  # stage I aims at the units the target's plan removes
             fp.update(target=str(state.target), plan=state.config.plan.model_dump(mode="json"),
                       round_to=state.round_to())
         return fp
@@ -246,12 +239,13 @@ class SparsifyStage(Stage):
 
         cfg = state.config
         if cfg.sparsify.steps > 0:
-            state.console.print(f"[bold]1/4 sparsify[/]: OBProx-SG, λ={cfg.sparsify.lambda_}, "
-                                f"{cfg.sparsify.steps} steps")
+            how = (f"OBProx-SG, λ={cfg.sparsify.lambda_}" if cfg.sparsify.method == "obproxsg"
+                   else "the units the plan removes go to zero progressively")
+            state.console.print(f"[bold]1/4 sparsify[/]: {how}, {cfg.sparsify.steps} steps")
         ctx = SparsifyContext(
             train_loader=state.train_loader, loss_fn=state.loss_fn, inputs_fn=state.inputs_fn,
             graph=state.graph,
-            removal_fraction=removal_fraction(state) if cfg.plan.rule == "target" else (lambda m: 0.5),
+            widths_fn=target_widths(state),
             device=state.device, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every, progress=cfg.progress,
             out_dir=state.store.train_dir("sparsify", self.fingerprint(state)), resume=cfg.resume)
         record = get_sparsifier(cfg.sparsify).run(state.work, ctx)
@@ -379,7 +373,8 @@ def _target_plan(state: State) -> tuple[Any, dict[str, Any]]:
     tol = 0.05 if target.metric == "latency" else 0.0
     attempts: list[dict[str, Any]] = []
     best = None
-    for _ in range(4 if cfg.verify else 1):
+    lo, hi = 0.0, float(cost.full())  # budgets known to fit / not to fit the measured goal
+    for _ in range((4 if target.metric == "latency" else 8) if cfg.verify else 1):
         plan = plan_for_target(state.graph, cost, state.importance, target, budget=budget, **kw)
         if not cfg.verify:
             break
@@ -392,8 +387,13 @@ def _target_plan(state: State) -> tuple[Any, dict[str, Any]]:
             best = (score, plan)
         if fits and achieved >= goal * 0.9:
             break
-        budget *= goal / max(achieved, 1e-300)
-        if budget >= float(cost.full()):
+        if fits:
+            lo = max(lo, budget)
+        else:
+            hi = min(hi, budget)
+        guess = budget * goal / max(achieved, 1e-300)  # the prediction's error, assumed proportional
+        budget = guess if lo < guess < hi else (lo + hi) / 2  # else bisect between the known budgets
+        if hi - lo < 1e-6 * hi:
             break
     if best is not None:
         plan = best[1]
@@ -480,8 +480,7 @@ class RecoverStage(Stage):
             which = "given" if state.teacher is not None else "original"
             state.console.print(f"[bold]4/4 distill[/] from the {which} teacher: {rc.steps} steps, "
                                 f"{rc.alpha}·loss(S, batch) + {rc.distill_loss}(S, T)")
-            student_term = _BatchLoss(state.loss_fn, state.inputs_fn, state.loss_how)
-            terms: list[Any] = [OutputLoss(student_term, rc.alpha, "target", name="student"),
+            terms: list[Any] = [OutputLoss(state.loss_fn, rc.alpha, "batch", name="student"),
                                 OutputLoss(rc.distill_loss, 1.0, "teacher", name="distill")]
             extra: dict[str, Any] = {}
             if isinstance(rc.features, list):
@@ -495,7 +494,7 @@ class RecoverStage(Stage):
                     extra[key] = getattr(rc, key)
             distill(state.small, teacher, state.train_loader, config=DistillConfig(**common, alpha=rc.alpha,
                                                                                    **extra),
-                    losses=terms, inputs_fn=student_term.inputs_fn, val_loader=val,
+                    losses=terms, inputs_fn=state.inputs_fn, val_loader=val,
                     metrics=state.metrics or None, out_dir=folder, resume=cfg.resume)
         else:
             state.console.print(f"[bold]4/4 fine-tune[/]: {rc.steps} steps")

@@ -4,8 +4,9 @@ The task: denoise patches of the photos bundled with scikit-image with a small r
 ReLU blocks with skip adds, the coupling case that naive pruners get wrong). The script
 
 1. trains the CNN (the "original"),
-2. calls ``ck.compress(model, loader, teacher=model, val_loader=..., metrics=...)``: trace → OBProx-SG →
-   densities → plan → shrink → distillation,
+2. calls ``ck.compress(model, loader, target="3x params", val_loader=..., metrics=...)``: trace →
+   sparsify (the units the plan removes go to zero) → plan for the target → shrink → distillation from
+   the original,
 3. prints the report and shows that ``ck.load`` rebuilds the small model from its file alone.
 
 Run: ``python examples/compress_your_model.py --out runs/denoise``.
@@ -86,12 +87,16 @@ def main(argv: list[str] | None = None) -> int:
                                 epilog="example: python examples/compress_your_model.py --out runs/denoise")
     p.add_argument("--out", type=Path, default=Path("runs/denoise"))
     p.add_argument("--train-steps", type=int, default=400)
+    p.add_argument("--target", default="3x params",
+                   help="what to reach: '3x params', '50%% macs', '2x latency' (default: 3x params)")
     p.add_argument("--sparsify-steps", type=int, default=300)
     p.add_argument("--finetune-steps", type=int, default=300)
-    p.add_argument("--lambda", dest="lambda_", type=float, default=1.5e-3,
-                   help="l1 strength λ of OBProx-SG (each weight moves about lr·λ per step towards zero)")
-    p.add_argument("--lr", type=float, default=5e-2,
-                   help="learning rate of the sparsify stage (plain SGD steps, so SGD-sized)")
+    p.add_argument("--lambda", dest="lambda_", type=float, default=None,
+                   help="expert knob: train stage I with OBProx-SG at this fixed l1 strength λ (each weight "
+                        "moves about lr·λ per step towards zero) instead of the progressive default")
+    p.add_argument("--lr", type=float, default=None,
+                   help="learning rate of the sparsify stage (default 1e-3; with --lambda use SGD sizes, "
+                        "e.g. 5e-2)")
     args = p.parse_args(argv)
 
     torch.manual_seed(0)
@@ -106,11 +111,15 @@ def main(argv: list[str] | None = None) -> int:
              out_dir=args.out / "original")
     model.eval()
 
-    result = ck.compress(model, loader, teacher=model, val_loader=val_loader, metrics={"psnr": psnr},
-                         config=ck.CompressConfig(sparsify_steps=args.sparsify_steps, lambda_=args.lambda_,
-                                                  lr=args.lr, n_prox_steps=args.sparsify_steps // 2,
-                                                  finetune_steps=args.finetune_steps, distill_loss="l1",
-                                                  out_dir=args.out / "compress"))
+    sparsify: dict = {"steps": args.sparsify_steps}
+    if args.lambda_ is not None:  # the papers' l1 training with a hand-picked λ
+        sparsify.update(method="obproxsg", lambda_=args.lambda_, n_prox_steps=args.sparsify_steps // 2)
+    if args.lr is not None:
+        sparsify["lr"] = args.lr
+    recover = {"steps": args.finetune_steps, "distill_loss": "l1"}  # from the original, frozen
+    config = ck.CompressConfig(sparsify=sparsify, recover=recover, out_dir=args.out / "compress")
+    result = ck.compress(model, loader, target=args.target, val_loader=val_loader, metrics={"psnr": psnr},
+                         config=config)
     path = result.save(args.out / "denoiser_small.pt")
     small = ck.load(path)  # from the file alone: no access to the Denoiser object above is needed
     x = val_set[0][0][None]

@@ -15,18 +15,18 @@ import pytest  # noqa: E402
 
 @pytest.fixture
 def isolated_registries():
-    """Registrations made by a test (losses, models, channel rules) are undone afterwards, so code that
-    registers under a fixed name (the docs' examples) can run in several tests of one process."""
-    import compresskit as ck
-    from compresskit import registry
-    from compresskit.distill import registry as losses
-    from compresskit.graph import rules
+    """Registrations made by a test (models, losses, channel rules, resizers) are undone afterwards, so code
+    that registers under a fixed name (the docs' examples) can run in several tests of one process."""
+    import contextlib
 
-    ck.list_models(), ck.list_losses()  # builtins and plugins are loaded before the snapshot
-    tables = [registry._MODELS, losses._LOSSES, rules._MODULE_RULES, rules._FUNCTION_RULES,
-              rules._METHOD_RULES]
-    saved = [dict(t) for t in tables]
-    yield
-    for table, before in zip(tables, saved):
-        table.clear()
-        table.update(before)
+    import compresskit as ck
+    from compresskit.distill.registry import LOSSES
+    from compresskit.graph.rules import RULES
+    from compresskit.registry import MODELS
+    from compresskit.shrink.resize import RESIZERS
+
+    ck.load_plugins()  # plugins are registered before the snapshots, so they stay registered
+    with contextlib.ExitStack() as stack:
+        for table in (MODELS, LOSSES, RULES, RESIZERS):
+            stack.enter_context(table.snapshot())
+        yield

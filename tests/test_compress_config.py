@@ -12,54 +12,95 @@ from compresskit.config import CompressConfig
 
 
 def test_defaults_are_valid_and_round_trip(tmp_path):
-    cfg = CompressConfig(out_dir=tmp_path / "run", n_prox_steps=10, n_orthant_steps=5)
+    cfg = CompressConfig(out_dir=tmp_path / "run", target="4x params",
+                         sparsify={"method": "obproxsg", "n_prox_steps": 10, "n_orthant_steps": 5})
     for suffix in (".json", ".yaml"):
         path = cfg.dump(tmp_path / f"cfg{suffix}")
         assert CompressConfig.load(path) == cfg
+    assert cfg.target == ck.Target(metric="params", ratio=4.0)
+    assert CompressConfig().target is None  # compress() then uses the default target, 2x macs
+
+
+def test_each_stage_fingerprint_is_its_sub_config():
+    a, b = CompressConfig(), CompressConfig(recover={"lr": 1e-2})
+    assert a.sparsify.model_dump() == b.sparsify.model_dump() and a.plan.model_dump() == b.plan.model_dump()
+    assert a.recover.model_dump() != b.recover.model_dump()
+
+
+@pytest.mark.parametrize(
+    ("section", "field", "value", "expected"),
+    [
+        ("sparsify", "lambda_", -1e-4, "greater than or equal to 0"),
+        ("sparsify", "lambda_", "strong", "'auto'"),
+        ("sparsify", "lr", 0.0, "greater than 0"),
+        ("sparsify", "steps", -1, "greater than or equal to 0"),
+        ("sparsify", "steps", 1.5, "valid integer"),
+        ("sparsify", "eps", -0.1, "greater than or equal to 0"),
+        ("sparsify", "n_prox_steps", -2, "greater than or equal to 0"),
+        ("sparsify", "l1_on", "biases", "'weights' or 'all'"),
+        ("sparsify", "method", "magic", "'obproxsg' or 'progressive'"),
+        ("sparsify", "growth", 1.0, "greater than 1"),
+        ("plan", "rule", "cubic", "'target', 'linear' or 'sqrt'"),
+        ("plan", "coupling", "median", "'max', 'min' or 'mean'"),
+        ("plan", "importance", "taylor", "'l1' or 'density'"),
+        ("plan", "min_width", 0, "greater than or equal to 1"),
+        ("plan", "round_to", 0, "greater than or equal to 1"),
+        ("shrink", "init", "random", "'inherit' or 'reinit'"),
+        ("recover", "lr", -1.0, "greater than 0"),
+        ("recover", "steps", "many", "valid integer"),
+        ("recover", "scheduler", "linear", "'cosine', 'step' or 'none'"),
+        ("recover", "teacher", "big", "'original' or 'none'"),
+    ],
+)
+def test_bad_stage_field_names_the_field(section, field, value, expected):
+    with pytest.raises(ValidationError) as info:
+        CompressConfig(**{section: {field: value}})
+    errors = info.value.errors()
+    assert errors[0]["loc"][:2] == (section, field)
+    assert any(expected in e["msg"] for e in errors), errors
 
 
 @pytest.mark.parametrize(
     ("field", "value", "expected"),
     [
-        ("lambda_", -1e-4, "greater than or equal to 0"),
-        ("lr", 0.0, "greater than 0"),
-        ("finetune_lr", -1.0, "greater than 0"),
-        ("sparsify_steps", -1, "greater than or equal to 0"),
-        ("sparsify_steps", 1.5, "valid integer"),
-        ("finetune_steps", "many", "valid integer"),
-        ("eps", -0.1, "greater than or equal to 0"),
-        ("n_prox_steps", -2, "greater than or equal to 0"),
-        ("width_rule", "cubic", "'linear' or 'sqrt'"),
-        ("coupling", "median", "'max', 'min' or 'mean'"),
-        ("init", "random", "'inherit' or 'reinit'"),
-        ("l1_on", "biases", "'weights' or 'all'"),
-        ("min_width", 0, "greater than or equal to 1"),
-        ("divisor", 0, "greater than or equal to 1"),
         ("checkpoint_every", 0, "greater than or equal to 1"),
         ("latency_repeats", 0, "greater than or equal to 1"),
         ("seed", -1, "greater than or equal to 0"),
+        ("target", "3x watts", "unknown metric 'watts'"),
+        ("target", "0.5x params", "expected a factor > 1"),
     ],
 )
 def test_bad_field_names_the_field(field, value, expected):
     with pytest.raises(ValidationError) as info:
         CompressConfig(**{field: value})
     errors = info.value.errors()
-    assert [e["loc"] for e in errors] == [(field,)]
+    assert errors[0]["loc"][0] == field
     assert expected in errors[0]["msg"]
 
 
 def test_unknown_key_and_assignment_are_checked():
     with pytest.raises(ValidationError, match="lamda"):
-        CompressConfig(lamda=1e-4)  # a typo is an error, not a silently ignored key
+        CompressConfig(sparsify={"lamda": 1e-4})  # a typo is an error, not a silently ignored key
+    with pytest.raises(ValidationError, match="sparsify_stepz"):
+        CompressConfig(sparsify_stepz=3)
     cfg = CompressConfig()
     with pytest.raises(ValidationError, match="lr"):
-        cfg.lr = -1.0
+        cfg.sparsify.lr = -1.0
+
+
+def test_flat_keys_of_the_first_version_still_work_with_a_warning():
+    with pytest.warns(FutureWarning, match="sparsify_steps → sparsify.steps"):
+        cfg = CompressConfig(sparsify_steps=7, lambda_=0.1, finetune_steps=3, width_rule="sqrt",
+                             init="reinit")
+    assert (cfg.sparsify.steps, cfg.sparsify.lambda_, cfg.recover.steps) == (7, 0.1, 3)
+    assert cfg.sparsify.method == "obproxsg"  # a fixed λ means the papers' l1 training
+    assert (cfg.plan.rule, cfg.shrink.init) == ("sqrt", "reinit")
 
 
 def test_orthant_steps_need_prox_steps():
     with pytest.raises(ValidationError, match="n_orthant_steps is set but n_prox_steps is None"):
-        CompressConfig(n_orthant_steps=5)
-    assert CompressConfig(n_prox_steps=0, n_orthant_steps=5).n_orthant_steps == 5
+        CompressConfig(sparsify={"n_orthant_steps": 5})
+    assert CompressConfig(sparsify={"n_prox_steps": 0, "n_orthant_steps": 5}).sparsify.n_orthant_steps == 5
 
 
 def test_compress_rejects_bad_arguments_by_name():
@@ -71,11 +112,13 @@ def test_compress_rejects_bad_arguments_by_name():
         ck.compress(model, torch.zeros(3))
     with pytest.raises(TypeError, match="config: expected a CompressConfig"):
         ck.compress(model, loader, config=3)
-    with pytest.raises(ValidationError, match="width_rule"):
-        ck.compress(model, loader, config={"width_rule": "cubic"})
+    with pytest.raises(ValidationError, match="rule"):
+        ck.compress(model, loader, config={"plan": {"rule": "cubic"}})
     with pytest.raises(TypeError, match="teacher"):
         ck.compress(model, loader, teacher="big")
     with pytest.raises(ValueError, match="stop_after"):
         ck.compress(model, loader, stop_after="distill")
     with pytest.raises(TypeError, match="metrics"):
         ck.compress(model, loader, metrics=5)
+    with pytest.raises(TypeError, match="target: expected a string"):
+        ck.compress(model, loader, target=4)

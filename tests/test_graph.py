@@ -352,7 +352,7 @@ def test_register_leaf_and_passthrough_rule() -> None:
     finally:
         from compresskit.graph import rules
 
-        rules._FUNCTION_RULES.pop(mix_channels, None)
+        rules.RULES.unregister(mix_channels)
         importlib.import_module("compresskit.graph.trace")._LEAF_FUNCTIONS.pop(id(mix_channels), None)
 
 
@@ -382,7 +382,7 @@ def test_custom_library_op_rule(method: str, overload: bool) -> None:
 
     op = torch.ops.compresskit_test.channel_scale
     for key in (op, op.default):
-        rules._FUNCTION_RULES.pop(key, None)
+        rules.RULES.unregister(key)
     ck.register_rule(op.default if overload else op, passthrough=0)
     g = ck.trace(CustomOpUser(), x, method=method)
     assert _group_of(g, "conv.weight", 0).prunable
@@ -417,7 +417,7 @@ def test_wrong_rule_is_caught_by_the_exactness_check() -> None:
         with pytest.raises(AssertionError, match="relative error"):
             ck.testing.assert_shrink_exact(WithMean(), x, graph=g)
     finally:
-        rules._MODULE_RULES.pop(Mean0, None)
+        rules.RULES.unregister(Mean0)
 
 
 class Siamese(nn.Module):

@@ -9,6 +9,7 @@ from importlib.metadata import EntryPoint
 from pathlib import Path
 
 import pytest
+import torch
 
 import compresskit as ck
 from compresskit import plugins, registry
@@ -28,6 +29,12 @@ def fake_plugins(tmp_path, monkeypatch):
         def register():
             CALLS.append(1)
             ck.register_model("fake_good_net", task="toy")(lambda: nn.Linear(2, 2))
+            ck.register_rule(Recentre, passthrough=0, reason="fake plugin rule")
+
+        class Recentre(nn.Module):
+            # subtracts a constant: channels stay independent (a valid pass-through)
+            def forward(self, x):
+                return x - 0.5
     """))
     (tmp_path / "ck_fake_import_error.py").write_text("import a_module_that_does_not_exist\n")
     (tmp_path / "ck_fake_register_error.py").write_text(
@@ -42,8 +49,11 @@ def fake_plugins(tmp_path, monkeypatch):
     monkeypatch.setattr(plugins, "_loaded", {})
     monkeypatch.setattr(plugins, "_errors", {})
     monkeypatch.setattr(plugins, "_done", False)
-    monkeypatch.setattr(registry, "_MODELS", {})
-    yield
+    from compresskit.graph.rules import RULES
+
+    with registry.MODELS.snapshot(), RULES.snapshot():
+        registry.MODELS.clear()
+        yield
     for name in ("ck_fake_good", "ck_fake_import_error", "ck_fake_register_error"):
         sys.modules.pop(name, None)
 
@@ -74,6 +84,35 @@ def test_discovery_is_lazy_and_runs_once(fake_plugins):
         ck.list_models()
         ck.model_info("fake_good_net")
     assert sys.modules["ck_fake_good"].CALLS == [1]
+
+
+def test_trace_discovers_the_plugins_first(fake_plugins):
+    """A plugin registers its channel rules in register(): a trace (with no model or loss lookup before)
+    runs discovery, so the rule applies and the module is a leaf."""
+    import warnings
+
+    from torch import nn
+
+    from compresskit.graph.rules import RULES
+
+    fake = __import__("ck_fake_good")
+    assert fake.CALLS == [] and RULES.unregister(fake.Recentre) is None  # importing registered nothing
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.r, self.b = nn.Conv2d(3, 4, 1), fake.Recentre(), nn.Conv2d(4, 2, 1)
+
+        def forward(self, x):
+            return self.b(self.r(self.a(x)))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        graph = ck.trace(Net(), torch.randn(1, 3, 5, 5))
+    assert fake.CALLS == [1]
+    assert any(n.op == "call_module" and n.target == "r" for n in graph.fx_graph.nodes)  # a leaf now
+    group = next(g for g in graph.groups if any(m.qualname == "a.weight" and m.dim == 0 for m in g.members))
+    assert group.prunable
 
 
 def test_installed_vfi_plugins_load():

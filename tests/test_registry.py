@@ -19,11 +19,11 @@ class TinyNet(nn.Module):
 
 
 @pytest.fixture()
-def clean_registry(monkeypatch):
-    """A private copy of the registry, so test models never leak into other tests."""
-    monkeypatch.setattr(registry, "_MODELS", dict(registry._MODELS))
-    ck.register_model("test_tiny", task="toy", description="a tiny net")(TinyNet)
-    return registry._MODELS
+def clean_registry():
+    """Registrations made by the test are undone afterwards, so test models never leak into other tests."""
+    with registry.MODELS.snapshot() as models:
+        ck.register_model("test_tiny", task="toy", description="a tiny net")(TinyNet)
+        yield models
 
 
 def trained_state(width: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -44,13 +44,20 @@ def test_register_list_and_create(clean_registry):
     assert info.task == "toy" and info.description == "a tiny net"
 
 
-def test_duplicate_name_is_refused_unless_overwrite(clean_registry):
+def test_duplicate_name_is_refused_unless_replace(clean_registry):
     def other() -> nn.Module:
         return nn.Linear(1, 1)
 
     with pytest.raises(ValueError, match="already registered"):
         ck.register_model("test_tiny")(other)
-    ck.register_model("test_tiny", overwrite=True)(other)
+    ck.register_model("test_tiny", replace=True)(other)
+    assert isinstance(ck.create_model("test_tiny"), nn.Linear)
+    ck.register_model("test_tiny")(other)  # the same factory again: no error
+
+
+def test_overwrite_is_a_deprecated_alias_of_replace(clean_registry):
+    with pytest.warns(DeprecationWarning, match="replace"):
+        ck.register_model("test_tiny", overwrite=True)(lambda: nn.Linear(1, 1))
     assert isinstance(ck.create_model("test_tiny"), nn.Linear)
 
 
@@ -121,3 +128,72 @@ def test_missing_or_unreadable_files_are_named(clean_registry, tmp_path):
     torch.save([torch.zeros(1)], not_a_state)
     with pytest.raises(ValueError, match="expected a state_dict"):
         ck.create_model("test_tiny", checkpoint=not_a_state)
+
+
+# ------------------------------------------------------------------------------- one Registry for all
+def _model() -> nn.Module:
+    return nn.Linear(1, 1)
+
+
+def _loss(pred, target):
+    return (pred - target).abs().mean()
+
+
+class _Layer(nn.Module):
+    pass
+
+
+def _rule(ctx):
+    return ctx.untracked()
+
+
+@pytest.mark.parametrize("table", ["model", "loss", "channel rule", "resizer"])
+def test_every_registry_refuses_a_duplicate_the_same_way(table, isolated_registries):
+    """models, losses, channel rules and resizers: the same error type and wording, the same replace=."""
+    from compresskit._registry import AlreadyRegisteredError
+
+    def register(obj, **kw):
+        if table == "model":
+            return ck.register_model("test_dup", **kw)(obj)
+        if table == "loss":
+            return ck.register_loss("test_dup", **kw)(obj)
+        if table == "channel rule":
+            return ck.register_rule(_Layer, obj, **kw)
+        return ck.register_resizer(_Layer, obj, **kw)
+
+    first, second = (_model, lambda: nn.Linear(2, 2)) if table == "model" else (_rule, lambda *a: None)
+    register(first)
+    register(first)  # the same object again is a no-op
+    with pytest.raises(AlreadyRegisteredError) as caught:
+        register(second)
+    assert isinstance(caught.value, ValueError)
+    key = "'test_dup'" if table in ("model", "loss") else "_Layer"
+    assert str(caught.value) == (f"{table} {key} is already registered "
+                                 f"({__name__}.{first.__qualname__}); pass replace=True to replace it")
+    register(second, replace=True)
+
+
+def test_registry_get_names_snapshot_and_class_lookup():
+    from compresskit._registry import Registry
+
+    reg: Registry[int] = Registry("thing", plugins=False)
+    reg.register("b", 2)
+    reg.register("a", 1)
+    assert reg.names() == ["a", "b"] and reg.get("a") == 1 and "a" in reg and "z" not in reg
+    with pytest.raises(KeyError, match="unknown thing 'z'; registered: 'a', 'b'"):
+        reg.get("z")
+    with reg.snapshot():
+        reg.register("c", 3)
+        reg.register("a", 10, replace=True)
+        reg.unregister("b")
+        assert reg.names() == ["a", "c"]
+    assert reg.names() == ["a", "b"] and reg.get("a") == 1  # restored, including the replaced value
+    with pytest.raises(TypeError, match="hashable"):
+        reg.register(["unhashable"], 0)
+
+    classes: Registry[str] = Registry("handler", plugins=False)
+    classes.register(nn.Module, "any module")
+    classes.register(nn.modules.conv._ConvNd, "conv")
+    assert classes.find_type(nn.Conv2d) == "conv"  # nearest base class wins
+    assert classes.find_type(nn.Linear) == "any module"
+    assert classes.find_type(int) is None

@@ -164,3 +164,81 @@ def test_exactness_check_has_teeth() -> None:
     ref = ck.testing.zeroed_reference(model, g, keep)
     torch.testing.assert_close(small(*x), ref(*x), rtol=1e-5, atol=1e-6)
     assert not torch.allclose(small(*x), model(*x), rtol=1e-3, atol=1e-4)
+
+
+# ------------------------------------------------------------------- resizers for custom layers
+class ChannelScale(nn.Module):
+    """A custom per-channel layer that keeps its width as an attribute and uses it in the forward."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.width = width
+        self.scale = nn.Parameter(torch.linspace(0.5, 2.0, width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale.view(1, self.width, 1, 1)
+
+
+class ScaleNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.s, self.b = nn.Conv2d(3, 6, 1), ChannelScale(6), nn.Conv2d(6, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(self.s(self.a(x)))
+
+
+def _channel_scale_rule(ctx):
+    """``scale`` travels with the input's channels on dim 1 (a per-channel layer)."""
+    from compresskit.graph.rules import per_channel_core
+
+    return per_channel_core(ctx, ctx.arg(0), ctx.module_name, ["scale"], "ChannelScale")
+
+
+def _resize_channel_scale(new: ChannelScale, old: ChannelScale) -> None:
+    new.width = new.scale.shape[0]
+
+
+def test_custom_resizer_updates_a_stored_width(isolated_registries) -> None:
+    """The rule makes ``scale`` a member, so surgery cuts it; without a resizer ``width`` stays 6 and the
+    forward's ``view(1, 6, 1, 1)`` fails on 3 channels; with one the small model equals a hand-built one."""
+    torch.manual_seed(0)
+    model, x = ScaleNet(), torch.randn(2, 3, 4, 4)
+    ck.register_rule(ChannelScale, _channel_scale_rule)
+    graph = ck.trace(model, x)
+    group = next(g for g in graph.groups if any(m.qualname == "s.scale" for m in g.members))
+    assert group.prunable and group.size == 6
+    keep = torch.tensor([0, 2, 5])
+
+    stale = ck.shrink(model, graph, keep={group.id: keep})
+    assert stale.s.width == 6 and stale.s.scale.shape == (3,)
+    with pytest.raises(RuntimeError, match="shape"):
+        stale(x)
+
+    ck.register_resizer(ChannelScale, _resize_channel_scale)
+    small = ck.shrink(model, graph, keep={group.id: keep})
+    assert small.s.width == 3
+    # reference built by hand: the kept channels of a, their scales, the matching input columns of b
+    h = nn.functional.conv2d(x, model.a.weight[keep], model.a.bias[keep])
+    h = h * model.s.scale[keep].view(1, 3, 1, 1)
+    ref = nn.functional.conv2d(h, model.b.weight[:, keep], model.b.bias)
+    torch.testing.assert_close(small(x), ref)
+    ck.testing.assert_shrink_exact(model, x, graph=graph)
+
+
+def test_resizer_lookup_follows_the_class_hierarchy(isolated_registries) -> None:
+    from compresskit.shrink.resize import resizer_for
+
+    class WideConv(nn.Conv2d):
+        pass
+
+    conv_resizer = resizer_for(nn.Conv2d(2, 2, 1))
+    assert conv_resizer is not None and resizer_for(WideConv(2, 2, 1)) is conv_resizer  # inherited
+    assert resizer_for(nn.ReLU()) is None
+    calls = []
+    ck.register_resizer(WideConv, lambda new, old: calls.append(type(new).__name__))
+    assert resizer_for(WideConv(2, 2, 1)) is not conv_resizer  # its own one is looked up first
+    with pytest.raises(ValueError, match="already registered"):
+        ck.register_resizer(WideConv, _resize_channel_scale)
+    with pytest.raises(TypeError, match="module_type must be an nn.Module subclass"):
+        ck.register_resizer(int, _resize_channel_scale)

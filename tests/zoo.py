@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -431,6 +432,65 @@ class TwoFrameVFI(nn.Module):
         return out[:, :, :h, :w]
 
 
+# Awkward code a tracer meets in the wild -------------------------------------------------------------------
+class RoundSTE(torch.autograd.Function):
+    """Straight-through rounding (Bengio et al. 2013): round in the forward, identity in the backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, step: float) -> torch.Tensor:  # noqa: ANN001
+        return torch.round(x / step) * step
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: ANN001
+        return grad, None
+
+
+class QuantizedActNet(nn.Module):
+    """Activations quantised by a custom autograd.Function between two conv blocks."""
+
+    def __init__(self, c: int = 8) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = conv_bn(3, c), conv_bn(c, 2 * c)
+        self.conv3, self.head = conv_bn(2 * c, 2 * c), nn.Conv2d(2 * c, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = RoundSTE.apply(self.conv1(x), 0.25)
+        return self.head(self.conv3(self.conv2(y)))
+
+
+class GlobalFilterNet(nn.Module):
+    """GFNet's global filter (Rao et al. 2021): rfft2, a learned complex filter per channel, irfft2."""
+
+    def __init__(self, c: int = 8, size: int = 16) -> None:
+        super().__init__()
+        self.stem, self.mix = conv_bn(3, c, act=nn.GELU), conv_bn(c, c, 1, act=nn.GELU)
+        self.filter = nn.Parameter(torch.randn(c, size, size // 2 + 1, 2) * 0.02)
+        self.mlp, self.head = conv_bn(c, 2 * c, 1, act=nn.GELU), nn.Conv2d(2 * c, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.stem(x)
+        f = torch.fft.rfft2(y, dim=(2, 3), norm="ortho") * torch.view_as_complex(self.filter)
+        y = y + torch.fft.irfft2(f, s=y.shape[2:], dim=(2, 3), norm="ortho")
+        return self.head(self.mlp(self.mix(y)))
+
+
+class NumpyForwardNet(nn.Module):
+    """numpy inside forward: a Hann window built from the feature size, and a median read from the data."""
+
+    def __init__(self, c: int = 8) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = conv_bn(3, c), conv_bn(c, c)
+        self.conv3, self.head = conv_bn(c, 2 * c), nn.Conv2d(2 * c, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv1(x)
+        scale = float(np.median(np.abs(y.detach().cpu().numpy()))) + 1.0  # reads every channel of y
+        y = self.conv2(y / scale)
+        h, w = y.shape[-2:]
+        window = torch.from_numpy(np.outer(np.hanning(h), np.hanning(w))).to(y.dtype)
+        return self.head(self.conv3(y * window))
+
+
 def _img(h: int = 32, w: int = 32, b: int = 1) -> Callable[[], tuple[torch.Tensor, ...]]:
     return lambda: (torch.randn(b, 3, h, w),)
 
@@ -450,6 +510,9 @@ ZOO: dict[str, tuple[Callable[[], nn.Module], Callable[[], tuple]]] = {
     "pixelshuffle_sr": (PixelShuffleSR, _img(12, 12)),
     "flatten_classifier": (FlattenClassifier, _img(16, 16)),
     "two_frame_vfi": (TwoFrameVFI, lambda: (torch.rand(1, 3, 20, 24), torch.rand(1, 3, 20, 24))),
+    "custom_function": (QuantizedActNet, _img(12, 12)),
+    "fft_global_filter": (GlobalFilterNet, _img(16, 16)),
+    "numpy_forward": (NumpyForwardNet, _img(12, 12)),
 }
 
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compresskit.distill.registry import register_loss
+from compresskit.losses import register_loss
 from compresskit.train.distributed import DistContext, average_gradients
 
 

@@ -326,7 +326,7 @@ class Distiller:
                 with torch.no_grad():
                     t_out = self.teacher(*self.inputs_fn(batch))
                 t_feats = teacher_hooks.pop()
-            target = batch[-1]
+            target = batch[-1] if isinstance(batch, (tuple, list)) else None  # dict batches: no "target"
             parts: dict[str, torch.Tensor] = {}
             total: torch.Tensor | None = None
             for name, term, fn in zip(names, self.terms, self._fns):

@@ -13,7 +13,7 @@ import torch
 from torch import fx, nn
 
 from compresskit.graph.channels import ChannelGraph, CountCheck, RawMember, UnionFind, build_groups
-from compresskit.graph.rules import ParamRef, RuleContext, TensorInfo, _flatten_infos, lookup_rule
+from compresskit.graph.rules import ParamRef, RuleContext, TensorInfo, flatten_infos, lookup_rule
 
 
 def to_meta(value: Any) -> Any:
@@ -160,11 +160,11 @@ class GraphBuilder:
                 return TensorInfo(meta.shape, param=ParamRef(module, tensor, tuple(range(len(meta.shape)))))
             return meta
         if node.op == "output":
-            for t in _flatten_infos(self.resolve(node.args)):
+            for t in flatten_infos(self.resolve(node.args)):
                 if t.tracked:
                     self.freeze(t.ids, "graph output")
             return None
-        if not _flatten_infos(meta):
+        if not flatten_infos(meta):
             return meta  # shapes, dtypes, python numbers: not a channel op
         module = self._modules.get(node.target) if node.op == "call_module" else None
         rule = lookup_rule(node.op, node.target, module)

@@ -7,6 +7,10 @@ records the path the example inputs take. Sizes computed from shapes stay graph 
 ``x.size(1)`` is told apart from a hard-coded ``view(b, 512, ...)``. When fx still fails (code that asks
 ``isinstance(x, torch.Tensor)``, data-dependent Python), ``torch.export`` (non-strict) traces the same
 inputs to ATen ops; there every size is specialised, so reshapes through channels are frozen.
+
+Code that is not torch is handled, not crashed on: a custom ``torch.autograd.Function`` is one opaque node
+(its channels frozen unless ``register_rule(MyFunction, ...)`` describes it), and values that leave torch
+for numpy are computed concretely, the tensors they read frozen (numpy sees every channel).
 """
 
 from __future__ import annotations
@@ -17,12 +21,14 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import fx, nn
 
 from compresskit.graph.build import GraphBuilder, to_meta
 from compresskit.graph.channels import ChannelGraph
-from compresskit.graph.rules import has_module_rule
+from compresskit.graph.rules import RuleContext, has_module_rule, register_rule
+from compresskit.plugins import ensure_plugins
 
 _LEAF_MODULES: set[type] = set()
 _LEAF_FUNCTIONS: dict[int, Callable] = {}
@@ -42,6 +48,103 @@ def register_leaf(obj: Any) -> Any:
     else:
         raise TypeError(f"register_leaf: expected an nn.Module subclass or a Python function, got {obj!r}")
     return obj
+
+
+class FunctionCall:
+    """The graph node target for ``MyFunction.apply(...)`` (a custom ``torch.autograd.Function``).
+
+    Tracing never enters the Function (its forward may be any code, and autograd.Function's C entry
+    point must see real tensors): the call is one node, computed on the concrete values. Its channel rule
+    is the one registered for the Function class (``register_rule(MyFunction, ...)``); without one the
+    channels it touches are frozen, with a reason naming the Function.
+    """
+
+    def __init__(self, function: type) -> None:
+        self.autograd_function = function
+        self.__name__ = f"{function.__qualname__}.apply"
+        self.__qualname__ = self.__name__
+        self.__module__ = function.__module__
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.autograd_function.apply(*args, **kwargs)
+
+    def opaque_rule(self, ctx: RuleContext) -> Any:
+        """The rule without a registered one: every channel it touches is frozen."""
+        name = self.autograd_function.__qualname__
+        ctx.freeze_all_inputs(
+            f"custom autograd.Function {name} is opaque to compresskit (unknown means frozen); "
+            f"describe it with ck.register_rule({name}, ...)"
+        )
+        return ctx.out
+
+    def __repr__(self) -> str:
+        return f"{self.__module__}.{self.__name__}"
+
+
+_FUNCTION_CALLS: dict[type, FunctionCall] = {}
+_ORIGINAL_APPLY = inspect.getattr_static(torch.autograd.Function, "apply")
+
+
+def _function_call(function: type) -> FunctionCall:
+    if function not in _FUNCTION_CALLS:
+        _FUNCTION_CALLS[function] = FunctionCall(function)
+    return _FUNCTION_CALLS[function]
+
+
+def _find_proxy(x: Any) -> _ConcreteProxy | None:
+    if issubclass(type(x), _ConcreteProxy):
+        return x
+    if isinstance(x, tuple | list):
+        items: Any = x
+    elif isinstance(x, dict):
+        items = x.values()
+    else:
+        return None
+    for v in items:
+        p = _find_proxy(v)
+        if p is not None:
+            return p
+    return None
+
+
+def _traced_apply(cls: type, *args: Any, **kwargs: Any) -> Any:
+    """``Function.apply`` while :func:`trace` runs: a call on proxies becomes one opaque node."""
+    proxy = _find_proxy((args, kwargs))
+    if proxy is None:
+        return _ORIGINAL_APPLY.__func__(cls, *args, **kwargs)
+    return proxy.tracer.create_proxy("call_function", _function_call(cls), args, kwargs)
+
+
+class _PatchFunctionApply:
+    """Route ``torch.autograd.Function.apply`` through :func:`_traced_apply` (re-entrant)."""
+
+    depth = 0
+
+    def __enter__(self) -> None:
+        if _PatchFunctionApply.depth == 0:
+            torch.autograd.Function.apply = classmethod(_traced_apply)  # type: ignore[method-assign]
+        _PatchFunctionApply.depth += 1
+
+    def __exit__(self, *exc: Any) -> None:
+        _PatchFunctionApply.depth -= 1
+        if _PatchFunctionApply.depth == 0:
+            torch.autograd.Function.apply = _ORIGINAL_APPLY  # type: ignore[method-assign]
+
+
+def read_data(x: torch.Tensor, how: str) -> torch.Tensor:
+    """The graph node target that marks a tensor read outside torch (``.numpy()``, ``np.asarray(x)``,
+    ``.tolist()``): its value is ``x``; its rule freezes ``x``'s channels."""
+    return x
+
+
+def _read_data_rule(ctx: RuleContext) -> Any:
+    ctx.freeze(ctx.arg(0), f"{ctx.arg(1)} reads the values outside torch (numpy sees every channel)")
+    return ctx.untracked()
+
+
+register_rule(read_data, _read_data_rule)
+
+_DATA_READS = {"numpy", "tolist"}
 
 
 class _NeedsRealValues(Exception):
@@ -106,6 +209,19 @@ class _ConcreteProxy(fx.Proxy):
     def __contains__(self, item: Any) -> bool:
         return item in self.value
 
+    @property
+    def __array_priority__(self) -> float:
+        """As high as a Tensor's when the value is one (``ndarray * x`` defers to ``x``), else below an
+        ndarray's (``ndarray / h`` converts ``h`` through ``__array__``)."""
+        return 1000.0 if isinstance(self.value, torch.Tensor) else -1000.0
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        """numpy sees the concrete value; a tensor's read is recorded (its channels are frozen)."""
+        v = self.value
+        if isinstance(v, torch.Tensor):
+            v = self.tracer.read_data(self, "np.asarray", lambda t: t.detach().cpu().numpy())  # type: ignore[attr-defined]
+        return np.asarray(v, dtype=dtype)
+
 
 class _ConcreteAttribute(_ConcreteProxy, fx.proxy.Attribute):
     pass
@@ -136,6 +252,8 @@ class _ConcreteTracer(fx.Tracer):
     def create_arg(self, a: Any) -> Any:
         if type(a) is _ConcreteProxy or type(a) is _ConcreteAttribute:  # the common case, fast
             return a.node
+        if isinstance(a, np.generic):  # a numpy scalar computed in the forward is a constant
+            return a.item()
         spoof, self.spoof_class = self.spoof_class, False
         try:
             return super().create_arg(a)
@@ -188,7 +306,29 @@ class _ConcreteTracer(fx.Tracer):
             return slice(self._concrete(a.start), self._concrete(a.stop), self._concrete(a.step))
         return a
 
+    def read_data(self, p: fx.Proxy, how: str, read: Callable[[torch.Tensor], Any]) -> Any:
+        """``read(value of p)`` computed now, recorded as a :func:`read_data` node that freezes ``p``."""
+        t = self.value_of(p)
+        if self.shapes_only:
+            raise _NeedsRealValues
+        spoof, self.spoof_class = self.spoof_class, False
+        try:
+            node = super().create_proxy("call_function", read_data, (p, how), {}).node
+        finally:
+            self.spoof_class = spoof
+        self.values[node] = t
+        computing, self._computing = self._computing, True
+        try:
+            return read(t)
+        finally:
+            self._computing = computing
+
     def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None):  # noqa: ANN001
+        if kind == "call_method" and target in _DATA_READS and not self._computing:
+            p = args[0]
+            if issubclass(type(p), fx.Proxy) and isinstance(self.value_of(p), torch.Tensor):
+                rest, kw = self._concrete(tuple(args[1:])), self._concrete(dict(kwargs))
+                return self.read_data(p, f".{target}()", lambda t: getattr(t, target)(*rest, **kw))
         value = self._compute(kind, target, args, kwargs)
         p = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
         self.values[p.node] = value
@@ -317,12 +457,18 @@ def _trace_fx_once(model: nn.Module, inputs: tuple, shapes_only: bool) -> tuple[
     # the real None, not a proxy
     concrete = {k: v for k, v in values.items() if not _has_tensor(v)}
     tracer = _ConcreteTracer(values, shapes_only)
-    with torch.no_grad():
-        graph = tracer.trace(model, concrete_args=concrete or None)
-    meta = {
-        n: to_meta(tracer.values.get(n)) if n.op != "get_attr" else to_meta(tracer.node_value(n))
-        for n in graph.nodes
-    }
+    before = set(vars(model))
+    try:
+        with torch.no_grad(), _PatchFunctionApply():
+            graph = tracer.trace(model, concrete_args=concrete or None)
+        meta = {
+            n: to_meta(tracer.values.get(n)) if n.op != "get_attr" else to_meta(tracer.node_value(n))
+            for n in graph.nodes
+        }
+    finally:
+        for k in set(vars(model)) - before:  # fx stows constants (torch.tensor(...)) on the root
+            if k.startswith("_tensor_constant"):
+                delattr(model, k)
     return graph, meta
 
 
@@ -368,6 +514,7 @@ def trace(model: nn.Module, example_inputs: Any, *, method: str = "auto") -> Cha
     inputs = _check_inputs(model, example_inputs)
     if method not in ("auto", "fx", "export"):
         raise ValueError(f"method: expected 'auto', 'fx' or 'export', got {method!r}")
+    ensure_plugins()  # the plugins' channel rules and leaves, registered before tracing starts
     modes = {m: m.training for m in model.modules()}
     if any(modes.values()):
         model.eval()

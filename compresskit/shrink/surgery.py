@@ -3,7 +3,9 @@
 For every group in ``keep`` the positions of the dropped units are removed from each member tensor
 (weights, biases, running statistics, parameters used directly), and the modules' size attributes
 (``in_channels``, ``out_channels``, ``groups``, ``num_features``, ``num_groups``, ``normalized_shape``,
-``in_features``...) are updated so the unchanged forward code runs on the smaller tensors. The result
+``in_features``...) are updated by each module's resizer (:mod:`compresskit.shrink.resize`; custom layers
+add theirs with :func:`compresskit.register_resizer`) so the unchanged forward code runs on the smaller
+tensors. The result
 keeps the original classes and ``state_dict`` keys. Exactness (the shrunk model equals the original with
 the dropped channels zeroed where they are consumed) is checked by
 :func:`compresskit.testing.assert_shrink_exact`.
@@ -21,6 +23,7 @@ import torch
 from torch import nn
 
 from compresskit.graph.channels import ChannelGraph, Member
+from compresskit.shrink.resize import resizer_for
 
 _INITS = ("inherit", "reinit")
 
@@ -177,33 +180,8 @@ def shrink(
 
 
 def _fix_attributes(new: nn.Module, old: nn.Module) -> None:
-    """Make a module's size attributes agree with its (smaller) tensors."""
-    if isinstance(new, nn.modules.conv._ConvNd):
-        w = new.weight
-        depthwise = old.groups > 1 and old.in_channels == old.groups
-        if new.transposed:
-            if depthwise:
-                new.groups = w.shape[0]
-            new.in_channels = w.shape[0]
-            new.out_channels = w.shape[1] * new.groups
-        else:
-            if depthwise:
-                mult = old.out_channels // old.in_channels
-                new.groups = w.shape[0] // mult
-            new.out_channels = w.shape[0]
-            new.in_channels = w.shape[1] * new.groups
-    elif isinstance(new, nn.Linear):
-        new.out_features, new.in_features = new.weight.shape
-    elif isinstance(new, nn.modules.batchnorm._NormBase):
-        ref = new.weight if new.weight is not None else new.running_mean
-        new.num_features = ref.shape[0]
-    elif isinstance(new, nn.GroupNorm):
-        per_group = old.num_channels // old.num_groups
-        new.num_channels = new.weight.shape[0]
-        new.num_groups = new.num_channels // per_group
-    elif isinstance(new, nn.LayerNorm) and new.weight is not None:
-        new.normalized_shape = tuple(new.weight.shape)
-    elif isinstance(new, nn.PReLU):
-        new.num_parameters = new.weight.numel()
-    elif isinstance(new, nn.Embedding):
-        new.embedding_dim = new.weight.shape[1]
+    """Make a module's size attributes agree with its (smaller) tensors, by its registered resizer
+    (:func:`compresskit.register_resizer`; modules without one have no size attributes to update)."""
+    resize = resizer_for(new)
+    if resize is not None:
+        resize(new, old)

@@ -6,11 +6,11 @@ hand tuning:
 
 1. **Scale** – ``λ0 = q_f(|w|) / (lr · steps)``: the ``f``-quantile of the weight magnitudes, ``f`` the
    fraction of units the target plan removes, reaches zero in exactly the step budget.
-2. **Schedule** – every ``calibrate_every`` steps it measures ``z``, the fraction of prunable units
-   heading to zero (l1 mass at most ``zero_tol`` times their group's initial mean unit mass), against
-   the schedule ``f · min(1, step / (ramp · steps))`` and multiplies λ by ``growth`` when behind, divides
-   it when ahead (dual ascent on the sparsity gap, the way CoFi drives its cost to the
-   target; HESSO reaches its target sparsity by construction).
+2. **Schedule** – every ``calibrate_every`` steps the plan for the current weights names the units to
+   remove; λ grows by ``growth`` while the fraction of their l1 mass that has gone lags the schedule
+   ``(1 − zero_tol) · min(1, step / (ramp · steps))``, and shrinks when it runs ahead or when the units
+   the plan keeps have lost more than ``1 − kept_floor`` of theirs (dual ascent on the sparsity gap, the
+   way CoFi drives its cost to the target; HESSO reaches its target sparsity by construction).
 
 The calibration is recorded (``history``) and lands in the report; ``SparsifyConfig(lambda_=1e-4)``
 fixes λ instead (the papers' expert knob).
@@ -45,8 +45,8 @@ class SparsifyContext:
     loss_fn: Callable[[Any, Any], torch.Tensor]
     inputs_fn: Callable[[Any], tuple]
     graph: ChannelGraph
-    #: fraction of the prunable units the target plan removes, for the model's current weights
-    removal_fraction: Callable[[nn.Module], float]
+    #: the target plan's widths ``{group id: units}`` for the model's current weights
+    widths_fn: Callable[[nn.Module], dict[int, int]]
     device: str = "cpu"
     seed: int = 0
     checkpoint_every: int = 50
@@ -84,28 +84,52 @@ def initial_lambda(params: list[torch.Tensor], fraction: float, lr: float, steps
 
 
 class AutoLambda(Callback):
-    """Raises (or lowers) OBProx-SG's λ on a schedule until the target fraction of units heads to zero."""
+    """Raises (or lowers) OBProx-SG's λ on a schedule until the units the plan removes carry no weight.
+
+    At every calibration the plan for the current weights (``widths_fn``) names the units to remove:
+    in each group the ones with the least l1 mass. ``gone`` is the fraction of their initial l1 mass
+    that has gone, ``kept`` the fraction of the other units' mass that is left. λ is multiplied by
+    ``growth`` while ``gone`` lags ``(1 − zero_tol) · min(1, step / (ramp · steps))`` and ``kept`` is at
+    least ``kept_floor``; divided when ``gone`` runs ahead of the schedule or ``kept`` falls below the
+    floor (a global l1 strong enough to eat the units the plan keeps is too strong).
+    """
 
     def __init__(self, model: nn.Module, graph: ChannelGraph, groups: list[int], *, lambda0: float,
-                 target_fraction: Callable[[nn.Module], float], steps: int, every: int, growth: float,
-                 ramp: float, zero_tol: float):
+                 widths_fn: Callable[[nn.Module], dict[int, int]], steps: int, every: int, growth: float,
+                 ramp: float, zero_tol: float, kept_floor: float = 0.7):
         self.model, self.graph, self.groups = model, graph, groups  # optimizer param groups under l1
-        self.lam, self.target_fraction = float(lambda0), target_fraction
+        self.lam, self.widths_fn = float(lambda0), widths_fn
         self.steps, self.every, self.growth, self.ramp, self.zero_tol = steps, every, growth, ramp, zero_tol
-        self.initial: dict[int, float] | None = None
+        self.kept_floor = kept_floor
+        self.initial: dict[int, list[float]] | None = None  # per group: each unit's initial l1 mass
         self.history: list[dict[str, float]] = []
 
     def _masses(self) -> dict[int, torch.Tensor]:
         return {g.id: unit_l1_mass(self.model, g) for g in self.graph.prunable_groups}
 
-    def heading_to_zero(self) -> float:
-        """Fraction of prunable units whose l1 mass is at most ``zero_tol`` × their group's initial mean."""
-        masses = self._masses()
-        total = sum(m.numel() for m in masses.values())
-        if not total or self.initial is None:
-            return 0.0
-        low = sum(int((m <= self.zero_tol * self.initial.get(gid, 0.0)).sum()) for gid, m in masses.items())
-        return low / total
+    def measure(self) -> dict[str, float]:
+        """``gone``, ``kept`` (see the class docstring), ``removed_fraction`` (units the plan removes) and
+        ``heading_to_zero`` (of those, the fraction at most ``zero_tol`` × their group's initial mean)."""
+        from compresskit.shrink.importance import removal_order
+
+        masses, widths = self._masses(), self.widths_fn(self.model)
+        init = {gid: torch.tensor(v, dtype=torch.float64) for gid, v in (self.initial or {}).items()}
+        rem_now = rem_init = kept_now = kept_init = 0.0
+        n_units = n_removed = n_low = 0
+        for gid, mass in masses.items():
+            m0 = init.get(gid, mass)
+            drop = mass.numel() - widths.get(gid, mass.numel())
+            order = removal_order(mass)
+            out, keep = order[:drop], order[drop:]
+            rem_now, rem_init = rem_now + float(mass[out].sum()), rem_init + float(m0[out].sum())
+            kept_now, kept_init = kept_now + float(mass[keep].sum()), kept_init + float(m0[keep].sum())
+            n_units, n_removed = n_units + mass.numel(), n_removed + drop
+            mean0 = float(m0.mean()) if m0.numel() else 0.0
+            n_low += int((mass[out] <= self.zero_tol * mean0).sum())
+        return {"gone": 1.0 - rem_now / rem_init if rem_init > 0 else 1.0,
+                "kept": kept_now / kept_init if kept_init > 0 else 1.0,
+                "removed_fraction": n_removed / n_units if n_units else 0.0,
+                "heading_to_zero": n_low / n_removed if n_removed else 1.0}
 
     def _apply(self, trainer: Trainer) -> None:
         for i in self.groups:
@@ -113,25 +137,22 @@ class AutoLambda(Callback):
 
     def on_train_start(self, trainer: Trainer) -> None:
         if self.initial is None:
-            self.initial = {gid: float(m.mean()) if m.numel() else 0.0 for gid, m in self._masses().items()}
-            self.history.append({"step": 0, "lambda": self.lam, "heading_to_zero": self.heading_to_zero(),
-                                 "schedule": 0.0, "target_fraction": float(self.target_fraction(self.model))})
+            self.initial = {gid: m.tolist() for gid, m in self._masses().items()}
+            self.history.append({"step": 0, "lambda": self.lam, "schedule": 0.0, **self.measure()})
         self._apply(trainer)
 
     def on_step_end(self, trainer: Trainer) -> None:
         step = trainer.step
         if step % self.every and step != self.steps:
             return
-        z = self.heading_to_zero()
-        f = float(self.target_fraction(self.model))
-        want = f * min(1.0, step / max(1.0, self.ramp * self.steps))
-        record = {"step": step, "lambda": self.lam, "heading_to_zero": z, "schedule": want,
-                  "target_fraction": f}
+        m = self.measure()
+        want = (1.0 - self.zero_tol) * min(1.0, step / max(1.0, self.ramp * self.steps))
+        record = {"step": step, "lambda": self.lam, "schedule": want, **m}
         if step < self.steps:
-            if z < want:
-                self.lam *= self.growth
-            elif z > want + 0.02 * max(f, 1e-9) + 1e-9:  # ahead of the schedule: ease off
+            if m["kept"] < self.kept_floor or m["gone"] > want + 0.05:
                 self.lam /= self.growth
+            elif m["gone"] < want:
+                self.lam *= self.growth
             self._apply(trainer)
         record["next_lambda"] = self.lam
         self.history.append(record)
@@ -171,13 +192,16 @@ class OBProxSGSparsifier:
         callbacks: list[Callback] = []
         record: dict[str, Any] = {"steps": cfg.steps, "lr": cfg.lr}
         if auto:
-            fraction = float(ctx.removal_fraction(model))
+            widths = ctx.widths_fn(model)
+            sizes = {g.id: g.size for g in ctx.graph.prunable_groups}
+            fraction = 1 - sum(widths.get(g, n) for g, n in sizes.items()) / max(1, sum(sizes.values()))
             lam0 = initial_lambda(groups[0]["params"], fraction, cfg.lr, cfg.steps)
             for i in decayed:
                 groups[i]["lambda_"] = lam0
-            calib = AutoLambda(model, ctx.graph, decayed, lambda0=lam0, target_fraction=ctx.removal_fraction,
+            calib = AutoLambda(model, ctx.graph, decayed, lambda0=lam0, widths_fn=ctx.widths_fn,
                                steps=cfg.steps, every=cfg.calibrate_every or max(1, cfg.steps // 10),
-                               growth=cfg.growth, ramp=cfg.ramp, zero_tol=cfg.zero_tol)
+                               growth=cfg.growth, ramp=cfg.ramp, zero_tol=cfg.zero_tol,
+                               kept_floor=cfg.kept_floor)
             callbacks.append(calib)
             record.update(lambda0=lam0, target_fraction=fraction)
         opt = OBProxSG(groups, lr=cfg.lr, lambda_=0.0 if auto else float(cfg.lambda_), eps=cfg.eps,
@@ -188,15 +212,129 @@ class OBProxSGSparsifier:
         train(model, ctx.train_loader, ctx.loss_fn, optimizer=opt, config=tcfg, inputs_fn=ctx.inputs_fn,
               out_dir=ctx.out_dir, resume=ctx.resume, callbacks=callbacks)
         if auto:
-            record.update(final_lambda=calib.lam, heading_to_zero=calib.heading_to_zero(),
-                          history=calib.history)
+            record.update(final_lambda=calib.lam, **calib.measure(), history=calib.history)
         else:
             record["lambda"] = float(cfg.lambda_)
         return record
 
 
+class ProgressiveZeroing(Callback):
+    """Drives the units the plan removes to exactly zero on a schedule while training goes on.
+
+    In the spirit of HESSO (Chen et al. 2023): the target decides *how much* goes (by construction), the
+    plan for the current weights decides *which* units (recomputed every ``every`` steps until the
+    ramp ends), and their slices (producing rows, consuming columns, biases, norm parameters) are scaled
+    so their size follows ``max(0, 1 − step / (ramp · steps))``; from then on they stay zero, and the
+    other units, trained on the loss throughout, take over their work.
+    """
+
+    def __init__(self, model: nn.Module, graph: ChannelGraph, *,
+                 widths_fn: Callable[[nn.Module], dict[int, int]], steps: int, every: int, ramp: float):
+        self.model, self.graph, self.widths_fn = model, graph, widths_fn
+        self.steps, self.every, self.end = steps, every, max(1, round(ramp * steps))
+        self.removed: dict[int, list[int]] = {}
+        self.initial: dict[int, list[float]] | None = None
+        self.history: list[dict[str, float]] = []
+
+    def _choose(self) -> None:
+        from compresskit.shrink.importance import removal_order
+
+        widths = self.widths_fn(self.model)
+        self.removed = {}
+        for g in self.graph.prunable_groups:
+            drop = g.size - widths.get(g.id, g.size)
+            if drop > 0:
+                self.removed[g.id] = removal_order(unit_l1_mass(self.model, g))[:drop].tolist()
+
+    def _scale(self, factor: float) -> None:
+        with torch.no_grad():
+            for gid, units in self.removed.items():
+                group = self.graph.group(gid)
+                chosen = torch.zeros(group.size, dtype=torch.bool)
+                chosen[units] = True
+                for m in group.members:
+                    mod = self.model.get_submodule(m.module) if m.module else self.model
+                    t = getattr(mod, m.tensor, None)
+                    if not isinstance(t, nn.Parameter):
+                        continue
+                    idx = m.positions[chosen[m.units]].to(t.device)
+                    if idx.numel():
+                        t.index_copy_(m.dim, idx, t.index_select(m.dim, idx) * factor)
+
+    def measure(self) -> dict[str, float]:
+        """``gone``: fraction of the removed units' initial l1 mass that has gone; ``kept``: the other
+        units' mass relative to their start; ``removed_fraction``: share of the prunable units removed."""
+        rem_now = rem_init = kept_now = kept_init = 0.0
+        n = n_removed = 0
+        for g in self.graph.prunable_groups:
+            mass = unit_l1_mass(self.model, g)
+            m0 = torch.tensor(self.initial[g.id], dtype=torch.float64) if self.initial else mass
+            out = torch.zeros(g.size, dtype=torch.bool)
+            out[self.removed.get(g.id, [])] = True
+            rem_now, rem_init = rem_now + float(mass[out].sum()), rem_init + float(m0[out].sum())
+            kept_now, kept_init = kept_now + float(mass[~out].sum()), kept_init + float(m0[~out].sum())
+            n, n_removed = n + g.size, n_removed + int(out.sum())
+        return {"gone": 1.0 - rem_now / rem_init if rem_init > 0 else 1.0,
+                "kept": kept_now / kept_init if kept_init > 0 else 1.0,
+                "removed_fraction": n_removed / n if n else 0.0}
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        if self.initial is None:
+            self.initial = {g.id: unit_l1_mass(self.model, g).tolist() for g in self.graph.prunable_groups}
+            self._choose()
+            self.history.append({"step": 0, **self.measure()})
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        step = trainer.step
+        if step < self.end and step % self.every == 0:
+            self._choose()  # the units least worth keeping now (the schedule below scales whatever is chosen)
+        before, now = (max(0.0, 1.0 - (k / self.end)) for k in (step - 1, step))
+        self._scale(now / before if before > 0 else 0.0)
+        if step % self.every == 0 or step == self.steps:
+            self.history.append({"step": step, "schedule": 1.0 - now, **self.measure()})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"removed": {str(k): v for k, v in self.removed.items()}, "history": list(self.history),
+                "initial": None if self.initial is None else {str(k): v for k, v in self.initial.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.removed = {int(k): list(v) for k, v in state["removed"].items()}
+        self.history = list(state["history"])
+        self.initial = None if state["initial"] is None else {int(k): v for k, v in state["initial"].items()}
+
+
+class ProgressiveSparsifier:
+    """Target-sparsity training (HESSO-like): ``ck.train`` with the default optimizer (Adamax) and
+    :class:`ProgressiveZeroing`; no λ at all."""
+
+    def __init__(self, config: SparsifyConfig):
+        self.config = config
+
+    def fingerprint(self) -> dict[str, Any]:
+        return self.config.model_dump(mode="json")
+
+    def run(self, model: nn.Module, ctx: SparsifyContext) -> dict[str, Any]:
+        from compresskit.config import TrainConfig
+        from compresskit.train.loop import train
+
+        cfg = self.config
+        if cfg.steps == 0:
+            return {"steps": 0}
+        zeroing = ProgressiveZeroing(model, ctx.graph, widths_fn=ctx.widths_fn, steps=cfg.steps,
+                                     every=cfg.calibrate_every or max(1, cfg.steps // 10), ramp=cfg.ramp)
+        tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, scheduler="none", seed=ctx.seed, device=ctx.device,
+                           checkpoint_every=ctx.checkpoint_every, progress=ctx.progress)
+        torch.manual_seed(ctx.seed)
+        train(model, ctx.train_loader, ctx.loss_fn, config=tcfg, inputs_fn=ctx.inputs_fn, out_dir=ctx.out_dir,
+              resume=ctx.resume, callbacks=[zeroing])
+        return {"method": "progressive", "steps": cfg.steps, "lr": cfg.lr, **zeroing.measure(),
+                "history": zeroing.history}
+
+
 def get_sparsifier(config: SparsifyConfig) -> Sparsifier:
-    """The sparsifier ``config.method`` names (``"obproxsg"``)."""
+    """The sparsifier ``config.method`` names: ``"obproxsg"`` (l1 with auto-λ) or ``"progressive"``."""
     if config.method == "obproxsg":
         return OBProxSGSparsifier(config)
+    if config.method == "progressive":
+        return ProgressiveSparsifier(config)
     raise ValueError(f"sparsify.method: unknown sparsifier {config.method!r}")  # pragma: no cover

@@ -22,6 +22,14 @@ from torch.utils.data import DataLoader, IterableDataset, RandomSampler, Sampler
 from compresskit.train.distributed import DistContext
 
 
+def require_reiterable(loader: Any, name: str) -> None:
+    """A loader is read once per epoch (and once more for example inputs): a one-shot iterator such as a
+    generator would be empty after its first pass, so it is refused up front."""
+    if isinstance(loader, Iterator):  # iter(x) is x: nothing to restart
+        raise TypeError(f"{name}: got a one-shot {type(loader).__name__} that is exhausted after one pass; "
+                        "the loader must be re-iterable (a DataLoader or list)")
+
+
 class ResumableSampler(Sampler[int]):
     """Indices of one epoch for one rank: ``perm_e[rank::world][skip:]`` (``perm_e`` seeded by ``seed+e``)."""
 

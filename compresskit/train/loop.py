@@ -27,10 +27,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from compresskit.config import TrainConfig
-from compresskit.io import atomic_torch_save
+from compresskit.io import atomic_torch_save, remove_stale_temps
 from compresskit.train import checkpoint as ckpt
 from compresskit.train.batch import to_device
-from compresskit.train.data import EpochLoader
+from compresskit.train.data import EpochLoader, require_reiterable
 from compresskit.train.distributed import DistContext, all_reduce_mean, all_reduce_sum, gather_objects, setup
 from compresskit.train.progress import MetricsLog, ProgressBar
 
@@ -112,6 +112,9 @@ class Trainer:
             raise TypeError(f"inputs_fn must be callable as inputs_fn(batch), got {type(inputs_fn).__name__}")
         if train_loader is None:
             raise TypeError("train_loader must be a DataLoader (or re-iterable batches), got None")
+        require_reiterable(train_loader, "train_loader")
+        if val_loader is not None:
+            require_reiterable(val_loader, "val_loader")
         self.model = model
         self.train_loader = train_loader
         self.loss_fn = loss_fn
@@ -401,6 +404,8 @@ class Trainer:
         writes = self.out_dir is not None and is_main
         self._log = MetricsLog(self.out_dir / "metrics.jsonl" if writes else None)
         self._saved_at: tuple[int, int, int] | None = None
+        if writes:  # half-written temp files of a killed run
+            remove_stale_temps(self.out_dir)
         latest = ckpt.latest_checkpoint(self.out_dir) if self.out_dir is not None and self.resume else None
         if latest is not None:
             self._restore(latest)

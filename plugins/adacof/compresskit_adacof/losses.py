@@ -1,4 +1,4 @@
-"""Losses of AdaCoF and CDFI: the offset smoothness term g_Spatial, the VGG16 relu4_3 perceptual loss, and
+"""Losses of AdaCoF and CDFI: the offset smoothness term g_Spatial, the VGG16 conv4_3 perceptual loss, and
 the CDFI total loss ``Charbonnier + 0.01·g_Spatial + 0.005·VGG`` (Ding et al., CVPR 2021).
 
 Models return ``(frame, aux)`` with ``return_aux=True``; ``aux`` holds the kernels g_Spatial reads.
@@ -17,7 +17,7 @@ from torch import nn
 
 import compresskit as ck
 
-__all__ = ["g_spatial", "GSpatialLoss", "VGG16Relu43", "PerceptualLoss", "CDFILoss", "register"]
+__all__ = ["g_spatial", "GSpatialLoss", "VGG16Conv43", "PerceptualLoss", "CDFILoss", "register"]
 
 
 def _charbonnier(eps: float) -> nn.Module:
@@ -35,8 +35,10 @@ def _smoothness(x: torch.Tensor, charbonnier: nn.Module) -> torch.Tensor:
 def g_spatial(aux: Mapping[str, torch.Tensor], eps: float = 1e-3) -> torch.Tensor:
     """Offset smoothness of AdaCoF/CDFI.
 
-    For each kernel set k and each offset map O ∈ {α_k, β_k} (B, F², H, W): the tap-weighted mean offset
-    Ō = Σ_t W_k[t]·O[t] (B, 1, H, W); the term is Σ Charbonnier(∂x Ō) + Charbonnier(∂y Ō) over the four maps.
+    For each kernel set k and each offset map O ∈ {α_k, β_k} (B, F², H, W): Ō = (1/F²)·Σ_t W_k[t]·O[t]
+    (B, 1, H, W), the mean over the F² taps of W·O as the published AdaCoF/CDFI code takes it (the softmax
+    makes Σ_t W = 1, so this is the tap-weighted mean offset divided by F²); the term is
+    Σ Charbonnier(∂x Ō) + Charbonnier(∂y Ō) over the four maps.
     """
     missing = [k for k in ("weight1", "alpha1", "beta1", "weight2", "alpha2", "beta2") if k not in aux]
     if missing:
@@ -46,7 +48,7 @@ def g_spatial(aux: Mapping[str, torch.Tensor], eps: float = 1e-3) -> torch.Tenso
     for k in ("1", "2"):
         weight = aux["weight" + k]
         for name in ("alpha", "beta"):
-            total = total + _smoothness((weight * aux[name + k]).sum(1, keepdim=True), charbonnier)
+            total = total + _smoothness((weight * aux[name + k]).mean(1, keepdim=True), charbonnier)
     return total
 
 
@@ -62,38 +64,36 @@ class GSpatialLoss(nn.Module):
         return g_spatial(aux, self.eps)
 
 
-#: VGG16 ``features`` up to relu4_3 (torchvision numbering): conv channels, "M" = 2×2 max pool
-_VGG16_TO_RELU4_3 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512)
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
+#: VGG16 ``features`` up to conv4_3 (torchvision numbering): conv channels, "M" = 2×2 max pool
+_VGG16_TO_CONV4_3 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512)
 
 
-class VGG16Relu43(nn.Module):
-    """VGG16 (Simonyan & Zisserman, 2015) ``features[:23]``: images in [0, 1] → relu4_3 features.
+class VGG16Conv43(nn.Module):
+    """VGG16 (Simonyan & Zisserman, 2015) ``features[:22]``: images in [0, 1] → conv4_3 features, taken
+    before their ReLU, as CDFI's published perceptual loss does.
 
     Layer indices follow the common VGG16 checkpoints (``features.0.weight`` ... ``features.21.bias``),
-    so a standard ImageNet VGG16 state_dict loads with :meth:`from_file`. Inputs are normalised with the
-    ImageNet mean and std. Frozen (no gradients to its weights; gradients flow to the input).
+    so a standard ImageNet VGG16 state_dict loads with :meth:`from_file`. Inputs enter as they are (no
+    ImageNet mean/std normalisation, as published). Frozen (no gradients to its weights; gradients flow to
+    the input).
     """
 
     def __init__(self):
         super().__init__()
         layers: list[nn.Module] = []
         cin = 3
-        for v in _VGG16_TO_RELU4_3:
+        for v in _VGG16_TO_CONV4_3:
             if v == "M":
                 layers.append(nn.MaxPool2d(2, 2))
             else:
                 layers += [nn.Conv2d(cin, int(v), 3, padding=1), nn.ReLU()]
                 cin = int(v)
-        self.features = nn.Sequential(*layers)
-        self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.features = nn.Sequential(*layers[:-1])  # conv4_3 without its ReLU: features[:22]
         self.requires_grad_(False)
         self.eval()
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike) -> VGG16Relu43:
+    def from_file(cls, path: str | os.PathLike) -> VGG16Conv43:
         """Load ImageNet VGG16 weights from a local ``.pth`` (keys ``features.N.*``; others are ignored)."""
         if path is None:
             raise ValueError("vgg_weights: the perceptual loss needs a local VGG16 weights file "
@@ -124,27 +124,30 @@ class VGG16Relu43(nn.Module):
         model.features.load_state_dict(picked)
         return model
 
-    def train(self, mode: bool = True) -> VGG16Relu43:  # always in eval mode: it is a fixed feature map
+    def train(self, mode: bool = True) -> VGG16Conv43:  # always in eval mode: it is a fixed feature map
         return super().train(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features((x - self.mean) / self.std)
+        return self.features(x)
 
 
 class PerceptualLoss(nn.Module):
-    """MSE between VGG16 relu4_3 features of the output and of the target (CDFI's perceptual term)."""
+    """MSE between VGG16 conv4_3 features (before ReLU, raw [0, 1] input) of the output and of the target
+    (CDFI's perceptual term; the target's features are computed without gradients, as published)."""
 
-    def __init__(self, vgg_weights: str | os.PathLike | None = None, vgg: VGG16Relu43 | None = None):
+    def __init__(self, vgg_weights: str | os.PathLike | None = None, vgg: VGG16Conv43 | None = None):
         super().__init__()
-        self.vgg = vgg if vgg is not None else VGG16Relu43.from_file(vgg_weights)
+        self.vgg = vgg if vgg is not None else VGG16Conv43.from_file(vgg_weights)
 
     def forward(self, output: Any, target: Any) -> torch.Tensor:
         frame, _ = _split_output(output, "perceptual", need_aux=False)
-        return F.mse_loss(self.vgg(frame), self.vgg(_target(target)))
+        with torch.no_grad():
+            reference = self.vgg(_target(target).detach())
+        return F.mse_loss(self.vgg(frame), reference)
 
 
 class CDFILoss(nn.Module):
-    """``Charbonnier(out, gt) + spatial·g_Spatial + perceptual·MSE(VGG16 relu4_3)`` (CDFI: 0.01, 0.005).
+    """``Charbonnier(out, gt) + spatial·g_Spatial + perceptual·MSE(VGG16 conv4_3)`` (CDFI: 0.01, 0.005).
 
     Called as ``loss(output, target)`` or ``loss(output, batch)``: ``output`` is the frame or
     ``(frame, aux)`` (needed when ``spatial > 0``), ``target`` the ground truth (or ``batch[-1]``).
@@ -153,7 +156,7 @@ class CDFILoss(nn.Module):
 
     def __init__(self, spatial: float = 0.01, perceptual: float = 0.005,
                  vgg_weights: str | os.PathLike | None = None, eps: float = 1e-3,
-                 vgg: VGG16Relu43 | None = None):
+                 vgg: VGG16Conv43 | None = None):
         super().__init__()
         if spatial < 0 or perceptual < 0:
             raise ValueError(f"spatial, perceptual: expected weights >= 0, got {spatial}, {perceptual}")
@@ -200,6 +203,6 @@ def _split_output(output: Any, loss: str, need_aux: bool = True) -> tuple[torch.
 
 
 def register() -> None:
-    """Register the losses by name: ``ck.get_loss("g_spatial" | "vgg16_relu4_3" | "cdfi")``."""
-    for name, cls in (("g_spatial", GSpatialLoss), ("vgg16_relu4_3", PerceptualLoss), ("cdfi", CDFILoss)):
+    """Register the losses by name: ``ck.get_loss("g_spatial" | "vgg16_conv4_3" | "cdfi")``."""
+    for name, cls in (("g_spatial", GSpatialLoss), ("vgg16_conv4_3", PerceptualLoss), ("cdfi", CDFILoss)):
         ck.register_loss(name)(cls)

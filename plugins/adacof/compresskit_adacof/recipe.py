@@ -4,7 +4,7 @@ Stage I  — compress AdaCoF: OBProx-SG (λ 1e-4, lr 1e-2, Np = 10 epochs of Pro
            Vimeo-90K triplets (batch 8) → per-layer densities → ``plan_widths`` (CDFI's √d rule) →
            ``shrink`` → retrain the compressed AdaCoF (Adamax 1e-3, StepLR(20, 0.5)).
 Stage II — train CDFI (Adamax 1e-3, batch 8, 100 epochs, StepLR(20, 0.5), full 448×256 frames, flips and
-           temporal swap; Charbonnier + 0.01·g_Spatial + 0.005·VGG16 relu4_3), then evaluate on
+           temporal swap; Charbonnier + 0.01·g_Spatial + 0.005·VGG16 conv4_3), then evaluate on
            Middlebury, UCF101-DVF and Vimeo-90K with the CDFI conventions and write the paper-style table.
 
 Every stage writes into ``out_dir/<stage>/``; a finished stage leaves ``done.pt`` (or ``.json``) and is
@@ -108,7 +108,7 @@ class CDFIRecipeConfig(Config):
     step_size: int = Field(20, ge=1, description="StepLR period in epochs")
     gamma: float = Field(0.5, gt=0, description="StepLR factor")
     spatial_weight: float = Field(0.01, ge=0, description="weight of g_Spatial")
-    perceptual_weight: float = Field(0.005, ge=0, description="weight of the VGG16 relu4_3 loss (needs "
+    perceptual_weight: float = Field(0.005, ge=0, description="weight of the VGG16 conv4_3 loss (needs "
                                      "vgg_weights; set 0 to train without it)")
     # evaluation
     lpips: bool = Field(False, description="also score LPIPS (needs the lpips package and local weights)")
@@ -274,7 +274,7 @@ def _cdfi_loss(cfg: CDFIRecipeConfig) -> CDFILoss:
     perceptual = cfg.perceptual_weight
     if perceptual > 0 and cfg.vgg_weights is None:
         if not cfg.smoke:
-            raise ValueError("vgg_weights: CDFI's loss has a VGG16 relu4_3 term (weight 0.005); give a local "
+            raise ValueError("vgg_weights: CDFI's loss has a VGG16 conv4_3 term (weight 0.005); give a local "
                              "ImageNet VGG16 state_dict, or set perceptual_weight=0 to train without it")
         perceptual = 0.0  # smoke runs need no weights file
     return CDFILoss(spatial=cfg.spatial_weight, perceptual=perceptual, vgg_weights=cfg.vgg_weights)
@@ -289,7 +289,7 @@ def stage_cdfi(cfg: CDFIRecipeConfig, data: Dataset, console: Console) -> CDFI:
     loss = _cdfi_loss(cfg)
     console.print(f"[bold]stage II CDFI[/]: Adamax {cfg.lr}, batch {_batch(cfg, cfg.cdfi_batch)}, "
                   f"loss Charbonnier + "
-                  f"{loss.spatial}·g_Spatial + {loss.perceptual_weight}·VGG16 relu4_3")
+                  f"{loss.spatial}·g_Spatial + {loss.perceptual_weight}·VGG16 conv4_3")
     ck.train(model, _loader(data, cfg.cdfi_batch, cfg), _LossTerms(loss), inputs_fn=_with_aux,
              config=_train_config(cfg, cfg.cdfi_epochs, cfg.lr), out_dir=out / "train", resume=True)
     atomic_torch_save({"state_dict": model.state_dict(), "epoch": cfg.cdfi_epochs}, out / "cdfi.pth")

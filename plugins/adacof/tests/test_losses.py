@@ -1,4 +1,4 @@
-"""g_Spatial against a per-pixel loop, the VGG16 relu4_3 loader, the CDFI total loss."""
+"""g_Spatial against a per-pixel loop, the VGG16 conv4_3 loader, the CDFI total loss."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from compresskit_adacof.losses import CDFILoss, GSpatialLoss, PerceptualLoss, VGG16Relu43, g_spatial
+from compresskit_adacof.losses import CDFILoss, GSpatialLoss, PerceptualLoss, VGG16Conv43, g_spatial
 
 import compresskit as ck
 
@@ -24,14 +24,15 @@ def _aux(f2=4, h=3, w=5, seed=0, dtype=torch.float64):
 
 
 def _g_spatial_loop(aux):
-    """Per-pixel reference: for each offset map, Ō = Σ_t W_t·O_t; mean √(Δ² + ε²) along x, plus along y."""
+    """Per-pixel reference: for each offset map, Ō = (1/F²)·Σ_t W_t·O_t (published: torch.mean over the
+    taps of W·O); mean √(Δ² + ε²) along x, plus along y."""
     total = 0.0
     for k in ("1", "2"):
         weight = aux["weight" + k][0]
         for name in ("alpha", "beta"):
             offsets = aux[name + k][0]
             f2, h, w = offsets.shape
-            mean = [[sum(float(weight[t, i, j] * offsets[t, i, j]) for t in range(f2)) for j in range(w)]
+            mean = [[sum(float(weight[t, i, j] * offsets[t, i, j]) for t in range(f2)) / f2 for j in range(w)]
                     for i in range(h)]
             dx = [math.sqrt((mean[i][j + 1] - mean[i][j]) ** 2 + EPS**2)
                   for i in range(h) for j in range(w - 1)]
@@ -45,6 +46,17 @@ def test_g_spatial_matches_a_per_pixel_loop():
     aux = _aux()
     assert float(g_spatial(aux, EPS)) == pytest.approx(_g_spatial_loop(aux), rel=1e-10)
     assert float(GSpatialLoss(EPS)((torch.zeros(1), aux))) == pytest.approx(_g_spatial_loop(aux), rel=1e-10)
+
+
+def test_g_spatial_averages_w_times_o_over_the_taps_by_hand():
+    """F² = 4 taps, uniform W = ¼, 2×2 pixels; α1 = 4 on every tap of the right column, 0 on the left; all
+    other offsets 0. Published: m = mean_t(W·α) = (1/4)·(4·¼·4) = 1 on the right, 0 on the left, so
+    α1 gives √(1 + ε²) along x and ε along y; the three zero maps give 2ε each."""
+    aux = {k: torch.zeros(1, 4, 2, 2, dtype=torch.float64) for k in ("alpha1", "beta1", "alpha2", "beta2")}
+    aux["weight1"] = aux["weight2"] = torch.full((1, 4, 2, 2), 0.25, dtype=torch.float64)
+    aux["alpha1"][..., 1] = 4.0
+    expected = math.sqrt(1 + EPS**2) + EPS + 3 * 2 * EPS
+    assert float(g_spatial(aux, EPS)) == pytest.approx(expected, rel=1e-12)
 
 
 def test_g_spatial_of_constant_offsets_is_eight_epsilons():
@@ -79,25 +91,56 @@ def _fake_vgg16_file(path, with_classifier=True):
     return state
 
 
-def test_vgg16_relu4_3_loads_a_standard_state_dict(tmp_path):
+def test_vgg16_conv4_3_loads_a_standard_state_dict(tmp_path):
     state = _fake_vgg16_file(tmp_path / "vgg16.pth")
-    vgg = VGG16Relu43.from_file(tmp_path / "vgg16.pth")
-    # conv1_1 .. conv4_3 of VGG16: 7,635,264 parameters; relu4_3 has 512 channels at 1/8 resolution
+    vgg = VGG16Conv43.from_file(tmp_path / "vgg16.pth")
+    # conv1_1 .. conv4_3 of VGG16: 7,635,264 parameters; conv4_3 has 512 channels at 1/8 resolution
     assert sum(p.numel() for p in vgg.parameters()) == 7_635_264
     assert torch.equal(vgg.features[21].weight, state["features.21.weight"])
     assert vgg(torch.rand(1, 3, 32, 40)).shape == (1, 512, 4, 5)
-    assert isinstance(vgg.features[22], torch.nn.ReLU) and len(vgg.features) == 23
+    # published (CDFI loss.py): vgg16.features[:22], ending with conv4_3 itself, before its ReLU
+    assert isinstance(vgg.features[21], torch.nn.Conv2d) and len(vgg.features) == 22
     assert not any(p.requires_grad for p in vgg.parameters())
+
+
+def _vgg16_conv4_3_reference(state, x):
+    """torchvision's VGG16 ``features[:22]`` spelled out with F.conv2d: conv+ReLU pairs, 2×2 max pools at
+    indices 4, 9, 16, and conv4_3 (index 21) without its ReLU; ``x`` enters as it is (no normalisation)."""
+    fn = torch.nn.functional
+    for index in (0, 2, 4, 5, 7, 9, 10, 12, 14, 16, 17, 19, 21):
+        if index in (4, 9, 16):
+            x = fn.max_pool2d(x, 2, 2)
+            continue
+        x = fn.conv2d(x, state[f"features.{index}.weight"], state[f"features.{index}.bias"], padding=1)
+        if index != 21:
+            x = fn.relu(x)
+    return x
+
+
+def test_vgg16_features_are_conv4_3_before_relu_on_raw_input(tmp_path):
+    """The published perceptual term feeds [0, 1] frames to VGG16 unnormalised and reads conv4_3 before
+    its ReLU: negative pre-activations count, and no ImageNet mean/std shift is applied."""
+    state = _fake_vgg16_file(tmp_path / "vgg16.pth")
+    vgg = VGG16Conv43.from_file(tmp_path / "vgg16.pth")
+    x = torch.rand(2, 3, 24, 32, generator=torch.Generator().manual_seed(3))
+    expected = _vgg16_conv4_3_reference(state, x)
+    assert (expected < 0).any()  # the case tells a ReLU apart
+    torch.testing.assert_close(vgg(x), expected, rtol=1e-5, atol=1e-8)
+    # the loss is the MSE of those features (the target's under no_grad, as published)
+    out = torch.rand(2, 3, 24, 32, generator=torch.Generator().manual_seed(4))
+    loss = PerceptualLoss(vgg=vgg)
+    mse = float(((_vgg16_conv4_3_reference(state, out) - expected) ** 2).mean())
+    assert float(loss(out, x)) == pytest.approx(mse, rel=1e-4)
 
 
 def test_vgg16_weights_errors_are_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="vgg_weights"):
-        VGG16Relu43.from_file(tmp_path / "absent.pth")
+        VGG16Conv43.from_file(tmp_path / "absent.pth")
     with pytest.raises(ValueError, match="vgg_weights"):
         PerceptualLoss(None)
     torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pth")
     with pytest.raises(ValueError, match="features.0.weight"):
-        VGG16Relu43.from_file(tmp_path / "other.pth")
+        VGG16Conv43.from_file(tmp_path / "other.pth")
     with pytest.raises(ValueError, match="vgg_weights"):
         CDFILoss(perceptual=0.005)
 
@@ -127,5 +170,5 @@ def test_cdfi_loss_is_charbonnier_plus_weighted_g_spatial():
 
 def test_losses_are_registered_by_name():
     ck.load_plugins()
-    assert {"g_spatial", "vgg16_relu4_3", "cdfi"} <= set(ck.list_losses())
+    assert {"g_spatial", "vgg16_conv4_3", "cdfi"} <= set(ck.list_losses())
     assert isinstance(ck.get_loss("cdfi", perceptual=0.0), CDFILoss)

@@ -188,3 +188,65 @@ def test_cdfi_pyramid_uses_padded_1x1_convs():
     _, pyramid = model.get_kernel(torch.rand(1, 6, 64, 96))
     sizes = [tuple(p.shape[1:]) for p in pyramid]
     assert sizes == [(4, 66, 98), (8, 34, 50), (12, 18, 26), (16, 10, 14), (20, 6, 8)]
+
+
+def _bilinear_matrix(n_out: int, n_in: int) -> torch.Tensor:
+    """(n_out, n_in) matrix of 1-D bilinear resizing with align_corners=False, by its definition:
+    source coordinate s = (i + ½)·n_in/n_out − ½, clamped at 0; taps floor(s) and floor(s)+1 (clamped)."""
+    m = torch.zeros(n_out, n_in, dtype=torch.float64)
+    for i in range(n_out):
+        s = max((i + 0.5) * n_in / n_out - 0.5, 0.0)
+        i0 = min(int(s), n_in - 1)
+        i1 = min(i0 + 1, n_in - 1)
+        frac = s - i0
+        m[i, i0] += 1 - frac
+        m[i, i1] += frac
+    return m
+
+
+@pytest.mark.parametrize("separate", [False, True])
+def test_cdfi_warps_each_pyramid_level_stretched_to_the_kernel_padded_size(separate):
+    """Published geometry (cdfi_adacof.py): each 1×1-conv feature P (padding=1, so (h+2)×(w+2)) is resized
+    bilinearly to (H+2p)×(W+2p), p = (F−1)·d/2 = 10, and warped with no further padding. With a single tap
+    at the kernel centre and integer offsets (α, β), the warped feature at output pixel (i, j) is the
+    stretched map at (i+p+α, j+p+β), clamped to it. Ramps make every position tell."""
+    torch.manual_seed(0)
+    model = CDFI(separate_warps=separate).double().eval()
+    H, W, p, f2 = 64, 96, 10, 121
+    shifts = {1: (2, -3), 2: (-1, 4)}  # (α, β) of kernel set 1 and 2
+    pyramid = []
+    for k, c in enumerate((4, 8, 12, 16, 20), start=1):
+        h, w = H // 2 ** (k - 1) + 2, W // 2 ** (k - 1) + 2
+        ys = torch.arange(h, dtype=torch.float64).view(1, 1, h, 1)
+        xs = torch.arange(w, dtype=torch.float64).view(1, 1, 1, w)
+        ch = torch.arange(c, dtype=torch.float64).view(1, c, 1, 1)
+        pyramid.append((ch + 1) * (3.0 * ys + 0.5 * xs) + 0.01 * ys * xs)
+
+    def kernels(module, inputs, output):
+        (w1, a1, b1, w2, a2, b2, occ, blend), _ = output
+        one = torch.zeros_like(w1)
+        one[:, f2 // 2] = 1.0
+        sets = [(one, torch.full_like(a1, float(shifts[s][0])), torch.full_like(b1, float(shifts[s][1])))
+                for s in (1, 2)]
+        return [*sets[0], *sets[1], occ, blend], pyramid
+
+    seen = {}
+    model.get_kernel.register_forward_hook(kernels)
+    model.context_synthesis.register_forward_pre_hook(lambda m, args: seen.setdefault("grid_in", args[0]))
+    frame0, frame1 = torch.rand(2, 1, 3, H, W, dtype=torch.float64).unbind(0)
+    with torch.no_grad():
+        model(frame0, frame1)
+    grid_in = seen["grid_in"]
+    assert grid_in.shape == (1, 126, H, W)
+
+    def shifted(t, s):  # t at (i+p+α, j+p+β), indices clamped to t
+        rows = (torch.arange(H) + p + shifts[s][0]).clamp(0, t.shape[-2] - 1)
+        cols = (torch.arange(W) + p + shifts[s][1]).clamp(0, t.shape[-1] - 1)
+        return t[..., rows[:, None], cols[None, :]]
+
+    padded = [torch.nn.functional.pad(f, [p] * 4, mode="replicate") for f in (frame0, frame1)]
+    expected = [shifted(padded[0], 1), shifted(padded[1], 2)]
+    for P in pyramid:
+        stretched = _bilinear_matrix(H + 2 * p, P.shape[-2]) @ P @ _bilinear_matrix(W + 2 * p, P.shape[-1]).T
+        expected += [shifted(stretched, 1), shifted(stretched, 2)]
+    torch.testing.assert_close(grid_in, torch.cat(expected, 1), rtol=1e-12, atol=1e-9)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
-from compresskit_adacof.models import CDFI, AdaCoF, widths_from_state_dict
+from compresskit_adacof.models import CDFI, AdaCoF, dense_widths, widths_from_state_dict
+from compresskit_adacof.models.adacof import HEADS
 from compresskit_adacof.recipe import PUBLISHED, CDFIRecipeConfig, paper_table, published_densities, run
 
 
@@ -29,7 +31,8 @@ def test_smoke_recipe_runs_every_stage_and_resumes(tmp_path):
     assert summary["params"]["compressed_adacof"] == sum(p.numel() for p in small.parameters())
     assert summary["params"]["compressed_adacof"] < summary["params"]["adacof"] == 21_843_427
     densities = json.loads((tmp_path / "sparsify" / "densities.json").read_text())
-    assert min(densities.values()) < 1.0
+    _check_one_prox_step_densities(densities, lr=cfg.sparsify_lr, lambda_=cfg.smoke_lambda)
+    assert widths_from_state_dict(state) == _linear_widths_by_hand(densities)
     CDFI().load_state_dict(torch.load(tmp_path / "cdfi" / "cdfi.pth", weights_only=True)["state_dict"])
     table = (tmp_path / "table.md").read_text()
     assert "| CDFI (published) | 4,976,718 | 35.17 / 0.964 / 0.010" in table
@@ -39,6 +42,49 @@ def test_smoke_recipe_runs_every_stage_and_resumes(tmp_path):
     again = run(cfg)
     assert again["widths"] == summary["widths"]
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.pt")} == before
+
+
+def _check_one_prox_step_densities(densities, lr, lambda_):
+    """One Prox-SG step from PyTorch's default conv init, w ~ U(−b, b) with b = 1/√fan_in: the soft
+    threshold lr·λ zeroes the weights whose gradient-stepped value lies in [−lr·λ, lr·λ], a window of width
+    2·lr·λ inside the support, so the expected density is 1 − lr·λ·√fan_in for every conv (±4 binomial
+    standard deviations). With λ = 0.3, lr = 1e-2: 0.978 for Conv1.0 down to 0.796 for the 512-wide convs."""
+    model = AdaCoF(5, 1)
+    convs = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    assert set(densities) == convs
+    for name, density in densities.items():
+        weight = model.get_submodule(name).weight
+        expected = 1 - lr * lambda_ * math.sqrt(weight[0].numel())
+        sigma = math.sqrt(expected * (1 - expected) / weight.numel())
+        assert abs(density - expected) <= 4 * sigma + 1e-4, (name, density, expected)
+
+
+def _linear_widths_by_hand(densities):
+    """The linear width rule on the dense AdaCoF (F=5) from every layer's density: an output width is
+    ceil(d·C) for the largest density d among the convs that read it. Readers: the next conv of a stage;
+    Conv_k's last output (tied to Upsample_k by the residual add) is read by Conv_{k+1} (Deconv5 for k=5)
+    and Deconv_{k−1} (the seven heads for k=2); Deconv_k's last by Upsample_k; the heads' last convs keep
+    their F² / 1 channels (read by meaning)."""
+    dense = dense_widths(5)
+
+    def width(name, i, readers):
+        return max(math.ceil(densities[f"get_kernel.module{r}"] * dense[name][i]) for r in readers)
+
+    w = {k: list(v) for k, v in dense.items()}
+    for k in (1, 2, 3, 4, 5):
+        w[f"Conv{k}"][:2] = [width(f"Conv{k}", i, [f"Conv{k}.{2 * i + 2}"]) for i in (0, 1)]
+        readers = [f"Conv{k + 1}.0" if k < 5 else "Deconv5.0"]
+        readers += [f"Deconv{k - 1}.0"] if k > 2 else [f"{h}.0" for h in HEADS] if k == 2 else []
+        w[f"Conv{k}"][2] = width(f"Conv{k}", 2, readers)
+        if k > 1:
+            w[f"Upsample{k}"] = [w[f"Conv{k}"][2]]
+    for k in (5, 4, 3, 2):
+        w[f"Deconv{k}"] = [width(f"Deconv{k}", i, [r]) for i, r in
+                           enumerate((f"Deconv{k}.2", f"Deconv{k}.4", f"Upsample{k}.1"))]
+    for h in HEADS:
+        w[h][:2] = [width(h, i, [f"{h}.{r}"]) for i, r in ((0, 2), (1, 4))]
+        w[h][2] = width(h, 2, [f"{h}.7"])
+    return {k: tuple(v) for k, v in w.items()}
 
 
 def test_full_recipe_asks_for_its_data_and_weights(tmp_path):

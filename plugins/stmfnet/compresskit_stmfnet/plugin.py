@@ -31,12 +31,14 @@ def _vfi_task_defaults() -> dict[str, Any]:
 
 
 def register() -> None:
-    """Register the models (called once by compresskit's plugin discovery); importing the ops registers
-    the correlation and splatting custom ops with their channel rules."""
+    """Register the models and the channel rules of the correlation and splatting custom ops (called once
+    by compresskit's plugin discovery)."""
     global _done
     if _done:
         return
-    import compresskit_stmfnet.ops  # noqa: F401
+    from compresskit_stmfnet import ops
+
+    ops.register_rules()
 
     defaults = _vfi_task_defaults()
     for factory in (stmfnet, stmfnet_mini):

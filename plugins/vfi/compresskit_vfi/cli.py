@@ -33,14 +33,20 @@ Writes results.json and psnr_vs_params_<dataset>.png to --out.
 """
 
 INTERPOLATE_EXAMPLES = """examples:
+  # official weights of a registered model
   compresskit-vfi interpolate in.mp4 out_x2.mp4 --model cdfi --checkpoint cdfi.pth
   compresskit-vfi interpolate in.mp4 out_x8.mp4 --model stmfnet_mini --checkpoint mini.pth --factor 8
+  # a model written by compress (compressed.pt) or the demo (compressed_model.pt): no --model needed
+  compresskit-vfi interpolate in.mp4 out_x2.mp4 --checkpoint runs/demo/compressed_model.pt
   # 4K input: predict in 512-pixel tiles with 64 pixels of context on each side
   compresskit-vfi interpolate in_4k.mp4 out.mp4 --model cdfi --checkpoint cdfi.pth --tile 512 --overlap 64
 
 IN is a video file or a folder of frames (then --fps sets its rate, default 25); OUT is a video file
-(.mp4 .mkv .mov .avi .webm), encoded with PyAV at factor x the input frame rate. OUT appears only when
-the whole video was written.
+(.mp4 .mkv .mov .avi .webm), encoded with PyAV at factor x the input frame rate, 4:2:0 (a frame of odd
+size is padded to even by repeating its last row/column). The input's audio stream is copied unchanged
+(--no-audio drops it). At a scene cut (RGB-histogram distance of neighbours above --cut-threshold, 0.2)
+the inserted frames repeat the frame before the cut instead of blending two shots. OUT appears only
+when the whole video was written.
 """
 
 
@@ -63,6 +69,16 @@ def _tile(value: str) -> int | str:
     if size <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive number of pixels or 'auto', got {value!r}")
     return size
+
+
+def _cut_threshold(value: str) -> float:
+    try:
+        d = float(value)
+    except ValueError:
+        d = -1.0
+    if not 0 <= d <= 1:
+        raise argparse.ArgumentTypeError(f"expected a histogram distance in [0, 1], got {value!r}")
+    return d
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -102,8 +118,14 @@ def _build_parser() -> argparse.ArgumentParser:
                         epilog=INTERPOLATE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     ip.add_argument("input", metavar="IN", help="input video file or folder of frames")
     ip.add_argument("output", metavar="OUT", help="output video file")
-    ip.add_argument("--model", required=True, metavar="NAME", help="registered model name")
-    ip.add_argument("--checkpoint", default=None, metavar="PATH", help="model checkpoint")
+    ip.add_argument("--model", default=None, metavar="NAME",
+                    help="registered model name (needed for official weights; optional for a file "
+                         "written by compress, whose model it must match)")
+    ip.add_argument("--checkpoint", default=None, metavar="PATH",
+                    help="official weights of --model, or a file written by compress (compressed.pt, "
+                         "compressed_model.pt), loaded with compresskit.load")
+    ip.add_argument("--random-weights", action="store_true",
+                    help="run --model with random weights when no --checkpoint is given (testing only)")
     ip.add_argument("--factor", default="2", metavar="{2,4,8}", help="frame-rate factor (default 2)")
     ip.add_argument("--tile", type=_tile, default=None, metavar="PX|auto",
                     help="predict in tiles of PX pixels, or 'auto' (tiles only when out of memory)")
@@ -112,15 +134,58 @@ def _build_parser() -> argparse.ArgumentParser:
     ip.add_argument("--fps", type=float, default=None, help="input frame rate (default: the file's, or 25)")
     ip.add_argument("--codec", default=None, help="video codec (default: libx264; mpeg4 for .avi)")
     ip.add_argument("--crf", type=int, default=18, help="x264 quality, lower is better (default 18)")
+    ip.add_argument("--cut-threshold", type=_cut_threshold, default=0.2, metavar="D",
+                    help="RGB-histogram distance in [0, 1] above which neighbours are a scene cut "
+                         "(default 0.2)")
+    ip.add_argument("--no-cut-detection", action="store_true", help="interpolate across scene cuts too")
+    ip.add_argument("--no-audio", action="store_true", help="do not copy the input's audio stream")
     ip.add_argument("--no-progress", action="store_true")
     return parser
 
 
-def _create_model(name: str, checkpoint: str | None) -> Any:
+def _compressed_spec(path: Path) -> dict[str, Any] | None:
+    """The contents of ``path`` if it is a file written by ``CompressResult.save``, else None.
+
+    A file that only the full unpickler reads (a compressed model compress could not register) is
+    recognised by ``compresskit.load`` itself: ``{}`` is returned for it.
+    """
+    import torch
+
+    from compresskit.api import FILE_FORMAT
+
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return {}  # not a plain weights file: let compresskit.load decide
+    if isinstance(data, dict) and data.get("format") == FILE_FORMAT:
+        return data
+    return None
+
+
+def _create_model(name: str | None, checkpoint: str | None) -> Any:
+    """``--model``/``--checkpoint`` as a model: a compress file via ``ck.load``, else ``ck.create_model``."""
     import compresskit as ck
 
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise CLIError(f"--checkpoint {checkpoint!r} does not exist")
+    if checkpoint is not None:
+        spec = _compressed_spec(Path(checkpoint))
+        if spec is not None:
+            try:
+                model = ck.load(checkpoint)
+            except ValueError as e:
+                if spec:  # written by compress, yet it does not rebuild: say why
+                    raise CLIError(f"--checkpoint {checkpoint!r}: {e}") from e
+                model = None  # neither weights_only-readable nor a compress file: an official checkpoint
+            if model is not None:
+                saved = (spec.get("registered") or {}).get("name")
+                if name is not None and saved is not None and saved != name:
+                    raise CLIError(f"--checkpoint {checkpoint!r} holds a compressed {saved!r}, not --model "
+                                   f"{name!r}; drop --model or give the matching name")
+                return model
+    if name is None:
+        raise CLIError(f"--checkpoint {checkpoint!r} is not a file written by compress; official weights "
+                       "need --model NAME (see `compresskit list-models`)")
     try:
         return ck.create_model(name, checkpoint=checkpoint)
     except KeyError as e:
@@ -225,12 +290,24 @@ def _interpolate(args: argparse.Namespace) -> int:
         from compresskit_vfi.data.video import video_info
 
         video_info(src)
+    if args.checkpoint is None and not args.random_weights:
+        raise CLIError("interpolate needs --checkpoint: the official weights of --model, or a file written "
+                       "by compress (compressed.pt, compressed_model.pt); without one the model's weights "
+                       "are random (--random-weights does that on purpose)")
+    if args.checkpoint is None and args.model is None:
+        raise CLIError("--random-weights needs --model NAME")
     model = _create_model(args.model, args.checkpoint)
     summary = interpolate_video(src, args.output, model, factor=factor, tile=args.tile, overlap=args.overlap,
                                 device=args.device, fps=args.fps, codec=args.codec, crf=args.crf,
-                                progress=not args.no_progress)
+                                progress=not args.no_progress,
+                                cut_threshold=None if args.no_cut_detection else args.cut_threshold,
+                                audio=not args.no_audio)
+    cuts = summary["cuts"]
     print(f"wrote {summary['output']}: {summary['frames_out']} frames at {summary['fps_out']:.3f} fps "
-          f"from {summary['frames_in']} frames in {summary['seconds']:.1f} s")
+          f"from {summary['frames_in']} frames in {summary['seconds']:.1f} s "
+          f"({summary['frames_per_second']:.1f} frames/s); {len(cuts)} scene cut(s) kept"
+          f"{' after input frames ' + ', '.join(map(str, cuts[:10])) if cuts else ''}"
+          f"{' ...' if len(cuts) > 10 else ''}; audio {'copied' if summary['audio'] else 'none'}")
     return 0
 
 

@@ -1,11 +1,14 @@
 """The papers' evaluation table: PSNR/SSIM (LPIPS) per test set, runtime per 480p frame, parameters, MACs.
 
 Two conventions (``VFI_MODELS.md``, "Evaluation conventions"); both score outputs quantised to 8 bits,
-round(clamp(x, 0, 1)·255), with PSNR = 10·log10(1 / MSE) on [0, 1]:
+round(clamp(x, 0, 1)·255), with ST-MFNet's PSNR = −10·log10(MSE + 1e-8) on [0, 1] (80 dB for identical
+images, never inf):
 
 - ``"stmfnet"`` (ST-MFNet, ST-MFNet Mini): SSIM with the 3-D 11×11×11 Gaussian window ("matlab" SSIM);
 - ``"cdfi"`` (AdaCoF, CDFI): skimage's SSIM (7×7 uniform window), plus LPIPS when asked for.
 
+A set's score is the mean over its samples, or, for a set whose samples carry ``groups`` (DAVIS-90: the
+sequence of each), the mean over groups of each group's mean, as ST-MFNet's DAVIS script reports it.
 Several models are scored side by side on the same samples. A two-input model given a quintuplet
 ``(I0, I1, I2, I3, gt)`` sees its middle pair ``(I1, I2)``, which has the same target. Runtime is the
 median wall-clock time of one forward pass on a 480×854 frame (DAVIS 480p) on the chosen device; MACs
@@ -25,7 +28,7 @@ from torch import nn
 
 from compresskit_vfi.interpolate import make_predictor, model_num_inputs, progress_bar
 
-__all__ = ["CONVENTIONS", "ModelSummary", "EvaluationResult", "evaluate", "quantize"]
+__all__ = ["CONVENTIONS", "ModelSummary", "EvaluationResult", "evaluate", "quantize", "average"]
 
 CONVENTIONS = ("stmfnet", "cdfi")
 RUNTIME_SIZE = (480, 854)
@@ -35,6 +38,25 @@ MACS_SIZE = (256, 256)
 def quantize(x: torch.Tensor) -> torch.Tensor:
     """round(clamp(x, 0, 1)·255) / 255: the 8-bit output the papers score."""
     return x.clamp(0, 1).mul(255).round().div(255)
+
+
+def average(values: list[float], groups: list[str] | None = None) -> float:
+    """Mean of per-sample scores; with ``groups`` (one name per sample) the mean of the groups' means.
+
+    ST-MFNet scores DAVIS per sequence and reports the mean of the sequence means, so a long sequence
+    counts as much as a short one; the other sets are a plain mean over samples.
+    """
+    if not values:
+        raise ValueError("average: no values")
+    if groups is None:
+        return sum(values) / len(values)
+    if len(groups) < len(values):
+        raise ValueError(f"average: {len(values)} values but only {len(groups)} group names")
+    by_group: dict[str, list[float]] = {}
+    for v, g in zip(values, groups):
+        by_group.setdefault(g, []).append(v)
+    means = [sum(v) / len(v) for v in by_group.values()]
+    return sum(means) / len(means)
 
 
 def _metric_fns(convention: str, lpips: bool) -> dict[str, Callable[[torch.Tensor, torch.Tensor], Any]]:
@@ -226,7 +248,7 @@ def evaluate(models: Mapping[str, nn.Module], datasets: Any, convention: str = "
 
     for ds_name, ds in datasets.items():
         n = len(ds) if limit is None else min(limit, len(ds))
-        sums = {label: dict.fromkeys(fns, 0.0) for label in models}
+        per_sample: dict[str, dict[str, list[float]]] = {label: {k: [] for k in fns} for label in models}
         bar = progress_bar(f"evaluate {ds_name}") if progress else None
         task = bar.add_task(ds_name, total=n) if bar else None
         if bar:
@@ -240,15 +262,18 @@ def evaluate(models: Mapping[str, nn.Module], datasets: Any, convention: str = "
                     with torch.inference_mode():
                         pred = quantize(predictors[label](inputs))
                     for metric, fn in fns.items():
-                        sums[label][metric] += _as_float(fn(pred, gt))
+                        per_sample[label][metric].append(_as_float(fn(pred, gt)))
                 if bar:
                     bar.advance(task)
         finally:
             if bar:
                 bar.stop()
+        groups = getattr(ds, "groups", None)
         for label in models:
-            scores = {k: v / n for k, v in sums[label].items()}
+            scores: dict[str, float] = {k: average(v, groups) for k, v in per_sample[label].items()}
             scores["n"] = n
+            if groups is not None:
+                scores["n_groups"] = len(set(groups[:n]))
             result.scores.setdefault(label, {})[ds_name] = scores
 
     for label, model in models.items():

@@ -1,6 +1,7 @@
 """Quality metrics of the VFI papers, on outputs quantised to 8 bits as the papers saved them.
 
-* :func:`psnr` – 10·log10(255² / MSE) on round(clamp(x, 0, 1)·255).
+* :func:`psnr` – −10·log10(MSE / 255² + 1e-8) on round(clamp(x, 0, 1)·255), ST-MFNet's ``calc_psnr``:
+  10·log10(255² / MSE) up to the 1e-8, which caps identical images at 80 dB instead of ``inf``.
 * :func:`ssim_matlab` – the ST-MFNet / ST-MFNet Mini convention: SSIM with a 3-D Gaussian window
   11×11×11 (σ = 1.5) over (C, H, W) taken as one volume, replicate padding, C1 = (0.01·255)²,
   C2 = (0.03·255)², on 0–255 quantised images (Wang et al., "Image quality assessment: from error
@@ -8,8 +9,9 @@
 * :func:`ssim_skimage` – the CDFI convention: ``skimage.metrics.structural_similarity`` with its defaults
   (7×7 uniform window, sample covariance, K1 = 0.01, K2 = 0.03, border of 3 cropped) over the RGB channels,
   data_range 1, on 8-bit quantised outputs; written here in torch.
-* :class:`LPIPS` / :func:`lpips` – a wrapper of the ``lpips`` package (Zhang et al., CVPR 2018) that
-  never downloads: the package and its backbone weights must be present locally.
+* :class:`LPIPS` / :func:`lpips` – LPIPS (Zhang et al., CVPR 2018) as CDFI's table computed it: the
+  SqueezeNet backbone, weights v0.1, images in [0, 1] fed as they are (no rescaling to [−1, 1]); through
+  the ``lpips`` package, never downloading: the package and its backbone weights must be present locally.
 
 Every function takes ``pred`` and ``gt`` as (B, C, H, W) or (C, H, W) tensors in [0, 1] and returns the
 mean over images (``reduction="mean"``) or one value per image (``reduction="none"``).
@@ -25,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["quantize_8bit", "psnr", "ssim_matlab", "ssim_skimage", "LPIPS", "lpips"]
+__all__ = ["PSNR_EPS", "quantize_8bit", "psnr", "ssim_matlab", "ssim_skimage", "LPIPS", "lpips"]
 
 Reduction = Literal["mean", "none"]
 
@@ -62,11 +64,20 @@ def _reduce(per_image: Tensor, reduction: Reduction) -> Tensor:
     raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
 
 
+#: added to MSE / 255² inside the log, as ST-MFNet's ``calc_psnr`` does: identical images score 80 dB
+PSNR_EPS = 1e-8
+
+
 def psnr(pred: Tensor, gt: Tensor, reduction: Reduction = "mean") -> Tensor:
-    """PSNR in dB on 8-bit quantised images: 10·log10(255² / MSE) per image (inf for identical images)."""
+    """PSNR in dB on 8-bit quantised images: −10·log10(MSE / 255² + 1e-8) per image.
+
+    This is ST-MFNet's ``calc_psnr``; the 1e-8 caps identical images at 80 dB (never ``inf``, so a mean
+    over a test set stays finite) and lowers a 40 dB score by 4e-4 dB. CDFI's skimage PSNR has no cap
+    (``inf`` for identical images) and otherwise agrees to that precision.
+    """
     pred, gt = _pair(pred, gt)
     mse = (quantize_8bit(pred) - quantize_8bit(gt)).pow(2).flatten(1).mean(1)
-    return _reduce(10 * torch.log10(255.0**2 / mse), reduction)
+    return _reduce(-10 * torch.log10(mse / 255.0**2 + PSNR_EPS), reduction)
 
 
 def _gaussian_1d(size: int, sigma: float) -> Tensor:
@@ -139,19 +150,36 @@ _BACKBONE_FILES = {
 
 
 class LPIPS(nn.Module):
-    """LPIPS distance (lower is better) on 8-bit quantised images, via the ``lpips`` package.
+    """LPIPS distance (lower is better) on 8-bit quantised images, by default as CDFI's table computed it.
 
-    Nothing is downloaded: the ``lpips`` package (which ships its linear-layer weights and needs
+    CDFI's ``test.py`` calls ``lpips(gt, out, net_type='squeeze')`` of lpips-pytorch (weights v0.1) on the
+    [0, 1] tensors of the PNG images, without rescaling them to [−1, 1]; the defaults ``net="squeeze"``,
+    ``normalize=False`` reproduce that. ``normalize=True`` maps [0, 1] to [−1, 1] first, the ``lpips``
+    package's own recommendation (as in ``lpips.LPIPS()(x, y, normalize=True)``).
+
+    Nothing is downloaded: the ``lpips`` package (which ships its linear-layer weights v0.1 and needs
     torchvision) must be installed, and the backbone's torchvision weights must be in the torch hub cache
     (``$TORCH_HOME/hub/checkpoints``) or given as ``backbone_path``. Otherwise construction raises a
-    ``RuntimeError`` saying what is missing.
+    ``RuntimeError`` saying what is missing. ``model`` replaces all that with a network of your own with
+    the ``lpips.LPIPS`` call convention ``model(x, y, normalize=bool) -> (B, 1, 1, 1)``.
     """
 
-    def __init__(self, net: Literal["alex", "vgg", "squeeze"] = "alex",
-                 backbone_path: str | os.PathLike | None = None):
+    def __init__(self, net: Literal["alex", "vgg", "squeeze"] = "squeeze",
+                 backbone_path: str | os.PathLike | None = None, normalize: bool = False,
+                 model: nn.Module | None = None):
         super().__init__()
         if net not in _BACKBONE_FILES:
             raise ValueError(f"LPIPS: net must be one of {sorted(_BACKBONE_FILES)}, got {net!r}")
+        self.net, self.normalize = net, bool(normalize)
+        if model is not None:
+            self.model = model.eval()
+        else:
+            self.model = self._load_lpips(net, backbone_path)
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    @staticmethod
+    def _load_lpips(net: str, backbone_path: str | os.PathLike | None) -> nn.Module:
         try:
             import lpips
         except ImportError as e:
@@ -164,36 +192,36 @@ class LPIPS(nn.Module):
             raise RuntimeError(
                 f"LPIPS: backbone weights for net={net!r} not found at {str(path)!r}; put torchvision's "
                 f"{_BACKBONE_FILES[net]} there or pass backbone_path (nothing is downloaded)")
-        # random backbone first (no download), then the local torchvision weights, mapped onto the slices
-        self.model = lpips.LPIPS(net=net, pnet_rand=True, verbose=False).eval()
+        # random backbone first (no download), then the local torchvision weights, mapped onto the slices;
+        # the linear layers (version 0.1) come with the package
+        model = lpips.LPIPS(net=net, version="0.1", pnet_rand=True, verbose=False).eval()
         state = torch.load(path, map_location="cpu", weights_only=True)
         backbone = {}
         # "slice<k>.<i>.<param>" holds torchvision's "features.<i>.<param>"
-        for key in self.model.net.state_dict():
+        for key in model.net.state_dict():
             _, index, param = key.split(".", 2)
             backbone[key] = state[f"features.{index}.{param}"]
-        self.model.net.load_state_dict(backbone)
-        for p in self.parameters():
-            p.requires_grad_(False)
+        model.net.load_state_dict(backbone)
+        return model
 
     @torch.no_grad()
     def forward(self, pred: Tensor, gt: Tensor, reduction: Reduction = "mean") -> Tensor:
         pred, gt = _pair(pred, gt)
         x, y = (quantize_8bit(t).float() / 255 for t in (pred, gt))
-        per_image = self.model(x, y, normalize=True).flatten(1).mean(1)
+        per_image = self.model(x, y, normalize=self.normalize).flatten(1).mean(1)
         return _reduce(per_image.double(), reduction)
 
 
-_LPIPS_CACHE: dict[tuple[str, str | None, str], LPIPS] = {}
+_LPIPS_CACHE: dict[tuple[str, str | None, bool, str], LPIPS] = {}
 
 
 Backbone = Literal["alex", "vgg", "squeeze"]
 
 
-def lpips(pred: Tensor, gt: Tensor, reduction: Reduction = "mean", net: Backbone = "alex",
-          backbone_path: str | os.PathLike | None = None) -> Tensor:
-    """LPIPS distance with a cached :class:`LPIPS` module per (net, weights, device); see :class:`LPIPS`."""
-    key = (net, None if backbone_path is None else str(backbone_path), str(pred.device))
+def lpips(pred: Tensor, gt: Tensor, reduction: Reduction = "mean", net: Backbone = "squeeze",
+          backbone_path: str | os.PathLike | None = None, normalize: bool = False) -> Tensor:
+    """LPIPS with a cached :class:`LPIPS` per (net, weights, normalize, device); see :class:`LPIPS`."""
+    key = (net, None if backbone_path is None else str(backbone_path), bool(normalize), str(pred.device))
     if key not in _LPIPS_CACHE:
-        _LPIPS_CACHE[key] = LPIPS(net, backbone_path).to(pred.device)
+        _LPIPS_CACHE[key] = LPIPS(net, backbone_path, normalize=normalize).to(pred.device)
     return _LPIPS_CACHE[key](pred, gt, reduction=reduction)

@@ -1,7 +1,7 @@
 """Entry point of compresskit-vfi (``compresskit.plugins`` group, name ``vfi``).
 
-``register()`` is called once by compresskit's plugin discovery. It imports the custom ops, which
-registers the ``compresskit_vfi::adacof`` op and its channel rule with compresskit. The VFI task helpers
+``register()`` is called once by compresskit's plugin discovery. It registers the channel rule of the
+``compresskit_vfi::adacof`` op (and makes its Python wrapper a tracing leaf). The VFI task helpers
 (``compresskit_vfi.task``: default loss, batch → inputs) are used by the model plugins when they register
 their models; the datasets are built with ``compresskit_vfi.data.create_dataset``.
 """
@@ -16,6 +16,7 @@ def register() -> None:
     global _done
     if _done:
         return
-    import compresskit_vfi.ops  # noqa: F401  (registers the AdaCoF op and its channel rule)
+    from compresskit_vfi import ops
 
+    ops.register_rules()
     _done = True

@@ -30,7 +30,7 @@ class WeightedAverage(nn.Module):
 
 @pytest.fixture(scope="module", autouse=True)
 def registered():
-    ck.register_model("test_cli_weighted_average", task="vfi", overwrite=True)(WeightedAverage)
+    ck.register_model("test_cli_weighted_average", task="vfi", replace=True)(WeightedAverage)
 
 
 def _checkpoint(tmp_path, w):
@@ -85,10 +85,10 @@ def test_interpolate_errors_are_one_line_and_leave_no_output(tmp_path, capsys):
     assert "could not be opened" in _one_error_line(capsys)
     assert main(["interpolate", str(tmp_path / "none.mp4"), str(out), "--model", "x"]) != 0
     assert "does not exist" in _one_error_line(capsys)
-    assert main(["interpolate", str(src), str(out), "--model", "no_such_model_xyz"]) != 0
+    assert main(["interpolate", str(src), str(out), "--model", "no_such_model_xyz", "--random-weights"]) != 0
     assert "no_such_model_xyz" in _one_error_line(capsys)
     assert main(["interpolate", str(src), str(tmp_path / "out.gif"), "--model",
-                 "test_cli_weighted_average", "--no-progress"]) != 0
+                 "test_cli_weighted_average", "--random-weights", "--no-progress"]) != 0
     assert "unsupported video suffix" in _one_error_line(capsys)
     with pytest.raises(SystemExit) as e:
         main(["interpolate", str(src), str(out), "--model", "x", "--tile", "0"])
@@ -103,13 +103,86 @@ def test_interpolate_end_to_end_with_checkpoint(tmp_path, capsys):
     out = tmp_path / "out.mkv"
     rc = main(["interpolate", str(src), str(out), "--model", "test_cli_weighted_average", "--checkpoint",
                _checkpoint(tmp_path, 1.0), "--factor", "2", "--codec", "ffv1", "--tile", "8",
-               "--overlap", "0"])
+               "--overlap", "0", "--no-cut-detection"])  # random frames would all be scene cuts
     assert rc == 0, capsys.readouterr().err
     got = read_video(out)
     assert got.shape == (7, 16, 24, 3)
     np.testing.assert_array_equal(got[::2], frames)
     np.testing.assert_array_equal(got[1::2], frames[:-1])  # w = 1 from the checkpoint: the earlier frame
     assert "wrote" in capsys.readouterr().out
+
+
+def test_interpolate_refuses_random_weights_without_checkpoint(tmp_path, capsys):
+    src = tmp_path / "in.mkv"
+    _video(src)
+    out = tmp_path / "out.mkv"
+    assert main(["interpolate", str(src), str(out), "--model", "test_cli_weighted_average"]) != 0
+    err = _one_error_line(capsys)
+    assert "needs --checkpoint" in err and "compressed_model.pt" in err and "--random-weights" in err
+    assert not out.exists()
+    assert main(["interpolate", str(src), str(out), "--random-weights"]) != 0
+    assert "needs --model" in _one_error_line(capsys)
+    # official weights need the model's name
+    assert main(["interpolate", str(src), str(out), "--checkpoint", _checkpoint(tmp_path, 1.0)]) != 0
+    assert "need --model" in _one_error_line(capsys)
+    assert main(["interpolate", str(src), str(out), "--model", "test_cli_weighted_average",
+                 "--random-weights", "--codec", "ffv1", "--no-progress", "--no-cut-detection"]) == 0
+    assert read_video(out).shape == (7, 16, 24, 3)
+
+
+class TinyVFI(nn.Module):
+    """A two-frame conv net with prunable hidden channels."""
+
+    def __init__(self, width=12):
+        super().__init__()
+        self.a = nn.Conv2d(6, width, 3, padding=1)
+        self.b = nn.Conv2d(width, width, 3, padding=1)
+        self.c = nn.Conv2d(width, 3, 3, padding=1)
+
+    def forward(self, frame0, frame1):
+        x = torch.cat([frame0, frame1], 1)
+        return (frame0 + frame1) / 2 + 0.1 * self.c(torch.relu(self.b(torch.relu(self.a(x)))))
+
+
+def _smooth_clip(path, n=5, h=16, w=24):
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    frames = np.stack([np.stack([100 + 60 * np.sin((x + 2 * t) / 4), 120 + 40 * np.cos(y / 3) + 0 * t,
+                                 90 + 3 * x + t], -1) for t in range(n)]).astype(np.uint8)
+    write_video(frames, path, fps=8, codec="ffv1")
+    return frames
+
+
+def test_interpolate_loads_what_compress_saves(tmp_path, capsys):
+    ck.register_model("test_cli_tiny_vfi", task="vfi", overwrite=True)(TinyVFI)
+    torch.manual_seed(0)
+    model = ck.create_model("test_cli_tiny_vfi")
+    g = torch.Generator().manual_seed(1)
+    batches = [tuple(torch.rand(2, 3, 16, 16, generator=g) for _ in range(3)) for _ in range(3)]
+    cfg = ck.CompressConfig(sparsify_steps=8, lambda_=0.5, lr=5e-2, finetune_steps=2, measure_latency=False,
+                            progress=False)
+    result = ck.compress(model, batches, config=cfg)
+    result.save(tmp_path / "compressed_model.pt")  # the demo's file name
+    small = ck.load(tmp_path / "compressed_model.pt")
+    n_params = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert n_params(small) < n_params(model)  # really a shrunk model
+    src = tmp_path / "in.mkv"
+    frames = _smooth_clip(src)
+    to_t = lambda a: torch.from_numpy(a).permute(2, 0, 1)[None].float() / 255  # noqa: E731
+    with torch.no_grad():
+        expected = [small(to_t(frames[t]), to_t(frames[t + 1])) for t in range(4)]
+    expected = [np.round(e[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(np.uint8) for e in expected]
+    for argv in ([], ["--model", "test_cli_tiny_vfi"]):
+        out = tmp_path / "out.mkv"
+        rc = main(["interpolate", str(src), str(out), "--checkpoint", str(tmp_path / "compressed_model.pt"),
+                   "--codec", "ffv1", "--no-progress", "--no-cut-detection", *argv])
+        assert rc == 0, capsys.readouterr().err
+        got = read_video(out)
+        np.testing.assert_array_equal(got[::2], frames)
+        np.testing.assert_array_equal(got[1::2], np.stack(expected))  # the compressed model's frames
+        out.unlink()
+    assert main(["interpolate", str(src), str(tmp_path / "o.mkv"), "--checkpoint",
+                 str(tmp_path / "compressed_model.pt"), "--model", "test_cli_weighted_average"]) != 0
+    assert "holds a compressed 'test_cli_tiny_vfi'" in _one_error_line(capsys)
 
 
 def _frame_folder(root, n=6):

@@ -90,6 +90,25 @@ def test_bvi_dvc_strips(tmp_path):
         ds[2]
 
 
+def test_bvi_dvc_published_quintuplet_folders(tmp_path):
+    # ST-MFNet's BVIDVC_quintuplet reads <root>/quintuplets/<id>/quintuplet.png, a strip cut at x = 0, 256,
+    # 512, 768, 1024 into f1, f3, f5, f7, f4; here five 12-wide frames whose values name the frame
+    for k, sid in enumerate(("10", "2", "1")):  # natural order of the ids: 1, 2, 10
+        strip = np.concatenate([np.full((H, W, 3), v + 20 * k, np.uint8) for v in (1, 3, 5, 7, 4)], axis=1)
+        (tmp_path / "quintuplets" / sid).mkdir(parents=True)
+        Image.fromarray(strip).save(tmp_path / "quintuplets" / sid / "quintuplet.png")
+    for root in (tmp_path, tmp_path / "quintuplets"):  # the dataset root, or the quintuplets folder itself
+        ds = BVIDVCQuintuplets(root)
+        assert len(ds) == 3 and ds.n_inputs == 4
+        assert [_values(ds[i]) for i in range(3)] == [[41, 43, 45, 47, 44], [21, 23, 25, 27, 24],
+                                                      [1, 3, 5, 7, 4]]
+    assert len(create_dataset("bvi_dvc", tmp_path)) == 3
+    (tmp_path / "empty" / "quintuplets" / "00001").mkdir(parents=True)
+    with pytest.raises(DatasetLayoutError, match="quintuplet.png") as e:
+        BVIDVCQuintuplets(tmp_path / "empty")
+    assert "<root>/quintuplets/<id>/quintuplet.png" in str(e.value)
+
+
 def test_ucf101_qvi_and_dvf(tmp_path):
     for c in range(3):
         for k, name in enumerate(("frame0", "frame1", "frame2", "frame3", "framet")):
@@ -108,34 +127,45 @@ def test_ucf101_qvi_and_dvf(tmp_path):
         UCF101QVI(tmp_path / "qvi")
 
 
-def test_davis90_every_frame_scored(tmp_path):
-    for s, n in (("bear", 9), ("car", 7), ("short", 6)):
+def test_davis90_published_step_and_sequences(tmp_path):
+    # ST-MFNet's Davis90_quintuplet: t in range(0, num_frames - 6, 2), inputs t, t+2, t+4, t+6, target t+3
+    for s, n in (("bear", 11), ("car", 7), ("short", 6)):
         for t in range(n):
             _png(tmp_path / "JPEGImages" / "480p" / s / f"{t:05d}.png", 20 * len(s) + t)
     ds = DAVIS90(tmp_path)
-    assert ds.n_sequences == 3
-    assert len(ds) == 3 + 1  # bear: t = 0, 1, 2; car: t = 0; short: none
-    assert _values(ds[0]) == [80, 82, 84, 86, 83]  # t, t+2, t+4, t+6 -> t+3
-    assert _values(ds[2]) == [82, 84, 86, 88, 85]
-    tri = DAVIS90(tmp_path, kind="triplet")
-    assert _values(tri[0]) == [82, 84, 83]
+    assert ds.n_sequences == 2
+    assert len(ds) == 3 + 1  # bear: t = 0, 2, 4; car: t = 0; short: none
+    assert [_values(ds[i]) for i in range(3)] == [[80, 82, 84, 86, 83], [82, 84, 86, 88, 85],
+                                                  [84, 86, 88, 90, 87]]
+    assert _values(ds[3]) == [60, 62, 64, 66, 63]
+    assert ds.groups == ["bear", "bear", "bear", "car"]
+    tri = DAVIS90(tmp_path, kind="triplet")  # Davis90_triplet: (t+2, t+4) -> t+3, same t
+    assert len(tri) == 4 and _values(tri[1]) == [84, 86, 85]
+    assert len(DAVIS90(tmp_path, step=1)) == 5 + 1
 
 
 def test_snufilm_triplets_and_quintuplets(tmp_path):
     seq = tmp_path / "test" / "GOPRO_test" / "GOPR0001"
-    for t in range(1, 22):
+    for t in range(1, 42):
         _png(seq / f"{t:06d}.png", t)
     rel = "data/SNU-FILM/test/GOPRO_test/GOPR0001"
     (tmp_path / "test-easy.txt").write_text(f"{rel}/000003.png {rel}/000004.png {rel}/000005.png\n")
-    (tmp_path / "test-hard.txt").write_text(f"{rel}/000005.png {rel}/000009.png {rel}/000013.png\n"
-                                            f"{rel}/000001.png {rel}/000005.png {rel}/000009.png\n")
+    (tmp_path / "test-hard.txt").write_text(f"{rel}/000009.png {rel}/000013.png {rel}/000017.png\n"
+                                            f"{rel}/000001.png {rel}/000005.png {rel}/000009.png\n"
+                                            f"{rel}/000026.png {rel}/000030.png {rel}/000034.png\n")
     easy = SNUFILM(tmp_path, "easy")
     assert _values(easy[0]) == [3, 5, 4]
     assert _values(SNUFILM(tmp_path, "easy", kind="quintuplet")[0]) == [1, 3, 5, 7, 4]  # offset 2
+    # ST-MFNet's get_quintuplet: first - o and first + 2o (o = 8 for hard); a line whose frames are missing
+    # is skipped (1 - 8 < 1; 26 + 16 = 42 > 41), never clamped
     hard = SNUFILM(tmp_path, "hard", kind="quintuplet")
-    assert _values(hard[0]) == [1, 5, 13, 21, 9]  # offset 8
-    assert _values(hard[1]) == [1, 1, 9, 17, 5]  # 1 - 8 clamped to the first frame
-    assert len(create_dataset("snufilm_hard", tmp_path)) == 2
+    assert len(hard) == 1 and hard.n_skipped == 2
+    assert _values(hard[0]) == [1, 9, 17, 25, 13]
+    assert len(create_dataset("snufilm_hard", tmp_path)) == 3  # triplets: every line
+    (tmp_path / "test-medium.txt").write_text(f"{rel}/000001.png {rel}/000003.png {rel}/000005.png\n")
+    with pytest.raises(DatasetLayoutError, match="no quintuplet"):
+        SNUFILM(tmp_path, "medium", kind="quintuplet")
+    (tmp_path / "test-medium.txt").unlink()
     with pytest.raises(DatasetLayoutError, match="test-medium.txt"):
         SNUFILM(tmp_path, "medium")
     (tmp_path / "test-extreme.txt").write_text(f"{rel}/000001.png {rel}/000009.png\n")

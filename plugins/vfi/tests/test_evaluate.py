@@ -137,3 +137,41 @@ def test_params_macs_runtime_and_table():
     res.print(console)
     text = console.export_text()
     assert "tiny" in text and f"{res.scores['tiny']['synthetic_triplet']['psnr']:.3f}" in text
+
+
+class SecondInput(nn.Module):
+    """A four-frame model that returns I1 (the frame before the target)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, i0, i1, i2, i3):
+        return self.w * i1
+
+
+def test_davis_is_the_mean_of_sequence_means(tmp_path):
+    # ST-MFNet's Davis90 eval: per-sequence mean over t = 0, 2, ..., then the mean over sequences
+    from compresskit_vfi.data import DAVIS90
+    from PIL import Image
+
+    for seq, n, speed in (("long", 11, 1), ("short", 7, 3)):  # 3 samples at Δ = 1 level, 1 at Δ = 3 levels
+        (tmp_path / seq).mkdir()
+        for t in range(n):
+            img = Image.fromarray(np.full((8, 12, 3), 10 + speed * t, np.uint8))
+            img.save(tmp_path / seq / f"{t:05d}.png")
+    ds = DAVIS90(tmp_path)
+    res = evaluate({"prev": SecondInput()}, {"davis": ds}, runtime=False, macs=False, progress=False)
+    p_long, p_short = -10 * np.log10(1 / 255**2 + 1e-8), -10 * np.log10(9 / 255**2 + 1e-8)
+    scores = res.scores["prev"]["davis"]
+    assert scores["psnr"] == pytest.approx((p_long + p_short) / 2, abs=1e-9)  # not (3·p_long + p_short)/4
+    assert scores["n"] == 4 and scores["n_groups"] == 2
+
+
+def test_identical_prediction_keeps_the_mean_finite():
+    frames = _clip()
+    ds = FrameTupleDataset([((0, 0), (0, 2), (0, 0)), ((0, 1), (0, 3), (0, 2))], loader=ArrayLoader([frames]),
+                           name="with_exact")
+    res = evaluate({"first": First()}, {"s": ds}, runtime=False, macs=False, progress=False)
+    expected = (80.0 + _psnr(frames[1], frames[2])) / 2  # identical images: ST-MFNet's 80 dB cap
+    assert res.scores["first"]["s"]["psnr"] == pytest.approx(expected, abs=1e-4)

@@ -36,9 +36,24 @@ def test_psnr_by_hand():
     pred[1, 0] = 2.0  # clamped to 255 on one channel of three: MSE 255²/3
     values = psnr(pred, gt, reduction="none")
     expected = torch.tensor([10 * math.log10(255**2 / 100), 10 * math.log10(3.0)], dtype=torch.float64)
-    torch.testing.assert_close(values, expected)
-    torch.testing.assert_close(psnr(pred, gt), expected.mean())
-    assert psnr(gt, gt).item() == math.inf
+    torch.testing.assert_close(values, expected, atol=1e-4, rtol=0)  # the 1e-8 moves these < 1e-4 dB
+    # exactly ST-MFNet's calc_psnr: -10·log10(mse/255² + 1e-8)
+    torch.testing.assert_close(values, -10 * torch.log10(torch.tensor([100 / 255**2, 1 / 3],
+                                                                      dtype=torch.float64) + 1e-8))
+    torch.testing.assert_close(psnr(pred, gt), values.mean())
+
+
+def test_psnr_of_identical_images_is_capped_at_80_db():
+    # ST-MFNet's calc_psnr adds 1e-8 to mse/255²: identical images give -10·log10(1e-8) = 80 dB, not inf
+    gt = torch.rand(2, 3, 6, 7, generator=torch.Generator().manual_seed(0))
+    assert psnr(gt, gt).item() == pytest.approx(80.0, abs=1e-9)
+    pred = gt.clone()
+    pred[1] = quantize_8bit(gt[1]) / 255 + 10 / 255  # exactly 10 levels off where that stays <= 255
+    q = quantize_8bit(gt[1])
+    mse = ((torch.clamp(q + 10, max=255) - q) ** 2).mean().item()
+    expected = (80.0 - 10 * math.log10(mse / 255**2 + 1e-8)) / 2
+    mean = psnr(pred, gt).item()
+    assert math.isfinite(mean) and mean == pytest.approx(expected, abs=1e-9)
 
 
 def test_quantize_8bit():
@@ -126,3 +141,41 @@ def test_lpips_without_package_says_what_is_missing():
 def test_lpips_without_weights_never_downloads(tmp_path):
     with pytest.raises(RuntimeError, match="not found"):
         LPIPS(backbone_path=tmp_path / "missing.pth")
+
+
+class StandIn(torch.nn.Module):
+    """The ``lpips.LPIPS`` call convention: ``(x, y, normalize) -> (B, 1, 1, 1)``; here mean |x − y|."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def forward(self, x, y, normalize=False):
+        self.calls.append((x.clone(), y.clone(), normalize))
+        if normalize:
+            x, y = 2 * x - 1, 2 * y - 1
+        return (x - y).abs().mean((1, 2, 3), keepdim=True)
+
+
+def test_lpips_cdfi_network_and_input_range():
+    # CDFI's test.py: lpips(gt, out, net_type='squeeze') of lpips-pytorch, v0.1, on [0, 1] tensors as they
+    # are (its BaseNet.z_score is applied straight to them; no 2x - 1)
+    import inspect
+
+    assert inspect.signature(LPIPS).parameters["net"].default == "squeeze"
+    assert inspect.signature(LPIPS).parameters["normalize"].default is False
+    assert inspect.signature(lpips).parameters["net"].default == "squeeze"
+    net = StandIn()
+    metric = LPIPS(model=net)
+    pred = torch.full((2, 3, 4, 5), 0.5)
+    pred[1] = 1.7  # clamped to 1, as an 8-bit PNG holds it
+    gt = torch.full((2, 3, 4, 5), 0.25)
+    values = metric(pred, gt, reduction="none")
+    x, y, normalize = net.calls[-1]
+    assert normalize is False
+    assert x.min() >= 0 and x.max() <= 1 and y.min() >= 0  # [0, 1], quantised to 8 bits
+    torch.testing.assert_close(x[0], torch.full((3, 4, 5), 128 / 255))
+    torch.testing.assert_close(values, torch.tensor([64 / 255, 191 / 255], dtype=torch.float64))
+    torch.testing.assert_close(metric(pred, gt), values.mean())
+    # normalize=True (the lpips package's advice) doubles this distance: |(2x-1) - (2y-1)| = 2|x - y|
+    assert LPIPS(model=StandIn(), normalize=True)(pred[:1], gt[:1]).item() == pytest.approx(2 * 64 / 255)

@@ -58,3 +58,25 @@ def test_plugin_is_discovered_and_registers_the_op_rule():
     status = ck.load_plugins()
     assert status.get("vfi") == "ok", status
     assert lookup_rule("call_function", torch.ops.compresskit_vfi.adacof.default) is not None
+
+
+def test_op_rule_is_registered_by_the_hook_not_by_import():
+    """Importing the ops defines the op only; the plugin's register() hook adds its rule and leaf."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, compresskit.plugins as p\n"
+        "p._done = True  # no discovery: only what this script registers\n"
+        "from compresskit.graph.rules import lookup_rule\n"
+        "from compresskit.graph.trace import leaf_functions\n"
+        "import compresskit_vfi.ops as ops\n"
+        "op = torch.ops.compresskit_vfi.adacof.default\n"
+        "print(lookup_rule('call_function', op) is None, ops.adacof in leaf_functions())\n"
+        "from compresskit_vfi import plugin\n"
+        "plugin.register()\n"
+        "print(lookup_rule('call_function', op) is not None, ops.adacof in leaf_functions())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True", "False", "True", "True"]

@@ -1,8 +1,10 @@
 """CDFI: Compression-Driven Network Design for Frame Interpolation (Ding et al., CVPR 2021).
 
 The compressed AdaCoF+ (F=11, d=2) U-Net, extended with
-- a feature pyramid: 1×1 convs (``module1by1_1..5``, padding=1 as published) on the five encoder outputs,
-  each resized bilinearly (align_corners=False) to the padded frame size;
+- a feature pyramid: 1×1 convs (``module1by1_1..5``, padding=1 as published, so level k is
+  (H/2^(k−1)+2)×(W/2^(k−1)+2)) on the five encoder outputs, each resized bilinearly (align_corners=False)
+  to the size of the kernel-padded frame, (H+2p)×(W+2p) with p = (F−1)·d/2, and warped with no further
+  padding (the frames themselves are replicate-padded by p), as the published ``cdfi_adacof.py`` does;
 - warping of the frames and of the pyramid with both kernel sets, fed to a GridNet (126 → 3 channels);
 - path selection: ``warp = V·op1 + (1−V)·op2``; ``out = B·GridNet(...) + (1−B)·warp`` with the blend
   map B of ``moduleBlend``.
@@ -29,6 +31,7 @@ from .adacof import (
     AdaCoF,
     KernelEstimation,
     _head,
+    adacof_op,
     check_frames,
     pad_to_multiple,
 )
@@ -189,17 +192,22 @@ class CDFI(AdaCoF):
         check_frames(frame0, frame1)
         h, w = frame0.shape[-2:]
         f0, f1 = pad_to_multiple(frame0), pad_to_multiple(frame1)
-        size = f0.shape[-2:]
         (w1, a1, b1, w2, a2, b2, occ, blend), pyramid = self.get_kernel(
             torch.cat([f0 - self.mean, f1 - self.mean], 1))
+        # the published geometry: the frames are replicate-padded by p = (F−1)·d/2; each pyramid level is
+        # stretched to that padded size (H+2p)×(W+2p) and warped as it is, with no padding of its own
+        k = self.kernel_pad
+        x0, x1 = (F.pad(f, [k, k, k, k], mode="replicate") for f in (f0, f1))
+        size = x0.shape[-2:]
         pyramid = [F.interpolate(p, size=size, mode="bilinear", align_corners=False) for p in pyramid]
+        op, d = adacof_op(), self.dilation
         if self.separate_warps:  # the published structure: one op call per tensor (12 calls)
-            warped1 = [self.warp(t, w1, a1, b1) for t in (f0, *pyramid)]
-            warped2 = [self.warp(t, w2, a2, b2) for t in (f1, *pyramid)]
+            warped1 = [op(t, w1, a1, b1, d) for t in (x0, *pyramid)]
+            warped2 = [op(t, w2, a2, b2, d) for t in (x1, *pyramid)]
         else:  # one op call per kernel set on the channel concatenation (2 calls)
-            splits = [f0.shape[1], *(p.shape[1] for p in pyramid)]  # from the shapes: right after shrinking
-            warped1 = list(torch.split(self.warp(torch.cat([f0, *pyramid], 1), w1, a1, b1), splits, dim=1))
-            warped2 = list(torch.split(self.warp(torch.cat([f1, *pyramid], 1), w2, a2, b2), splits, dim=1))
+            splits = [x0.shape[1], *(p.shape[1] for p in pyramid)]  # from the shapes: right after shrinking
+            warped1 = list(torch.split(op(torch.cat([x0, *pyramid], 1), w1, a1, b1, d), splits, dim=1))
+            warped2 = list(torch.split(op(torch.cat([x1, *pyramid], 1), w2, a2, b2, d), splits, dim=1))
         warp = occ * warped1[0] + (1 - occ) * warped2[0]
         pairs = [t for pair in zip(warped1[1:], warped2[1:]) for t in pair]
         grid_in = torch.cat([warped1[0], warped2[0], *pairs], dim=1)

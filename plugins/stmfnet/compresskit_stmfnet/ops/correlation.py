@@ -131,7 +131,9 @@ def _channel_rule(ctx):
     return ctx.tracked(1, out)
 
 
-ck.register_rule(torch.ops.compresskit_stmfnet.correlation, _channel_rule)
+def register_rules() -> None:
+    """The correlation op's channel rule (everything it reads and writes is frozen)."""
+    ck.register_rule(torch.ops.compresskit_stmfnet.correlation, _channel_rule)
 
 
 def correlation(f1: Tensor, f2: Tensor) -> Tensor:

@@ -127,8 +127,10 @@ if torch.cuda.is_available() and triton_available():  # pragma: no cover - needs
         return _tk.sum_splat_backward(grad.contiguous(), x.contiguous(), flow.contiguous())
 
 
-ck.register_rule(torch.ops.compresskit_stmfnet.sum_splat, passthrough={0: 0},
-                 reason="the 2 flow channels are read by meaning (x, y displacement)")
+def register_rules() -> None:
+    """Splatting moves ``x``'s channels to the output; the flow's 2 channels are read by meaning."""
+    ck.register_rule(torch.ops.compresskit_stmfnet.sum_splat, passthrough={0: 0},
+                     reason="the 2 flow channels are read by meaning (x, y displacement)")
 
 
 def sum_splat(x: Tensor, flow: Tensor) -> Tensor:

@@ -27,6 +27,7 @@ __all__ = [
     "FrameTupleDataset",
     "ArrayLoader",
     "sample_windows",
+    "check_kind",
     "Vimeo90KTriplet",
     "Vimeo90KSeptuplet",
     "BVIDVCQuintuplets",
@@ -80,12 +81,17 @@ def _natural_key(name: str) -> list[Any]:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
+def _subfolders(root: Path) -> list[Path]:
+    return sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: _natural_key(p.name))
+
+
 def _image_files(folder: Path) -> list[Path]:
     return sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
                   key=lambda p: _natural_key(p.name))
 
 
-def _check_kind(kind: str) -> str:
+def check_kind(kind: str) -> str:
+    """``kind`` if it is one of :data:`KINDS` (``"triplet"``, ``"quintuplet"``), else a ``ValueError``."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     return kind
@@ -97,7 +103,7 @@ def sample_windows(n_frames: int, kind: str = "triplet", step: int = 1) -> list[
     triplet: inputs ``(t, t+2)``, target ``t+1``; quintuplet: inputs ``(t, t+2, t+4, t+6)``, target
     ``t+3`` (the septuplet convention of ST-MFNet and DAVIS-90). ``t`` advances by ``step``.
     """
-    _check_kind(kind)
+    check_kind(kind)
     if step < 1:
         raise ValueError(f"step must be >= 1, got {step}")
     if kind == "triplet":
@@ -113,6 +119,10 @@ class FrameTupleDataset(Dataset):
     """
 
     LAYOUT = "any list of frame tuples"
+
+    #: the sequence of each sample when a test set is scored per sequence (DAVIS), else None; see
+    #: :func:`compresskit_vfi.evaluate.evaluate`
+    groups: list[str] | None = None
 
     def __init__(self, samples: Sequence[Sequence[Any]], loader: Callable[[Any], np.ndarray] = read_image,
                  transform: Callable | None = None, name: str = ""):
@@ -227,22 +237,31 @@ class Vimeo90KSeptuplet(FrameTupleDataset):
 # --------------------------------------------------------------------------------------------- BVI-DVC
 
 class BVIDVCQuintuplets(FrameTupleDataset):
-    """BVI-DVC training strips: each image is five equal-width frames side by side, f1 f3 f5 f7 f4.
+    """BVI-DVC training quintuplets: each image is five equal-width frames side by side, f1 f3 f5 f7 f4.
 
-    The strip is cut into five (H, W/5) frames; the sample is ``(f1, f3, f5, f7, f4)`` = (I0..I3, gt).
+    The published layout (ST-MFNet's ``BVIDVC_quintuplet``) is one folder per sample,
+    ``<root>/quintuplets/<id>/quintuplet.png``, a 1280×256 strip; the strip is cut into five (H, W/5)
+    frames and the sample is ``(f1, f3, f5, f7, f4)`` = (I0..I3, gt). Strips stored directly as
+    ``<root>/quintuplets/*.png`` are read too. Samples are in natural order of ``<id>``.
     """
 
     LAYOUT = """
-<root>/quintuplets/*.png   (or the strips directly in <root>)
+<root>/quintuplets/<id>/quintuplet.png   one folder per sample (the published layout; <root> may also be
+                                         the quintuplets folder itself)
+or <root>/quintuplets/*.png              the strips directly
 each strip is 5 frames of equal width side by side, ordered f1, f3, f5, f7, f4
 (e.g. 1280x256 = 5 frames of 256x256)"""
+
+    STRIP_NAME = "quintuplet.png"
 
     def __init__(self, root: str | os.PathLike, transform: Callable | None = None):
         root = _require_dir(Path(root), self.LAYOUT)
         folder = root / "quintuplets" if (root / "quintuplets").is_dir() else root
-        strips = _image_files(folder)
+        strips = [d / self.STRIP_NAME for d in _subfolders(folder) if (d / self.STRIP_NAME).is_file()]
+        strips += _image_files(folder)
         if not strips:
-            raise _layout_error("no strip images found in", folder, self.LAYOUT)
+            raise _layout_error(f"no <id>/{self.STRIP_NAME} folders (or strip images) found in", folder,
+                                self.LAYOUT)
         self._cache: tuple[Path, np.ndarray] | None = None
         super().__init__([tuple((p, k) for k in range(5)) for p in strips], loader=self._load_part,
                          transform=transform, name="bvi_dvc")
@@ -260,10 +279,6 @@ each strip is 5 frames of equal width side by side, ordered f1, f3, f5, f7, f4
 
 
 # ---------------------------------------------------------------------------------------------- UCF101
-
-def _subfolders(root: Path) -> list[Path]:
-    return sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: _natural_key(p.name))
-
 
 class UCF101QVI(FrameTupleDataset):
     """UCF101 quintuplets of the QVI test set (100 clips), used by ST-MFNet."""
@@ -310,30 +325,43 @@ inputs frame_00, frame_02, target frame_01_gt (frame_01.png is accepted when fra
 # ---------------------------------------------------------------------------------------------- DAVIS
 
 class DAVIS90(FrameTupleDataset):
-    """DAVIS-90 (ST-MFNet): for every t of every sequence, inputs t, t+2, t+4, t+6 and target t+3."""
+    """DAVIS-90 (ST-MFNet): inputs t, t+2, t+4, t+6 and target t+3, for t = 0, 2, 4, ... of every sequence.
+
+    As ST-MFNet's ``Davis90_quintuplet`` (``t in range(0, num_frames - 6, 2)``); the triplet form takes the
+    middle pair ``(t+2, t+4) -> t+3`` (``Davis90_triplet``). ``step=1`` scores every ``t`` instead. The
+    published score is the mean over sequences of each sequence's mean: ``groups`` names each sample's
+    sequence so :func:`~compresskit_vfi.evaluate.evaluate` averages that way.
+    """
 
     LAYOUT = """
 <root>/<sequence>/00000.jpg 00001.jpg ...   (or <root>/JPEGImages/480p/<sequence>/...)
-frames of each sequence in name order; every t with t+6 inside the sequence is one sample"""
+frames of each sequence in name order; t = 0, 2, 4, ... with t+6 inside the sequence is one sample"""
 
-    def __init__(self, root: str | os.PathLike, kind: str = "quintuplet", transform: Callable | None = None):
-        _check_kind(kind)
+    #: ST-MFNet's evaluation steps t by 2
+    STEP = 2
+
+    def __init__(self, root: str | os.PathLike, kind: str = "quintuplet", transform: Callable | None = None,
+                 step: int = STEP):
+        check_kind(kind)
         root = _require_dir(Path(root), self.LAYOUT)
         if (root / "JPEGImages" / "480p").is_dir():
             root = root / "JPEGImages" / "480p"
-        samples = []
+        samples, groups = [], []
         seqs = 0
         for seq in _subfolders(root):
             frames = _image_files(seq)
-            if frames:
+            windows = sample_windows(len(frames), "quintuplet", step)
+            if windows:
                 seqs += 1
-            for w in sample_windows(len(frames), "quintuplet"):
+            for w in windows:
                 ws = w if kind == "quintuplet" else (w[1], w[2], w[4])  # triplet: t+2, t+4 -> t+3
                 samples.append(tuple(frames[i] for i in ws))
+                groups.append(seq.name)
         if not samples:
             raise _layout_error("no sequence folders with at least 7 frames found in", root, self.LAYOUT)
         self.n_sequences = seqs
         super().__init__(samples, transform=transform, name="davis90")
+        self.groups = groups
 
 
 # -------------------------------------------------------------------------------------------- SNU-FILM
@@ -354,10 +382,12 @@ def _resolve_under(root: Path, rel: str) -> Path | None:
 class SNUFILM(FrameTupleDataset):
     """SNU-FILM easy/medium/hard/extreme (310 triplets each).
 
-    Triplets are ``(first, last, middle)`` from ``test-{level}.txt``. As quintuplets (ST-MFNet) they are
-    extended by the level's offset (easy 2, medium 4, hard 8, extreme 16 frames):
-    ``(first − o, first, last, last + o, middle)``, a neighbour outside the sequence clamped to its
-    first/last frame.
+    Triplets are ``(first, last, middle)`` from ``test-{level}.txt``, all of them. As quintuplets (ST-MFNet's
+    ``Snufilm_*_quintuplet``) the frame numbers ``first − o`` and ``first + 2o`` are added, o being the
+    level's offset (easy 2, medium 4, hard 8, extreme 16): ``(first − o, first, last, first + 2o,
+    middle)``, named like ``first`` (same folder, same zero padding). A line whose added frames do not
+    exist is skipped, as the published script skips it (``n_skipped`` counts them); the mean is over the
+    remaining samples.
     """
 
     LAYOUT = """
@@ -369,7 +399,7 @@ class SNUFILM(FrameTupleDataset):
                  transform: Callable | None = None):
         if level not in SNU_FILM_OFFSETS:
             raise ValueError(f"SNUFILM: level must be one of {list(SNU_FILM_OFFSETS)}, got {level!r}")
-        _check_kind(kind)
+        check_kind(kind)
         root = _require_dir(Path(root), self.LAYOUT)
         list_file = root / f"test-{level}.txt"
         if not list_file.is_file() and (root / "eval_modes" / list_file.name).is_file():
@@ -377,6 +407,7 @@ class SNUFILM(FrameTupleDataset):
         lines = _read_list(list_file, self.LAYOUT, re.compile(r"\S+\s+\S+\s+\S+"), f"SNU-FILM {level}")
         offset = SNU_FILM_OFFSETS[level]
         samples = []
+        self.n_skipped = 0
         for n, line in enumerate(lines, 1):
             paths = []
             for rel in line.split():
@@ -388,24 +419,27 @@ class SNUFILM(FrameTupleDataset):
             first, middle, last = paths
             if kind == "triplet":
                 samples.append((first, last, middle))
+                continue
+            before, after = self._renumbered(first, -offset), self._renumbered(first, 2 * offset)
+            if before.is_file() and after.is_file():
+                samples.append((before, first, last, after, middle))
             else:
-                samples.append((self._neighbour(first, -offset), first, last, self._neighbour(last, offset),
-                                middle))
+                self.n_skipped += 1
+        if not samples:
+            raise _layout_error(f"every line of {list_file} lacks the frames {offset} before and "
+                                f"{2 * offset} after its first frame; no quintuplet in", root, self.LAYOUT)
         super().__init__(samples, transform=transform, name=f"snufilm_{level}")
 
-    def _neighbour(self, frame: Path, delta: int) -> Path:
+    def _renumbered(self, frame: Path, delta: int) -> Path:
+        """``frame`` with its number moved by ``delta``, zero-padded to the same width."""
         m = re.fullmatch(r"(.*?)(\d+)", frame.stem)
         if m is None:
             raise _layout_error("SNU-FILM frame names must end in a frame number", frame, self.LAYOUT)
         prefix, digits = m.groups()
-        numbered = {}
-        for f in frame.parent.iterdir():
-            mm = re.fullmatch(re.escape(prefix) + r"(\d+)", f.stem)
-            if mm and f.suffix == frame.suffix:
-                numbered[int(mm.group(1))] = f
-        target = int(digits) + delta
-        lo, hi = min(numbered), max(numbered)
-        return numbered.get(min(max(target, lo), hi), frame)
+        number = int(digits) + delta
+        if number < 0:
+            return frame.with_name(f"{prefix}-{-number}{frame.suffix}")  # no such file: the line is skipped
+        return frame.with_name(f"{prefix}{number:0{len(digits)}d}{frame.suffix}")
 
 
 # ------------------------------------------------------------------------------------------ Middlebury
@@ -466,7 +500,7 @@ class VideoFrames(FrameTupleDataset):
                  max_frames: int | None = None, transform: Callable | None = None):
         from compresskit_vfi.data.video import clean_segments, read_video
 
-        _check_kind(kind)
+        check_kind(kind)
         frames = read_video(path, max_frames)
         segments = clean_segments(frames) if clean else [list(range(len(frames)))]
         samples = [tuple((0, seg[i]) for i in w)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compresskit_vfi.data.datasets import ArrayLoader, FrameTupleDataset, _check_kind, sample_windows
+from compresskit_vfi.data.datasets import ArrayLoader, FrameTupleDataset, check_kind, sample_windows
 from compresskit_vfi.data.transforms import CenterCrop, Compose, RandomCrop, RandomFlip, RandomTemporalReverse
 from compresskit_vfi.data.video import (
     clean_segments,
@@ -217,7 +217,7 @@ def sample_dataset(kind: str = "triplet", split: str = "train", size: int | Sequ
         seed: seed of the augmentation's random generator.
         transform: replaces the crop and augmentation entirely.
     """
-    _check_kind(kind)
+    check_kind(kind)
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     names = list(clips) if clips is not None else available_clips()

@@ -18,12 +18,14 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 __all__ = [
     "VideoInfo",
     "video_info",
+    "has_audio",
     "iter_video_frames",
     "read_video",
     "write_video",
@@ -59,6 +61,14 @@ class VideoInfo:
     height: int
     fps: Fraction
     frames: int  # as declared by the container (0 when unknown)
+    duration: float | None = None  # seconds, as declared by the container
+
+    @property
+    def estimated_frames(self) -> int:
+        """The declared frame count, else duration × fps (0 when neither is known)."""
+        if self.frames or not self.duration:
+            return self.frames
+        return max(1, round(self.duration * self.fps))
 
 
 def _open(path: str | os.PathLike):
@@ -81,8 +91,18 @@ def video_info(path: str | os.PathLike) -> VideoInfo:
     with _open(path) as c:
         s = c.streams.video[0]
         rate = s.average_rate or s.guessed_rate or Fraction(25)
+        if s.duration is not None and s.time_base is not None:
+            duration = float(s.duration * s.time_base)
+        else:
+            duration = c.duration / 1e6 if c.duration is not None else None
         return VideoInfo(str(path), s.codec_context.width, s.codec_context.height, Fraction(rate),
-                         int(s.frames or 0))
+                         int(s.frames or 0), duration)
+
+
+def has_audio(path: str | os.PathLike) -> bool:
+    """Whether the video file ``path`` has an audio stream."""
+    with _open(path) as c:
+        return bool(c.streams.audio)
 
 
 def iter_video_frames(path: str | os.PathLike, max_frames: int | None = None) -> Iterator[np.ndarray]:
@@ -111,22 +131,88 @@ def read_video(path: str | os.PathLike, max_frames: int | None = None) -> np.nda
 
 # lossless codecs keep RGB exactly (no chroma subsampling)
 _RGB_FORMATS = {"ffv1": "bgr0", "libx264rgb": "rgb24", "png": "rgb24", "rawvideo": "rgb24"}
+# audio codecs a WebM file can hold (the other containers take what the common inputs carry)
+_WEBM_AUDIO = {"opus", "vorbis"}
 
 
-def _pixel_format(codec: str, h: int, w: int) -> str:
-    if codec in _RGB_FORMATS:
-        return _RGB_FORMATS[codec]
-    # 4:2:0 needs even sizes; odd frames keep full chroma instead of being cropped
-    return "yuv420p" if (h % 2 == 0 and w % 2 == 0) or codec == "mpeg4" else "yuv444p"
+def _pixel_format(codec: str) -> str:
+    """RGB for the lossless RGB codecs, else 4:2:0 (what every player decodes)."""
+    return _RGB_FORMATS.get(codec, "yuv420p")
+
+
+def _pad_to_even(frame: np.ndarray) -> np.ndarray:
+    """Repeat the last row / column of a frame of odd height / width (4:2:0 needs even sizes)."""
+    h, w = frame.shape[:2]
+    if h % 2 == 0 and w % 2 == 0:
+        return frame
+    return np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+
+
+class _AudioCopy:
+    """The audio stream of ``source`` remuxed (packets copied, not re-encoded) into an output container.
+
+    Packets are shifted so that the source's first video frame is at time 0, as the output video is, and
+    muxed interleaved with the video: :meth:`mux_until` writes those that start before a given time.
+    """
+
+    def __init__(self, source: str | os.PathLike, out: Any, fmt: str):
+        self.container = _open(source)
+        if not self.container.streams.audio:
+            self.container.close()
+            self.container = None
+            return
+        src = self.container.streams.audio[0]
+        name = src.codec_context.name
+        if fmt == "webm" and name not in _WEBM_AUDIO:
+            self.container.close()
+            raise ValueError(f"the audio of {str(source)!r} is {name}, which a .webm file cannot hold "
+                             f"(only {sorted(_WEBM_AUDIO)}); write .mkv or .mp4, or drop the audio")
+        video = self.container.streams.video[0]
+        start = video.start_time * video.time_base if video.start_time is not None else 0
+        self.shift = int(round(start / src.time_base)) if src.time_base else 0
+        self.stream = out.add_stream_from_template(src)
+        self.out = out
+        self.packets = (p for p in self.container.demux(src) if p.dts is not None)
+        self.pending: Any = None
+        self.count = 0
+
+    def mux_until(self, seconds: float | None) -> None:
+        """Mux the packets that start before ``seconds`` (None: all that are left)."""
+        if self.container is None:
+            return
+        while True:
+            if self.pending is None:
+                self.pending = next(self.packets, None)
+                if self.pending is None:
+                    return
+            p = self.pending
+            if p.pts is None:
+                p.pts = p.dts
+            if seconds is not None and (p.pts - self.shift) * p.time_base >= seconds:
+                return
+            p.pts -= self.shift
+            p.dts -= self.shift
+            p.stream = self.stream
+            self.out.mux(p)
+            self.count += 1
+            self.pending = None
+
+    def close(self) -> None:
+        if self.container is not None:
+            self.container.close()
 
 
 def write_video(frames: Iterable[np.ndarray], path: str | os.PathLike, fps: float | Fraction = 25,
-                codec: str | None = None, crf: int = 18) -> int:
+                codec: str | None = None, crf: int = 18, audio_from: str | os.PathLike | None = None) -> int:
     """Encode uint8 RGB frames (H, W, 3) to ``path``; the file appears only when encoding succeeded.
 
     The container comes from the suffix (.mp4 .mkv .mov .avi .webm); the codec defaults to H.264
-    (MPEG-4 part 2 for .avi); ``ffv1`` (in .mkv) and ``libx264rgb`` are lossless RGB. Returns the number
-    of frames written.
+    (MPEG-4 part 2 for .avi); ``ffv1`` (in .mkv) and ``libx264rgb`` are lossless RGB. Lossy codecs
+    encode 4:2:0 (``yuv420p``, which every player decodes); a frame of odd height or width is padded to
+    even by repeating its last row / column, so the file is up to one pixel taller / wider than the
+    frames (crop it back with ``frame[:H, :W]``, or ``ffmpeg -vf crop=W:H``). ``audio_from``: a video
+    file whose audio stream is copied into the output (packets remuxed, not re-encoded; none if it has
+    no audio). Returns the number of frames written.
     """
     from compresskit.io import atomic_write
 
@@ -144,30 +230,44 @@ def write_video(frames: Iterable[np.ndarray], path: str | os.PathLike, fps: floa
     def encode(f) -> None:
         nonlocal count
         with av.open(f, "w", format=fmt) as out:
-            stream = None
-            for frame in frames:
-                frame = np.ascontiguousarray(frame)
-                if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
-                    raise ValueError(f"write_video: frames must be uint8 (H, W, 3), got {frame.dtype} "
-                                     f"{frame.shape}")
+            audio: _AudioCopy | None = None
+            try:
+                stream = None
+                for frame in frames:
+                    frame = np.ascontiguousarray(frame)
+                    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+                        raise ValueError(f"write_video: frames must be uint8 (H, W, 3), got {frame.dtype} "
+                                         f"{frame.shape}")
+                    if stream is None:
+                        size = frame.shape[:2]
+                        pix_fmt = _pixel_format(codec)
+                        h, w = size if pix_fmt != "yuv420p" else _pad_to_even(frame).shape[:2]
+                        stream = out.add_stream(codec, rate=rate)
+                        stream.width, stream.height = w, h
+                        stream.pix_fmt = pix_fmt
+                        if codec in ("libx264", "libx264rgb"):
+                            stream.options = {"crf": str(crf)}
+                        if audio_from is not None:  # after the video stream, so video is stream 0
+                            audio = _AudioCopy(audio_from, out, fmt)
+                    elif frame.shape[:2] != size:
+                        raise ValueError(f"write_video: frame {count} has size {frame.shape[:2]}, "
+                                         f"the first frame had {size}")
+                    if pix_fmt == "yuv420p":
+                        frame = _pad_to_even(frame)
+                    if audio is not None:
+                        audio.mux_until(float((count + 1) / rate))
+                    for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                        out.mux(packet)
+                    count += 1
                 if stream is None:
-                    h, w = frame.shape[:2]
-                    stream = out.add_stream(codec, rate=rate)
-                    stream.width, stream.height = w, h
-                    stream.pix_fmt = _pixel_format(codec, h, w)
-                    if codec in ("libx264", "libx264rgb"):
-                        stream.options = {"crf": str(crf)}
-                    size = (h, w)
-                elif frame.shape[:2] != size:
-                    raise ValueError(f"write_video: frame {count} has size {frame.shape[:2]}, "
-                                     f"the first frame had {size}")
-                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                    raise ValueError(f"write_video: no frames to write to {str(path)!r}")
+                for packet in stream.encode():
                     out.mux(packet)
-                count += 1
-            if stream is None:
-                raise ValueError(f"write_video: no frames to write to {str(path)!r}")
-            for packet in stream.encode():
-                out.mux(packet)
+                if audio is not None:
+                    audio.mux_until(None)
+            finally:
+                if audio is not None:
+                    audio.close()
 
     atomic_write(path, encode)
     return count
