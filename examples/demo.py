@@ -104,7 +104,7 @@ def build_original(args: argparse.Namespace, train_loader, console: Console) -> 
     if not args.train_teacher and TEACHER.is_file():
         model, meta = load_pretrained()
         console.print(f"original: AdaCoF ×{meta['width_scale']} pretrained on the sample clips "
-                      f"({meta['steps']} steps, {meta['minutes']:.0f} CPU-minutes; held-out PSNR "
+                      f"({meta['steps']} steps, {meta['minutes']:.0f} minutes on a shared CPU; held-out PSNR "
                       f"{meta['held_out_psnr']:.2f} dB vs frame blending {meta['blend_psnr']:.2f} dB), "
                       f"from {TEACHER.relative_to(TEACHER.parents[2])}")
         return model
