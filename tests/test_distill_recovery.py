@@ -88,6 +88,21 @@ def test_auto_feature_loss_is_zero_when_student_is_teacher():
     assert r.history[0]["feature:stage2.4"] > 0
 
 
+def test_auto_features_without_common_names_warns_and_distils_outputs():
+    class Other(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Conv2d(3, 3, 3, padding=1)
+
+        def forward(self, x):
+            return self.body(x)
+
+    cfg = ck.DistillConfig(steps=1, log_every=1, progress=False, features="auto")
+    with pytest.warns(UserWarning, match="no feature pairs"):
+        r = ck.distill(Other(), Net(), DataLoader(images(), batch_size=4), config=cfg)
+    assert not any(k.startswith("feature:") for k in r.history[0]) and r.extras["adapters"] == {}
+
+
 def test_default_schedule_is_cosine_over_the_steps():
     lrs = []
 

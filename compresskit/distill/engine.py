@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,6 +90,10 @@ def auto_terms(student: nn.Module, teacher: nn.Module, weight: float = 1.0) -> l
     teacher feature's mean square, sharing ``weight`` equally:
     ``weight/n · Σ_l ‖A_l(S_l) − T_l‖² / mean(T_l²)``."""
     paths = auto_feature_pairs(student, teacher)
+    if not paths:
+        warnings.warn("features='auto': student and teacher share no conv/linear module names, so no "
+                      "feature pairs were found; distilling the outputs only", stacklevel=3)
+        return []
     return [FeatureLoss(p, p, "mse", weight / len(paths), normalize=True) for p in paths]
 
 
