@@ -140,3 +140,20 @@ def test_early_stopping_needs_a_val_loader():
     with pytest.raises(ValueError, match="early_stop_patience=3 needs a val_loader"):
         ck.distill(Net(4, 1), Net(), DataLoader(images(), batch_size=4),
                    config=ck.DistillConfig(steps=2, early_stop_patience=3, progress=False))
+
+
+def test_a_resumed_early_stopped_run_stays_stopped(tmp_path):
+    def run():
+        curve = iter([3.0, 2.0, 2.5, 2.6, 1.0, 0.5, 0.4, 0.3, 0.2, 0.1] * 2)
+        val = DataLoader(images(2, seed=1), batch_size=2)
+        cfg = ck.DistillConfig(steps=10, val_every=1, monitor="score", early_stop_patience=2,
+                               checkpoint_every=1, progress=False, scheduler="none", lr=1e-2)
+        return ck.distill(Net(4, 1), Net(), DataLoader(images(), batch_size=4), config=cfg, val_loader=val,
+                          metrics={"score": lambda out, batch: next(curve)}, out_dir=tmp_path)
+
+    first = run()
+    assert (first.step, first.best_step) == (4, 2)
+    again = run()  # finds the checkpoint of step 4: stopped, best weights restored, no more training
+    assert again.step == 4
+    for a, b in zip(first.model.state_dict().values(), again.model.state_dict().values()):
+        assert torch.equal(a, b)
