@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     scored = list(range(0, len(val_full), stride))[: args.eval_samples]
     eval_set = torch.utils.data.Subset(val_full, scored)
     # early stopping watches held-out triplets that are not scored, as central crops (fast)
-    val_crops = sample_dataset("triplet", "val", size=args.crop * 2)
+    val_crops = sample_dataset("triplet", "val", size=min(args.crop * 2, 128))  # frames are 144 high
     rest = [i for i in range(len(val_crops)) if i not in set(scored)][:16]
     es_loader = torch.utils.data.DataLoader(torch.utils.data.Subset(val_crops, rest), batch_size=4)
     g = torch.Generator().manual_seed(args.seed)
