@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # early stopping watches held-out crops that are not the scored frames
     scored = set(val_set.indices)
-    val_crops = sample_dataset("triplet", "val", size=args.crop * 2, max_frames=args.max_frames)
+    val_crops = sample_dataset("triplet", "val", size=min(args.crop * 2, 128), max_frames=args.max_frames)
     watch = [i for i in range(len(val_crops)) if i not in scored][:16] or [0]
     watch_loader = torch.utils.data.DataLoader(torch.utils.data.Subset(val_crops, watch), batch_size=4)
     result = ck.compress(
