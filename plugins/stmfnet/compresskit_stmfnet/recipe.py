@@ -363,7 +363,9 @@ def stage_distill(cfg: MiniRecipeConfig, student: STMFNet, teacher: STMFNet, dat
     batch = 2 if cfg.smoke else cfg.batch
     console.print(f"[bold]Phase II distill[/]: {cfg.alpha}·Lap(S, GT) + Lap(S, T), Adamax {cfg.lr}, batch "
                   f"{batch}, StepLR({cfg.step_size}, {cfg.gamma}), {len(data)} samples")
-    config = ck.DistillConfig(**common.train_settings(cfg, cfg.distill_epochs, cfg.lr, optimizer="adamax"),
+    # the paper's StepLR per epoch (DistillConfig's own default is a cosine over the steps)
+    config = ck.DistillConfig(**common.train_settings(cfg, cfg.distill_epochs, cfg.lr, optimizer="adamax",
+                                                      scheduler="step", scheduler_interval="epoch"),
                               alpha=cfg.alpha, student_loss="laplacian", distill_loss="laplacian")
     ck.distill(student, teacher, common.recipe_loader(data, batch, cfg), config=config, out_dir=out / "train",
                resume=True)
