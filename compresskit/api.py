@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from compresskit._modes import copy_modes
 from compresskit.config import CompressConfig
 from compresskit.io import atomic_write_json, remove_stale_temps
 from compresskit.report import (
@@ -304,7 +305,7 @@ def _finish(state: Any, r: _Resolved, name: str, out_dir: Path | None) -> Compre
     from compresskit.stages import _widths
 
     model, final, stage, plan = state.model, state.final, state.reached, state.plan
-    final.train(model.training)  # returned in the mode the original was given in
+    copy_modes(model, final)  # each module returned in the mode the original's namesake was given in
     after = state.stats(final)
     final_modules = dict(final.named_modules())
     layers = []
