@@ -307,6 +307,10 @@ class CompressConfig(Config):
     measure_latency: bool = Field(True, description="measure latency before and after")
     latency_repeats: int = Field(10, ge=1, description="timed forward passes per latency measurement")
     progress: bool = Field(True, description="show progress and the report")
+    batch_shapes: Literal["same", "spatial", "off"] = Field(
+        "same", description="training batches keep the first one's shapes except the batch size ('same'), "
+        "may change their spatial sizes too ('spatial', fully convolutional models), or are not checked "
+        "('off'); passed to every training stage (TrainConfig.batch_shapes)")
 
     @model_validator(mode="before")
     @classmethod
