@@ -198,7 +198,9 @@ def compress(
 
     1. **trace** a copy's channel groups on ``example_inputs`` (default: from the first batch), build the
        target's cost model and fail at once (ValueError naming ``target``) if it cannot be reached;
-    2. **sparsify** the copy with OBProx-SG, λ calibrated from the target (``config.sparsify``);
+    2. **sparsify** the copy toward the target (``config.sparsify``): by default the units the plan
+       removes are scaled to exactly zero on a schedule while the copy trains (``method="progressive"``);
+       a numeric ``lambda_`` (or ``method="obproxsg"``) runs the papers' l1 training with OBProx-SG;
     3. **plan** the widths that meet the target, ranking every unit of every group by importance per unit
        of cost, then shrink and count (or time) to verify (``config.plan``);
     4. **shrink** into a smaller dense model keeping the most important units (``config.shrink``);
