@@ -13,14 +13,19 @@ from torch import nn
 
 @contextmanager
 def eval_mode(*modules: nn.Module) -> Iterator[None]:
-    """Put ``modules`` (and all their submodules) in eval mode; on exit restore each module's own mode."""
-    modes = {m: m.training for root in modules for m in root.modules()}
+    """Put ``modules`` (and all their submodules) in eval mode; on exit restore each module's own mode.
+
+    Submodules shared by several roots (a ``GraphModule`` built on the model) end in the mode recorded
+    under the first root that holds them: the roots are restored last to first.
+    """
+    saved = [{m: m.training for m in root.modules()} for root in modules]
     for root in modules:
         root.eval()
     try:
         yield
     finally:
-        _restore(modes)
+        for modes in reversed(saved):
+            _restore(modes)
 
 
 def _restore(modes: dict[nn.Module, bool]) -> None:

@@ -102,3 +102,14 @@ def test_a_rerun_at_another_resolution_redoes_the_stages(tmp_path):
     assert again.report.before.macs == hand and first.report.before.macs == hand * 12 * 12 // (16 * 16)
     half = ck.compress(model, _batches([12]), _l1, config=_config(tmp_path))
     assert half.report.before.macs == first.report.before.macs
+
+
+def test_eval_mode_of_roots_sharing_modules_restores_the_first_roots_modes():
+    model = FCN()
+    shared = nn.Sequential(model.conv1, model.bn)  # a second root over the same modules, in train mode
+    model.eval()
+    assert shared.training and not model.conv1.training
+    with eval_mode(model, shared):
+        assert not shared.training and not model.conv1.training
+    assert not model.conv1.training and not model.bn.training  # as in ``model``
+    assert shared.training
