@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from compresskit._modes import copy_modes
 from compresskit.config import CompressConfig
 from compresskit.io import atomic_write_json, remove_stale_temps
 from compresskit.report import (
@@ -197,7 +198,9 @@ def compress(
 
     1. **trace** a copy's channel groups on ``example_inputs`` (default: from the first batch), build the
        target's cost model and fail at once (ValueError naming ``target``) if it cannot be reached;
-    2. **sparsify** the copy with OBProx-SG, λ calibrated from the target (``config.sparsify``);
+    2. **sparsify** the copy toward the target (``config.sparsify``): by default the units the plan
+       removes are scaled to exactly zero on a schedule while the copy trains (``method="progressive"``);
+       a numeric ``lambda_`` (or ``method="obproxsg"``) runs the papers' l1 training with OBProx-SG;
     3. **plan** the widths that meet the target, ranking every unit of every group by importance per unit
        of cost, then shrink and count (or time) to verify (``config.plan``);
     4. **shrink** into a smaller dense model keeping the most important units (``config.shrink``);
@@ -304,7 +307,7 @@ def _finish(state: Any, r: _Resolved, name: str, out_dir: Path | None) -> Compre
     from compresskit.stages import _widths
 
     model, final, stage, plan = state.model, state.final, state.reached, state.plan
-    final.train(model.training)  # returned in the mode the original was given in
+    copy_modes(model, final)  # each module returned in the mode the original's namesake was given in
     after = state.stats(final)
     final_modules = dict(final.named_modules())
     layers = []

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import fx, nn
 
+from compresskit._modes import eval_mode
+
 if TYPE_CHECKING:  # pragma: no cover
     from compresskit.graph.channels import ChannelGraph
 
@@ -147,28 +149,20 @@ def check_trace_matches_eager(model: nn.Module, graph_or_traced: ChannelGraph | 
         if method != "fx":
             return
         gm = graph_or_traced.graph_module(model)
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    gm.eval()
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-    try:
-        with torch.no_grad():
-            with torch.random.fork_rng(devices=devices):
-                torch.manual_seed(0)
-                eager = model(*inputs)
-            with torch.random.fork_rng(devices=devices):
-                torch.manual_seed(0)
-                try:
-                    traced = gm(*inputs)
-                except Exception as e:
-                    raise ValueError(
-                        "the traced graph cannot run on a second batch's inputs "
-                        f"({_shapes(inputs)}) although the model can: {type(e).__name__}: {e}. "
-                        + _advice(gm)) from e
-    finally:
-        for m, training in modes.items():
-            if m.training != training:
-                m.train(training)
+    with eval_mode(model, gm), torch.no_grad():
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(0)
+            eager = model(*inputs)
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(0)
+            try:
+                traced = gm(*inputs)
+            except Exception as e:
+                raise ValueError(
+                    "the traced graph cannot run on a second batch's inputs "
+                    f"({_shapes(inputs)}) although the model can: {type(e).__name__}: {e}. "
+                    + _advice(gm)) from e
     problem = _compare(eager, traced, "output", rtol, atol)
     if problem is not None:
         raise ValueError(f"the traced graph disagrees with eager execution on a second batch's inputs "

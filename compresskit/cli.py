@@ -132,6 +132,8 @@ def load_job(path: str, out: str | None, overrides: Sequence[str], target: str |
 
     job = JobConfig.load(path)
     data = job.compress.model_dump()
+    if "method" not in job.compress.sparsify.model_fields_set:
+        del data["sparsify"]["method"]  # resolved from λ, not given: a --set sparsify.lambda_ decides it
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:

@@ -146,6 +146,10 @@ class DistillConfig(TrainConfig):
     cache_dir: Path | None = Field(None, description="where teacher outputs are cached (None: out_dir/cache)")
 
 
+#: SparsifyConfig settings that only OBProx-SG reads; giving one with method="progressive" is an error
+_OBPROXSG_ONLY = ("growth", "zero_tol", "kept_floor", "eps", "n_prox_steps", "n_orthant_steps", "l1_on")
+
+
 class SparsifyConfig(Config):
     """Stage I: train so that the units the plan removes carry no weight when they go; no λ to tune.
 
@@ -161,13 +165,16 @@ class SparsifyConfig(Config):
     of the units the plan would remove falls more slowly than a schedule reaching ``1 − zero_tol`` gone
     at ``ramp`` of the steps, and divides it when ahead or when the units the plan keeps fall below
     ``kept_floor`` of their mass (dual ascent, as CoFi does on its cost). A number fixes λ (the papers'
-    expert knob); giving one selects ``method="obproxsg"`` unless a method is named.
+    expert knob); with no ``method`` a number selects ``"obproxsg"`` and ``"auto"`` selects
+    ``"progressive"`` (also on assignment); a number, or another OBProx-SG-only setting, with
+    ``method="progressive"`` is a ValueError.
     """
 
-    method: Literal["obproxsg", "progressive"] = Field(
-        "progressive", description="'obproxsg': l1 training (λ auto or fixed); 'progressive': the units the "
-        "plan removes are scaled to zero on a schedule while the rest trains (HESSO-like, no λ)")
-    steps: int = Field(300, ge=0, description="OBProx-SG steps of stage I (0 skips it)")
+    method: Literal["obproxsg", "progressive"] | None = Field(
+        None, description="'obproxsg': l1 training (λ auto or fixed); 'progressive': the units the "
+        "plan removes are scaled to zero on a schedule while the rest trains (HESSO-like, no λ); "
+        "None: 'obproxsg' when lambda_ is a number, else 'progressive'")
+    steps: int = Field(300, ge=0, description="training steps of stage I, either method (0 skips it)")
     lr: float = Field(1e-3, gt=0, description="learning rate (step size α) of stage I")
     lambda_: Annotated[float, Field(ge=0)] | Literal["auto"] = Field(
         "auto", description="l1 strength λ of OBProx-SG, or 'auto' to calibrate it from the target")
@@ -188,16 +195,22 @@ class SparsifyConfig(Config):
     l1_on: Literal["weights", "all"] = Field(
         "weights", description="l1 on 'weights' (biases and norms exempt) or on 'all' parameters (papers)")
 
-    @model_validator(mode="before")
-    @classmethod
-    def _lambda_means_obproxsg(cls, data: Any) -> Any:
-        if (isinstance(data, dict) and "method" not in data and "lambda_" in data
-                and data["lambda_"] != "auto"):
-            return {**data, "method": "obproxsg"}
-        return data
-
     @model_validator(mode="after")
-    def _check_schedule(self) -> SparsifyConfig:
+    def _resolve_method(self) -> SparsifyConfig:
+        # a method not named by the user follows λ (also after ``cfg.lambda_ = 1e-4``); a named one must agree
+        if "method" not in self.model_fields_set or self.method is None:
+            # set without validate_assignment (which would re-enter this validator) and without marking
+            # the field as given, so a later λ still decides
+            self.__dict__["method"] = "progressive" if self.lambda_ == "auto" else "obproxsg"
+        elif self.method == "progressive":
+            given = [k for k in _OBPROXSG_ONLY  # a dump holds every default: only other values count
+                     if getattr(self, k) != type(self).model_fields[k].default]
+            if self.lambda_ != "auto":
+                given.insert(0, "lambda_")
+            if given:
+                raise ValueError(f"method='progressive' uses no l1 penalty, but {', '.join(given)} "
+                                 f"(OBProx-SG settings) {'is' if len(given) == 1 else 'are'} set: "
+                                 "use method='obproxsg', or drop them")
         if self.n_orthant_steps is not None and self.n_prox_steps is None:
             raise ValueError("n_orthant_steps is set but n_prox_steps is None (Prox-SG for ever): "
                              "give n_prox_steps too, or leave n_orthant_steps None")
@@ -294,6 +307,10 @@ class CompressConfig(Config):
     measure_latency: bool = Field(True, description="measure latency before and after")
     latency_repeats: int = Field(10, ge=1, description="timed forward passes per latency measurement")
     progress: bool = Field(True, description="show progress and the report")
+    batch_shapes: Literal["same", "spatial", "off"] = Field(
+        "same", description="training batches keep the first one's shapes except the batch size ('same'), "
+        "may change their spatial sizes too ('spatial', fully convolutional models), or are not checked "
+        "('off'); passed to every training stage (TrainConfig.batch_shapes)")
 
     @model_validator(mode="before")
     @classmethod
@@ -307,8 +324,9 @@ class CompressConfig(Config):
         for key in [k for k in data if k in _LEGACY]:
             section, name = _LEGACY[key]
             sub = data.get(section)
-            sub = dict(sub) if isinstance(sub, dict) else (sub.model_dump() if isinstance(sub, Config)
-                                                           else {})
+            # only what was given: a resolved default (sparsify.method) must not pin the flat key's stage
+            sub = dict(sub) if isinstance(sub, dict) else (sub.model_dump(exclude_unset=True)
+                                                           if isinstance(sub, Config) else {})
             sub[name] = data.pop(key)
             data[section] = sub
             moved.append(f"{key} → {section}.{name}")

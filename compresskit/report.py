@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from compresskit._modes import eval_mode
 from compresskit.io import atomic_write_bytes, atomic_write_json
 from compresskit.train.batch import to_device
 
@@ -72,14 +73,9 @@ def count_macs(model: nn.Module, example_inputs: Any) -> int:
     norms and custom ops are not counted.
     """
     inputs = _as_tuple(example_inputs)
-    was_training = model.training
-    model.eval()
     counter = _MacCounter()
-    try:
-        with torch.no_grad(), counter:
-            model(*inputs)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad(), counter:
+        model(*inputs)
     return counter.total
 
 
@@ -143,20 +139,15 @@ def measure_latency(
     inputs = _as_tuple(example_inputs)
     device = next((t.device for t in inputs if isinstance(t, torch.Tensor)), torch.device("cpu"))
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    was_training = model.training
-    model.eval()
     times = []
-    try:
-        with torch.inference_mode():
-            for i in range(warmup + repeats):
-                sync()
-                start = time.perf_counter()
-                model(*inputs)
-                sync()
-                if i >= warmup:
-                    times.append((time.perf_counter() - start) * 1e3)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.inference_mode():
+        for i in range(warmup + repeats):
+            sync()
+            start = time.perf_counter()
+            model(*inputs)
+            sync()
+            if i >= warmup:
+                times.append((time.perf_counter() - start) * 1e3)
     return {"median_ms": statistics.median(times), "min_ms": min(times), "repeats": repeats,
             "threads": torch.get_num_threads(), "device": str(device)}
 
@@ -201,25 +192,20 @@ def evaluate(
     metrics = normalize_metrics(metrics)
     if not metrics:
         return {}
-    was_training = model.training
-    model.eval()
     sums = dict.fromkeys(metrics, 0.0)
     count = 0
-    try:
-        device = next(model.parameters(), torch.zeros(())).device
-        with torch.no_grad():
-            for i, batch in enumerate(loader):
-                if max_batches is not None and i >= max_batches:
-                    break
-                batch = to_device(batch, device)
-                output = model(*inputs_fn(batch))
-                n = _batch_size(batch)
-                for name, fn in metrics.items():
-                    value = fn(output, batch)
-                    sums[name] += float(value.item() if isinstance(value, torch.Tensor) else value) * n
-                count += n
-    finally:
-        model.train(was_training)
+    device = next(model.parameters(), torch.zeros(())).device
+    with eval_mode(model), torch.no_grad():
+        for i, batch in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            batch = to_device(batch, device)
+            output = model(*inputs_fn(batch))
+            n = _batch_size(batch)
+            for name, fn in metrics.items():
+                value = fn(output, batch)
+                sums[name] += float(value.item() if isinstance(value, torch.Tensor) else value) * n
+            count += n
     if count == 0:
         raise ValueError("evaluate: the validation loader yielded no batches")
     return {name: s / count for name, s in sums.items()}

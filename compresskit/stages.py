@@ -53,6 +53,14 @@ def _checksum(module: nn.Module | None) -> str | None:
     return h.hexdigest()
 
 
+def _input_signature(inputs: Any) -> list[Any]:
+    """Shapes and dtypes of the example inputs (a run at another resolution redoes every stage); other
+    values by type and repr."""
+    items = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
+    return [[list(x.shape), str(x.dtype)] if isinstance(x, torch.Tensor) else [type(x).__name__, repr(x)]
+            for x in items]
+
+
 class _Stages:
     """Stage markers in ``out_dir``; a marker counts only when its fingerprint matches this run."""
 
@@ -166,7 +174,7 @@ class TraceStage(Stage):
 
     def fingerprint(self, state: State) -> dict[str, Any]:
         return {"model": _checksum(state.model), "loss": state.loss_how, "inputs": state.inputs_how,
-                "seed": state.config.seed}
+                "seed": state.config.seed, "example_inputs": _input_signature(state.example_inputs)}
 
     def run(self, state: State) -> None:
         from compresskit.graph.trace import trace
@@ -266,7 +274,8 @@ class SparsifyStage(Stage):
             graph=state.graph,
             widths_fn=target_widths(state),
             device=state.device, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every, progress=cfg.progress,
-            out_dir=state.store.train_dir("sparsify", self.fingerprint(state)), resume=cfg.resume)
+            out_dir=state.store.train_dir("sparsify", self.fingerprint(state)), resume=cfg.resume,
+            batch_shapes=cfg.batch_shapes)
         record = get_sparsifier(cfg.sparsify).run(state.work, ctx)
         state.records["sparsify"] = record
         return {"state_dict": state.work.state_dict(), "record": json.dumps(record)}
@@ -488,7 +497,8 @@ class RecoverStage(Stage):
         torch.manual_seed(cfg.seed)
         folder = state.store.train_dir("finetune", self.fingerprint(state))
         common = dict(steps=rc.steps, lr=rc.lr, seed=cfg.seed, device=state.device, scheduler=rc.scheduler,
-                      scheduler_interval="step", checkpoint_every=cfg.checkpoint_every, progress=cfg.progress)
+                      scheduler_interval="step", checkpoint_every=cfg.checkpoint_every, progress=cfg.progress,
+                      batch_shapes=cfg.batch_shapes)
         if rc.val_every is not None:
             common["val_every"] = rc.val_every
         teacher = self.teacher(state)
@@ -507,12 +517,10 @@ class RecoverStage(Stage):
                           for p in rc.features]
             elif rc.features == "auto":
                 extra["features"] = "auto"
-            fields = DistillConfig.model_fields
-            for key in ("early_stop_patience", "feature_weight"):
-                if key in fields and getattr(rc, key) is not None:
-                    extra[key] = getattr(rc, key)
-            distill(state.small, teacher, state.train_loader, config=DistillConfig(**common, alpha=rc.alpha,
-                                                                                   **extra),
+            if rc.early_stop_patience is not None:
+                extra["early_stop_patience"] = rc.early_stop_patience
+            distill(state.small, teacher, state.train_loader,
+                    config=DistillConfig(**common, alpha=rc.alpha, feature_weight=rc.feature_weight, **extra),
                     losses=terms, inputs_fn=state.inputs_fn, val_loader=val,
                     metrics=state.metrics or None, out_dir=folder, resume=cfg.resume)
         else:

@@ -169,3 +169,12 @@ def test_console_script_exit_code(workdir):
     cmd = [str(script)] if script.exists() else [sys.executable, "-m", "compresskit.cli"]
     bad = subprocess.run([*cmd, "report", "nope.json"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and len(_errors(bad.stderr)) == 1
+
+
+def test_set_lambda_selects_obproxsg(workdir):
+    from compresskit.cli import load_job
+
+    job = _job(workdir / "job.yaml")
+    cfg = load_job(str(job), None, ["sparsify.lambda_=1e-4"]).compress
+    assert (cfg.sparsify.method, cfg.sparsify.lambda_) == ("obproxsg", 1e-4)  # the papers' l1 training
+    assert load_job(str(job), None, []).compress.sparsify.method == "progressive"

@@ -122,3 +122,27 @@ def test_compress_rejects_bad_arguments_by_name():
         ck.compress(model, loader, metrics=5)
     with pytest.raises(TypeError, match="target: expected a string"):
         ck.compress(model, loader, target=4)
+
+
+def test_a_numeric_lambda_selects_obproxsg_however_it_is_given(tmp_path):
+    from compresskit.config import SparsifyConfig
+
+    assert SparsifyConfig().method == "progressive"  # λ "auto" and no method: the default sparsifier
+    with pytest.warns(FutureWarning):  # the flat key next to a sub-config (its defaults resolved already)
+        legacy = CompressConfig(sparsify=SparsifyConfig(steps=5), lambda_=1e-4)
+    assert (legacy.sparsify.method, legacy.sparsify.lambda_, legacy.sparsify.steps) == ("obproxsg", 1e-4, 5)
+    cfg = CompressConfig()
+    cfg.sparsify.lambda_ = 1e-4  # what the CLI's --set sparsify.lambda_=1e-4 does
+    assert cfg.sparsify.method == "obproxsg"
+    for given in ({"lambda_": 1e-4}, {}, {"method": "obproxsg"}):
+        cfg = CompressConfig(sparsify=given)
+        path = cfg.dump(tmp_path / "cfg.json")
+        again = CompressConfig.load(path)
+        assert again == cfg and again.sparsify.model_dump() == cfg.sparsify.model_dump()
+    assert CompressConfig(sparsify={"lambda_": 1e-4}).sparsify.model_dump()["method"] == "obproxsg"
+
+
+@pytest.mark.parametrize("extra", [{"lambda_": 1e-4}, {"growth": 2.0}, {"n_prox_steps": 3}])
+def test_progressive_with_obproxsg_settings_is_an_error(extra):
+    with pytest.raises(ValidationError, match=f"method='progressive'.*{next(iter(extra))}"):
+        CompressConfig(sparsify={"method": "progressive", **extra})

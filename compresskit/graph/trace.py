@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
+from compresskit._modes import eval_mode
 from compresskit.graph.build import GraphBuilder, to_meta
 from compresskit.graph.channels import ChannelGraph
 from compresskit.graph.rules import RuleContext, has_module_rule, register_rule
@@ -520,10 +521,7 @@ def trace(model: nn.Module, example_inputs: Any, *, method: str = "auto") -> Cha
     if method not in ("auto", "fx", "export"):
         raise ValueError(f"method: expected 'auto', 'fx' or 'export', got {method!r}")
     ensure_plugins()  # the plugins' channel rules and leaves, registered before tracing starts
-    modes = {m: m.training for m in model.modules()}
-    if any(modes.values()):
-        model.eval()
-    try:
+    with eval_mode(model):  # each module's own mode comes back (a frozen BN stays eval)
         errors: list[str] = []
         if method in ("auto", "fx"):
             try:
@@ -545,10 +543,6 @@ def trace(model: nn.Module, example_inputs: Any, *, method: str = "auto") -> Cha
             errors.append(f"export: {type(e).__name__}: {e}")
             raise RuntimeError("could not trace the model:\n  " + "\n  ".join(errors)) from e
         return GraphBuilder(model, graph, meta, "export", params).run()
-    finally:
-        for m, training in modes.items():  # restore each module's own mode (frozen BN stays eval)
-            if m.training != training:
-                m.train(training)
 
 
 def leaf_functions() -> Sequence[Callable]:

@@ -30,6 +30,8 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from compresskit._modes import eval_mode
+
 if TYPE_CHECKING:  # pragma: no cover
     from compresskit.graph.channels import ChannelGraph
 
@@ -207,13 +209,8 @@ def macs_cost(model: nn.Module, graph: ChannelGraph, example_inputs: Any) -> Ten
     inputs = _as_tuple(example_inputs)
     dims_of = _param_dims(model, graph)
     rec = _CallRecorder()
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), rec:
-            model(*inputs)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad(), rec:
+        model(*inputs)
     terms, const = [], float(rec.other)
     for weight, macs in rec.calls:
         entry = dims_of.get(id(weight)) if isinstance(weight, nn.Parameter) else None

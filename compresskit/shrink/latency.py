@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from compresskit._modes import eval_mode
 from compresskit.io import atomic_write_json
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -286,13 +287,11 @@ class LatencyTable:
 
         modules = dict(model.named_modules())
         weighted = [layer.name for layer in graph.layers if isinstance(modules.get(layer.name), _TIMED)]
-        modes = {m: m.training for m in model.modules()}
         moved = {p.device for p in model.parameters()} - {device}
         if moved:
             raise ValueError(f"device: the model's parameters are on {sorted(map(str, moved))}, "
                              f"not {device}; move the model first (the table times it where it runs)")
-        model.eval()
-        try:
+        with eval_mode(model):
             shapes, out_numel = _record_inputs(model, inputs, {n: modules[n] for n in weighted})
             model_sig = _model_signature(model, graph, inputs)
             measured = cache.get("model:" + model_sig)
@@ -303,10 +302,6 @@ class LatencyTable:
             if in_model is None:
                 in_model = _time_in_model(model, inputs, {n: modules[n] for n in weighted}, clock)
                 cache.put(f"model:{model_sig}|layers", in_model)
-        finally:
-            for m, training in modes.items():
-                if m.training != training:
-                    m.train(training)
         sizes = {g.id: g.size for g in graph.groups}
         prunable = {g.id for g in graph.groups if g.prunable}
         layers = []

@@ -53,6 +53,8 @@ class SparsifyContext:
     progress: bool = True
     out_dir: Path | None = None
     resume: bool = True
+    #: ``TrainConfig.batch_shapes``: "same", "spatial" or "off"
+    batch_shapes: str = "same"
 
 
 @runtime_checkable
@@ -207,7 +209,8 @@ class OBProxSGSparsifier:
         opt = OBProxSG(groups, lr=cfg.lr, lambda_=0.0 if auto else float(cfg.lambda_), eps=cfg.eps,
                        n_prox_steps=cfg.n_prox_steps, n_orthant_steps=cfg.n_orthant_steps)
         tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, seed=ctx.seed, device=ctx.device,
-                           checkpoint_every=ctx.checkpoint_every, progress=ctx.progress)
+                           checkpoint_every=ctx.checkpoint_every, progress=ctx.progress,
+                           batch_shapes=ctx.batch_shapes)
         torch.manual_seed(ctx.seed)
         train(model, ctx.train_loader, ctx.loss_fn, optimizer=opt, config=tcfg, inputs_fn=ctx.inputs_fn,
               out_dir=ctx.out_dir, resume=ctx.resume, callbacks=callbacks, stage="sparsify")
@@ -323,7 +326,8 @@ class ProgressiveSparsifier:
         zeroing = ProgressiveZeroing(model, ctx.graph, widths_fn=ctx.widths_fn, steps=cfg.steps,
                                      every=cfg.calibrate_every or max(1, cfg.steps // 10), ramp=cfg.ramp)
         tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, scheduler="none", seed=ctx.seed, device=ctx.device,
-                           checkpoint_every=ctx.checkpoint_every, progress=ctx.progress)
+                           checkpoint_every=ctx.checkpoint_every, progress=ctx.progress,
+                           batch_shapes=ctx.batch_shapes)
         torch.manual_seed(ctx.seed)
         train(model, ctx.train_loader, ctx.loss_fn, config=tcfg, inputs_fn=ctx.inputs_fn, out_dir=ctx.out_dir,
               resume=ctx.resume, callbacks=[zeroing], stage="sparsify")
