@@ -55,6 +55,7 @@ class CompressResult:
     report: CompressReport
     #: ``{"name", "kwargs", "inputs", "widths"}`` when the model can be rebuilt from the registry, else None
     rebuild: dict[str, Any] | None = None
+    input_dtypes: list[str] | None = None  #: the example inputs' dtypes ("int64"), for CompressResult.save
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the small model to one file (atomically); :func:`load` rebuilds it from that file alone,
@@ -356,7 +357,8 @@ def _finish(state: Any, r: _Resolved, name: str, out_dir: Path | None) -> Compre
         rebuild = {"name": r.registered[0], "kwargs": r.registered[1],
                    "inputs": [(list(t.shape), str(t.dtype).removeprefix("torch.")) for t in r.example_inputs],
                    "widths": {k: v[1] if shrunk else v[0] for k, v in widths.items()}}
-    result = CompressResult(final, plan, report, rebuild)
+    result = CompressResult(final, plan, report, rebuild,
+                            [str(t.dtype).removeprefix("torch.") for t in r.example_inputs])
     if out_dir is not None:
         suffix = "" if stage == "compressed" else f"_{stage}"
         report.save(out_dir / f"report{suffix}.json")

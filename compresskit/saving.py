@@ -13,7 +13,8 @@ architecture, neither of which is pickled Python:
   name no Python function; its guards (Python source) are dropped. The loaded module needs neither the
   model's class nor its source and behaves as the model did in eval mode.
 
-A pickled copy of the module (``pickled_module``, opaque bytes) is kept beside them. It is unpickled only
+For a ``program`` file a pickled copy of the module (``pickled_module``, opaque bytes) is kept beside it
+(a registered model needs none: its class is in the registry). It is unpickled only
 by ``load_model(path, trusted=True)``, which returns the original class (to fine-tune it in train mode);
 unpickling runs code named by the file, so only for files you trust. A model that cannot be exported is
 saved with the pickle alone (with a warning) and needs ``trusted=True`` to load.
@@ -56,17 +57,16 @@ def save_result(result: Any, path: str | os.PathLike) -> Path:
         "format": FILE_FORMAT,
         "state_dict": state,
         "shapes": {k: list(v.shape) for k, v in state.items()},
-        "registered": result.rebuild,
+        "registered": _plain_spec(result.rebuild),
         "report": result.report.to_dict(),
         "class": f"{type(model).__module__}.{type(model).__qualname__}",
         "program": None,
         "pickled_module": None,
     }
-    if result.rebuild is None:
+    if payload["registered"] is None:
         payload["pickled_module"] = _pickle_bytes(model)
-        shapes = result.report.example_input_shapes
         try:
-            payload["program"] = _export(model, shapes)
+            payload["program"] = _export(model, _input_specs(result))
         except Exception as e:  # data-dependent Python, numpy, ops export cannot see
             warnings.warn(
                 f"CompressResult.save: the model could not be exported with torch.export "
@@ -75,6 +75,58 @@ def save_result(result: Any, path: str | os.PathLike) -> Path:
                 stacklevel=3,
             )
     return atomic_torch_save(payload, path)
+
+
+def _plain_spec(spec: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The registered-model spec if ``torch.load(weights_only=True)`` reads it back unchanged, else None
+    (with a warning: the model is then saved as an exported program, like an unregistered one)."""
+    if spec is None:
+        return None
+    buf = io.BytesIO()
+    try:
+        torch.save(spec, buf)
+        buf.seek(0)
+        ok = torch.load(buf, weights_only=True) == spec
+    except Exception:  # a Path, a class, a function among the factory kwargs
+        ok = False
+    if not ok:
+        warnings.warn(f"CompressResult.save: the factory kwargs of registered model {spec.get('name')!r} "
+                      f"are not plain values (numbers, strings, lists, dicts): {spec.get('kwargs')!r}; "
+                      "saving the model as an exported program instead of a registered-model spec",
+                      stacklevel=4)
+        return None
+    return spec
+
+
+def _input_specs(result: Any) -> list[tuple[list[int], str]]:
+    """``[(shape, dtype name)]`` of the example inputs: the rebuild spec's, else the shapes of the report
+    with the dtypes ``ck.compress`` recorded (``"float32"`` for a result that has none)."""
+    if result.rebuild is not None and result.rebuild.get("inputs"):
+        return [(list(shape), str(dtype)) for shape, dtype in result.rebuild["inputs"]]
+    shapes = result.report.example_input_shapes
+    dtypes = list(getattr(result, "input_dtypes", None) or [])
+    dtypes += ["float32"] * (len(shapes) - len(dtypes))
+    return [(list(s), d) for s, d in zip(shapes, dtypes)]
+
+
+def _example_input(shape: list[int], dtype_name: str, float_dtype: torch.dtype, gen: torch.Generator,
+                   ) -> torch.Tensor:
+    """Uniform [0, 1) floats (in the model's float dtype) or zeros (token ids, masks, counts)."""
+    dtype = _dtype(dtype_name, "the example inputs")
+    if dtype.is_floating_point:
+        return torch.rand(shape, generator=gen, dtype=float_dtype)
+    if dtype.is_complex:
+        return torch.rand(shape, generator=gen, dtype=dtype)
+    return torch.zeros(shape, dtype=dtype)  # index 0 is valid for any Embedding / gather
+
+
+def _dtype(name: Any, where: str) -> torch.dtype:
+    """``torch.<name>`` when it is a dtype; ValueError naming ``where`` otherwise."""
+    dtype = getattr(torch, name, None) if isinstance(name, str) else None
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"{where}: input dtype {name!r} is not a torch dtype name (expected e.g. 'float32', "
+                         "'int64')")
+    return dtype
 
 
 def _pickle_bytes(model: nn.Module) -> bytes | None:
@@ -88,8 +140,9 @@ def _pickle_bytes(model: nn.Module) -> bytes | None:
     return buf.getvalue()
 
 
-def _export(model: nn.Module, shapes: list[list[int]]) -> dict[str, Any]:
-    """The model as a torch.export program (JSON bytes and its lifted constants), checked on the inputs."""
+def _export(model: nn.Module, specs: list[tuple[list[int], str]]) -> dict[str, Any]:
+    """The model as a torch.export program (JSON bytes and its lifted constants), checked on inputs of the
+    example inputs' shapes and dtypes."""
     from torch._export.serde.serialize import serialize
     from torch.export import Dim
 
@@ -97,7 +150,8 @@ def _export(model: nn.Module, shapes: list[list[int]]) -> dict[str, Any]:
     dtype = param.dtype if param is not None else torch.float32
     device = param.device if param is not None else torch.device("cpu")
     gen = torch.Generator(device="cpu").manual_seed(0)
-    inputs = tuple(torch.rand(s, generator=gen, dtype=dtype).to(device) for s in shapes)
+    shapes = [s for s, _ in specs]
+    inputs = tuple(_example_input(s, d, dtype, gen).to(device) for s, d in specs)
     modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
@@ -116,7 +170,8 @@ def _export(model: nn.Module, shapes: list[list[int]]) -> dict[str, Any]:
         raise TypeError("the program holds script objects")
     if set(ep.state_dict) != set(model.state_dict()):
         raise RuntimeError("the program's weights are not the model's state_dict")
-    return {"json": art.exported_program, "constants": constants, "input_shapes": [list(s) for s in shapes]}
+    return {"json": art.exported_program, "constants": constants, "input_shapes": [list(s) for s in shapes],
+            "input_dtypes": [str(d) for _, d in specs]}
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -149,7 +204,7 @@ def load_model(path: str | os.PathLike, *, trusted: bool = False) -> nn.Module:
         raise ValueError(f"load: {str(path)!r} is not a file written by CompressResult.save "
                          f"(expected format {FILE_FORMAT!r})")
     if data.get("registered") is not None:
-        model = rebuild_registered(data["registered"], data["shapes"])
+        model = rebuild_registered(data["registered"], data["shapes"], path=path)
     elif trusted and isinstance(data.get("module"), nn.Module):  # format 1
         model = data["module"]
     elif trusted and data.get("pickled_module") is not None and (model := _unpickle(data, path)) is not None:
@@ -330,14 +385,17 @@ def _check_program(doc: Any) -> None:
 
 
 # ------------------------------------------------------------------------------------------ registered
-def rebuild_registered(spec: Mapping[str, Any], shapes: Mapping[str, list[int]]) -> nn.Module:
+def rebuild_registered(spec: Mapping[str, Any], shapes: Mapping[str, list[int]], *,
+                       path: str | os.PathLike | None = None) -> nn.Module:
     """``ck.create_model(name, **kwargs)``, traced on zero inputs and shrunk to the stored widths."""
     from compresskit.graph.trace import trace
     from compresskit.registry import create_model
     from compresskit.shrink.surgery import shrink
 
+    where = f"load: {str(path)!r}" if path is not None else "load"
+    dtypes = [_dtype(dtype, where) for _, dtype in spec["inputs"]]  # before any model code runs
     full = create_model(spec["name"], **spec["kwargs"])
-    inputs = tuple(torch.zeros(shape, dtype=getattr(torch, dtype)) for shape, dtype in spec["inputs"])
+    inputs = tuple(torch.zeros(shape, dtype=dt) for (shape, _), dt in zip(spec["inputs"], dtypes))
     graph = trace(full, inputs)
     sizes = {str(g.id): g for g in graph.groups}
     keep = {}

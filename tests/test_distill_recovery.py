@@ -157,3 +157,32 @@ def test_a_resumed_early_stopped_run_stays_stopped(tmp_path):
     assert again.step == 4
     for a, b in zip(first.model.state_dict().values(), again.model.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_a_resumed_auto_feature_run_equals_the_uninterrupted_one(tmp_path):
+    """The probe that fits the adapters and scales the feature terms reads the first batch of a shuffled
+    loader: a resumed process (another global RNG state) must see the same batch, hence the same weights."""
+    class Stop(Callback):
+        def __init__(self, at):
+            self.at = at
+
+        def on_step_end(self, trainer):
+            if trainer.step == self.at:
+                raise KeyboardInterrupt
+
+    def run(out, global_seed, stop=None):
+        student, teacher = Net(4, 1), Net()  # Net() seeds the global RNG itself
+        torch.manual_seed(global_seed)  # what the process happens to have: not the config's seed
+        cfg = ck.DistillConfig(steps=5, checkpoint_every=1, log_every=1, progress=False, features="auto",
+                               scheduler="none", lr=1e-2)
+        loader = DataLoader(images(8), batch_size=2, shuffle=True)
+        return ck.distill(student, teacher, loader, config=cfg, out_dir=out,
+                          callbacks=[Stop(stop)])
+
+    full = run(tmp_path / "a", global_seed=1)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b", global_seed=2, stop=3)
+    resumed = run(tmp_path / "b", global_seed=3)
+    assert resumed.step == full.step == 5
+    for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), k

@@ -122,6 +122,7 @@ def _bin(name: str) -> str | None:
     return which(name)
 
 
+@pytest.mark.filterwarnings("error:CompressConfig. flat keys are deprecated")  # docs teach the nested form
 @pytest.mark.parametrize("path", [p for p in DOCS if _blocks(p, {"python"})], ids=lambda p: p.name)
 def test_python_blocks_run(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                            isolated_registries: None) -> None:

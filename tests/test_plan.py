@@ -254,6 +254,28 @@ def test_keep_from_plan_picks_the_heaviest_units():
         keep_from_plan(m, _trace(Chain()), plan)
 
 
+def test_unit_density_by_hand_and_a_model_changed_after_trace():
+    from compresskit.shrink.importance import unit_density
+
+    m = _sparse_residual()
+    graph = _trace(m)
+    gb = _group(graph, "b")
+    m.requires_grad_(False)
+    with torch.no_grad():
+        m.b.weight[2, :3] = 0  # a few more zeros in unit 2's row
+    # b's output unit k: its row of b.weight, b.bias[k], column k of c.weight
+    nnz = [int((m.b.weight[k] != 0).sum() + (m.b.bias[k] != 0) + (m.c.weight[:, k] != 0).sum())
+           for k in range(10)]
+    total = m.b.weight[0].numel() + 1 + m.c.weight[:, 0].numel()
+    want = torch.tensor([n / total for n in nnz], dtype=torch.float64)
+    torch.testing.assert_close(unit_density(m, gb), want, rtol=0, atol=1e-12)
+    assert unit_density(m, gb)[[0, 3, 6]].tolist() == [0.0, 0.0, 0.0]
+    m.b = nn.Conv2d(m.b.in_channels, 6, 3, padding=1)  # fewer outputs than the graph has units
+    for per_unit in (unit_density, unit_l1_mass):
+        with pytest.raises(ValueError, match="changed after ck.trace"):
+            per_unit(m, gb)
+
+
 def test_plan_then_shrink_gives_planned_widths_and_same_outputs():
     m = _sparse_residual().eval()
     graph = _trace(m)

@@ -191,3 +191,71 @@ def test_load_errors_say_what_is_wrong(tmp_path: Path) -> None:
     (tmp_path / "other.pt").write_bytes(buf.getvalue())
     with pytest.raises(ValueError, match="not a file written by CompressResult.save"):
         ck.load(tmp_path / "other.pt")
+
+
+class _TokenNet(nn.Module):
+    def __init__(self, width: int = 32) -> None:
+        super().__init__()
+        self.emb, self.l1, self.l2 = nn.Embedding(20, 16), nn.Linear(16, width), nn.Linear(width, 8)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.l2(torch.relu(self.l1(self.emb(ids))))
+
+
+_NO_STEPS = dict(sparsify={"steps": 0}, recover={"steps": 0}, measure_latency=False, progress=False)
+
+
+def test_a_model_with_token_id_inputs_saves_a_safe_file(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    data = [(torch.randint(0, 20, (4, 5)), torch.randn(4, 5, 8)) for _ in range(2)]
+    result = ck.compress(_TokenNet(), data, config=_NO_STEPS)
+    path = result.save(tmp_path / "tokens.pt")  # float inputs into an Embedding could not be exported
+    assert torch.load(path, weights_only=True)["program"] is not None
+    loaded = ck.load(path)  # without trusted=True
+    x = torch.tensor([[0, 19, 3], [7, 7, 1]])
+    with torch.no_grad():
+        assert torch.equal(loaded(x), result.model.eval()(x))
+
+
+def test_registered_model_with_non_plain_kwargs_saves_a_safe_file(tmp_path: Path) -> None:
+    from compresskit import registry
+
+    with registry.MODELS.snapshot():
+        @ck.register_model("test_token_net_path")
+        def token_net(where: Path = Path("."), width: int = 32) -> nn.Module:  # noqa: ARG001
+            return _TokenNet(width)
+
+        torch.manual_seed(0)
+        model = ck.create_model("test_token_net_path", where=tmp_path, width=24)
+        data = [(torch.randint(0, 20, (4, 5)), torch.randn(4, 5, 8))]
+        result = ck.compress(model, data, config=_NO_STEPS)
+        assert result.rebuild is not None and isinstance(result.rebuild["kwargs"]["where"], Path)
+        with pytest.warns(UserWarning, match="not plain values"):
+            path = result.save(tmp_path / "reg.pt")
+        data = torch.load(path, weights_only=True)  # the whole file reads with the safe unpickler
+        assert data["registered"] is None and data["program"] is not None
+        loaded = ck.load(path)
+        x = torch.randint(0, 20, (2, 6))
+        with torch.no_grad():
+            assert torch.equal(loaded(x), result.model.eval()(x))
+
+
+def test_a_crafted_input_dtype_is_a_clear_error(tmp_path: Path) -> None:
+    from compresskit import registry
+
+    with registry.MODELS.snapshot():
+        @ck.register_model("test_token_net_plain")
+        def token_net(width: int = 32) -> nn.Module:
+            return _TokenNet(width)
+
+        data = [(torch.randint(0, 20, (4, 5)), torch.randn(4, 5, 8))]
+        result = ck.compress(ck.create_model("test_token_net_plain"), data, config=_NO_STEPS)
+        path = result.save(tmp_path / "reg.pt")
+        saved = torch.load(path, weights_only=True)
+        assert saved["registered"]["inputs"] == [([4, 5], "int64")]
+        assert isinstance(ck.load(path), _TokenNet)
+        for bad in ("load", "save", "nn", 3):
+            saved["registered"]["inputs"] = [([4, 5], bad)]
+            torch.save(saved, tmp_path / "bad.pt")
+            with pytest.raises(ValueError, match=r"bad\.pt.*not a torch dtype"):
+                ck.load(tmp_path / "bad.pt")

@@ -231,8 +231,14 @@ class Distiller:
     # -------------------------------------------------------------- set-up
     def _probe(self, feature_terms: list[FeatureLoss], student_hooks: FeatureHooks,
                teacher_hooks: FeatureHooks) -> dict[str, nn.Module]:
-        """One forward of both models on the first batch to read feature widths; builds the adapters."""
-        batch, _ = split_cached(next(iter(self.train_loader)))
+        """One forward of both models on the first batch to read feature widths; builds the adapters.
+
+        The batch is drawn under the config's seed (a forked RNG): a shuffled loader gives the same probe
+        batch, hence the same adapters and term weights, in a resumed run as in the uninterrupted one, and
+        the global RNG is left as it was."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.seed)
+            batch, _ = split_cached(next(iter(self.train_loader)))
         device = next(self.student.parameters()).device
         batch = to_device(batch, device)
         was = self.student.training

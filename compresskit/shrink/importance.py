@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from compresskit.shrink.select import unit_l1_mass
+from compresskit.shrink.select import unit_l1_mass, unit_sums
 
 if TYPE_CHECKING:  # pragma: no cover
     from compresskit.graph.channels import ChannelGraph, ChannelGroup
@@ -59,20 +59,7 @@ class L1Importance:
 
 def unit_density(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
     """float64 tensor of length ``group.size``: non-zeros / entries in each unit's parameter slices."""
-    nnz = torch.zeros(group.size, dtype=torch.float64)
-    total = torch.zeros(group.size, dtype=torch.float64)
-    for member in group.members:
-        mod = model.get_submodule(member.module) if member.module else model
-        tensor = getattr(mod, member.tensor, None)
-        if not isinstance(tensor, nn.Parameter):
-            continue
-        with torch.no_grad():
-            t = tensor.detach()
-            dims = [d for d in range(t.ndim) if d != member.dim]
-            per_nnz = (t != 0).to(torch.float64).sum(dim=dims) if dims else (t != 0).to(torch.float64)
-            per_all = torch.full_like(per_nnz, float(t.numel() // max(1, t.shape[member.dim])))
-            nnz.index_add_(0, member.units, per_nnz[member.positions].cpu())
-            total.index_add_(0, member.units, per_all[member.positions].cpu())
+    nnz, total = unit_sums(model, group, lambda t: t != 0)
     return torch.where(total > 0, nnz / total.clamp_min(1), torch.zeros_like(nnz))
 
 

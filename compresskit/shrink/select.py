@@ -9,6 +9,7 @@ keeping the ``width`` heaviest units keeps what the sparse solution kept (``init
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -18,17 +19,21 @@ if TYPE_CHECKING:  # pragma: no cover
     from compresskit.graph.channels import ChannelGraph, ChannelGroup
     from compresskit.shrink.plan import WidthPlan
 
-__all__ = ["keep_from_plan", "unit_l1_mass", "INITS"]
+__all__ = ["keep_from_plan", "unit_l1_mass", "unit_sums", "INITS"]
 
 INITS = ("inherit", "reinit")
 
 
-def unit_l1_mass(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
-    """float64 tensor of length ``group.size``: the l1 mass of each unit over the group's parameters.
+def unit_sums(model: nn.Module, group: ChannelGroup,
+              entry: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(Σ entry(θ), number of entries)`` per unit of ``group``, float64 tensors of length ``group.size``.
 
-    Buffers (running statistics) are not weights and do not count.
+    Sums over every entry of the group's parameters that the unit indexes, in every member tensor; buffers
+    (running statistics) are not weights and do not count. A member whose length differs from the graph's
+    is an error (the model was changed after tracing).
     """
-    mass = torch.zeros(group.size, dtype=torch.float64)
+    sums = torch.zeros(group.size, dtype=torch.float64)
+    counts = torch.zeros(group.size, dtype=torch.float64)
     for member in group.members:
         mod = model.get_submodule(member.module) if member.module else model
         tensor = getattr(mod, member.tensor, None)
@@ -40,10 +45,19 @@ def unit_l1_mass(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
                 f"graph expects {member.length}: was the model changed after ck.trace?"
             )
         with torch.no_grad():
-            t = tensor.detach().abs().to(torch.float64)
-            per_position = t.sum(dim=[d for d in range(t.ndim) if d != member.dim]) if t.ndim > 1 else t
-            mass.index_add_(0, member.units, per_position[member.positions].cpu())
-    return mass
+            t = entry(tensor.detach()).to(torch.float64)
+            dims = [d for d in range(t.ndim) if d != member.dim]
+            per_position = t.sum(dim=dims) if dims else t  # sum(dim=[]) would sum everything
+            per_count = torch.full_like(per_position, float(t.numel() // max(1, t.shape[member.dim])))
+            sums.index_add_(0, member.units, per_position[member.positions].cpu())
+            counts.index_add_(0, member.units, per_count[member.positions].cpu())
+    return sums, counts
+
+
+def unit_l1_mass(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
+    """float64 tensor of length ``group.size``: the l1 mass ``Σ |θ|`` of each unit over the group's
+    parameters (:func:`unit_sums`)."""
+    return unit_sums(model, group, torch.abs)[0]
 
 
 def keep_from_plan(

@@ -169,8 +169,9 @@ class AutoLambda(Callback):
         self.history = list(state["history"])
 
 
-class OBProxSGSparsifier:
-    """The default sparsifier: ``ck.train`` with ``ck.OBProxSG`` (+ :class:`AutoLambda` for "auto")."""
+class _ConfigSparsifier:
+    """A :class:`Sparsifier` driven by its :class:`SparsifyConfig`: the config is the fingerprint, and
+    ``steps == 0`` trains nothing; subclasses implement :meth:`_run` (``steps > 0``)."""
 
     def __init__(self, config: SparsifyConfig):
         self.config = config
@@ -179,13 +180,23 @@ class OBProxSGSparsifier:
         return self.config.model_dump(mode="json")
 
     def run(self, model: nn.Module, ctx: SparsifyContext) -> dict[str, Any]:
+        if self.config.steps == 0:
+            return {"steps": 0}
+        return self._run(model, ctx)
+
+    def _run(self, model: nn.Module, ctx: SparsifyContext) -> dict[str, Any]:  # pragma: no cover
+        raise NotImplementedError
+
+
+class OBProxSGSparsifier(_ConfigSparsifier):
+    """The default sparsifier: ``ck.train`` with ``ck.OBProxSG`` (+ :class:`AutoLambda` for "auto")."""
+
+    def _run(self, model: nn.Module, ctx: SparsifyContext) -> dict[str, Any]:
         from compresskit.config import TrainConfig
         from compresskit.sparsify.obproxsg import OBProxSG, l1_param_groups
         from compresskit.train.loop import train
 
         cfg = self.config
-        if cfg.steps == 0:
-            return {"steps": 0}
         every = cfg.l1_on == "all"
         auto = cfg.lambda_ == "auto"
         groups = l1_param_groups(model, 0.0 if auto else float(cfg.lambda_), include_biases=every,
@@ -306,23 +317,15 @@ class ProgressiveZeroing(Callback):
         self.initial = None if state["initial"] is None else {int(k): v for k, v in state["initial"].items()}
 
 
-class ProgressiveSparsifier:
+class ProgressiveSparsifier(_ConfigSparsifier):
     """Target-sparsity training (HESSO-like): ``ck.train`` with the default optimizer (Adamax) and
     :class:`ProgressiveZeroing`; no λ at all."""
 
-    def __init__(self, config: SparsifyConfig):
-        self.config = config
-
-    def fingerprint(self) -> dict[str, Any]:
-        return self.config.model_dump(mode="json")
-
-    def run(self, model: nn.Module, ctx: SparsifyContext) -> dict[str, Any]:
+    def _run(self, model: nn.Module, ctx: SparsifyContext) -> dict[str, Any]:
         from compresskit.config import TrainConfig
         from compresskit.train.loop import train
 
         cfg = self.config
-        if cfg.steps == 0:
-            return {"steps": 0}
         zeroing = ProgressiveZeroing(model, ctx.graph, widths_fn=ctx.widths_fn, steps=cfg.steps,
                                      every=cfg.calibrate_every or max(1, cfg.steps // 10), ramp=cfg.ramp)
         tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, scheduler="none", seed=ctx.seed, device=ctx.device,

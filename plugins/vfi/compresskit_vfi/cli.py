@@ -112,6 +112,8 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--overlap", type=int, default=32, metavar="PX", help="context around each tile")
     ev.add_argument("--out", default="vfi_eval", metavar="DIR", help="output folder (default: vfi_eval)")
     ev.add_argument("--no-progress", action="store_true")
+    ev.add_argument("--trusted", action="store_true",
+                    help="unpickle a compressed --checkpoint that needs it; only for files you trust")
 
     ip = sub.add_parser("interpolate", help="up-convert a video by 2, 4 or 8",
                         description="Insert factor-1 predicted frames between every pair of frames.",
@@ -140,6 +142,8 @@ def _build_parser() -> argparse.ArgumentParser:
     ip.add_argument("--no-cut-detection", action="store_true", help="interpolate across scene cuts too")
     ip.add_argument("--no-audio", action="store_true", help="do not copy the input's audio stream")
     ip.add_argument("--no-progress", action="store_true")
+    ip.add_argument("--trusted", action="store_true",
+                    help="unpickle a compressed --checkpoint that needs it; only for files you trust")
     return parser
 
 
@@ -162,9 +166,11 @@ def _compressed_spec(path: Path) -> dict[str, Any] | None:
     return None
 
 
-def _create_model(name: str | None, checkpoint: str | None) -> Any:
-    """``--model``/``--checkpoint`` as a model: a compress file via ``ck.load``, else ``ck.create_model``."""
+def _create_model(name: str | None, checkpoint: str | None, trusted: bool = False) -> Any:
+    """``--model``/``--checkpoint`` as a model: a compress file via ``ck.load`` (unpickling only with
+    ``--trusted``), else ``ck.create_model``."""
     import compresskit as ck
+    from compresskit.saving import UnsafeFileError
 
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise CLIError(f"--checkpoint {checkpoint!r} does not exist")
@@ -172,7 +178,10 @@ def _create_model(name: str | None, checkpoint: str | None) -> Any:
         spec = _compressed_spec(Path(checkpoint))
         if spec is not None:
             try:
-                model = ck.load(checkpoint)
+                model = ck.load(checkpoint, trusted=trusted)
+            except UnsafeFileError as e:
+                advice = str(e).replace("pass ck.load(path, trusted=True)", "pass --trusted")
+                raise CLIError(f"--checkpoint {checkpoint!r}: {advice}") from e
             except ValueError as e:
                 if spec:  # written by compress, yet it does not rebuild: say why
                     raise CLIError(f"--checkpoint {checkpoint!r}: {e}") from e
@@ -252,7 +261,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         label = args.label[i] if args.label else name
         if label in models:
             label = f"{name}:{Path(ckpt).stem}" if ckpt else f"{name}#{i}"
-        models[label] = _create_model(name, ckpt)
+        models[label] = _create_model(name, ckpt, args.trusted)
     kind = "quintuplet" if any(model_num_inputs(m) == 4 for m in models.values()) else "triplet"
     datasets = {}
     for name, d in pairs:
@@ -296,7 +305,7 @@ def _interpolate(args: argparse.Namespace) -> int:
                        "are random (--random-weights does that on purpose)")
     if args.checkpoint is None and args.model is None:
         raise CLIError("--random-weights needs --model NAME")
-    model = _create_model(args.model, args.checkpoint)
+    model = _create_model(args.model, args.checkpoint, args.trusted)
     summary = interpolate_video(src, args.output, model, factor=factor, tile=args.tile, overlap=args.overlap,
                                 device=args.device, fps=args.fps, codec=args.codec, crf=args.crf,
                                 progress=not args.no_progress,

@@ -234,3 +234,39 @@ def test_evaluate_argument_errors(tmp_path, capsys):
     assert main([*base, "--checkpoint", str(tmp_path / "nope.pth"), "--dataset", "sample"]) != 0
     assert "does not exist" in _one_error_line(capsys)
     assert not (tmp_path / "o").exists()
+
+
+def test_interpolate_trusted_opens_a_pickle_only_file(tmp_path, capsys, monkeypatch):
+    import compresskit.saving as saving
+
+    torch.manual_seed(0)
+    batches = [tuple(torch.rand(2, 3, 16, 16) for _ in range(3))]
+    result = ck.compress(TinyVFI(), batches, config=dict(sparsify={"steps": 0}, recover={"steps": 0},
+                                                         measure_latency=False, progress=False))
+
+    def no_export(*a, **k):
+        raise RuntimeError("data-dependent control flow")  # what torch.export says of some models
+
+    monkeypatch.setattr(saving, "_export", no_export)
+    with pytest.warns(UserWarning, match="only a pickled module"):
+        path = result.save(tmp_path / "pickled.pt")
+    src = tmp_path / "in.mkv"
+    frames = _smooth_clip(src)
+    out = tmp_path / "out.mkv"
+    argv = ["interpolate", str(src), str(out), "--checkpoint", str(path), "--codec", "ffv1", "--no-progress",
+            "--no-cut-detection"]
+    assert main(argv) != 0
+    err = _one_error_line(capsys)
+    assert "pass --trusted" in err and "ck.load" not in err and not out.exists()
+    assert main([*argv, "--trusted"]) == 0, capsys.readouterr().err
+    to_t = lambda a: torch.from_numpy(a).permute(2, 0, 1)[None].float() / 255  # noqa: E731
+    model = result.model.eval()
+    with torch.no_grad():
+        mid = [model(to_t(frames[t]), to_t(frames[t + 1]))[0] for t in range(len(frames) - 1)]
+    mid = np.stack([np.round(m.clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(np.uint8) for m in mid])
+    got = read_video(out)
+    np.testing.assert_array_equal(got[::2], frames)
+    np.testing.assert_array_equal(got[1::2], mid)
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    assert "--trusted" in capsys.readouterr().out
