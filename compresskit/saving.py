@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from compresskit._modes import eval_mode
 from compresskit.io import atomic_torch_save
 
 __all__ = ["save_result", "load_model", "UnsafeFileError", "FILE_FORMAT", "FILE_FORMATS"]
@@ -152,16 +153,11 @@ def _export(model: nn.Module, specs: list[tuple[list[int], str]]) -> dict[str, A
     gen = torch.Generator(device="cpu").manual_seed(0)
     shapes = [s for s, _ in specs]
     inputs = tuple(_example_input(s, d, dtype, gen).to(device) for s, d in specs)
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
+    with eval_mode(model):
         dynamic = tuple({d: Dim.AUTO for d in range(len(s))} for s in shapes)
         ep = torch.export.export(model, inputs, dynamic_shapes=dynamic, strict=False)
         with torch.no_grad():
             want, got = model(*inputs), ep.module()(*inputs)
-    finally:
-        for m, training in modes.items():
-            m.train(training)
     if not _same(want, got):
         raise RuntimeError("the exported program does not reproduce the model's outputs")
     art = serialize(ep, serialize_state_dict=False, serialize_constants=False, serialize_example_inputs=False)
