@@ -38,8 +38,8 @@ _SAVE = textwrap.dedent(
 
     torch.manual_seed(0)
     data = [(torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)) for _ in range(3)]
-    result = ck.compress(MainOnlyNet(), data, config=dict(sparsify_steps=20, lambda_=2.0, lr=0.05,
-                         finetune_steps=2, measure_latency=False, progress=False))
+    result = ck.compress(MainOnlyNet(), data, config=dict(sparsify=dict(steps=20, lambda_=2.0, lr=0.05),
+                         recover=dict(steps=2), measure_latency=False, progress=False))
     out = sys.argv[1]
     result.save(out + "/small.pt")
     x = torch.randn(2, 3, 12, 10)  # another size than the one it was compressed at
@@ -120,8 +120,8 @@ def _small_file(tmp_path: Path) -> tuple[Path, torch.Tensor, torch.Tensor]:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 3, 1)).eval()
     data = [(torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8))]
-    result = ck.compress(model, data, config=dict(sparsify_steps=0, finetune_steps=0, measure_latency=False,
-                                                   progress=False))
+    result = ck.compress(model, data, config=dict(sparsify=dict(steps=0), recover=dict(steps=0),
+                                                   measure_latency=False, progress=False))
     path = result.save(tmp_path / "small.pt")
     x = torch.randn(1, 3, 8, 8)
     with torch.no_grad():

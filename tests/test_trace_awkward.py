@@ -54,8 +54,8 @@ _SCRIPT = textwrap.dedent(
     groups = [dict(producers=g.producers, size=g.size, prunable=g.prunable, reasons=g.reasons)
               for g in graph.groups]
     data = [(torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)) for _ in range(2)]
-    result = ck.compress(model, data, config=dict(sparsify_steps=2, finetune_steps=1, measure_latency=False,
-                                                  progress=False))
+    result = ck.compress(model, data, config=dict(sparsify=dict(steps=2), recover=dict(steps=1),
+                                                  measure_latency=False, progress=False))
     print(json.dumps(dict(method=graph.method, groups=groups, after=result.report.after.params)))
     """
 )

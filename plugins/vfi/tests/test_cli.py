@@ -158,8 +158,8 @@ def test_interpolate_loads_what_compress_saves(tmp_path, capsys):
     model = ck.create_model("test_cli_tiny_vfi")
     g = torch.Generator().manual_seed(1)
     batches = [tuple(torch.rand(2, 3, 16, 16, generator=g) for _ in range(3)) for _ in range(3)]
-    cfg = ck.CompressConfig(sparsify_steps=8, lambda_=0.5, lr=5e-2, finetune_steps=2, measure_latency=False,
-                            progress=False)
+    cfg = ck.CompressConfig(sparsify=dict(steps=8, lambda_=0.5, lr=5e-2), recover=dict(steps=2),
+                            measure_latency=False, progress=False)
     result = ck.compress(model, batches, config=cfg)
     result.save(tmp_path / "compressed_model.pt")  # the demo's file name
     small = ck.load(tmp_path / "compressed_model.pt")
