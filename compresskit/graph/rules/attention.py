@@ -59,8 +59,6 @@ def _matmul(ctx: RuleContext) -> Any:
     return res if res is not None else ctx.untracked()
 
 
-
-
 register_rule(
     ["matmul", "bmm", "mm", "__matmul__", *torch_fns("matmul", "bmm", "mm"), *aten_ops("matmul", "bmm", "mm"),
      operator.matmul],
@@ -91,8 +89,6 @@ def _sdpa(ctx: RuleContext) -> Any:
     return TensorInfo(out, len(out) + d, base.ids)
 
 
-
-
 register_rule(functional("scaled_dot_product_attention") + aten_ops("scaled_dot_product_attention"), _sdpa)
 
 
@@ -106,8 +102,6 @@ def _grid_sample(ctx: RuleContext) -> Any:
         ctx.freeze(x.ids, "grid_sample samples over this dim")
         return ctx.untracked()
     return ctx.like(x)
-
-
 
 
 register_rule(functional("grid_sample") + aten_ops("grid_sampler", "grid_sampler_2d", "grid_sampler_3d"),

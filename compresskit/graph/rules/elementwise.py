@@ -95,7 +95,6 @@ _OPERATORS = [
 ]
 
 
-
 def _unary(ctx: RuleContext) -> Any:
     x = ctx.arg(0, "input")
     if not isinstance(x, TensorInfo):
@@ -107,7 +106,6 @@ def _unary(ctx: RuleContext) -> Any:
     return ctx.like(x)
 
 
-
 register_rule([*_UNARY_NAMES, *(n + "_" for n in _UNARY_NAMES)], _unary)
 register_rule(torch_fns(*_UNARY_NAMES) + functional(*_UNARY_NAMES) + aten_ops(*_UNARY_NAMES), _unary)
 register_rule([operator.neg, operator.pos, operator.invert], _unary)
@@ -116,7 +114,6 @@ register_rule([operator.neg, operator.pos, operator.invert], _unary)
 def _unary_module(ctx: RuleContext) -> Any:
     x = ctx.arg(0, "input")
     return ctx.like(x) if isinstance(x, TensorInfo) else ctx.untracked()
-
 
 
 register_rule(_UNARY_MODULES, _unary_module)
@@ -173,13 +170,11 @@ def _where(ctx: RuleContext) -> Any:
     return elementwise(ctx, [ctx.arg(0, "condition"), ctx.arg(1, "input"), ctx.arg(2, "other")])
 
 
-
 register_rule([*torch_fns("where"), *aten_ops("where"), "where"], _where)
 
 
 def _masked_fill(ctx: RuleContext) -> Any:
     return elementwise(ctx, [ctx.arg(0, "input"), ctx.arg(1, "mask")])
-
 
 
 register_rule(["masked_fill", "masked_fill_", *torch_fns("masked_fill"), *aten_ops("masked_fill")],

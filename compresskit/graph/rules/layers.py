@@ -114,8 +114,6 @@ def _conv_module(ctx: RuleContext) -> Any:
     )
 
 
-
-
 register_rule(
     nn_modules("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"),
     _conv_module,
@@ -144,8 +142,6 @@ def _functional_conv(transposed: bool) -> RuleFn:
         return conv_core(ctx, x, w.module, w.tensor, b.tensor if b else None, groups, transposed, adjustable)
 
     return rule
-
-
 
 
 register_rule(functional("conv1d", "conv2d", "conv3d") + aten_ops("conv1d", "conv2d", "conv3d"),
@@ -177,8 +173,6 @@ def _linear_module(ctx: RuleContext) -> Any:
     )
 
 
-
-
 register_rule(nn_modules("Linear"), _linear_module)
 
 
@@ -188,8 +182,6 @@ def _functional_linear(ctx: RuleContext) -> Any:
     if w is None or (b is not None and b.module != w.module):
         return None
     return linear_core(ctx, ctx.arg(0, "input"), w.module, w.tensor, b.tensor if b else None)
-
-
 
 
 register_rule(functional("linear") + aten_ops("linear"), _functional_linear)
@@ -218,8 +210,6 @@ def _batchnorm_module(ctx: RuleContext) -> Any:
     return per_channel_core(ctx, ctx.arg(0, "input"), ctx.module_name, names, type(m).__name__)
 
 
-
-
 register_rule(nn_modules("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm"), _batchnorm_module)
 
 
@@ -246,8 +236,6 @@ def _functional_batchnorm(order: Sequence[str], x_index: int = 0) -> RuleFn:
         return out
 
     return rule
-
-
 
 
 register_rule(functional("batch_norm"),
@@ -281,8 +269,6 @@ def _groupnorm_module(ctx: RuleContext) -> Any:
     return groupnorm_core(ctx, ctx.arg(0, "input"), ctx.module_name, m.num_groups, tensors)
 
 
-
-
 register_rule(nn_modules("GroupNorm"), _groupnorm_module)
 
 
@@ -295,8 +281,6 @@ def _functional_groupnorm(ctx: RuleContext) -> Any:
             ctx.freeze(x.ids, "functional group_norm: its num_groups cannot follow the channels")
         return ctx.untracked()
     return groupnorm_core(ctx, x, w.module, g, [w.tensor] + ([b.tensor] if b else []))
-
-
 
 
 register_rule(functional("group_norm") + aten_ops("group_norm"), _functional_groupnorm)
@@ -325,8 +309,6 @@ def _layernorm_module(ctx: RuleContext) -> Any:
     return out
 
 
-
-
 register_rule(nn_modules("LayerNorm"), _layernorm_module)
 
 
@@ -337,8 +319,6 @@ def _functional_layernorm(ctx: RuleContext) -> Any:
     return layernorm_core(ctx, x, n)
 
 
-
-
 register_rule(functional("layer_norm") + aten_ops("layer_norm"), _functional_layernorm)
 
 
@@ -346,8 +326,6 @@ def _instancenorm_module(ctx: RuleContext) -> Any:
     m = ctx.module
     names = [n for n in ("weight", "bias", "running_mean", "running_var") if getattr(m, n, None) is not None]
     return per_channel_core(ctx, ctx.arg(0, "input"), ctx.module_name, names, "InstanceNorm")
-
-
 
 
 register_rule(nn_modules("InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d"), _instancenorm_module)
@@ -365,8 +343,6 @@ def _prelu_module(ctx: RuleContext) -> Any:
     return _prelu_core(ctx, ctx.arg(0, "input"), ctx.module_name, "weight", ctx.module.num_parameters)
 
 
-
-
 register_rule(nn_modules("PReLU"), _prelu_module)
 
 
@@ -377,8 +353,6 @@ def _functional_prelu(ctx: RuleContext) -> Any:
     return _prelu_core(ctx, ctx.arg(0, "input"), w.module, w.tensor, math.prod(ctx.param_shape(w)))
 
 
-
-
 register_rule(functional("prelu") + torch_fns("prelu") + aten_ops("prelu", "_prelu_kernel"),
               _functional_prelu)
 
@@ -386,8 +360,6 @@ register_rule(functional("prelu") + torch_fns("prelu") + aten_ops("prelu", "_pre
 def _embedding_module(ctx: RuleContext) -> Any:
     ids = ctx.weight_ids(ctx.module_name, "weight", 1, "out")
     return ctx.tracked(-1, ids)
-
-
 
 
 register_rule(nn_modules("Embedding"), _embedding_module)
@@ -407,8 +379,6 @@ def _mha_module(ctx: RuleContext) -> Any:
         else:
             res.append(o)
     return tuple(res) if isinstance(ctx.out, tuple | list) else res[0]
-
-
 
 
 register_rule(nn_modules("MultiheadAttention"), _mha_module)

@@ -168,15 +168,11 @@ def _view(ctx: RuleContext) -> Any:
     return out
 
 
-
-
 register_rule(["view", "reshape", *torch_fns("reshape"), *aten_ops("view", "reshape", "_unsafe_view")], _view)
 
 
 def _view_as(ctx: RuleContext) -> Any:
     return reshape_core(ctx, ctx.arg(0, "input"), ctx.out_shape, None)
-
-
 
 
 register_rule(["view_as", "reshape_as"], _view_as)
@@ -186,15 +182,11 @@ def _flatten(ctx: RuleContext) -> Any:
     return reshape_core(ctx, ctx.arg(0, "input"), ctx.out_shape, None)
 
 
-
-
 register_rule(["flatten", *torch_fns("flatten"), *aten_ops("flatten")], _flatten)
 
 
 def _flatten_module(ctx: RuleContext) -> Any:
     return reshape_core(ctx, ctx.arg(0, "input"), ctx.out_shape, None)
-
-
 
 
 register_rule(nn_modules("Flatten"), _flatten_module)
@@ -214,8 +206,6 @@ def _unflatten(ctx: RuleContext) -> Any:
     return reshape_core(ctx, x, ctx.out_shape, flags)
 
 
-
-
 register_rule(["unflatten", *torch_fns("unflatten"), *aten_ops("unflatten")], _unflatten)
 
 
@@ -227,8 +217,6 @@ def _unflatten_module(ctx: RuleContext) -> Any:
     for k, s in enumerate(m.unflattened_size):
         flags[dim + k] = s != -1
     return reshape_core(ctx, x, ctx.out_shape, flags)
-
-
 
 
 register_rule(nn_modules("Unflatten"), _unflatten_module)
@@ -253,8 +241,6 @@ def _permute(ctx: RuleContext) -> Any:
     return _move(x, perm, ctx.out_shape)
 
 
-
-
 register_rule(["permute", *torch_fns("permute"), *aten_ops("permute")], _permute)
 
 
@@ -269,8 +255,6 @@ def _transpose(ctx: RuleContext) -> Any:
     perm = list(range(x.ndim))
     perm[d0], perm[d1] = perm[d1], perm[d0]
     return _move(x, perm, ctx.out_shape)
-
-
 
 
 register_rule(
@@ -297,8 +281,6 @@ def _movedim(ctx: RuleContext) -> Any:
     return _move(x, perm, ctx.out_shape)
 
 
-
-
 register_rule(["movedim", "moveaxis", *torch_fns("movedim", "moveaxis"), *aten_ops("movedim")], _movedim)
 
 
@@ -310,8 +292,6 @@ def _unsqueeze(ctx: RuleContext) -> Any:
     perm: list[int | None] = list(range(x.ndim))
     perm.insert(d, None)
     return _insert_dims(x, perm, ctx.out_shape)
-
-
 
 
 register_rule(["unsqueeze", *torch_fns("unsqueeze"), *aten_ops("unsqueeze")], _unsqueeze)
@@ -345,8 +325,6 @@ def _squeeze(ctx: RuleContext) -> Any:
     return _insert_dims(x, src, ctx.out_shape)
 
 
-
-
 register_rule(["squeeze", *torch_fns("squeeze"), *aten_ops("squeeze")], _squeeze)
 
 
@@ -378,8 +356,6 @@ def _expand(ctx: RuleContext) -> Any:
     return _insert_dims(x, src, out)
 
 
-
-
 register_rule(["expand", "expand_as", *aten_ops("expand")], _expand)
 
 
@@ -396,8 +372,6 @@ def _repeat(ctx: RuleContext) -> Any:
     if x.param is not None and all(r == 1 for r in reps[lead:]):
         return _insert_dims(x, [None] * lead + list(range(x.ndim)), out)
     return ctx.untracked()
-
-
 
 
 register_rule(["repeat", *aten_ops("repeat")], _repeat)
@@ -429,8 +403,6 @@ def _cat(ctx: RuleContext) -> Any:
     return elementwise(ctx, tensors) if any(t.tracked for t in tensors) else ctx.untracked()
 
 
-
-
 register_rule(torch_fns("cat", "concat", "concatenate") + aten_ops("cat", "concat"), _cat)
 
 
@@ -446,8 +418,6 @@ def _stack(ctx: RuleContext) -> Any:
         if t is not base:
             ctx.bind(t, c, base.ids)
     return TensorInfo(out, c if c < dim else c + 1, base.ids)
-
-
 
 
 register_rule(torch_fns("stack") + aten_ops("stack"), _stack)
@@ -481,8 +451,6 @@ def _chunk(ctx: RuleContext) -> Any:
     return _split_like(ctx, x, dim, sizes, follows=sum(sizes) == x.shape[dim])
 
 
-
-
 register_rule(["chunk", *torch_fns("chunk"), *aten_ops("chunk")], _chunk)
 
 
@@ -514,8 +482,6 @@ def _split_sections(ctx: RuleContext, x: TensorInfo, dim: int, sizes: list[int],
     ]
     require_segments(ctx, x, reqs, f"split along the channels with hard-coded split sizes [{shown}]")
     return type(ctx.out)(TensorInfo(o.shape, dim, p) for o, p in zip(ctx.out, pieces))
-
-
 
 
 register_rule(
@@ -553,8 +519,6 @@ def _narrow(ctx: RuleContext) -> Any:
     return ctx.tracked(dim, x.ids[first : first + length])
 
 
-
-
 register_rule(["narrow", *torch_fns("narrow"), *aten_ops("narrow")], _narrow)
 
 
@@ -575,8 +539,6 @@ def _unbind(ctx: RuleContext) -> Any:
     return type(ctx.out)(res)
 
 
-
-
 register_rule(["unbind", *torch_fns("unbind"), *aten_ops("unbind")], _unbind)
 
 
@@ -588,8 +550,6 @@ def _getitem(ctx: RuleContext) -> Any:
             return obj[idx]
         return None
     return index_core(ctx, obj, idx, ctx.raw_arg(1))
-
-
 
 
 register_rule(operator.getitem, _getitem)
@@ -686,8 +646,6 @@ def _slice_aten(ctx: RuleContext) -> Any:
     return index_core(ctx, x, tuple(idx))
 
 
-
-
 register_rule(aten_ops("slice"), _slice_aten)
 
 
@@ -699,8 +657,6 @@ def _select_aten(ctx: RuleContext) -> Any:
     idx = [slice(None)] * x.ndim
     idx[dim] = ctx.arg(2, "index")
     return index_core(ctx, x, tuple(idx))
-
-
 
 
 register_rule(aten_ops("select"), _select_aten)
@@ -720,8 +676,6 @@ def _pad(ctx: RuleContext) -> Any:
         ctx.freeze(x.ids, "padding along the channel dim")
         return ctx.untracked()
     return ctx.like(x)
-
-
 
 
 register_rule(functional("pad") + aten_ops("pad", "constant_pad_nd", "reflection_pad2d", "replication_pad2d"),
@@ -745,8 +699,6 @@ def _flip_roll(ctx: RuleContext) -> Any:
     return ctx.like(x)
 
 
-
-
 register_rule(["flip", "roll", *torch_fns("flip", "roll"), *aten_ops("flip", "roll")], _flip_roll)
 
 
@@ -760,8 +712,6 @@ def _index_select(ctx: RuleContext) -> Any:
         ctx.freeze(x.ids, "index_select picks channels by position")
         return ctx.untracked()
     return ctx.like(x)
-
-
 
 
 register_rule(["index_select", *torch_fns("index_select"), *aten_ops("index_select")], _index_select)
@@ -784,8 +734,6 @@ def _getattr(ctx: RuleContext) -> Any:
             perm[-2], perm[-1] = perm[-1], perm[-2]
         return _move(obj, perm, ctx.out_shape)
     return None
-
-
 
 
 register_rule(getattr, _getattr)

@@ -47,8 +47,6 @@ def _reduction(ctx: RuleContext) -> Any:
     return type(ctx.out)(res) if isinstance(ctx.out, tuple | list) else res[0]
 
 
-
-
 _REDUCTIONS = ["mean", "sum", "amax", "amin", "max", "min", "logsumexp", "prod", "argmax", "argmin", "all",
                "any", "nansum", "nanmean", "median", "count_nonzero"]
 register_rule(_REDUCTIONS + torch_fns(*_REDUCTIONS) + aten_ops(*_REDUCTIONS), _reduction)
@@ -72,8 +70,6 @@ def _var_std(ctx: RuleContext) -> Any:
     return ctx.untracked()
 
 
-
-
 register_rule(["var", "std", *torch_fns("var", "std"), *aten_ops("var", "std")], _var_std)
 
 
@@ -89,8 +85,6 @@ def _softmax(ctx: RuleContext) -> Any:
             ctx.freeze(x.ids, "softmax over the channels (every channel changes the others)")
         return ctx.untracked()
     return ctx.like(x)
-
-
 
 
 register_rule(
@@ -109,8 +103,6 @@ def _softmax2d_module(ctx: RuleContext) -> Any:
     return ctx.like(x) if isinstance(x, TensorInfo) else ctx.untracked()
 
 
-
-
 register_rule(nn_modules("Softmax2d"), _softmax2d_module)
 
 
@@ -121,8 +113,6 @@ def _normalize(ctx: RuleContext) -> Any:
         ctx.freeze(x.ids, "normalisation over the channels")
         return ctx.untracked()
     return ctx.like(x) if isinstance(x, TensorInfo) else ctx.untracked()
-
-
 
 
 register_rule(functional("normalize"), _normalize)
@@ -137,8 +127,6 @@ def _norm(ctx: RuleContext) -> Any:
     if isinstance(c, int):
         return TensorInfo(ctx.out_shape, c, x.ids)
     return ctx.untracked()
-
-
 
 
 register_rule(["norm", *torch_fns("norm"), torch.linalg.vector_norm, *aten_ops("linalg_vector_norm")], _norm)

@@ -183,8 +183,6 @@ def _new_tensor(ctx: RuleContext) -> Any:
     return ctx.untracked()
 
 
-
-
 register_rule(
     ["new_zeros", "new_ones", "new_full", "new_empty", "new_tensor",
      *aten_ops("new_zeros", "new_ones", "new_full", "new_empty")],
@@ -194,8 +192,6 @@ register_rule(
 
 def _no_tensor_output(ctx: RuleContext) -> Any:
     return ctx.out
-
-
 
 
 register_rule(

@@ -44,8 +44,6 @@ def _spatial_rule(n_spatial: int | None = None, what: str = "pooling") -> RuleFn
     return rule
 
 
-
-
 for _k in (1, 2, 3):
     _pools = [f"max_pool{_k}d", f"avg_pool{_k}d", f"adaptive_avg_pool{_k}d", f"adaptive_max_pool{_k}d",
               f"lp_pool{_k}d", f"fractional_max_pool{_k}d", f"max_pool{_k}d_with_indices",
@@ -66,8 +64,6 @@ def _interp(ctx: RuleContext) -> Any:
     )
 
 
-
-
 register_rule(functional("interpolate", "upsample", "upsample_nearest", "upsample_bilinear"), _interp)
 
 
@@ -75,8 +71,6 @@ def _upsample_module(ctx: RuleContext) -> Any:
     x = ctx.arg(0, "input")
     n = max(1, x.ndim - 2) if isinstance(x, TensorInfo) else 2
     return _spatial_rule(n, "upsampling")(ctx)
-
-
 
 
 register_rule(nn_modules("Upsample", "UpsamplingNearest2d", "UpsamplingBilinear2d"), _upsample_module)
@@ -105,8 +99,6 @@ def _pixel_shuffle(ctx: RuleContext) -> Any:
     return _pixel_shuffle_core(ctx, ctx.arg(0, "input"), r, True)
 
 
-
-
 register_rule(
     functional("pixel_shuffle") + torch_fns("pixel_shuffle") + aten_ops("pixel_shuffle")
     + nn_modules("PixelShuffle"),
@@ -117,8 +109,6 @@ register_rule(
 def _pixel_unshuffle(ctx: RuleContext) -> Any:
     r = ctx.module.downscale_factor if ctx.module is not None else ctx.arg(1, "downscale_factor")
     return _pixel_shuffle_core(ctx, ctx.arg(0, "input"), r, False)
-
-
 
 
 register_rule(
@@ -141,8 +131,6 @@ def _channel_shuffle(ctx: RuleContext) -> Any:
     for i in range(1, g):
         ctx.union(grid[0], grid[i])
     return ctx.tracked(1, grid.T.reshape(-1).copy())
-
-
 
 
 register_rule(
