@@ -151,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
             if step % args.eval_every == 0 or done:
                 model.eval()
                 p = mean_psnr(model, val_set)
-                history.append({"step": step, "psnr": p, "minutes": elapsed / 60, "loss": float(loss)})
+                history.append({"step": step, "psnr": p, "minutes": elapsed / 60,
+                                "loss": float(loss.detach())})
                 if p > best:
                     best, best_state = p, {k: v.detach().clone() for k, v in model.state_dict().items()}
                 print(f"step {step}: loss {float(loss):.4f}, held-out PSNR {p:.3f} dB (blending {blend:.3f}, "
