@@ -41,6 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--feature-weight", type=float, default=0.05,
                    help="weight of the automatic feature terms (0: output distillation only)")
     p.add_argument("--crop", type=int, default=64)
+    p.add_argument("--gap", type=int, default=1,
+                   help="triplets (t, t+2g, t+g) of the sample clips (1 = adjacent frames)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--eval-samples", type=int, default=48, help="held-out triplets scored")
     p.add_argument("--threads", type=int, default=2)
@@ -181,13 +183,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     from compresskit_vfi.data import sample_dataset
 
-    train_set = sample_dataset("triplet", "train", size=args.crop, seed=args.seed)
-    val_full = sample_dataset("triplet", "val", size=None)
+    train_set = sample_dataset("triplet", "train", size=args.crop, seed=args.seed, gap=args.gap)
+    val_full = sample_dataset("triplet", "val", size=None, gap=args.gap)
     stride = max(1, len(val_full) // args.eval_samples)
     scored = list(range(0, len(val_full), stride))[: args.eval_samples]
     eval_set = torch.utils.data.Subset(val_full, scored)
     # early stopping watches held-out triplets that are not scored, as central crops (fast)
-    val_crops = sample_dataset("triplet", "val", size=min(args.crop * 2, 128))  # frames are 144 high
+    val_crops = sample_dataset("triplet", "val", size=min(args.crop * 2, 128), gap=args.gap)  # 144 high
     rest = [i for i in range(len(val_crops)) if i not in set(scored)][:16]
     es_loader = torch.utils.data.DataLoader(torch.utils.data.Subset(val_crops, rest), batch_size=4)
     g = torch.Generator().manual_seed(args.seed)
@@ -208,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: teacher {t_psnr:.2f} dB, blending {blend:.2f} dB, {t_stats}", flush=True)
         for ratio in [float(r) for r in args.targets.split(",")]:
             key = {"teacher": name, "ratio": ratio, "sparsify_steps": args.sparsify_steps,
-                   "recover_steps": args.recover_steps, "feature_weight": args.feature_weight}
+                   "recover_steps": args.recover_steps, "feature_weight": args.feature_weight,
+                   "gap": args.gap}
             prev = next((d for d in done if d["key"] == key), None)
             if prev is None:
                 started = time.perf_counter()

@@ -36,6 +36,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=500, help="length of the cosine schedule")
     p.add_argument("--max-minutes", type=float, default=30.0, help="wall-clock budget; best weights kept")
     p.add_argument("--crop", type=int, default=64)
+    p.add_argument("--gap", type=int, default=1,
+                   help="triplets (t, t+2g, t+g): frames between an input and the target (1 = adjacent)")
+    p.add_argument("--short-side", type=int, default=144, help="frames downscaled to this short side")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=1.5e-3)
     p.add_argument("--eval-every", type=int, default=100)
@@ -43,6 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--init", choices=("blend", "random"), default="blend",
                    help="'blend': the heads start as frame blending (see blend_init_); 'random': PyTorch's")
+    p.add_argument("--center-logit", type=float, default=7.0,
+                   help="blend init: logit of each kernel's centre tap (7: softmax ≈ 0.98 there; lower lets "
+                        "the other taps learn sooner)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -93,6 +99,8 @@ def mean_psnr(model, dataset) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.gap < 1:
+        raise SystemExit(f"--gap: expected an integer >= 1, got {args.gap}")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     from compresskit_vfi.data import sample_dataset
@@ -103,9 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     widths = scaled_widths(args.width_scale)
     model = ck.create_model("adacof", widths=widths)
     if args.init == "blend":
-        blend_init_(model)
-    train_set = sample_dataset("triplet", "train", size=args.crop, seed=args.seed)
-    val_set = val_subset(sample_dataset("triplet", "val", size=None), args.val_samples)
+        blend_init_(model, args.center_logit)
+    data = {"gap": args.gap, "short_side": args.short_side}
+    train_set = sample_dataset("triplet", "train", size=args.crop, seed=args.seed, **data)
+    val_set = val_subset(sample_dataset("triplet", "val", size=None, **data), args.val_samples)
     blend = mean_psnr(None, val_set)
     loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True,
                                          generator=torch.Generator().manual_seed(args.seed))
@@ -142,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
             if step % args.eval_every == 0 or done:
                 model.eval()
                 p = mean_psnr(model, val_set)
-                history.append({"step": step, "psnr": p, "minutes": elapsed / 60, "loss": float(loss)})
+                history.append({"step": step, "psnr": p, "minutes": elapsed / 60,
+                                "loss": float(loss.detach())})
                 if p > best:
                     best, best_state = p, {k: v.detach().clone() for k, v in model.state_dict().items()}
                 print(f"step {step}: loss {float(loss):.4f}, held-out PSNR {p:.3f} dB (blending {blend:.3f}, "
@@ -158,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     model.eval()
     p16 = mean_psnr(model, val_set)
     meta = {"model": "adacof", "kernel_size": 5, "dilation": 1, "width_scale": args.width_scale,
-            "widths": {k: list(v) for k, v in widths.items()}, "held_out_psnr": p16, "blend_psnr": blend,
+            "widths": {k: list(v) for k, v in widths.items()}, "gap": args.gap,
+            "short_side": args.short_side, "held_out_psnr": p16, "blend_psnr": blend,
             "steps": step, "minutes": history[-1]["minutes"], "history": history,
             "args": {k: str(v) for k, v in vars(args).items()}}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -50,6 +50,18 @@ def test_sample_windows_paper_indices():
         sample_windows(5, "septuplet")
 
 
+def test_sample_windows_gap_hand_computed():
+    # gap 2 over 7 frames: inputs two frames either side of the target
+    assert sample_windows(7, "triplet", gap=2) == [(0, 4, 2), (1, 5, 3), (2, 6, 4)]
+    assert sample_windows(7, "triplet", step=2, gap=3) == [(0, 6, 3)]
+    assert sample_windows(6, "triplet", gap=3) == []
+    assert sample_windows(14, "quintuplet", gap=2) == [(0, 4, 8, 12, 6), (1, 5, 9, 13, 7)]
+    assert sample_windows(5, "triplet", gap=1) == sample_windows(5, "triplet")
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="gap must be an int >= 1"):
+            sample_windows(9, "triplet", gap=bad)
+
+
 def test_vimeo_triplet_and_septuplet(tmp_path):
     for seq, base in (("00001/0001", 10), ("00002/0007", 100)):
         for i in range(1, 8):

@@ -67,6 +67,23 @@ def test_sample_split_is_disjoint_and_clean(clips, kind):
     assert v[0].shape[0] == 3 and min(v[0].shape[1:]) == 144  # val keeps whole frames at short side 144
 
 
+def test_sample_gap_spaces_inputs_in_the_clean_segment(clips):
+    names = ["bikes", "carphone"]
+    one = sample_dataset("triplet", "val", clips=names, size=None)
+    four = sample_dataset("triplet", "val", clips=names, size=None, gap=4)
+    # each clean segment's val part of n frames gives n - 2 triplets at gap 1 and n - 8 at gap 4
+    parts = [len(samples_mod.split_segment(seg, "val")) for n in names for seg in clips[n].segments]
+    assert len(one) == sum(max(0, n - 2) for n in parts)
+    assert len(four) == sum(max(0, n - 8) for n in parts)
+    for sample in four.samples:
+        (clip_idx,) = {c for c, _ in sample}
+        seg = next(s for s in clips[names[clip_idx]].segments if sample[0][1] in s)
+        i0, i1, it = (seg.index(i) for _, i in sample)
+        assert (i1 - i0, it - i0) == (8, 4)  # inputs t and t+8, target t+4 of the kept frames
+    with pytest.raises(ValueError, match="gap"):
+        sample_dataset("triplet", "val", clips=names, gap=0)
+
+
 def test_sample_val_is_deterministic_and_batches(clips):
     a = sample_dataset("triplet", "val", clips=["carphone"])
     b = sample_dataset("triplet", "val", clips=["carphone"])

@@ -97,18 +97,23 @@ def check_kind(kind: str) -> str:
     return kind
 
 
-def sample_windows(n_frames: int, kind: str = "triplet", step: int = 1) -> list[tuple[int, ...]]:
+def sample_windows(n_frames: int, kind: str = "triplet", step: int = 1,
+                   gap: int = 1) -> list[tuple[int, ...]]:
     """Frame indices of every sample in a run of ``n_frames`` consecutive frames.
 
-    triplet: inputs ``(t, t+2)``, target ``t+1``; quintuplet: inputs ``(t, t+2, t+4, t+6)``, target
-    ``t+3`` (the septuplet convention of ST-MFNet and DAVIS-90). ``t`` advances by ``step``.
+    triplet: inputs ``(t, t+2g)``, target ``t+g``; quintuplet: inputs ``(t, t+2g, t+4g, t+6g)``, target
+    ``t+3g`` (the septuplet convention of ST-MFNet and DAVIS-90), with ``g = gap`` (1 = adjacent frames;
+    a larger gap means more motion between the inputs). ``t`` advances by ``step``.
     """
     check_kind(kind)
     if step < 1:
         raise ValueError(f"step must be >= 1, got {step}")
+    if isinstance(gap, bool) or not isinstance(gap, int) or gap < 1:
+        raise ValueError(f"gap must be an int >= 1 (frames between an input and the target), got {gap!r}")
+    g = gap
     if kind == "triplet":
-        return [(t, t + 2, t + 1) for t in range(0, n_frames - 2, step)]
-    return [(t, t + 2, t + 4, t + 6, t + 3) for t in range(0, n_frames - 6, step)]
+        return [(t, t + 2 * g, t + g) for t in range(0, n_frames - 2 * g, step)]
+    return [(t, t + 2 * g, t + 4 * g, t + 6 * g, t + 3 * g) for t in range(0, n_frames - 6 * g, step)]
 
 
 class FrameTupleDataset(Dataset):

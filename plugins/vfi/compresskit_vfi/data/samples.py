@@ -201,7 +201,8 @@ def split_segment(segment: Sequence[int], split: str) -> list[int]:
 def sample_dataset(kind: str = "triplet", split: str = "train", size: int | Sequence[int] | None = 128,
                    short_side: int | None = 144, clips: Sequence[str] | None = None,
                    augment: bool | None = None, step: int = 1, max_frames: int | None = None,
-                   seed: int | None = None, transform: Callable | None = None) -> FrameTupleDataset:
+                   seed: int | None = None, transform: Callable | None = None,
+                   gap: int = 1) -> FrameTupleDataset:
     """Triplets or quintuplets from the embedded sample clips.
 
     Args:
@@ -213,6 +214,8 @@ def sample_dataset(kind: str = "triplet", split: str = "train", size: int | Sequ
         clips: which clips (default: every clip present; see :func:`available_clips`).
         augment: flips and temporal reversal (default: True for train, False for val).
         step: stride between consecutive samples' first frames.
+        gap: frames between an input and the target: triplets ``(t, t+2g, t+g)`` (see
+            :func:`~compresskit_vfi.data.datasets.sample_windows`); 1 = adjacent frames.
         max_frames: decode only the first frames of each clip (fast tests).
         seed: seed of the augmentation's random generator.
         transform: replaces the crop and augmentation entirely.
@@ -228,7 +231,7 @@ def sample_dataset(kind: str = "triplet", split: str = "train", size: int | Sequ
     for ci, clip in enumerate(loaded):
         for seg in clip.segments:
             part = split_segment(seg, split)
-            samples += [tuple((ci, part[i]) for i in w) for w in sample_windows(len(part), kind, step)]
+            samples += [tuple((ci, part[i]) for i in w) for w in sample_windows(len(part), kind, step, gap)]
     if not samples:
         raise ValueError(f"sample clips {names} give no {kind}s for split {split!r} "
                          f"(max_frames={max_frames} too small?)")
