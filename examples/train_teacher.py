@@ -87,13 +87,22 @@ def val_subset(val_full, n: int):
 
 @torch.no_grad()
 def mean_psnr(model, dataset) -> float:
+    """Mean PSNR (8-bit, ``compresskit_vfi.metrics.psnr``) of ``model(f0, f1)`` over ``dataset``'s triplets,
+    in eval mode (each module's mode restored after); ``model=None`` scores frame blending (f0 + f1) / 2."""
     from compresskit_vfi.metrics import psnr
 
-    vals = []
-    for i in range(len(dataset)):
-        f0, f1, gt = (t.unsqueeze(0) for t in dataset[i])
-        out = (f0 + f1) / 2 if model is None else model(f0, f1)
-        vals.append(float(psnr(out.clamp(0, 1), gt)))
+    modes = {} if model is None else {m: m.training for m in model.modules()}
+    if model is not None:
+        model.eval()
+    try:
+        vals = []
+        for i in range(len(dataset)):
+            f0, f1, gt = (t.unsqueeze(0) for t in dataset[i])
+            out = (f0 + f1) / 2 if model is None else model(f0, f1)
+            vals.append(float(psnr(out.clamp(0, 1), gt)))
+    finally:
+        for m, training in modes.items():
+            m.training = training
     return sum(vals) / len(vals)
 
 
