@@ -3,8 +3,9 @@
 1. Take a VFI model: by default our quarter-width AdaCoF pretrained on the sample clips
    (examples/assets/adacof_w025_samples.pt, made by examples/train_teacher.py); ``--checkpoint`` takes
    the official AdaCoF instead, and without either a quarter-width AdaCoF is first trained here.
-2. ``ck.compress(model, loader, target="4x params", teacher=model, val_loader=...)``: OBProx-SG with a
-   calibrated λ, the per-layer density table, widths planned to meet the target, shrink, and
+2. ``ck.compress(model, loader, target="4x params", teacher=model, val_loader=...)``: the channels the
+   target-driven plan removes are driven to zero while the model trains (``--lambda X`` runs OBProx-SG
+   with that λ instead), the per-layer density table, widths planned to meet the target, shrink, and
    distillation from the original (output + automatically paired features, cosine learning rate,
    early stopping on held-out crops).
 3. Evaluate the original, the compressed model and frame blending (I0 + I1) / 2 (PSNR/SSIM, parameters,
@@ -58,12 +59,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--crop", type=int, default=64, help="training crop size")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--teacher-steps", type=int, default=400, help="training steps of the original")
-    p.add_argument("--sparsify-steps", type=int, default=200, help="OBProx-SG steps")
+    p.add_argument("--sparsify-steps", type=int, default=200, help="stage I training steps")
     p.add_argument("--finetune-steps", type=int, default=300, help="distillation steps of the small model")
     p.add_argument("--lambda", dest="lambda_", default="auto",
-                   help="l1 strength λ of OBProx-SG (expert knob; default: calibrated from the target)")
+                   help="l1 strength λ: a number runs OBProx-SG with it (expert knob); default 'auto': "
+                        "progressive zeroing of the units the plan removes")
     p.add_argument("--sparsify-lr", type=float, default=1e-2,
-                   help="OBProx-SG step size (plain SGD steps: each weight moves ~lr·λ per step toward 0)")
+                   help="stage I learning rate (with --lambda: OBProx-SG's step size; each weight moves "
+                        "~lr·λ per step)")
     p.add_argument("--gap", type=int, default=1,
                    help="triplets (t, t+2g, t+g) of the sample clips: g frames between an input and the "
                         "target (the pretrained teacher was trained and scored at 1, adjacent frames, which "
@@ -174,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     from compresskit_vfi.evaluate import evaluate
     from compresskit_vfi.metrics import psnr
 
-    console.print(Panel.fit("compresskit demo: AdaCoF → OBProx-SG → plan → shrink → distill → evaluate",
+    console.print(Panel.fit("compresskit demo: AdaCoF → sparsify → plan → shrink → distill → evaluate",
                             style="bold"))
     data = {"max_frames": args.max_frames, "gap": args.gap}
     train_set = sample_dataset("triplet", "train", size=args.crop, seed=args.seed, **data)
