@@ -33,7 +33,8 @@ from compresskit._modes import eval_mode
 if TYPE_CHECKING:  # pragma: no cover
     from compresskit.graph.channels import ChannelGraph
 
-__all__ = ["TensorSpec", "batch_spec", "check_batch_consistent", "check_trace_matches_eager"]
+__all__ = ["TensorSpec", "batch_spec", "check_batch_consistent", "check_trace_matches_eager",
+           "output_difference"]
 
 
 @dataclass(frozen=True)
@@ -163,13 +164,16 @@ def check_trace_matches_eager(model: nn.Module, graph_or_traced: ChannelGraph | 
                     "the traced graph cannot run on a second batch's inputs "
                     f"({_shapes(inputs)}) although the model can: {type(e).__name__}: {e}. "
                     + _advice(gm)) from e
-    problem = _compare(eager, traced, "output", rtol, atol)
+    problem = output_difference(eager, traced, "output", rtol, atol)
     if problem is not None:
         raise ValueError(f"the traced graph disagrees with eager execution on a second batch's inputs "
                          f"({_shapes(inputs)}): {problem}. " + _advice(gm))
 
 
-def _compare(a: Any, b: Any, path: str, rtol: float, atol: float) -> str | None:
+def output_difference(a: Any, b: Any, path: str, rtol: float, atol: float) -> str | None:
+    """The first difference between two outputs (tensors, sequences, mappings, plain values), ``a`` from
+    the eager model and ``b`` from its trace or program, as a sentence; None when they agree (floats
+    within ``allclose(rtol, atol)``, NaN equal to NaN; other dtypes exactly)."""
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
         if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
             return f"{path} is a {type(a).__name__} in eager mode, a {type(b).__name__} in the trace"
@@ -188,7 +192,7 @@ def _compare(a: Any, b: Any, path: str, rtol: float, atol: float) -> str | None:
         if set(a) != set(b):
             return f"{path} has keys {sorted(map(str, a))} in eager mode, {sorted(map(str, b))} in the trace"
         for k in a:
-            p = _compare(a[k], b[k], f"{path}[{k!r}]", rtol, atol)
+            p = output_difference(a[k], b[k], f"{path}[{k!r}]", rtol, atol)
             if p:
                 return p
         return None
@@ -196,7 +200,7 @@ def _compare(a: Any, b: Any, path: str, rtol: float, atol: float) -> str | None:
         if len(a) != len(b):
             return f"{path} has {len(a)} items in eager mode, {len(b)} in the trace"
         for i, (x, y) in enumerate(zip(a, b)):
-            p = _compare(x, y, f"{path}[{i}]", rtol, atol)
+            p = output_difference(x, y, f"{path}[{i}]", rtol, atol)
             if p:
                 return p
         return None

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from compresskit._modes import eval_mode
+from compresskit.checks import output_difference
 from compresskit.io import atomic_torch_save
 
 __all__ = ["save_result", "load_model", "UnsafeFileError", "FILE_FORMAT", "FILE_FORMATS"]
@@ -158,7 +159,7 @@ def _export(model: nn.Module, specs: list[tuple[list[int], str]]) -> dict[str, A
         ep = torch.export.export(model, inputs, dynamic_shapes=dynamic, strict=False)
         with torch.no_grad():
             want, got = model(*inputs), ep.module()(*inputs)
-    if not _same(want, got):
+    if output_difference(want, got, "output", rtol=1e-5, atol=1e-6) is not None:
         raise RuntimeError("the exported program does not reproduce the model's outputs")
     art = serialize(ep, serialize_state_dict=False, serialize_constants=False, serialize_example_inputs=False)
     constants = {k: v for k, v in ep.constants.items()}
@@ -168,17 +169,6 @@ def _export(model: nn.Module, specs: list[tuple[list[int], str]]) -> dict[str, A
         raise RuntimeError("the program's weights are not the model's state_dict")
     return {"json": art.exported_program, "constants": constants, "input_shapes": [list(s) for s in shapes],
             "input_dtypes": [str(d) for _, d in specs]}
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, torch.Tensor):
-        same_shape = isinstance(b, torch.Tensor) and a.shape == b.shape
-        return same_shape and torch.allclose(a, b, atol=1e-6, rtol=1e-5)
-    if isinstance(a, tuple | list):
-        return isinstance(b, tuple | list) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    return a == b
 
 
 # ----------------------------------------------------------------------------------------------- load
