@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from compresskit._modes import eval_mode
 from compresskit.config import DistillConfig, FeaturePair
 from compresskit.distill.adversarial import AdversarialLoss
 from compresskit.distill.cache import build_cache, cached_loader, split_cached
@@ -100,15 +101,12 @@ def auto_terms(student: nn.Module, teacher: nn.Module, weight: float = 1.0) -> l
 @contextlib.contextmanager
 def frozen(teacher: nn.Module) -> Iterator[nn.Module]:
     """Eval mode and ``requires_grad=False`` inside; the teacher's own mode and flags restored after."""
-    modes = {m: m.training for m in teacher.modules()}
     flags = {p: p.requires_grad for p in teacher.parameters()}
-    teacher.eval()
     teacher.requires_grad_(False)
     try:
-        yield teacher
+        with eval_mode(teacher):
+            yield teacher
     finally:
-        for m, mode in modes.items():
-            m.training = mode
         for p, flag in flags.items():
             p.requires_grad_(flag)
 

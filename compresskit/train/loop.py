@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from compresskit._modes import eval_mode
 from compresskit.checks import batch_spec, check_batch_consistent
 from compresskit.config import TrainConfig
 from compresskit.io import atomic_torch_save, remove_stale_temps
@@ -337,14 +338,12 @@ class Trainer:
         if self._val is None:
             raise ValueError("validate() runs during fit() and needs a val_loader")
         module = self._unwrapped()
-        was_training = module.training
         cpu_rng = torch.get_rng_state()  # validation must not move the training run's random streams
         cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
         names = ["val_loss", *self.metrics]
         sums = torch.zeros(len(names) + 1, dtype=torch.float64)
-        module.eval()
         try:
-            with torch.no_grad(), self._autocast():
+            with eval_mode(module), torch.no_grad(), self._autocast():
                 for i, batch in enumerate(self._val.batches(0)):
                     batch = to_device(batch, self.device)
                     output, loss, _ = self._forward(module, batch, f"val_loader batch {i}")
@@ -354,7 +353,6 @@ class Trainer:
                         sums[j] += float(fn(output, batch)) * n
                     sums[-1] += n
         finally:
-            module.train(was_training)
             torch.set_rng_state(cpu_rng)
             if cuda_rng is not None:
                 torch.cuda.set_rng_state_all(cuda_rng)
