@@ -11,6 +11,10 @@ measured again before saving.
 
     nice -n 10 python examples/train_teacher.py --out examples/assets/adacof_w025_samples.pt
 
+``--arch flow`` trains the benchmark's FlowVFI instead (examples/flow_teacher.py; AdamW, Charbonnier on
+every block's frame; the command that made examples/assets/flowvfi_gap4_samples.pt is in
+examples/assets/README.md).
+
 Resumable: the training state is checkpointed to ``--work`` at every evaluation.
 """
 
