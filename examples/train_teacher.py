@@ -41,11 +41,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(examples/flow_teacher.py, the benchmark's teacher for moving content)")
     p.add_argument("--width-scale", type=float, default=0.25, help="adacof: the published widths × this")
     p.add_argument("--flow-widths", default="96,64,48", help="flow: the three blocks' widths")
+    p.add_argument("--flow-refine", type=int, default=0,
+                   help="flow: width of the refining U-Net (0: none); with --init-from a file without one, "
+                        "the refiner starts as the identity on top of the loaded flow blocks")
     p.add_argument("--steps", type=int, default=500, help="length of the cosine schedule")
     p.add_argument("--max-minutes", type=float, default=30.0, help="wall-clock budget; best weights kept")
     p.add_argument("--crop", type=int, default=64)
     p.add_argument("--gap", type=int, default=1,
                    help="triplets (t, t+2g, t+g): frames between an input and the target (1 = adjacent)")
+    p.add_argument("--train-gaps", default=None,
+                   help="comma list of gaps whose training triplets are mixed (default: --gap alone); the "
+                        "held-out score is always at --gap")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="start from the weights of a file this script wrote (fine-tuning; its record is kept "
+                        "in the new file's meta under 'init_from')")
     p.add_argument("--short-side", type=int, default=144, help="frames downscaled to this short side")
     p.add_argument("--clips", default=None, help="comma list of sample clips (default: all installed)")
     p.add_argument("--batch-size", type=int, default=4)
@@ -119,10 +128,46 @@ def mean_psnr(model, dataset) -> float:
     return sum(vals) / len(vals)
 
 
+def parse_gaps(text: str) -> list[int]:
+    """``"3,4,5"`` → ``[3, 4, 5]``; each gap an integer >= 1."""
+    try:
+        gaps = [int(g) for g in text.split(",")]
+    except ValueError:
+        raise SystemExit(f"--train-gaps: expected a comma list of integers, got {text!r}") from None
+    if not gaps or min(gaps) < 1:
+        raise SystemExit(f"--train-gaps: expected integers >= 1, got {text!r}")
+    return gaps
+
+
+def load_init(model, path: Path, arch: str) -> dict:
+    """Load the weights of a file :func:`main` wrote into ``model`` (strictly: same architecture and
+    widths) and return that file's meta without its curve, so the new file records where it started."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    meta = blob["meta"]
+    want = "flowvfi" if arch == "flow" else "adacof"
+    if meta.get("model", "adacof") != want:
+        raise SystemExit(f"--init-from: {path} holds a {meta.get('model')!r} model, "
+                         f"--arch {arch} wants {want!r}")
+    state = {k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()}
+    # a FlowVFI refiner may be new (it starts as the identity); every other weight must be in the file
+    new = {k for k in model.state_dict() if k.startswith("refiner.")} if arch == "flow" else set()
+    if new and any(k in state for k in new):
+        new = set()
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or set(missing) != new:
+            raise RuntimeError(f"missing keys {sorted(set(missing) - new)[:5]}, unexpected {unexpected[:5]}")
+    except RuntimeError as e:
+        raise SystemExit(f"--init-from: {path} does not fit the model built from the arguments "
+                         f"(widths?): {e}") from None
+    return {"file": path.name, **{k: v for k, v in meta.items() if k != "history"}}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.gap < 1:
         raise SystemExit(f"--gap: expected an integer >= 1, got {args.gap}")
+    train_gaps = parse_gaps(args.train_gaps) if args.train_gaps else [args.gap]
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     from compresskit_vfi.data import sample_dataset
@@ -141,12 +186,18 @@ def main(argv: list[str] | None = None) -> int:
         from flow_teacher import FlowVFI  # FlowVFI starts as frame blending by construction
 
         widths = tuple(int(w) for w in args.flow_widths.split(","))
-        model = FlowVFI(widths)
+        model = FlowVFI(widths, refine=args.flow_refine)
         opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
-        label = f"FlowVFI {widths}"
+        label = f"FlowVFI {widths}" + (f" + refiner {args.flow_refine}" if args.flow_refine else "")
+    init_meta = None
+    if args.init_from is not None:
+        init_meta = load_init(model, args.init_from, args.arch)
+        label += f" from {args.init_from.name}"
     data = {"gap": args.gap, "short_side": args.short_side,
             "clips": args.clips.split(",") if args.clips else None}
-    train_set = sample_dataset("triplet", "train", size=args.crop, seed=args.seed, **data)
+    train_set = torch.utils.data.ConcatDataset(
+        [sample_dataset("triplet", "train", size=args.crop, seed=args.seed + i, **{**data, "gap": g})
+         for i, g in enumerate(train_gaps)])
     val_set = val_subset(sample_dataset("triplet", "val", size=None, **data), args.val_samples)
     blend = mean_psnr(None, val_set)
     loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True,
@@ -172,9 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     while not done:
         for batch in loader:
             model.train()
-            if args.arch == "flow":  # deep supervision: every block's frame, the last weighted most
+            if args.arch == "flow":  # deep supervision: every frame, weighted 1, 1/2, 1/4, ... from the end
                 outs = model.forward_all(batch[0], batch[1])
-                loss = sum(wt * loss_fn(o, batch[2]) for wt, o in zip((0.25, 0.5, 1.0), outs))
+                loss = sum(0.5 ** (len(outs) - 1 - i) * loss_fn(o, batch[2]) for i, o in enumerate(outs))
             else:
                 loss = loss_fn(model(batch[0], batch[1]), batch[2])
             opt.zero_grad(set_to_none=True)
@@ -206,8 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     p16 = mean_psnr(model, val_set)
     arch_meta = ({"model": "adacof", "kernel_size": 5, "dilation": 1, "width_scale": args.width_scale,
                   "widths": {k: list(v) for k, v in widths.items()}} if args.arch == "adacof"
-                 else {"model": "flowvfi", "widths": list(widths)})
-    meta = {**arch_meta, "gap": args.gap,
+                 else {"model": "flowvfi", "widths": list(widths), "refine": args.flow_refine})
+    meta = {**arch_meta, "gap": args.gap, "train_gaps": train_gaps, "init_from": init_meta,
             "short_side": args.short_side, "clips": args.clips, "held_out_psnr": p16, "blend_psnr": blend,
             "steps": step, "minutes": history[-1]["minutes"], "history": history,
             "args": {k: str(v) for k, v in vars(args).items()}}

@@ -94,17 +94,34 @@ def _flow_teacher():
     return flow_teacher
 
 
-def test_flowvfi_starts_as_frame_blending():
-    """Every block's head starts at zero: flows 0, mask logit 0, so the untrained network is (I0 + I1)/2."""
+@pytest.mark.parametrize("refine", [0, 6])
+def test_flowvfi_starts_as_frame_blending(refine):
+    """Every block's head and the refiner's last layer start at zero: flows 0, mask logit 0, residual 0,
+    so the untrained network is (I0 + I1)/2 (a frame size not divisible by 4 for the refiner's padding)."""
     ft = _flow_teacher()
-    model = ft.FlowVFI((16, 12, 8), depth=2).double().eval()
+    model = ft.FlowVFI((16, 12, 8), depth=2, refine=refine).double().eval()
     g = torch.Generator().manual_seed(0)
-    f0, f1 = (torch.rand(2, 3, 48, 80, generator=g, dtype=torch.float64) for _ in range(2))
+    f0, f1 = (torch.rand(2, 3, 46, 81, generator=g, dtype=torch.float64) for _ in range(2))
     with torch.no_grad():
         outs = model.forward_all(f0, f1)
-    assert len(outs) == 3
+    assert len(outs) == 3 + (refine > 0)
     for out in outs:
         torch.testing.assert_close(out, (f0 + f1) / 2, rtol=0, atol=1e-12)
+
+
+def test_flowvfi_refiner_adds_a_residual_from_all_its_inputs():
+    """The refiner's output is added to the merged frame, and every one of its 20 input channels reaches
+    every output pixel's neighbourhood (a nonzero last layer: the gradient of the residual's sum with
+    respect to each input channel is nonzero)."""
+    ft = _flow_teacher()
+    ref = ft.Refiner(4).double()
+    torch.nn.init.normal_(ref.up1.weight, std=0.1)
+    x = torch.rand(1, 20, 13, 18, dtype=torch.float64, requires_grad=True)
+    out = ref(x)
+    assert out.shape == (1, 3, 13, 18)
+    out.sum().backward()
+    assert (x.grad.abs().flatten(2).sum(-1) > 0).all()
+    assert torch.autograd.gradcheck(ref, (x,))
 
 
 def test_backward_warp_moves_pixels_by_the_flow():
@@ -177,3 +194,49 @@ def test_train_teacher_flow_writes_a_teacher_whose_record_is_what_it_scores(tmp_
     with torch.no_grad():
         scores = [float(psnr(model(f0[None], f1[None]).clamp(0, 1), gt[None])) for f0, f1, gt in picked]
     assert abs(sum(scores) / 3 - meta["held_out_psnr"]) < 1e-4
+
+
+def test_train_teacher_init_from_continues_from_the_file_and_mixes_training_gaps(tmp_path, capsys):
+    """--init-from loads a written teacher (lr 0: the new file's weights are the old file's exactly, and
+    the old record is kept under meta['init_from']); --train-gaps mixes the training triplets of several
+    gaps (their count is the sum of each gap's); a file of other widths is refused by name."""
+    sys.path.insert(0, str(ROOT / "examples"))
+    import train_teacher
+    from compresskit_vfi.data import sample_dataset
+
+    common = ["--arch", "flow", "--clips", "carphone", "--gap", "2", "--eval-every", "2",
+              "--val-samples", "2", "--crop", "32", "--batch-size", "2", "--flow-widths", "8,8,8",
+              "--threads", "1", "--keep", "last"]
+    first = tmp_path / "first.pt"
+    rc = train_teacher.main(common + ["--steps", "2", "--work", str(tmp_path / "w1"), "--out", str(first)])
+    assert rc == 0
+    second = tmp_path / "second.pt"
+    capsys.readouterr()
+    rc = train_teacher.main(common + ["--steps", "2", "--lr", "0", "--train-gaps", "1,2", "--init-from",
+                                      str(first), "--work", str(tmp_path / "w2"), "--out", str(second)])
+    assert rc == 0
+    n_train = sum(len(sample_dataset("triplet", "train", size=32, gap=g, clips=["carphone"])) for g in (1, 2))
+    assert f"{n_train} training triplets" in capsys.readouterr().out
+    a = torch.load(first, map_location="cpu", weights_only=True)
+    b = torch.load(second, map_location="cpu", weights_only=True)
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    assert b["meta"]["train_gaps"] == [1, 2] and b["meta"]["init_from"]["file"] == "first.pt"
+    assert b["meta"]["init_from"]["held_out_psnr"] == a["meta"]["held_out_psnr"]
+    assert b["meta"]["held_out_psnr"] == pytest.approx(a["meta"]["held_out_psnr"], abs=1e-6)
+    # a refiner added on top of a file without one starts as the identity: same score, new keys recorded
+    refined = tmp_path / "refined.pt"
+    rc = train_teacher.main(common + ["--steps", "1", "--lr", "0", "--flow-refine", "4", "--init-from",
+                                      str(first), "--work", str(tmp_path / "w5"), "--out", str(refined)])
+    assert rc == 0
+    c = torch.load(refined, map_location="cpu", weights_only=True)
+    assert c["meta"]["refine"] == 4 and any(k.startswith("refiner.") for k in c["state_dict"])
+    assert c["meta"]["held_out_psnr"] == pytest.approx(a["meta"]["held_out_psnr"], abs=1e-4)
+    assert _teachers().sample_flowvfi(refined).refine_width == 4
+    wider = [x if x != "8,8,8" else "8,8,16" for x in common]
+    with pytest.raises(SystemExit, match="--init-from"):
+        train_teacher.main(wider + ["--steps", "1", "--init-from", str(first), "--work", str(tmp_path / "w3"),
+                                    "--out", str(tmp_path / "x.pt")])
+    with pytest.raises(SystemExit, match="--train-gaps"):
+        train_teacher.main(common + ["--steps", "1", "--train-gaps", "0,2", "--work", str(tmp_path / "w4"),
+                                     "--out", str(tmp_path / "y.pt")])
