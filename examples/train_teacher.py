@@ -67,6 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--center-logit", type=float, default=7.0,
                    help="blend init: logit of each kernel's centre tap (7: softmax ≈ 0.98 there; lower lets "
                         "the other taps learn sooner)")
+    p.add_argument("--ema", type=float, default=0.0,
+                   help="decay of an exponential moving average of the weights (e.g. 0.999; 0: off): the "
+                        "average is what is scored and written (torch.optim.swa_utils.AveragedModel)")
     p.add_argument("--keep", choices=("best", "last"), default="best",
                    help="weights written: the best held-out score seen, or the last step's (no selection "
                         "on the scored frames)")
@@ -202,6 +205,13 @@ def main(argv: list[str] | None = None) -> int:
     blend = mean_psnr(None, val_set)
     loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True,
                                          generator=torch.Generator().manual_seed(args.seed))
+    if not 0.0 <= args.ema < 1.0:
+        raise SystemExit(f"--ema: expected a decay in [0, 1), got {args.ema}")
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True)
+           if args.ema else None)
+    scored = ema.module if ema is not None else model  # what is evaluated and written
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps)))
     loss_fn = CharbonnierLoss(eps=1e-3)
@@ -213,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         model.load_state_dict(s["model"])
         opt.load_state_dict(s["opt"])
         sched.load_state_dict(s["sched"])
+        if ema is not None:
+            ema.load_state_dict(s["ema"])
         step, best, best_state = s["step"], s["best"], s["best_state"]
         history, spent = s["history"], s["spent"]
         print(f"resumed at step {step} (best {best:.3f} dB)", flush=True)
@@ -232,22 +244,23 @@ def main(argv: list[str] | None = None) -> int:
             loss.backward()
             opt.step()
             sched.step()
+            if ema is not None:
+                ema.update_parameters(model)
             step += 1
             elapsed = time.perf_counter() - started
             done = step >= args.steps or elapsed > args.max_minutes * 60
             if step % args.eval_every == 0 or done:
-                model.eval()
-                p = mean_psnr(model, val_set)
+                p = mean_psnr(scored, val_set)
                 history.append({"step": step, "psnr": p, "minutes": elapsed / 60,
                                 "loss": float(loss.detach())})
                 if p > best or args.keep == "last":
-                    best, best_state = p, {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    best, best_state = p, {k: v.detach().clone() for k, v in scored.state_dict().items()}
                 print(f"step {step}: loss {float(loss.detach()):.4f}, held-out PSNR {p:.3f} dB "
                       f"(blending {blend:.3f}, "
                       f"{p - blend:+.2f} dB), {elapsed / 60:.1f} min", flush=True)
                 torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                             "step": step, "best": best, "best_state": best_state, "history": history,
-                            "spent": elapsed}, ckpt)
+                            "spent": elapsed, "ema": ema.state_dict() if ema is not None else None}, ckpt)
             if done:
                 break
     # the file keeps fp16 weights: check the PSNR survives the cast
@@ -258,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     arch_meta = ({"model": "adacof", "kernel_size": 5, "dilation": 1, "width_scale": args.width_scale,
                   "widths": {k: list(v) for k, v in widths.items()}} if args.arch == "adacof"
                  else {"model": "flowvfi", "widths": list(widths), "refine": args.flow_refine})
-    meta = {**arch_meta, "gap": args.gap, "train_gaps": train_gaps, "init_from": init_meta,
+    meta = {**arch_meta, "gap": args.gap, "train_gaps": train_gaps, "init_from": init_meta, "ema": args.ema,
             "short_side": args.short_side, "clips": args.clips, "held_out_psnr": p16, "blend_psnr": blend,
             "steps": step, "minutes": history[-1]["minutes"], "history": history,
             "args": {k: str(v) for k, v in vars(args).items()}}

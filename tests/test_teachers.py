@@ -143,8 +143,9 @@ def test_backward_warp_moves_pixels_by_the_flow():
 def test_sample_flowvfi_clearly_beats_blending_when_run_on_its_held_out_triplets():
     """The benchmark's own teacher, re-measured: every held-out (validation) triplet of the clips it was
     trained on, whole frames, at its gap; the record in the file must match, and the margin over frame
-    blending must be the one docs/results.md claims ("more than 2 dB"; issue 12 asked for 3 dB: the
-    committed teacher has +2.65, the published RIFE v3.8 +2.70 on the same frames)."""
+    blending must be at least the 3 dB issue 12 asks for (docs/results.md: +3.10; the published RIFE
+    v3.8 has +2.70 on the same frames). The file was fine-tuned from an earlier teacher of this script,
+    whose record it keeps."""
     teachers = _teachers()
     if not teachers.SAMPLE_FLOWVFI.is_file():
         pytest.fail(f"{teachers.SAMPLE_FLOWVFI} is missing (examples/train_teacher.py --arch flow makes it)")
@@ -167,13 +168,14 @@ def test_sample_flowvfi_clearly_beats_blending_when_run_on_its_held_out_triplets
             blend.append(float(psnr((f0 + f1) / 2, gt)))
     ours_mean, blend_mean = sum(ours) / len(ours), sum(blend) / len(blend)
     assert abs(ours_mean - meta["held_out_psnr"]) < 0.02 and abs(blend_mean - meta["blend_psnr"]) < 0.02
-    assert ours_mean - blend_mean > 2.0
+    assert ours_mean - blend_mean >= 3.0
+    assert meta["init_from"]["model"] == "flowvfi" and meta["init_from"]["held_out_psnr"] < ours_mean
 
 
 def test_train_teacher_flow_writes_a_teacher_whose_record_is_what_it_scores(tmp_path):
-    """examples/train_teacher.py --arch flow, a few steps: the file loads into FlowVFI with the widths
-    asked for, and its recorded held-out PSNR is what the loaded (fp16-cast) model scores on the same
-    triplets, recomputed here with the metric directly."""
+    """examples/train_teacher.py --arch flow, a few steps with a weight average: the file loads into
+    FlowVFI with the widths asked for, and its recorded held-out PSNR is what the loaded (fp16-cast)
+    model scores on the same triplets, recomputed here with the metric directly."""
     sys.path.insert(0, str(ROOT / "examples"))
     import train_teacher
     from compresskit_vfi.data import sample_dataset
@@ -182,13 +184,14 @@ def test_train_teacher_flow_writes_a_teacher_whose_record_is_what_it_scores(tmp_
     out = tmp_path / "flow.pt"
     rc = train_teacher.main(["--arch", "flow", "--clips", "carphone", "--gap", "2", "--steps", "3",
                              "--eval-every", "3", "--val-samples", "3", "--crop", "32", "--batch-size", "2",
-                             "--flow-widths", "8,8,8", "--threads", "1", "--keep", "last",
+                             "--flow-widths", "8,8,8", "--threads", "1", "--keep", "last", "--ema", "0.5",
                              "--work", str(tmp_path / "work"), "--out", str(out)])
     assert rc == 0
     model = _teachers().sample_flowvfi(out)
     assert model.widths == (8, 8, 8)
     meta = torch.load(out, map_location="cpu", weights_only=True)["meta"]
     assert (meta["model"], meta["gap"], meta["clips"], meta["steps"]) == ("flowvfi", 2, "carphone", 3)
+    assert meta["ema"] == 0.5  # the written weights are the average: the record is what they score
     full = sample_dataset("triplet", "val", size=None, gap=2, clips=["carphone"])
     picked = [full[i] for i in range(0, len(full), len(full) // 3)][:3]
     with torch.no_grad():
