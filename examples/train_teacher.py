@@ -224,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
         opt.load_state_dict(s["opt"])
         sched.load_state_dict(s["sched"])
         if ema is not None:
+            if s.get("ema") is None:
+                raise SystemExit(f"--ema: {ckpt} was written without a weight average; resume without "
+                                 "--ema or use a new --work")
             ema.load_state_dict(s["ema"])
         step, best, best_state = s["step"], s["best"], s["best_state"]
         history, spent = s["history"], s["spent"]
