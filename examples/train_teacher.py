@@ -137,7 +137,7 @@ def parse_gaps(text: str) -> list[int]:
         gaps = [int(g) for g in text.split(",")]
     except ValueError:
         raise SystemExit(f"--train-gaps: expected a comma list of integers, got {text!r}") from None
-    if not gaps or min(gaps) < 1:
+    if min(gaps) < 1:
         raise SystemExit(f"--train-gaps: expected integers >= 1, got {text!r}")
     return gaps
 
@@ -152,17 +152,15 @@ def load_init(model, path: Path, arch: str) -> dict:
         raise SystemExit(f"--init-from: {path} holds a {meta.get('model')!r} model, "
                          f"--arch {arch} wants {want!r}")
     state = {k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()}
-    # a FlowVFI refiner may be new (it starts as the identity); every other weight must be in the file
-    new = {k for k in model.state_dict() if k.startswith("refiner.")} if arch == "flow" else set()
-    if new and any(k in state for k in new):
-        new = set()
+    fits = f"--init-from: {path} does not fit the model built from the arguments (widths?)"
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
-        if unexpected or set(missing) != new:
-            raise RuntimeError(f"missing keys {sorted(set(missing) - new)[:5]}, unexpected {unexpected[:5]}")
-    except RuntimeError as e:
-        raise SystemExit(f"--init-from: {path} does not fit the model built from the arguments "
-                         f"(widths?): {e}") from None
+    except RuntimeError as e:  # a shape differs
+        raise SystemExit(f"{fits}: {e}") from None
+    # a FlowVFI refiner may be new, all of it (it starts as the identity); every other weight must be there
+    refiner = {k for k in model.state_dict() if k.startswith("refiner.")}
+    if unexpected or set(missing) not in (set(), refiner):
+        raise SystemExit(f"{fits}: missing keys {sorted(set(missing))[:5]}, unexpected {unexpected[:5]}")
     return {"file": path.name, **{k: v for k, v in meta.items() if k != "history"}}
 
 
@@ -171,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.gap < 1:
         raise SystemExit(f"--gap: expected an integer >= 1, got {args.gap}")
     train_gaps = parse_gaps(args.train_gaps) if args.train_gaps else [args.gap]
+    if not 0.0 <= args.ema < 1.0:
+        raise SystemExit(f"--ema: expected a decay in [0, 1), got {args.ema}")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     from compresskit_vfi.data import sample_dataset
@@ -205,8 +205,6 @@ def main(argv: list[str] | None = None) -> int:
     blend = mean_psnr(None, val_set)
     loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True,
                                          generator=torch.Generator().manual_seed(args.seed))
-    if not 0.0 <= args.ema < 1.0:
-        raise SystemExit(f"--ema: expected a decay in [0, 1), got {args.ema}")
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
     ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True)
