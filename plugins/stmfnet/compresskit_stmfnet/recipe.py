@@ -513,8 +513,8 @@ class DistillStage(common.RecipeStage):
 
 def _label(student: str) -> str:
     """The results-table name of what Phase II trained."""
-    return {"published": "ST-MFNet Mini", "plan": "compresskit plan",
-            "uniform": "compresskit plan, uniform widths"}[student]
+    return {"published": "ST-MFNet Mini", "plan": "ST-MFNet Mini (compresskit plan)",
+            "uniform": "ST-MFNet Mini (compresskit plan, uniform widths)"}[student]
 
 
 class EvaluateStage(common.RecipeStage):
