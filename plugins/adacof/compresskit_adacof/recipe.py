@@ -105,8 +105,8 @@ class CDFIRecipeConfig(Config):
     sparsify_triplets: int = Field(1000, ge=1, description="Vimeo-90K training triplets used in stage I")
     sparsify_batch: int = Field(8, ge=1, description="batch size of stage I (125 batches per epoch)")
     width_rule: Literal["linear", "sqrt", "published"] = Field(
-        "linear", description="'linear' C_in' = ceil(d·C_in) back to front (the Mini paper's rule; within ±1 "
-        "of the published widths where a density determines them, 18 of the 52 equal), 'sqrt' "
+        "linear", description="'linear' C_in' = ceil(d·C_in) back to front (the Mini paper's rule; from the "
+        "published densities 12 of the 52 published widths come out equal, 27 within ±1), 'sqrt' "
         "C' = floor(√d·C) (the CDFI code's rule), 'published': the published compressed AdaCoF widths "
         "as data (no rule reproduces all of them)")
     coupling: Literal["max", "min", "mean"] = Field("max", description="one width per coupled group")
@@ -517,9 +517,9 @@ def plan_published_widths(rule: Literal["linear", "sqrt"] = "linear", coupling: 
                           kernel_size: int = 5, dilation: int = 1) -> tuple[dict[str, tuple[int, ...]], int]:
     """Feed the published densities to ``ck.plan_widths`` on the dense AdaCoF; returns (widths, params).
 
-    No rule reproduces the published compressed AdaCoF: 'linear' gives 18 of its 52 widths exactly (±1
-    where a published density determines the width; the heads and the last Deconv convs, whose densities
-    are not published, stay dense), 'sqrt' fewer. The published widths are data:
+    No rule reproduces the published compressed AdaCoF: 'linear' gives 12 of its 52 widths exactly and 27
+    within ±1 (the heads and the last Deconv convs, whose densities are not published, stay dense), 'sqrt'
+    none, whatever the coupling. The published widths are data:
     ``compressed_widths()`` (``width_rule="published"`` in the recipe)."""
     model = AdaCoF(kernel_size, dilation)
     graph = ck.trace(model, (torch.zeros(1, 3, 32, 32), torch.zeros(1, 3, 32, 32)))
