@@ -81,7 +81,7 @@ class StageStore:
         if folder.exists():
             old = json.loads(stamp.read_text()) if stamp.is_file() else None
             if not self.resume or old != fingerprint:
-                shutil.rmtree(folder)
+                shutil.rmtree(folder, ignore_errors=True)  # another rank may be clearing it too
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_json(fingerprint, stamp)
         return folder
