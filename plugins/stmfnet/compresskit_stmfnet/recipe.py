@@ -1,21 +1,24 @@
 """The ST-MFNet Mini recipe (Morris et al.) on compresskit's pieces, resumable stage by stage.
 
-Phase I  — OBProx-SG on the pretrained ST-MFNet (λ 1e-4, lr 1e-3, eps 1e-4, Np = 2 epochs of Prox-SG
-           steps then orthant steps, 20 epochs, the published *summed* Laplacian loss that λ and lr were
-           tuned with) → per-layer densities of the trained layers → ``plan_widths`` (the Mini paper's
-           ceil(d·C) rule, back to front) → ``shrink`` → the compressed architecture, decided by
-           compresskit and printed beside the published Mini widths. A branch whose density collapses
-           (the flow branch: the GridNet weights reading the softmax-splatted frames) is dropped; a kept
-           one keeps its pretrained, frozen PWC-Net (full width, never re-initialised).
-Phase II — the compressed student trained from scratch with ``0.1·Lap(S, GT) + Lap(S, T)`` (``ck.distill``;
-           teacher frozen, in eval mode), Adamax 1e-3, batch 2, 256 crops, flips and time reversal,
-           StepLR(20, 0.5), 20 epochs, on Vimeo-90K septuplets + BVI-DVC; evaluation with the ST-MFNet
-           conventions on UCF101, DAVIS-90 (every frame) and SNU-FILM (four levels), written as the
-           paper's Table 1.
+Phase I  — OBProx-SG on the pretrained ST-MFNet with its PWC-Net fine-tuned (λ 1e-4 on every trainable
+           parameter, lr 1e-3, eps 1e-4, Np = 2 epochs of Prox-SG steps then orthant steps, 20 epochs, the
+           published *summed* Laplacian loss that λ and lr were tuned with); the overall density is
+           reported as the paper counts it and as compresskit does. The student: the published Mini
+           (``student="published"``, the default: fixed widths, no flow branch, 1,822,162 parameters), or
+           compresskit's own plan from the densities (``"plan"`` / ``"uniform"``: ``plan_widths`` with the
+           Mini paper's ceil(d·C) rule → ``shrink``; a collapsed flow branch is dropped).
+Phase II — the student trained from scratch (the published initialisation) with
+           ``0.1·Lap(S, GT) + Lap(S, T)``, both summed (``ck.distill``; teacher frozen, in eval mode, or in
+           train mode as published with ``teacher_mode="train"``), Adamax 1e-3, batch 2, 256 crops, flips
+           and time reversal, StepLR(20, 0.5) per epoch, 70 epochs, on Vimeo-90K septuplets + BVI-DVC;
+           evaluation with the ST-MFNet conventions on UCF101, DAVIS-90 and SNU-FILM (four levels),
+           written as the paper's Table 1 with each of our rows labelled by what it trained.
 
-Every stage writes into ``out_dir/<stage>/`` and is skipped on a rerun once done; an interrupted training
-stage continues from its last checkpoint (``ck.train`` / ``ck.distill``). ``smoke=True`` runs the same code
-path on the embedded sample clips with a few steps per stage.
+The stages run on :func:`compresskit.pipeline.run_stages`: each leaves ``out_dir/<stage>.pt`` stamped with
+the fingerprint of the settings it read, so a rerun restores what is still valid and redoes a stage whose
+settings (or upstream) changed; an interrupted training stage continues from its last checkpoint.
+``smoke=True`` runs the same code path on the embedded sample clips with a few steps per stage.
+docs/reproduce_stmfnet_mini.md lists every setting with its published value and source.
 """
 
 from __future__ import annotations
