@@ -484,7 +484,8 @@ def paper_table(results: Mapping[str, Any]) -> str:
 
 def _settings_note(state: RecipeState) -> str:
     cfg, sel = state.cfg, state.selection
-    kept = (f"epoch {sel['epoch']} ({sel['rule']}, {sel['psnr']:.2f} dB)" if sel.get("psnr") is not None
+    kept = (f"epoch {sel['epoch']} (step {sel['step']}, {sel['rule']}, {sel['psnr']:.2f} dB)"
+            if sel.get("psnr") is not None
             else f"the last epoch ({sel.get('epoch')})")
     run = "smoke run (sample clips, a few steps per stage; numbers mean nothing)" if cfg.smoke else "full run"
     return (f"\nOurs: {run}; compressed AdaCoF widths by width_rule={cfg.width_rule!r} "
