@@ -72,8 +72,11 @@ class RecipeStage(Stage):
         return f"{self.name}.pt"
 
     def fingerprint(self, state: Any) -> dict[str, Any]:
+        """The declared settings (the ``smoke_*`` ones only in smoke mode, where they apply), the digests
+        of the declared files, the upstream fingerprints."""
         cfg = state.cfg
-        return {"stage": self.name, "settings": settings(cfg, self.fields),
+        fields = [f for f in self.fields if cfg.smoke or not f.startswith("smoke_")]
+        return {"stage": self.name, "settings": settings(cfg, fields),
                 "files": {f: file_digest(getattr(cfg, f)) for f in self.files},
                 "upstream": {u: state.fingerprints[u] for u in self.upstream}}
 

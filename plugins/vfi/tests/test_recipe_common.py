@@ -48,7 +48,7 @@ def test_recipe_stage_fingerprint_reads_its_fields_files_and_upstream(tmp_path):
     state = SimpleNamespace(cfg=cfg, fingerprints={"zero": {"x": 1}})
     fp = stage.fingerprint(state)
     assert stage.artifact == "one.pt"
-    assert fp["settings"] == {"smoke": False, "smoke_steps": 4, "smoke_size": 64, "seed": 0, "lr": 1e-3}
+    assert fp["settings"] == {"smoke": False, "seed": 0, "lr": 1e-3}  # smoke_* only count in smoke mode
     assert fp["files"] == {"weights": "a9993e364706816aba3e25717850c26c9cd0d89d"}  # SHA-1("abc")
     assert fp["upstream"] == {"zero": {"x": 1}}
     assert stage.fingerprint(SimpleNamespace(cfg=cfg.model_copy(update={"out_dir": tmp_path / "b"}),
@@ -56,6 +56,11 @@ def test_recipe_stage_fingerprint_reads_its_fields_files_and_upstream(tmp_path):
     assert stage.fingerprint(SimpleNamespace(cfg=cfg.model_copy(update={"lr": 2e-3}),
                                              fingerprints={"zero": {"x": 1}})) != fp
     assert stage.fingerprint(SimpleNamespace(cfg=cfg, fingerprints={"zero": {"x": 2}})) != fp
+    assert stage.fingerprint(SimpleNamespace(cfg=cfg.model_copy(update={"smoke_steps": 9}),
+                                             fingerprints={"zero": {"x": 1}})) == fp
+    smoke = SimpleNamespace(cfg=cfg.model_copy(update={"smoke": True}), fingerprints={"zero": {"x": 1}})
+    assert stage.fingerprint(smoke)["settings"] == {"smoke": True, "smoke_steps": 4, "smoke_size": 64,
+                                                    "seed": 0, "lr": 1e-3}
     weights.write_bytes(b"abd")
     assert stage.fingerprint(state) != fp
 
