@@ -57,12 +57,18 @@ class CompressResult:
     rebuild: dict[str, Any] | None = None
     input_dtypes: list[str] | None = None  #: the example inputs' dtypes ("int64"), for CompressResult.save
 
-    def save(self, path: str | os.PathLike) -> Path:
+    def save(self, path: str | os.PathLike, *, model_name: str | None = None,
+             model_kwargs: Mapping[str, Any] | None = None, allow_pickle: bool = False) -> Path:
         """Write the small model to one file (atomically); :func:`load` rebuilds it from that file alone,
-        without the model's class and without unpickling (``compresskit.saving``)."""
+        without the model's class and without unpickling (``compresskit.saving``). The file is written
+        only once it is shown to load that way and reproduce the model's outputs; else ``SaveError``
+        says why. ``model_name``/``model_kwargs``: the registered factory of the original architecture
+        (a rebuild recipe, for a model not built by ``ck.create_model``); ``allow_pickle``: write a
+        pickle-only file (``load(path, trusted=True)``) rather than fail."""
         from compresskit.saving import save_result
 
-        return save_result(self, path)
+        return save_result(self, path, model_name=model_name, model_kwargs=model_kwargs,
+                           allow_pickle=allow_pickle)
 
 
 def load(path: str | os.PathLike, *, trusted: bool = False) -> nn.Module:
@@ -303,6 +309,22 @@ def _latency_note(state: Any, after: ModelStats) -> str | None:
             "bound by per-op overhead rather than arithmetic (a '2x latency' target plans on measured time).")
 
 
+def _save_into(result: CompressResult, path: Path) -> None:
+    """``result.save(path)``; when no safe file reproduces the model, a pickle-only one (with a warning and
+    a report note) rather than an error that would lose the run."""
+    import warnings
+
+    from compresskit.saving import SaveError
+
+    try:
+        result.save(path)
+    except SaveError as e:
+        note = (f"{path.name} holds a pickled module that only ck.load(path, trusted=True) opens: {e}")
+        result.report.notes.append(note)
+        warnings.warn(f"compress: {note}", stacklevel=3)
+        result.save(path, allow_pickle=True)
+
+
 def _finish(state: Any, r: _Resolved, name: str, out_dir: Path | None) -> CompressResult:
     """Build the report and result of the stage reached; write them into ``out_dir``."""
     from compresskit.stages import _widths
@@ -361,8 +383,8 @@ def _finish(state: Any, r: _Resolved, name: str, out_dir: Path | None) -> Compre
                             [str(t.dtype).removeprefix("torch.") for t in r.example_inputs])
     if out_dir is not None:
         suffix = "" if stage == "compressed" else f"_{stage}"
+        _save_into(result, out_dir / f"{stage}.model.pt" if suffix else out_dir / "compressed.pt")
         report.save(out_dir / f"report{suffix}.json")
-        result.save(out_dir / f"{stage}.model.pt" if suffix else out_dir / "compressed.pt")
         with contextlib.suppress(ImportError):  # matplotlib is optional
             report.plot(out_dir)
     if state.config.progress:
