@@ -112,13 +112,9 @@ def save_result(result: Any, path: str | os.PathLike, *, model_name: str | None 
         if blob is not None:
             return atomic_write_bytes(blob, path)
     pickled = _pickle_bytes(model)
-    try:
-        program, notes = _export(model, specs)
-    except Exception as e:  # data-dependent Python, numpy, ops export cannot see
-        reasons.append(f"torch.export failed ({type(e).__name__}: {_first_line(e)})")
-    else:
-        blob = _attempt({**base, "program": program, "pickled_module": pickled}, model, specs,
-                        "exported program", reasons)
+    for what, program, notes in _programs(model, specs, reasons):
+        blob = _attempt({**base, "program": program, "pickled_module": pickled}, model, specs, what,
+                        reasons, other_sizes=notes)
         if blob is not None:
             for note in notes:
                 warnings.warn(f"CompressResult.save: {note}", stacklevel=3)
@@ -147,9 +143,12 @@ def _first_line(e: BaseException) -> str:
 
 
 def _attempt(payload: dict[str, Any], model: nn.Module, specs: list[tuple[list[int], str]], what: str,
-             reasons: list[str], *, trusted: bool = False) -> bytes | None:
+             reasons: list[str], *, trusted: bool = False, other_sizes: list[str] | None = None,
+             ) -> bytes | None:
     """The file's bytes when they load back (as ``ck.load`` reads them) into a model whose outputs equal
-    ``model``'s on the example inputs; None with the reason appended otherwise."""
+    ``model``'s on the example inputs (and, given ``other_sizes`` (a list of notes), on inputs of twice
+    their spatial size, unless the loaded model refuses those sizes with a clear error, which is noted);
+    None with the reason appended."""
     buf = io.BytesIO()
     try:
         torch.save(payload, buf)
@@ -164,25 +163,59 @@ def _attempt(payload: dict[str, Any], model: nn.Module, specs: list[tuple[list[i
         reasons.append(f"the {what} does not load back ({type(e).__name__}: {_first_line(e)})")
         return None
     problem = _compare(model, loaded, specs)
+    if problem is None and other_sizes is not None:
+        refused: list[str] = []
+        problem = _compare(model, loaded, [(_doubled(s), d) for s, d in specs], refused=refused)
+        if refused and not any("accepts only" in n for n in other_sizes):
+            other_sizes.append(f"the {what} refuses inputs of other sizes that the model takes "
+                               f"({refused[0]}); a rebuild recipe (save(path, model_name=...)) keeps every size")
     if problem is not None:
         reasons.append(f"the {what} loads back but does not reproduce the model: {problem}")
         return None
     return blob
 
 
-def _compare(model: nn.Module, loaded: nn.Module, specs: list[tuple[list[int], str]]) -> str | None:
+def _doubled(shape: list[int]) -> list[int]:
+    """Spatial sizes (dims 2 and up of an ``(N, C, ...)`` input) doubled: another size to check on."""
+    return [n * 2 if i >= 2 else n for i, n in enumerate(shape)] if len(shape) >= 3 else list(shape)
+
+
+def _compare(model: nn.Module, loaded: nn.Module, specs: list[tuple[list[int], str]], *,
+             refused: list[str] | None = None) -> str | None:
+    """How ``loaded`` differs from ``model`` on random inputs of ``specs``; None when it does not. Given
+    ``refused``: inputs of other sizes, which the model may not take (then nothing is compared) or the
+    loaded model may refuse by name (a size its program fixed: its message is appended to ``refused``)."""
+    other = refused is not None
     dtype, device = _float_dtype_device(model)
     gen = torch.Generator(device="cpu").manual_seed(1)
+    if other and sum(math.prod(s) for s, _ in specs) > 1 << 22:
+        return None  # too large to run twice more at save time
     inputs = tuple(_example_input(s, d, dtype, gen) for s, d in specs)
-    try:
-        with eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
+        try:
             want = model(*(x.to(device) for x in inputs))
+        except Exception as e:
+            return None if other else f"the model fails ({type(e).__name__}: {_first_line(e)})"
+        try:
             got = loaded(*inputs)
-    except Exception as e:
-        return f"{type(e).__name__}: {_first_line(e)}"
+        except Exception as e:
+            if refused is not None and _names_the_size(e):
+                refused.append(_first_line(e))
+                return None
+            shapes = ", ".join(str(tuple(x.shape)) for x in inputs)
+            return f"on inputs {shapes} it fails where the model does not ({type(e).__name__}: {_first_line(e)})"
     want = _to_cpu(want)
     tol = (1e-4, 1e-5) if device.type == "cpu" else (1e-3, 1e-4)
-    return output_difference(want, got, "output", *tol)
+    problem = output_difference(want, got, "output", *tol)
+    if problem is not None and other:
+        problem += f" on inputs of other sizes {[tuple(s) for s, _ in specs]}"
+    return problem
+
+
+def _names_the_size(e: BaseException) -> bool:
+    """A loaded program refusing a size with a message that says so (its own input check or a guard)."""
+    text = str(e)
+    return text.startswith("forward: inputs of sizes") or "Expected input at" in text
 
 
 def _to_cpu(x: Any) -> Any:
@@ -291,28 +324,37 @@ def _pickle_bytes(model: nn.Module) -> bytes | None:
     return buf.getvalue()
 
 
-def _export(model: nn.Module, specs: list[tuple[list[int], str]]) -> tuple[dict[str, Any], list[str]]:
-    """The model as a torch.export program (JSON bytes and its lifted constants), checked on inputs of the
-    example inputs' shapes and dtypes, and what the program cannot do that the model can (sizes it fixes,
-    keyword arguments it drops)."""
+def _programs(model: nn.Module, specs: list[tuple[list[int], str]], reasons: list[str]) -> Any:
+    """``(what, program, notes)`` for each way to export ``model``, most general first: every size dynamic
+    (a batch of 1 exported as 2: torch.export fixes sizes 0 and 1), then the example's sizes as they are,
+    then every size fixed (a program whose size conditions cannot be checked safely)."""
+    shapes = [list(s) for s, _ in specs]
+    batch2 = [[2, *s[1:]] if s and s[0] == 1 else s for s in shapes]
+    tries = ([("exported program", batch2, True)] if batch2 != shapes else []) + [
+        ("exported program", shapes, True), ("exported program with fixed sizes", shapes, False)]
+    failed = []
+    for what, attempt, dynamic in tries:
+        try:
+            program, notes = _export(model, specs, attempt, dynamic)
+        except Exception as e:  # data-dependent Python, numpy, ops export cannot see
+            failed.append(f"{type(e).__name__}: {_first_line(e)}")
+            continue
+        yield what, program, notes
+    if failed:
+        reasons.append(f"torch.export failed ({failed[-1]})")
+
+
+def _export(model: nn.Module, specs: list[tuple[list[int], str]], shapes: list[list[int]], dynamic: bool,
+            ) -> tuple[dict[str, Any], list[str]]:
+    """The model as a torch.export program (JSON bytes and its lifted constants), checked on inputs of
+    ``shapes`` and the example inputs' dtypes, and what the program cannot do that the model can (sizes it
+    fixes, keyword arguments it drops)."""
     from torch._export.serde.serialize import serialize
 
     dtype, device = _float_dtype_device(model)
-    shapes = [list(s) for s, _ in specs]
-    ep, inputs = None, ()
-    # a batch of 1 would be specialised (torch.export fixes sizes 0 and 1): try a batch of 2 first
-    tries = [[[2, *s[1:]] if s and s[0] == 1 else s for s in shapes], shapes]
-    errors: list[Exception] = []
-    for attempt in (tries if tries[0] != tries[1] else tries[1:]):
-        gen = torch.Generator(device="cpu").manual_seed(0)
-        inputs = tuple(_example_input(s, d, dtype, gen).to(device) for s, (_, d) in zip(attempt, specs))
-        try:
-            ep = _export_once(model, inputs)
-            break
-        except Exception as e:
-            errors.append(e)
-    if ep is None:
-        raise errors[-1]
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    inputs = tuple(_example_input(s, d, dtype, gen).to(device) for s, (_, d) in zip(shapes, specs))
+    ep = _export_once(model, inputs, dynamic)
     art = serialize(ep, serialize_state_dict=False, serialize_constants=False, serialize_example_inputs=False)
     constants = {k: v for k, v in ep.constants.items()}
     if not all(isinstance(v, torch.Tensor) for v in constants.values()):
@@ -320,9 +362,12 @@ def _export(model: nn.Module, specs: list[tuple[list[int], str]]) -> tuple[dict[
     if set(ep.state_dict) != set(model.state_dict()):
         raise RuntimeError("the program's weights are not the model's state_dict")
     fixed = _fixed_dims(ep, inputs)
-    notes = [f"the exported program accepts only {', '.join(fixed)} (the model's code fixes "
-             "these sizes, e.g. nn.LSTM's sequence length or a Linear after a flatten); other sizes fail "
-             "in the loaded model. A rebuild recipe (save(path, model_name=...)) keeps every size"] if fixed else []
+    notes = []
+    if fixed:
+        notes.append(f"the exported program accepts only {', '.join(fixed)} (the model's code fixes these "
+                     "sizes for torch.export, e.g. nn.LSTM's sequence length or a Linear after a flatten); "
+                     "other sizes are refused by the loaded model. A rebuild recipe "
+                     "(save(path, model_name=...)) keeps every size")
     kwargs = _dropped_kwargs(model, len(inputs))
     if kwargs:
         notes.append(f"forward's keyword arguments {', '.join(kwargs)} are fixed at their defaults in the "
@@ -332,13 +377,13 @@ def _export(model: nn.Module, specs: list[tuple[list[int], str]]) -> tuple[dict[
             "input_dtypes": [str(d) for _, d in specs], "fixed_sizes": fixed, "fixed_kwargs": kwargs}, notes
 
 
-def _export_once(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Any:
+def _export_once(model: nn.Module, inputs: tuple[torch.Tensor, ...], dynamic: bool = True) -> Any:
     from torch.export import Dim
 
     with eval_mode(model), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The tensor attributes .* were assigned during export")
-        dynamic = tuple({d: Dim.AUTO for d in range(x.dim())} for x in inputs)
-        ep = torch.export.export(model, inputs, dynamic_shapes=dynamic, strict=False)
+        dims = tuple({d: Dim.AUTO if dynamic else Dim.STATIC for d in range(x.dim())} for x in inputs)
+        ep = torch.export.export(model, inputs, dynamic_shapes=dims, strict=False)
         with torch.no_grad():
             want, got = model(*inputs), ep.module()(*inputs)
     problem = output_difference(want, got, "output", rtol=1e-5, atol=1e-6)
@@ -512,7 +557,7 @@ def _load_program(program: Mapping[str, Any], state_dict: Mapping[str, Any], pat
 
     try:
         doc = json.loads(bytes(program["json"]).decode("utf-8"))
-        _check_program(doc)  # before anything is deserialised
+        guards = _check_program(doc)  # before anything is deserialised
         _check_weights(_program_weights(doc), {**state_dict, **dict(program["constants"])}, path,
                        complete=False)
         spec = _bytes_to_dataclass(ExportedProgram, json.dumps(doc).encode("utf-8"))
@@ -534,6 +579,9 @@ def _load_program(program: Mapping[str, Any], state_dict: Mapping[str, Any], pat
     module.eval = types.MethodType(lambda self: self.train(False), module)  # type: ignore[method-assign]
     fixed = [str(k) for k in (program.get("fixed_kwargs") or [])]
     module.register_forward_pre_hook(_positional_only(fixed), with_kwargs=True)
+    if guards:
+        module.register_forward_pre_hook(_guard_hook(guards, _user_inputs(doc),
+                                                     list(program.get("input_shapes") or [])), with_kwargs=True)
     return module.eval()
 
 
@@ -815,12 +863,12 @@ def _check_target(target: str) -> None:
                           "the file")
 
 
-def _check_program(doc: Any) -> None:
-    """Walk the serialised program: operators, bounded size expressions and ranges, no Python objects or
-    guard code."""
+def _check_program(doc: Any) -> list[tuple[str, ast.AST]]:
+    """Walk the serialised program: operators, bounded size expressions and ranges, no Python objects;
+    returns its guards as checked syntax trees (the Python source itself is removed from ``doc``)."""
     budget = _ExprBudget()
-    if doc.get("guards_code"):
-        doc["guards_code"] = []  # Python source compiled into a guard function: never run it
+    guards = _parse_guards(doc.get("guards_code") or [], _user_inputs(doc), budget)
+    doc["guards_code"] = []  # Python source torch would compile into a guard function: never run it
     ranges = doc.get("range_constraints") or {}
     if not isinstance(ranges, Mapping):
         raise UnsafeFileError("load: the program's range constraints are not a mapping; refusing the file")
@@ -848,6 +896,153 @@ def _check_program(doc: Any) -> None:
                 walk(v)
 
     walk(doc)
+    return guards
+
+
+def _user_inputs(doc: Mapping[str, Any]) -> list[str]:
+    """Names of the program's tensor inputs, in order (``L['name']`` in its guards)."""
+    out = []
+    for s in doc["graph_module"]["signature"]["input_specs"]:
+        arg = s.get("user_input", {}).get("arg", {})
+        if "as_tensor" in arg:
+            out.append(arg["as_tensor"]["name"])
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ guards
+# torch.export's guards are Python source over the inputs' sizes (``L['img0'].size()[2] // 8 * 8 >= 2``).
+# They are never compiled or run: each is parsed into a syntax tree, checked against this short list of
+# size arithmetic, and evaluated by :func:`_guard_value` on the sizes of the inputs of each call.
+_GUARD_CALLS = {"max": max, "min": min, "abs": abs, "int": int, "float": float,
+                "math.trunc": math.trunc, "math.floor": math.floor, "math.ceil": math.ceil,
+                "math.sqrt": math.sqrt, "torch.sym_float": float, "torch.sym_int": int, "torch.sym_max": max,
+                "torch.sym_min": min, "torch.sym_not": lambda x: not x, "torch.sym_sqrt": math.sqrt}
+_GUARD_BINOPS: dict[type, Any] = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b,
+                                  ast.Mult: lambda a, b: a * b, ast.FloorDiv: lambda a, b: a // b,
+                                  ast.Mod: lambda a, b: a % b, ast.Div: lambda a, b: a / b}
+_GUARD_CMP: dict[type, Any] = {ast.Eq: lambda a, b: a == b, ast.NotEq: lambda a, b: a != b,
+                               ast.Lt: lambda a, b: a < b, ast.LtE: lambda a, b: a <= b,
+                               ast.Gt: lambda a, b: a > b, ast.GtE: lambda a, b: a >= b}
+
+
+def _parse_guards(codes: Any, names: list[str], budget: _ExprBudget) -> list[tuple[str, ast.AST]]:
+    """Each guard's syntax tree, checked to be size arithmetic on the inputs ``names``."""
+    if not isinstance(codes, list) or not all(isinstance(c, str) for c in codes):
+        raise UnsafeFileError("load: the program's guards are not a list of strings; refusing the file")
+    out = []
+    for code in codes:
+        refuse = _refuser(code, "guard")
+        if len(code) > LIMITS["expr_chars"]:
+            refuse(f"is longer than {LIMITS['expr_chars']} characters")
+        try:
+            tree = ast.parse(code, mode="eval").body
+        except Exception:
+            refuse("does not parse")
+        n = sum(1 for _ in ast.walk(tree))
+        budget.nodes -= n
+        if n > LIMITS["expr_nodes"] or budget.nodes < 0:
+            refuse(f"has more than {LIMITS['expr_nodes']} nodes or takes the file past "
+                   f"{LIMITS['total_nodes']} in all")
+        _guard_value(tree, None, names, refuse, 0)  # validates without sizes
+        out.append((code, tree))
+    return out
+
+
+def _guard_value(node: ast.AST, sizes: dict[str, tuple[int, ...]] | None, names: list[str], refuse: Any,
+                 depth: int) -> Any:
+    """Evaluate a checked guard on ``sizes`` (name -> shape); ``sizes=None`` only checks the tree."""
+    if depth > LIMITS["expr_depth"]:
+        refuse(f"is nested deeper than {LIMITS['expr_depth']} levels")
+    d = depth + 1
+
+    def ev(x: ast.AST) -> Any:
+        return _guard_value(x, sizes, names, refuse, d)
+
+    if isinstance(node, ast.Constant) and isinstance(node.value, int | float | bool):
+        return node.value
+    if isinstance(node, ast.BoolOp):
+        values = [ev(v) for v in node.values]
+        if sizes is None:
+            return True
+        return all(values) if isinstance(node.op, ast.And) else any(values)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not | ast.USub | ast.UAdd):
+        v = ev(node.operand)
+        return v if sizes is None else (not v if isinstance(node.op, ast.Not) else
+                                        -v if isinstance(node.op, ast.USub) else v)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
+        base = ev(node.left)
+        _exponent(node.right, refuse)  # a small integer constant
+        return 1 if sizes is None else base ** ev(node.right)
+    if isinstance(node, ast.BinOp) and type(node.op) in _GUARD_BINOPS:
+        a, b = ev(node.left), ev(node.right)
+        if sizes is None:
+            return 1
+        try:
+            return _GUARD_BINOPS[type(node.op)](a, b)
+        except ZeroDivisionError:
+            return 0
+    if isinstance(node, ast.Compare) and all(type(op) in _GUARD_CMP for op in node.ops):
+        values = [ev(node.left), *(ev(c) for c in node.comparators)]
+        if sizes is None:
+            return True
+        return all(_GUARD_CMP[type(op)](a, b) for op, a, b in zip(node.ops, values, values[1:]))
+    if isinstance(node, ast.Call) and not node.keywords:
+        fn = ast.unparse(node.func)
+        if fn in _GUARD_CALLS:
+            args = [ev(a) for a in node.args]
+            return 1 if sizes is None else _GUARD_CALLS[fn](*args)
+        if fn.endswith((".size", ".dim")) or fn.endswith(".stride") or fn.endswith(".storage_offset"):
+            pass
+        else:
+            refuse(f"calls {fn}")
+    # L['img0'].size()[2], L['img0'].size(2), L['img0'].dim()
+    if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Call):
+        shape = _guard_shape(node.value, sizes, names, refuse)
+        index = node.slice
+        if not (isinstance(index, ast.Constant) and isinstance(index.value, int)) or index.value > 16:
+            refuse("indexes a size with something other than a small constant")
+        return 1 if sizes is None else shape[index.value]
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "dim":
+        shape = _guard_shape(ast.Call(func=ast.Attribute(value=node.func.value, attr="size"), args=[],
+                                      keywords=[]), sizes, names, refuse)
+        return 1 if sizes is None else len(shape)
+    refuse(f"holds {ast.unparse(node)[:60]!r}")
+    raise AssertionError
+
+
+def _guard_shape(call: ast.Call, sizes: dict[str, tuple[int, ...]] | None, names: list[str],
+                 refuse: Any) -> tuple[int, ...]:
+    """``L['name'].size()``: the shape of the input ``name``."""
+    f = call.func
+    ok = (isinstance(f, ast.Attribute) and f.attr == "size" and not call.args and not call.keywords
+          and isinstance(f.value, ast.Subscript) and isinstance(f.value.value, ast.Name)
+          and f.value.value.id == "L" and isinstance(f.value.slice, ast.Constant)
+          and f.value.slice.value in names)
+    if not ok:
+        refuse("reads something other than an input's size")
+    return () if sizes is None else sizes[f.value.slice.value]  # type: ignore[union-attr]
+
+
+def _guard_hook(guards: list[tuple[str, ast.AST]], names: list[str], exported_on: list[list[int]]) -> Any:
+    """A forward pre-hook that raises a clear error when the inputs' sizes break a guard of the program."""
+    def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if len(args) != len(names) or not all(isinstance(a, torch.Tensor) for a in args):
+            return  # the program's own input check names what is wrong
+        sizes = {n: tuple(a.shape) for n, a in zip(names, args)}
+        for code, tree in guards:
+            try:
+                ok = bool(_guard_value(tree, sizes, names, _refuser(code, "guard"), 0))
+            except (IndexError, ValueError, OverflowError, TypeError):
+                ok = False
+            if not ok:
+                got = ", ".join(f"{n} {tuple(s)}" for n, s in sizes.items())
+                raise ValueError(f"forward: inputs of sizes {got} are outside what the saved program was "
+                                 f"exported for (on {exported_on}): it needs {code}. The model's code fixes "
+                                 "or ties these sizes in a way torch.export could only record as a condition; "
+                                 "use sizes that meet it, or load the original class with "
+                                 "ck.load(path, trusted=True)")
+
+    return hook
 
 
 # ------------------------------------------------------------------------------------------ registered
