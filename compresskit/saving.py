@@ -168,7 +168,8 @@ def _attempt(payload: dict[str, Any], model: nn.Module, specs: list[tuple[list[i
         problem = _compare(model, loaded, [(_doubled(s), d) for s, d in specs], refused=refused)
         if refused and not any("accepts only" in n for n in other_sizes):
             other_sizes.append(f"the {what} refuses inputs of other sizes that the model takes "
-                               f"({refused[0]}); a rebuild recipe (save(path, model_name=...)) keeps every size")
+                               f"({refused[0]}); a rebuild recipe (save(path, model_name=...)) keeps every "
+                               "size")
     if problem is not None:
         reasons.append(f"the {what} loads back but does not reproduce the model: {problem}")
         return None
@@ -203,7 +204,8 @@ def _compare(model: nn.Module, loaded: nn.Module, specs: list[tuple[list[int], s
                 refused.append(_first_line(e))
                 return None
             shapes = ", ".join(str(tuple(x.shape)) for x in inputs)
-            return f"on inputs {shapes} it fails where the model does not ({type(e).__name__}: {_first_line(e)})"
+            return (f"on inputs {shapes} it fails where the model does not ({type(e).__name__}: "
+                    f"{_first_line(e)})")
     want = _to_cpu(want)
     tol = (1e-4, 1e-5) if device.type == "cpu" else (1e-3, 1e-4)
     problem = output_difference(want, got, "output", *tol)
@@ -395,6 +397,8 @@ def _export_once(model: nn.Module, inputs: tuple[torch.Tensor, ...], dynamic: bo
 def _fixed_dims(ep: Any, inputs: tuple[torch.Tensor, ...]) -> list[str]:
     """``"input 0 dim 1 = 5"`` for each input size the program fixed, except sizes of 1 and sizes a weight
     has (channels, features: fixed by the weights, not by the code)."""
+    from torch.fx.experimental.symbolic_shapes import is_concrete_int
+
     placeholders = [n for n in ep.graph.nodes if n.op == "placeholder"]
     user = [s.arg.name for s in ep.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
     vals = {n.name: n.meta.get("val") for n in placeholders}
@@ -405,8 +409,8 @@ def _fixed_dims(ep: Any, inputs: tuple[torch.Tensor, ...]) -> list[str]:
         if not isinstance(val, torch.Tensor) or i >= len(inputs):
             continue
         for d, size in enumerate(val.shape):
-            if isinstance(size, int) and size > 1 and size not in weight_dims:
-                out.append(f"input {i} dim {d} = {size}")
+            if is_concrete_int(size) and int(size) > 1 and int(size) not in weight_dims:
+                out.append(f"input {i} dim {d} = {int(size)}")
     return out
 
 
@@ -499,7 +503,8 @@ def _check_weights(expected: Mapping[str, Any], state: Mapping[str, torch.Tensor
             wrong.append(f"{k}: file {tuple(t.shape)} {str(t.dtype).removeprefix('torch.')}, model expects "
                          f"{shape} {str(dtype).removeprefix('torch.')}")
     if missing or extra or wrong:
-        parts = ([f"missing {missing[:5]}"] if missing else []) + ([f"unexpected {extra[:5]}"] if extra else [])
+        parts = [f"missing {missing[:5]}"] if missing else []
+        parts += [f"unexpected {extra[:5]}"] if extra else []
         parts += wrong[:5]
         raise ValueError(f"load: the weights in {str(path)!r} do not fit the model it describes ("
                          + "; ".join(parts) + "); the file is damaged, was edited, or was written by "
@@ -577,11 +582,11 @@ def _load_program(program: Mapping[str, Any], state_dict: Mapping[str, Any], pat
         raise _rebuild_error(e, path) from e
     module.train = types.MethodType(_fixed_mode_train, module)  # type: ignore[method-assign]
     module.eval = types.MethodType(lambda self: self.train(False), module)  # type: ignore[method-assign]
+    if guards:  # (prepended: before the program's own input check)
+        module.register_forward_pre_hook(_guard_hook(guards, _user_inputs(doc), list(program.get(
+            "input_shapes") or [])), with_kwargs=True, prepend=True)
     fixed = [str(k) for k in (program.get("fixed_kwargs") or [])]
-    module.register_forward_pre_hook(_positional_only(fixed), with_kwargs=True)
-    if guards:
-        module.register_forward_pre_hook(_guard_hook(guards, _user_inputs(doc),
-                                                     list(program.get("input_shapes") or [])), with_kwargs=True)
+    module.register_forward_pre_hook(_positional_only(fixed), with_kwargs=True, prepend=True)
     return module.eval()
 
 
@@ -680,6 +685,11 @@ _BINOPS = {ast.Add: "sum", ast.Sub: "sum", ast.Mult: "product", ast.Pow: "power"
 _SIZE_BITS = 63
 
 
+def _is_symbol(name: str) -> bool:
+    """A size symbol's name (``s12``, ``u3``) with an index of at most ``symbol_digits`` digits."""
+    return bool(_SYMBOL.match(name)) and len(name) - len(name.rstrip("0123456789")) <= LIMITS["symbol_digits"]
+
+
 class _ExprBudget:
     """Nodes left for the size expressions of one file (:data:`LIMITS` ``total_nodes``)."""
 
@@ -694,7 +704,8 @@ def _check_expr(expr: str, budget: _ExprBudget | None = None, *, what: str = "si
     any of it (so ``10**10**12`` is refused at once, not computed)."""
     refuse = _refuser(expr, what)
     if not isinstance(expr, str) or len(expr) > LIMITS["expr_chars"]:
-        refuse(f"is longer than {LIMITS['expr_chars']} characters" if isinstance(expr, str) else "is no string")
+        refuse(f"is longer than {LIMITS['expr_chars']} characters" if isinstance(expr, str)
+               else "is not a string")
     try:
         tree = ast.parse(expr, mode="eval")
     except Exception:  # SyntaxError, too deeply nested for the parser, MemoryError
@@ -715,8 +726,8 @@ def _refuser(expr: Any, what: str) -> Any:
     shown = expr if not isinstance(expr, str) or len(expr) <= 200 else expr[:200] + "..."
 
     def refuse(why: str) -> None:
-        raise UnsafeFileError(f"load: {what} {shown!r} {why}; it is not bounded arithmetic on sizes, "
-                              "refusing the file")
+        raise UnsafeFileError(f"load: {what} {shown!r} {why}; it is not arithmetic on sizes within the "
+                              "limits, refusing the file")
 
     return refuse
 
@@ -731,7 +742,7 @@ def _bits(node: ast.AST, depth: int, refuse: Any) -> float:
     if isinstance(node, ast.Name):
         if node.id in _CONSTANT_NAMES:
             return 1.0
-        if _SYMBOL.match(node.id) and len(node.id) - len(node.id.rstrip("0123456789")) <= LIMITS["symbol_digits"]:
+        if _is_symbol(node.id):
             return _SIZE_BITS
         refuse(f"names {node.id!r}")
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd | ast.Not | ast.Invert):
@@ -794,8 +805,7 @@ def _exponent(node: ast.AST, refuse: Any) -> float:
     sign = 1
     if isinstance(inner, ast.UnaryOp) and isinstance(inner.op, ast.USub):
         inner, sign = inner.operand, -1
-    if isinstance(inner, ast.Constant) and isinstance(inner.value, int) and not isinstance(inner.value, bool) \
-            and inner.value <= 64:
+    if isinstance(inner, ast.Constant) and type(inner.value) is int and inner.value <= 64:
         return float(max(abs(sign * inner.value), 1))
     refuse("raises to a power that is not a small integer constant (at most 64)")
     raise AssertionError
@@ -811,8 +821,7 @@ def _leaf_bits(name: str, args: list[ast.AST], refuse: Any) -> float:
             refuse(f"passes a computed argument to {name}")
         values.append(a.value if sign == 1 or isinstance(a.value, str) else -a.value)
     if name == "Symbol":
-        ok = len(values) == 1 and isinstance(values[0], str) and _SYMBOL.match(values[0]) \
-            and len(values[0]) - len(values[0].rstrip("0123456789")) <= LIMITS["symbol_digits"]
+        ok = len(values) == 1 and isinstance(values[0], str) and _is_symbol(values[0])
         if not ok:
             refuse(f"names the symbol {values[:1]!r}, which is not a size symbol")
         return _SIZE_BITS
@@ -825,7 +834,7 @@ def _leaf_bits(name: str, args: list[ast.AST], refuse: Any) -> float:
         except ValueError:
             refuse(f"holds Float({values[0]!r})")
         return _constant_bits(number, refuse)
-    if not values or len(values) > 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+    if not values or len(values) > 2 or not all(type(v) is int for v in values):
         refuse(f"holds {name} of {values!r}")
     return max(float(abs(v).bit_length()) for v in values)
 
@@ -877,8 +886,8 @@ def _check_program(doc: Any) -> list[tuple[str, ast.AST]]:
         _check_expr(key, budget, what="range constraint on")
         for v in (bounds or {}).values() if isinstance(bounds, Mapping) else [bounds]:
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or not -limit <= v <= limit):
-                raise UnsafeFileError(f"load: range constraint on {key!r} has the bound {v!r}, not an integer "
-                                      "within ±2**63; refusing the file")
+                raise UnsafeFileError(f"load: range constraint on {key!r} has the bound {v!r}, not an "
+                                      "integer within ±2**63; refusing the file")
 
     def walk(o: Any) -> None:
         if isinstance(o, dict):
@@ -1038,8 +1047,8 @@ def _guard_hook(guards: list[tuple[str, ast.AST]], names: list[str], exported_on
                 got = ", ".join(f"{n} {tuple(s)}" for n, s in sizes.items())
                 raise ValueError(f"forward: inputs of sizes {got} are outside what the saved program was "
                                  f"exported for (on {exported_on}): it needs {code}. The model's code fixes "
-                                 "or ties these sizes in a way torch.export could only record as a condition; "
-                                 "use sizes that meet it, or load the original class with "
+                                 "or ties these sizes in a way torch.export could only record as a "
+                                 "condition; use sizes that meet it, or load the original class with "
                                  "ck.load(path, trusted=True)")
 
     return hook
@@ -1063,27 +1072,28 @@ def rebuild_registered(spec: Mapping[str, Any], shapes: Mapping[str, list[int]],
     name, kwargs = spec["name"], spec["kwargs"]
     if not isinstance(name, str) or not isinstance(kwargs, Mapping) \
             or not all(isinstance(k, str) for k in kwargs):
-        raise ValueError(f"{where}: the registered-model spec names {name!r} with kwargs {kwargs!r}; expected "
-                         "a model name and a mapping of keyword arguments")
+        raise ValueError(f"{where}: the registered-model spec names {name!r} with kwargs {kwargs!r}; "
+                         "expected a model name and a mapping of keyword arguments")
     dtypes = [_dtype(dtype, where) for _, dtype in spec["inputs"]]  # before any model code runs
     input_shapes = [_shape(shape, where) for shape, _ in spec["inputs"]]
     limit = _spec_limit()
     need = sum(math.prod(s) * dt.itemsize for s, dt in zip(input_shapes, dtypes))
     if need > limit:
-        raise UnsafeFileError(f"{where}: the spec's example inputs {input_shapes} need {need / 2**20:.0f} MiB, "
-                              f"more than the limit of {limit / 2**20:.0f} MiB; refusing the file (raise "
-                              "COMPRESSKIT_LOAD_MAX_BYTES if you trust it)")
+        raise UnsafeFileError(f"{where}: the spec's example inputs {input_shapes} need "
+                              f"{need / 2**20:.0f} MiB, more than the limit of {limit / 2**20:.0f} MiB; "
+                              "refusing the file (raise COMPRESSKIT_LOAD_MAX_BYTES if you trust it)")
     if name not in MODELS:
         module = spec.get("module")
         hint = (f" (its factory was in {module!r}: import it, or the plugin that registers it, first)"
                 if isinstance(module, str) else "")
-        raise ValueError(f"{where}: the file is rebuilt by registered model {name!r}, which is not registered "
-                         f"in this process{hint}; registered: {', '.join(MODELS.names()) or 'none'}")
+        raise ValueError(f"{where}: the file is rebuilt by registered model {name!r}, which is not "
+                         f"registered in this process{hint}; registered: "
+                         f"{', '.join(MODELS.names()) or 'none'}")
     weights = _meta_weight_bytes(name, kwargs)
     if weights is not None and need + weights > limit:
         raise UnsafeFileError(f"{where}: registered model {name!r} with kwargs {dict(kwargs)!r} has "
-                              f"{weights / 2**20:.0f} MiB of weights; with its example inputs that is more than "
-                              f"the limit of {limit / 2**20:.0f} MiB; refusing the file (raise "
+                              f"{weights / 2**20:.0f} MiB of weights; with its example inputs that is more "
+                              f"than the limit of {limit / 2**20:.0f} MiB; refusing the file (raise "
                               "COMPRESSKIT_LOAD_MAX_BYTES if you trust it)")
     full = create_model(name, **kwargs)
     inputs = tuple(torch.zeros(shape, dtype=dt) for shape, dt in zip(input_shapes, dtypes))

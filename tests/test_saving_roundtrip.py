@@ -1,4 +1,4 @@
-"""What ``result.save`` writes, ``ck.load`` opens in a fresh process (untrusted) and it reproduces the outputs:
+"""What ``result.save`` writes, ``ck.load`` opens in a fresh process (untrusted), reproducing the outputs:
 every model of the test zoo plus networks that resize by float factors, pad to multiples and crop back."""
 
 from __future__ import annotations
@@ -14,15 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from vfi_like import VFI_LIKE
+from zoo import ZOO, NumpyForwardNet, build
 
 import compresskit as ck
 from compresskit.api import CompressResult
 from compresskit.report import CompressReport, ModelStats
 from compresskit.saving import SaveError
 from compresskit.testing import random_keep
-
-from .vfi_like import VFI_LIKE
-from .zoo import ZOO, NumpyForwardNet, build
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,6 +66,7 @@ _LOAD_ALL = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_every_zoo_model_and_float_resizing_nets_reload_in_a_fresh_process(tmp_path: Path) -> None:
     torch.set_num_threads(1)
     names, fixed_notes = [], {}

@@ -55,7 +55,8 @@ class FlowBlock(nn.Module):
 class PyramidFlowNet(nn.Module):
     def __init__(self, c: int = 12) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList([FlowBlock(6, c, 4.0), FlowBlock(6 + 4, c, 2.0), FlowBlock(6 + 4, c, 1.0)])
+        self.blocks = nn.ModuleList([FlowBlock(6, c, 4.0), FlowBlock(6 + 4, c, 2.0),
+                                     FlowBlock(6 + 4, c, 1.0)])
 
     def forward(self, img0: torch.Tensor, img1: torch.Tensor) -> torch.Tensor:
         x = torch.cat([img0, img1], 1)
@@ -134,7 +135,8 @@ VFI_LIKE: dict[str, tuple[Callable[[], nn.Module], Callable[[], tuple], Callable
     "pyramid_flow": (PyramidFlowNet, _two(32, 32), _two(64, 48)),
     "padded_encoder_decoder": (PaddedEncoderDecoder, _two(20, 28), _two(33, 17)),
     "recursive_pyramid": (RecursivePyramidNet, _two(36, 44), _two(50, 34)),
-    "sixteenth_scale": (SixteenthScaleNet, lambda: (torch.rand(1, 3, 64, 48),), lambda: (torch.rand(2, 3, 80, 96),)),
+    "sixteenth_scale": (SixteenthScaleNet, lambda: (torch.rand(1, 3, 64, 48),),
+                        lambda: (torch.rand(2, 3, 80, 96),)),
 }
 
 __all__ = ["VFI_LIKE"]
