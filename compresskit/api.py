@@ -225,11 +225,16 @@ def compress(
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+    from compresskit.checks import check_module_usable
+
+    check_module_usable(model, "model")
     if isinstance(train_loader, (torch.Tensor, str, bytes)) or not isinstance(train_loader, Iterable):
         raise TypeError("train_loader: expected an iterable of batches (input_1, ..., input_n, target), "
                         f"got {type(train_loader).__name__}")
     if teacher is not None and not isinstance(teacher, nn.Module):
         raise TypeError(f"teacher: expected an nn.Module or None, got {type(teacher).__name__}")
+    if teacher is not None:
+        check_module_usable(teacher, "teacher")
     if val_loader is not None and not isinstance(val_loader, Iterable):
         raise TypeError(f"val_loader: expected batches or None, got {type(val_loader).__name__}")
     from compresskit.train.data import require_reiterable
@@ -249,10 +254,16 @@ def compress(
                          f"registered losses: {', '.join(list_losses())}")
     console = _console(config.progress)
     r = _resolve(model, train_loader, loss_fn, example_inputs, inputs_fn)
+    from compresskit.checks import check_integer_inputs
+
+    check_integer_inputs(model, r.example_inputs)  # uint8 frames into float convs: say how to convert
     if val_loader is not None and not metrics:
         metrics = {"loss": r.loss_fn}
     out_dir = Path(config.out_dir) if config.out_dir is not None else None
     if out_dir is not None:
+        if out_dir.exists() and not out_dir.is_dir():
+            raise ValueError(f"config.out_dir: {str(out_dir)!r} is a file; expected a folder for the stage "
+                             "checkpoints and results (a new or existing folder)")
         out_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(out_dir, depth=1)  # left by a killed run (stage folders included)
         config.dump(out_dir / "config.json")

@@ -255,6 +255,20 @@ def _stage_command(stop_after: str | None, force_distill: bool) -> Callable[[arg
     return lambda args: _run_stage(args, stop_after, force_distill)
 
 
+def _cmd_list_models(args: argparse.Namespace) -> int:
+    from compresskit.registry import list_models, model_info
+
+    names = list_models(args.pattern)
+    width = max((len(n) for n in names), default=0)
+    for name in names:
+        info = model_info(name)
+        print(f"{name:<{width}}  {info.plugin or '':<20} {info.description}".rstrip())
+    if not names:
+        print("no registered models" + (f" match {args.pattern!r}" if args.pattern else
+                                         " (install a plugin, e.g. compresskit-stmfnet)"))
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -333,6 +347,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="allow the job file to name Python code ('module:function' as model factory, "
                             "data, loss or metric); without it only registered names run")
         p.set_defaults(func=_stage_command(stop, force_distill=name == "distill"))
+
+    p = sub.add_parser("list-models", formatter_class=fmt, help="list the registered model names",
+                       description="List the models plugins registered (names for a job file's model.name, "
+                                   "--model of the plugins' commands and ck.create_model).",
+                       epilog="examples:\n  compresskit list-models\n  compresskit list-models 'stmfnet*'")
+    p.add_argument("pattern", nargs="?", help="a glob such as 'adacof*'")
+    p.set_defaults(func=_cmd_list_models)
 
     p = sub.add_parser("report", formatter_class=fmt, help="pretty-print a saved report",
                        description="Print a report.json written by compress as rich tables.",

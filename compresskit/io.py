@@ -10,6 +10,7 @@ deletes those when the next run starts in the folder (``ck.train`` and ``ck.comp
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -23,6 +24,9 @@ import torch
 
 def _atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"write: {str(path)!r} is a folder; expected the path of a file to write "
+                                f"(e.g. {str(path / 'model.pt')!r})")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -33,11 +37,23 @@ def _atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if _disk_full(e):
+            raise OSError(errno.ENOSPC, f"write: no space left on the device while writing {str(path)!r} "
+                          f"({type(e).__name__}: {str(e).strip()[:200]}); nothing was replaced (any earlier "
+                          "file there is intact); free some space or write to another folder") from e
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _disk_full(e: BaseException) -> bool:
+    """A full disk, as the OS says it (ENOSPC, EDQUOT) or as torch.save's zip writer does ("unexpected pos
+    64 vs 0": it could not write where it expected)."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return True
+    return isinstance(e, RuntimeError) and "unexpected pos" in str(e)
 
 
 def _umask() -> int:

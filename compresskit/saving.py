@@ -446,8 +446,12 @@ def load_model(path: str | os.PathLike, *, trusted: bool = False) -> nn.Module:
 
 def _build(data: Any, path: Path, trusted: bool) -> nn.Module:
     if not isinstance(data, Mapping) or data.get("format") not in FILE_FORMATS:
+        hint = ""
+        if isinstance(data, Mapping) and data and all(isinstance(v, torch.Tensor) for v in data.values()):
+            hint = ("; it looks like a plain state_dict: load it into the model it came from with "
+                    "model.load_state_dict(torch.load(path)), or ck.create_model(name, checkpoint=path)")
         raise ValueError(f"load: {str(path)!r} is not a file written by CompressResult.save "
-                         f"(expected format {FILE_FORMAT!r})")
+                         f"(expected format {FILE_FORMAT!r}){hint}")
     state = data.get("state_dict")
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"load: {str(path)!r} has no state_dict of tensors; the file is damaged")
