@@ -62,7 +62,8 @@ def test_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_path: Path) -> Non
             torch.save({"a": torch.zeros(1000)}, full)
 
     for write in (torch_zip_writer_on_a_full_disk, os_full):
-        with pytest.raises(OSError, match=r"no space left on the device while writing .*ckpt\.pt.*intact") as e:
+        with pytest.raises(OSError, match=r"no space left on the device while writing .*ckpt\.pt.*intact") \
+                as e:
             atomic_write(path, write)
         assert e.value.errno == errno.ENOSPC
         assert torch.equal(torch.load(path, weights_only=True)["a"], torch.zeros(3))
