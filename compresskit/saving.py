@@ -90,6 +90,9 @@ def save_result(result: Any, path: str | os.PathLike, *, model_name: str | None 
     pickle). ``allow_pickle``: when nothing else works, write the pickled module (``ck.load(path,
     trusted=True)`` only) instead of raising :class:`SaveError`.
     """
+    if Path(path).is_dir():
+        raise IsADirectoryError(f"save: {str(path)!r} is a folder; expected the path of a file to write "
+                                f"(e.g. {str(Path(path) / 'compressed.pt')!r})")
     model: nn.Module = result.model
     state = model.state_dict()
     specs = _input_specs(result)
@@ -157,7 +160,7 @@ def _attempt(payload: dict[str, Any], model: nn.Module, specs: list[tuple[list[i
         return None
     blob = buf.getvalue()
     try:
-        data = _read_bytes(blob, "<save>", trusted)
+        data = _read_bytes(blob, trusted)
         loaded = _build(data, Path("<the file being saved>"), trusted)
     except Exception as e:
         reasons.append(f"the {what} does not load back ({type(e).__name__}: {_first_line(e)})")
@@ -550,7 +553,7 @@ def _read(path: Path, trusted: bool) -> Any:
                           f"{_TRUST}. Nothing from it was run.")
 
 
-def _read_bytes(blob: bytes, where: str, trusted: bool) -> Any:
+def _read_bytes(blob: bytes, trusted: bool) -> Any:
     """:func:`_read` of bytes in memory (the file :func:`save_result` is about to write)."""
     try:
         return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
