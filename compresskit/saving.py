@@ -93,7 +93,7 @@ def save_result(result: Any, path: str | os.PathLike, *, model_name: str | None 
     if Path(path).is_dir():
         raise IsADirectoryError(f"save: {str(path)!r} is a folder; expected the path of a file to write "
                                 f"(e.g. {str(Path(path) / 'compressed.pt')!r})")
-    model: nn.Module = result.model
+    model: nn.Module = _on_cpu(result.model)  # the file is loaded on the CPU: export and check there
     state = model.state_dict()
     specs = _input_specs(result)
     base: dict[str, Any] = {
@@ -138,6 +138,15 @@ def save_result(result: Any, path: str | os.PathLike, *, model_name: str | None 
         "ck.create_model('my_net') before ck.compress, or save with "
         "result.save(path, model_name='my_net', model_kwargs={...}); or make forward exportable "
         "(torch.export.export); or pass allow_pickle=True for a file only ck.load(path, trusted=True) opens")
+
+
+def _on_cpu(model: nn.Module) -> nn.Module:
+    """``model`` itself when its weights are on the CPU, else a CPU copy (the original stays where it is)."""
+    if all(t.device.type == "cpu" for t in [*model.parameters(), *model.buffers()]):
+        return model
+    import copy
+
+    return copy.deepcopy(model).cpu()
 
 
 def _first_line(e: BaseException) -> str:
