@@ -333,7 +333,9 @@ def _save_into(result: CompressResult, path: Path) -> None:
         note = (f"{path.name} holds a pickled module that only ck.load(path, trusted=True) opens: {e}")
         result.report.notes.append(note)
         warnings.warn(f"compress: {note}", stacklevel=3)
-        result.save(path, allow_pickle=True)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*holds only a pickled module")  # said just now
+            result.save(path, allow_pickle=True)
 
 
 def _finish(state: Any, r: _Resolved, name: str, out_dir: Path | None) -> CompressResult:

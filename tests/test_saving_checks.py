@@ -267,3 +267,17 @@ def test_save_refuses_a_program_that_loads_but_computes_something_else(tmp_path:
     with pytest.raises(SaveError, match="does not reproduce the model: output differs"):
         result.save(tmp_path / "off.pt")
     assert not (tmp_path / "off.pt").exists()
+
+
+def test_compress_into_out_dir_keeps_a_model_export_cannot_read_and_says_so(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    data = [(torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8))]
+    with pytest.warns(UserWarning, match="compressed.pt holds a pickled module.*torch.export failed"):
+        result = ck.compress(_NumpyNet().eval(), data, config={**_NO_STEPS, "out_dir": str(tmp_path)})
+    assert any("trusted=True" in n for n in result.report.notes)
+    assert any("trusted=True" in n for n in json.loads((tmp_path / "report.json").read_text())["notes"])
+    with pytest.raises(UnsafeFileError):
+        ck.load(tmp_path / "compressed.pt")
+    x = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(ck.load(tmp_path / "compressed.pt", trusted=True)(x), result.model(x))
