@@ -17,8 +17,9 @@ from torch import nn
 import compresskit as ck
 from compresskit import registry
 from compresskit.api import CompressResult
+from compresskit.program_check import check_program
 from compresskit.report import CompressReport, ModelStats
-from compresskit.saving import LIMITS, SaveError, UnsafeFileError, _check_program
+from compresskit.saving import LIMITS, SaveError, UnsafeFileError
 
 _NO_STEPS = dict(sparsify={"steps": 0}, recover={"steps": 0}, measure_latency=False, progress=False)
 
@@ -56,7 +57,7 @@ def test_unbounded_size_expressions_are_refused_before_evaluation(tmp_path: Path
     meta = next(iter(doc["graph_module"]["graph"]["tensor_values"].values()))
     meta["sizes"][0] = {"as_expr": {"expr_str": expr, "hint": None}}
     with pytest.raises(UnsafeFileError, match="size expression"):
-        _check_program(doc)
+        check_program(doc)
 
 
 def test_crafted_range_constraints_are_refused(tmp_path: Path) -> None:
@@ -67,7 +68,7 @@ def test_crafted_range_constraints_are_refused(tmp_path: Path) -> None:
         doc = _program_doc(path)
         doc["range_constraints"] = {key: bounds}
         with pytest.raises(UnsafeFileError, match="range constraint"):
-            _check_program(doc)
+            check_program(doc)
 
 
 def test_the_size_expressions_export_writes_for_float_scales_and_padding_pass() -> None:
@@ -84,7 +85,7 @@ def test_the_size_expressions_export_writes_for_float_scales_and_padding_pass() 
     ]
     doc["graph_module"]["graph"] = {"nodes": [], "sym_int_values": {
         f"v{i}": {"as_expr": {"expr_str": e, "hint": None}} for i, e in enumerate(exprs)}}
-    _check_program(doc)  # no error
+    check_program(doc)  # no error
 
 
 def test_a_recipe_asking_for_too_much_memory_is_refused_before_allocating(tmp_path: Path) -> None:
