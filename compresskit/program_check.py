@@ -243,6 +243,16 @@ def _keyword(kw: ast.keyword, fn: str, refuse: Any) -> None:
     refuse(f"passes {kw.arg}={ast.unparse(kw.value)[:40]} to {fn}")
 
 
+def _operator(path: str) -> Any:
+    """``torch.<path>`` (``ops.aten.conv2d.default``) by attribute lookups, None where one is missing."""
+    obj: Any = torch
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
 def _check_target(target: str) -> None:
     """An operator is a registered torch operator (``torch.ops.ns.op.overload``) or size arithmetic."""
     head, _, rest = target.partition(".")
@@ -253,12 +263,15 @@ def _check_target(target: str) -> None:
     if head == "torch" and re.fullmatch(r"_?sym_\w+", rest) and callable(getattr(torch, rest, None)):
         return
     if head == "torch" and rest.startswith("ops."):
-        obj: Any = torch
-        for part in rest.split("."):
-            obj = getattr(obj, part, None)
-            if obj is None:
-                raise UnsafeFileError(f"load: the program calls {target}, which is not registered here; "
-                                      "import the plugin that defines it first")
+        obj = _operator(rest)
+        if obj is None:  # a custom op of an installed plugin (the AdaCoF sampling op): discover plugins
+            from compresskit.plugins import ensure_plugins
+
+            ensure_plugins()
+            obj = _operator(rest)
+        if obj is None:
+            raise UnsafeFileError(f"load: the program calls {target}, which is not registered here; "
+                                  "install or import the plugin that defines it first")
         ops = torch._ops
         if isinstance(obj, ops.OpOverload | ops.OpOverloadPacket | ops.HigherOrderOperator):
             return
