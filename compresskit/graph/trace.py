@@ -432,10 +432,9 @@ def _run_check(model: nn.Module, inputs: tuple) -> None:
             model(*inputs)
     except Exception as e:
         shapes = [tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__ for x in inputs]
-        from compresskit.checks import run_error_hint
-
-        raise ValueError(f"example_inputs: the model cannot run on inputs of shapes {shapes}: "
-                         f"{type(e).__name__}: {e}{run_error_hint(e, inputs, model)}") from e
+        raise ValueError(
+            f"example_inputs: the model cannot run on inputs of shapes {shapes}: {type(e).__name__}: {e}"
+        ) from e
 
 
 _Traced = tuple[fx.Graph, dict[fx.Node, Any], dict[str, torch.Tensor]]  # graph, values, stowed constants
