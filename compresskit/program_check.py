@@ -36,7 +36,7 @@ __all__ = ["check_program", "guard_hook", "user_inputs", "UnsafeFileError", "LIM
 #: allocate (its example inputs, plus the full model's weights where the factory can build on the meta
 #: device). ``COMPRESSKIT_LOAD_MAX_BYTES`` overrides ``spec_bytes``.
 LIMITS: dict[str, int] = {
-    "expr_chars": 20_000, "expr_nodes": 2_000, "expr_depth": 64, "expr_bits": 512, "total_nodes": 2_000_000,
+    "expr_chars": 20_000, "expr_nodes": 2_000, "expr_depth": 64, "expr_bits": 4096, "total_nodes": 500_000,
     "symbol_digits": 6, "float_precision": 256, "spec_bytes": 2 << 30,
 }
 

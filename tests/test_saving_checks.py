@@ -44,7 +44,7 @@ def _program_doc(path: Path) -> dict:
     "10**10**12",                                                     # evaluated, this never ends
     "Pow(Integer(10), Pow(Integer(10), Integer(12)))",
     "Pow(Pow(Pow(Integer(2), Integer(64)), Integer(64)), Integer(64))",  # 2**262144
-    "Mul(" + ", ".join(["Integer(9223372036854775807)"] * 20) + ")",  # 2**1260
+    "Mul(" + ", ".join(["Integer(9223372036854775807)"] * 80) + ")",  # 2**5040
     "Float('1.5', precision=1000000000)",                            # a billion-bit float
     "Symbol('u99999999999', integer=True)",                           # the unbacked-symbol counter loop
     "Add(" * 80 + "Symbol('s0')" + ", Integer(1))" * 80,              # deeper than the limit
@@ -82,6 +82,7 @@ def test_the_size_expressions_export_writes_for_float_scales_and_padding_pass() 
         "Max(Integer(1), Mul(Integer(4), TruncToInt(Mul(Float('0.25', precision=53), ToFloat(Symbol('s58', "
         "positive=True, integer=True))))))",
         "PowByNatural(Symbol('s0', positive=True, integer=True), Integer(2))",
+        "Mul(" + ", ".join(f"Symbol('s{i}', positive=True, integer=True)" for i in range(12)) + ")",  # numels
     ]
     doc["graph_module"]["graph"] = {"nodes": [], "sym_int_values": {
         f"v{i}": {"as_expr": {"expr_str": e, "hint": None}} for i, e in enumerate(exprs)}}
