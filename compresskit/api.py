@@ -57,12 +57,18 @@ class CompressResult:
     rebuild: dict[str, Any] | None = None
     input_dtypes: list[str] | None = None  #: the example inputs' dtypes ("int64"), for CompressResult.save
 
-    def save(self, path: str | os.PathLike) -> Path:
+    def save(self, path: str | os.PathLike, *, model_name: str | None = None,
+             model_kwargs: Mapping[str, Any] | None = None, allow_pickle: bool = False) -> Path:
         """Write the small model to one file (atomically); :func:`load` rebuilds it from that file alone,
-        without the model's class and without unpickling (``compresskit.saving``)."""
+        without the model's class and without unpickling (``compresskit.saving``). The file is written
+        only once it is shown to load that way and reproduce the model's outputs; else ``SaveError``
+        says why. ``model_name``/``model_kwargs``: the registered factory of the original architecture
+        (a rebuild recipe, for a model not built by ``ck.create_model``); ``allow_pickle``: write a
+        pickle-only file (``load(path, trusted=True)``) rather than fail."""
         from compresskit.saving import save_result
 
-        return save_result(self, path)
+        return save_result(self, path, model_name=model_name, model_kwargs=model_kwargs,
+                           allow_pickle=allow_pickle)
 
 
 def load(path: str | os.PathLike, *, trusted: bool = False) -> nn.Module:
@@ -219,11 +225,16 @@ def compress(
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+    from compresskit.checks import check_module_usable
+
+    check_module_usable(model, "model")
     if isinstance(train_loader, (torch.Tensor, str, bytes)) or not isinstance(train_loader, Iterable):
         raise TypeError("train_loader: expected an iterable of batches (input_1, ..., input_n, target), "
                         f"got {type(train_loader).__name__}")
     if teacher is not None and not isinstance(teacher, nn.Module):
         raise TypeError(f"teacher: expected an nn.Module or None, got {type(teacher).__name__}")
+    if teacher is not None:
+        check_module_usable(teacher, "teacher")
     if val_loader is not None and not isinstance(val_loader, Iterable):
         raise TypeError(f"val_loader: expected batches or None, got {type(val_loader).__name__}")
     from compresskit.train.data import require_reiterable
@@ -243,10 +254,16 @@ def compress(
                          f"registered losses: {', '.join(list_losses())}")
     console = _console(config.progress)
     r = _resolve(model, train_loader, loss_fn, example_inputs, inputs_fn)
+    from compresskit.checks import check_integer_inputs
+
+    check_integer_inputs(model, r.example_inputs)  # uint8 frames into float convs: say how to convert
     if val_loader is not None and not metrics:
         metrics = {"loss": r.loss_fn}
     out_dir = Path(config.out_dir) if config.out_dir is not None else None
     if out_dir is not None:
+        if out_dir.exists() and not out_dir.is_dir():
+            raise ValueError(f"config.out_dir: {str(out_dir)!r} is a file; expected a folder for the stage "
+                             "checkpoints and results (a new or existing folder)")
         out_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(out_dir, depth=1)  # left by a killed run (stage folders included)
         config.dump(out_dir / "config.json")
@@ -301,6 +318,24 @@ def _latency_note(state: Any, after: ModelStats) -> str | None:
             f"the plan could not touch (frozen channel groups, ops without prunable channels){bound}; "
             "element-wise, memory-bound and custom ops take time but count no MACs, and small layers are "
             "bound by per-op overhead rather than arithmetic (a '2x latency' target plans on measured time).")
+
+
+def _save_into(result: CompressResult, path: Path) -> None:
+    """``result.save(path)``; when no safe file reproduces the model, a pickle-only one (with a warning and
+    a report note) rather than an error that would lose the run."""
+    import warnings
+
+    from compresskit.saving import SaveError
+
+    try:
+        result.save(path)
+    except SaveError as e:
+        note = (f"{path.name} holds a pickled module that only ck.load(path, trusted=True) opens: {e}")
+        result.report.notes.append(note)
+        warnings.warn(f"compress: {note}", stacklevel=3)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*holds only a pickled module")  # said just now
+            result.save(path, allow_pickle=True)
 
 
 def _finish(state: Any, r: _Resolved, name: str, out_dir: Path | None) -> CompressResult:
@@ -361,8 +396,8 @@ def _finish(state: Any, r: _Resolved, name: str, out_dir: Path | None) -> Compre
                             [str(t.dtype).removeprefix("torch.") for t in r.example_inputs])
     if out_dir is not None:
         suffix = "" if stage == "compressed" else f"_{stage}"
+        _save_into(result, out_dir / f"{stage}.model.pt" if suffix else out_dir / "compressed.pt")
         report.save(out_dir / f"report{suffix}.json")
-        result.save(out_dir / f"{stage}.model.pt" if suffix else out_dir / "compressed.pt")
         with contextlib.suppress(ImportError):  # matplotlib is optional
             report.plot(out_dir)
     if state.config.progress:

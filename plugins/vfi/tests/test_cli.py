@@ -249,7 +249,7 @@ def test_interpolate_trusted_opens_a_pickle_only_file(tmp_path, capsys, monkeypa
 
     monkeypatch.setattr(saving, "_export", no_export)
     with pytest.warns(UserWarning, match="only a pickled module"):
-        path = result.save(tmp_path / "pickled.pt")
+        path = result.save(tmp_path / "pickled.pt", allow_pickle=True)
     src = tmp_path / "in.mkv"
     frames = _smooth_clip(src)
     out = tmp_path / "out.mkv"
