@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -65,10 +66,8 @@ def _destroy() -> None:
     if not (dist.is_available() and dist.is_initialized()):
         return
     if dist.get_backend() == "gloo":
-        try:
+        with contextlib.suppress(RuntimeError):  # a peer died or timed out: nothing to wait for
             dist.monitored_barrier(timeout=timedelta(seconds=60))
-        except RuntimeError:  # a peer died or timed out: nothing to wait for
-            pass
     dist.destroy_process_group()
 
 
