@@ -223,14 +223,13 @@ def macs_cost(model: nn.Module, graph: ChannelGraph, example_inputs: Any) -> Ten
 
 
 def cost_model(metric: str, model: nn.Module, graph: ChannelGraph, example_inputs: Any,
-               **latency_kw: Any) -> CostModel:
-    """The cost model of a target metric: ``params_cost``, ``macs_cost`` or the measured latency table."""
-    if metric == "params":
-        return params_cost(model, graph)
-    if metric == "macs":
-        return macs_cost(model, graph, example_inputs)
-    if metric == "latency":
-        from compresskit.shrink.latency import latency_cost
+               **options: Any) -> CostModel:
+    """The cost model of a target metric: the registered measure's ``cost`` (``params_cost``,
+    ``macs_cost``, the measured latency table, or one added with ``ck.register_metric``)."""
+    from compresskit.shrink.metric import get_metric, metric_name
 
-        return latency_cost(model, graph, example_inputs, **latency_kw)
-    raise ValueError(f"metric: expected one of 'params', 'macs', 'latency', got {metric!r}")
+    if not isinstance(metric, str) or metric_name(metric) is None:
+        from compresskit.shrink.metric import METRICS
+
+        raise ValueError(f"metric: expected one of {', '.join(map(repr, METRICS.names()))}, got {metric!r}")
+    return get_metric(metric).cost(model, graph, example_inputs, **options)

@@ -9,21 +9,61 @@ surgery keeps the highest-ranked ones, so one criterion decides both *how many* 
   unit mass so that groups of different scale compare (an average unit scores 1, a zeroed unit 0).
 - :class:`DensityImportance`: the fraction of non-zero entries in the unit's slices (already in [0, 1]);
   l1 mass breaks ties.
+- :class:`TaylorImportance` (data-driven): the first-order Taylor estimate of the loss change when a
+  unit is removed, ``Σ_i |w_i · ∂L/∂w_i|`` over the unit's entries (Molchanov et al. 2019, "Importance
+  Estimation for Neural Network Pruning"), the gradients taken on the user's loss while stage I trains.
+
+Criteria are looked up by name in :data:`IMPORTANCES` (``PlanConfig(importance="taylor")``); a new one
+is one class plus ``@ck.register_importance("name")``. An object with ``__call__(model, graph)`` works
+too (``PlanConfig(importance=MyImportance())``). Optional parts an importance may have:
+``fingerprint()`` (what its scores depend on; a change redoes the stages that used it) and, for a
+data-driven one, ``callback(model)`` (a training :class:`~compresskit.train.loop.Callback` that collects
+statistics while stage I trains), ``estimate(model, batches, loss_of)`` (collect them without training,
+when stage I did not run) and ``has_data()``, ``state_dict()`` / ``load_state_dict()``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+import inspect
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 import torch
 from torch import nn
 
-from compresskit.shrink.select import unit_l1_mass, unit_sums
+from compresskit._registry import Registry, describe
+from compresskit.shrink.select import unit_l1_mass, unit_sums, unit_sums_of
 
 if TYPE_CHECKING:  # pragma: no cover
     from compresskit.graph.channels import ChannelGraph, ChannelGroup
 
-__all__ = ["Importance", "L1Importance", "DensityImportance", "get_importance", "keep_from_importance"]
+__all__ = ["Importance", "L1Importance", "DensityImportance", "TaylorImportance", "IMPORTANCES",
+           "register_importance", "get_importance", "importance_fingerprint", "keep_from_importance"]
+
+T = TypeVar("T")
+
+#: name -> factory of an :class:`Importance` (a class, or a function returning one)
+IMPORTANCES: Registry[Callable[..., Any]] = Registry("importance")
+
+
+def register_importance(name: str, factory: T | None = None, *, replace: bool = False) -> Any:
+    """Register an importance criterion under ``name``: ``@register_importance("name")`` on a class (or a
+    function returning an :class:`Importance`), or ``register_importance("name", factory)``.
+
+    The factory is called without arguments, or with ``reference=`` (the original model, before
+    sparsification) when it takes that keyword. ``PlanConfig(importance="name")`` then selects it.
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"register_importance: name must be a non-empty string, got {name!r}")
+
+    def decorator(obj: T) -> T:
+        if not callable(obj):
+            raise TypeError(f"register_importance({name!r}): expected a class or a function returning an "
+                            f"Importance, got {type(obj).__name__}")
+        IMPORTANCES.register(name, obj, replace=replace)
+        return obj
+
+    return decorator if factory is None else decorator(factory)
 
 
 @runtime_checkable
@@ -77,19 +117,156 @@ class DensityImportance:
                 for g in graph.prunable_groups}
 
 
-_IMPORTANCES = {"l1": L1Importance, "density": DensityImportance}
+class TaylorImportance:
+    """First-order Taylor importance ``Σ_i |w_i| · E|∂L/∂w_i|`` over each unit's entries (Molchanov et al.
+    2019), on the user's loss.
+
+    The gradient magnitudes are averaged per entry while stage I trains (an exponential moving average,
+    ``decay`` per observed batch, bias-corrected), and multiplied by the *current* weights when scored, so
+    a unit stage I drove to zero scores exactly 0. Without training (``sparsify.steps=0``) ``estimate``
+    takes them from ``batches`` batches. Scores are expected loss changes: they compare across groups
+    with no normalisation.
+    """
+
+    name = "taylor"
+
+    def __init__(self, *, decay: float = 0.9, batches: int = 8):
+        if not 0 <= decay < 1:
+            raise ValueError(f"TaylorImportance: decay must be in [0, 1), got {decay!r}")
+        if batches < 1:
+            raise ValueError(f"TaylorImportance: batches must be >= 1, got {batches!r}")
+        self.decay, self.batches = float(decay), int(batches)
+        self._avg: dict[str, torch.Tensor] = {}  # parameter name -> running mean of |gradient|
+        self._seen: dict[str, int] = {}
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"name": self.name, "decay": self.decay, "batches": self.batches}
+
+    # -- collecting ----------------------------------------------------------------------------------
+    def observe(self, name: str, grad: torch.Tensor) -> None:
+        """Add one batch's gradient of parameter ``name``."""
+        g = grad.detach().abs().float()
+        old = self._avg.get(name)
+        self._avg[name] = g * (1 - self.decay) if old is None else old * self.decay + g * (1 - self.decay)
+        self._seen[name] = self._seen.get(name, 0) + 1
+
+    def hooks(self, model: nn.Module) -> list[Any]:
+        """Gradient hooks on every trainable parameter (remove them with ``handle.remove()``)."""
+        return [p.register_hook(lambda g, n=n: self.observe(n, g))
+                for n, p in model.named_parameters() if p.requires_grad]
+
+    def callback(self, model: nn.Module) -> Any:
+        """A training callback that observes every batch's gradients while ``model`` trains."""
+        return _GradientObserver(self, model)
+
+    def estimate(self, model: nn.Module, batches: Iterable[Any],
+                 loss_of: Callable[[nn.Module, Any], torch.Tensor]) -> None:
+        """Observe the gradients of ``loss_of(model, batch)`` on the first ``self.batches`` batches
+        (no weight changes; the gradients are cleared afterwards)."""
+        handles = self.hooks(model)
+        try:
+            for i, batch in enumerate(batches):
+                if i >= self.batches:
+                    break
+                model.zero_grad(set_to_none=True)
+                loss_of(model, batch).backward()
+        finally:
+            for h in handles:
+                h.remove()
+            model.zero_grad(set_to_none=True)
+
+    def has_data(self) -> bool:
+        return bool(self._avg)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"avg": {k: v.cpu() for k, v in self._avg.items()}, "seen": dict(self._seen)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._avg = {k: v.clone() for k, v in state.get("avg", {}).items()}
+        self._seen = {k: int(v) for k, v in state.get("seen", {}).items()}
+
+    # -- scoring -------------------------------------------------------------------------------------
+    def mean_abs_grad(self, name: str) -> torch.Tensor | None:
+        """The bias-corrected running mean of ``|∂L/∂w|`` of parameter ``name`` (None if never seen)."""
+        avg = self._avg.get(name)
+        if avg is None:
+            return None
+        return avg / (1 - self.decay ** self._seen[name]) if self.decay > 0 else avg
+
+    def __call__(self, model: nn.Module, graph: ChannelGraph) -> dict[int, torch.Tensor]:
+        if not self._avg:
+            raise RuntimeError("importance 'taylor' has no gradients yet: it collects them while stage I "
+                               "trains (sparsify.steps > 0) or from estimate(model, batches, loss_of)")
+        names = {}
+        for n, p in model.named_parameters():
+            names.setdefault(id(p), n)
+
+        def values(p: nn.Parameter) -> torch.Tensor | None:
+            g = self.mean_abs_grad(names.get(id(p), ""))
+            return None if g is None else p.detach().abs().float() * g.to(p.device)
+
+        return {g.id: unit_sums_of(model, g, values)[0] for g in graph.prunable_groups}
+
+
+class _GradientObserver:
+    """Training callback of a data-driven importance: gradient hooks from start to end of training; its
+    statistics travel in the trainer's checkpoints (an interrupted stage I resumes with them)."""
+
+    def __init__(self, importance: TaylorImportance, model: nn.Module):
+        self.importance, self.model, self._handles = importance, model, []
+
+    def on_train_start(self, trainer: Any) -> None:
+        if not self._handles:
+            self._handles = self.importance.hooks(self.model)
+
+    def on_step_end(self, trainer: Any) -> None: ...
+
+    def on_validation_end(self, trainer: Any, values: dict[str, float]) -> None: ...
+
+    def on_train_end(self, trainer: Any) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def progress_fields(self, trainer: Any) -> dict[str, float]:
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.importance.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.importance.load_state_dict(state)
+
+
+register_importance("l1", L1Importance)
+register_importance("density", DensityImportance)
+register_importance("taylor", TaylorImportance)
 
 
 def get_importance(name: str | Importance, reference: nn.Module | None = None) -> Importance:
-    """The importance called ``name`` (``"l1"``, ``"density"``; normalised against ``reference``, the
-    unsparsified model), or an Importance object as is."""
-    if isinstance(name, str):
-        if name not in _IMPORTANCES:
-            raise ValueError(f"importance: expected one of {sorted(_IMPORTANCES)}, got {name!r}")
-        return _IMPORTANCES[name](reference)
+    """The importance registered as ``name`` (``"l1"``, ``"density"``, ``"taylor"``, ...) or an Importance
+    class, built with ``reference=`` (the unsparsified model) when it takes it; an object as is."""
+    if isinstance(name, (str, type)):
+        factory = IMPORTANCES.find(name) if isinstance(name, str) else name
+        if factory is None:
+            raise ValueError(f"importance: unknown criterion {name!r}; registered: "
+                             f"{', '.join(map(repr, IMPORTANCES.names()))} (ck.register_importance adds one)")
+        try:
+            takes_reference = "reference" in inspect.signature(factory).parameters
+        except (TypeError, ValueError):  # builtins without a signature
+            takes_reference = False
+        return factory(reference=reference) if takes_reference else factory()
     if not callable(name):
-        raise TypeError(f"importance: expected a name or an Importance object, got {type(name).__name__}")
+        raise TypeError(f"importance: expected a registered name or an Importance object (a callable "
+                        f"importance(model, graph)), got {type(name).__name__}")
     return name
+
+
+def importance_fingerprint(importance: Any) -> Any:
+    """What an importance's scores depend on: its own ``fingerprint()``, else its name or class."""
+    if hasattr(importance, "fingerprint"):
+        return importance.fingerprint()
+    return getattr(importance, "name", None) or describe(type(importance))
 
 
 def removal_order(scores: torch.Tensor) -> torch.Tensor:
