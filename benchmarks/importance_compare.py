@@ -1,8 +1,8 @@
 """Which unit-importance criterion keeps the most quality? l1 mass vs first-order Taylor vs random.
 
 Our FlowVFI teacher (examples/assets/flowvfi_gap4_samples.pt) on the sample clips at gap 4 (bikes and
-carphone). For each criterion, ``ck.compress`` with ``plan.importance=<criterion>`` and nothing else
-changed, two ways:
+carphone), or ``--teacher adacof`` (our quarter-width AdaCoF, adjacent frames). For each criterion,
+``ck.compress`` with ``plan.importance=<criterion>`` and nothing else changed, two ways:
 
 1. **one-shot** (``sparsify.steps=0``, no recovery): the plan removes the lowest-ranked units and the
    model is shrunk as is; this scores the criterion alone (Taylor estimates its gradients on
@@ -10,11 +10,12 @@ changed, two ways:
 2. **short run** (``--sparsify-steps`` + ``--recover-steps``, the rest default): the criterion as the
    pipeline uses it (stage I zeroes the units it ranks lowest, Taylor's gradients gathered meanwhile).
 
-Scored as the mean PSNR on the held-out (val) triplets, central crops (``--eval-size``), against the
+Scored as the mean PSNR on the held-out (val) triplets, central 128² crops (``--eval-size``), against the
 teacher and frame blending. ``random`` is the baseline every criterion must beat (registered here, as
-docs/plugins.md shows). Quick mode (the default; about 3-4 minutes on one thread):
+docs/plugins.md shows). Quick mode (the default; about 3-5 minutes on one thread):
 
     python benchmarks/importance_compare.py                      # 2x and 4x params, 40 + 40 steps
+    python benchmarks/importance_compare.py --teacher adacof
 
 Full numbers (longer runs, more targets; not run in the docs):
 
@@ -43,11 +44,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--targets", default="2,4", help="comma list of parameter ratios")
     p.add_argument("--sparsify-steps", type=int, default=40)
     p.add_argument("--recover-steps", type=int, default=40)
+    p.add_argument("--teacher", default="flow", choices=("flow", "adacof"),
+                   help="flow: FlowVFI at gap 4 (bikes, carphone); adacof: our quarter-width AdaCoF at gap 1")
     p.add_argument("--taylor-batches", type=int, default=8)
+    p.add_argument("--taylor-decay", type=float, default=0.98)
     p.add_argument("--crop", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--eval-size", type=int, default=96, help="central crop of the val triplets (0: whole)")
-    p.add_argument("--eval-samples", type=int, default=16)
+    p.add_argument("--eval-size", type=int, default=128, help="central crop of the val triplets (0: whole)")
+    p.add_argument("--eval-samples", type=int, default=0, help="val triplets scored (0: all)")
+    p.add_argument("--modes", default="one-shot,short run")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
@@ -76,30 +81,32 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     from compresskit_vfi.data import sample_dataset
     from compresskit_vfi.task import default_loss
-    from teachers import sample_flowvfi
+    from teachers import sample_adacof, sample_flowvfi
     from train_teacher import mean_psnr
 
     import compresskit as ck
     from compresskit.shrink.importance import TaylorImportance
 
     _random_importance()
-    data = {"gap": 4, "clips": ["bikes", "carphone"]}
+    data = {"gap": 4, "clips": ["bikes", "carphone"]} if args.teacher == "flow" else {"gap": 1}
     train = sample_dataset("triplet", "train", size=args.crop, seed=args.seed, **data)
     val = sample_dataset("triplet", "val", size=args.eval_size or None, **data)
-    stride = max(1, len(val) // args.eval_samples)
-    scored = torch.utils.data.Subset(val, list(range(0, len(val), stride))[: args.eval_samples])
+    n_eval = args.eval_samples or len(val)
+    stride = max(1, len(val) // n_eval)
+    scored = torch.utils.data.Subset(val, list(range(0, len(val), stride))[:n_eval])
     g = torch.Generator().manual_seed(args.seed)
     loader = torch.utils.data.DataLoader(train, batch_size=args.batch_size, shuffle=True, drop_last=True,
                                          generator=g)
-    teacher = sample_flowvfi()
+    teacher = sample_flowvfi() if args.teacher == "flow" else sample_adacof()
     t_psnr, blend = mean_psnr(teacher, scored), mean_psnr(None, scored)
-    print(f"FlowVFI teacher {t_psnr:.2f} dB, frame blending {blend:.2f} dB on {len(scored)} val crops",
-          flush=True)
+    print(f"{args.teacher} teacher {t_psnr:.2f} dB, frame blending {blend:.2f} dB on {len(scored)} val "
+          f"triplets", flush=True)
     rows = []
     for ratio in [float(r) for r in args.targets.split(",")]:
-        for mode in ("one-shot", "short run"):
+        for mode in args.modes.split(","):
             for name in args.criteria.split(","):
-                importance = (TaylorImportance(batches=args.taylor_batches) if name == "taylor" else name)
+                importance = (TaylorImportance(batches=args.taylor_batches, decay=args.taylor_decay)
+                              if name == "taylor" else name)
                 steps = (0, 0) if mode == "one-shot" else (args.sparsify_steps, args.recover_steps)
                 config = ck.CompressConfig(sparsify={"steps": steps[0]}, recover={"steps": steps[1]},
                                            plan={"importance": importance}, seed=args.seed, progress=False,

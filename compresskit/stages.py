@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from compresskit._modes import eval_mode
 from compresskit.config import CompressConfig
 from compresskit.io import atomic_torch_save, atomic_write_json
 from compresskit.report import (
@@ -283,29 +284,51 @@ def _check_reachable(state: State) -> None:
 
 
 def _unused_cap(state: State) -> str | None:
-    """What the parameters forward never reads cost and cap (params-like measures only), or None."""
+    """Why parameters forward never reads make a part of the target unreachable (their share of its
+    measure, the ratio they cap it at, whether ``drop_unused`` would do), or None when they do not."""
+    from compresskit.shrink.metric import get_metric
     from compresskit.shrink.plan import allowed_widths
-    from compresskit.shrink.unused import unused_summary
+    from compresskit.shrink.unused import drop_unused, unused_summary
 
-    if not state.unused or state.dropped or "params" not in state.target.metrics:
+    if not state.unused or state.dropped:
         return None
-    cost = state.costs["params"]
-    full = float(cost.full())
-    unused = float(sum(state.unused.values()))
     smallest = {g.id: allowed_widths(g.size, g.channels_per_unit, state.config.plan.min_width,
                                      state.round_to())[-1] for g in state.graph.prunable_groups}
-    floor = float(cost(smallest))
-    ratio = next(t.ratio for t in state.target.terms if t.metric == "params")
     summary = unused_summary(state.work, state.unused)
-    names = ", ".join(f"{n}: {c:,} params ({c / full:.0%})" for n, c in list(summary.items())[:4])
-    more = f" (+{len(summary) - 4} more)" if len(summary) > 4 else ""
-    without = (full - unused) / max(floor - unused, 1e-300)
-    fix = (f"pass `drop_unused=True` to remove them (then up to {without:.3g}x of the rest)"
-           if without >= ratio else
-           f"`drop_unused=True` removes them, but the rest reaches only {without:.3g}x; ask for less too")
-    return (f"{names}{more} {'is' if len(summary) == 1 else 'are'} never used by forward(); with every "
-            f"prunable group at its smallest width they cap the ratio at {full / max(floor, 1e-300):.3g}x "
-            f"(< {ratio:g}x); {fix}")
+    without_them = None
+    for part in state.target.terms:
+        metric = get_metric(part.metric)
+        if metric.tolerance:  # a measured time: unread parameters cost none of it
+            continue
+        cost = state.costs[part.metric]
+        full, floor = float(cost.full()), float(cost(smallest))
+        if floor <= full / part.ratio * (1 + 1e-9):
+            continue  # this part is reachable
+        if part.metric == "params":
+            unused = float(sum(state.unused.values()))
+        else:  # what the measure loses when they go (a memory measure: their bytes; MACs: nothing)
+            if without_them is None:
+                without_them = copy.deepcopy(state.work)
+                drop_unused(without_them, state.unused)
+            unused = (metric.measure(state.work, state.example_inputs)
+                      - metric.measure(without_them, state.example_inputs))
+        if not unused > 0:
+            continue
+        shown = list(summary.items())[:4]
+        if part.metric == "params":
+            names, share = ", ".join(f"{n}: {c:,} params ({c / full:.0%})" for n, c in shown), ""
+        else:
+            names = ", ".join(f"{n}: {c:,} params" for n, c in shown)
+            share = f" ({unused / full:.0%} of the {part.metric})"
+        more = f" (+{len(summary) - 4} more)" if len(summary) > 4 else ""
+        rest = (full - unused) / max(floor - unused, 1e-300)
+        fix = (f"pass `drop_unused=True` to remove them (then up to {rest:.3g}x of the rest)"
+               if rest >= part.ratio else
+               f"`drop_unused=True` removes them, but the rest reaches only {rest:.3g}x; ask for less too")
+        return (f"{names}{more}{share} {'is' if len(summary) == 1 else 'are'} never used by forward(); with "
+                f"every prunable group at its smallest width they cap the ratio at "
+                f"{full / max(floor, 1e-300):.3g}x (asked: {part}); {fix}")
+    return None
 
 
 def target_widths(state: State) -> Callable[[nn.Module], dict[int, int]]:
@@ -345,13 +368,8 @@ def _estimate(state: State, model: nn.Module) -> None:
         batch = to_device(batch, device)
         return state.loss_fn(m(*state.inputs_fn(batch)), batch)
 
-    with torch.enable_grad():
-        was = model.training
-        model.train()
-        try:
-            state.importance_strategy().estimate(model, state.train_loader, loss_of)
-        finally:
-            model.train(was)
+    with torch.enable_grad(), eval_mode(model):  # no running statistics change
+        state.importance_strategy().estimate(model, state.train_loader, loss_of)
 
 
 # -------------------------------------------------------------------------------------------- sparsify

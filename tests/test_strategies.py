@@ -127,7 +127,7 @@ def test_taylor_without_stage_one_estimates_from_batches(tmp_path):
     result = ck.compress(net, data, target="2x params", config=cfg)
     assert result.report.planning["importance"] == "taylor"
     stamp = torch.load(tmp_path / PlanStage.artifact, weights_only=True)["fingerprint"]
-    assert stamp["plan"]["importance"] == {"name": "taylor", "decay": 0.9, "batches": 8}
+    assert stamp["plan"]["importance"] == {"name": "taylor", "decay": 0.98, "batches": 8}
     assert count_params(result.model) <= count_params(net) / 2
     again = ck.compress(net, data, target="2x params", config=cfg)  # every stage restored, same model
     for a, b in zip(result.model.state_dict().values(), again.model.state_dict().values()):
@@ -191,7 +191,8 @@ def test_unreachable_target_names_unused_parameters_and_drop_unused_removes_them
     msg = str(info.value)
     assert calls == []  # refused before any training
     assert f"block_tea: {TEA:,} params ({TEA / (BODY + TEA):.0%}) is never used by forward()" in msg
-    assert f"cap the ratio at {(BODY + TEA) / floor:.3g}x" in msg and "drop_unused=True" in msg
+    assert f"cap the ratio at {(BODY + TEA) / floor:.3g}x (asked: 3x params)" in msg
+    assert f"pass `drop_unused=True` to remove them (then up to {BODY / (floor - TEA):.3g}x" in msg
     result = ck.compress(net, data, loss, target="3x params", config=_cfg(out_dir=str(tmp_path)),
                          drop_unused=True)
     assert "block_tea" not in dict(result.model.named_parameters(prefix="")) and not any(
@@ -203,6 +204,39 @@ def test_unreachable_target_names_unused_parameters_and_drop_unused_removes_them
         result.model(x, x)  # the training-only path is gone, and says so
     # the original is untouched
     assert count_params(net) == BODY + TEA
+
+
+def test_unused_parameters_named_for_a_registered_measure_that_counts_them():
+    """A measure of parameter bytes counts the unread block too: its share of that measure is named."""
+
+    class Bytes:
+        metric = "weightbytes"
+
+        def __init__(self, model, graph, example_inputs, **_):
+            self.params = params_cost(model, graph)
+
+        def __call__(self, widths):
+            return 4 * self.params(widths)
+
+        def full(self):
+            return 4 * self.params.full()
+
+    def measure(model, example_inputs=None, **_):
+        return 4.0 * sum(p.numel() for p in model.parameters())
+
+    torch.manual_seed(0)
+    net = WithTeacherBlock()
+    x = torch.rand(1, 3, 8, 8)
+    with METRICS.snapshot():
+        ck.register_metric("weightbytes", cost=Bytes, measure=measure)
+        with pytest.raises(ValueError) as info:
+            ck.compress(net, _batches(x), target="3x weightbytes", config=_cfg())
+        share = TEA / (BODY + TEA)
+        assert f"block_tea: {TEA:,} params ({share:.0%} of the weightbytes) is never used" in str(info.value)
+        with pytest.raises(ValueError) as info:  # MACs: unread parameters cost none; the usual message
+            ck.compress(net, _batches(x), target="1000x macs", config=_cfg())
+        assert "never used by forward()" not in str(info.value)
+        assert "1000x macs is unreachable for this model" in str(info.value)
 
 
 def test_drop_unused_survives_save_and_load_of_a_registered_model(tmp_path):
