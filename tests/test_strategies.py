@@ -76,6 +76,29 @@ def test_taylor_averages_gradient_magnitudes_over_batches_and_scores_current_wei
     assert imp(net, graph)[hidden.id][1] == 0
 
 
+def test_taylor_units_without_any_gradient_go_last():
+    """A group none of whose parameters ever got a gradient (frozen) has no evidence: it scores
+    NO_GRADIENT; a group with one trainable member is scored from that member alone."""
+    from compresskit.shrink.importance import NO_GRADIENT
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 2), nn.Linear(2, 1))
+    x = torch.rand(4, 2)
+    graph = ck.trace(net, (x,))
+    first = next(g for g in graph.prunable_groups if g.size == 3)
+    second = next(g for g in graph.prunable_groups if g.size == 2)
+    for p in [*net[0].parameters(), *net[1].parameters()]:
+        p.requires_grad_(False)
+    imp = TaylorImportance()
+    imp.estimate(net, [(x,)], lambda m, batch: m(batch[0]).sum())
+    scores = imp(net, graph)
+    assert torch.all(scores[first.id] == NO_GRADIENT)
+    # ∂L/∂W2[0, j] = Σ_b h2[b, j]: the second group's units score |W2[0, j]| · |Σ_b h2[b, j]|
+    h2 = net[1](net[0](x))
+    want = (net[2].weight[0].abs() * h2.sum(0).abs()).double()
+    torch.testing.assert_close(scores[second.id], want.detach())
+
+
 def _batches(x: torch.Tensor, n: int = 4) -> list[tuple]:
     g = torch.Generator().manual_seed(0)
     return [(torch.rand(x.shape, generator=g), torch.rand(x.shape[0], 3, *x.shape[2:], generator=g))

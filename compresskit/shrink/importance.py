@@ -117,6 +117,10 @@ class DensityImportance:
                 for g in graph.prunable_groups}
 
 
+#: the score of a unit whose parameters never received a gradient (removed only when nothing else is left)
+NO_GRADIENT = 1e30
+
+
 class TaylorImportance:
     """First-order Taylor importance ``Σ_i |w_i| · E|∂L/∂w_i|`` over each unit's entries (Molchanov et al.
     2019), on the user's loss.
@@ -207,7 +211,13 @@ class TaylorImportance:
             g = self.mean_abs_grad(names.get(id(p), ""))
             return None if g is None else p.detach().abs().float() * g.to(p.device)
 
-        return {g.id: unit_sums_of(model, g, values)[0] for g in graph.prunable_groups}
+        out = {}
+        for group in graph.prunable_groups:
+            sums, counts = unit_sums_of(model, group, values)
+            # no gradient ever reached its parameters (frozen with requires_grad=False): no evidence that
+            # its units are free to remove, so they go last
+            out[group.id] = sums if counts.sum() > 0 else torch.full_like(sums, NO_GRADIENT)
+        return out
 
 
 class _GradientObserver:
