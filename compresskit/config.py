@@ -257,16 +257,17 @@ class SparsifyConfig(Config):
 
 class PlanConfig(Config):
     """Stage II: the widths. ``rule="target"`` (default) ranks every unit of every prunable group by
-    ``importance`` per unit of marginal cost and removes the cheapest-to-lose until the target is met,
-    then shrinks and counts to verify. ``"linear"``/``"sqrt"`` are the papers' density rules
-    (``ck.plan_widths``; the target is then only reported)."""
+    ``importance`` (default: first-order Taylor on the loss) per unit of marginal cost and removes the
+    cheapest-to-lose until the target is met, then shrinks and counts to verify. ``"linear"``/``"sqrt"``
+    are the papers' density rules (``ck.plan_widths``; the target is then only reported)."""
 
     rule: Literal["target", "linear", "sqrt"] = Field(
         "target", description="'target': meet the target; 'linear'/'sqrt': the papers' density rules")
     importance: Any = Field(
-        "l1", description="unit importance: 'l1' (l1 mass of its slices), 'density' (their density), "
-        "'taylor' (first-order Taylor |w·∂L/∂w| on the loss, gathered while stage I trains), another "
-        "name registered with ck.register_importance, or an Importance object")
+        "taylor", description="unit importance: 'taylor' (first-order Taylor Σ|w|·E|∂L/∂w| on the loss, "
+        "gathered while stage I trains; measured best, benchmarks/importance_compare.py), 'l1' (l1 mass of "
+        "its slices), 'density' (their density), another name registered with ck.register_importance, or "
+        "an Importance object")
     min_width: int = Field(1, ge=1, description="no group shrinks below this many units")
     round_to: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         "auto", description="widths (in channels) are multiples of this; 'auto': 8 on CUDA, 1 on CPU")

@@ -369,7 +369,7 @@ def _estimate(state: State, model: nn.Module) -> None:
         return state.loss_fn(m(*state.inputs_fn(batch)), batch)
 
     with torch.enable_grad(), eval_mode(model):  # no running statistics change
-        state.importance_strategy().estimate(model, state.train_loader, loss_of)
+        state.importance_strategy().estimate(model, state.train_loader, loss_of, graph=state.graph)
 
 
 # -------------------------------------------------------------------------------------------- sparsify
@@ -404,7 +404,7 @@ class SparsifyStage(Stage):
         if _data_driven(importance) and cfg.sparsify.steps > 0:
             if _needs_target_plan(state) and not importance.has_data():
                 _estimate(state, state.work)  # scores for the first plan, before any step
-            callbacks.append(importance.callback(state.work))
+            callbacks.append(importance.callback(state.work, state.graph))
         ctx = SparsifyContext(
             train_loader=state.train_loader, loss_fn=state.loss_fn, inputs_fn=state.inputs_fn,
             graph=state.graph,

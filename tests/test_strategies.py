@@ -48,6 +48,24 @@ def test_taylor_importance_against_a_hand_computed_case():
     torch.testing.assert_close(imp(net, graph)[hidden.id], want)
 
 
+def test_fisher_importance_against_the_same_hand_computed_case():
+    """Group Taylor (Fisher): (Σ_{i∈unit} w_i ∂L/∂w_i)² per batch. With the numbers above the signed sums
+    are unit 0: 1 + 0 + 0.5 + 1.5 = 3; unit 1: 0 − 2 + 0 − 2 = −4; unit 2: 2 + 4 − 2 + 4 = 8 → 9, 16, 64."""
+    net = _two_linear()
+    x = torch.tensor([[1.0, 2.0]])
+    graph = ck.trace(net, (x,))
+    (hidden,) = graph.prunable_groups
+    imp = get_importance("fisher")
+    imp.estimate(net, [(x,)], lambda m, batch: m(batch[0]).sum(), graph=graph)
+    want = torch.tensor([9.0, 16.0, 64.0], dtype=torch.float64)
+    torch.testing.assert_close(imp(net, graph)[hidden.id], want)
+    with torch.no_grad():  # a unit whose weights are all zero scores 0
+        net[0].weight[2].zero_()
+        net[0].bias[2] = 0
+        net[1].weight[0, 2] = 0
+    assert imp(net, graph)[hidden.id][2] == 0
+
+
 def test_taylor_averages_gradient_magnitudes_over_batches_and_scores_current_weights():
     """Two batches with decay 0.5: the bias-corrected mean of |g| is (0.5·0.5|g1| + 0.5|g2|) / (1 − 0.25)
     per entry, times the current |w|; a unit whose weights are zero scores 0."""

@@ -37,7 +37,8 @@ from compresskit.shrink.select import unit_l1_mass, unit_sums, unit_sums_of
 if TYPE_CHECKING:  # pragma: no cover
     from compresskit.graph.channels import ChannelGraph, ChannelGroup
 
-__all__ = ["Importance", "L1Importance", "DensityImportance", "TaylorImportance", "IMPORTANCES",
+__all__ = ["Importance", "L1Importance", "DensityImportance", "TaylorImportance", "FisherImportance",
+           "IMPORTANCES",
            "register_importance", "get_importance", "importance_fingerprint", "keep_from_importance"]
 
 T = TypeVar("T")
@@ -161,12 +162,16 @@ class TaylorImportance:
         return [p.register_hook(lambda g, n=n: self.observe(n, g))
                 for n, p in model.named_parameters() if p.requires_grad]
 
-    def callback(self, model: nn.Module) -> Any:
+    def end_batch(self, model: nn.Module, graph: ChannelGraph | None) -> None:
+        """Called after each batch's backward pass (per-entry statistics need nothing here)."""
+
+    def callback(self, model: nn.Module, graph: ChannelGraph | None = None) -> Any:
         """A training callback that observes every batch's gradients while ``model`` trains."""
-        return _GradientObserver(self, model)
+        return _GradientObserver(self, model, graph)
 
     def estimate(self, model: nn.Module, batches: Iterable[Any],
-                 loss_of: Callable[[nn.Module, Any], torch.Tensor]) -> None:
+                 loss_of: Callable[[nn.Module, Any], torch.Tensor],
+                 graph: ChannelGraph | None = None) -> None:
         """Observe the gradients of ``loss_of(model, batch)`` on the first ``self.batches`` batches
         (no weight changes; the gradients are cleared afterwards)."""
         handles = self.hooks(model)
@@ -176,6 +181,7 @@ class TaylorImportance:
                     break
                 model.zero_grad(set_to_none=True)
                 loss_of(model, batch).backward()
+                self.end_batch(model, graph)
         finally:
             for h in handles:
                 h.remove()
@@ -220,18 +226,90 @@ class TaylorImportance:
         return out
 
 
+class FisherImportance(TaylorImportance):
+    """Group Taylor (Fisher) importance ``E_batch[(Σ_{i∈unit} w_i · ∂L/∂w_i)²]`` over each unit's entries
+    (Molchanov et al. 2019, eq. 8; Liu et al. 2021, "Group Fisher Pruning"): the squared first-order
+    change of the loss when the unit is removed, averaged over batches (``decay`` per batch, as
+    :class:`TaylorImportance`). A unit whose weights are all zero scores 0."""
+
+    name = "fisher"
+
+    def __init__(self, *, decay: float = 0.98, batches: int = 8):
+        super().__init__(decay=decay, batches=batches)
+        self._batch: dict[str, torch.Tensor] = {}
+        self._units: dict[str, torch.Tensor] = {}  # group id (str) -> running mean of s²
+        self._count = 0
+
+    def hooks(self, model: nn.Module) -> list[Any]:
+        def hook(name: str, p: nn.Parameter) -> Callable[[torch.Tensor], None]:
+            def observe(g: torch.Tensor) -> None:
+                wg = p.detach().float() * g.detach().float()
+                self._batch[name] = wg if name not in self._batch else self._batch[name] + wg
+            return observe
+
+        return [p.register_hook(hook(n, p)) for n, p in model.named_parameters() if p.requires_grad]
+
+    def end_batch(self, model: nn.Module, graph: ChannelGraph | None) -> None:
+        if graph is None:
+            raise ValueError("importance 'fisher' needs the channel graph to sum each unit's w·g per batch")
+        if not self._batch:
+            return
+        names = {}
+        for n, p in model.named_parameters():
+            names.setdefault(id(p), n)
+        d = self.decay
+        for group in graph.prunable_groups:
+            s, counts = unit_sums_of(model, group, lambda p: self._batch.get(names.get(id(p), "")))
+            if counts.sum() == 0:
+                continue
+            key = str(group.id)
+            old = self._units.get(key)
+            self._units[key] = s.square() * (1 - d) if old is None else old * d + s.square() * (1 - d)
+        self._batch = {}
+        self._count += 1
+
+    def has_data(self) -> bool:
+        return bool(self._units)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"units": {k: v.cpu() for k, v in self._units.items()}, "count": self._count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._units = {k: v.clone() for k, v in state.get("units", {}).items()}
+        self._count = int(state.get("count", 0))
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"name": self.name, "decay": self.decay, "batches": self.batches}
+
+    def __call__(self, model: nn.Module, graph: ChannelGraph) -> dict[int, torch.Tensor]:
+        if not self._units:
+            raise RuntimeError("importance 'fisher' has no gradients yet: it collects them while stage I "
+                               "trains (sparsify.steps > 0) or from estimate(model, batches, loss_of, graph)")
+        scale = 1 - self.decay ** self._count if self.decay > 0 else 1.0
+        out = {}
+        for group in graph.prunable_groups:
+            avg = self._units.get(str(group.id))
+            if avg is None:
+                out[group.id] = torch.full((group.size,), NO_GRADIENT, dtype=torch.float64)
+                continue
+            alive = unit_l1_mass(model, group) > 0
+            out[group.id] = torch.where(alive, avg / scale, torch.zeros_like(avg))
+        return out
+
+
 class _GradientObserver:
     """Training callback of a data-driven importance: gradient hooks from start to end of training; its
     statistics travel in the trainer's checkpoints (an interrupted stage I resumes with them)."""
 
-    def __init__(self, importance: TaylorImportance, model: nn.Module):
-        self.importance, self.model, self._handles = importance, model, []
+    def __init__(self, importance: TaylorImportance, model: nn.Module, graph: ChannelGraph | None = None):
+        self.importance, self.model, self.graph, self._handles = importance, model, graph, []
 
     def on_train_start(self, trainer: Any) -> None:
         if not self._handles:
             self._handles = self.importance.hooks(self.model)
 
-    def on_step_end(self, trainer: Any) -> None: ...
+    def on_step_end(self, trainer: Any) -> None:
+        self.importance.end_batch(self.model, self.graph)
 
     def on_validation_end(self, trainer: Any, values: dict[str, float]) -> None: ...
 
@@ -253,6 +331,7 @@ class _GradientObserver:
 register_importance("l1", L1Importance)
 register_importance("density", DensityImportance)
 register_importance("taylor", TaylorImportance)
+register_importance("fisher", FisherImportance)
 
 
 def get_importance(name: str | Importance, reference: nn.Module | None = None) -> Importance:
