@@ -42,7 +42,8 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--criteria", default="l1,taylor,random")
+    p.add_argument("--criteria", default="l1,taylor,random",
+                   help="comma list of registered importances, and taylor-norm (Taylor over its group's mean)")
     p.add_argument("--targets", default="2,4", help="comma list of parameter ratios")
     p.add_argument("--sparsify-steps", type=int, default=40)
     p.add_argument("--recover-steps", type=int, default=40)
@@ -109,8 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     for ratio in [float(r) for r in args.targets.split(",")]:
         for mode in args.modes.split(","):
             for name in args.criteria.split(","):
-                importance = (TaylorImportance(batches=args.taylor_batches, decay=args.taylor_decay)
-                              if name == "taylor" else name)
+                importance = (TaylorImportance(batches=args.taylor_batches, decay=args.taylor_decay,
+                                               normalize=name == "taylor-norm")
+                              if name in ("taylor", "taylor-norm") else name)
                 steps = (0, 0) if mode == "one-shot" else (args.sparsify_steps, args.recover_steps)
                 config = ck.CompressConfig(sparsify={"steps": steps[0]}, recover={"steps": steps[1]},
                                            plan={"importance": importance}, seed=args.seed, progress=False,

@@ -46,6 +46,10 @@ def test_taylor_importance_against_a_hand_computed_case():
     assert all(p.grad is None for p in net.parameters())  # gradients cleared, weights untouched
     want = torch.tensor([3.0, 4.0, 12.0], dtype=torch.float64)
     torch.testing.assert_close(imp(net, graph)[hidden.id], want)
+    # normalize=True: over the group's mean (19/3), as l1 is, so groups compare by relative score
+    norm = TaylorImportance(normalize=True)
+    norm.load_state_dict(imp.state_dict())
+    torch.testing.assert_close(norm(net, graph)[hidden.id], want * 3 / 19)
 
 
 def test_fisher_importance_against_the_same_hand_computed_case():

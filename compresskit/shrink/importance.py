@@ -137,17 +137,20 @@ class TaylorImportance:
 
     name = "taylor"
 
-    def __init__(self, *, decay: float = 0.98, batches: int = 8):
+    def __init__(self, *, decay: float = 0.98, batches: int = 8, normalize: bool = False):
         if not 0 <= decay < 1:
             raise ValueError(f"TaylorImportance: decay must be in [0, 1), got {decay!r}")
         if batches < 1:
             raise ValueError(f"TaylorImportance: batches must be >= 1, got {batches!r}")
-        self.decay, self.batches = float(decay), int(batches)
+        self.decay, self.batches, self.normalize = float(decay), int(batches), bool(normalize)
         self._avg: dict[str, torch.Tensor] = {}  # parameter name -> running mean of |gradient|
         self._seen: dict[str, int] = {}
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"name": self.name, "decay": self.decay, "batches": self.batches}
+        fp = {"name": self.name, "decay": self.decay, "batches": self.batches}
+        if self.normalize:
+            fp["normalize"] = True
+        return fp
 
     # -- collecting ----------------------------------------------------------------------------------
     def observe(self, name: str, grad: torch.Tensor) -> None:
@@ -222,7 +225,13 @@ class TaylorImportance:
             sums, counts = unit_sums_of(model, group, values)
             # no gradient ever reached its parameters (frozen with requires_grad=False): no evidence that
             # its units are free to remove, so they go last
-            out[group.id] = sums if counts.sum() > 0 else torch.full_like(sums, NO_GRADIENT)
+            if counts.sum() == 0:
+                out[group.id] = torch.full_like(sums, NO_GRADIENT)
+            elif self.normalize:  # over the group's mean, as l1 does: groups compare by relative score
+                mean = float(sums.mean())
+                out[group.id] = sums / mean if mean > 0 else sums
+            else:
+                out[group.id] = sums
         return out
 
 
