@@ -43,7 +43,8 @@ sys.path.insert(0, str(ROOT / "examples"))
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--criteria", default="l1,taylor,random",
-                   help="comma list of registered importances, and taylor-norm (Taylor over its group's mean)")
+                   help="comma list of registered importances, and taylor-norm (Taylor over its "
+                   "group's mean)")
     p.add_argument("--targets", default="2,4", help="comma list of parameter ratios")
     p.add_argument("--sparsify-steps", type=int, default=40)
     p.add_argument("--recover-steps", type=int, default=40)
