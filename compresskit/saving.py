@@ -381,10 +381,6 @@ def rebuild_registered(spec: Mapping[str, Any], shapes: Mapping[str, list[int]],
     where = f"load: {str(path)!r}" if path is not None else "load"
     dtypes = [_dtype(dtype, where) for _, dtype in spec["inputs"]]  # before any model code runs
     full = create_model(spec["name"], **spec["kwargs"])
-    if spec.get("dropped"):  # compress(drop_unused=True) removed parameters forward never reads
-        from compresskit.shrink.unused import drop_unused
-
-        drop_unused(full, list(spec["dropped"]))
     inputs = tuple(torch.zeros(shape, dtype=dt) for (shape, _), dt in zip(spec["inputs"], dtypes))
     graph = trace(full, inputs)
     sizes = {str(g.id): g for g in graph.groups}
@@ -396,6 +392,10 @@ def rebuild_registered(spec: Mapping[str, Any], shapes: Mapping[str, list[int]],
         if width < sizes[gid].size:
             keep[sizes[gid].id] = torch.arange(width)
     model = shrink(full, graph, keep=keep) if keep else full
+    if spec.get("dropped"):  # compress(drop_unused=True) removed parameters forward never reads
+        from compresskit.shrink.unused import drop_unused
+
+        drop_unused(model, list(spec["dropped"]))
     got = {k: list(v.shape) for k, v in model.state_dict().items()}
     if got != {k: list(v) for k, v in shapes.items()}:
         diff = sorted(k for k in set(got) | set(shapes) if got.get(k) != list(shapes.get(k, [])))

@@ -352,21 +352,23 @@ def plan_for_target(
     parts = _constraints(cost, target, budget)
     _check_int("min_width", min_width, 1)
     _check_int("round_to", round_to, 1)
-    costs = [c for c, _, _, _ in parts]
+    costs = [c for c, *_ in parts]
     fulls = [float(c.full()) or 1.0 for c in costs]
-    goals = [goal for _, goal, _, _ in parts]
+    goals = [goal for _, goal, *_ in parts]
 
     prunable = [g for g in graph.groups if g.prunable]
     ladders = {g.id: allowed_widths(g.size, g.channels_per_unit, min_width, round_to) for g in prunable}
     smallest = {gid: ladder[-1] for gid, ladder in ladders.items()}
     short = []
-    for c, goal, label, _ in parts:
+    for c, goal, label, _, ratio, given in parts:
         floor, full = float(c(smallest)), float(c.full())
         if floor > goal * (1 + 1e-9):
             short.append(f"{label} is unreachable for this model: with every prunable group at its smallest "
                          f"allowed width (min_width={min_width}, round_to={round_to}) it still costs "
                          f"{floor:.4g} of {full:.4g} {getattr(c, 'metric', '')}, "
-                         f"{full / max(floor, 1e-300):.3g}x at most")
+                         + (f"{full / max(floor, 1e-300):.3g}x at most" if not given else
+                            f"above the budget of {goal:.4g} (lowered from {full / ratio:.4g} because the "
+                            "measured model missed the predicted cost)"))
     if short:
         frozen = sum(1 for g in graph.groups if not g.prunable)
         raise ValueError(f"target: {'; '.join(short)}; {frozen} of {len(graph.groups)} channel groups are "
@@ -484,15 +486,16 @@ def plan_for_target(
             gp.note = "target: kept (its units cost more importance per saving than others)"
         plans.append(gp)
     plan = WidthPlan(all_widths, sizes, "target", "global", min_width, round_to, plans)
-    plan.target = " & ".join(label for _, _, label, _ in parts)
+    plan.target = " & ".join(label for _, _, label, *_ in parts)
     plan.predicted, plan.full_cost, plan.budget = current[0], float(costs[0].full()), goals[0]
     plan.terms = [{"target": label, "metric": metric, "full": float(c.full()), "budget": goal,
-                   "predicted": cur} for (c, goal, label, metric), cur in zip(parts, current)]
+                   "predicted": cur} for (c, goal, label, metric, *_), cur in zip(parts, current)]
     return plan
 
 
-def _constraints(cost: Any, target: Any, budget: Any) -> list[tuple[Any, float, str, str]]:
-    """``[(cost model, goal, label, metric)]``, one per part of the target (ValueError naming ``target``)."""
+def _constraints(cost: Any, target: Any, budget: Any) -> list[tuple[Any, float, str, str, float, bool]]:
+    """``[(cost model, goal, label, metric, ratio, whether the goal is a given budget)]``, one per part of
+    the target (ValueError naming ``target``)."""
     from compresskit.target import Target
 
     if isinstance(target, (int, float)) and not isinstance(target, bool):
@@ -521,13 +524,14 @@ def _constraints(cost: Any, target: Any, budget: Any) -> list[tuple[Any, float, 
             terms.append((c, part.ratio, str(part), part.metric))
     out = []
     for c, ratio, label, metric in terms:
-        if budget is None:
+        given = budget is not None and (not isinstance(budget, Mapping) or metric in budget)
+        if not given:
             goal = float(c.full()) / ratio
         elif isinstance(budget, Mapping):
-            goal = float(budget[metric]) if metric in budget else float(c.full()) / ratio
+            goal = float(budget[metric])
         else:
             if len(terms) > 1:
                 raise ValueError("budget: a target of several measures takes {metric: budget}")
             goal = float(budget)
-        out.append((c, goal, label, metric))
+        out.append((c, goal, label, metric, ratio, given))
     return out
