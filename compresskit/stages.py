@@ -331,33 +331,22 @@ class SparsifyStage(Stage):
         from compresskit.sparsify.auto import SparsifyContext, get_sparsifier
 
         cfg = state.config
-        sparsifier = get_sparsifier(cfg.sparsify)
         if cfg.sparsify.steps > 0:
-            method = cfg.sparsify.method
-            how = (f"OBProx-SG, λ={cfg.sparsify.lambda_}" if method == "obproxsg"
-                   else "the units the plan removes go to zero progressively" if method == "progressive"
-                   else f"sparsifier {getattr(sparsifier, 'name', None) or type(sparsifier).__name__}")
+            how = (f"OBProx-SG, λ={cfg.sparsify.lambda_}" if cfg.sparsify.method == "obproxsg"
+                   else _sparsifier_how(cfg.sparsify))
             state.console.print(f"[bold]1/4 sparsify[/]: {how}, {cfg.sparsify.steps} steps")
-        importance = state.importance_strategy()
-        callbacks = []
-        if _data_driven(importance) and cfg.sparsify.steps > 0:
-            if _needs_target_plan(state) and not importance.has_data():
-                _estimate(state, state.work)  # scores for the first plan, before any step
-            callbacks.append(importance.callback(state.work, state.graph))
         ctx = SparsifyContext(
             train_loader=state.train_loader, loss_fn=state.loss_fn, inputs_fn=state.inputs_fn,
             graph=state.graph,
             widths_fn=target_widths(state),
             device=state.device, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every, progress=cfg.progress,
             out_dir=state.store.train_dir("sparsify", self.fingerprint(state)), resume=cfg.resume,
-            batch_shapes=cfg.batch_shapes, callbacks=callbacks,
-            scores_fn=lambda model: importance(model, state.graph))
-        record = sparsifier.run(state.work, ctx)
+            batch_shapes=cfg.batch_shapes,
+            callbacks=_importance_callbacks(state, cfg.sparsify.steps), scores_fn=_scores_fn(state))
+        record = get_sparsifier(cfg.sparsify).run(state.work, ctx)
         state.records["sparsify"] = record
-        payload = {"state_dict": state.work.state_dict(), "record": json.dumps(record)}
-        if _data_driven(importance) and importance.has_data():
-            payload["importance"] = importance.state_dict()
-        return payload
+        return {"state_dict": state.work.state_dict(), "record": json.dumps(record),
+                **_importance_payload(state)}
 
     def restore(self, state: State, payload: dict[str, Any]) -> None:
         state.console.print("[green]sparsify[/]: loaded sparsified.pt")
@@ -365,6 +354,41 @@ class SparsifyStage(Stage):
         state.records["sparsify"] = json.loads(payload.get("record", "{}"))
         if payload.get("importance") is not None:
             state.importance_strategy().load_state_dict(payload["importance"])
+
+
+def _sparsifier_how(config: Any) -> str:
+    """How stage I trains, for the progress line (the progressive default, or a registered sparsifier)."""
+    from compresskit.sparsify.auto import get_sparsifier
+
+    if config.method == "progressive":
+        return "the units the plan removes go to zero progressively"
+    sparsifier = get_sparsifier(config)
+    return f"sparsifier {getattr(sparsifier, 'name', None) or type(sparsifier).__name__}"
+
+
+def _importance_callbacks(state: State, steps: int) -> list[Any]:
+    """A data-driven importance watches stage I's gradients (after a first estimate from a few batches
+    when stage I steers by the plan from its first step)."""
+    importance = state.importance_strategy()
+    if not _data_driven(importance) or steps <= 0:
+        return []
+    if _needs_target_plan(state) and not importance.has_data():
+        _estimate(state, state.work)  # scores for the first plan, before any step
+    return [importance.callback(state.work, state.graph)]
+
+
+def _scores_fn(state: State) -> Callable[[nn.Module], dict[int, torch.Tensor]]:
+    """``fn(model)``: the importance of every unit for the current weights (which units stage I zeroes)."""
+    importance = state.importance_strategy()
+    return lambda model: importance(model, state.graph)
+
+
+def _importance_payload(state: State) -> dict[str, Any]:
+    """A data-driven importance's statistics, kept with stage I's artifact (a restored run plans alike)."""
+    importance = state.importance_strategy()
+    if not (_data_driven(importance) and importance.has_data()):
+        return {}
+    return {"importance": importance.state_dict()}
 
 
 # ------------------------------------------------------------------------------------------------ plan

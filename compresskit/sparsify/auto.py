@@ -61,7 +61,7 @@ class SparsifyContext:
     resume: bool = True
     #: ``TrainConfig.batch_shapes``: "same", "spatial" or "off"
     batch_shapes: str = "same"
-    #: more training callbacks to pass to ``ck.train`` (e.g. a data-driven importance collecting gradients)
+    #: extra callbacks of the training run (the budget's deadline, best-weight keeping)
     callbacks: list[Callback] = field(default_factory=list)
     #: ``{group id: per-unit importance}`` for the current weights: which units the plan removes first
     #: (None: the least l1 mass)
@@ -241,7 +241,7 @@ class OBProxSGSparsifier(_ConfigSparsifier):
                            batch_shapes=ctx.batch_shapes)
         torch.manual_seed(ctx.seed)
         train(model, ctx.train_loader, ctx.loss_fn, optimizer=opt, config=tcfg, inputs_fn=ctx.inputs_fn,
-              out_dir=ctx.out_dir, resume=ctx.resume, callbacks=[*ctx.callbacks, *callbacks],
+              out_dir=ctx.out_dir, resume=ctx.resume, callbacks=[*callbacks, *ctx.callbacks],
               stage="sparsify")
         if auto:
             record.update(final_lambda=calib.lam, **calib.measure(), history=calib.history)
@@ -355,7 +355,7 @@ class ProgressiveSparsifier(_ConfigSparsifier):
                            batch_shapes=ctx.batch_shapes)
         torch.manual_seed(ctx.seed)
         train(model, ctx.train_loader, ctx.loss_fn, config=tcfg, inputs_fn=ctx.inputs_fn, out_dir=ctx.out_dir,
-              resume=ctx.resume, callbacks=[*ctx.callbacks, zeroing], stage="sparsify")
+              resume=ctx.resume, callbacks=[zeroing, *ctx.callbacks], stage="sparsify")
         return {"method": "progressive", "steps": cfg.steps, "lr": cfg.lr, **zeroing.measure(),
                 "history": zeroing.history}
 
