@@ -253,7 +253,6 @@ def compress(
     if config.recover.distill_loss not in list_losses():  # with or without a teacher: a typo fails now
         raise ValueError(f"config.recover.distill_loss: unknown loss {config.recover.distill_loss!r}; "
                          f"registered losses: {', '.join(list_losses())}")
-    _check_strategies(config)
     console = _console(config.progress)
     r = _resolve(model, train_loader, loss_fn, example_inputs, inputs_fn)
     if val_loader is not None and not metrics:
@@ -276,19 +275,6 @@ def compress(
                   device=str(next(model.parameters(), torch.zeros(())).device))
     run_stages(state, stop_after)
     return _finish(state, r, name, out_dir)
-
-
-def _check_strategies(config: CompressConfig) -> None:
-    """Strategy names must be registered (a typo fails before anything runs)."""
-    from compresskit.shrink.importance import IMPORTANCES
-    from compresskit.sparsify.auto import SPARSIFIERS
-
-    for field, value, registry, how in (
-            ("config.plan.importance", config.plan.importance, IMPORTANCES, "ck.register_importance"),
-            ("config.sparsify.method", config.sparsify.method, SPARSIFIERS, "ck.register_sparsifier")):
-        if isinstance(value, str) and value not in registry:
-            raise ValueError(f"{field}: unknown {registry.kind} {value!r}; registered: "
-                             f"{', '.join(map(repr, registry.names()))} ({how} adds one)")
 
 
 def _target_summary(state: Any, after: ModelStats, final: nn.Module | None = None) -> dict[str, Any]:
