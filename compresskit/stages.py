@@ -285,11 +285,16 @@ def target_widths(state: State) -> Callable[[nn.Module], dict[int, int]]:
 
 
 def _strategy_fingerprint(state: State) -> dict[str, Any]:
-    """The plan config with the importance's own ``fingerprint()`` in place of its name."""
+    """The plan config with the importance's own ``fingerprint()`` in place of its name (and the
+    fingerprints of registered measures the target names)."""
     from compresskit.shrink.importance import importance_fingerprint
+    from compresskit.shrink.metric import BUILTIN_METRICS, get_metric
 
     plan = state.config.plan.model_dump(mode="json")
     plan["importance"] = importance_fingerprint(state.importance_strategy())
+    added = [m for m in state.target.metrics if m not in BUILTIN_METRICS]
+    if added:  # a registered measure: its cost model and measurement are part of the plan
+        plan["metrics"] = [get_metric(m).fingerprint() for m in added]
     return plan
 
 

@@ -14,9 +14,11 @@ number is at most ``full() / ratio``. Two exact models live here:
   activations, attention and custom ops are counted as a constant (the planner verifies by counting).
 
 The latency model (``compresskit.shrink.latency.LatencyTable``) satisfies the same protocol with
-values measured on the device. Optional extras a model may have: ``fixed()`` (the cost no width can
-remove: frozen groups, un-prunable layers, ops outside the model) and ``neighbours(gid)`` (groups whose
-marginal cost changes when ``gid``'s width changes), used by the planner and the report.
+values measured on the device. A target names its measure; :mod:`compresskit.shrink.metric` maps the
+name to its cost model and its measurement (``ck.register_metric`` adds one). Optional extras a model
+may have: ``fixed()`` (the cost no width can remove: frozen groups, un-prunable layers, ops outside the
+model) and ``neighbours(gid)`` (groups whose marginal cost changes when ``gid``'s width changes), used by
+the planner and the report.
 """
 
 from __future__ import annotations
