@@ -531,6 +531,7 @@ def _target_plan(state: State) -> tuple[Any, dict[str, Any]]:
     best = None
     lo = dict.fromkeys(metrics, 0.0)  # budgets known to fit / not to fit the measured goal
     hi = {m: float(costs[m].full()) for m in metrics}
+    seen: dict[str, list[tuple[float, float]]] = {m: [] for m in metrics}  # (predicted, measured) per try
     for _ in range((4 if noisy else 8) if cfg.verify else 1):
         plan = plan_for_target(state.graph, costs, state.importance, target, budget=dict(budget), **kw)
         if not cfg.verify:
@@ -546,6 +547,8 @@ def _target_plan(state: State) -> tuple[Any, dict[str, Any]]:
                                     "ratio": full_measured[m] / achieved[m] if achieved[m] else None}
                                 for m in metrics}
         attempts.append(attempt)
+        for m in metrics:
+            seen[m].append((predicted[m], achieved[m]))
         fits = {m: achieved[m] <= goal[m] * (1 + tol[m]) for m in metrics}
         miss = sum(max(0.0, achieved[m] / goal[m] - 1) for m in metrics)
         slack = min(abs(achieved[m] - goal[m]) / goal[m] for m in metrics)
@@ -563,7 +566,7 @@ def _target_plan(state: State) -> tuple[Any, dict[str, Any]]:
                 lo[m] = max(lo[m], budget[m])
             else:
                 hi[m] = min(hi[m], budget[m])
-            guess = budget[m] * goal[m] / max(achieved[m], 1e-300)  # the prediction's error, proportional
+            guess = _next_budget(seen[m], budget[m], goal[m])
             budget[m] = guess if lo[m] < guess < hi[m] else (lo[m] + hi[m]) / 2  # else bisect
             done = done and hi[m] - lo[m] < 1e-6 * hi[m]
         if done:
@@ -578,6 +581,16 @@ def _target_plan(state: State) -> tuple[Any, dict[str, Any]]:
         record["terms"] = [{"target": str(t), "metric": t.metric, "full": full_measured[t.metric],
                             "goal": goal[t.metric]} for t in target.terms]
     return plan, record
+
+
+def _next_budget(seen: list[tuple[float, float]], budget: float, goal: float) -> float:
+    """The budget to plan for next so the measured cost lands on ``goal``: from the last two tries,
+    the line ``measured = a · predicted + b`` through them (an offset the cost model misses, such as a
+    fixed time per call, is corrected in one step); from one, the error taken as proportional."""
+    (p1, m1), (p0, m0) = seen[-1], (seen[-2] if len(seen) > 1 else (0.0, 0.0))
+    if len(seen) > 1 and p1 != p0 and (m1 - m0) / (p1 - p0) > 0:
+        return p1 + (goal - m1) * (p1 - p0) / (m1 - m0)
+    return budget * goal / max(m1, 1e-300)
 
 
 def _importance_name(state: State) -> str:

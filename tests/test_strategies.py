@@ -340,6 +340,40 @@ def test_compress_meets_several_measures_and_reports_each():
         assert part["achieved"] >= part["ratio"] and part["met"]
 
 
+def test_a_measure_the_cost_model_mispredicts_is_corrected_by_verification_per_part():
+    """A registered measure whose cost model predicts 1 per parameter while the measurement reads 1 per
+    parameter plus 200 (a fixed cost the model missed): the plan is verified by measuring, and the budget
+    of that part alone is corrected until its measured ratio holds; the exact params part stays met."""
+
+    class PerParam:
+        metric = "slowms"
+
+        def __init__(self, model, graph, example_inputs, **_):
+            self.params = params_cost(model, graph)
+
+        def __call__(self, widths):
+            return self.params(widths)
+
+        def full(self):
+            return self.params.full()
+
+    def measure(model, example_inputs=None, **_):
+        return float(count_params(model)) + 200.0
+
+    net = _chain()
+    x = torch.rand(2, 3, 8, 8)
+    with METRICS.snapshot():
+        ck.register_metric("slowms", cost=PerParam, measure=measure, tolerance=0.01)
+        result = ck.compress(net, _batches(x), target="1.5x params & 2.5x slowms", config=_cfg())
+        want = (count_params(net) + 200) / (count_params(result.model) + 200)  # by hand
+        parts = {p["metric"]: p for p in result.report.target["terms"]}
+        assert parts["slowms"]["achieved"] == pytest.approx(want) and want >= 2.5 * 0.99
+        assert parts["params"]["achieved"] >= 1.5 and parts["params"]["met"]
+        tried = result.report.planning["verification"]
+        assert len(tried) >= 2  # the first plan missed the measured goal and was corrected
+        assert tried[0]["terms"]["slowms"]["measured"] > tried[0]["terms"]["slowms"]["budget"]
+
+
 def test_unreachable_combination_is_refused_by_message_before_training():
     net = _chain()
     x = torch.rand(2, 3, 8, 8)
