@@ -4,22 +4,25 @@ An importance maps ``(model, graph)`` to ``{group id: float64 tensor of length g
 means keep. The target planner removes the units with the lowest importance per unit of cost, and the
 surgery keeps the highest-ranked ones, so one criterion decides both *how many* and *which*.
 
-- :class:`L1Importance` (default): the l1 mass of the unit's slices in every member tensor (rows of the
-  producing weights, columns of the consuming ones, biases, norm scales), divided by the group's mean
-  unit mass so that groups of different scale compare (an average unit scores 1, a zeroed unit 0).
+- :class:`TaylorImportance` (default, data-driven): the first-order Taylor estimate of the loss change
+  when a unit is removed, ``Σ_i |w_i| · E|∂L/∂w_i|`` over the unit's entries (Molchanov et al. 2019,
+  "Importance Estimation for Neural Network Pruning"), the gradients taken on the user's loss while
+  stage I trains. It kept the most quality on the pretrained VFI teachers of the benchmarks
+  (``benchmarks/importance_compare.py``, docs/sparsify.md).
+- :class:`FisherImportance` (data-driven): ``E[(Σ_i w_i · ∂L/∂w_i)²]``, the group Taylor (Fisher) form.
+- :class:`L1Importance`: the l1 mass of the unit's slices in every member tensor (rows of the producing
+  weights, columns of the consuming ones, biases, norm scales), divided by the group's mean unit mass so
+  that groups of different scale compare (an average unit scores 1, a zeroed unit 0).
 - :class:`DensityImportance`: the fraction of non-zero entries in the unit's slices (already in [0, 1]);
   l1 mass breaks ties.
-- :class:`TaylorImportance` (data-driven): the first-order Taylor estimate of the loss change when a
-  unit is removed, ``Σ_i |w_i · ∂L/∂w_i|`` over the unit's entries (Molchanov et al. 2019, "Importance
-  Estimation for Neural Network Pruning"), the gradients taken on the user's loss while stage I trains.
 
 Criteria are looked up by name in :data:`IMPORTANCES` (``PlanConfig(importance="taylor")``); a new one
 is one class plus ``@ck.register_importance("name")``. An object with ``__call__(model, graph)`` works
 too (``PlanConfig(importance=MyImportance())``). Optional parts an importance may have:
 ``fingerprint()`` (what its scores depend on; a change redoes the stages that used it) and, for a
-data-driven one, ``callback(model)`` (a training :class:`~compresskit.train.loop.Callback` that collects
-statistics while stage I trains), ``estimate(model, batches, loss_of)`` (collect them without training,
-when stage I did not run) and ``has_data()``, ``state_dict()`` / ``load_state_dict()``.
+data-driven one, ``callback(model, graph)`` (a training :class:`~compresskit.train.loop.Callback` that
+collects statistics while stage I trains), ``estimate(model, batches, loss_of, graph)`` (collect them
+without training, when stage I did not run) and ``has_data()``, ``state_dict()`` / ``load_state_dict()``.
 """
 
 from __future__ import annotations
@@ -128,11 +131,12 @@ class TaylorImportance:
 
     The gradient magnitudes are averaged per entry while stage I trains (an exponential moving average,
     ``decay`` per observed batch, bias-corrected), and multiplied by the *current* weights when scored, so
-    a unit stage I drove to zero scores exactly 0. The long default average (``decay`` 0.98, about 50
-    batches) keeps the ranking steady from one replan of stage I to the next; with 0.9 the progressive
-    sparsifier switched units more and lost more (benchmarks/importance_compare.py). Without training
+    a unit stage I drove to zero scores exactly 0. The default average is long (``decay`` 0.98, about 50
+    batches): with 0.9 the short runs of benchmarks/importance_compare.py lost more on FlowVFI (a ranking
+    that moves less between the replans of stage I is the likely reason; not measured). Without training
     (``sparsify.steps=0``) ``estimate`` takes them from ``batches`` batches. Scores are expected loss
-    changes: they compare across groups with no normalisation.
+    changes: they compare across groups as they are; ``normalize=True`` divides each group's by its mean
+    (as l1 is; Molchanov et al. 2017 normalise per layer), which lost most of Taylor's lead on RIFE.
     """
 
     name = "taylor"
