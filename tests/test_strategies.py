@@ -141,9 +141,9 @@ def _cfg(**kw):
     return ck.CompressConfig(**base)
 
 
-def test_taylor_is_selectable_by_name_and_gathers_during_stage_one():
-    """plan.importance="taylor": stage I's gradients are observed (its statistics ride in the stage's
-    checkpoint), and the units stage I zeroed score 0 and go."""
+def test_taylor_is_the_default_and_gathers_during_stage_one():
+    """plan.importance="taylor" (the default): stage I's gradients are observed (its statistics ride in
+    the stage's checkpoint), and the units stage I zeroed score 0 and go."""
     net = _chain()
     data = _batches(torch.rand(2, 3, 8, 8))
     seen = []
@@ -156,13 +156,17 @@ def test_taylor_is_selectable_by_name_and_gathers_during_stage_one():
     TaylorImportance.observe = spy
     try:
         result = ck.compress(net, data, target="2x params", config=_cfg(plan={"importance": "taylor"}))
+        n_progressive = len(seen)
+        seen.clear()  # OBProx-SG with a fixed λ does not steer by the plan: no warm-up, stage I's gradients
+        fixed = ck.compress(net, data, target="2x params", config=_cfg(sparsify={"lambda_": 1e-4}))
     finally:
         TaylorImportance.observe = original
-    assert result.report.planning["importance"] == "taylor"
+    assert result.report.planning["importance"] == "taylor"  # the default
     assert result.report.planning["removed_importance"] == 0.0  # only zeroed units went
     # the warm-up estimate (8 batches max, 4 given) then 4 training steps, every parameter each time
-    assert len(seen) == (4 + 4) * len(list(net.parameters()))
+    assert n_progressive == (4 + 4) * len(list(net.parameters()))
     assert count_params(result.model) <= count_params(net) / 2
+    assert len(seen) == 4 * len(list(net.parameters())) and fixed.report.calibration["lambda"] == 1e-4
 
 
 def test_taylor_without_stage_one_estimates_from_batches(tmp_path):
