@@ -104,10 +104,10 @@ def _macs_cost(model: Any, graph: Any, example_inputs: Any, **_: Any) -> Any:
     return macs_cost(model, graph, example_inputs)
 
 
-def _latency_cost(model: Any, graph: Any, example_inputs: Any, *, cache_dir: Any = None, **_: Any) -> Any:
+def _latency_cost(model: Any, graph: Any, example_inputs: Any, **options: Any) -> Any:
     from compresskit.shrink.latency import latency_cost
 
-    return latency_cost(model, graph, example_inputs, cache_dir=cache_dir)
+    return latency_cost(model, graph, example_inputs, **options)  # cache_dir and the table's own options
 
 
 def _count_params(model: Any, example_inputs: Any = None, **_: Any) -> float:
