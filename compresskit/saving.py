@@ -702,6 +702,10 @@ def rebuild_registered(spec: Mapping[str, Any], shapes: Mapping[str, list[int]],
         if width < sizes[gid].size:
             keep[sizes[gid].id] = torch.arange(width)
     model = shrink(full, graph, keep=keep) if keep else full
+    if spec.get("dropped"):  # compress(drop_unused=True) removed parameters forward never reads
+        from compresskit.shrink.unused import drop_unused
+
+        drop_unused(model, list(spec["dropped"]))
     got = {k: list(v.shape) for k, v in model.state_dict().items()}
     if got != {k: list(v) for k, v in shapes.items()}:
         diff = sorted(k for k in set(got) | set(shapes) if got.get(k) != list(shapes.get(k, [])))
