@@ -360,8 +360,11 @@ def plan_for_target(
         raise ValueError(
             f"target: {label} is unreachable for this model: with every prunable group at its smallest "
             f"allowed width (min_width={min_width}, round_to={round_to}) it still costs {floor:.4g} of "
-            f"{full:.4g} {getattr(cost, 'metric', '')}, {full / max(floor, 1e-300):.3g}x at most; "
-            f"{frozen} of {len(graph.groups)} channel groups are frozen (graph.explain(id) says why). "
+            f"{full:.4g} {getattr(cost, 'metric', '')}, "
+            + (f"{full / max(floor, 1e-300):.3g}x at most; " if budget is None else
+               f"above the budget of {goal:.4g} (lowered from {full / ratio:.4g} because the measured "
+               "model missed the predicted cost); ")
+            + f"{frozen} of {len(graph.groups)} channel groups are frozen (graph.explain(id) says why). "
             "Ask for a smaller ratio.")
 
     orders = {gid: removal_order(importance[gid]) for gid in ladders if gid in importance}

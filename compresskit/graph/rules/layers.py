@@ -28,6 +28,13 @@ def _input_channels(ctx: RuleContext, x: Any, dim: int, what: str) -> np.ndarray
     return ids
 
 
+def _freeze_unread(ctx: RuleContext, module: str, tensor: str, dim: int, role: str, what: str) -> None:
+    """A layer applied to a tensor whose channels are not tracked reads every position of ``tensor``'s
+    ``dim``: freeze them, so another call of the same layer (shared weights) cannot drop them."""
+    ctx.freeze(ctx.weight_ids(module, tensor, dim, role),
+               f"{what} is applied to a tensor whose channels are not tracked (it reads all of them)")
+
+
 def _owner_is(ctx: RuleContext, ref: ParamRef, cls: type | tuple[type, ...], tensor: str = "weight") -> bool:
     mod = ctx.builder.get_module(ref.module)
     return isinstance(mod, cls) and ref.tensor == tensor
@@ -65,6 +72,8 @@ def conv_core(
         out_ids = ctx.weight_ids(module, weight, out_dim, "out")
         if in_ids is not None:
             ctx.member(module, weight, in_dim, in_ids, "in")
+        else:
+            _freeze_unread(ctx, module, weight, in_dim, "in", "convolution")
     elif cin == groups:  # depthwise (channel multiplier m)
         m = cout // groups
         if in_ids is None:
@@ -87,6 +96,8 @@ def conv_core(
                 ctx.member(module, weight, 0, in_ids, "in")
             else:
                 ctx.member(module, weight, 1, blocks[0], "in")
+        else:
+            _freeze_unread(ctx, module, weight, 0 if transposed else 1, "in", "grouped convolution")
         if transposed:
             out_ids = np.tile(ctx.weight_ids(module, weight, 1, "out"), groups)
         else:
@@ -161,6 +172,8 @@ def linear_core(ctx: RuleContext, x: Any, module: str, weight: str, bias: str | 
     out_ids = ctx.weight_ids(module, weight, 0, "out")
     if in_ids is not None:
         ctx.member(module, weight, 1, in_ids, "in")
+    else:
+        _freeze_unread(ctx, module, weight, 1, "in", "linear layer")
     if bias is not None:
         ctx.member(module, bias, 0, out_ids, "param")
     return ctx.tracked(-1, out_ids)
@@ -197,6 +210,9 @@ def per_channel_core(
     if ids is None:
         if x.tracked:
             ctx.freeze(x.ids, f"{what} computes statistics over dim {x.cdim}")
+        for t in tensors:
+            if t is not None:
+                _freeze_unread(ctx, module, t, 0, "param", what)
         return ctx.untracked()
     for t in tensors:
         if t is not None:
