@@ -6,6 +6,7 @@ module tensors indexed by elements (members) and the frozen elements with their 
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import numpy as np
@@ -181,7 +182,8 @@ class GraphBuilder:
                 if t.tracked:
                     self.freeze(t.ids, "graph output")
             return None
-        if not flatten_infos(meta):
+        in_place = node.op == "call_function" and node.target is operator.setitem  # returns None
+        if not flatten_infos(meta) and not (in_place and flatten_infos(self.resolve(node.args))):
             return meta  # shapes, dtypes, python numbers: not a channel op
         module = self._modules.get(node.target) if node.op == "call_module" else None
         rule = lookup_rule(node.op, node.target, module)
@@ -193,6 +195,8 @@ class GraphBuilder:
             except Exception as e:  # a rule that cannot handle this call: the op is unknown here
                 ctx.freeze_all_inputs(f"channel rule failed ({type(e).__name__}: {e})")
                 return meta
+        if in_place and rule is not None:
+            return None  # the rule recorded what the write joins or freezes; the node's value is None
         if out is None:
             ctx.freeze_all_inputs("no channel rule for this op (unknown means frozen)")
             return meta

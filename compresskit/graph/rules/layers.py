@@ -345,6 +345,12 @@ def _instancenorm_module(ctx: RuleContext) -> Any:
 
 
 register_rule(nn_modules("InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d"), _instancenorm_module)
+# F.instance_norm(input, running_mean, running_var, weight, bias, ...): per (sample, channel) statistics, so
+# channels are independent; aten's instance_norm takes weight and bias first
+register_rule(functional("instance_norm"),
+              _functional_batchnorm(["running_mean", "running_var", "weight", "bias"]))
+register_rule(torch_fns("instance_norm") + aten_ops("instance_norm"),
+              _functional_batchnorm(["weight", "bias", "running_mean", "running_var"]))
 
 
 def _prelu_core(ctx: RuleContext, x: Any, module: str, tensor: str, n: int) -> Any:
