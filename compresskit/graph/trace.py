@@ -752,3 +752,14 @@ def trace(model: nn.Module, example_inputs: Any, *, method: str = "auto") -> Cha
 def leaf_functions() -> Sequence[Callable]:
     """Functions registered with :func:`register_leaf`."""
     return list(_LEAF_FUNCTIONS.values())
+
+
+def data_branch_notes(graph: ChannelGraph) -> list[str]:
+    """Report notes for :attr:`ChannelGraph.data_branches`: the trace followed Python decisions on tensor
+    values; batches that decide otherwise run code the graph never saw (see docs/graph.md)."""
+    return [
+        f"data-dependent branch in the trace: {d}; the channel graph holds only this path, inputs that "
+        "decide otherwise run code it never saw (compress compares the trace with eager execution on one "
+        "more batch only)"
+        for d in getattr(graph, "data_branches", [])
+    ]
