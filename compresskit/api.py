@@ -246,8 +246,10 @@ def compress(
     if val_loader is not None and not metrics:
         metrics = {"loss": r.loss_fn}
     out_dir = Path(config.out_dir) if config.out_dir is not None else None
+    lock = None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
+        lock = _claim_out_dir(out_dir, config, goal)  # one live run per folder, one target per folder
         remove_stale_temps(out_dir, depth=1)  # left by a killed run (stage folders included)
         config.dump(out_dir / "config.json")
         atomic_write_json({"loss": r.loss_how, "inputs": r.inputs_how, "target": str(goal),
@@ -261,8 +263,33 @@ def compress(
                   example_inputs=r.example_inputs, store=_Stages(out_dir, config.resume), console=console,
                   teacher=teacher, val_loader=val_loader, metrics=metrics,
                   device=str(next(model.parameters(), torch.zeros(())).device))
-    run_stages(state, stop_after)
-    return _finish(state, r, name, out_dir)
+    try:
+        run_stages(state, stop_after)
+        return _finish(state, r, name, out_dir)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _claim_out_dir(out_dir: Path, config: CompressConfig, goal: Any) -> Any:
+    """Lock ``out_dir`` (:mod:`compresskit.lock`), then refuse a target other than the one the folder's
+    earlier run had, unless ``resume=False``: its compressed.pt and report would be replaced unasked."""
+    import json
+
+    from compresskit.lock import FolderLock
+
+    lock = FolderLock(out_dir).acquire(config.wait_for_lock, "compress")
+    try:
+        before = json.loads((out_dir / "resolved.json").read_text()).get("target")
+    except (OSError, ValueError, AttributeError):
+        before = None
+    if config.resume and before is not None and before != str(goal):
+        lock.release()
+        raise ValueError(
+            f"target: {str(out_dir)!r} holds a run for target {before!r}, this run asks for {str(goal)!r}; "
+            "its results (compressed.pt, report.json) would be replaced. Use another out_dir, or "
+            "resume=False (config.resume) to start afresh in this one")
+    return lock
 
 
 def _target_summary(state: Any, after: ModelStats) -> dict[str, Any]:

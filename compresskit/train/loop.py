@@ -401,6 +401,15 @@ class Trainer:
         self._pending_logs.setdefault(name, []).append(float(value))
 
     def fit(self) -> TrainResult:
+        """Train; the output folder is locked for the run (:mod:`compresskit.lock`)."""
+        from compresskit.lock import folder_lock
+
+        main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 writes (and locks)
+        folder = self.out_dir if main else None
+        with folder_lock(folder, self.config.wait_for_lock, "ck.train"):
+            return self._fit()
+
+    def _fit(self) -> TrainResult:
         cfg = self.config
         self.ctx = setup(cfg.backend)
         self.device = self._resolve_device()
