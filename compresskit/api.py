@@ -253,7 +253,7 @@ def compress(
         remove_stale_temps(out_dir, depth=1)  # left by a killed run (stage folders included)
         config.dump(out_dir / "config.json")
         atomic_write_json({"loss": r.loss_how, "inputs": r.inputs_how, "target": str(goal),
-                           "example_input_shapes": [list(t.shape) for t in r.example_inputs]},
+                           "example_input_shapes": [_shape_of(t) for t in r.example_inputs]},
                           out_dir / "resolved.json")
     name = r.registered[0] if r.registered else type(model).__name__
     console.rule(f"[bold]compress {name}[/] to {goal}")
@@ -269,6 +269,27 @@ def compress(
     finally:
         if lock is not None:
             lock.release()
+
+
+def _shape_of(x: Any) -> Any:
+    """``list(x.shape)`` of a tensor; dicts, tuples and lists of tensors (dict inputs) item by item."""
+    if isinstance(x, torch.Tensor):
+        return list(x.shape)
+    if isinstance(x, Mapping):
+        return {str(k): _shape_of(v) for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        return [_shape_of(v) for v in x]
+    return type(x).__name__
+
+
+def _dtype_of(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return str(x.dtype).removeprefix("torch.")
+    if isinstance(x, Mapping):
+        return {str(k): _dtype_of(v) for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        return [_dtype_of(v) for v in x]
+    return type(x).__name__
 
 
 def _claim_out_dir(out_dir: Path, config: CompressConfig, goal: Any) -> Any:
@@ -375,17 +396,17 @@ def _finish(state: Any, r: _Resolved, name: str, out_dir: Path | None) -> Compre
         model=name, loss=r.loss_how, inputs=r.inputs_how, before=state.before, after=after, layers=layers,
         widths=changed if plan is not None else {}, plan=plan.explain_text() if plan is not None else "",
         stages=state.timings, config=state.config.model_dump(mode="json"),
-        example_input_shapes=[list(t.shape) for t in r.example_inputs], notes=notes, target=summary,
+        example_input_shapes=[_shape_of(t) for t in r.example_inputs], notes=notes, target=summary,
         calibration=state.records.get("sparsify", {}), planning=state.records.get("plan", {}))
     rebuild = None
     if r.registered is not None:
         # every group's width: a loaded model compressed again is rebuilt from the full-size one
         shrunk = stage in ("shrunk", "compressed")
         rebuild = {"name": r.registered[0], "kwargs": r.registered[1],
-                   "inputs": [(list(t.shape), str(t.dtype).removeprefix("torch.")) for t in r.example_inputs],
+                   "inputs": [(_shape_of(t), _dtype_of(t)) for t in r.example_inputs],
                    "widths": {k: v[1] if shrunk else v[0] for k, v in widths.items()}}
     result = CompressResult(final, plan, report, rebuild,
-                            [str(t.dtype).removeprefix("torch.") for t in r.example_inputs])
+                            [_dtype_of(t) for t in r.example_inputs])
     if out_dir is not None:
         suffix = "" if stage == "compressed" else f"_{stage}"
         report.save(out_dir / f"report{suffix}.json")

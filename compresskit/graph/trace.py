@@ -15,6 +15,8 @@ for numpy are computed concretely, the tensors they read frozen (numpy sees ever
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import inspect
 import operator
 import re
@@ -712,18 +714,24 @@ def _trace_export(model: nn.Module, inputs: tuple) -> tuple[fx.Graph, dict[fx.No
     return graph, meta, params
 
 
-def trace(model: nn.Module, example_inputs: Any, *, method: str = "auto") -> ChannelGraph:
+def trace(model: nn.Module, example_inputs: Any, *, method: str = "auto", mode: str = "eval") -> ChannelGraph:
     """Trace ``model`` on ``example_inputs`` (a tensor or a tuple of forward arguments) into a
     :class:`~compresskit.graph.channels.ChannelGraph` of channel groups.
 
     ``method``: ``"auto"`` (fx with concrete values, then torch.export if that fails), ``"fx"`` or
-    ``"export"``. The model is traced in eval mode (its mode is restored) and is not modified.
+    ``"export"``. ``mode``: ``"eval"`` (default; the model's modes are restored) or ``"train"`` (the
+    path training takes: auxiliary heads, EMA updates; a deep copy is traced, so batch-norm statistics of
+    ``model`` do not move). The model is not modified.
     """
     inputs = _check_inputs(model, example_inputs)
     if method not in ("auto", "fx", "export"):
         raise ValueError(f"method: expected 'auto', 'fx' or 'export', got {method!r}")
+    if mode not in ("eval", "train"):
+        raise ValueError(f"mode: expected 'eval' or 'train', got {mode!r}")
     ensure_plugins()  # the plugins' channel rules and leaves, registered before tracing starts
-    with eval_mode(model):  # each module's own mode comes back (a frozen BN stays eval)
+    if mode == "train":
+        model = copy.deepcopy(model).train()
+    with eval_mode(model) if mode == "eval" else contextlib.nullcontext():  # each module's mode comes back
         errors: list[str] = []
         if method in ("auto", "fx"):
             try:
