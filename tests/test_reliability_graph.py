@@ -54,6 +54,17 @@ def test_tied_convs_stay_one_tensor_and_shrink_exactly() -> None:
     ck.testing.assert_shrink_exact(model, x, graph=g)
 
 
+@pytest.mark.parametrize("name", ["tied_convs", "tied_embedding_head"])
+def test_tied_weights_under_export(name: str) -> None:
+    model, inputs = build(name)
+    g = ck.trace(model, inputs, method="export")  # export names a tied weight after one of its holders
+    assert len(g.tied) == 1 and g.prunable_groups
+    check = ck.testing.assert_shrink_exact(model, inputs, graph=g)
+    small = ck.shrink(model, g, keep=check.keep)
+    first, second = g.tied[0]
+    assert small.get_parameter(first) is small.get_parameter(second)
+
+
 def test_tied_embedding_and_head_keep_one_width() -> None:
     model, tokens = build("tied_embedding_head")
     g = ck.trace(model, tokens)

@@ -35,6 +35,15 @@ def _freeze_unread(ctx: RuleContext, module: str, tensor: str, dim: int, role: s
                f"{what} is applied to a tensor whose channels are not tracked (it reads all of them)")
 
 
+def _same_owner(ctx: RuleContext, w: ParamRef, b: ParamRef) -> bool:
+    """Weight and bias of one layer: the same module, or a weight tied to the bias module's own weight
+    (torch.export names a tied weight after one of its holders)."""
+    if b.module == w.module:
+        return True
+    canonical = ctx.builder.canonical
+    return canonical(b.module, w.tensor) == canonical(w.module, w.tensor)
+
+
 def _owner_is(ctx: RuleContext, ref: ParamRef, cls: type | tuple[type, ...], tensor: str = "weight") -> bool:
     mod = ctx.builder.get_module(ref.module)
     return isinstance(mod, cls) and ref.tensor == tensor
@@ -49,6 +58,7 @@ def conv_core(
     groups: int,
     transposed: bool,
     adjustable_groups: bool,
+    bias_module: str | None = None,
 ) -> TensorInfo:
     """Channels through ConvNd / ConvTransposeNd (weight ``(out, in/g, *k)`` / ``(in, out/g, *k)``).
 
@@ -106,7 +116,7 @@ def conv_core(
             for g in range(1, groups):
                 ctx.union(blocks[0], blocks[g])
     if bias is not None:
-        ctx.member(module, bias, 0, out_ids, "param")
+        ctx.member(module if bias_module is None else bias_module, bias, 0, out_ids, "param")
     return ctx.tracked(1, out_ids)
 
 
@@ -148,9 +158,10 @@ def _functional_conv(transposed: bool) -> RuleFn:
         if not isinstance(groups, int):
             return None
         adjustable = _owner_is(ctx, w, nn.modules.conv._ConvNd)
-        if b is not None and b.module != w.module:
+        if b is not None and not _same_owner(ctx, w, b):
             return None
-        return conv_core(ctx, x, w.module, w.tensor, b.tensor if b else None, groups, transposed, adjustable)
+        return conv_core(ctx, x, w.module, w.tensor, b.tensor if b else None, groups, transposed, adjustable,
+                         b.module if b else None)
 
     return rule
 
@@ -164,7 +175,8 @@ register_rule(
 )
 
 
-def linear_core(ctx: RuleContext, x: Any, module: str, weight: str, bias: str | None) -> TensorInfo:
+def linear_core(ctx: RuleContext, x: Any, module: str, weight: str, bias: str | None,
+                bias_module: str | None = None) -> TensorInfo:
     """``y = x W^T + b`` over the last dim: rows of W are new channels, columns consume ``x``'s."""
     in_ids = None
     if isinstance(x, TensorInfo):
@@ -175,7 +187,7 @@ def linear_core(ctx: RuleContext, x: Any, module: str, weight: str, bias: str | 
     else:
         _freeze_unread(ctx, module, weight, 1, "in", "linear layer")
     if bias is not None:
-        ctx.member(module, bias, 0, out_ids, "param")
+        ctx.member(module if bias_module is None else bias_module, bias, 0, out_ids, "param")
     return ctx.tracked(-1, out_ids)
 
 
@@ -192,9 +204,10 @@ register_rule(nn_modules("Linear"), _linear_module)
 def _functional_linear(ctx: RuleContext) -> Any:
     w = _param_ref(ctx, ctx.arg(1, "weight"))
     b = _param_ref(ctx, ctx.arg(2, "bias"))
-    if w is None or (b is not None and b.module != w.module):
+    if w is None or (b is not None and not _same_owner(ctx, w, b)):
         return None
-    return linear_core(ctx, ctx.arg(0, "input"), w.module, w.tensor, b.tensor if b else None)
+    return linear_core(ctx, ctx.arg(0, "input"), w.module, w.tensor, b.tensor if b else None,
+                       b.module if b else None)
 
 
 register_rule(functional("linear") + aten_ops("linear"), _functional_linear)
