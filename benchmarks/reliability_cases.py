@@ -126,7 +126,7 @@ def _child(code: str, timeout: float, cwd: Path | None = None, mem_gb: float = 3
                            timeout=timeout, cwd=cwd, env=env)
     except subprocess.TimeoutExpired:
         return None, f"no answer after {timeout:.0f} s"
-    return p.returncode, (p.stdout + p.stderr).strip()[-400:]
+    return p.returncode, (p.stdout + p.stderr).strip()[-4000:]
 
 
 def _save_and_load_fresh(model, batches, tmp: Path, inputs=None) -> tuple[str, str]:  # noqa: ANN001
@@ -567,7 +567,7 @@ def _c6c(tmp: Path) -> tuple[str, str]:
     return "ok", "compressed"
 
 
-def _train_only(kind: str):  # noqa: ANN202
+def _train_only(kind: str = "aux"):  # noqa: ANN202
     torch = _torch()
     Net = _net()
 
@@ -594,7 +594,8 @@ def _train_only(kind: str):  # noqa: ANN202
 @case(6, "auxiliary head used only in train mode")
 def _c6d(tmp: Path) -> tuple[str, str]:
     try:
-        _compress(_train_only("aux"), _batches(), steps=2, target="1.1x params")
+        r = _compress(_train_only("aux"), _batches(), steps=2, target="1.1x params")
+        r.model.train()(_batches()[0][0])
     except Exception as e:  # noqa: BLE001
         return _error(e, "train mode", "aux")
     return "ok", "compressed; the channels the head reads kept"
@@ -602,8 +603,24 @@ def _c6d(tmp: Path) -> tuple[str, str]:
 
 @case(6, "EMA buffer updated only in train mode")
 def _c6e(tmp: Path) -> tuple[str, str]:
+    torch = _torch()
+    Net = _net()
+
+    class Ema(Net):  # a, m, b and an EMA of m's channels, updated in train mode
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("ema", torch.zeros(8))
+
+        def forward(self, x):  # noqa: ANN001, ANN202
+            h = torch.relu(self.m(torch.relu(self.a(x))))
+            if self.training:
+                with torch.no_grad():
+                    self.ema.mul_(0.9).add_(0.1 * h.mean((0, 2, 3)))
+            return self.b(h)
+
     try:
-        _compress(_train_only("ema"), _batches(), steps=2, target="1.1x params")
+        r = _compress(Ema(), _batches(), steps=2, target="2x params")
+        r.model.train()(_batches()[0][0])  # fine-tuning it later runs train mode too
     except Exception as e:  # noqa: BLE001
         return _error(e, "train mode", "ema")
     return "ok", "compressed; the channels the buffer follows kept"
