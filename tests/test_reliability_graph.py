@@ -201,3 +201,24 @@ def test_data_dependent_branch_note_in_the_report() -> None:
     result = ck.compress(model, batches, torch.nn.functional.l1_loss, (batches[0][0],), config=cfg)
     notes = [n for n in result.report.notes if "data-dependent" in n]
     assert notes and ".item()" in notes[0]
+
+
+# -- item 12: the patterns compress unmodified ----------------------------------------------------------
+PATTERNS = ["shared_encoder_vfi", "tied_convs", "variable_wrap", "inplace_write", "size_tensor",
+            "item_branch", "instance_norm_copy", "shape_cache"]
+
+
+@pytest.mark.parametrize("name", PATTERNS)
+def test_patterns_compress_unmodified(name: str) -> None:
+    model, inputs = build(name)
+    torch.manual_seed(0)
+    batches = [(*(x + 0.01 * torch.randn_like(x) for x in inputs), torch.randn(1, 3, *inputs[0].shape[2:]))
+               for _ in range(2)]
+    cfg = CompressConfig(target="1.2x params", sparsify={"steps": 0}, recover={"steps": 1},
+                         measure_latency=False, progress=False)
+    n = len(inputs)
+    result = ck.compress(model, batches, lambda out, b: (out - b[-1]).abs().mean(), inputs, config=cfg,
+                         inputs_fn=lambda b: b[:n])
+    assert _params(result.model) * 1.2 <= _params(model) * 1.0001
+    with torch.no_grad():
+        assert result.model.eval()(*inputs).shape == model(*inputs).shape
