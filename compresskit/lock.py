@@ -22,6 +22,7 @@ import socket
 import sys
 import time
 import warnings
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,8 +34,9 @@ except ImportError:  # pragma: no cover - Windows
 
 LOCK_NAME = ".compresskit.lock"
 
-#: folders this process holds, by real path (a nested take in the same process is let in)
-_HELD: dict[str, FolderLock] = {}
+#: folders this process holds, by real path (a nested take in the same process is let in); weak, so a
+#: lock an exception left behind is released when it is collected
+_HELD: weakref.WeakValueDictionary[str, FolderLock] = weakref.WeakValueDictionary()
 
 
 class FolderLockedError(RuntimeError):
@@ -168,7 +170,7 @@ class FolderLock:
             return
         fd, self._fd = self._fd, None
         if _HELD.get(_key(self.folder)) is self:
-            del _HELD[_key(self.folder)]
+            _HELD.pop(_key(self.folder), None)
         try:
             self.path.unlink(missing_ok=True)  # while still locked: a waiter then retries on a new file
         finally:

@@ -136,3 +136,12 @@ def test_a_used_folder_keeps_its_target(tmp_path) -> None:
     other = _compress(tmp_path, "1.5x params", resume=False)  # asked for: starts afresh
     assert "1.5" in str(other.report.target)
     assert not (tmp_path / LOCK_NAME).exists()  # released after each run
+
+
+def test_a_lock_dropped_without_release_is_given_back(tmp_path) -> None:
+    import gc
+
+    lock = FolderLock(tmp_path).acquire()
+    del lock  # e.g. left in a frame an exception unwound
+    gc.collect()
+    FolderLock(tmp_path).acquire().release()

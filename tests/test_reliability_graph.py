@@ -183,6 +183,24 @@ def test_tracing_leaves_no_tracer_objects_in_caches() -> None:
     ck.testing.assert_shrink_exact(model, x)
 
 
+def test_cache_entries_replaced_while_tracing_come_back() -> None:
+    class Replaces(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = torch.nn.Conv2d(3, 4, 1)
+            self.cache = {"scale": torch.ones(4)}  # a tensor of several elements (no bool() of ==)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.a(x)
+            self.cache["scale"] = y.mean((0, 2, 3))  # replaced by a traced value
+            return y * self.cache["scale"].view(1, -1, 1, 1)
+
+    model = Replaces()
+    before = model.cache["scale"]
+    ck.trace(model, torch.randn(1, 3, 4, 4), method="fx")
+    assert model.cache["scale"] is before
+
+
 # -- item 7: data-dependent branches -------------------------------------------------------------------
 def test_data_dependent_branch_is_reported() -> None:
     model, x = build("item_branch")

@@ -590,7 +590,7 @@ class _KeepState:
             for k, v in values.items():
                 if space.get(k, _MISSING) is not v:
                     space[k] = v
-                if k in contents and _shallow(v) != contents[k]:
+                if k in contents and not _same_items(_shallow(v), contents[k]):
                     _refill(v, contents[k])
 
 
@@ -602,7 +602,16 @@ def _shallow(v: Any) -> Any:
         return list(v.items())
     if isinstance(v, list):
         return list(v)
-    return set(v)
+    return list(v)  # a set, as a list: no hashing or == of its items on the way back
+
+
+def _same_items(a: list, b: list) -> bool:
+    """Identity, item by item (``==`` would call a tensor's or a proxy's ``__eq__``)."""
+    if len(a) != len(b):
+        return False
+    flat = [(x, y) for x, y in zip(a, b)]
+    return all((x[0] is y[0] and x[1] is y[1]) if isinstance(x, tuple) and isinstance(y, tuple) and
+               len(x) == len(y) == 2 else x is y for x, y in flat)
 
 
 def _refill(v: Any, saved: Any) -> None:
