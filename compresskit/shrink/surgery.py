@@ -148,8 +148,8 @@ def shrink(
     _check_graph_matches(model, graph, list(keep_t))
     drops = dropped_positions(graph, keep_t)
     small = copy.deepcopy(model)
-    old_modules = dict(model.named_modules())
-    new_modules = dict(small.named_modules())
+    old_modules = dict(model.named_modules(remove_duplicate=False))  # a module held at two paths: both
+    new_modules = dict(small.named_modules(remove_duplicate=False))
     per_tensor: dict[tuple[str, str], dict[int, set[int]]] = defaultdict(dict)
     for (mod, tensor, dim), pos in drops.items():
         per_tensor[(mod, tensor)][dim] = pos
