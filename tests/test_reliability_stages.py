@@ -160,3 +160,15 @@ def test_untraceable_train_mode_code_is_refused_up_front(monkeypatch) -> None:
         ck.compress(_TrainOnly(), _batches(), lambda o, b: calls.append(1) or _loss(o, b),
                     (_batches()[0][0],), config=cfg)
     assert calls == []  # refused before any training step
+
+
+def test_train_mode_check_on_inputs_train_mode_cannot_run() -> None:
+    from compresskit.graph.modes import cover_train_mode
+
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
+    x = torch.randn(1, 4)  # batch norm in train mode needs two samples
+    g = ck.trace(model, x)
+    prunable = [gr.id for gr in g.prunable_groups]
+    notes = cover_train_mode(model, g, (x,))
+    assert len(notes) == 1 and "not checked" in notes[0]
+    assert [gr.id for gr in g.prunable_groups] == prunable  # nothing frozen on a guess

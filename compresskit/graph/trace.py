@@ -774,9 +774,13 @@ def leaf_functions() -> Sequence[Callable]:
 def data_branch_notes(graph: ChannelGraph) -> list[str]:
     """Report notes for :attr:`ChannelGraph.data_branches`: the trace followed Python decisions on tensor
     values; batches that decide otherwise run code the graph never saw (see docs/graph.md)."""
-    return [
+    found = list(getattr(graph, "data_branches", []))
+    notes = [
         f"data-dependent branch in the trace: {d}; the channel graph holds only this path, inputs that "
         "decide otherwise run code it never saw (compress compares the trace with eager execution on one "
         "more batch only)"
-        for d in getattr(graph, "data_branches", [])
+        for d in found[:5]
     ]
+    if len(found) > 5:
+        notes.append(f"... and {len(found) - 5} more data-dependent decisions (graph.data_branches)")
+    return notes
