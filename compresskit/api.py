@@ -271,48 +271,6 @@ def compress(
             lock.release()
 
 
-def _shape_of(x: Any) -> Any:
-    """``list(x.shape)`` of a tensor; dicts, tuples and lists of tensors (dict inputs) item by item."""
-    if isinstance(x, torch.Tensor):
-        return list(x.shape)
-    if isinstance(x, Mapping):
-        return {str(k): _shape_of(v) for k, v in x.items()}
-    if isinstance(x, (tuple, list)):
-        return [_shape_of(v) for v in x]
-    return type(x).__name__
-
-
-def _dtype_of(x: Any) -> Any:
-    if isinstance(x, torch.Tensor):
-        return str(x.dtype).removeprefix("torch.")
-    if isinstance(x, Mapping):
-        return {str(k): _dtype_of(v) for k, v in x.items()}
-    if isinstance(x, (tuple, list)):
-        return [_dtype_of(v) for v in x]
-    return type(x).__name__
-
-
-def _claim_out_dir(out_dir: Path, config: CompressConfig, goal: Any) -> Any:
-    """Lock ``out_dir`` (:mod:`compresskit.lock`), then refuse a target other than the one the folder's
-    earlier run had, unless ``resume=False``: its compressed.pt and report would be replaced unasked."""
-    import json
-
-    from compresskit.lock import FolderLock
-
-    lock = FolderLock(out_dir).acquire(config.wait_for_lock, "compress")
-    try:
-        before = json.loads((out_dir / "resolved.json").read_text()).get("target")
-    except (OSError, ValueError, AttributeError):
-        before = None
-    if config.resume and before is not None and before != str(goal):
-        lock.release()
-        raise ValueError(
-            f"target: {str(out_dir)!r} holds a run for target {before!r}, this run asks for {str(goal)!r}; "
-            "its results (compressed.pt, report.json) would be replaced. Use another out_dir, or "
-            "resume=False (config.resume) to start afresh in this one")
-    return lock
-
-
 def _target_summary(state: Any, after: ModelStats) -> dict[str, Any]:
     """Target vs achieved (the achieved ratio of the target's metric, measured on the final model)."""
     before = state.before
@@ -416,3 +374,45 @@ def _finish(state: Any, r: _Resolved, name: str, out_dir: Path | None) -> Compre
     if state.config.progress:
         report.print(state.console)
     return result
+
+
+def _shape_of(x: Any) -> Any:
+    """``list(x.shape)`` of a tensor; dicts, tuples and lists of tensors (dict inputs) item by item."""
+    if isinstance(x, torch.Tensor):
+        return list(x.shape)
+    if isinstance(x, Mapping):
+        return {str(k): _shape_of(v) for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        return [_shape_of(v) for v in x]
+    return type(x).__name__
+
+
+def _dtype_of(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return str(x.dtype).removeprefix("torch.")
+    if isinstance(x, Mapping):
+        return {str(k): _dtype_of(v) for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        return [_dtype_of(v) for v in x]
+    return type(x).__name__
+
+
+def _claim_out_dir(out_dir: Path, config: CompressConfig, goal: Any) -> Any:
+    """Lock ``out_dir`` (:mod:`compresskit.lock`), then refuse a target other than the one the folder's
+    earlier run had, unless ``resume=False``: its compressed.pt and report would be replaced unasked."""
+    import json
+
+    from compresskit.lock import FolderLock
+
+    lock = FolderLock(out_dir).acquire(config.wait_for_lock, "compress")
+    try:
+        before = json.loads((out_dir / "resolved.json").read_text()).get("target")
+    except (OSError, ValueError, AttributeError):
+        before = None
+    if config.resume and before is not None and before != str(goal):
+        lock.release()
+        raise ValueError(
+            f"target: {str(out_dir)!r} holds a run for target {before!r}, this run asks for {str(goal)!r}; "
+            "its results (compressed.pt, report.json) would be replaced. Use another out_dir, or "
+            "resume=False (config.resume) to start afresh in this one")
+    return lock
