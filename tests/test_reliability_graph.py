@@ -47,8 +47,9 @@ def test_tied_convs_stay_one_tensor_and_shrink_exactly() -> None:
     assert small.step1.weight is small.step2.weight  # still tied, one tensor
     assert tuple(small.step1.weight.shape) == (3, 3, 3, 3)
     assert small.step2.in_channels == small.step2.out_channels == 3
-    # parameters counted by hand: stem 3*3*9+3, shared weight 3*3*9 once, two biases 3+3, head 3*3+3
-    assert _params(small) == (81 + 3) + 81 + 3 + 3 + (9 + 3)
+    # parameters counted by hand: stem 3*3*9+3, shared weight 3*3*9 once, two biases 3+3, mix 16*3+16,
+    # head 3*16+3 (mix's own group is not in keep)
+    assert _params(small) == (81 + 3) + 81 + 3 + 3 + (48 + 16) + (48 + 3)
     assert _params(small) < _params(model)
     assert params_cost(model, g)({grp.id: 3}) == _params(small)
     ck.testing.assert_shrink_exact(model, x, graph=g)
@@ -56,7 +57,7 @@ def test_tied_convs_stay_one_tensor_and_shrink_exactly() -> None:
 
 @pytest.mark.parametrize("name", ["tied_convs", "tied_embedding_head"])
 def test_tied_weights_under_export(name: str) -> None:
-    model, inputs = build(name)
+    model, inputs = build(name) if name in zoo.ZOO else _tied_lm()
     g = ck.trace(model, inputs, method="export")  # export names a tied weight after one of its holders
     assert len(g.tied) == 1 and g.prunable_groups
     check = ck.testing.assert_shrink_exact(model, inputs, graph=g)
@@ -65,8 +66,14 @@ def test_tied_weights_under_export(name: str) -> None:
     assert small.get_parameter(first) is small.get_parameter(second)
 
 
+def _tied_lm() -> tuple[torch.nn.Module, tuple]:
+    """Not in the zoo: its inputs are token ids, which the zoo's float-input harnesses cannot draw."""
+    torch.manual_seed(0)
+    return zoo.TiedEmbeddingLM().eval(), (torch.randint(0, 40, (2, 7)),)
+
+
 def test_tied_embedding_and_head_keep_one_width() -> None:
-    model, tokens = build("tied_embedding_head")
+    model, tokens = _tied_lm()
     g = ck.trace(model, tokens)
     assert g.tied == [["emb.weight", "head.weight"]]
     grp = _group_of(g, "emb.weight", 1)
@@ -91,9 +98,9 @@ def test_unreachable_message_agrees_with_itself() -> None:
         assert float(found) < 1.2, msg
     assert "budget" in msg
     with pytest.raises(ValueError, match="unreachable") as info:  # without a budget: the true bound
-        plan_for_target(g, cost, ones, "50x params")
+        plan_for_target(g, cost, ones, "500x params")
     reach = float(re.search(r"([0-9.]+)x at most", str(info.value)).group(1))
-    assert reach < 50
+    assert reach < 500
 
 
 def test_compress_without_verification_keeps_ties(tmp_path) -> None:

@@ -516,16 +516,17 @@ class SharedEncoderVFI(nn.Module):
 class TiedConvs(nn.Module):
     """Two convolutions sharing one weight tensor (a recurrent refinement applied twice)."""
 
-    def __init__(self, c: int = 8) -> None:
+    def __init__(self, c: int = 16) -> None:
         super().__init__()
         self.stem = nn.Conv2d(3, c, 3, padding=1)
         self.step1, self.step2 = nn.Conv2d(c, c, 3, padding=1), nn.Conv2d(c, c, 3, padding=1)
         self.step2.weight = self.step1.weight  # tied; biases stay separate
-        self.head = nn.Conv2d(c, 3, 1)
+        self.mix, self.head = nn.Conv2d(c, c, 1), nn.Conv2d(c, 3, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.relu(self.stem(x))
-        return self.head(torch.relu(self.step2(torch.relu(self.step1(y)))))
+        y = torch.relu(self.step2(torch.relu(self.step1(y))))
+        return self.head(torch.relu(self.mix(y)))
 
 
 class TiedEmbeddingLM(nn.Module):
@@ -559,10 +560,10 @@ class InPlaceWriteNet(nn.Module):
     """In-place writes into features: a border zeroed, a spatial band overwritten by another branch, and
     two channels overwritten (that one cannot shrink)."""
 
-    def __init__(self, c: int = 8) -> None:
+    def __init__(self, c: int = 16) -> None:
         super().__init__()
         self.a, self.b, self.d = conv_bn(3, c), conv_bn(3, c), conv_bn(c, c)
-        self.head = nn.Conv2d(c, 3, 1)
+        self.e, self.head = conv_bn(c, c, 1), nn.Conv2d(c, 3, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.a(x).clone()  # (autograd needs the ReLU output itself unchanged)
@@ -571,7 +572,7 @@ class InPlaceWriteNet(nn.Module):
         y[:, :, 1:3] = self.b(x)[:, :, 1:3]
         z = self.d(y).clone()
         z[:, 0:2] = 1.0
-        return self.head(z)
+        return self.head(self.e(z))
 
 
 class SizeTensorNet(nn.Module):
@@ -625,7 +626,8 @@ class ShapeCacheNet(nn.Module):
 
     def __init__(self, c: int = 8) -> None:
         super().__init__()
-        self.feat, self.flow = conv_bn(3, c), nn.Conv2d(c, 2, 3, padding=1)
+        self.feat, self.mid = conv_bn(3, c), conv_bn(c, c, 1)
+        self.flow = nn.Conv2d(c, 2, 3, padding=1)
         self.grids: dict = {}
 
     def _grid(self, x: torch.Tensor) -> torch.Tensor:
@@ -640,7 +642,7 @@ class ShapeCacheNet(nn.Module):
         key = str(x.shape)
         if key not in _GRID_CACHE:
             _GRID_CACHE[key] = torch.zeros_like(x[:, :1])
-        off = self.flow(self.feat(x)).permute(0, 2, 3, 1) * 0.1
+        off = self.flow(self.mid(self.feat(x))).permute(0, 2, 3, 1) * 0.1
         return F.grid_sample(x, self._grid(x) + off, align_corners=True) + _GRID_CACHE[key]
 
 
@@ -669,7 +671,6 @@ ZOO: dict[str, tuple[Callable[[], nn.Module], Callable[[], tuple]]] = {
     # issue 24, item 12: patterns of published VFI networks
     "shared_encoder_vfi": (SharedEncoderVFI, lambda: (torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16))),
     "tied_convs": (TiedConvs, _img(12, 12)),
-    "tied_embedding_head": (TiedEmbeddingLM, lambda: (torch.randint(0, 40, (2, 7)),)),
     "variable_wrap": (VariableWrapNet, _img(12, 12)),
     "inplace_write": (InPlaceWriteNet, _img(12, 12)),
     "size_tensor": (SizeTensorNet, _img(12, 16)),
