@@ -710,7 +710,8 @@ def _clone(v: Any) -> Any:
 
 
 def _trace_export(model: nn.Module, inputs: tuple) -> tuple[fx.Graph, dict[fx.Node, Any], dict[str, str]]:
-    ep = torch.export.export(model, tuple(_clone(x) for x in inputs), strict=False)
+    with _KeepState(model):  # export runs forward on fake tensors: none may stay in the model's caches
+        ep = torch.export.export(model, tuple(_clone(x) for x in inputs), strict=False)
     sig = ep.graph_signature
     params = {**sig.inputs_to_parameters, **sig.inputs_to_buffers}
     graph = ep.graph_module.graph
