@@ -11,10 +11,7 @@ settings skips finished stages, and a changed setting redoes its stage and every
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
-import shutil
-import time
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -24,8 +21,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from compresskit import pipeline
 from compresskit.config import CompressConfig
-from compresskit.io import atomic_torch_save, atomic_write_json
+from compresskit.io import atomic_write_json
+from compresskit.pipeline import Stage, StageStore, checksum
 from compresskit.report import (
     ModelStats,
     count_macs,
@@ -41,16 +40,7 @@ __all__ = ["State", "Stage", "STAGES", "TraceStage", "SparsifyStage", "PlanStage
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
-def _checksum(module: nn.Module | None) -> str | None:
-    """Fingerprint of a module's weights (shapes and bytes): checkpoints of another model are not reused."""
-    if module is None:
-        return None
-    h = hashlib.sha1()
-    for name, t in module.state_dict().items():
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+_checksum = checksum
 
 
 def _input_signature(inputs: Any) -> list[Any]:
@@ -61,41 +51,7 @@ def _input_signature(inputs: Any) -> list[Any]:
             for x in items]
 
 
-class _Stages:
-    """Stage markers in ``out_dir``; a marker counts only when its fingerprint matches this run."""
-
-    def __init__(self, out_dir: Path | None, resume: bool):
-        self.out_dir = out_dir
-        self.resume = resume
-
-    def path(self, name: str) -> Path | None:
-        return None if self.out_dir is None else self.out_dir / name
-
-    def load(self, name: str, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
-        path = self.path(name)
-        if path is None or not self.resume or not path.is_file():
-            return None
-        data = torch.load(path, map_location="cpu", weights_only=True)
-        return data if data.get("fingerprint") == fingerprint else None
-
-    def save(self, name: str, fingerprint: dict[str, Any], **data: Any) -> None:
-        path = self.path(name)
-        if path is not None:
-            atomic_torch_save({"fingerprint": fingerprint, **data}, path)
-
-    def train_dir(self, name: str, fingerprint: dict[str, Any]) -> Path | None:
-        """Checkpoint folder of a training stage; emptied when it belongs to other settings (or no resume)."""
-        if self.out_dir is None:
-            return None
-        folder = self.out_dir / name
-        stamp = folder / "fingerprint.json"
-        if folder.exists():
-            old = json.loads(stamp.read_text()) if stamp.is_file() else None
-            if not self.resume or old != fingerprint:
-                shutil.rmtree(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(fingerprint, stamp)
-        return folder
+_Stages = StageStore  # the fingerprinted store now lives in compresskit.pipeline
 
 
 # ----------------------------------------------------------------------------------------------- state
@@ -147,23 +103,6 @@ class State:
     def round_to(self) -> int:
         r = self.config.plan.round_to
         return (8 if self.device.startswith("cuda") else 1) if r == "auto" else int(r)
-
-
-class Stage:
-    """One step of ``compress``: ``fingerprint(state)``, ``run(state) -> payload | None``,
-    ``restore(state, payload)``; ``artifact`` is the checkpoint file (None: always run)."""
-
-    name = ""
-    artifact: str | None = None
-
-    def fingerprint(self, state: State) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def run(self, state: State) -> dict[str, Any] | None:
-        raise NotImplementedError
-
-    def restore(self, state: State, payload: dict[str, Any]) -> None:
-        raise NotImplementedError
 
 
 # ----------------------------------------------------------------------------------------------- trace
@@ -545,21 +484,10 @@ STOPS = {"sparsify": "sparsified", "plan": "planned", "shrink": "shrunk"}
 
 def run_stages(state: State, stop_after: str | None = None) -> State:
     """Run (or restore) every stage in order, until ``stop_after``; times each into ``state.timings``."""
-    for stage in STAGES:
-        t0 = time.perf_counter()
-        fp = state.fingerprints[stage.name] = stage.fingerprint(state)
-        done = state.store.load(stage.artifact, fp) if stage.artifact else None
-        if done is not None:
-            stage.restore(state, done)
-        else:
-            payload = stage.run(state)
-            if payload is not None and stage.artifact:
-                state.store.save(stage.artifact, fp, **payload)
-        state.timings[stage.name] = time.perf_counter() - t0
-        state.reached = {"trace": "traced", "sparsify": "sparsified", "plan": "planned", "shrink": "shrunk",
-                         "recover": "compressed"}[stage.name]
-        if stage.name == stop_after:
-            break
+    reached = {"trace": "traced", "sparsify": "sparsified", "plan": "planned", "shrink": "shrunk",
+               "recover": "compressed"}
+    pipeline.run_stages(STAGES, state, state.store, fingerprints=state.fingerprints, timings=state.timings,
+                        stop_after=stop_after,
+                        on_stage=lambda stage, _: setattr(state, "reached", reached[stage.name]))
     state.final = state.small if state.small is not None else state.work
     return state
-
