@@ -783,18 +783,42 @@ def _c9e(tmp: Path) -> tuple[str, str]:
 
 
 # ------------------------------------------------------------------------------ 10: recipe stages
-@case(10, "recipe stage marker without a fingerprint (changed lr reuses the stage)")
+@case(10, "recipe stage rerun with another learning rate")
 def _c10a(tmp: Path) -> tuple[str, str]:
     import inspect
+    from types import SimpleNamespace
 
     try:
         from compresskit_vfi import recipe
     except ImportError:
         return "ok", "compresskit-vfi not installed"
-    read = getattr(recipe, "read_done", None)
-    if read is not None and "fingerprint" not in inspect.signature(read).parameters:
-        return "silent wrong", "done.pt holds no fingerprint: a rerun with another lr reuses the stage"
-    return "ok", "stages are fingerprinted"
+    base = getattr(recipe, "RecipeStage", None)
+    if base is None:  # the old markers: done.pt with no fingerprint
+        read = getattr(recipe, "read_done", None)
+        if read is not None and "fingerprint" not in inspect.signature(read).parameters:
+            return "silent wrong", "done.pt holds no fingerprint: a rerun with another lr reuses the stage"
+        return "ok", "no stage markers"
+    from compresskit.pipeline import StageStore, run_stages
+
+    runs = []
+
+    class Train(base):  # a recipe stage that reads the learning rate, as the CDFI/Mini ones declare
+        name, fields = "train", ("lr",)
+
+        def run(self, state):  # noqa: ANN001, ANN202
+            runs.append(state.cfg.lr)
+            return {"lr": state.cfg.lr}
+
+        def restore(self, state, payload):  # noqa: ANN001, ANN202
+            pass
+
+    for lr in (1e-3, 1e-3, 2e-3):
+        cfg = SimpleNamespace(lr=lr, smoke=False, model_dump=lambda mode="json", lr=lr: {"lr": lr})
+        state = SimpleNamespace(cfg=cfg, fingerprints={})
+        run_stages([Train()], state, StageStore(tmp))
+    if runs == [1e-3, 2e-3]:
+        return "ok", "same settings restored, a changed lr redoes the stage"
+    return "silent wrong", f"stage runs for lr 1e-3, 1e-3, 2e-3: {runs}"
 
 
 # ---------------------------------------------------------------------------------- 11: job files
