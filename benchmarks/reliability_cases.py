@@ -13,7 +13,7 @@ its outcome is sorted into one of
 
 Usage::
 
-    python benchmarks/reliability_cases.py               # every case, a markdown table (a few minutes)
+    python benchmarks/reliability_cases.py               # every case, a markdown table (about 3 minutes)
     python benchmarks/reliability_cases.py --items 2,12  # some items only
     python benchmarks/reliability_cases.py --json out.json --verbose
 
@@ -727,7 +727,7 @@ def _c9a(tmp: Path) -> tuple[str, str]:
     try:
         _compress(model, _batches())
     except Exception as e:  # noqa: BLE001
-        return _error(e, "model:")  # names the argument, not a raw torch message
+        return _error(e, "model")  # names the argument (the raw torch message names a tensor)
     return "silent wrong", "compressed a model without weights"
 
 
@@ -738,7 +738,7 @@ def _c9b(tmp: Path) -> tuple[str, str]:
     try:
         _compress(_net()(), batches)
     except Exception as e:  # noqa: BLE001
-        return _error(e, "example_inputs", "train_loader")
+        return _error(e, "example_inputs", "train_loader", "integer")
     return "ok", "converted"
 
 
@@ -767,7 +767,7 @@ def _c9d(tmp: Path) -> tuple[str, str]:
     try:
         _compress(model, _batches())
     except Exception as e:  # noqa: BLE001
-        return _error(e, "model:")
+        return _error(e, "model:", "model ")  # (torch's own message says "module")
     return "ok", "compressed"
 
 
