@@ -126,6 +126,26 @@ def test_shared_layer_on_untracked_input_is_frozen_not_broken() -> None:
     assert small(*inputs).shape == inputs[0].shape
 
 
+def test_weight_read_by_an_op_without_a_rule_is_frozen() -> None:
+    class TiedDecoder(torch.nn.Module):  # a decoder tied to its encoder, transposed (autoencoders)
+        def __init__(self) -> None:
+            super().__init__()
+            self.inp, self.enc, self.out = (torch.nn.Linear(6, 12), torch.nn.Linear(12, 8),
+                                            torch.nn.Linear(12, 6))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            z = torch.relu(self.enc(torch.relu(self.inp(x))))
+            return self.out(torch.relu(torch.nn.functional.linear(z, self.enc.weight.t())))
+
+    model, x = TiedDecoder().eval(), torch.randn(4, 6)
+    g = ck.trace(model, x)
+    grp = _group_of(g, "enc.weight", 1)  # inp's outputs: also the decoder's outputs, through enc.weight.t()
+    assert not grp.prunable and any("no channel rule" in r for r in grp.reasons)
+    keep = {gr.id: torch.arange(gr.size // 2) for gr in g.prunable_groups}
+    if keep:
+        ck.shrink(model, g, keep=keep)(x)
+
+
 def test_variable_wrapper_traces_without_crashing() -> None:
     model, x = build("variable_wrap")
     g = ck.trace(model, x, method="fx")
