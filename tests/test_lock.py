@@ -107,7 +107,8 @@ def _compress(out: Path, target: str, **kw) -> ck.CompressResult:
     cfg = CompressConfig(target=target, sparsify={"steps": 0}, recover={"steps": 0}, measure_latency=False,
                          progress=False, out_dir=out, **kw)
     torch.manual_seed(0)
-    return ck.compress(_Net(), _batches(), nn.functional.l1_loss, (_batches()[0][0],), config=cfg)
+    return ck.compress(_Net(), _batches(), lambda y, b: nn.functional.l1_loss(y, b[1]), (_batches()[0][0],),
+                       config=cfg)
 
 
 def test_compress_and_train_refuse_a_held_folder(tmp_path) -> None:

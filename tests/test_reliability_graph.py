@@ -108,7 +108,8 @@ def test_compress_without_verification_keeps_ties(tmp_path) -> None:
     batches = [(torch.randn(2, 3, 12, 12), torch.randn(2, 3, 12, 12)) for _ in range(2)]
     cfg = CompressConfig(target="1.5x params", sparsify={"steps": 0}, recover={"steps": 0},
                          plan={"verify": False}, measure_latency=False)
-    result = ck.compress(model, batches, torch.nn.functional.l1_loss, (batches[0][0],), config=cfg)
+    result = ck.compress(model, batches, lambda out, b: torch.nn.functional.l1_loss(out, b[-1]),
+                         (batches[0][0],), config=cfg)
     assert result.model.step1.weight is result.model.step2.weight
     assert _params(result.model) * 1.5 <= _params(model)
 
@@ -248,7 +249,8 @@ def test_data_dependent_branch_note_in_the_report() -> None:
     batches = [(torch.randn(2, 3, 12, 12) * 5, torch.randn(2, 3, 12, 12)) for _ in range(2)]
     cfg = CompressConfig(target="1.5x params", sparsify={"steps": 0}, recover={"steps": 0},
                          measure_latency=False)
-    result = ck.compress(model, batches, torch.nn.functional.l1_loss, (batches[0][0],), config=cfg)
+    result = ck.compress(model, batches, lambda out, b: torch.nn.functional.l1_loss(out, b[-1]),
+                         (batches[0][0],), config=cfg)
     notes = [n for n in result.report.notes if "data-dependent" in n]
     assert notes and ".item()" in notes[0]
 
