@@ -19,7 +19,7 @@ fixes λ instead (the papers' expert knob).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -55,6 +55,11 @@ class SparsifyContext:
     resume: bool = True
     #: ``TrainConfig.batch_shapes``: "same", "spatial" or "off"
     batch_shapes: str = "same"
+    #: extra callbacks of the training run (the budget's deadline, best-weight keeping)
+    callbacks: list[Callback] = field(default_factory=list)
+    #: batches validated every ``val_every`` steps (None: no validation)
+    val_loader: Iterable | None = None
+    val_every: int | None = None
 
 
 @runtime_checkable
@@ -182,6 +187,9 @@ class _ConfigSparsifier:
     def run(self, model: nn.Module, ctx: SparsifyContext) -> dict[str, Any]:
         if self.config.steps == 0:
             return {"steps": 0}
+        if self.config.lr == "auto":
+            raise ValueError("sparsify.lr='auto' is chosen by compress() (compresskit.autorecipe); a "
+                             "sparsifier run on its own needs a number, e.g. SparsifyConfig(lr=3e-4)")
         return self._run(model, ctx)
 
     def _run(self, model: nn.Module, ctx: SparsifyContext) -> dict[str, Any]:  # pragma: no cover
@@ -221,10 +229,11 @@ class OBProxSGSparsifier(_ConfigSparsifier):
                        n_prox_steps=cfg.n_prox_steps, n_orthant_steps=cfg.n_orthant_steps)
         tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, seed=ctx.seed, device=ctx.device,
                            checkpoint_every=ctx.checkpoint_every, progress=ctx.progress,
-                           batch_shapes=ctx.batch_shapes)
+                           batch_shapes=ctx.batch_shapes, val_every=ctx.val_every)
         torch.manual_seed(ctx.seed)
         train(model, ctx.train_loader, ctx.loss_fn, optimizer=opt, config=tcfg, inputs_fn=ctx.inputs_fn,
-              out_dir=ctx.out_dir, resume=ctx.resume, callbacks=callbacks, stage="sparsify")
+              out_dir=ctx.out_dir, resume=ctx.resume, callbacks=[*callbacks, *ctx.callbacks],
+              stage="sparsify", val_loader=ctx.val_loader if ctx.val_every is not None else None)
         if auto:
             record.update(final_lambda=calib.lam, **calib.measure(), history=calib.history)
         else:
@@ -330,10 +339,11 @@ class ProgressiveSparsifier(_ConfigSparsifier):
                                      every=cfg.calibrate_every or max(1, cfg.steps // 10), ramp=cfg.ramp)
         tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, scheduler="none", seed=ctx.seed, device=ctx.device,
                            checkpoint_every=ctx.checkpoint_every, progress=ctx.progress,
-                           batch_shapes=ctx.batch_shapes)
+                           batch_shapes=ctx.batch_shapes, val_every=ctx.val_every)
         torch.manual_seed(ctx.seed)
         train(model, ctx.train_loader, ctx.loss_fn, config=tcfg, inputs_fn=ctx.inputs_fn, out_dir=ctx.out_dir,
-              resume=ctx.resume, callbacks=[zeroing], stage="sparsify")
+              resume=ctx.resume, callbacks=[zeroing, *ctx.callbacks], stage="sparsify",
+              val_loader=ctx.val_loader if ctx.val_every is not None else None)
         return {"method": "progressive", "steps": cfg.steps, "lr": cfg.lr, **zeroing.measure(),
                 "history": zeroing.history}
 

@@ -1,0 +1,296 @@
+"""What each training stage of :func:`compresskit.compress` gets: steps, learning rate and validation.
+
+With a budget (``budget=`` or the default, :data:`compresskit.budget.DEFAULT_BUDGET`):
+
+* **steps** – a step or epoch budget is split ``STAGE1_SHARE : 1 − STAGE1_SHARE`` between stage I and
+  recovery (steps stage I leaves unused, when it stops early, go to recovery). A time budget: stage I
+  gets ``STAGE1_SHARE`` of the steps that fit in the time left (less what the final report, the
+  recovery probe and the validations need), from its measured step time and an estimate of a recovery
+  step (the teacher's forward plus the full step divided by the target ratio); recovery then gets every
+  second left when it starts, divided by its own measured step time. Each stage also ends at its
+  deadline (:class:`~compresskit.budget.Deadline`).
+* **learning rate** – ``lr="auto"`` (the default) runs :func:`~compresskit.train.lr_probe.probe_lr`
+  on the stage's own objective and picks the candidate with the lowest held-out loss.
+* **validation** – on the held-out batches (:func:`~compresskit.train.validation.hold_out`) or the
+  user's ``val_loader``, ``VALIDATIONS`` times per stage; :class:`~compresskit.train.validation.BestWeights`
+  returns the best weights (stage I: the best after its zeroing ramp, when the removed units are zero)
+  and stops a stage after ``PATIENCE`` validations without improvement.
+
+Without a budget (steps given in the config) only ``lr="auto"`` is resolved; the rest is as configured.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from compresskit._modes import eval_mode
+from compresskit.budget import STAGE1_SHARE, VALIDATIONS, Deadline, split_steps
+from compresskit.train.batch import to_device
+from compresskit.train.lr_probe import CANDIDATES, PROBE_STEPS, SGD_CANDIDATES, probe_lr
+from compresskit.train.validation import BestWeights
+
+__all__ = ["StagePlan", "plan_sparsify", "plan_recover", "PATIENCE"]
+
+#: validations without improvement before a stage stops early
+PATIENCE = 5
+#: batches the learning-rate probe trains on
+PROBE_BATCHES = 4
+
+
+@dataclass
+class StagePlan:
+    """Resolved settings of one training stage."""
+
+    steps: int
+    lr: float
+    callbacks: list[Any] = field(default_factory=list)
+    val_loader: Any = None
+    val_every: int | None = None
+    best: BestWeights | None = None
+    deadline: Deadline | None = None
+    record: dict[str, Any] = field(default_factory=dict)
+
+    def steps_done(self) -> int:
+        stops = [c.stopped_at for c in (self.best, self.deadline)
+                 if c is not None and c.stopped_at is not None]
+        return min(stops) if stops else self.steps
+
+
+def _first(loader: Any, n: int) -> list[Any]:
+    return list(itertools.islice(iter(loader), n))
+
+
+def val_batches(state: Any) -> tuple[list[Any], str]:
+    """The batches validation and the probes score on, and what they are."""
+    if state.holdout is not None:
+        return state.holdout.val_batches, "held-out"
+    if state.val_loader is not None:
+        return _first(state.val_loader, 8), "val_loader"
+    return _first(state.train_loader, 2), "training"  # no held-out data: the probe scores training batches
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters(), torch.zeros(())).device
+
+
+def _mean(model: nn.Module, batches: list[Any], fn: Callable[[nn.Module, Any], torch.Tensor]) -> float:
+    with eval_mode(model), torch.no_grad():
+        values = [float(fn(model, b)) for b in batches]
+    return sum(values) / len(values)
+
+
+def _task(state: Any) -> Callable[[nn.Module, Any], torch.Tensor]:
+    def loss(model: nn.Module, batch: Any) -> torch.Tensor:
+        batch = to_device(batch, _device(model))
+        return state.loss_fn(model(*state.inputs_fn(batch)), batch)
+
+    return loss
+
+
+def _ratio(state: Any) -> float:
+    ratio = getattr(state.target, "ratio", None)
+    return float(ratio) if isinstance(ratio, (int, float)) and ratio > 1 else 2.0
+
+
+def _teacher(state: Any) -> nn.Module | None:
+    if state.teacher is not None:
+        return state.teacher
+    return state.model if state.config.recover.teacher == "original" else None
+
+
+def _teacher_seconds(state: Any, teacher: nn.Module | None, batch: Any) -> float:
+    """Seconds of one teacher forward on ``batch`` (0 without a teacher)."""
+    if teacher is None:
+        return 0.0
+    clock = state.budget.clock
+    batch = to_device(batch, _device(teacher))
+    with eval_mode(teacher), torch.no_grad():
+        t = clock()
+        teacher(*state.inputs_fn(batch))
+        return clock() - t
+
+
+def _total_steps(state: Any) -> int:
+    b = state.budget.budget
+    if b.unit == "steps":
+        return int(b.amount)
+    try:
+        per_epoch = len(state.train_loader)
+    except TypeError:
+        raise ValueError(f"budget: {b} needs a train_loader with len(); give a number of steps or a "
+                         "time instead") from None
+    return int(b.amount) * per_epoch
+
+
+def plan_sparsify(state: Any) -> StagePlan | None:
+    """Stage I's steps, learning rate and validation (None: nothing to resolve, run the config as is)."""
+    cfg, tracker = state.config.sparsify, state.budget
+    if tracker is None and (cfg.steps == 0 or cfg.lr != "auto"):
+        return None
+    probe_batches = _first(state.train_loader, PROBE_BATCHES)
+    val, val_what = val_batches(state)
+    task = _task(state)
+    record: dict[str, Any] = {}
+    clock = tracker.clock if tracker is not None else None
+    kw = {"clock": clock} if clock is not None else {}
+    lr = cfg.lr
+    probe = None
+    if lr == "auto":
+        if cfg.method == "obproxsg":  # an SGD-type step: its own grid, probed with plain SGD
+            kw.update(candidates=SGD_CANDIDATES, optimizer=lambda ps, lr: torch.optim.SGD(ps, lr=lr))
+        probe = probe_lr(state.work, probe_batches, task, lambda m: _mean(m, val, task),
+                         seed=state.config.seed, **kw)
+        lr = probe.lr
+        record["lr_probe"] = {**probe.to_dict(), "scored_on": val_what}
+    elif tracker is not None and tracker.budget.is_time:  # only the step time is needed
+        probe = probe_lr(state.work, probe_batches, task, lambda m: _mean(m, val, task), candidates=(lr,),
+                         steps=3, seed=state.config.seed, clock=tracker.clock)
+    record["lr"] = lr
+    if tracker is None:
+        return StagePlan(steps=cfg.steps, lr=lr, record=record)
+    teacher = _teacher(state)
+    deadline = None
+    if tracker.budget.is_time:
+        t1, t_val1 = probe.step_seconds, probe.eval_seconds
+        ratio = _ratio(state)
+        t_teach = _teacher_seconds(state, teacher, probe_batches[0])
+        t2 = t_teach + t1 / ratio
+        t_val2 = t_val1 / ratio + t_teach * len(val)
+        reserve = tracker.stage_seconds().get("trace", 0.0)  # plan, shrink and the final report
+        probe2 = ((len(CANDIDATES) * PROBE_STEPS * (t1 / ratio) + (len(CANDIDATES) + 1) * t_val1 / ratio
+                   + PROBE_BATCHES * t_teach) if state.config.recover.lr == "auto" else 0.0)
+        avail = tracker.left() - reserve - probe2 - VALIDATIONS * (t_val1 + t_val2)
+        total = avail / (STAGE1_SHARE * t1 + (1 - STAGE1_SHARE) * t2)
+        steps = max(1, int(STAGE1_SHARE * total))
+        if total < 2:
+            state.notes.append(f"budget {tracker.budget} is too small: measured {t1:.3g} s per stage-I "
+                               f"step and {t2:.3g} s per recovery step (estimated) leave "
+                               f"{max(avail, 0):.0f} s for training; running one step per stage (give a "
+                               "larger budget)")
+        planned = steps * t1 + VALIDATIONS * t_val1
+        deadline = Deadline(tracker, tracker.now() + 1.15 * planned)  # recovery absorbs the rest
+        record.update(step_seconds=t1, recover_step_seconds_estimate=t2, teacher_forward_seconds=t_teach,
+                      validation_seconds=t_val1, reserved_for_report_s=reserve, planned_seconds=planned)
+    else:
+        steps, planned2 = split_steps(_total_steps(state))
+        tracker.record["planned_steps"] = [steps, planned2]
+    plan = StagePlan(steps=steps, lr=lr, record=record, deadline=deadline)
+    if deadline is not None:
+        plan.callbacks.append(deadline)
+    if val_what != "training":
+        plan.val_loader, plan.val_every = val, max(1, steps // VALIDATIONS)
+        if cfg.method == "progressive":  # its weights are worth keeping once the removed units are zero
+            ramp_end = max(1, round(cfg.ramp * steps))
+            plan.best = BestWeights("val_loss", patience=PATIENCE, after_step=ramp_end)
+            plan.callbacks.append(plan.best)
+        record["validation"] = f"{len(val)} {val_what} batches every {plan.val_every} steps"
+    record["steps"] = steps
+    return plan
+
+
+def finish_sparsify(state: Any, plan: StagePlan) -> None:
+    if state.budget is None:
+        return
+    rec = dict(plan.record)
+    rec["steps_done"] = plan.steps_done()
+    if plan.best is not None:
+        rec["best"] = plan.best.summary(rec["steps_done"])
+    state.budget.record["sparsify"] = rec
+
+
+def plan_recover(state: Any, teacher: nn.Module | None) -> StagePlan | None:
+    """Recovery's steps, learning rate and validation (None: run the config as is)."""
+    rc, tracker = state.config.recover, state.budget
+    if tracker is None and (rc.steps == 0 or rc.lr != "auto"):
+        return None
+    small = state.small
+    probe_batches = _first(state.train_loader, PROBE_BATCHES)
+    val, val_what = val_batches(state)
+    task = _task(state)
+    record: dict[str, Any] = {}
+    kw = {"clock": tracker.clock} if tracker is not None else {}
+    t_teach = 0.0
+    pairs: list[tuple[Any, Any]] = []
+    dev = _device(small)
+    clock = tracker.clock if tracker is not None else None
+    for b in probe_batches:
+        b = to_device(b, dev)
+        if teacher is None:
+            pairs.append((b, None))
+            continue
+        with eval_mode(teacher), torch.no_grad():
+            t = clock() if clock else 0.0
+            out = teacher(*state.inputs_fn(b))
+            t_teach = max(t_teach, clock() - t) if clock else 0.0
+        pairs.append((b, out))
+    from compresskit.distill.registry import get_loss
+
+    distill_fn = get_loss(rc.distill_loss)
+
+    def objective(model: nn.Module, pair: tuple[Any, Any]) -> torch.Tensor:
+        batch, t_out = pair
+        out = model(*state.inputs_fn(batch))
+        if t_out is None:
+            return state.loss_fn(out, batch)
+        return rc.alpha * state.loss_fn(out, batch) + distill_fn(out, t_out)
+
+    lr = rc.lr
+    probe = None
+    if lr == "auto":
+        probe = probe_lr(small, pairs, objective, lambda m: _mean(m, val, task), seed=state.config.seed, **kw)
+        lr = probe.lr
+        record["lr_probe"] = {**probe.to_dict(), "scored_on": val_what,
+                              "objective": f"{rc.alpha}·loss(S, batch) + {rc.distill_loss}(S, T)"
+                              if teacher is not None else "loss(S, batch)"}
+    elif tracker is not None and tracker.budget.is_time:
+        probe = probe_lr(small, pairs, objective, lambda m: _mean(m, val, task), candidates=(lr,), steps=3,
+                         seed=state.config.seed, **kw)
+    record["lr"] = lr
+    if tracker is None:
+        return StagePlan(steps=rc.steps, lr=lr, record=record)
+    deadline = None
+    if tracker.budget.is_time:
+        # the probe's step with the teacher's forward added; a real step also runs the feature terms:
+        # when that makes it slower, the deadline ends the run in the cosine's tail (lr near 0), harmlessly
+        t2 = probe.step_seconds + t_teach
+        t_val2 = probe.eval_seconds + t_teach * len(val)
+        reserve = tracker.stage_seconds().get("trace", 0.0)
+        end = tracker.deadline - reserve
+        avail = end - tracker.now() - VALIDATIONS * t_val2
+        steps = max(1, int(avail / t2))
+        deadline = Deadline(tracker, end)
+        record.update(step_seconds=t2, teacher_forward_seconds=t_teach, validation_seconds=t_val2,
+                      reserved_for_report_s=reserve)
+    else:
+        planned = tracker.record.get("planned_steps") or list(split_steps(_total_steps(state)))
+        first = tracker.record.get("sparsify", {})
+        unused = max(0, planned[0] - first.get("steps_done", planned[0]))
+        steps = planned[1] + unused
+        if unused:
+            record["from_stage_I"] = unused  # stage I stopped early: its steps go to recovery
+    plan = StagePlan(steps=steps, lr=lr, record=record, deadline=deadline)
+    if deadline is not None:
+        plan.callbacks.append(deadline)
+    if val_what != "training":
+        plan.val_loader, plan.val_every = val, max(1, steps // VALIDATIONS)
+        plan.best = BestWeights("task_loss", patience=PATIENCE)
+        plan.callbacks.append(plan.best)
+        record["validation"] = f"{len(val)} {val_what} batches every {plan.val_every} steps"
+    record["steps"] = steps
+    return plan
+
+
+def finish_recover(state: Any, plan: StagePlan) -> None:
+    if state.budget is None:
+        return
+    rec = dict(plan.record)
+    rec["steps_done"] = plan.steps_done()
+    if plan.best is not None:
+        rec["best"] = plan.best.summary(rec["steps_done"])
+    state.budget.record["recover"] = rec
