@@ -9,8 +9,9 @@ With a budget (``budget=`` or the default, :data:`compresskit.budget.DEFAULT_BUD
   step (the teacher's forward plus the full step divided by the target ratio); recovery then gets every
   second left when it starts, divided by its own measured step time. Each stage also ends at its
   deadline (:class:`~compresskit.budget.Deadline`).
-* **learning rate** – ``lr="auto"`` (the default) runs :func:`~compresskit.train.lr_probe.probe_lr`
-  on the stage's own objective and picks the candidate with the lowest held-out loss.
+* **learning rate** – ``lr="auto"`` (the default) runs :func:`~compresskit.train.lr_probe.calibrate_lr`
+  on the stage's own objective: the rate at which the first steps move the weights by the stage's
+  update-to-weight ratio (:data:`~compresskit.train.lr_probe.STAGE1_RATIO`, ``RECOVER_RATIO``).
 * **validation** – on the held-out batches (:func:`~compresskit.train.validation.hold_out`) or the
   user's ``val_loader``, ``VALIDATIONS`` times per stage; :class:`~compresskit.train.validation.BestWeights`
   returns the best weights (stage I: the best after its zeroing ramp, when the removed units are zero)
@@ -32,7 +33,7 @@ from torch import nn
 from compresskit._modes import eval_mode
 from compresskit.budget import STAGE1_SHARE, VALIDATIONS, Deadline, split_steps
 from compresskit.train.batch import to_device
-from compresskit.train.lr_probe import CANDIDATES, PROBE_STEPS, SGD_CANDIDATES, probe_lr
+from compresskit.train.lr_probe import PROBE_STEPS, RECOVER_RATIO, STAGE1_RATIO, calibrate_lr
 from compresskit.train.validation import BestWeights
 
 __all__ = ["StagePlan", "plan_sparsify", "plan_recover", "PATIENCE"]
@@ -140,17 +141,15 @@ def plan_sparsify(state: Any) -> StagePlan | None:
     clock = tracker.clock if tracker is not None else None
     kw = {"clock": clock} if clock is not None else {}
     lr = cfg.lr
-    probe = None
-    if lr == "auto":
-        if cfg.method == "obproxsg":  # an SGD-type step: its own grid, probed with plain SGD
-            kw.update(candidates=SGD_CANDIDATES, optimizer=lambda ps, lr: torch.optim.SGD(ps, lr=lr))
-        probe = probe_lr(state.work, probe_batches, task, lambda m: _mean(m, val, task),
+    sgd = cfg.method == "obproxsg"  # an SGD-type step (no per-weight normalisation): probed with SGD
+    if sgd:
+        kw["optimizer"] = lambda ps, lr: torch.optim.SGD(ps, lr=lr)
+    probe = calibrate_lr(state.work, probe_batches, task, target_ratio=STAGE1_RATIO,
+                         trial_lr=1e-2 if sgd else 1e-3, val_fn=lambda m: _mean(m, val, task),
                          seed=state.config.seed, **kw)
+    if lr == "auto":
         lr = probe.lr
         record["lr_probe"] = {**probe.to_dict(), "scored_on": val_what}
-    elif tracker is not None and tracker.budget.is_time:  # only the step time is needed
-        probe = probe_lr(state.work, probe_batches, task, lambda m: _mean(m, val, task), candidates=(lr,),
-                         steps=3, seed=state.config.seed, clock=tracker.clock)
     record["lr"] = lr
     if tracker is None:
         return StagePlan(steps=cfg.steps, lr=lr, record=record)
@@ -163,8 +162,7 @@ def plan_sparsify(state: Any) -> StagePlan | None:
         t2 = t_teach + t1 / ratio
         t_val2 = t_val1 / ratio + t_teach * len(val)
         reserve = tracker.stage_seconds().get("trace", 0.0)  # plan, shrink and the final report
-        probe2 = ((len(CANDIDATES) * PROBE_STEPS * (t1 / ratio) + (len(CANDIDATES) + 1) * t_val1 / ratio
-                   + PROBE_BATCHES * t_teach) if state.config.recover.lr == "auto" else 0.0)
+        probe2 = PROBE_STEPS * (t1 / ratio) + t_val1 / ratio + PROBE_BATCHES * t_teach
         avail = tracker.left() - reserve - probe2 - VALIDATIONS * (t_val1 + t_val2)
         total = avail / (STAGE1_SHARE * t1 + (1 - STAGE1_SHARE) * t2)
         steps = max(1, int(STAGE1_SHARE * total))
@@ -241,16 +239,13 @@ def plan_recover(state: Any, teacher: nn.Module | None) -> StagePlan | None:
         return rc.alpha * state.loss_fn(out, batch) + distill_fn(out, t_out)
 
     lr = rc.lr
-    probe = None
+    probe = calibrate_lr(small, pairs, objective, target_ratio=RECOVER_RATIO, trial_lr=1e-3,
+                         val_fn=lambda m: _mean(m, val, task), seed=state.config.seed, **kw)
     if lr == "auto":
-        probe = probe_lr(small, pairs, objective, lambda m: _mean(m, val, task), seed=state.config.seed, **kw)
         lr = probe.lr
         record["lr_probe"] = {**probe.to_dict(), "scored_on": val_what,
                               "objective": f"{rc.alpha}·loss(S, batch) + {rc.distill_loss}(S, T)"
                               if teacher is not None else "loss(S, batch)"}
-    elif tracker is not None and tracker.budget.is_time:
-        probe = probe_lr(small, pairs, objective, lambda m: _mean(m, val, task), candidates=(lr,), steps=3,
-                         seed=state.config.seed, **kw)
     record["lr"] = lr
     if tracker is None:
         return StagePlan(steps=rc.steps, lr=lr, record=record)

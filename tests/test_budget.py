@@ -11,6 +11,7 @@ from torch import nn
 
 import compresskit as ck
 from compresskit.budget import Budget, parse_budget, split_steps
+from compresskit.train.lr_probe import RECOVER_RATIO, STAGE1_RATIO, calibrate_lr
 from compresskit.train.validation import BestWeights, held_out_indices, hold_out
 
 
@@ -137,7 +138,8 @@ def test_a_time_budget_is_not_overrun_when_a_stage_stops_early():
     clock = FakeClock(cost=4e-5)
     start = clock.t
     result = ck.compress(_pretrained(clock), _loader(64), target="2x params",
-                         budget=Budget(300.0, "seconds", clock), config={"progress": False, "measure_latency": False})
+                         budget=Budget(300.0, "seconds", clock),
+                         config={"progress": False, "measure_latency": False})
     assert clock.t - start <= 1.1 * 300
     rec = result.report.budget["recover"]
     if rec["steps_done"] < rec["steps"]:  # given back: said so in the report
@@ -153,10 +155,34 @@ def test_a_step_budget_is_split_between_the_stages():
     assert rec["sparsify"]["steps"] == 20
     # recovery gets its 30 and whatever stage I left unused
     assert rec["recover"]["steps"] == 30 + (20 - rec["sparsify"]["steps_done"])
-    for stage in ("sparsify", "recover"):
-        probe = rec[stage]["lr_probe"]
-        assert probe["lr"] == rec[stage]["lr"]
-        assert set(probe["losses"]) == {"0.0001", "0.0003", "0.001", "0.003"}
+    for stage, ratio in (("sparsify", STAGE1_RATIO), ("recover", RECOVER_RATIO)):
+        probe = rec[stage]["lr_probe"]  # the learning rate is calibrated, and the report says how
+        assert probe["lr"] == rec[stage]["lr"] and probe["target_ratio"] == ratio
+        assert probe["lr"] == pytest.approx(probe["trial_lr"] * ratio / probe["measured_ratio"])
+
+
+# ------------------------------------------------------------------------------------------ learning rates
+class _Vector(nn.Module):
+    def __init__(self, w):
+        super().__init__()
+        self.weight = nn.Parameter(torch.tensor([w], dtype=torch.float64))  # one 2-d tensor
+
+
+@pytest.mark.parametrize("optimizer, expected", [
+    # SGD: Δw = −lr·g with g = (1, 0), so ρ = lr·‖g‖/‖w‖ = lr/5 and ρ = 1e-3 needs lr = 5e-3
+    (lambda ps, lr: torch.optim.SGD(ps, lr=lr), 5e-3),
+    # Adamax: its first step moves every entry by exactly lr (sign of the gradient; both entries have a
+    # gradient here), so ρ = lr·√2/5 and ρ = 1e-3 needs lr = 5e-3/√2
+    (None, 5e-3 / math.sqrt(2)),
+])
+def test_calibrate_lr_meets_the_update_to_weight_ratio_by_hand(optimizer, expected):
+    model = _Vector([3.0, 4.0])
+    grad = torch.tensor([[1.0, 0.5]], dtype=torch.float64) if optimizer is None else torch.tensor(
+        [[1.0, 0.0]], dtype=torch.float64)
+    cal = calibrate_lr(model, [None], lambda m, _: (m.weight * grad).sum(), target_ratio=1e-3,
+                       trial_lr=0.02, steps=1, optimizer=optimizer)
+    assert cal.lr == pytest.approx(expected, rel=1e-6)
+    assert model.weight.tolist() == [[3.0, 4.0]]  # the model itself is untouched
 
 
 # ------------------------------------------------------------------------------------------ held-out data
@@ -260,7 +286,7 @@ def test_best_weights_are_returned_when_the_last_step_is_worse():
     by_hand = min(validated, key=lambda s: (abs(trace[s] - 1.0), s))
     assert abs(trace[30] - 1.0) > abs(trace[by_hand] - 1.0) + 0.1  # the last step is worse
     assert best.best_step == by_hand
-    assert float(result.model.w) == pytest.approx(trace[by_hand])
+    assert float(result.model.w.detach()) == pytest.approx(trace[by_hand])
     assert best.summary(30)["returned"] == "best"
 
 

@@ -1,15 +1,17 @@
-"""The learning rate of a training stage, chosen by a short probe instead of a constant.
+"""The learning rate of a training stage, calibrated on the model instead of a constant 1e-3.
 
-For each candidate ``lr`` in :data:`CANDIDATES` a copy of the model takes ``steps`` Adamax steps on the
-first training batches, then the held-out loss is measured; the candidate with the lowest held-out loss
-wins. When no candidate improves on the starting loss (a pretrained network that any step disturbs),
-the smallest one is taken. The copies are thrown away; the model itself is not touched. The probe also
-times the steps and one pass over the held-out batches (what the budget needs to turn seconds into
-steps).
+The size of a step relative to the weights it moves, the update-to-weight ratio
+``ρ = median over weight tensors of ‖Δw‖ / ‖w‖``, is what a learning rate really sets, and it does not
+transfer between networks through a constant: the same lr moves a network whose weights are small much
+further than one whose weights are large. :func:`calibrate_lr` measures ρ on a copy of the model over a
+few steps at a trial learning rate on the first training batches and scales the learning rate so that
+ρ meets the stage's target (``lr = trial · ρ_target / ρ_measured``; for Adamax and SGD the step is
+proportional to the learning rate). The copy is thrown away; the model itself is not touched. The probe
+also times the steps and one pass over the held-out batches (what a time budget needs).
 
-The candidates span the range the benchmark's hand-tuned runs used on pretrained networks (stage I
-3e-4, recovery 5e-4; lr 1e-3 in recovery and 1e-4 in stage I each did worse on FlowVFI at 5×, see
-docs/results.md) and a decade around it.
+The targets come from the hand-tuned runs of ``benchmarks/compress_targets.py`` (docs/results.md) on
+pretrained networks, measured by ``benchmarks/lr_ratio.py``: see :data:`STAGE1_RATIO` and
+:data:`RECOVER_RATIO`.
 """
 
 from __future__ import annotations
@@ -24,79 +26,94 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["CANDIDATES", "SGD_CANDIDATES", "PROBE_STEPS", "ProbeResult", "probe_lr"]
+__all__ = ["STAGE1_RATIO", "RECOVER_RATIO", "PROBE_STEPS", "Calibration", "calibrate_lr", "update_ratio"]
 
-CANDIDATES: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3)
-#: OBProx-SG's step size is an SGD step size (no per-weight normalisation): a grid two decades higher
-SGD_CANDIDATES: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2)
-PROBE_STEPS = 10
+#: update-to-weight ratio of stage I: Adamax at lr 3e-4, the hand-tuned stage-I rate of the good runs,
+#: gives 1.34e-3 on RIFE v3.8 and 2.13e-3 on FlowVFI (geometric mean 1.7e-3); 1e-4 on FlowVFI (7.6e-4)
+#: did worse (docs/distillation.md, "Learning rates")
+STAGE1_RATIO = 1.7e-3
+#: update-to-weight ratio of recovery: Adamax at lr 5e-4 (the hand-tuned recovery rate) gives 2.20e-3 on
+#: RIFE and 3.47e-3 on FlowVFI (geometric mean 2.8e-3); 1e-3 on FlowVFI (7.3e-3) did worse
+RECOVER_RATIO = 2.8e-3
+PROBE_STEPS = 6
 
 
 @dataclass
-class ProbeResult:
+class Calibration:
     lr: float
-    before: float  #: held-out loss of the unchanged model
-    losses: dict[float, float] = field(default_factory=dict)  #: held-out loss after the probe, per lr
+    target_ratio: float
+    trial_lr: float
+    measured_ratio: float  #: ρ measured at ``trial_lr``
+    ratios: list[float] = field(default_factory=list)  #: ρ of each trial step
     step_seconds: float = math.nan  #: median seconds per training step
-    eval_seconds: float = math.nan  #: seconds per pass over the held-out batches
+    eval_seconds: float = math.nan  #: seconds per pass over the held-out batches (nan: not measured)
+    val_before: float | None = None  #: held-out loss of the unchanged model
     steps: int = 0
-    why: str = ""
+
+    @property
+    def why(self) -> str:
+        return (f"update-to-weight ratio {self.target_ratio:.3g}: {self.measured_ratio:.3g} measured at lr "
+                f"{self.trial_lr:.3g} over {self.steps} steps")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"lr": self.lr, "before": self.before, "losses": {f"{k:g}": v for k, v in self.losses.items()},
-                "step_seconds": self.step_seconds, "eval_seconds": self.eval_seconds, "steps": self.steps,
+        return {"lr": self.lr, "target_ratio": self.target_ratio, "trial_lr": self.trial_lr,
+                "measured_ratio": self.measured_ratio, "ratios": self.ratios,
+                "step_seconds": self.step_seconds,
+                "eval_seconds": self.eval_seconds, "val_before": self.val_before, "steps": self.steps,
                 "why": self.why}
 
 
-def probe_lr(model: nn.Module, batches: Sequence[Any], loss_fn: Callable[[nn.Module, Any], torch.Tensor],
-             val_fn: Callable[[nn.Module], float], *, candidates: Sequence[float] = CANDIDATES,
-             steps: int = PROBE_STEPS, seed: int = 0, clock: Callable[[], float] = time.monotonic,
-             params: Callable[[nn.Module], list[nn.Parameter]] | None = None,
-             optimizer: Callable[[list[nn.Parameter], float], torch.optim.Optimizer] | None = None
-             ) -> ProbeResult:
-    """Try each of ``candidates`` for ``steps`` Adamax steps on ``batches`` (cycled) from ``model``'s
-    weights; ``loss_fn(model, batch)`` is the training loss, ``val_fn(model)`` the held-out loss.
-    ``params(model)`` picks the trained parameters (default: those with ``requires_grad``);
-    ``optimizer(params, lr)`` builds the optimizer (default: Adamax, the stages' own)."""
+def update_ratio(before: Sequence[torch.Tensor], after: Sequence[torch.Tensor]) -> float:
+    """Median over tensors of ``‖after − before‖ / ‖before‖`` (tensors with ``‖before‖ = 0`` skipped)."""
+    ratios = sorted(float((a - b).norm() / b.norm()) for b, a in zip(before, after) if float(b.norm()) > 0)
+    return ratios[len(ratios) // 2] if ratios else 0.0
+
+
+def calibrate_lr(model: nn.Module, batches: Sequence[Any], loss_fn: Callable[[nn.Module, Any], torch.Tensor],
+                 *, target_ratio: float, trial_lr: float = 1e-3, steps: int = PROBE_STEPS, seed: int = 0,
+                 val_fn: Callable[[nn.Module], float] | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 optimizer: Callable[[list[nn.Parameter], float], torch.optim.Optimizer] | None = None,
+                 limits: tuple[float, float] = (1e-6, 1e-1)) -> Calibration:
+    """The learning rate at which ``steps`` steps of ``optimizer`` (default Adamax) on ``batches`` (cycled)
+    move the weight tensors (the parameters of two or more dimensions) by ``target_ratio`` of their norm
+    per step (median over tensors and steps), clamped to ``limits``. ``loss_fn(model, batch)`` is the
+    training loss; ``val_fn(model)`` (timed) the held-out loss."""
     if not batches:
-        raise ValueError("probe_lr: batches is empty")
-    if steps < 1 or not candidates:
-        raise ValueError("probe_lr: needs steps >= 1 and at least one candidate")
-    t0 = clock()
-    before = float(val_fn(model))
-    eval_s = clock() - t0
-    times: list[float] = []
-    losses: dict[float, float] = {}
-    for lr in candidates:
-        trial = copy.deepcopy(model).train()
-        trained = params(trial) if params is not None else [p for p in trial.parameters() if p.requires_grad]
-        opt = optimizer(trained, lr) if optimizer is not None else torch.optim.Adamax(trained, lr=lr)
-        ok = True
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            for i in range(steps):
-                t = clock()
-                loss = loss_fn(trial, batches[i % len(batches)])
-                if not torch.isfinite(loss):
-                    ok = False
-                    break
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                if i > 0 or steps == 1:  # the first step pays one-off costs
-                    times.append(clock() - t)
+        raise ValueError("calibrate_lr: batches is empty")
+    if steps < 1 or not target_ratio > 0 or not trial_lr > 0:
+        raise ValueError("calibrate_lr: needs steps >= 1, target_ratio > 0 and trial_lr > 0")
+    eval_s, before_val = math.nan, None
+    if val_fn is not None:
         t = clock()
-        value = float(val_fn(trial)) if ok else math.inf
-        eval_s = min(eval_s, clock() - t) if eval_s > 0 else clock() - t
-        losses[lr] = value if math.isfinite(value) else math.inf
-        del trial, opt
-    best = min(losses, key=lambda k: (losses[k], k))
-    if not losses[best] < before:
-        lr, why = min(candidates), (f"no candidate improved the held-out loss {before:.4g} within {steps} "
-                                    "steps: the smallest is taken")
-    else:
-        lr, why = best, f"lowest held-out loss after {steps} steps ({losses[best]:.4g}, from {before:.4g})"
+        before_val = float(val_fn(model))
+        eval_s = clock() - t
+    trial = copy.deepcopy(model).train()
+    trained = [p for p in trial.parameters() if p.requires_grad]
+    weights = [p for p in trained if p.dim() > 1] or trained
+    opt = optimizer(trained, trial_lr) if optimizer is not None else torch.optim.Adamax(trained, lr=trial_lr)
+    ratios: list[float] = []
+    times: list[float] = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for i in range(steps):
+            t = clock()
+            loss = loss_fn(trial, batches[i % len(batches)])
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"calibrate_lr: the loss is {float(loss)} at trial step {i} (lr "
+                                         f"{trial_lr:g}); check the data and the loss")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            old = [w.detach().clone() for w in weights]
+            opt.step()
+            if i > 0 or steps == 1:  # the first step pays one-off costs
+                times.append(clock() - t)
+            ratios.append(update_ratio(old, [w.detach() for w in weights]))
+    del trial, opt
+    measured = sorted(ratios)[len(ratios) // 2]
+    lr = trial_lr * target_ratio / measured if measured > 0 else trial_lr
+    lr = min(max(lr, limits[0]), limits[1])
     times.sort()
-    return ProbeResult(lr=lr, before=before, losses=losses,
-                       step_seconds=times[len(times) // 2] if times else math.nan, eval_seconds=eval_s,
-                       steps=steps * len(candidates), why=why)
+    return Calibration(lr=lr, target_ratio=target_ratio, trial_lr=trial_lr, measured_ratio=measured,
+                       ratios=ratios, step_seconds=times[len(times) // 2] if times else math.nan,
+                       eval_seconds=eval_s, val_before=before_val, steps=steps)
