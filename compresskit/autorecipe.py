@@ -13,7 +13,8 @@ With a budget (``budget=`` or the default, :data:`compresskit.budget.DEFAULT_BUD
   on the stage's own objective: the rate at which the first steps move the weights by the stage's
   update-to-weight ratio (:data:`~compresskit.train.lr_probe.STAGE1_RATIO`, ``RECOVER_RATIO``).
 * **validation** – on the held-out batches (:func:`~compresskit.train.validation.hold_out`) or the
-  user's ``val_loader``, ``VALIDATIONS`` times per stage; :class:`~compresskit.train.validation.BestWeights`
+  user's ``val_loader``, ``VALIDATIONS`` times per stage (fewer when that would take more than
+  ``VALIDATION_SHARE`` of a time budget's stage); :class:`~compresskit.train.validation.BestWeights`
   returns the best weights (stage I: the best after its zeroing ramp, when the removed units are zero)
   and stops a stage after ``PATIENCE`` validations without improvement.
 
@@ -31,7 +32,7 @@ import torch
 from torch import nn
 
 from compresskit._modes import eval_mode
-from compresskit.budget import STAGE1_SHARE, VALIDATIONS, Deadline, split_steps
+from compresskit.budget import STAGE1_SHARE, VALIDATION_SHARE, VALIDATIONS, Deadline, split_steps
 from compresskit.train.batch import to_device
 from compresskit.train.lr_probe import PROBE_STEPS, RECOVER_RATIO, STAGE1_RATIO, calibrate_lr
 from compresskit.train.validation import BestWeights
@@ -129,6 +130,13 @@ def _total_steps(state: Any) -> int:
     return int(b.amount) * per_epoch
 
 
+def validations(seconds: float, each: float) -> int:
+    """How many validations of ``each`` seconds fit in ``seconds`` (1 to ``VALIDATIONS``)."""
+    if not each > 0:
+        return VALIDATIONS
+    return int(min(VALIDATIONS, max(1, seconds // each)))
+
+
 def plan_sparsify(state: Any) -> StagePlan | None:
     """Stage I's steps, learning rate and validation (None: nothing to resolve, run the config as is)."""
     cfg, tracker = state.config.sparsify, state.budget
@@ -160,29 +168,32 @@ def plan_sparsify(state: Any) -> StagePlan | None:
         ratio = _ratio(state)
         t_teach = _teacher_seconds(state, teacher, probe_batches[0])
         t2 = t_teach + t1 / ratio
-        t_val2 = t_val1 / ratio + t_teach * len(val)
         reserve = tracker.stage_seconds().get("trace", 0.0)  # plan, shrink and the final report
         probe2 = PROBE_STEPS * (t1 / ratio) + t_val1 / ratio + PROBE_BATCHES * t_teach
-        avail = tracker.left() - reserve - probe2 - VALIDATIONS * (t_val1 + t_val2)
-        total = avail / (STAGE1_SHARE * t1 + (1 - STAGE1_SHARE) * t2)
+        avail = tracker.left() - reserve - probe2
+        per = STAGE1_SHARE * t1 + (1 - STAGE1_SHARE) * t2
+        total = (1 - VALIDATION_SHARE) * avail / per
         steps = max(1, int(STAGE1_SHARE * total))
+        share1 = STAGE1_SHARE * t1 / per  # stage I's part of the training time
+        n_val = validations(VALIDATION_SHARE * avail * share1, t_val1)
         if total < 2:
             state.notes.append(f"budget {tracker.budget} is too small: measured {t1:.3g} s per stage-I "
                                f"step and {t2:.3g} s per recovery step (estimated) leave "
                                f"{max(avail, 0):.0f} s for training; running one step per stage (give a "
                                "larger budget)")
-        planned = steps * t1 + VALIDATIONS * t_val1
+        planned = steps * t1 + (n_val + 1) * t_val1
         deadline = Deadline(tracker, tracker.now() + 1.15 * planned)  # recovery absorbs the rest
         record.update(step_seconds=t1, recover_step_seconds_estimate=t2, teacher_forward_seconds=t_teach,
                       validation_seconds=t_val1, reserved_for_report_s=reserve, planned_seconds=planned)
     else:
         steps, planned2 = split_steps(_total_steps(state))
         tracker.record["planned_steps"] = [steps, planned2]
+        n_val = VALIDATIONS
     plan = StagePlan(steps=steps, lr=lr, record=record, deadline=deadline)
     if deadline is not None:
         plan.callbacks.append(deadline)
     if val_what != "training":
-        plan.val_loader, plan.val_every = val, max(1, steps // VALIDATIONS)
+        plan.val_loader, plan.val_every = val, max(1, steps // n_val)
         if cfg.method == "progressive":  # its weights are worth keeping once the removed units are zero
             ramp_end = max(1, round(cfg.ramp * steps))
             plan.best = BestWeights("val_loss", patience=PATIENCE, after_step=ramp_end)
@@ -257,8 +268,9 @@ def plan_recover(state: Any, teacher: nn.Module | None) -> StagePlan | None:
         t_val2 = probe.eval_seconds + t_teach * len(val)
         reserve = tracker.stage_seconds().get("trace", 0.0)
         end = tracker.deadline - reserve
-        avail = end - tracker.now() - VALIDATIONS * t_val2
-        steps = max(1, int(avail / t2))
+        left = end - tracker.now()
+        n_val = validations(VALIDATION_SHARE * left, t_val2)
+        steps = max(1, int((left - (n_val + 1) * t_val2) / t2))
         deadline = Deadline(tracker, end)
         record.update(step_seconds=t2, teacher_forward_seconds=t_teach, validation_seconds=t_val2,
                       reserved_for_report_s=reserve)
@@ -267,13 +279,14 @@ def plan_recover(state: Any, teacher: nn.Module | None) -> StagePlan | None:
         first = tracker.record.get("sparsify", {})
         unused = max(0, planned[0] - first.get("steps_done", planned[0]))
         steps = planned[1] + unused
+        n_val = VALIDATIONS
         if unused:
             record["from_stage_I"] = unused  # stage I stopped early: its steps go to recovery
     plan = StagePlan(steps=steps, lr=lr, record=record, deadline=deadline)
     if deadline is not None:
         plan.callbacks.append(deadline)
     if val_what != "training":
-        plan.val_loader, plan.val_every = val, max(1, steps // VALIDATIONS)
+        plan.val_loader, plan.val_every = val, max(1, steps // n_val)
         plan.best = BestWeights("task_loss", patience=PATIENCE)
         plan.callbacks.append(plan.best)
         record["validation"] = f"{len(val)} {val_what} batches every {plan.val_every} steps"

@@ -28,7 +28,7 @@ from typing import Any, Literal
 from compresskit.train.loop import Callback
 
 __all__ = ["Budget", "parse_budget", "BudgetTracker", "Deadline", "STAGE1_SHARE", "DEFAULT_BUDGET",
-           "VALIDATIONS"]
+           "VALIDATIONS", "VALIDATION_SHARE"]
 
 #: share of the training steps spent in stage I (see the module docstring for the evidence)
 STAGE1_SHARE = 0.4
@@ -37,6 +37,8 @@ STAGE1_SHARE = 0.4
 DEFAULT_BUDGET = "6000 steps"
 #: validations per training stage (each stage validates every ``steps // VALIDATIONS`` steps)
 VALIDATIONS = 20
+#: a time budget's validations take at most this share of a stage's time (fewer validations then)
+VALIDATION_SHARE = 0.1
 
 _UNITS = {
     "s": 1.0, "sec": 1.0, "secs": 1.0, "second": 1.0, "seconds": 1.0,
