@@ -53,7 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--recipe", choices=("budget", "old", "hand"), default="hand",
                    help="budget: compress(target=, budget=) only; old: 300 + 300 steps at lr 1e-3, α 0.1, no "
                    "features; hand: the flags below")
-    p.add_argument("--budget", default="1h", help="--recipe budget: compress()'s budget ('1h', '6000 steps')")
+    p.add_argument("--budget", default=None,
+                   help="--recipe budget: compress()'s budget ('1h', '6000 steps'; default 1h, --quick "
+                   "40 steps)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 90 frames per clip, 64² crops, 4 scored triplets, budget '40 steps' (old "
                    "recipe: 20 + 20 steps); checks the code path, measures nothing")
@@ -82,10 +84,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "budget), restore its model, time everything in this one process, write the docs")
     args = p.parse_args(argv)
     if args.quick:
-        args.max_frames, args.crop, args.eval_samples, args.budget = 90, 64, 4, "40 steps"
+        args.max_frames, args.crop, args.eval_samples = 90, 64, 4
+        args.budget = args.budget or "40 steps"
         args.work = args.work.parent / (args.work.name + "_quick")
     else:
         args.max_frames = None
+        args.budget = args.budget or "1h"
     return args
 
 

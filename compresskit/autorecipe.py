@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from compresskit._modes import eval_mode
-from compresskit.budget import STAGE1_SHARE, VALIDATION_SHARE, VALIDATIONS, Deadline, split_steps
+from compresskit.budget import STAGE1_SHARE, VALIDATION_SHARE, VALIDATIONS, Deadline, Pace, split_steps
 from compresskit.train.batch import to_device
 from compresskit.train.lr_probe import PROBE_STEPS, RECOVER_RATIO, STAGE1_RATIO, calibrate_lr
 from compresskit.train.validation import BestWeights
@@ -56,10 +56,11 @@ class StagePlan:
     val_every: int | None = None
     best: BestWeights | None = None
     deadline: Deadline | None = None
+    pace: Pace | None = None
     record: dict[str, Any] = field(default_factory=dict)
 
     def steps_done(self) -> int:
-        stops = [c.stopped_at for c in (self.best, self.deadline)
+        stops = [c.stopped_at for c in (self.best, self.deadline, self.pace)
                  if c is not None and c.stopped_at is not None]
         return min(stops) if stops else self.steps
 
@@ -162,7 +163,7 @@ def plan_sparsify(state: Any) -> StagePlan | None:
     if tracker is None:
         return StagePlan(steps=cfg.steps, lr=lr, record=record)
     teacher = _teacher(state)
-    deadline = None
+    deadline = pace = None
     if tracker.budget.is_time:
         t1, t_val1 = probe.step_seconds, probe.eval_seconds
         ratio = _ratio(state)
@@ -182,6 +183,9 @@ def plan_sparsify(state: Any) -> StagePlan | None:
                                f"{max(avail, 0):.0f} s for training; running one step per stage (give a "
                                "larger budget)")
         planned = steps * t1 + (n_val + 1) * t_val1
+        # the real loop's pace shortens the stage if it is slower than the probe's
+        pace = Pace(tracker, tracker.now() + planned, steps,
+                    extra_per_step=t_val1 * (n_val + 1) / max(steps, 1))
         deadline = Deadline(tracker, tracker.now() + 1.15 * planned)  # recovery absorbs the rest
         record.update(step_seconds=t1, recover_step_seconds_estimate=t2, teacher_forward_seconds=t_teach,
                       validation_seconds=t_val1, reserved_for_report_s=reserve, planned_seconds=planned)
@@ -191,7 +195,8 @@ def plan_sparsify(state: Any) -> StagePlan | None:
         n_val = VALIDATIONS
     plan = StagePlan(steps=steps, lr=lr, record=record, deadline=deadline)
     if deadline is not None:
-        plan.callbacks.append(deadline)
+        plan.pace = pace
+        plan.callbacks += [pace, deadline]
     if val_what != "training":
         plan.val_loader, plan.val_every = val, max(1, steps // n_val)
         if cfg.method == "progressive":  # its weights are worth keeping once the removed units are zero
@@ -208,6 +213,8 @@ def finish_sparsify(state: Any, plan: StagePlan) -> None:
         return
     rec = dict(plan.record)
     rec["steps_done"] = plan.steps_done()
+    if plan.pace is not None and plan.pace.record:
+        rec["pace"] = plan.pace.record
     if plan.best is not None:
         rec["best"] = plan.best.summary(rec["steps_done"])
     state.budget.record["sparsify"] = rec
@@ -260,7 +267,7 @@ def plan_recover(state: Any, teacher: nn.Module | None) -> StagePlan | None:
     record["lr"] = lr
     if tracker is None:
         return StagePlan(steps=rc.steps, lr=lr, record=record)
-    deadline = None
+    deadline = pace = None
     if tracker.budget.is_time:
         # the probe's step with the teacher's forward added; a real step also runs the feature terms:
         # when that makes it slower, the deadline ends the run in the cosine's tail (lr near 0), harmlessly
@@ -272,6 +279,7 @@ def plan_recover(state: Any, teacher: nn.Module | None) -> StagePlan | None:
         n_val = validations(VALIDATION_SHARE * left, t_val2)
         steps = max(1, int((left - (n_val + 1) * t_val2) / t2))
         deadline = Deadline(tracker, end)
+        pace = Pace(tracker, end, steps, extra_per_step=t_val2 * (n_val + 1) / max(steps, 1))
         record.update(step_seconds=t2, teacher_forward_seconds=t_teach, validation_seconds=t_val2,
                       reserved_for_report_s=reserve)
     else:
@@ -284,7 +292,8 @@ def plan_recover(state: Any, teacher: nn.Module | None) -> StagePlan | None:
             record["from_stage_I"] = unused  # stage I stopped early: its steps go to recovery
     plan = StagePlan(steps=steps, lr=lr, record=record, deadline=deadline)
     if deadline is not None:
-        plan.callbacks.append(deadline)
+        plan.pace = pace
+        plan.callbacks += [pace, deadline]
     if val_what != "training":
         plan.val_loader, plan.val_every = val, max(1, steps // n_val)
         plan.best = BestWeights("task_loss", patience=PATIENCE)
@@ -299,6 +308,8 @@ def finish_recover(state: Any, plan: StagePlan) -> None:
         return
     rec = dict(plan.record)
     rec["steps_done"] = plan.steps_done()
+    if plan.pace is not None and plan.pace.record:
+        rec["pace"] = plan.pace.record
     if plan.best is not None:
         rec["best"] = plan.best.summary(rec["steps_done"])
     state.budget.record["recover"] = rec

@@ -142,8 +142,9 @@ def test_a_time_budget_is_not_overrun_when_a_stage_stops_early():
                          config={"progress": False, "measure_latency": False})
     assert clock.t - start <= 1.1 * 300
     rec = result.report.budget["recover"]
-    if rec["steps_done"] < rec["steps"]:  # given back: said so in the report
-        assert rec["best"]["stopped_early_at"] == rec["steps_done"]
+    if rec["steps_done"] < rec["steps"]:  # stopped early or shortened: said so in the report
+        why = (rec["best"]["stopped_early_at"], rec.get("pace", {}).get("shortened_to"))
+        assert rec["steps_done"] in why, (rec["steps_done"], why)
 
 
 def test_a_step_budget_is_split_between_the_stages():
@@ -183,6 +184,40 @@ def test_calibrate_lr_meets_the_update_to_weight_ratio_by_hand(optimizer, expect
                        trial_lr=0.02, steps=1, optimizer=optimizer)
     assert cal.lr == pytest.approx(expected, rel=1e-6)
     assert model.weight.tolist() == [[3.0, 4.0]]  # the model itself is untouched
+
+
+def test_pace_shortens_a_slow_stage_and_re_aims_its_cosine():
+    """A loop that runs at 1 s per step (the fake clock ticks in a callback) was planned for 100 steps
+    but given 50 s: after check_at = 5 steps it knows that 5 + ⌊45 s / 1 s⌋ = 50 steps fit, stops there,
+    and its cosine reaches zero there."""
+    from compresskit.budget import BudgetTracker, Pace
+    from compresskit.train.loop import Callback
+    from compresskit.train.loop import train as run
+
+    clock = FakeClock()
+
+    class Tick(Callback):
+        def on_step_end(self, trainer):
+            clock.t += 1.0
+
+    tracker = BudgetTracker(Budget(1000.0, "seconds", clock))
+    pace = Pace(tracker, clock.t + 50.0, 100)
+    best = BestWeights("val_loss", after_step=80, validate_at_start=False)
+    lrs = []
+
+    class Lr(Callback):
+        def on_step_end(self, trainer):
+            lrs.append(trainer.optimizer.param_groups[0]["lr"])
+
+    train = [(torch.ones(4), torch.full((4,), 2.0))] * 4
+    result = run(_Scalar(), train, lambda out, b: nn.functional.l1_loss(out, b[-1]),
+                 config=ck.TrainConfig(steps=100, lr=0.1, scheduler="cosine", scheduler_interval="step",
+                                       progress=False, val_every=10),
+                 val_loader=[(torch.ones(4), torch.ones(4))], callbacks=[Tick(), pace, best, Lr()])
+    assert result.step == 50 and pace.stopped_at == 50
+    assert pace.record == {"check_step": 5, "seconds_per_step": 1.0, "fits": 50, "shortened_to": 50}
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-12)  # the cosine ends with the stage
+    assert best.after_step == 40  # 80 of 100 steps → 40 of 50
 
 
 # ------------------------------------------------------------------------------------------ held-out data

@@ -316,6 +316,12 @@ class ProgressiveZeroing(Callback):
         if step % self.every == 0 or step == self.steps:
             self.history.append({"step": step, "schedule": 1.0 - now, **self.measure()})
 
+    def rescale_steps(self, new: int, old: int) -> None:
+        """The stage was shortened to ``new`` steps (``compresskit.budget.Pace``): the ramp ends as much
+        earlier; the units go on shrinking from where they are, at the new pace."""
+        self.end = max(1, round(self.end * new / old))
+        self.steps = new
+
     def state_dict(self) -> dict[str, Any]:
         return {"removed": {str(k): v for k, v in self.removed.items()}, "history": list(self.history),
                 "initial": None if self.initial is None else {str(k): v for k, v in self.initial.items()}}

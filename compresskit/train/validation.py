@@ -156,6 +156,10 @@ class BestWeights(Callback):
         if self.best_state is not None:
             trainer.model.load_state_dict(self.best_state)
 
+    def rescale_steps(self, new: int, old: int) -> None:
+        """The stage was shortened (``compresskit.budget.Pace``): ``after_step`` moves with it."""
+        self.after_step = round(self.after_step * new / old)
+
     def summary(self, final_step: int) -> dict[str, Any]:
         return {"monitor": self.monitor, "best": self.best, "best_step": self.best_step,
                 "last": self.last, "final_step": final_step, "stopped_early_at": self.stopped_at,
