@@ -16,7 +16,7 @@ With a budget (``budget=`` or the default, :data:`compresskit.budget.DEFAULT_BUD
   user's ``val_loader``, ``VALIDATIONS`` times per stage (fewer when that would take more than
   ``VALIDATION_SHARE`` of a time budget's stage); :class:`~compresskit.train.validation.BestWeights`
   returns the best weights (stage I: the best after its zeroing ramp, when the removed units are zero)
-  and stops a stage after ``PATIENCE`` validations without improvement.
+  and stops a stage after ``PATIENCE`` validations without improvement (recovery: not in its first half).
 
 Without a budget (steps given in the config) only ``lr="auto"`` is resolved; the rest is as configured.
 """
@@ -296,7 +296,8 @@ def plan_recover(state: Any, teacher: nn.Module | None) -> StagePlan | None:
         plan.callbacks += [pace, deadline]
     if val_what != "training":
         plan.val_loader, plan.val_every = val, max(1, steps // n_val)
-        plan.best = BestWeights("task_loss", patience=PATIENCE)
+        # a cosine's low-lr end often gains most: no early stop in the first half
+        plan.best = BestWeights("task_loss", patience=PATIENCE, stop_from=steps // 2)
         plan.callbacks.append(plan.best)
         record["validation"] = f"{len(val)} {val_what} batches every {plan.val_every} steps"
     record["steps"] = steps

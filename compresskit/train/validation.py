@@ -108,16 +108,18 @@ def _hold_out_dataloader(loader: DataLoader, fraction: float, seed: int, max_bat
 class BestWeights(Callback):
     """Keeps the weights of the best validation of ``monitor`` (smaller is better) in memory and restores
     them at the end; with ``patience`` it stops after that many validations in a row without
-    improvement. Validations before ``after_step`` are recorded but neither kept nor counted; with
+    improvement (not before step ``stop_from``). Validations before ``after_step`` are recorded but
+    neither kept nor counted; with
     ``validate_at_start`` the weights the stage starts from are validated (step 0) and compete too."""
 
     def __init__(self, monitor: str = "val_loss", *, patience: int | None = None, after_step: int = 0,
-                 min_delta: float = 0.0, validate_at_start: bool = True):
+                 min_delta: float = 0.0, validate_at_start: bool = True, stop_from: int = 0):
         if patience is not None and patience < 1:
             raise ValueError(f"patience: expected an int >= 1 or None, got {patience}")
         self.monitor, self.patience, self.after_step = monitor, patience, after_step
         self.min_delta = min_delta
         self.validate_at_start = validate_at_start
+        self.stop_from = stop_from
         self.best: float | None = None
         self.best_step: int | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
@@ -148,7 +150,8 @@ class BestWeights(Callback):
                                for k, v in trainer.model.state_dict().items()}
         else:
             self.bad += 1
-            if self.patience is not None and self.bad >= self.patience and not trainer.should_stop:
+            if (self.patience is not None and self.bad >= self.patience and trainer.step >= self.stop_from
+                    and not trainer.should_stop):
                 self.stopped_at = trainer.step
                 trainer.should_stop = True
 
@@ -159,6 +162,7 @@ class BestWeights(Callback):
     def rescale_steps(self, new: int, old: int) -> None:
         """The stage was shortened (``compresskit.budget.Pace``): ``after_step`` moves with it."""
         self.after_step = round(self.after_step * new / old)
+        self.stop_from = round(self.stop_from * new / old)
 
     def summary(self, final_step: int) -> dict[str, Any]:
         return {"monitor": self.monitor, "best": self.best, "best_step": self.best_step,
