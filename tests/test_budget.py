@@ -162,6 +162,15 @@ def test_a_step_budget_is_split_between_the_stages():
         assert probe["lr"] == pytest.approx(probe["trial_lr"] * ratio / probe["measured_ratio"])
 
 
+def test_an_epoch_budget_counts_the_batches_left_after_the_held_out_part():
+    # 64 samples, 7 held out (⌈0.1·64⌉), 57 left in batches of 4: 15 batches an epoch, 3 epochs = 45 steps
+    result = ck.compress(_pretrained(), _loader(64), target="2x params",
+                         config={"budget": "3 epochs", "progress": False, "measure_latency": False})
+    assert result.report.budget["budget"] == "3 epochs"
+    assert len(result.report.budget["holdout_indices"]) == 7
+    assert result.report.budget["planned_steps"] == [18, 27]
+
+
 # ------------------------------------------------------------------------------------------ learning rates
 class _Vector(nn.Module):
     def __init__(self, w):
@@ -338,3 +347,24 @@ def test_best_weights_stop_after_patience_and_ignore_the_ramp():
     # w passes 1 near step 10; two worse validations later it stops, well before step 40
     assert best.stopped_at == best.best_step + 4
     assert math.isfinite(best.best)
+
+
+def test_compress_returns_the_best_weights_when_recovery_gets_worse():
+    """Recovery at a learning rate far too large for the network (given by hand) makes the held-out loss
+    worse than where it started: compress must return the best validated weights, not the last."""
+    result = ck.compress(_pretrained(), _loader(40), target="2x params", budget="60 steps",
+                         config={"progress": False, "measure_latency": False, "recover": {"lr": 0.05}})
+    budget = result.report.budget
+    rec = budget["recover"]["best"]
+    assert budget["recover"]["lr"] == 0.05 and budget["holdout_indices"] == [5, 15, 25, 35]  # by hand
+    history = {h["step"]: h["task_loss"] for h in rec["history"]}
+    last = max(history)
+    assert history[last] > min(history.values())  # the last validation is worse than an earlier one
+    assert rec["best_step"] == min(history, key=lambda s: (history[s], s)) < last
+    # the model returned is the best one: its held-out loss, computed here, is the best recorded
+    x, y = _data(40)
+    idx = [5, 15, 25, 35]
+    with torch.no_grad():
+        mine = float(nn.functional.l1_loss(result.model.eval()(x[idx]), y[idx]))
+    assert mine == pytest.approx(rec["best"], rel=1e-5)
+    assert mine < history[last]
