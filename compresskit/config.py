@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from compresskit.io import atomic_write_text
 from compresskit.target import Target
@@ -326,6 +326,15 @@ class CompressConfig(Config):
         "same", description="training batches keep the first one's shapes except the batch size ('same'), "
         "may change their spatial sizes too ('spatial', fully convolutional models), or are not checked "
         "('off'); passed to every training stage (TrainConfig.batch_shapes)")
+
+    @field_validator("budget")
+    @classmethod
+    def _check_budget(cls, value: str | None) -> str | None:
+        if value is not None:
+            from compresskit.budget import parse_budget  # here: compresskit.budget imports the train loop
+
+            parse_budget(value)  # ValueError naming 'budget' and the forms it takes
+        return value
 
     @model_validator(mode="before")
     @classmethod

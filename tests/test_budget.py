@@ -37,6 +37,12 @@ def test_parse_budget_errors_name_the_argument(bad, match):
     assert str(info.value).startswith("budget:")
 
 
+def test_a_bad_budget_in_the_config_fails_when_the_config_is_made():
+    with pytest.raises(ValueError, match="budget: unknown unit 'parsecs'"):
+        ck.CompressConfig(budget="30 parsecs")
+    assert ck.CompressConfig(budget="30min").budget == "30min"
+
+
 def test_split_steps_gives_stage_one_its_share():
     assert split_steps(1000) == (400, 600)  # STAGE1_SHARE = 0.4
     assert split_steps(2) == (1, 1)
