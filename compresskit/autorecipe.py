@@ -208,16 +208,29 @@ def plan_sparsify(state: Any) -> StagePlan | None:
     return plan
 
 
-def finish_sparsify(state: Any, plan: StagePlan) -> None:
-    if state.budget is None:
-        return
+def keep_record(state: Any, stage: str, record: dict[str, Any]) -> None:
+    """Where the report finds a stage's record: the budget's, or (no budget, only the learning rate
+    resolved) ``state.records["learning_rates"]``."""
+    if state.budget is not None:
+        state.budget.record[stage] = record
+    else:
+        state.records.setdefault("learning_rates", {})[stage] = record
+
+
+def _finish(state: Any, plan: StagePlan, stage: str) -> dict[str, Any]:
     rec = dict(plan.record)
     rec["steps_done"] = plan.steps_done()
     if plan.pace is not None and plan.pace.record:
         rec["pace"] = plan.pace.record
     if plan.best is not None:
         rec["best"] = plan.best.summary(rec["steps_done"])
-    state.budget.record["sparsify"] = rec
+    keep_record(state, stage, rec)
+    return rec
+
+
+def finish_sparsify(state: Any, plan: StagePlan) -> dict[str, Any]:
+    """Stage I's record (steps done, learning rate and why, validations, which weights were returned)."""
+    return _finish(state, plan, "sparsify")
 
 
 def plan_recover(state: Any, teacher: nn.Module | None) -> StagePlan | None:
@@ -304,13 +317,6 @@ def plan_recover(state: Any, teacher: nn.Module | None) -> StagePlan | None:
     return plan
 
 
-def finish_recover(state: Any, plan: StagePlan) -> None:
-    if state.budget is None:
-        return
-    rec = dict(plan.record)
-    rec["steps_done"] = plan.steps_done()
-    if plan.pace is not None and plan.pace.record:
-        rec["pace"] = plan.pace.record
-    if plan.best is not None:
-        rec["best"] = plan.best.summary(rec["steps_done"])
-    state.budget.record["recover"] = rec
+def finish_recover(state: Any, plan: StagePlan) -> dict[str, Any]:
+    """Recovery's record, as :func:`finish_sparsify`."""
+    return _finish(state, plan, "recover")

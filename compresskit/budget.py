@@ -174,7 +174,7 @@ def budget_lines(record: dict[str, Any]) -> list[str]:
     lines = []
     seconds = record.get("seconds") or {}
     spent = record.get("spent_s")
-    head = f"budget {record.get('budget')}"
+    head = f"budget {record.get('budget')}" if record.get("budget") else "no budget (the config's steps)"
     if spent is not None:
         head += f": spent {duration(spent)}"
         if record.get("spent_fraction") is not None:
