@@ -273,9 +273,9 @@ class Distiller:
         if explicit:
             t = explicit[0]
             where = t.student if t.student not in s_feats else t.teacher
-            raise ValueError(f"feature pair {t.student!r} -> {t.teacher!r}: forward() never runs {where!r} on "
-                             "the first batch, so there is no feature to distil; pair modules that forward() "
-                             "uses")
+            raise ValueError(f"feature pair {t.student!r} -> {t.teacher!r}: forward() never runs {where!r} "
+                             "on the first batch, so there is no feature to distil; pair modules that "
+                             "forward() uses")
         warnings.warn("features='auto': " + ", ".join(repr(t.student) for t in unrun) + " never run in "
                       "forward(); their feature terms are dropped", stacklevel=4)
         keep = [i for i, t in enumerate(self.terms) if not any(t is u for u in unrun)]
