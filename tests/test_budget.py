@@ -374,3 +374,29 @@ def test_compress_returns_the_best_weights_when_recovery_gets_worse():
         mine = float(nn.functional.l1_loss(result.model.eval()(x[idx]), y[idx]))
     assert mine == pytest.approx(rec["best"], rel=1e-5)
     assert mine < history[last]
+
+
+# ------------------------------------------------------------------------------------------ defaults
+class _WithUnused(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 3, 3, padding=1))
+        self.extra = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 3, 1))  # forward never runs it
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def test_auto_features_skip_modules_forward_never_runs_and_explicit_pairs_say_so():
+    import copy
+
+    teacher = _WithUnused().eval()
+    batches = [(torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)) for _ in range(2)]
+    with pytest.warns(UserWarning, match=r"'extra.1' never run in forward\(\)"):
+        result = ck.distill(copy.deepcopy(teacher), teacher, batches,
+                            config=ck.DistillConfig(steps=2, features="auto", progress=False))
+    assert sorted(result.extras["adapters"]) == ["body.2"]  # the pair forward runs, not the unused one
+    pair = ck.config.FeaturePair(student="extra.1", teacher="extra.1")
+    with pytest.raises(ValueError, match="forward\\(\\) never runs 'extra.1'"):
+        ck.distill(copy.deepcopy(teacher), teacher, batches,
+                   config=ck.DistillConfig(steps=2, features=[pair], progress=False))
