@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     from compresskit.io import atomic_write_bytes
 
     atomic_write_bytes(json.dumps(summary, indent=1).encode(), args.out / "summary.json")
-    console.print(f"wrote {args.out}/: compressed_model.pt (CompressResult.save), compress/report.json, "
+    console.print(f"wrote {args.out}/: compressed_model.pt (rebuild it with ck.load), compress/report.json, "
                   "compress/densities.png, compress/validation.png, side_by_side.png, the evaluation JSON "
                   "and PSNR-vs-parameters PNG")
     console.print(f"finished in {time.perf_counter() - started:.0f} s (compress: {spent or 0:.0f} s of the "

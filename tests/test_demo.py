@@ -25,6 +25,10 @@ def _demo():
 
 @pytest.mark.slow
 def test_demo_meets_its_target_beats_blending_and_resumes(tmp_path, capsys):
+    import torch
+
+    import compresskit as ck
+
     demo = _demo()
     assert demo.TEACHER.is_file(), "the pretrained teacher examples/assets/flowvfi_gap4_samples.pt is missing"
     args = ["--out", str(tmp_path), "--budget", "8 steps", "--max-frames", "90", "--val-samples", "4",
@@ -51,8 +55,9 @@ def test_demo_meets_its_target_beats_blending_and_resumes(tmp_path, capsys):
     l1 = summary["l1"]
     assert l1["compressed vs truth"] < l1["frame blending vs truth"]
     assert report["after"]["params"] == after
-    # (ck.load of this file is not checked here: compresskit.saving refuses the range constraint
-    # ('6 - s24') torch.export writes for FlowVFI's resizes; see the branch report)
+    small = ck.load(tmp_path / "compressed_model.pt")  # rebuilt from the file alone
+    frames = torch.rand(2, 3, 32, 32)  # the exported program's sizes: the training crops'
+    assert small(frames, frames).shape == (2, 3, 32, 32)
     out = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
     assert "vs frame blending" in out and "compressed vs original" in out and "reproduce_cdfi.py" in out
     # a rerun finds every stage's checkpoint and finishes again
