@@ -294,16 +294,18 @@ def compress(
     if val_loader is not None and not metrics:
         metrics = {"loss": r.loss_fn}
     out_dir = Path(config.out_dir) if config.out_dir is not None else None
+    lock = None
     if out_dir is not None:
         if out_dir.exists() and not out_dir.is_dir():
             raise ValueError(f"config.out_dir: {str(out_dir)!r} is a file; expected a folder for the stage "
                              "checkpoints and results (a new or existing folder)")
         out_dir.mkdir(parents=True, exist_ok=True)
+        lock = _claim_out_dir(out_dir, config, goal)  # one live run per folder, one target per folder
         remove_stale_temps(out_dir, depth=1)  # left by a killed run (stage folders included)
         config.dump(out_dir / "config.json")
         atomic_write_json({"loss": r.loss_how, "inputs": r.inputs_how, "target": str(goal),
                            "budget": str(tracker.budget) if tracker is not None else None,
-                           "example_input_shapes": [list(t.shape) for t in r.example_inputs]},
+                           "example_input_shapes": [_shape_of(t) for t in r.example_inputs]},
                           out_dir / "resolved.json")
     name = r.registered[0] if r.registered else type(model).__name__
     console.rule(f"[bold]compress {name}[/] to {goal}" + (f", budget {tracker.budget}" if tracker else ""))
@@ -312,9 +314,14 @@ def compress(
                   inputs_fn=r.inputs_fn, loss_how=r.loss_how, inputs_how=r.inputs_how,
                   example_inputs=r.example_inputs, store=_Stages(out_dir, config.resume), console=console,
                   teacher=teacher, val_loader=val_loader, metrics=metrics,
-                  device=str(next(model.parameters(), torch.zeros(())).device), budget=tracker, holdout=held)
-    run_stages(state, stop_after)
-    return _finish(state, r, name, out_dir)
+                  device=str(next(model.parameters(), torch.zeros(())).device), budget=tracker,
+                  holdout=held)
+    try:
+        run_stages(state, stop_after)
+        return _finish(state, r, name, out_dir)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _budget_of(budget: Any, config: CompressConfig) -> Any:
@@ -466,19 +473,20 @@ def _finish(state: Any, r: _Resolved, name: str, out_dir: Path | None) -> Compre
         model=name, loss=r.loss_how, inputs=r.inputs_how, before=state.before, after=after, layers=layers,
         widths=changed if plan is not None else {}, plan=plan.explain_text() if plan is not None else "",
         stages=state.timings, config=state.config.model_dump(mode="json"),
-        example_input_shapes=[list(t.shape) for t in r.example_inputs], notes=notes, target=summary,
-        calibration=state.records.get("sparsify", {}), planning=state.records.get("plan", {}), budget=budget)
+        example_input_shapes=[_shape_of(t) for t in r.example_inputs], notes=notes, target=summary,
+        calibration=state.records.get("sparsify", {}), planning=state.records.get("plan", {}),
+        budget=budget)
     rebuild = None
     if r.registered is not None:
         # every group's width: a loaded model compressed again is rebuilt from the full-size one
         shrunk = stage in ("shrunk", "compressed")
         rebuild = {"name": r.registered[0], "kwargs": r.registered[1],
-                   "inputs": [(list(t.shape), str(t.dtype).removeprefix("torch.")) for t in r.example_inputs],
+                   "inputs": [(_shape_of(t), _dtype_of(t)) for t in r.example_inputs],
                    "widths": {k: v[1] if shrunk else v[0] for k, v in widths.items()}}
         if state.dropped:  # ck.load removes the same parameters from the rebuilt model
             rebuild["dropped"] = sorted(state.unused)
     result = CompressResult(final, plan, report, rebuild,
-                            [str(t.dtype).removeprefix("torch.") for t in r.example_inputs])
+                            [_dtype_of(t) for t in r.example_inputs])
     if out_dir is not None:
         suffix = "" if stage == "compressed" else f"_{stage}"
         _save_into(result, out_dir / f"{stage}.model.pt" if suffix else out_dir / "compressed.pt")
@@ -493,3 +501,45 @@ def _finish(state: Any, r: _Resolved, name: str, out_dir: Path | None) -> Compre
     if state.config.progress:
         report.print(state.console)
     return result
+
+
+def _shape_of(x: Any) -> Any:
+    """``list(x.shape)`` of a tensor; dicts, tuples and lists of tensors (dict inputs) item by item."""
+    if isinstance(x, torch.Tensor):
+        return list(x.shape)
+    if isinstance(x, Mapping):
+        return {str(k): _shape_of(v) for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        return [_shape_of(v) for v in x]
+    return type(x).__name__
+
+
+def _dtype_of(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return str(x.dtype).removeprefix("torch.")
+    if isinstance(x, Mapping):
+        return {str(k): _dtype_of(v) for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        return [_dtype_of(v) for v in x]
+    return type(x).__name__
+
+
+def _claim_out_dir(out_dir: Path, config: CompressConfig, goal: Any) -> Any:
+    """Lock ``out_dir`` (:mod:`compresskit.lock`), then refuse a target other than the one the folder's
+    earlier run had, unless ``resume=False``: its compressed.pt and report would be replaced unasked."""
+    import json
+
+    from compresskit.lock import FolderLock
+
+    lock = FolderLock(out_dir).acquire(config.wait_for_lock, "compress")
+    try:
+        before = json.loads((out_dir / "resolved.json").read_text()).get("target")
+    except (OSError, ValueError, AttributeError):
+        before = None
+    if config.resume and before is not None and before != str(goal):
+        lock.release()
+        raise ValueError(
+            f"target: {str(out_dir)!r} holds a run for target {before!r}, this run asks for {str(goal)!r}; "
+            "its results (compressed.pt, report.json) would be replaced. Use another out_dir, or "
+            "resume=False (config.resume) to start afresh in this one")
+    return lock

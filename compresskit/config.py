@@ -118,6 +118,8 @@ class TrainConfig(Config):
     checkpoint_every: int | None = Field(
         None, ge=1, description="checkpoint every N steps (None: each epoch end); the end is always saved")
     keep_last: int = Field(3, ge=1, description="periodic checkpoints kept on disk")
+    wait_for_lock: float = Field(
+        0.0, ge=0, description="seconds to wait while another live run holds out_dir (0: fail at once)")
     load_best: bool = Field(False, description="load the best checkpoint's weights at the end")
     log_every: int = Field(10, ge=1, description="steps between train records in metrics.jsonl")
     progress: bool = Field(True, description="rich progress bar on a terminal; plain progress lines when not")
@@ -366,6 +368,8 @@ class CompressConfig(Config):
     out_dir: Path | None = Field(
         None, description="folder for stage checkpoints, config and report (None: nothing is written)")
     resume: bool = Field(True, description="continue from the checkpoints found in out_dir")
+    wait_for_lock: float = Field(
+        0.0, ge=0, description="seconds to wait while another live run holds out_dir (0: fail at once)")
     seed: int = Field(0, ge=0, description="seed of every random choice (data order, reinit)")
     checkpoint_every: int = Field(50, ge=1, description="training steps between checkpoints")
     eval_batches: int | None = Field(

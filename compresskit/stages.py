@@ -140,7 +140,8 @@ class TraceStage(Stage):
         return fp
 
     def run(self, state: State) -> None:
-        from compresskit.graph.trace import trace
+        from compresskit.graph.modes import cover_train_mode
+        from compresskit.graph.trace import data_branch_notes, trace
         from compresskit.shrink.cost import cost_model, macs_cost, params_cost
         from compresskit.shrink.unused import drop_unused, unused_parameters
 
@@ -151,6 +152,8 @@ class TraceStage(Stage):
         state.notes.extend(_unused_notes(state))
         state.graph = trace(state.work, state.example_inputs)
         state.notes.extend(frozen_group_notes(state.graph))  # channels compression cannot touch, and why
+        state.notes.extend(data_branch_notes(state.graph))  # Python decisions on tensor values it followed
+        state.notes.extend(cover_train_mode(state.work, state.graph, state.example_inputs))  # train-only code
         _check_second_batch(state)
         state.costs["params"] = params_cost(state.work, state.graph)
         state.costs["macs"] = macs_cost(state.work, state.graph, state.example_inputs)

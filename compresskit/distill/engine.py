@@ -37,6 +37,7 @@ from compresskit.distill.features import (
     get_submodule,
     make_adapter,
 )
+from compresskit.distill.leaves import leafwise
 from compresskit.distill.registry import get_loss
 from compresskit.train.batch import to_device
 from compresskit.train.distributed import barrier, broadcast_module, setup
@@ -364,7 +365,8 @@ class Distiller:
             for name, term, fn in zip(names, self.terms, self._fns):
                 if isinstance(term, OutputLoss):
                     reference = {"teacher": t_out, "target": target, "batch": batch}[term.against]
-                    value = fn(output, reference)
+                    nested = term.against != "batch"  # a dict / tuple output: leaf by leaf
+                    value = leafwise(fn, output, reference) if nested else fn(output, reference)
                 else:
                     value = fn(model.adapted[term.student], t_feats[term.teacher])
                 value = term.weight * value
