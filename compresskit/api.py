@@ -288,11 +288,9 @@ def compress(
             tracker.record["holdout"] = ("none: the train_loader cannot be split deterministically (a custom "
                                          "sampler, an iterable dataset, or under two batches); pass "
                                          "val_loader= to validate and keep the best weights")
-    from compresskit.checks import check_integer_inputs, check_loss
+    from compresskit.checks import check_integer_inputs
 
     check_integer_inputs(model, r.example_inputs)  # uint8 frames into float convs: say how to convert
-    check_loss(model, r.loss_fn, r.inputs_fn, to_device(next(iter(train_loader)), _device_of(model)),
-               r.loss_how)  # a loss of the wrong signature fails now, not inside a stage
     if val_loader is not None and not metrics:
         metrics = {"loss": r.loss_fn}
     out_dir = Path(config.out_dir) if config.out_dir is not None else None
@@ -545,7 +543,3 @@ def _claim_out_dir(out_dir: Path, config: CompressConfig, goal: Any) -> Any:
             "its results (compressed.pt, report.json) would be replaced. Use another out_dir, or "
             "resume=False (config.resume) to start afresh in this one")
     return lock
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    return next(model.parameters(), torch.zeros(())).device

@@ -188,19 +188,22 @@ def _unused_notes(state: State) -> list[str]:
 
 
 def _check_second_batch(state: State) -> None:
-    """The traced graph must agree with eager execution on the loader's second batch (data-dependent
-    control flow would make the channel graph wrong for other inputs): ValueError before any training."""
-    from compresskit.checks import check_trace_matches_eager
+    """Before any training: ``loss_fn(output, batch)`` runs on the first batch (a loss of the wrong
+    signature fails here, naming loss_fn), and the traced graph agrees with eager execution on the loader's
+    second batch (data-dependent control flow would make the channel graph wrong for other inputs).
+    The loader is iterated once for both, as before the loss check existed (its shuffling RNG included)."""
+    from compresskit.checks import check_loss, check_trace_matches_eager
     from compresskit.train.batch import to_device
 
-    it = iter(state.train_loader)
-    try:
-        next(it)
-        batch = next(it)
-    except StopIteration:  # one batch: nothing else to compare with
-        return
     tensors = [x for x in state.example_inputs if isinstance(x, torch.Tensor)]
     device = tensors[0].device if tensors else torch.device("cpu")
+    it = iter(state.train_loader)
+    check_loss(state.work, state.loss_fn, state.inputs_fn, to_device(next(it), device), state.loss_how)
+    batch = next(it, None)
+    if batch is None and state.holdout is not None and state.holdout.val_batches:
+        batch = state.holdout.val_batches[0]  # the split left one training batch: check on a held-out one
+    if batch is None:  # one batch in all: nothing else to compare with
+        return
     inputs = tuple(to_device(tuple(state.inputs_fn(batch)), device))
     check_trace_matches_eager(state.work, state.graph, inputs)
 

@@ -205,3 +205,29 @@ def test_distilled_student_beats_ground_truth_training():
     gt, kd = [r[0] for r in rows], [r[1] for r in rows]
     assert bench.psnr(teacher, test_set) > max(gt)  # the teacher knows more than the students
     assert statistics.mean(kd) > statistics.mean(gt)
+
+
+def test_adapter_for_channels_last_tokens_maps_the_last_dimension():
+    """A linear layer's (B, L, C) output shrunk from 16 to 15 channels: the adapter is a linear map over
+    the last dimension (the tokens L stay), checked against the matrix product by hand."""
+    from compresskit.distill.features import make_adapter
+
+    s, t = torch.randn(2, 5, 15), torch.randn(2, 5, 16)
+    adapter = make_adapter(s, t, "'attn.proj'")
+    assert isinstance(adapter, nn.Linear) and (adapter.in_features, adapter.out_features) == (15, 16)
+    assert torch.allclose(adapter(s), s @ adapter.weight.T + adapter.bias)
+    with pytest.raises(ValueError, match="spatial sizes differ"):  # tokens differ: no adapter guesses
+        make_adapter(torch.randn(2, 4, 15), t, "'attn.proj'")
+
+
+def test_fitted_channels_last_adapter_solves_the_least_squares_problem():
+    """When the teacher's tokens are an exact linear map of the student's, the ridge fit (tiny ridge)
+    recovers it: the adapted features match the teacher's."""
+    from compresskit.distill.features import fit_adapter_, make_adapter
+
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(4, 7, 5, generator=g)
+    w, b = torch.randn(6, 5, generator=g), torch.randn(6, generator=g)
+    t = s @ w.T + b
+    adapter = fit_adapter_(make_adapter(s, t, "'proj'"), s, t, ridge=1e-9)
+    assert torch.allclose(adapter(s), t, atol=1e-4)
