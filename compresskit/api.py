@@ -64,6 +64,29 @@ class CompressResult:
 
         return save_result(self, path)
 
+    def export(self, path: str | os.PathLike, example_inputs: Any = None, **kw: Any) -> Any:
+        """Write the small model as an ONNX file (``path`` ends in ``.onnx``), dynamic in batch and spatial
+        sizes where the model allows, checked in ONNX Runtime against PyTorch on the example inputs and
+        on a second size (``compresskit.deploy.onnx.export_onnx``; ``kw``: ``rtol``, ``atol``,
+        ``dynamic``). ``example_inputs``: default, random inputs of the shapes ``compress`` recorded.
+        Needs ``pip install 'compresskit[onnx]'``. Returns the check's record (``.summary()``)."""
+        from compresskit.deploy.onnx import export_onnx
+
+        if example_inputs is None:
+            example_inputs = example_inputs_of(self)
+        return export_onnx(self.model, example_inputs, path, **kw)
+
+
+def example_inputs_of(result: CompressResult) -> tuple:
+    """Inputs of the shapes and dtypes ``compress`` recorded: uniform [0, 1) floats, zero integers."""
+    from compresskit.saving import _example_input, _input_specs
+
+    param = next((p for p in result.model.parameters() if p.is_floating_point()), None)
+    dtype = param.dtype if param is not None else torch.float32
+    device = param.device if param is not None else torch.device("cpu")
+    gen = torch.Generator().manual_seed(0)
+    return tuple(_example_input(s, d, dtype, gen).to(device) for s, d in _input_specs(result))
+
 
 def load(path: str | os.PathLike, *, trusted: bool = False) -> nn.Module:
     """Rebuild the small model saved by :meth:`CompressResult.save`; its outputs equal the saved model's.
