@@ -331,8 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", formatter_class=fmt,
                        help="write the compressed model as a checked ONNX file",
                        description="Export the model of a run (or a file written by CompressResult.save) to "
-                                   "ONNX with dynamic batch and spatial sizes where the model allows, and check "
-                                   "it in ONNX Runtime against PyTorch on the example inputs and on a "
+                                   "ONNX with dynamic batch and spatial sizes where the model allows, and "
+                                   "check it in ONNX Runtime against PyTorch on the example inputs and on a "
                                    "second size; no file is written unless it matches. Needs "
                                    "pip install 'compresskit[onnx]'.",
                        epilog="examples:\n  compresskit export runs/net --onnx\n"
