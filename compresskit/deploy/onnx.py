@@ -173,17 +173,16 @@ class _Decomposing(TorchFunctionMode):
 
     def __init__(self) -> None:
         super().__init__()
-        self.table: dict[Any, Callable[..., Any]] = {}
+        self.table: dict[Any, tuple[str, Callable[..., Any]]] = {}
         for op, fn in _DECOMPOSITIONS.items():
-            self.table[op] = fn
-            self.table[op.overloadpacket] = fn
+            self.table[op] = self.table[op.overloadpacket] = (str(op.name()), fn)
         self.used: dict[str, None] = {}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
-        fn = self.table.get(func)
-        if fn is not None:
-            self.used[str(getattr(func, "_qualified_op_name", func))] = None
-            return fn(*args, **(kwargs or {}))
+        entry = self.table.get(func)
+        if entry is not None:
+            self.used[entry[0]] = None
+            return entry[1](*args, **(kwargs or {}))
         return func(*args, **(kwargs or {}))
 
 
@@ -244,6 +243,9 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | os.PathLike, 
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
     if rtol < 0 or atol < 0:
         raise ValueError(f"rtol, atol: expected tolerances >= 0, got rtol={rtol}, atol={atol}")
+    from compresskit.plugins import load_plugins
+
+    load_plugins()  # the plugins register the ONNX decompositions of their ops
     inputs = _as_tuple(example_inputs)
     path = Path(path)
     if path.suffix != ".onnx":
