@@ -12,6 +12,8 @@ from compresskit.deploy.onnx import onnx_available
 pytestmark = pytest.mark.skipif(onnx_available() is not None,
                                 reason=f"the [onnx] extra is not installed ({onnx_available()})")
 
+from zoo import ZOO, build  # noqa: E402
+
 from compresskit.deploy.onnx import (  # noqa: E402
     OnnxExportError,
     export_onnx,
@@ -19,8 +21,6 @@ from compresskit.deploy.onnx import (  # noqa: E402
     run_session,
     session,
 )
-
-from zoo import ZOO, build  # noqa: E402
 
 # models whose forward reads data into numpy: torch.export cannot capture them, export must say so
 _NOT_EXPORTABLE = {"numpy_forward": "numpy"}
