@@ -320,10 +320,36 @@ def _latency_note(state: Any, after: ModelStats) -> str | None:
         macs = state.costs["macs"]
         share, what = macs.fixed() / max(macs.full(), 1e-300), "of the MACs"
     bound = f", which alone caps the speed-up at {1 / share:.2g}x" if share > 0.02 else ""
-    return (f"latency fell {lat_gain:.2f}x while MACs fell {mac_gain:.2f}x: {share:.0%} {what} is in layers "
-            f"the plan could not touch (frozen channel groups, ops without prunable channels){bound}; "
-            "element-wise, memory-bound and custom ops take time but count no MACs, and small layers are "
-            "bound by per-op overhead rather than arithmetic (a '2x latency' target plans on measured time).")
+    head = (f"latency fell {lat_gain:.2f}x while MACs fell {mac_gain:.2f}x: {share:.0%} {what} is in layers "
+            f"the plan could not touch (frozen channel groups, ops without prunable channels){bound}; ")
+    measured = _op_time_note(state, after, mac_gain)
+    if measured:
+        return head + measured + " (a '2x latency' target plans on measured time)."
+    return (head + "element-wise, memory-bound and custom ops take time but count no MACs, and small layers "
+            "are bound by per-op overhead rather than arithmetic (a '2x latency' target plans on measured "
+            "time).")
+
+
+def _op_time_note(state: Any, after: ModelStats, mac_gain: float) -> str | None:
+    """Time per op kind of the original and the compressed model, profiled in the eager layout the report
+    measured (``compresskit.deploy.profile``), kept in ``state.records["op_times"]``; None when the state
+    has no models to profile or profiling fails."""
+    model, final = getattr(state, "model", None), getattr(state, "final", None)
+    inputs = getattr(state, "example_inputs", None)
+    if not isinstance(model, nn.Module) or not isinstance(final, nn.Module) or inputs is None:
+        return None
+    from compresskit.deploy.profile import kept_time_note, time_by_op_kind
+
+    layout = after.latency_runtime if after.latency_runtime in ("eager", "channels_last") else "eager"
+    try:
+        before_t, after_t = time_by_op_kind(model, inputs, layout), time_by_op_kind(final, inputs, layout)
+    except Exception:  # a profile is a diagnosis: never fail the run for it
+        return None
+    state.records["op_times"] = {"before": before_t.to_dict(), "after": after_t.to_dict()}
+    text = kept_time_note(before_t, after_t, mac_gain)
+    if after.latency_runtime not in (None, "eager", "channels_last"):
+        text += f" (profiled in eager {layout}; {after.latency_runtime} is timed whole)"
+    return text
 
 
 def _finish(state: Any, r: _Resolved, name: str, out_dir: Path | None) -> CompressResult:
@@ -372,7 +398,8 @@ def _finish(state: Any, r: _Resolved, name: str, out_dir: Path | None) -> Compre
         widths=changed if plan is not None else {}, plan=plan.explain_text() if plan is not None else "",
         stages=state.timings, config=state.config.model_dump(mode="json"),
         example_input_shapes=[list(t.shape) for t in r.example_inputs], notes=notes, target=summary,
-        calibration=state.records.get("sparsify", {}), planning=state.records.get("plan", {}))
+        calibration=state.records.get("sparsify", {}), planning=state.records.get("plan", {}),
+        op_times=state.records.get("op_times", {}))
     rebuild = None
     if r.registered is not None:
         # every group's width: a loaded model compressed again is rebuilt from the full-size one

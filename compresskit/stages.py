@@ -14,6 +14,7 @@ import copy
 import hashlib
 import json
 import shutil
+import statistics
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -32,7 +33,6 @@ from compresskit.report import (
     count_params,
     evaluate,
     frozen_group_notes,
-    measure_latency,
 )
 from compresskit.target import Target
 
@@ -134,12 +134,19 @@ class State:
     densities: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    latency_runtime: str | None = None  # a latency target's runtime (compresskit.deploy.runtime)
 
     def stats(self, m: nn.Module) -> ModelStats:
         cfg = self.config
-        lat = (measure_latency(m, self.example_inputs, repeats=cfg.latency_repeats)["median_ms"]
-               if cfg.measure_latency else None)
-        s = ModelStats(count_params(m), count_macs(m, self.example_inputs), lat)
+        s = ModelStats(count_params(m), count_macs(m, self.example_inputs))
+        if cfg.measure_latency:  # every runtime; the fastest (or the latency target's) is latency_ms
+            from compresskit.deploy.runtime import measure_runtimes
+
+            times = measure_runtimes(m, self.example_inputs, cfg.latency_runtimes,
+                                     repeats=cfg.latency_repeats)
+            s.latency_by_runtime = times.ms
+            s.latency_runtime = self.latency_runtime if self.latency_runtime in times.ms else times.best
+            s.latency_ms = times.ms.get(s.latency_runtime) if s.latency_runtime else None
         if self.val_loader is not None and self.metrics:
             s.metrics = evaluate(m, self.val_loader, self.metrics, self.inputs_fn, cfg.eval_batches)
         return s
@@ -189,8 +196,18 @@ class TraceStage(Stage):
         metric = state.target.metric
         if metric not in state.costs:
             cache = state.config.out_dir / "latency" if state.config.out_dir is not None else None
+            kw = {}
+            if metric == "latency":  # plan on the eager layout that runs the original fastest
+                from compresskit.deploy.runtime import available_runtimes, measure_runtimes
+
+                eager = [r for r in available_runtimes(state.example_inputs, onnx=False)]
+                times = measure_runtimes(state.work, state.example_inputs, eager,
+                                         repeats=state.config.plan.latency_repeats)
+                state.latency_runtime = times.best or "eager"
+                if state.latency_runtime != "eager":
+                    kw["layout"] = state.latency_runtime
             state.costs[metric] = cost_model(metric, state.work, state.graph, state.example_inputs,
-                                             cache_dir=cache)
+                                             cache_dir=cache, **kw)
         state.cost = state.costs[metric]
         state.before = state.stats(state.model)
         if state.config.plan.rule == "target" or _needs_target_plan(state):
@@ -376,8 +393,18 @@ def _measure(state: State, model: nn.Module) -> float:
         return float(count_params(model))
     if metric == "macs":
         return float(count_macs(model, state.example_inputs))
-    return float(measure_latency(model, state.example_inputs,
-                                 repeats=state.config.plan.latency_repeats)["median_ms"])
+    return _latency_ms(state, model)
+
+
+def _latency_ms(state: State, model: nn.Module) -> float:
+    """Median ms of ``model`` in the runtime the latency target plans on (``state.latency_runtime``)."""
+    from compresskit._modes import eval_mode
+    from compresskit.deploy.runtime import prepare, time_call
+
+    with eval_mode(model):
+        fn = prepare(model, state.example_inputs, state.latency_runtime or "eager")
+        times = time_call(fn, state.device, repeats=state.config.plan.latency_repeats)
+    return float(statistics.median(times))
 
 
 def _target_plan(state: State) -> tuple[Any, dict[str, Any]]:
@@ -392,8 +419,7 @@ def _target_plan(state: State) -> tuple[Any, dict[str, Any]]:
     target, cost = state.target, state.cost
     kw = dict(min_width=cfg.min_width, round_to=state.round_to())
     if target.metric == "latency":
-        full_measured = float(measure_latency(state.work, state.example_inputs,
-                                              repeats=cfg.latency_repeats)["median_ms"])
+        full_measured = _latency_ms(state, state.work)
     else:
         full_measured = float(cost.full())
     goal = full_measured / target.ratio
