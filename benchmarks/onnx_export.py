@@ -105,7 +105,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="VFI models with static sizes")
     p.add_argument("--part", choices=("zoo", "vfi", "compressed", "all"), default="all")
     p.add_argument("--size", type=int, default=64, help="VFI frame size (default 64)")
-    p.add_argument("--only", action="append", help="only these model names")
+    p.add_argument("--only", action="append", help="only these models (exact names: adacof, zoo/unet2d)")
     p.add_argument("--json", help="merge the rows into this JSON file")
     args = p.parse_args(argv)
     if onnx_available():
@@ -124,7 +124,7 @@ def main(argv=None) -> int:
             items = [(f"{n} (compressed ½)", (lambda b=b: compressed(b)), not args.quick)
                      for n, b in vfi_models(args.size)]
         for name, build, dynamic in items:
-            if args.only and not any(o in name for o in args.only):
+            if args.only and name.removesuffix(" (compressed ½)") not in args.only:
                 continue
             run(rows, name, build, dynamic, console)
     console.print(table(rows))

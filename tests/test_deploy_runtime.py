@@ -137,3 +137,21 @@ def test_report_names_the_runtime_and_shows_the_others(capsys):
     out = capsys.readouterr().out
     assert f"latency (ms, {rep.before.latency_runtime}" in out
     assert "eager (ms)" in out and "channels_last (ms)" in out
+
+
+def test_channels_last_takes_models_mixing_2d_and_3d_convs():
+    class Mixed(nn.Module):  # ST-MFNet's shape: 2-D features, a 3-D U-Net over the frames
+        def __init__(self):
+            super().__init__()
+            self.c2, self.c3 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv3d(4, 2, 3, padding=1)
+
+        def forward(self, a, b):
+            v = torch.stack([self.c2(a), self.c2(b)], 2)  # (B, 4, 2, H, W)
+            return self.c3(v).mean(2)
+
+    torch.manual_seed(0)
+    model, xs = Mixed().eval(), (torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8))
+    with torch.inference_mode():
+        torch.testing.assert_close(prepare(model, xs, "channels_last")(), model(*xs))
+    assert set(measure_runtimes(model, xs, ["eager", "channels_last"], repeats=1, warmup=0).ms) == {
+        "eager", "channels_last"}

@@ -63,9 +63,9 @@ def time_by_op_kind(model: nn.Module, example_inputs: Any, layout: str = "eager"
 
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
     if layout == "channels_last":
-        from compresskit.deploy.runtime import _channels_last
+        from compresskit.deploy.runtime import _channels_last, to_channels_last
 
-        model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        model = to_channels_last(copy.deepcopy(model))
         inputs = tuple(_channels_last(t) for t in inputs)
     elif layout != "eager":
         raise ValueError(f"layout: expected 'eager' or 'channels_last', got {layout!r}")

@@ -32,7 +32,7 @@ from torch import nn
 from compresskit._modes import eval_mode
 
 __all__ = ["RUNTIMES", "RuntimeTimes", "available_runtimes", "measure_runtimes", "prepare", "time_call",
-           "RUNTIME_LABELS"]
+           "RUNTIME_LABELS", "to_channels_last"]
 
 RUNTIMES = ("eager", "channels_last", "onnxruntime")
 RUNTIME_LABELS = {"eager": "eager NCHW", "channels_last": "eager channels-last",
@@ -61,6 +61,18 @@ def _channels_last(t: Any) -> Any:
     return t
 
 
+def to_channels_last(model: nn.Module) -> nn.Module:
+    """``model`` (in place) with every 4-D parameter/buffer channels-last and every 5-D one
+    channels-last-3d; ``Module.to(memory_format=...)`` refuses a model that mixes 2-D and 3-D convs."""
+    for m in model.modules():
+        for table in (m._parameters, m._buffers):
+            for t in table.values():
+                if t is not None and t.dim() in (4, 5):
+                    fmt = torch.channels_last if t.dim() == 4 else torch.channels_last_3d
+                    t.data = t.data.contiguous(memory_format=fmt)
+    return model
+
+
 def prepare(model: nn.Module, example_inputs: Sequence[Any], runtime: str,
             workdir: str | Path | None = None) -> Callable[[], Any]:
     """A no-argument callable running ``model`` on ``example_inputs`` in ``runtime`` (the model is copied
@@ -69,9 +81,7 @@ def prepare(model: nn.Module, example_inputs: Sequence[Any], runtime: str,
     if runtime == "eager":
         return lambda: model(*inputs)
     if runtime == "channels_last":
-        fmt = torch.channels_last_3d if any(getattr(t, "dim", lambda: 0)() == 5 for t in inputs) \
-            else torch.channels_last
-        twin = copy.deepcopy(model).to(memory_format=fmt).eval()
+        twin = to_channels_last(copy.deepcopy(model)).eval()
         cl = tuple(_channels_last(t) for t in inputs)
         return lambda: twin(*cl)
     if runtime == "onnxruntime":
@@ -129,6 +139,7 @@ class RuntimeTimes:
 
     ms: dict[str, float] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    min_ms: dict[str, float] = field(default_factory=dict)  #: fastest call (steadier on a shared machine)
 
     @property
     def best(self) -> str | None:
@@ -155,7 +166,8 @@ def measure_runtimes(model: nn.Module, example_inputs: Any, runtimes: str | Sequ
         for name in names:
             try:
                 fn = prepare(model, inputs, name)
-                out.ms[name] = statistics.median(time_call(fn, device, repeats, warmup))
+                times = time_call(fn, device, repeats, warmup)
+                out.ms[name], out.min_ms[name] = statistics.median(times), min(times)
             except Exception as e:  # a runtime that cannot run this model is left out, with why
                 text = str(e).strip().splitlines()
                 out.errors[name] = f"{type(e).__name__}: {text[0][:200] if text else ''}"

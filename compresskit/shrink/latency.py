@@ -287,10 +287,10 @@ class LatencyTable:
         if layout == "channels_last":
             import copy
 
-            from compresskit.deploy.runtime import _channels_last
+            from compresskit.deploy.runtime import _channels_last, to_channels_last
 
             key["layout"] = layout
-            model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+            model = to_channels_last(copy.deepcopy(model))
             inputs = tuple(_channels_last(x) for x in inputs)
         if stat not in ("median", "min"):
             raise ValueError(f"stat: expected 'median' or 'min', got {stat!r}")
@@ -425,7 +425,9 @@ def _measure_shrunk(model: nn.Module, graph: ChannelGraph, inputs: tuple, widths
     try:
         small = shrink(model, graph, keep=keep).eval()
         if layout == "channels_last":
-            small = small.to(memory_format=torch.channels_last)
+            from compresskit.deploy.runtime import to_channels_last
+
+            small = to_channels_last(small)
         return clock.measure(lambda: small(*inputs))
     except Exception as e:  # a model the surgery cannot run: the rest stays a constant
         warnings.warn(f"latency table: the model shrunk to calibrate the rest could not run ({e}); the time "

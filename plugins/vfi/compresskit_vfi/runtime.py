@@ -48,7 +48,9 @@ def eager_runner(model: nn.Module, layout: str = "nchw", n_inputs: int | None = 
     n = n_inputs or model_num_inputs(model)
     model = model.eval()
     if layout == "channels_last":
-        model = model.to(memory_format=torch.channels_last)
+        from compresskit.deploy.runtime import to_channels_last
+
+        model = to_channels_last(model)
 
         def run(*frames: torch.Tensor) -> torch.Tensor:
             with torch.inference_mode():
