@@ -9,8 +9,10 @@ compressed AdaCoF ≥ 2× faster than AdaCoF, ST-MFNet Mini ≥ 3× faster than 
 
 Quick mode (``--quick``): 3 repeats, eager runtimes only, the AdaCoF pair and the ST-MFNet pair; the
 ONNX Runtime column for the AdaCoF pair needs ``--onnx`` (each export takes about a minute on one thread).
+``--profile`` adds the time per op kind of both models (``compresskit.deploy.profile``) and names the
+kinds that kept their time: where a latency lagging the MACs went.
 
-    .venv/bin/python benchmarks/deploy_speed.py --quick --json docs/data/deploy_speed.json
+    .venv/bin/python benchmarks/deploy_speed.py --quick --profile --json docs/data/deploy_speed.json
     .venv/bin/python benchmarks/deploy_speed.py --onnx --repeats 10 --json docs/data/deploy_speed_full.json
 """
 
@@ -41,6 +43,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--onnx", action="store_true", help="also time ONNX Runtime")
     p.add_argument("--pair", choices=tuple(PAIRS), action="append")
+    p.add_argument("--profile", action="store_true",
+                   help="also time each op kind (conv, warp, resize, ...) before and after, in the "
+                        "compressed model's chosen eager layout, and name what kept its time")
     p.add_argument("--json")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -66,6 +71,15 @@ def main(argv=None) -> int:
                "chosen": b["ms"][b["best"]] / s["ms"][s["best"]], "mac_ratio": b["macs"] / s["macs"],
                "ratio_of_min": {r: b["min_ms"][r] / s["min_ms"][r] for r in runtimes
                                 if r in b["min_ms"] and r in s["min_ms"]}}
+        if args.profile:
+            from compresskit.deploy.profile import kept_time_note, time_by_op_kind
+
+            layout = s["best"] if s["best"] in ("eager", "channels_last") else "eager"
+            tb = time_by_op_kind(ck.create_model(big).eval(), x, layout, repeats=1)
+            ts = time_by_op_kind(ck.create_model(small).eval(), x, layout, repeats=1)
+            row["op_times"] = {"before": tb.to_dict(), "after": ts.to_dict()}
+            row["op_note"] = kept_time_note(tb, ts, row["mac_ratio"])
+            console.print(f"{row['pair']}: {row['op_note']}")
         rows.append(row)
     title = f"latency ratio at {args.size}², batch 1, {args.threads} thread(s), {repeats} repeats"
     table = Table(title=title, title_justify="left")
