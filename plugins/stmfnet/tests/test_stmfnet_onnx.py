@@ -11,7 +11,6 @@ from compresskit_stmfnet.ops import correlation, softmax_splat
 from compresskit_stmfnet.ops.onnx import correlation_decomposed, sum_splat_decomposed
 from torch import nn
 
-import compresskit as ck
 from compresskit.deploy.onnx import onnx_available
 
 _spec = importlib.util.spec_from_file_location("_stmfnet_ref", Path(__file__).with_name("test_ops.py"))
@@ -63,15 +62,3 @@ def test_splat_and_correlation_export_as_standard_onnx_ops(tmp_path):
     with torch.inference_mode():
         want = model(*ys)
     torch.testing.assert_close(run_session(session(tmp_path / "flow.onnx"), ys)[0], want, rtol=0, atol=1e-4)
-
-
-@needs_onnx
-@pytest.mark.slow
-def test_stmfnet_mini_exports_and_matches(tmp_path):
-    from compresskit.deploy.onnx import export_onnx
-
-    torch.set_num_threads(1)
-    model = ck.create_model("stmfnet_mini").eval()
-    xs = tuple(torch.rand(1, 3, 32, 32) for _ in range(4))
-    result = export_onnx(model, xs, tmp_path / "mini.onnx", dynamic=False)
-    assert result.checks[0]["ok"]
