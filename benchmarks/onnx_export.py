@@ -100,14 +100,35 @@ def table(rows: list[dict]) -> Table:
     return t
 
 
+def markdown(rows: list[dict]) -> str:
+    """The rows as the Markdown table of docs/deploy.md."""
+    lines = ["| model | exports | ONNX input | max \\|error\\| | s | notes / why not |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        shape = "×".join(map(str, r.get("input_shape", []))) or "-"
+        err = "-" if r.get("max_abs_error") is None else f"{r['max_abs_error']:.1e}"
+        why = r.get("error") or "; ".join(r.get("notes") or [])
+        if r.get("decomposed"):
+            why = (why + "; " if why else "") + "as standard ops: " + ", ".join(r["decomposed"])
+        if not r.get("dynamic_requested", True) and r["ok"]:
+            why = (why + "; " if why else "") + "static sizes requested (quick mode)"
+        lines.append(f"| {r['model']} | {'yes' if r['ok'] else 'no'} | {shape} | {err} | {r['seconds']} | "
+                     f"{why.replace('|', '/')[:220]} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="VFI models with static sizes")
     p.add_argument("--part", choices=("zoo", "vfi", "compressed", "all"), default="all")
     p.add_argument("--size", type=int, default=64, help="VFI frame size (default 64)")
-    p.add_argument("--only", action="append", help="only these models (exact names: adacof, zoo/unet2d)")
+    p.add_argument("--only", action="append", help="only these models (exact: adacof, zoo/unet2d)")
     p.add_argument("--json", help="merge the rows into this JSON file")
+    p.add_argument("--markdown", metavar="JSON", help="print the rows of this JSON file as Markdown, and exit")
     args = p.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(Path(args.markdown).read_text())["rows"]))
+        return 0
     if onnx_available():
         print(onnx_available())
         return 1
