@@ -124,7 +124,7 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=64, help="VFI frame size (default 64)")
     p.add_argument("--only", action="append", help="only these models (exact: adacof, zoo/unet2d)")
     p.add_argument("--json", help="merge the rows into this JSON file")
-    p.add_argument("--markdown", metavar="JSON", help="print the rows of this JSON file as Markdown, and exit")
+    p.add_argument("--markdown", metavar="JSON", help="print this JSON file's rows as Markdown, exit")
     args = p.parse_args(argv)
     if args.markdown:
         print(markdown(json.loads(Path(args.markdown).read_text())["rows"]))
