@@ -453,7 +453,8 @@ def _target_plan(state: State) -> tuple[Any, dict[str, Any]]:
         plan = best[1]
     record = {"rule": "target", "target": str(target), "full": full_measured, "goal": goal,
               "predicted": plan.predicted, "verification": attempts, "round_to": kw["round_to"],
-              "min_width": cfg.min_width, "importance": cfg.importance}
+              "min_width": cfg.min_width, "importance": cfg.importance,
+              "runtime": state.latency_runtime if target.metric == "latency" else None}
     return plan, record
 
 

@@ -155,3 +155,29 @@ def test_channels_last_takes_models_mixing_2d_and_3d_convs():
         torch.testing.assert_close(prepare(model, xs, "channels_last")(), model(*xs))
     assert set(measure_runtimes(model, xs, ["eager", "channels_last"], repeats=1, warmup=0).ms) == {
         "eager", "channels_last"}
+
+
+def test_latency_table_times_layers_in_the_layout_it_plans_for():
+    from compresskit.graph.trace import trace
+    from compresskit.shrink.latency import LatencyTable
+
+    seen = []
+
+    class Spy(nn.Conv2d):  # records the layout each call of the layer receives
+        def forward(self, x):
+            seen.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+            return super().forward(x)
+
+    model = nn.Sequential(Spy(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 3, padding=1)).eval()
+    x = (torch.rand(1, 3, 12, 12),)
+    graph = trace(model, x)
+    clock = iter(range(10**6))
+    kw = dict(repeats=1, warmup=0, calibrate=(), timer=lambda: next(clock) * 1e-3)
+    eager = LatencyTable.build(model, graph, x, **kw)
+    assert "layout" not in eager.key and not any(seen)
+    seen.clear()
+    cl = LatencyTable.build(model, graph, x, layout="channels_last", **kw)
+    assert cl.key["layout"] == "channels_last" and seen and all(seen)  # the model timed channels-last
+    assert model[0].weight.is_contiguous()  # the caller's model is left as it was
+    with pytest.raises(ValueError, match="layout: expected"):
+        LatencyTable.build(model, graph, x, layout="nhwc", **kw)
