@@ -97,7 +97,10 @@ def test_kept_time_note_names_the_kinds_and_ops_that_kept_their_time():
     note = kept_time_note(before, after, mac_gain=4.0)
     assert note.startswith("time by op kind (channels_last), before → after: conv 40 → 10 ms (4.00x)")
     # warp fell 1.05x (< half the 4x MACs factor); element-wise 2x does not count as kept; resize is tiny
-    assert note.endswith("kept their time: warp (compresskit_vfi::adacof 10 → 9.5 ms)")
+    assert note.endswith("kept their time (fell less than 2x): warp (compresskit_vfi::adacof 10 → 9.5 ms)")
+    # MACs 1.5x: anything that fell less than 1.3x kept its time (warp), conv's 4x did not
+    assert kept_time_note(before, after, mac_gain=1.5).endswith("(fell less than 1.3x): warp "
+                                                                 "(compresskit_vfi::adacof 10 → 9.5 ms)")
 
 
 def test_latency_note_is_measured_and_recorded():
