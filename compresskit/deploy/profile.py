@@ -109,7 +109,8 @@ def kept_time_note(before: OpTimes | Mapping[str, Any], after: OpTimes | Mapping
         gain = tb / ta if ta > 0 else float("inf")
         parts.append(f"{kind} {tb:.3g} → {ta:.3g} ms ({gain:.2f}x)")
         if tb / total >= min_share and gain < limit:
-            top = [n for n in b.ops if op_kind(n) == kind][:2]
+            top = [n for n in b.ops if op_kind(n) == kind and a.ops.get(n, 0.0) > 0
+                   and b.ops[n] / a.ops[n] < limit][:2]  # its ops that kept their time themselves
             which = ", ".join(f"{n} {b.ops[n]:.3g} → {a.ops.get(n, 0.0):.3g} ms" for n in top)
             kept.append(f"{kind} ({which})" if which else kind)
     text = f"time by op kind ({b.layout}), before → after: " + ", ".join(parts)
