@@ -47,7 +47,7 @@ size is padded to even by repeating its last row/column). The input's audio stre
 (--no-audio drops it). At a scene cut (RGB-histogram distance of neighbours above --cut-threshold, 0.2)
 the inserted frames repeat the frame before the cut instead of blending two shots. OUT appears only
 when the whole video was written. The model runs in its faster memory layout (NCHW or channels-last,
-timed on the first frame) under torch.inference_mode, with decoding and encoding in threads of their
+timed on the first predictions) under torch.inference_mode, with decoding and encoding in threads of their
 own; --runtime onnx runs the exported, checked ONNX file in ONNX Runtime instead. frames/s is printed.
 """
 
@@ -147,8 +147,8 @@ def _build_parser() -> argparse.ArgumentParser:
                     help="eager PyTorch (default), or ONNX Runtime on the model exported and checked "
                          "first (needs pip install 'compresskit[onnx]')")
     ip.add_argument("--layout", choices=("auto", "nchw", "channels_last"), default="auto",
-                    help="eager memory layout; auto (default) times both on the first frame, keeps the "
-                         "faster")
+                    help="eager memory layout; auto (default) times both on the first predictions and "
+                         "keeps the faster")
     ip.add_argument("--ends", choices=("copy", "predict"), default="copy",
                     help="four-input models at the clip's ends: copy the first/last frame as the "
                          "published ST-MFNet script does (default), or predict from duplicated neighbours")

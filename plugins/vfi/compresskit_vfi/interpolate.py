@@ -354,7 +354,9 @@ RUNTIMES = ("eager", "onnx")
 def make_runner(model: nn.Module, first: torch.Tensor, runtime: str = "eager", layout: str = "auto",
                 onnx_path: str | os.PathLike | None = None) -> Any:
     """The :class:`~compresskit_vfi.runtime.Runner` ``interpolate_video`` uses: ONNX Runtime, or eager
-    PyTorch in ``layout`` (``"auto"``: the faster of NCHW and channels-last on the frame ``first``)."""
+    PyTorch in ``layout`` (``"auto"``: the faster of NCHW and channels-last, timed on the first real
+    predictions, :func:`~compresskit_vfi.runtime.adaptive_eager`); ``first`` is the clip's first frame
+    (its size sets the ONNX export)."""
     from compresskit_vfi import runtime as rt
 
     if runtime not in RUNTIMES:
@@ -365,7 +367,7 @@ def make_runner(model: nn.Module, first: torch.Tensor, runtime: str = "eager", l
     if runtime == "onnx":
         return rt.onnx_runner(model, tuple(first.shape), n, path=onnx_path)
     if layout == "auto":
-        return rt.fastest_eager(model, [first] * n, n_inputs=n)
+        return rt.adaptive_eager(model, n)
     return rt.eager_runner(model, layout, n)
 
 
@@ -384,7 +386,7 @@ def interpolate_video(input: str | os.PathLike, output: str | os.PathLike, model
     odd size is encoded 4:2:0 padded to even (see :func:`compresskit_vfi.data.video.write_video`). The
     output is written atomically: an error at any point leaves no output file. ``progress`` shows a rich
     bar with frames/s. ``runtime``/``layout``: how the model runs (:func:`make_runner`; the eager default
-    times NCHW against channels-last on the first frame and keeps the faster); ``ends``: see
+    times NCHW against channels-last on the first predictions and keeps the faster); ``ends``: see
     :func:`interpolate_frames`; ``overlap_io``: decode, predict and encode in three threads at once.
     Returns a summary dict (``cuts``: input indices ``i`` with a cut after frame ``i``; ``runtime``: how
     the model ran; ``frames_per_second``: output frames per second of wall time, decoding and encoding

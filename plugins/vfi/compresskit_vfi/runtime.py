@@ -5,8 +5,11 @@ A :class:`Runner` is a callable ``runner(*frames) -> frame`` with ``n_inputs`` a
 - :func:`eager_runner`: the model under ``torch.inference_mode`` in NCHW or channels-last layout
   (``model.to(memory_format=torch.channels_last)`` and the frames made channels-last contiguous). On CPU
   the convolutions of a channels-last model skip the layout conversions oneDNN otherwise does per layer.
-- :func:`fastest_eager`: both layouts timed on the clip's first frames (one warm-up and ``repeats``
-  timed calls each); the faster one is used and the times are reported.
+- :func:`adaptive_eager` (what ``interpolate`` uses): the first four predictions alternate NCHW and
+  channels-last (the first of each warms up, the second is timed), then the faster layout predicts the
+  rest. No call is spent on timing alone; ``info["ms"]`` holds the two timed calls.
+- :func:`fastest_eager`: both layouts timed on given frames (one warm-up and ``repeats`` timed calls
+  each) before any prediction; the faster one is returned.
 - :func:`onnx_runner`: the model exported with :func:`compresskit.deploy.export_onnx` (checked against
   PyTorch; dynamic spatial sizes where the model allows, else exported at the frame size) and run by an
   ONNX Runtime CPU session. Needs ``pip install 'compresskit[onnx]'``.
@@ -23,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["Runner", "eager_runner", "fastest_eager", "onnx_runner", "LAYOUTS"]
+__all__ = ["Runner", "eager_runner", "fastest_eager", "adaptive_eager", "onnx_runner", "LAYOUTS"]
 
 LAYOUTS = ("nchw", "channels_last")
 
@@ -93,6 +96,46 @@ def fastest_eager(model: nn.Module, frames: Sequence[torch.Tensor], repeats: int
     best = min(times, key=times.__getitem__)
     runner = runners[best]
     runner.info["ms"] = times
+    return runner
+
+
+def adaptive_eager(model: nn.Module, n_inputs: int | None = None) -> Runner:
+    """A runner that predicts with both layouts in turn for its first four calls (warm-up NCHW, warm-up
+    channels-last, timed NCHW, timed channels-last), then keeps the faster: the choice costs no extra
+    model call. ``runner.name`` and ``runner.info["ms"]`` say what was chosen once it is."""
+    import copy
+
+    from compresskit_vfi.interpolate import model_num_inputs
+
+    n = n_inputs or model_num_inputs(model)
+    runners = {"nchw": eager_runner(model, "nchw", n),
+               "channels_last": eager_runner(copy.deepcopy(model), "channels_last", n)}
+    order = ["nchw", "channels_last", "nchw", "channels_last"]
+    state: dict[str, Any] = {"calls": 0, "ms": {}, "chosen": None}
+
+    def run(*frames: torch.Tensor) -> torch.Tensor:
+        chosen = state["chosen"]
+        if chosen is not None:
+            return runners[chosen](*frames)
+        i = state["calls"]
+        layout = order[i]
+        cuda = frames[0].is_cuda
+        if cuda:  # pragma: no cover - needs a GPU
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = runners[layout](*frames)
+        if cuda:  # pragma: no cover
+            torch.cuda.synchronize()
+        if i >= 2:
+            state["ms"][layout] = (time.perf_counter() - start) * 1e3
+        state["calls"] = i + 1
+        if state["calls"] == len(order):
+            state["chosen"] = min(state["ms"], key=state["ms"].__getitem__)
+            runner.name = runners[state["chosen"]].name
+            runner.info["ms"] = dict(state["ms"])
+        return out
+
+    runner = Runner(run, n, "eager (layout chosen on the first predictions)", {})
     return runner
 
 

@@ -42,6 +42,8 @@ def test_layouts_give_the_same_frames_and_auto_times_both():
         torch.testing.assert_close(got, want)
         assert got.is_contiguous()
     runner = make_runner(Net().eval(), frames[0], "eager", "auto")
+    for _ in range(5):  # two warm-ups, two timed predictions (one per layout), then the faster one
+        torch.testing.assert_close(runner(*frames), want)
     assert set(runner.info["ms"]) == {"nchw", "channels_last"}
     assert runner.name in ("eager NCHW", "eager channels-last")
     with pytest.raises(ValueError, match="runtime must be one of"):
