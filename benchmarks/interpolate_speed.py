@@ -1,5 +1,5 @@
 """``compresskit-vfi interpolate`` frames/s on bigbuckbunny (1280×720) ×2: the demo's AdaCoF before and
-after compression, eager (fastest layout, chosen on the first frame) and in ONNX Runtime.
+after compression, eager (fastest layout, chosen on the first predictions) and in ONNX Runtime.
 
 The original is the demo's teacher, our quarter-width AdaCoF (``examples/assets/adacof_w025_samples.pt``).
 The compressed model is ``--compressed PATH`` (e.g. ``demo_output/compressed_model.pt`` written by
@@ -7,9 +7,10 @@ The compressed model is ``--compressed PATH`` (e.g. ``demo_output/compressed_mod
 (about 4× fewer parameters, the demo's "4x params" target; speed does not depend on the weights, the
 frames written do). Each run calls ``interpolate_video`` exactly as the CLI does (decode, predict and
 encode overlapped in threads, inference mode) on the first ``--frames`` frames of the clip, so the
-frames/s include decoding, the layout timing on the first frame, and encoding.
+frames/s include decoding and encoding (the layout is chosen on the first four predictions, which are
+real ones: the first two are also the warm-up of each layout).
 
-Quick mode (``--quick``): 4 input frames (7 output frames), eager only; ``--onnx`` adds ONNX Runtime.
+Quick mode (``--quick``): 6 input frames (11 output frames), eager only; ``--onnx`` adds ONNX Runtime.
 
     .venv/bin/python benchmarks/interpolate_speed.py --quick --json docs/data/interpolate_speed.json
     .venv/bin/python benchmarks/interpolate_speed.py --frames 132 --onnx \
@@ -54,7 +55,7 @@ def models(compressed: str | None):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--frames", type=int, default=None, help="input frames (default 4 quick, 132 full)")
+    p.add_argument("--frames", type=int, default=None, help="input frames (default 6 quick, 132 full)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--onnx", action="store_true")
     p.add_argument("--compressed", help="a file written by compress / the demo")
@@ -65,7 +66,7 @@ def main(argv=None) -> int:
     from compresskit_vfi.data.video import iter_video_frames, write_video
     from compresskit_vfi.interpolate import interpolate_video
 
-    n = args.frames or (4 if args.quick else 132)
+    n = args.frames or (6 if args.quick else 132)
     console = Console()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
