@@ -23,7 +23,7 @@ import time
 
 import torch
 from compresskit_stmfnet.models import STMFNet
-from compresskit_stmfnet.recipe import MiniRecipeConfig, _overall_density, phase1_loss
+from compresskit_stmfnet.recipe import MiniRecipeConfig, density_ours, phase1_loss
 from compresskit_vfi.data.samples import sample_dataset
 from torch.utils.data import DataLoader
 
@@ -75,7 +75,7 @@ def run(reduction: str, args: argparse.Namespace) -> list[dict]:
             step += 1
             if log:
                 row = {"reduction": reduction, "step": step, "loss": value, "would_zero": zeroable,
-                       "density": _overall_density(model), "seconds": round(time.perf_counter() - start, 1)}
+                       "density": density_ours(model), "seconds": round(time.perf_counter() - start, 1)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
             if step == args.steps:

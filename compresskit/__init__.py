@@ -23,6 +23,10 @@ _API: dict[str, str] = {
     "ChannelGraph": "compresskit.graph.channels",
     "ChannelGroup": "compresskit.graph.channels",
     "register_rule": "compresskit.graph.rules",
+    # strategies (House III): what to remove, how stage I trains, what a target measures
+    "register_importance": "compresskit.shrink.importance",
+    "register_sparsifier": "compresskit.sparsify.auto",
+    "register_metric": "compresskit.shrink.metric",
     # shrink (Core I / II)
     "shrink": "compresskit.shrink.surgery",
     "register_resizer": "compresskit.shrink.resize",
@@ -122,9 +126,12 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
         model_info,
         register_model,
     )
+    from compresskit.shrink.importance import register_importance  # noqa: F401
+    from compresskit.shrink.metric import register_metric  # noqa: F401
     from compresskit.shrink.plan import WidthPlan, plan_for_target, plan_widths  # noqa: F401
     from compresskit.shrink.resize import register_resizer  # noqa: F401
     from compresskit.shrink.surgery import shrink  # noqa: F401
+    from compresskit.sparsify.auto import register_sparsifier  # noqa: F401
     from compresskit.sparsify.density import layer_densities  # noqa: F401
     from compresskit.sparsify.obproxsg import OBProxSG, steps_from_epochs  # noqa: F401
     from compresskit.target import Target  # noqa: F401

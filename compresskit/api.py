@@ -57,12 +57,18 @@ class CompressResult:
     rebuild: dict[str, Any] | None = None
     input_dtypes: list[str] | None = None  #: the example inputs' dtypes ("int64"), for CompressResult.save
 
-    def save(self, path: str | os.PathLike) -> Path:
+    def save(self, path: str | os.PathLike, *, model_name: str | None = None,
+             model_kwargs: Mapping[str, Any] | None = None, allow_pickle: bool = False) -> Path:
         """Write the small model to one file (atomically); :func:`load` rebuilds it from that file alone,
-        without the model's class and without unpickling (``compresskit.saving``)."""
+        without the model's class and without unpickling (``compresskit.saving``). The file is written
+        only once it is shown to load that way and reproduce the model's outputs; else ``SaveError``
+        says why. ``model_name``/``model_kwargs``: the registered factory of the original architecture
+        (a rebuild recipe, for a model not built by ``ck.create_model``); ``allow_pickle``: write a
+        pickle-only file (``load(path, trusted=True)``) rather than fail."""
         from compresskit.saving import save_result
 
-        return save_result(self, path)
+        return save_result(self, path, model_name=model_name, model_kwargs=model_kwargs,
+                           allow_pickle=allow_pickle)
 
     def export(self, path: str | os.PathLike, example_inputs: Any = None, **kw: Any) -> Any:
         """Write the small model as an ONNX file (``path`` ends in ``.onnx``), dynamic in batch and spatial
@@ -213,6 +219,7 @@ def compress(
     *,
     inputs_fn: Callable[[Any], tuple] | None = None,
     stop_after: str | None = None,
+    drop_unused: bool | None = None,
 ) -> CompressResult:
     """Compress ``model`` until it meets ``target``; ``model`` itself is left unchanged.
 
@@ -236,17 +243,27 @@ def compress(
     L1 between the output and ``batch[-1]``. ``inputs_fn(batch)`` overrides how a batch becomes the
     model's inputs; ``stop_after`` ("sparsify", "plan", "shrink") ends the run early with that stage's
     model (the CLI's stage commands).
+
+    Parameters that ``forward`` never reads on the example inputs (a training-only block) are named in
+    the report; they stay in the result and count, unless ``drop_unused=True`` (or
+    ``config.shrink.drop_unused``) removes them from the result and from the counts. ``target`` may name
+    several measures that must all hold (``"5x params & 2x latency"``); the report shows each.
     """
     from compresskit.stages import STOPS, State, _Stages, run_stages
     from compresskit.target import as_target
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+    from compresskit.checks import check_module_usable
+
+    check_module_usable(model, "model")
     if isinstance(train_loader, (torch.Tensor, str, bytes)) or not isinstance(train_loader, Iterable):
         raise TypeError("train_loader: expected an iterable of batches (input_1, ..., input_n, target), "
                         f"got {type(train_loader).__name__}")
     if teacher is not None and not isinstance(teacher, nn.Module):
         raise TypeError(f"teacher: expected an nn.Module or None, got {type(teacher).__name__}")
+    if teacher is not None:
+        check_module_usable(teacher, "teacher")
     if val_loader is not None and not isinstance(val_loader, Iterable):
         raise TypeError(f"val_loader: expected batches or None, got {type(val_loader).__name__}")
     from compresskit.train.data import require_reiterable
@@ -255,6 +272,12 @@ def compress(
     if val_loader is not None:
         require_reiterable(val_loader, "val_loader")
     config = _config_of(config)
+    if drop_unused is not None:
+        if not isinstance(drop_unused, bool):
+            raise TypeError(f"drop_unused: expected True, False or None (config.shrink.drop_unused), "
+                            f"got {type(drop_unused).__name__}")
+        config = config.model_copy(deep=True)
+        config.shrink.drop_unused = drop_unused
     goal = as_target(target if target is not None else config.target)
     metrics = normalize_metrics(metrics)
     if stop_after is not None and stop_after not in STOPS:
@@ -266,10 +289,16 @@ def compress(
                          f"registered losses: {', '.join(list_losses())}")
     console = _console(config.progress)
     r = _resolve(model, train_loader, loss_fn, example_inputs, inputs_fn)
+    from compresskit.checks import check_integer_inputs
+
+    check_integer_inputs(model, r.example_inputs)  # uint8 frames into float convs: say how to convert
     if val_loader is not None and not metrics:
         metrics = {"loss": r.loss_fn}
     out_dir = Path(config.out_dir) if config.out_dir is not None else None
     if out_dir is not None:
+        if out_dir.exists() and not out_dir.is_dir():
+            raise ValueError(f"config.out_dir: {str(out_dir)!r} is a file; expected a folder for the stage "
+                             "checkpoints and results (a new or existing folder)")
         out_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(out_dir, depth=1)  # left by a killed run (stage folders included)
         config.dump(out_dir / "config.json")
@@ -288,20 +317,39 @@ def compress(
     return _finish(state, r, name, out_dir)
 
 
-def _target_summary(state: Any, after: ModelStats) -> dict[str, Any]:
-    """Target vs achieved (the achieved ratio of the target's metric, measured on the final model)."""
-    before = state.before
-    got = {"params": (before.params, after.params), "macs": (before.macs, after.macs),
-           "latency": (before.latency_ms, after.latency_ms)}[state.target.metric]
-    achieved = got[0] / got[1] if got[0] is not None and got[1] else None
-    plan = state.plan
-    out = {"target": str(state.target), "metric": state.target.metric, "ratio": state.target.ratio,
-           "achieved": achieved,
-           "predicted": (plan.full_cost / plan.predicted if plan is not None and plan.predicted else None)}
-    if state.target.metric == "latency" and after.latency_ms is None:
-        record = state.records.get("plan", {})
-        tried = record.get("verification") or []
-        out["achieved"] = tried[-1]["ratio"] if tried else None
+def _target_summary(state: Any, after: ModelStats, final: nn.Module | None = None) -> dict[str, Any]:
+    """Target vs achieved (the achieved ratio of each measure of the target, measured on the final model);
+    the first part's values at the top, every part in ``terms``."""
+    from compresskit.stages import _measure
+
+    before, plan = state.before, state.plan
+    known = {"params": (before.params, after.params), "macs": (before.macs, after.macs),
+             "latency": (before.latency_ms, after.latency_ms)}
+    tried = (state.records.get("plan", {}).get("verification") or []) if final is not None else []
+    predicted = {t["metric"]: t["full"] / t["predicted"] for t in (plan.terms if plan is not None else [])
+                 if t.get("predicted")}
+    if plan is not None and plan.predicted and not predicted:  # a plan from before several measures
+        predicted[state.target.metric] = plan.full_cost / plan.predicted
+    terms = []
+    for t in state.target.terms:
+        if final is None:  # not shrunk yet: nothing achieved
+            got = (None, None)
+        elif t.metric in known:
+            got = known[t.metric]
+        else:
+            source = state.work if state.dropped else state.model
+            got = (_measure(state, source, t.metric), _measure(state, final, t.metric))
+        achieved = got[0] / got[1] if got[0] is not None and got[1] else None
+        if t.metric == "latency" and achieved is None and tried:
+            last = tried[-1].get("terms", {}).get("latency", tried[-1])
+            achieved = last.get("ratio")
+        terms.append({"target": str(t), "metric": t.metric, "ratio": t.ratio, "achieved": achieved,
+                      "predicted": predicted.get(t.metric), "met": None if achieved is None
+                      else achieved >= t.ratio * (1 - 0.05 if t.metric == "latency" else 1 - 1e-9)})
+    out = {"target": str(state.target), **{k: terms[0][k] for k in ("metric", "ratio", "achieved",
+                                                                     "predicted")}}
+    if len(terms) > 1:
+        out["terms"] = terms
     return out
 
 
@@ -352,6 +400,24 @@ def _op_time_note(state: Any, after: ModelStats, mac_gain: float) -> str | None:
     return text
 
 
+def _save_into(result: CompressResult, path: Path) -> None:
+    """``result.save(path)``; when no safe file reproduces the model, a pickle-only one (with a warning and
+    a report note) rather than an error that would lose the run."""
+    import warnings
+
+    from compresskit.saving import SaveError
+
+    try:
+        result.save(path)
+    except SaveError as e:
+        note = (f"{path.name} holds a pickled module that only ck.load(path, trusted=True) opens: {e}")
+        result.report.notes.append(note)
+        warnings.warn(f"compress: {note}", stacklevel=3)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*holds only a pickled module")  # said just now
+            result.save(path, allow_pickle=True)
+
+
 def _finish(state: Any, r: _Resolved, name: str, out_dir: Path | None) -> CompressResult:
     """Build the report and result of the stage reached; write them into ``out_dir``."""
     from compresskit.stages import _widths
@@ -376,18 +442,17 @@ def _finish(state: Any, r: _Resolved, name: str, out_dir: Path | None) -> Compre
     widths = _widths(state)
     changed = {k: v for k, v in widths.items() if v[0] != v[1]}
     notes = list(state.notes)
-    summary = _target_summary(state, after) if stage in ("shrunk", "compressed") else {
-        "target": str(state.target), "metric": state.target.metric, "ratio": state.target.ratio,
-        "achieved": None, "predicted": (plan.full_cost / plan.predicted
-                                        if plan is not None and plan.predicted else None)}
+    summary = _target_summary(state, after, final if stage in ("shrunk", "compressed") else None)
     note = _latency_note(state, after) if stage in ("shrunk", "compressed") else None
     if note:
         notes.append(note)
-    got = summary.get("achieved")
-    if got is not None and got < state.target.ratio * 0.97 and state.config.plan.rule == "target":
-        why = ("measured latency varies from run to run and the plan could not cut more time"
-               if state.target.metric == "latency" else "the surgery counted differently from the plan")
-        notes.append(f"target {state.target} not reached: achieved {got:.3g}x ({why}; see report.planning)")
+    for part in summary.get("terms") or [summary]:
+        got = part.get("achieved")
+        if got is not None and got < part["ratio"] * 0.97 and state.config.plan.rule == "target":
+            why = ("measured latency varies from run to run and the plan could not cut more time"
+                   if part["metric"] == "latency" else "the surgery counted differently from the plan")
+            notes.append(f"target {part['ratio']:g}x {part['metric']} not reached: achieved {got:.3g}x "
+                         f"({why}; see report.planning)")
     removed = state.records.get("plan", {}).get("removed_importance")
     if removed is not None and removed > 0.1 and state.config.plan.rule == "target":
         notes.append(f"the removed units held {removed:.0%} of the prunable l1 mass: sparsification "
@@ -407,12 +472,14 @@ def _finish(state: Any, r: _Resolved, name: str, out_dir: Path | None) -> Compre
         rebuild = {"name": r.registered[0], "kwargs": r.registered[1],
                    "inputs": [(list(t.shape), str(t.dtype).removeprefix("torch.")) for t in r.example_inputs],
                    "widths": {k: v[1] if shrunk else v[0] for k, v in widths.items()}}
+        if state.dropped:  # ck.load removes the same parameters from the rebuilt model
+            rebuild["dropped"] = sorted(state.unused)
     result = CompressResult(final, plan, report, rebuild,
                             [str(t.dtype).removeprefix("torch.") for t in r.example_inputs])
     if out_dir is not None:
         suffix = "" if stage == "compressed" else f"_{stage}"
+        _save_into(result, out_dir / f"{stage}.model.pt" if suffix else out_dir / "compressed.pt")
         report.save(out_dir / f"report{suffix}.json")
-        result.save(out_dir / f"{stage}.model.pt" if suffix else out_dir / "compressed.pt")
         with contextlib.suppress(ImportError):  # matplotlib is optional
             report.plot(out_dir)
     if state.config.progress:

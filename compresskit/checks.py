@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from compresskit.graph.channels import ChannelGraph
 
 __all__ = ["TensorSpec", "batch_spec", "check_batch_consistent", "check_trace_matches_eager",
-           "output_difference"]
+           "output_difference", "check_module_usable", "check_integer_inputs", "run_error_hint"]
 
 
 @dataclass(frozen=True)
@@ -231,3 +231,58 @@ def _advice(gm: fx.GraphModule) -> str:
 
 def _shapes(inputs: Sequence[Any]) -> str:
     return ", ".join(str(tuple(x.shape)) if isinstance(x, torch.Tensor) else type(x).__name__ for x in inputs)
+
+
+# ---------------------------------------------------------------------- modules and inputs torch rejects
+def check_module_usable(model: nn.Module, argument: str) -> None:
+    """Refuse, naming ``argument`` and the fix, a module compresskit cannot copy or run: weights on the meta
+    device (no data) and the old ``torch.nn.utils.weight_norm`` (its computed weight breaks
+    ``copy.deepcopy``)."""
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if meta:
+        raise ValueError(f"{argument}: {len(meta)} weights are on the meta device, which holds shapes but no "
+                         f"data (e.g. {meta[0]!r}); build the model on a real device, or materialise it with "
+                         f"{argument}.to_empty(device='cpu') and load its weights before compressing")
+    for name, module in model.named_modules():
+        if any(isinstance(h, WeightNorm) for h in module._forward_pre_hooks.values()):
+            raise ValueError(f"{argument}: module {name or type(module).__name__!r} uses the old "
+                             "torch.nn.utils.weight_norm, whose computed weight cannot be copied "
+                             "(copy.deepcopy); use torch.nn.utils.parametrizations.weight_norm instead, or "
+                             f"call torch.nn.utils.remove_weight_norm on it before compressing")
+
+
+def run_error_hint(error: BaseException, inputs: Sequence[Any], model: nn.Module) -> str:
+    """A sentence explaining a raw torch error from running ``model`` on ``inputs`` when it is a known
+    pitfall (integer inputs into float layers), else ``""``."""
+    text = str(error)
+    floats = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    ints = [(i, x.dtype) for i, x in enumerate(inputs)
+            if isinstance(x, torch.Tensor) and not (x.is_floating_point() or x.is_complex())]
+    dtype_clash = any(k in text for k in ("Input type", "expected scalar type", "must have the same dtype",
+                                          "should be the same", "expected both", "not implemented for"))
+    if ints and floats and dtype_clash:
+        i, dt = ints[0]
+        want = str(sorted(floats, key=str)[0]).removeprefix("torch.")
+        return (f" Input {i} is {str(dt).removeprefix('torch.')} but the model computes in {want}: convert "
+                f"it where the batches are made (e.g. x.float() / 255 for 8-bit images), or pass "
+                f"inputs_fn=lambda batch: (batch[0].float() / 255,) to ck.compress.")
+    return ""
+
+
+def check_integer_inputs(model: nn.Module, inputs: Sequence[Any], argument: str = "example_inputs") -> None:
+    """Integer inputs into a float model: run it once (eval mode, no grad) and, if torch rejects the dtypes,
+    say which input and how to convert it. Free when every input is floating point."""
+    if not any(isinstance(x, torch.Tensor) and not (x.is_floating_point() or x.is_complex()) for x in inputs):
+        return
+    if not any(p.is_floating_point() for p in model.parameters()):
+        return
+    try:
+        with eval_mode(model), torch.no_grad():
+            model(*inputs)
+    except Exception as e:
+        hint = run_error_hint(e, inputs, model)
+        if hint:
+            raise ValueError(f"{argument}: the model cannot run on them ({type(e).__name__}: "
+                             f"{str(e).strip().splitlines()[0]}).{hint}") from e

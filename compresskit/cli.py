@@ -204,10 +204,29 @@ def _shape(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in parts)
 
 
+def code_in_job(job: JobConfig) -> list[str]:
+    """The ``module:function`` references of a job file (each imports and runs Python code), as
+    ``"setting 'value'"``: a model factory, the data function, a loss, the metrics."""
+    refs = [("model.name", job.model.name), ("data.factory", job.data.factory), ("loss", job.loss or ""),
+            *((f"metrics.{k}", v) for k, v in job.metrics.items())]
+    return [f"{where} {value!r}" for where, value in refs if ":" in value]
+
+
+def check_job_trusted(job: JobConfig, path: str, trusted: bool) -> None:
+    """A job file runs registered models and losses; code it names (``module:function``) only with
+    ``--trusted``: a job file from elsewhere could name ``os:system``."""
+    code = code_in_job(job)
+    if code and not trusted:
+        raise ValueError(f"{path}: the job file names Python code to import and run ({'; '.join(code)}); "
+                         "a job file runs registered models and losses only, unless you pass --trusted "
+                         "(for job files you wrote or trust: it runs whatever they name; see docs/safety.md)")
+
+
 def _run_stage(args: argparse.Namespace, stop_after: str | None, force_distill: bool = False) -> int:
     from compresskit.api import compress
 
     job = load_job(args.job, args.out, args.set or [], getattr(args, "target", None))
+    check_job_trusted(job, args.job, getattr(args, "trusted", False))  # before anything is imported
     if stop_after is not None and job.compress.out_dir is None:
         raise ValueError(f"{args.command}: the stages share an output folder; set compress.out_dir in "
                          f"{args.job} or pass --out DIR")
@@ -236,6 +255,20 @@ def _stage_command(stop_after: str | None, force_distill: bool) -> Callable[[arg
     return lambda args: _run_stage(args, stop_after, force_distill)
 
 
+def _cmd_list_models(args: argparse.Namespace) -> int:
+    from compresskit.registry import list_models, model_info
+
+    names = list_models(args.pattern)
+    width = max((len(n) for n in names), default=0)
+    for name in names:
+        info = model_info(name)
+        print(f"{name:<{width}}  {info.plugin or '':<20} {info.description}".rstrip())
+    if not names:
+        print("no registered models" + (f" match {args.pattern!r}" if args.pattern else
+                                         " (install a plugin, e.g. compresskit-stmfnet)"))
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -261,7 +294,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------------------- parser
 _JOB_EXAMPLE = """\
-job file (YAML or JSON):
+job file (YAML or JSON; 'module:function' entries run Python code, so they need --trusted):
   model: {name: my_pkg.models:make_net, checkpoint: net.pth, kwargs: {width: 64}}
   data: {factory: my_pkg.data:loaders, kwargs: {crop: 64}}   # returns train or (train, val)
   loss: l1                         # registered loss on (output, batch[-1]), or my_pkg.losses:fn
@@ -282,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Make neural networks smaller: trace channel groups, sparsify with OBProx-SG, plan "
                     "widths, shrink, distill.",
         epilog="examples:\n  compresskit trace my_pkg.models:make_net --input 1,3,64,64\n"
-               "  compresskit compress job.yaml --out runs/net\n  compresskit report runs/net/report.json\n\n"
+               "  compresskit compress job.yaml --out runs/net --trusted\n"
+               "  compresskit report runs/net/report.json\n\n"
                "run 'compresskit COMMAND --help' for each command's options.")
     parser.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -312,14 +346,25 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, formatter_class=fmt, help=text, description=text[0].upper() + text[1:] + ". "
                            "Stages checkpoint into the job's out_dir; a rerun resumes where it stopped.",
                            epilog=f"example:\n  compresskit {name} job.yaml --out runs/net "
-                                  "--target '4x params' --set sparsify.steps=200\n\n" + _JOB_EXAMPLE)
+                                  "--target '4x params' --set sparsify.steps=200 --trusted\n\n"
+                                  + _JOB_EXAMPLE)
         p.add_argument("job", help="job file (.yaml, .yml or .json)")
         p.add_argument("--out", help="output folder (overrides compress.out_dir)")
         p.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override a compress setting, e.g. sparsify.steps=200 or recover.lr=1e-3")
         p.add_argument("--target", help="what to reach: '4x params', '50%% macs', '2x latency' "
                                         "(overrides compress.target)")
+        p.add_argument("--trusted", action="store_true",
+                       help="allow the job file to name Python code ('module:function' as model factory, "
+                            "data, loss or metric); without it only registered names run")
         p.set_defaults(func=_stage_command(stop, force_distill=name == "distill"))
+
+    p = sub.add_parser("list-models", formatter_class=fmt, help="list the registered model names",
+                       description="List the models plugins registered (names for a job file's model.name, "
+                                   "--model of the plugins' commands and ck.create_model).",
+                       epilog="examples:\n  compresskit list-models\n  compresskit list-models 'stmfnet*'")
+    p.add_argument("pattern", nargs="?", help="a glob such as 'adacof*'")
+    p.set_defaults(func=_cmd_list_models)
 
     p = sub.add_parser("report", formatter_class=fmt, help="pretty-print a saved report",
                        description="Print a report.json written by compress as rich tables.",

@@ -10,12 +10,37 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
 
 from compresskit.io import atomic_write_text
 from compresskit.target import Target
 
 C = TypeVar("C", bound="Config")
+
+
+def _strategy_name(value: Any) -> Any:
+    """How a strategy field dumps: a name as is, an object by its ``name`` (else its class)."""
+    if value is None or isinstance(value, str):
+        return value
+    from compresskit._registry import describe
+
+    return getattr(value, "name", None) or describe(type(value))
+
+
+def _check_strategy(value: Any, field: str, registry: Any, needs: tuple[str, ...], how: str) -> Any:
+    """A name registered in ``registry`` (the plugins' names included) or an object with ``needs``;
+    anything else is a ValueError naming the field, the registered names and how to add one."""
+    what = registry.kind
+    if value is None or (isinstance(value, str) and value in registry):
+        return value
+    if isinstance(value, str) and value:
+        raise ValueError(f"{field}: unknown {what} {value!r}; registered: "
+                         f"{', '.join(map(repr, registry.names()))} ({how} adds one)")
+    missing = [n for n in needs if not callable(getattr(value, n, None))]
+    if isinstance(value, str) or missing:
+        raise ValueError(f"{field}: expected the name of a registered {what} or an object with "
+                         f"{', '.join(needs)}, got {value!r}")
+    return value
 
 
 class Config(BaseModel):
@@ -170,9 +195,10 @@ class SparsifyConfig(Config):
     ``method="progressive"`` is a ValueError.
     """
 
-    method: Literal["obproxsg", "progressive"] | None = Field(
+    method: Any = Field(
         None, description="'obproxsg': l1 training (λ auto or fixed); 'progressive': the units the "
         "plan removes are scaled to zero on a schedule while the rest trains (HESSO-like, no λ); "
+        "another name registered with ck.register_sparsifier, or a Sparsifier object; "
         "None: 'obproxsg' when lambda_ is a number, else 'progressive'")
     steps: int = Field(300, ge=0, description="training steps of stage I, either method (0 skips it)")
     lr: float = Field(1e-3, gt=0, description="learning rate (step size α) of stage I")
@@ -194,6 +220,18 @@ class SparsifyConfig(Config):
         None, ge=1, description="orthant steps before returning to Prox-SG steps (None: for ever)")
     l1_on: Literal["weights", "all"] = Field(
         "weights", description="l1 on 'weights' (biases and norms exempt) or on 'all' parameters (papers)")
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, value: Any) -> Any:
+        from compresskit.sparsify.auto import SPARSIFIERS
+
+        return _check_strategy(value, "sparsify.method", SPARSIFIERS, ("run", "fingerprint"),
+                               "ck.register_sparsifier")
+
+    @field_serializer("method")
+    def _dump_method(self, value: Any) -> Any:
+        return _strategy_name(value)
 
     @model_validator(mode="after")
     def _resolve_method(self) -> SparsifyConfig:
@@ -219,14 +257,17 @@ class SparsifyConfig(Config):
 
 class PlanConfig(Config):
     """Stage II: the widths. ``rule="target"`` (default) ranks every unit of every prunable group by
-    ``importance`` per unit of marginal cost and removes the cheapest-to-lose until the target is met,
-    then shrinks and counts to verify. ``"linear"``/``"sqrt"`` are the papers' density rules
-    (``ck.plan_widths``; the target is then only reported)."""
+    ``importance`` (default: first-order Taylor on the loss) per unit of marginal cost and removes the
+    cheapest-to-lose until the target is met, then shrinks and counts to verify. ``"linear"``/``"sqrt"``
+    are the papers' density rules (``ck.plan_widths``; the target is then only reported)."""
 
     rule: Literal["target", "linear", "sqrt"] = Field(
         "target", description="'target': meet the target; 'linear'/'sqrt': the papers' density rules")
-    importance: Literal["l1", "density"] = Field(
-        "l1", description="unit importance: l1 mass of its slices, or the density of its slices")
+    importance: Any = Field(
+        "taylor", description="unit importance: 'taylor' (first-order Taylor Σ|w|·E|∂L/∂w| on the loss, "
+        "gathered while stage I trains; measured best, benchmarks/importance_compare.py), 'l1' (l1 mass of "
+        "its slices), 'density' (their density), another name registered with ck.register_importance, or "
+        "an Importance object")
     min_width: int = Field(1, ge=1, description="no group shrinks below this many units")
     round_to: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         "auto", description="widths (in channels) are multiples of this; 'auto': 8 on CUDA, 1 on CPU")
@@ -235,12 +276,29 @@ class PlanConfig(Config):
     verify: bool = Field(True, description="shrink and count (or time) the planned model; correct if off")
     latency_repeats: int = Field(5, ge=1, description="timed runs per latency check of a latency target")
 
+    @field_validator("importance")
+    @classmethod
+    def _importance(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("plan.importance: expected the name of a registered importance or an "
+                             "Importance object, got None")
+        from compresskit.shrink.importance import IMPORTANCES
+
+        return _check_strategy(value, "plan.importance", IMPORTANCES, ("__call__",), "ck.register_importance")
+
+    @field_serializer("importance")
+    def _dump_importance(self, value: Any) -> Any:
+        return _strategy_name(value)
+
 
 class ShrinkConfig(Config):
     """Stage III: the surgery."""
 
     init: Literal["inherit", "reinit"] = Field(
         "inherit", description="'inherit': copy the kept channels' weights; 'reinit': fresh initialisation")
+    drop_unused: bool = Field(
+        False, description="remove the parameters the traced forward never reads (found when tracing, "
+        "named in the report) from the result and from the counts; False keeps them (they count)")
 
 
 class RecoverConfig(Config):

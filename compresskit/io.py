@@ -1,6 +1,7 @@
 """Atomic writes: nothing is lost if a run is interrupted mid-write.
 
-Each file is written to a temp file beside it (``.name.XXXXXXXX.tmp``), flushed and fsynced, renamed over
+Each file is written to a temp file beside it (``.name.XXXXXXXX.tmp``, given the mode a plain ``open``
+would: 0666 less the umask), flushed and fsynced, renamed over
 the target with ``os.replace`` (atomic on POSIX and Windows), and the folder is fsynced so the rename
 survives a power cut. A process killed mid-write leaves its temp file behind; :func:`remove_stale_temps`
 deletes those when the next run starts in the folder (``ck.train`` and ``ck.compress`` call it).
@@ -8,6 +9,8 @@ deletes those when the next run starts in the folder (``ck.train`` and ``ck.comp
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import re
@@ -21,19 +24,50 @@ import torch
 
 def _atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"write: {str(path)!r} is a folder; expected the path of a file to write "
+                                f"(e.g. {str(path / 'model.pt')!r})")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        with contextlib.suppress(OSError, AttributeError):  # mkstemp makes 0600: give the usual mode
+            os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if _disk_full(e):
+            raise OSError(errno.ENOSPC, f"write: no space left on the device while writing {str(path)!r} "
+                          f"({type(e).__name__}: {str(e).strip()[:200]}); nothing was replaced (any earlier "
+                          "file there is intact); free some space or write to another folder") from e
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _disk_full(e: BaseException) -> bool:
+    """A full disk, as the OS says it (ENOSPC, EDQUOT) or as torch.save's zip writer does ("unexpected pos
+    64 vs 0": it could not write where it expected)."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return True
+    return isinstance(e, RuntimeError) and "unexpected pos" in str(e)
+
+
+def _umask() -> int:
+    """The process umask (read without changing it where /proc says it; else set and restored at once)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder: Path) -> None:

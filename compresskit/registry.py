@@ -128,6 +128,9 @@ def _read_state_dict(source: str | os.PathLike | Mapping) -> Mapping[str, torch.
         path = Path(source)
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+        if path.stat().st_size == 0:
+            raise ValueError(f"checkpoint {str(path)!r} is empty (0 bytes): the write that made it was cut "
+                             "short or the disk was full; use another copy of the weights")
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:

@@ -262,7 +262,8 @@ class CompressReport:
     config: dict[str, Any] = field(default_factory=dict)
     example_input_shapes: list[list[int]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # warnings about the run (e.g. nothing became sparse)
-    #: ``{"target", "metric", "ratio", "achieved", "predicted"}``: what was asked and what was reached
+    #: ``{"target", "metric", "ratio", "achieved", "predicted"}``: what was asked and what was reached (the
+    #: first measure); ``"terms"``: one such dict (and ``"met"``) per measure of a several-measure target
     target: dict[str, Any] | None = None
     #: stage I's record: λ0, the calibration history (λ, fraction heading to zero, schedule) per check
     calibration: dict[str, Any] = field(default_factory=dict)
@@ -421,10 +422,10 @@ def print_report(report: CompressReport | Mapping[str, Any], console: Any = None
         summary.add_row(name, f"{value:.4g}", "-" if a_val is None else f"{a_val:.4g}", delta)
     console.print(summary)
     if report.target:
-        t = report.target
-        got = "-" if t.get("achieved") is None else f"{t['achieved']:.3g}x"
-        console.print(f"target [bold]{t['target']}[/]: achieved {got} {t['metric']}"
-                      + ("" if t.get("predicted") is None else f" (planned {t['predicted']:.3g}x)"))
+        for t in report.target.get("terms") or [report.target]:  # every measure of the target
+            got = "-" if t.get("achieved") is None else f"{t['achieved']:.3g}x"
+            console.print(f"target [bold]{t['target']}[/]: achieved {got} {t['metric']}"
+                          + ("" if t.get("predicted") is None else f" (planned {t['predicted']:.3g}x)"))
     cal = report.calibration
     if cal.get("method") == "progressive":
         console.print(f"sparsify: the units the plan removes ({cal.get('removed_fraction', 0):.0%}) were "

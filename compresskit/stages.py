@@ -11,11 +11,7 @@ settings skips finished stages, and a changed setting redoes its stage and every
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
-import shutil
-import statistics
-import time
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -25,8 +21,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from compresskit import pipeline
+from compresskit._modes import eval_mode
 from compresskit.config import CompressConfig
-from compresskit.io import atomic_torch_save, atomic_write_json
+from compresskit.io import atomic_write_json
+from compresskit.pipeline import Stage, StageStore, checksum
 from compresskit.report import (
     ModelStats,
     count_macs,
@@ -41,16 +40,7 @@ __all__ = ["State", "Stage", "STAGES", "TraceStage", "SparsifyStage", "PlanStage
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
-def _checksum(module: nn.Module | None) -> str | None:
-    """Fingerprint of a module's weights (shapes and bytes): checkpoints of another model are not reused."""
-    if module is None:
-        return None
-    h = hashlib.sha1()
-    for name, t in module.state_dict().items():
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+_checksum = checksum
 
 
 def _input_signature(inputs: Any) -> list[Any]:
@@ -61,41 +51,7 @@ def _input_signature(inputs: Any) -> list[Any]:
             for x in items]
 
 
-class _Stages:
-    """Stage markers in ``out_dir``; a marker counts only when its fingerprint matches this run."""
-
-    def __init__(self, out_dir: Path | None, resume: bool):
-        self.out_dir = out_dir
-        self.resume = resume
-
-    def path(self, name: str) -> Path | None:
-        return None if self.out_dir is None else self.out_dir / name
-
-    def load(self, name: str, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
-        path = self.path(name)
-        if path is None or not self.resume or not path.is_file():
-            return None
-        data = torch.load(path, map_location="cpu", weights_only=True)
-        return data if data.get("fingerprint") == fingerprint else None
-
-    def save(self, name: str, fingerprint: dict[str, Any], **data: Any) -> None:
-        path = self.path(name)
-        if path is not None:
-            atomic_torch_save({"fingerprint": fingerprint, **data}, path)
-
-    def train_dir(self, name: str, fingerprint: dict[str, Any]) -> Path | None:
-        """Checkpoint folder of a training stage; emptied when it belongs to other settings (or no resume)."""
-        if self.out_dir is None:
-            return None
-        folder = self.out_dir / name
-        stamp = folder / "fingerprint.json"
-        if folder.exists():
-            old = json.loads(stamp.read_text()) if stamp.is_file() else None
-            if not self.resume or old != fingerprint:
-                shutil.rmtree(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(fingerprint, stamp)
-        return folder
+_Stages = StageStore  # the fingerprinted store now lives in compresskit.pipeline
 
 
 # ----------------------------------------------------------------------------------------------- state
@@ -121,8 +77,11 @@ class State:
     # filled by the stages
     work: nn.Module | None = None  # the copy that is sparsified
     graph: Any = None
-    cost: Any = None  # the target's CostModel
-    costs: dict[str, Any] = field(default_factory=dict)  # "params", "macs" (always), "latency" if built
+    cost: Any = None  # the CostModel of the target's (first) measure
+    costs: dict[str, Any] = field(default_factory=dict)  # "params", "macs" (always), the target's others
+    unused: dict[str, int] = field(default_factory=dict)  # parameters forward never reads: name -> count
+    dropped: dict[str, int] = field(default_factory=dict)  # what drop_unused removed (unused_summary)
+    strategy: Any = None  # the Importance object (a data-driven one keeps its statistics here)
     before: ModelStats | None = None
     importance: dict[int, torch.Tensor] = field(default_factory=dict)
     plan: Any = None
@@ -155,64 +114,92 @@ class State:
         r = self.config.plan.round_to
         return (8 if self.device.startswith("cuda") else 1) if r == "auto" else int(r)
 
+    def target_costs(self) -> dict[str, Any]:
+        """``{metric: CostModel}`` of every measure the target names."""
+        return {m: self.costs[m] for m in self.target.metrics}
 
-class Stage:
-    """One step of ``compress``: ``fingerprint(state)``, ``run(state) -> payload | None``,
-    ``restore(state, payload)``; ``artifact`` is the checkpoint file (None: always run)."""
+    def importance_strategy(self) -> Any:
+        """The configured :class:`~compresskit.shrink.importance.Importance`, built once per run."""
+        if self.strategy is None:
+            from compresskit.shrink.importance import get_importance
 
-    name = ""
-    artifact: str | None = None
-
-    def fingerprint(self, state: State) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def run(self, state: State) -> dict[str, Any] | None:
-        raise NotImplementedError
-
-    def restore(self, state: State, payload: dict[str, Any]) -> None:
-        raise NotImplementedError
+            self.strategy = get_importance(self.config.plan.importance, self.model)
+        return self.strategy
 
 
 # ----------------------------------------------------------------------------------------------- trace
 class TraceStage(Stage):
-    """Trace the channel groups on a copy, build the cost models, measure the original, check the target."""
+    """Find the parameters forward never reads (and drop them when asked), trace the channel groups on a
+    copy, build the cost models, measure the original, check the target."""
 
     name = "trace"
 
     def fingerprint(self, state: State) -> dict[str, Any]:
-        return {"model": _checksum(state.model), "loss": state.loss_how, "inputs": state.inputs_how,
-                "seed": state.config.seed, "example_inputs": _input_signature(state.example_inputs)}
+        fp = {"model": _checksum(state.model), "loss": state.loss_how, "inputs": state.inputs_how,
+              "seed": state.config.seed, "example_inputs": _input_signature(state.example_inputs)}
+        if state.config.shrink.drop_unused:
+            fp["drop_unused"] = True
+        return fp
 
     def run(self, state: State) -> None:
         from compresskit.graph.trace import trace
         from compresskit.shrink.cost import cost_model, macs_cost, params_cost
+        from compresskit.shrink.unused import drop_unused, unused_parameters
 
         state.work = copy.deepcopy(state.model)
+        state.unused = unused_parameters(state.work, state.example_inputs)
+        if state.unused and state.config.shrink.drop_unused:
+            state.dropped = drop_unused(state.work, state.unused)
+        state.notes.extend(_unused_notes(state))
         state.graph = trace(state.work, state.example_inputs)
         state.notes.extend(frozen_group_notes(state.graph))  # channels compression cannot touch, and why
         _check_second_batch(state)
         state.costs["params"] = params_cost(state.work, state.graph)
         state.costs["macs"] = macs_cost(state.work, state.graph, state.example_inputs)
-        metric = state.target.metric
-        if metric not in state.costs:
-            cache = state.config.out_dir / "latency" if state.config.out_dir is not None else None
-            kw = {}
-            if metric == "latency":  # plan on the eager layout that runs the original fastest
-                from compresskit.deploy.runtime import available_runtimes, measure_runtimes
-
-                eager = [r for r in available_runtimes(state.example_inputs, onnx=False)]
-                times = measure_runtimes(state.work, state.example_inputs, eager,
-                                         repeats=state.config.plan.latency_repeats)
-                state.latency_runtime = times.best or "eager"
-                if state.latency_runtime != "eager":
-                    kw["layout"] = state.latency_runtime
-            state.costs[metric] = cost_model(metric, state.work, state.graph, state.example_inputs,
-                                             cache_dir=cache, **kw)
-        state.cost = state.costs[metric]
-        state.before = state.stats(state.model)
+        for metric in state.target.metrics:
+            if metric not in state.costs:
+                cache = state.config.out_dir / metric if state.config.out_dir is not None else None
+                kw = {}
+                if metric == "latency":  # plan on the eager layout that runs the original fastest
+                    state.latency_runtime = _fastest_layout(state)
+                    if state.latency_runtime != "eager":
+                        kw["layout"] = state.latency_runtime
+                state.costs[metric] = cost_model(metric, state.work, state.graph, state.example_inputs,
+                                                 cache_dir=cache, **kw)
+        state.cost = state.costs[state.target.metric]
+        state.before = state.stats(state.work if state.dropped else state.model)
         if state.config.plan.rule == "target" or _needs_target_plan(state):
             _check_reachable(state)
         return None
+
+
+def _fastest_layout(state: State) -> str:
+    """The eager layout (``"eager"`` NCHW or ``"channels_last"``) that runs the original fastest: the
+    runtime a latency target's table, verification and report are measured in."""
+    from compresskit.deploy.runtime import available_runtimes, measure_runtimes
+
+    times = measure_runtimes(state.work, state.example_inputs,
+                             available_runtimes(state.example_inputs, onnx=False),
+                             repeats=state.config.plan.latency_repeats)
+    return times.best or "eager"
+
+
+def _unused_notes(state: State) -> list[str]:
+    """A report note naming the parameters forward never reads (kept, or dropped)."""
+    from compresskit.shrink.unused import unused_summary
+
+    if not state.unused:
+        return []
+    summary = state.dropped or unused_summary(state.work, state.unused)
+    total = sum(p.numel() for p in state.model.parameters())
+    listed = "; ".join(f"{name}: {n:,} params" for name, n in list(summary.items())[:6])
+    more = f" (+{len(summary) - 6} more)" if len(summary) > 6 else ""
+    count = sum(state.unused.values())
+    what = (f"{count:,} parameters ({count / max(total, 1):.0%}) are never used by forward() on the example "
+            f"inputs: {listed}{more}")
+    if state.dropped:
+        return [f"{what}; removed (drop_unused=True): the counts before and after leave them out"]
+    return [f"{what}; kept, and counted (drop_unused=True removes them)"]
 
 
 def _check_second_batch(state: State) -> None:
@@ -234,33 +221,121 @@ def _check_second_batch(state: State) -> None:
 
 
 def _needs_target_plan(state: State) -> bool:
-    """Whether stage I steers by the target's plan (progressive zeroing, or OBProx-SG with auto-λ)."""
-    sp = state.config.sparsify
-    return sp.steps > 0 and (sp.method == "progressive" or sp.lambda_ == "auto")
+    """Whether stage I steers by the target's plan (progressive zeroing, OBProx-SG with auto-λ, or a
+    registered sparsifier whose ``uses_plan`` is not False)."""
+    from compresskit.sparsify.auto import get_sparsifier, uses_plan
+
+    return state.config.sparsify.steps > 0 and uses_plan(get_sparsifier(state.config.sparsify))
 
 
 def _check_reachable(state: State) -> None:
-    """Fail before any training when the target cannot be met (ValueError naming ``target``)."""
+    """Fail before any training when a part of the target cannot be met (ValueError naming ``target``);
+    parameters forward never reads are named first, with their share and what they cap the ratio at."""
     from compresskit.shrink.plan import plan_for_target
 
     ones = {g.id: torch.ones(g.size, dtype=torch.float64) for g in state.graph.prunable_groups}
-    plan_for_target(state.graph, state.cost, ones, state.target, min_width=state.config.plan.min_width,
-                    round_to=state.round_to())
+    try:
+        plan_for_target(state.graph, state.target_costs(), ones, state.target,
+                        min_width=state.config.plan.min_width, round_to=state.round_to())
+    except ValueError as err:
+        why = _unused_cap(state)
+        if why is None:
+            raise
+        raise ValueError(f"target: {state.target} is unreachable: {why}. Details: {err}") from None
+
+
+def _unused_cap(state: State) -> str | None:
+    """Why parameters forward never reads make a part of the target unreachable (their share of its
+    measure, the ratio they cap it at, whether ``drop_unused`` would do), or None when they do not."""
+    from compresskit.shrink.metric import get_metric
+    from compresskit.shrink.plan import allowed_widths
+    from compresskit.shrink.unused import drop_unused, unused_summary
+
+    if not state.unused or state.dropped:
+        return None
+    smallest = {g.id: allowed_widths(g.size, g.channels_per_unit, state.config.plan.min_width,
+                                     state.round_to())[-1] for g in state.graph.prunable_groups}
+    summary = unused_summary(state.work, state.unused)
+    without_them = None
+    for part in state.target.terms:
+        metric = get_metric(part.metric)
+        if metric.tolerance:  # a measured time: unread parameters cost none of it
+            continue
+        cost = state.costs[part.metric]
+        full, floor = float(cost.full()), float(cost(smallest))
+        if floor <= full / part.ratio * (1 + 1e-9):
+            continue  # this part is reachable
+        if part.metric == "params":
+            unused = float(sum(state.unused.values()))
+        else:  # what the measure loses when they go (a memory measure: their bytes; MACs: nothing)
+            if without_them is None:
+                without_them = copy.deepcopy(state.work)
+                drop_unused(without_them, state.unused)
+            unused = (metric.measure(state.work, state.example_inputs)
+                      - metric.measure(without_them, state.example_inputs))
+        if not unused > 0:
+            continue
+        shown = list(summary.items())[:4]
+        if part.metric == "params":
+            names, share = ", ".join(f"{n}: {c:,} params ({c / full:.0%})" for n, c in shown), ""
+        else:
+            names = ", ".join(f"{n}: {c:,} params" for n, c in shown)
+            share = f" ({unused / full:.0%} of the {part.metric})"
+        more = f" (+{len(summary) - 4} more)" if len(summary) > 4 else ""
+        rest = (full - unused) / max(floor - unused, 1e-300)
+        fix = (f"pass `drop_unused=True` to remove them (then up to {rest:.3g}x of the rest)"
+               if rest >= part.ratio else
+               f"`drop_unused=True` removes them, but the rest reaches only {rest:.3g}x; ask for less too")
+        return (f"{names}{more}{share} {'is' if len(summary) == 1 else 'are'} never used by forward(); with "
+                f"every prunable group at its smallest width they cap the ratio at "
+                f"{full / max(floor, 1e-300):.3g}x (asked: {part}); {fix}")
+    return None
 
 
 def target_widths(state: State) -> Callable[[nn.Module], dict[int, int]]:
     """``fn(model)``: the target plan's widths ``{group id: units}`` for the model's current weights."""
-    from compresskit.shrink.importance import get_importance
     from compresskit.shrink.plan import plan_for_target
 
-    importance = get_importance(state.config.plan.importance, state.model)
+    importance = state.importance_strategy()
 
     def widths(model: nn.Module) -> dict[int, int]:
-        plan = plan_for_target(state.graph, state.cost, importance(model, state.graph), state.target,
-                               min_width=state.config.plan.min_width, round_to=state.round_to())
+        plan = plan_for_target(state.graph, state.target_costs(), importance(model, state.graph),
+                               state.target, min_width=state.config.plan.min_width, round_to=state.round_to())
         return dict(plan.widths)
 
     return widths
+
+
+def _strategy_fingerprint(state: State) -> dict[str, Any]:
+    """The plan config with the importance's own ``fingerprint()`` in place of its name (and the
+    fingerprints of registered measures the target names)."""
+    from compresskit.shrink.importance import importance_fingerprint
+    from compresskit.shrink.metric import BUILTIN_METRICS, get_metric
+
+    plan = state.config.plan.model_dump(mode="json")
+    plan["importance"] = importance_fingerprint(state.importance_strategy())
+    added = [m for m in state.target.metrics if m not in BUILTIN_METRICS]
+    if added:  # a registered measure: its cost model and measurement are part of the plan
+        plan["metrics"] = [get_metric(m).fingerprint() for m in added]
+    return plan
+
+
+def _data_driven(importance: Any) -> bool:
+    return callable(getattr(importance, "estimate", None)) and callable(getattr(importance, "has_data", None))
+
+
+def _estimate(state: State, model: nn.Module) -> None:
+    """Give a data-driven importance its statistics from a few training batches (no weight changes)."""
+    from compresskit.train.batch import to_device
+
+    device = next(model.parameters(), torch.zeros(())).device
+
+    def loss_of(m: nn.Module, batch: Any) -> torch.Tensor:
+        batch = to_device(batch, device)
+        return state.loss_fn(m(*state.inputs_fn(batch)), batch)
+
+    with torch.enable_grad(), eval_mode(model):  # no running statistics change
+        state.importance_strategy().estimate(model, state.train_loader, loss_of, graph=state.graph)
 
 
 # -------------------------------------------------------------------------------------------- sparsify
@@ -271,11 +346,12 @@ class SparsifyStage(Stage):
     artifact = "sparsified.pt"
 
     def fingerprint(self, state: State) -> dict[str, Any]:
+        from compresskit.sparsify.auto import get_sparsifier
+
         fp = {"upstream": state.fingerprints["trace"],
-              "sparsify": state.config.sparsify.model_dump(mode="json")}
+              "sparsify": get_sparsifier(state.config.sparsify).fingerprint()}
         if _needs_target_plan(state):  # stage I aims at the units the target's plan removes
-            fp.update(target=str(state.target), plan=state.config.plan.model_dump(mode="json"),
-                      round_to=state.round_to())
+            fp.update(target=str(state.target), plan=_strategy_fingerprint(state), round_to=state.round_to())
         return fp
 
     def run(self, state: State) -> dict[str, Any]:
@@ -284,7 +360,7 @@ class SparsifyStage(Stage):
         cfg = state.config
         if cfg.sparsify.steps > 0:
             how = (f"OBProx-SG, λ={cfg.sparsify.lambda_}" if cfg.sparsify.method == "obproxsg"
-                   else "the units the plan removes go to zero progressively")
+                   else _sparsifier_how(cfg.sparsify))
             state.console.print(f"[bold]1/4 sparsify[/]: {how}, {cfg.sparsify.steps} steps")
         ctx = SparsifyContext(
             train_loader=state.train_loader, loss_fn=state.loss_fn, inputs_fn=state.inputs_fn,
@@ -292,15 +368,54 @@ class SparsifyStage(Stage):
             widths_fn=target_widths(state),
             device=state.device, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every, progress=cfg.progress,
             out_dir=state.store.train_dir("sparsify", self.fingerprint(state)), resume=cfg.resume,
-            batch_shapes=cfg.batch_shapes)
+            batch_shapes=cfg.batch_shapes,
+            callbacks=_importance_callbacks(state, cfg.sparsify.steps), scores_fn=_scores_fn(state))
         record = get_sparsifier(cfg.sparsify).run(state.work, ctx)
         state.records["sparsify"] = record
-        return {"state_dict": state.work.state_dict(), "record": json.dumps(record)}
+        return {"state_dict": state.work.state_dict(), "record": json.dumps(record),
+                **_importance_payload(state)}
 
     def restore(self, state: State, payload: dict[str, Any]) -> None:
         state.console.print("[green]sparsify[/]: loaded sparsified.pt")
         state.work.load_state_dict(payload["state_dict"])
         state.records["sparsify"] = json.loads(payload.get("record", "{}"))
+        if payload.get("importance") is not None:
+            state.importance_strategy().load_state_dict(payload["importance"])
+
+
+def _sparsifier_how(config: Any) -> str:
+    """How stage I trains, for the progress line (the progressive default, or a registered sparsifier)."""
+    from compresskit.sparsify.auto import get_sparsifier
+
+    if config.method == "progressive":
+        return "the units the plan removes go to zero progressively"
+    sparsifier = get_sparsifier(config)
+    return f"sparsifier {getattr(sparsifier, 'name', None) or type(sparsifier).__name__}"
+
+
+def _importance_callbacks(state: State, steps: int) -> list[Any]:
+    """A data-driven importance watches stage I's gradients (after a first estimate from a few batches
+    when stage I steers by the plan from its first step)."""
+    importance = state.importance_strategy()
+    if not _data_driven(importance) or steps <= 0:
+        return []
+    if _needs_target_plan(state) and not importance.has_data():
+        _estimate(state, state.work)  # scores for the first plan, before any step
+    return [importance.callback(state.work, state.graph)]
+
+
+def _scores_fn(state: State) -> Callable[[nn.Module], dict[int, torch.Tensor]]:
+    """``fn(model)``: the importance of every unit for the current weights (which units stage I zeroes)."""
+    importance = state.importance_strategy()
+    return lambda model: importance(model, state.graph)
+
+
+def _importance_payload(state: State) -> dict[str, Any]:
+    """A data-driven importance's statistics, kept with stage I's artifact (a restored run plans alike)."""
+    importance = state.importance_strategy()
+    if not (_data_driven(importance) and importance.has_data()):
+        return {}
+    return {"importance": importance.state_dict()}
 
 
 # ------------------------------------------------------------------------------------------------ plan
@@ -312,15 +427,14 @@ class PlanStage(Stage):
 
     def fingerprint(self, state: State) -> dict[str, Any]:
         return {"upstream": state.fingerprints["sparsify"], "target": str(state.target),
-                "plan": state.config.plan.model_dump(mode="json"), "round_to": state.round_to()}
+                "plan": _strategy_fingerprint(state), "round_to": state.round_to()}
 
     def run(self, state: State) -> dict[str, Any]:
-        from compresskit.shrink.importance import get_importance
         from compresskit.sparsify.density import layer_densities
 
         cfg = state.config.plan
         state.densities = layer_densities(state.work)
-        state.importance = get_importance(cfg.importance, state.model)(state.work, state.graph)
+        state.importance = _scores(state)
         if cfg.rule == "target":
             state.plan, record = _target_plan(state)
         else:
@@ -331,17 +445,21 @@ class PlanStage(Stage):
             record = {"rule": cfg.rule}
             state.notes.extend(_dense_warning(state))
         record["removed_importance"] = _removed_share(state)
+        if state.unused:
+            record["unused_parameters"] = dict(state.dropped) or _unused_by_module(state)
+            record["unused_dropped"] = bool(state.dropped)
         state.records["plan"] = record
         self._write_json(state)
-        return {"plan": json.dumps(state.plan.to_dict()), "record": json.dumps(record)}
+        return {"plan": json.dumps(state.plan.to_dict()), "record": json.dumps(record),
+                "scores": {str(k): v for k, v in state.importance.items()}}
 
     def restore(self, state: State, payload: dict[str, Any]) -> None:
-        from compresskit.shrink.importance import get_importance
         from compresskit.shrink.plan import WidthPlan
         from compresskit.sparsify.density import layer_densities
 
         state.densities = layer_densities(state.work)
-        state.importance = get_importance(state.config.plan.importance, state.model)(state.work, state.graph)
+        state.importance = _scores(state) if payload.get("scores") is None else {
+            int(k): v for k, v in payload["scores"].items()}
         state.plan = WidthPlan.from_dict(json.loads(payload["plan"]))
         state.records["plan"] = json.loads(payload["record"])
         if state.config.plan.rule != "target":
@@ -354,6 +472,21 @@ class PlanStage(Stage):
             atomic_write_json({"widths": _widths(state), "densities": state.densities,
                                "explain": state.plan.explain_text(), "record": state.records["plan"]},
                               Path(state.config.out_dir) / "plan.json")
+
+
+def _scores(state: State) -> dict[int, torch.Tensor]:
+    """The importance of every unit for the sparsified weights (a data-driven importance that saw no
+    training first gathers its statistics from a few batches)."""
+    importance = state.importance_strategy()
+    if _data_driven(importance) and not importance.has_data():
+        _estimate(state, state.work)
+    return importance(state.work, state.graph)
+
+
+def _unused_by_module(state: State) -> dict[str, int]:
+    from compresskit.shrink.unused import unused_summary
+
+    return unused_summary(state.work, state.unused)
 
 
 def _widths(state: State) -> dict[str, list[int]]:
@@ -387,75 +520,108 @@ def _shrunk(state: State, plan: Any, init: str = "inherit") -> nn.Module:
     return shrink(state.work, state.graph, keep=keep, init=init) if keep else copy.deepcopy(state.work)
 
 
-def _measure(state: State, model: nn.Module) -> float:
-    metric = state.target.metric
-    if metric == "params":
-        return float(count_params(model))
-    if metric == "macs":
-        return float(count_macs(model, state.example_inputs))
-    return _latency_ms(state, model)
+def _measure(state: State, model: nn.Module, metric: str | None = None) -> float:
+    """The registered measurement of ``metric`` (default: the target's first) on ``model``."""
+    from compresskit.shrink.metric import get_metric
 
-
-def _latency_ms(state: State, model: nn.Module) -> float:
-    """Median ms of ``model`` in the runtime the latency target plans on (``state.latency_runtime``)."""
-    from compresskit._modes import eval_mode
-    from compresskit.deploy.runtime import prepare, time_call
-
-    with eval_mode(model):
-        fn = prepare(model, state.example_inputs, state.latency_runtime or "eager")
-        times = time_call(fn, state.device, repeats=state.config.plan.latency_repeats)
-    return float(statistics.median(times))
+    metric = metric or state.target.metric
+    layout = {"layout": state.latency_runtime} if metric == "latency" and state.latency_runtime else {}
+    return float(get_metric(metric).measure(
+        model, state.example_inputs, repeats=state.config.plan.latency_repeats, **layout))
 
 
 def _target_plan(state: State) -> tuple[Any, dict[str, Any]]:
-    """Plan for the target, then shrink and count (or time) it; scale the budget and replan if off.
+    """Plan for the target, then shrink and count (or time) it; scale the budgets and replan if off.
 
     Parameters and conv/linear MACs are predicted exactly, so one pass usually does; matmuls between
-    activations (attention) and measured latency are where the correction earns its keep.
+    activations (attention) and measured latency are where the correction earns its keep. Each part of
+    a target of several measures is verified and corrected on its own budget.
     """
+    from compresskit.shrink.metric import get_metric
     from compresskit.shrink.plan import plan_for_target
 
     cfg = state.config.plan
-    target, cost = state.target, state.cost
+    target, costs = state.target, state.target_costs()
     kw = dict(min_width=cfg.min_width, round_to=state.round_to())
-    if target.metric == "latency":
-        full_measured = _latency_ms(state, state.work)
-    else:
-        full_measured = float(cost.full())
-    goal = full_measured / target.ratio
-    budget = float(cost.full()) / target.ratio
-    tol = 0.05 if target.metric == "latency" else 0.0
+    metrics = target.metrics
+    tol = {m: get_metric(m).tolerance for m in metrics}
+    noisy = any(tol.values())
+    exact = ("params", "macs")  # predicted exactly: the cost model's full cost is the count
+    full_measured = {m: float(costs[m].full()) if m in exact else _measure(state, state.work, m)
+                     for m in metrics}
+    goal = {t.metric: full_measured[t.metric] / t.ratio for t in target.terms}
+    budget = {t.metric: float(costs[t.metric].full()) / t.ratio for t in target.terms}
     attempts: list[dict[str, Any]] = []
     best = None
-    lo, hi = 0.0, float(cost.full())  # budgets known to fit / not to fit the measured goal
-    for _ in range((4 if target.metric == "latency" else 8) if cfg.verify else 1):
-        plan = plan_for_target(state.graph, cost, state.importance, target, budget=budget, **kw)
+    lo = dict.fromkeys(metrics, 0.0)  # budgets known to fit / not to fit the measured goal
+    hi = {m: float(costs[m].full()) for m in metrics}
+    seen: dict[str, list[tuple[float, float]]] = {m: [] for m in metrics}  # (predicted, measured) per try
+    for _ in range((4 if noisy else 8) if cfg.verify else 1):
+        plan = plan_for_target(state.graph, costs, state.importance, target, budget=dict(budget), **kw)
         if not cfg.verify:
             break
-        achieved = _measure(state, _shrunk(state, plan))
-        attempts.append({"budget": budget, "predicted": plan.predicted, "measured": achieved,
-                         "ratio": full_measured / achieved if achieved else None})
-        fits = achieved <= goal * (1 + tol)
-        score = (not fits, abs(achieved - goal))
+        small = _shrunk(state, plan)
+        achieved = {m: _measure(state, small, m) for m in metrics}
+        predicted = {t["metric"]: t["predicted"] for t in plan.terms}
+        first = metrics[0]
+        attempt = {"budget": budget[first], "predicted": predicted[first], "measured": achieved[first],
+                   "ratio": full_measured[first] / achieved[first] if achieved[first] else None}
+        if len(metrics) > 1:
+            attempt["terms"] = {m: {"budget": budget[m], "predicted": predicted[m], "measured": achieved[m],
+                                    "ratio": full_measured[m] / achieved[m] if achieved[m] else None}
+                                for m in metrics}
+        attempts.append(attempt)
+        for m in metrics:
+            seen[m].append((predicted[m], achieved[m]))
+        fits = {m: achieved[m] <= goal[m] * (1 + tol[m]) for m in metrics}
+        miss = sum(max(0.0, achieved[m] / goal[m] - 1) for m in metrics)
+        slack = min(abs(achieved[m] - goal[m]) / goal[m] for m in metrics)
+        score = (not all(fits.values()), miss, slack)
         if best is None or score < best[0]:
             best = (score, plan)
-        if fits and achieved >= goal * 0.9:
+        tight = any(achieved[m] >= goal[m] * 0.9 for m in metrics)
+        if all(fits.values()) and tight:
             break
-        if fits:
-            lo = max(lo, budget)
-        else:
-            hi = min(hi, budget)
-        guess = budget * goal / max(achieved, 1e-300)  # the prediction's error, assumed proportional
-        budget = guess if lo < guess < hi else (lo + hi) / 2  # else bisect between the known budgets
-        if hi - lo < 1e-6 * hi:
+        done = True
+        for m in metrics:
+            if fits[m] and not (all(fits.values()) and not tight):
+                continue  # this part holds; only the missing ones (or all, when none binds) move
+            if fits[m]:
+                lo[m] = max(lo[m], budget[m])
+            else:
+                hi[m] = min(hi[m], budget[m])
+            guess = _next_budget(seen[m], budget[m], goal[m])
+            budget[m] = guess if lo[m] < guess < hi[m] else (lo[m] + hi[m]) / 2  # else bisect
+            done = done and hi[m] - lo[m] < 1e-6 * hi[m]
+        if done:
             break
     if best is not None:
         plan = best[1]
-    record = {"rule": "target", "target": str(target), "full": full_measured, "goal": goal,
+    first = metrics[0]
+    record = {"rule": "target", "target": str(target), "full": full_measured[first], "goal": goal[first],
               "predicted": plan.predicted, "verification": attempts, "round_to": kw["round_to"],
-              "min_width": cfg.min_width, "importance": cfg.importance,
-              "runtime": state.latency_runtime if target.metric == "latency" else None}
+              "min_width": cfg.min_width, "importance": _importance_name(state),
+              "runtime": state.latency_runtime if "latency" in metrics else None}
+    if len(metrics) > 1:
+        record["terms"] = [{"target": str(t), "metric": t.metric, "full": full_measured[t.metric],
+                            "goal": goal[t.metric]} for t in target.terms]
     return plan, record
+
+
+def _next_budget(seen: list[tuple[float, float]], budget: float, goal: float) -> float:
+    """The budget to plan for next so the measured cost lands on ``goal``: from the last two tries,
+    the line ``measured = a · predicted + b`` through them (an offset the cost model misses, such as a
+    fixed time per call, is corrected in one step); from one, the error taken as proportional."""
+    (p1, m1), (p0, m0) = seen[-1], (seen[-2] if len(seen) > 1 else (0.0, 0.0))
+    if len(seen) > 1 and p1 != p0 and (m1 - m0) / (p1 - p0) > 0:
+        return p1 + (goal - m1) * (p1 - p0) / (m1 - m0)
+    return budget * goal / max(m1, 1e-300)
+
+
+def _importance_name(state: State) -> str:
+    from compresskit.config import _strategy_name
+
+    return str(_strategy_name(state.config.plan.importance))
 
 
 def _dense_warning(state: State) -> list[str]:
@@ -569,21 +735,10 @@ STOPS = {"sparsify": "sparsified", "plan": "planned", "shrink": "shrunk"}
 
 def run_stages(state: State, stop_after: str | None = None) -> State:
     """Run (or restore) every stage in order, until ``stop_after``; times each into ``state.timings``."""
-    for stage in STAGES:
-        t0 = time.perf_counter()
-        fp = state.fingerprints[stage.name] = stage.fingerprint(state)
-        done = state.store.load(stage.artifact, fp) if stage.artifact else None
-        if done is not None:
-            stage.restore(state, done)
-        else:
-            payload = stage.run(state)
-            if payload is not None and stage.artifact:
-                state.store.save(stage.artifact, fp, **payload)
-        state.timings[stage.name] = time.perf_counter() - t0
-        state.reached = {"trace": "traced", "sparsify": "sparsified", "plan": "planned", "shrink": "shrunk",
-                         "recover": "compressed"}[stage.name]
-        if stage.name == stop_after:
-            break
+    reached = {"trace": "traced", "sparsify": "sparsified", "plan": "planned", "shrink": "shrunk",
+               "recover": "compressed"}
+    pipeline.run_stages(STAGES, state, state.store, fingerprints=state.fingerprints, timings=state.timings,
+                        stop_after=stop_after,
+                        on_stage=lambda stage, _: setattr(state, "reached", reached[stage.name]))
     state.final = state.small if state.small is not None else state.work
     return state
-

@@ -66,8 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     add_stop_arguments(p, STAGES)
     p.add_argument("--published-plan", action="store_true",
                    help="only print the widths planned from the published densities")
-    p.add_argument("--rule", choices=("linear", "sqrt"), default=None,
-                   help="width rule of stage I (default linear: it reproduces the published widths)")
+    p.add_argument("--rule", choices=("linear", "sqrt", "published"), default=None,
+                   help="widths of the compressed AdaCoF: planned from stage I's densities by the 'linear' "
+                        "rule (default) or the CDFI code's 'sqrt' rule, or the 'published' widths (no rule "
+                        "reproduces them)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     args = p.parse_args(argv)
     console = Console(quiet=args.quiet)

@@ -35,7 +35,7 @@ def _rank() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Reproduce ST-MFNet Mini: OBProx-SG on ST-MFNet (Phase I), "
-                                "distillation into the planned student (Phase II), Table 1 evaluation.")
+                                "distillation into the student (Phase II), Table 1 evaluation.")
     add_run_arguments(p, Path("runs/stmfnet_mini"), "MiniRecipeConfig")
     p.add_argument("--stmfnet-checkpoint", type=Path, default=None, help="pretrained ST-MFNet (.pth)")
     p.add_argument("--pwcnet-checkpoint", type=Path, default=None, help="PWC-Net 'default' weights (.pth)")
@@ -46,8 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--snufilm", type=Path, default=None, help="SNU-FILM root")
     p.add_argument("--drop-flow", choices=("auto", "always", "never"), default=None,
                    help="drop the flow branch when its density collapses (auto), always or never")
-    p.add_argument("--student", choices=("plan", "uniform"), default=None,
-                   help="student from the plan layer by layer, or one width per part")
+    p.add_argument("--student", choices=("published", "plan", "uniform"), default=None,
+                   help="Phase II student: the published Mini (default), compresskit's plan layer by layer, "
+                        "or one width per part of that plan")
+    p.add_argument("--teacher-mode", choices=("eval", "train"), default=None,
+                   help="Phase II teacher in eval mode (default) or train mode (the published script)")
     add_stop_arguments(p, STAGES)
     p.add_argument("--quiet", action="store_true", help="no progress output")
     args = p.parse_args(argv)
@@ -55,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     flags = {"stmfnet_checkpoint": args.stmfnet_checkpoint, "pwcnet_checkpoint": args.pwcnet_checkpoint,
              "vimeo_septuplet_dir": args.vimeo_septuplet, "bvidvc_dir": args.bvidvc,
              "ucf101_dir": args.ucf101, "davis_dir": args.davis, "snufilm_dir": args.snufilm,
-             "drop_flow": args.drop_flow, "student": args.student}
+             "drop_flow": args.drop_flow, "student": args.student,
+             "teacher_mode": args.teacher_mode}
     return run_from_args(args, MiniRecipeConfig, flags, run, console)
 
 

@@ -15,18 +15,22 @@ import pytest  # noqa: E402
 
 @pytest.fixture
 def isolated_registries():
-    """Registrations made by a test (models, losses, channel rules, resizers) are undone afterwards, so code
-    that registers under a fixed name (the docs' examples) can run in several tests of one process."""
+    """Registrations made by a test (models, losses, channel rules, resizers, importance criteria,
+    sparsifiers, cost measures) are undone afterwards, so code that registers under a fixed name (the
+    docs' examples) can run in several tests of one process."""
     import contextlib
 
     import compresskit as ck
     from compresskit.distill.registry import LOSSES
     from compresskit.graph.rules import RULES
     from compresskit.registry import MODELS
+    from compresskit.shrink.importance import IMPORTANCES
+    from compresskit.shrink.metric import METRICS
     from compresskit.shrink.resize import RESIZERS
+    from compresskit.sparsify.auto import SPARSIFIERS
 
     ck.load_plugins()  # plugins are registered before the snapshots, so they stay registered
     with contextlib.ExitStack() as stack:
-        for table in (MODELS, LOSSES, RULES, RESIZERS):
+        for table in (MODELS, LOSSES, RULES, RESIZERS, IMPORTANCES, SPARSIFIERS, METRICS):
             stack.enter_context(table.snapshot())
         yield

@@ -113,19 +113,19 @@ def test_errors_are_one_line_with_exit_code_1(workdir, capsys, argv, message):
 
 def test_job_errors_name_the_setting(workdir, capsys):
     job = _job(workdir / "job.yaml", sparsify={"steps": -1})
-    assert main(["compress", str(job)]) == 1
+    assert main(["compress", str(job), "--trusted"]) == 1
     err = _errors(capsys.readouterr().err)
     assert len(err) == 1 and "compress.sparsify.steps" in err[0] and "greater than or equal to 0" in err[0]
-    assert main(["compress", str(_job(workdir / "job.yaml", target="3x watts"))]) == 1
+    assert main(["compress", str(_job(workdir / "job.yaml", target="3x watts")), "--trusted"]) == 1
     assert "unknown metric 'watts'" in capsys.readouterr().err
     job = _job(workdir / "job.yaml")
-    assert main(["sparsify", str(job)]) == 1  # stage commands share a folder
+    assert main(["sparsify", str(job), "--trusted"]) == 1  # stage commands share a folder
     assert "--out" in capsys.readouterr().err
-    assert main(["compress", str(job), "--set", "sparsify_stepz=3"]) == 1
+    assert main(["compress", str(job), "--trusted", "--set", "sparsify_stepz=3"]) == 1
     assert "unknown compress setting 'sparsify_stepz'" in capsys.readouterr().err
-    assert main(["compress", str(job), "--set", "sparsify.stepz=3"]) == 1
+    assert main(["compress", str(job), "--trusted", "--set", "sparsify.stepz=3"]) == 1
     assert "unknown setting 'sparsify.stepz'" in capsys.readouterr().err
-    assert main(["compress", str(job), "--out", "x", "--target", "1000x params"]) == 1
+    assert main(["compress", str(job), "--trusted", "--out", "x", "--target", "1000x params"]) == 1
     err = _errors(capsys.readouterr().err)
     assert len(err) == 1 and "target: 1000x params is unreachable" in err[0]
     assert not (workdir / "x/sparsify").exists()  # refused before any training
@@ -133,14 +133,14 @@ def test_job_errors_name_the_setting(workdir, capsys):
 
 def test_stage_commands_resume_into_the_same_model_as_one_shot(workdir, capsys):
     job = _job(workdir / "job.json")
-    assert main(["sparsify", str(job), "--out", "staged"]) == 0
+    assert main(["sparsify", str(job), "--trusted", "--out", "staged"]) == 0
     assert (workdir / "staged/sparsified.pt").is_file() and not (workdir / "staged/shrunk.pt").exists()
-    assert main(["plan", str(job), "--out", "staged"]) == 0
+    assert main(["plan", str(job), "--trusted", "--out", "staged"]) == 0
     assert "widths" in json.loads((workdir / "staged/plan.json").read_text())
-    assert main(["shrink", str(job), "--out", "staged"]) == 0
+    assert main(["shrink", str(job), "--trusted", "--out", "staged"]) == 0
     assert (workdir / "staged/shrunk.pt").is_file() and (workdir / "staged/shrunk.model.pt").is_file()
-    assert main(["compress", str(job), "--out", "staged"]) == 0
-    assert main(["compress", str(job), "--out", "oneshot"]) == 0
+    assert main(["compress", str(job), "--trusted", "--out", "staged"]) == 0
+    assert main(["compress", str(job), "--trusted", "--out", "oneshot"]) == 0
     staged, oneshot = ck.load(workdir / "staged/compressed.pt"), ck.load(workdir / "oneshot/compressed.pt")
     x = torch.rand(2, 3, 12, 12)
     with torch.no_grad():
@@ -153,8 +153,8 @@ def test_stage_commands_resume_into_the_same_model_as_one_shot(workdir, capsys):
 
 def test_distill_command_and_set_overrides(workdir):
     job = _job(workdir / "job.yaml")
-    argv = ["distill", str(job), "--out", "d", "--set", "recover.alpha=0.5", "--set", "distill_loss=mse",
-            "--target", "50% macs"]
+    argv = ["distill", str(job), "--trusted", "--out", "d", "--set", "recover.alpha=0.5", "--set",
+            "distill_loss=mse", "--target", "50% macs"]
     assert main(argv) == 0
     cfg = json.loads((workdir / "d/config.json").read_text())
     assert cfg["recover"]["alpha"] == 0.5 and cfg["recover"]["distill_loss"] == "mse"  # dotted and legacy key
@@ -162,6 +162,42 @@ def test_distill_command_and_set_overrides(workdir):
     report = json.loads((workdir / "d/report.json").read_text())
     assert report["target"]["target"] == "2x macs" and 1.9 <= report["target"]["achieved"] <= 2.2
     assert (workdir / "d/compressed.pt").is_file()
+
+
+def test_a_job_file_runs_named_code_only_with_trusted(workdir, capsys):
+    marker = workdir / "pwned"
+    job = _job(workdir / "job.yaml")
+    import yaml
+
+    evil = yaml.safe_load(job.read_text())
+    evil["model"] = {"name": "os:system", "kwargs": {"command": f"touch {marker}"}}
+    (workdir / "evil.json").write_text(json.dumps(evil))
+    assert main(["compress", "evil.json", "--out", "e"]) == 1
+    err = _errors(capsys.readouterr().err)
+    assert len(err) == 1 and "model.name 'os:system'" in err[0] and "--trusted" in err[0]
+    assert not marker.exists() and not (workdir / "e").exists()  # nothing imported, nothing run
+    for argv in (["compress", str(job), "--out", "j"], ["sparsify", str(job), "--out", "j"]):
+        assert main(argv) == 1
+        err = _errors(capsys.readouterr().err)[0]
+        assert "data.factory 'clitask:loaders'" in err and "metrics.neg_mse" in err
+    assert "--trusted" in _help(capsys, "compress")
+    with ck.registry.MODELS.snapshot():  # a registered model needs no --trusted; the data function does
+        ck.register_model("cli_test_net")(lambda width=8: torch.nn.Conv2d(3, 3, 1))
+        from compresskit.cli import check_job_trusted, load_job
+
+        plain = {**evil, "model": {"name": "cli_test_net"}, "metrics": {}}
+        (workdir / "plain.json").write_text(json.dumps(plain))
+        loaded = load_job("plain.json", None, [])
+        with pytest.raises(ValueError, match="data.factory") as e:
+            check_job_trusted(loaded, "plain.yaml", trusted=False)
+        assert "model.name" not in str(e.value)
+        check_job_trusted(loaded, "plain.yaml", trusted=True)
+
+
+def _help(capsys, command):  # noqa: ANN001, ANN202
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    return capsys.readouterr().out
 
 
 def test_console_script_exit_code(workdir):

@@ -171,10 +171,18 @@ def test_a_crafted_program_is_refused(tmp_path: Path) -> None:
     def guard_code(doc: dict) -> None:
         doc["guards_code"] = [f"__import__('os').system('touch {marker}') == 0"]
 
-    loaded = ck.load(_edit_program(path, guard_code))  # guards are Python source: dropped, never run
-    with torch.no_grad():
-        assert torch.equal(loaded(x), y)
+    with pytest.raises(UnsafeFileError, match="guard"):  # guards are Python source: parsed, never run
+        ck.load(_edit_program(path, guard_code))
     assert not marker.exists()
+
+    def size_guard(doc: dict) -> None:  # what torch.export writes: checked by compresskit, not by Python
+        doc["guards_code"] = ["L['input'].size()[2] % 8 == 0"]
+
+    loaded = ck.load(_edit_program(path, size_guard))
+    with torch.no_grad():
+        assert torch.equal(loaded(x), y)  # 8 rows
+        with pytest.raises(ValueError, match=r"outside what the saved program.*% 8 == 0"):
+            loaded(torch.randn(1, 3, 12, 8))
 
 
 def test_load_errors_say_what_is_wrong(tmp_path: Path) -> None:

@@ -14,9 +14,11 @@ number is at most ``full() / ratio``. Two exact models live here:
   activations, attention and custom ops are counted as a constant (the planner verifies by counting).
 
 The latency model (``compresskit.shrink.latency.LatencyTable``) satisfies the same protocol with
-values measured on the device. Optional extras a model may have: ``fixed()`` (the cost no width can
-remove: frozen groups, un-prunable layers, ops outside the model) and ``neighbours(gid)`` (groups whose
-marginal cost changes when ``gid``'s width changes), used by the planner and the report.
+values measured on the device. A target names its measure; :mod:`compresskit.shrink.metric` maps the
+name to its cost model and its measurement (``ck.register_metric`` adds one). Optional extras a model
+may have: ``fixed()`` (the cost no width can remove: frozen groups, un-prunable layers, ops outside the
+model) and ``neighbours(gid)`` (groups whose marginal cost changes when ``gid``'s width changes), used by
+the planner and the report.
 """
 
 from __future__ import annotations
@@ -223,14 +225,13 @@ def macs_cost(model: nn.Module, graph: ChannelGraph, example_inputs: Any) -> Ten
 
 
 def cost_model(metric: str, model: nn.Module, graph: ChannelGraph, example_inputs: Any,
-               **latency_kw: Any) -> CostModel:
-    """The cost model of a target metric: ``params_cost``, ``macs_cost`` or the measured latency table."""
-    if metric == "params":
-        return params_cost(model, graph)
-    if metric == "macs":
-        return macs_cost(model, graph, example_inputs)
-    if metric == "latency":
-        from compresskit.shrink.latency import latency_cost
+               **options: Any) -> CostModel:
+    """The cost model of a target metric: the registered measure's ``cost`` (``params_cost``,
+    ``macs_cost``, the measured latency table, or one added with ``ck.register_metric``)."""
+    from compresskit.shrink.metric import get_metric, metric_name
 
-        return latency_cost(model, graph, example_inputs, **latency_kw)
-    raise ValueError(f"metric: expected one of 'params', 'macs', 'latency', got {metric!r}")
+    if not isinstance(metric, str) or metric_name(metric) is None:
+        from compresskit.shrink.metric import METRICS
+
+        raise ValueError(f"metric: expected one of {', '.join(map(repr, METRICS.names()))}, got {metric!r}")
+    return get_metric(metric).cost(model, graph, example_inputs, **options)

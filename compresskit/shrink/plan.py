@@ -23,6 +23,7 @@ channels rounded up to whole units is ``ceil(d·size)`` units).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -78,6 +79,8 @@ class WidthPlan:
     predicted: float | None = None
     full_cost: float | None = None
     budget: float | None = None
+    #: one ``{"target", "metric", "full", "budget", "predicted"}`` per part of the target (first = the above)
+    terms: list[dict[str, Any]] = field(default_factory=list)
 
     # -- summaries ---------------------------------------------------------------------------------
 
@@ -134,6 +137,7 @@ class WidthPlan:
             "predicted": self.predicted,
             "full_cost": self.full_cost,
             "budget": self.budget,
+            "terms": [dict(t) for t in self.terms],
         }
 
     @classmethod
@@ -147,7 +151,8 @@ class WidthPlan:
             ]
             plan = cls(widths, sizes, str(data["rule"]), str(data["coupling"]), int(data.get("min_width", 1)),
                        int(data.get("divisor", 1)), groups, [str(n) for n in data.get("ignored", [])],
-                       data.get("target"), data.get("predicted"), data.get("full_cost"), data.get("budget"))
+                       data.get("target"), data.get("predicted"), data.get("full_cost"), data.get("budget"),
+                       [dict(t) for t in data.get("terms", [])])
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"not a WidthPlan dict ({type(err).__name__}: {err})") from err
         for gid, w in plan.widths.items():
@@ -313,7 +318,7 @@ def plan_for_target(
     *,
     min_width: int = 1,
     round_to: int = 1,
-    budget: float | None = None,
+    budget: float | Mapping[str, float] | None = None,
 ) -> WidthPlan:
     """The widths that bring ``cost`` to at most ``cost.full() / ratio`` losing the least importance.
 
@@ -323,84 +328,111 @@ def plan_for_target(
     (``round_to`` channels at a time; ties: the larger saving first), until the cost meets the budget.
     No group goes below ``min_width`` units; frozen groups keep their size.
 
+    A target of several measures (``"5x params & 2x latency"``) takes one cost model per measure
+    (``cost={"params": ..., "latency": ...}``); every part must hold. A removal then saves
+    ``Σ_k saved_k / full_k`` over the parts not yet met, and removals go on until all are met. Costs only
+    fall as widths do, so the parts never conflict: the target is reachable when each part is.
+
     Args:
         graph: ``ck.trace(model, example_inputs)``.
-        cost: a :class:`~compresskit.shrink.cost.CostModel` (``params_cost``, ``macs_cost``, a latency table).
+        cost: a :class:`~compresskit.shrink.cost.CostModel` (``params_cost``, ``macs_cost``, a latency
+            table), or ``{metric: CostModel}`` covering every measure of the target.
         importance: ``{group id: per-unit scores}`` (an :class:`~compresskit.shrink.importance.Importance`).
-        target: a ``ck.Target``, its string form (its metric should be ``cost.metric``) or a ratio > 1.
+        target: a ``ck.Target``, its string form (its metrics should be the cost models') or a ratio > 1.
         min_width: smallest width, in units.
         round_to: widths in channels are multiples of this (8 suits CUDA kernels), unless kept whole.
-        budget: the absolute cost to reach instead of ``full / ratio`` (used to correct a verified plan).
+        budget: the absolute cost to reach instead of ``full / ratio`` (used to correct a verified plan);
+            ``{metric: cost}`` for a target of several measures.
 
-    Raises ValueError naming ``target`` when even the smallest allowed widths cost more than the budget.
+    Raises ValueError naming ``target`` when even the smallest allowed widths cost more than the budget
+    of some part.
     """
     from compresskit.shrink.importance import removal_order
-    from compresskit.target import Target
 
-    if isinstance(target, (int, float)) and not isinstance(target, bool):
-        if not target > 1:
-            raise ValueError(f"target: expected a ratio > 1, got {target!r}")
-        ratio, label = float(target), f"{float(target):g}x {getattr(cost, 'metric', 'cost')}"
-    else:
-        t = Target.parse(target)
-        if t.metric != getattr(cost, "metric", t.metric):
-            raise ValueError(f"target: {t} needs a {t.metric} cost model, got a {cost.metric} one")
-        ratio, label = t.ratio, str(t)
+    parts = _constraints(cost, target, budget)
     _check_int("min_width", min_width, 1)
     _check_int("round_to", round_to, 1)
-    full = float(cost.full())
-    goal = full / ratio if budget is None else float(budget)
+    costs = [c for c, *_ in parts]
+    fulls = [float(c.full()) or 1.0 for c in costs]
+    goals = [goal for _, goal, *_ in parts]
 
     prunable = [g for g in graph.groups if g.prunable]
     ladders = {g.id: allowed_widths(g.size, g.channels_per_unit, min_width, round_to) for g in prunable}
     smallest = {gid: ladder[-1] for gid, ladder in ladders.items()}
-    floor = float(cost(smallest))
-    if floor > goal * (1 + 1e-9):
+    short = []
+    for c, goal, label, _, ratio, given in parts:
+        floor, full = float(c(smallest)), float(c.full())
+        if floor > goal * (1 + 1e-9):
+            short.append(f"{label} is unreachable for this model: with every prunable group at its smallest "
+                         f"allowed width (min_width={min_width}, round_to={round_to}) it still costs "
+                         f"{floor:.4g} of {full:.4g} {getattr(c, 'metric', '')}, "
+                         + (f"{full / max(floor, 1e-300):.3g}x at most" if not given else
+                            f"above the budget of {goal:.4g} (lowered from {full / ratio:.4g} because the "
+                            "measured model missed the predicted cost)"))
+    if short:
         frozen = sum(1 for g in graph.groups if not g.prunable)
-        raise ValueError(
-            f"target: {label} is unreachable for this model: with every prunable group at its smallest "
-            f"allowed width (min_width={min_width}, round_to={round_to}) it still costs {floor:.4g} of "
-            f"{full:.4g} {getattr(cost, 'metric', '')}, {full / max(floor, 1e-300):.3g}x at most; "
-            f"{frozen} of {len(graph.groups)} channel groups are frozen (graph.explain(id) says why). "
-            "Ask for a smaller ratio.")
+        raise ValueError(f"target: {'; '.join(short)}; {frozen} of {len(graph.groups)} channel groups are "
+                         "frozen (graph.explain(id) says why). Ask for a smaller ratio.")
 
     orders = {gid: removal_order(importance[gid]) for gid in ladders if gid in importance}
-    has_delta = hasattr(cost, "delta") and hasattr(cost, "neighbours")
+    has_delta = all(hasattr(c, "delta") and hasattr(c, "neighbours") for c in costs)
 
     def lost(gid: int, width: int) -> float:  # importance of the units a group loses at this width
         return float(importance[gid][orders[gid][: ladders[gid][0] - width]].sum())
 
-    def remove_until(rung: dict[int, int], skip: set[int]) -> tuple[dict[int, int], float]:
-        """Greedy: the cheapest importance per saved cost goes first, until the cost meets the goal."""
+    def evaluate(widths: dict[int, int]) -> list[float]:
+        return [float(c(widths)) for c in costs]
+
+    def unmet(current: list[float]) -> tuple[int, ...]:
+        return tuple(k for k, (cur, goal) in enumerate(zip(current, goals)) if cur > goal)
+
+    def tightness(current: list[float]) -> float:  # the binding part's cost over its goal
+        return max(cur / goal if goal > 0 else float("inf") for cur, goal in zip(current, goals))
+
+    def remove_until(rung: dict[int, int], skip: set[int]) -> tuple[dict[int, int], list[float]]:
+        """Greedy: the cheapest importance per saved cost goes first, until every cost meets its goal."""
         rung = dict(rung)
         widths = {gid: ladders[gid][r] for gid, r in rung.items()}
+        current = evaluate(widths)
+        open_ = unmet(current)
 
         def candidate(gid: int) -> tuple[float, float] | None:
             if gid in skip or gid not in orders or rung[gid] + 1 >= len(ladders[gid]):
                 return None
             new = ladders[gid][rung[gid] + 1]
-            saved = (cost.delta(widths, gid, new) if has_delta
-                     else float(cost(widths)) - float(cost({**widths, gid: new})))
+            saved = 0.0
+            for k in open_:
+                c = costs[k]
+                diff = (c.delta(widths, gid, new) if has_delta
+                        else float(c(widths)) - float(c({**widths, gid: new})))
+                saved += diff / fulls[k]
             if not saved > 0:
                 return None
             return max(lost(gid, new) - lost(gid, widths[gid]), 0.0) / saved, saved
 
         scores = {gid: candidate(gid) for gid in ladders}
-        current = float(cost(widths))
-        while current > goal:
+        while open_:
             live = [(c[0], -c[1], gid) for gid, c in scores.items() if c is not None]
             if not live:
                 break
             gid = min(live)[2]
             rung[gid] += 1
             widths[gid] = ladders[gid][rung[gid]]
-            current = float(cost(widths))
-            for g in (({gid} | cost.neighbours(gid)) if has_delta else set(ladders)) & set(ladders):
+            current = evaluate(widths)
+            now_open = unmet(current)
+            if now_open != open_:  # a part was met: the savings that count change for every group
+                open_ = now_open
+                scores = {g: candidate(g) for g in ladders}
+                continue
+            near = set(ladders)
+            if has_delta:
+                near = {gid}.union(*(c.neighbours(gid) for c in costs)) & set(ladders)
+            for g in near:
                 scores[g] = candidate(g)
         return rung, current
 
-    def give_back(rung: dict[int, int], current: float) -> tuple[dict[int, int], float]:
-        """Undo removals, most important per cost first, while the cost stays within the goal."""
+    def give_back(rung: dict[int, int], current: list[float]) -> tuple[dict[int, int], list[float]]:
+        """Undo removals, most important per cost first, while every cost stays within its goal."""
         rung = dict(rung)
         while True:
             widths = {gid: ladders[gid][r] for gid, r in rung.items()}
@@ -409,9 +441,10 @@ def plan_for_target(
                 if r == 0:
                     continue
                 up = ladders[gid][r - 1]
-                trial = float(cost({**widths, gid: up}))
-                if trial <= goal:
-                    key = (-(lost(gid, widths[gid]) - lost(gid, up)) / max(trial - current, 1e-300), gid)
+                trial = evaluate({**widths, gid: up})
+                if all(t <= goal for t, goal in zip(trial, goals)):
+                    grown = sum((t - cur) / f for t, cur, f in zip(trial, current, fulls))
+                    key = (-(lost(gid, widths[gid]) - lost(gid, up)) / max(grown, 1e-300), gid)
                     if best is None or key < best[0]:
                         best = (key, gid, trial)
             if best is None:
@@ -423,13 +456,13 @@ def plan_for_target(
     # coarse groups (a few units, each a big share of the cost) can overshoot: try raising each pruned
     # group one step and re-spending the budget elsewhere; keep whatever lands closest under the goal
     for _ in range(3):
-        if current >= goal * 0.98:
+        if tightness(current) >= 0.98:
             break
         improved = False
         for gid in [g for g, r in rung.items() if r > 0]:
             trial = {**rung, gid: rung[gid] - 1}
             trial, cur = give_back(*remove_until(trial, {gid}))
-            if current < cur <= goal:
+            if not unmet(cur) and tightness(current) < tightness(cur):
                 rung, current, improved = trial, cur, True
         if not improved:
             break
@@ -453,5 +486,52 @@ def plan_for_target(
             gp.note = "target: kept (its units cost more importance per saving than others)"
         plans.append(gp)
     plan = WidthPlan(all_widths, sizes, "target", "global", min_width, round_to, plans)
-    plan.target, plan.predicted, plan.full_cost, plan.budget = label, current, full, goal
+    plan.target = " & ".join(label for _, _, label, *_ in parts)
+    plan.predicted, plan.full_cost, plan.budget = current[0], float(costs[0].full()), goals[0]
+    plan.terms = [{"target": label, "metric": metric, "full": float(c.full()), "budget": goal,
+                   "predicted": cur} for (c, goal, label, metric, *_), cur in zip(parts, current)]
     return plan
+
+
+def _constraints(cost: Any, target: Any, budget: Any) -> list[tuple[Any, float, str, str, float, bool]]:
+    """``[(cost model, goal, label, metric, ratio, whether the goal is a given budget)]``, one per part of
+    the target (ValueError naming ``target``)."""
+    from compresskit.target import Target
+
+    if isinstance(target, (int, float)) and not isinstance(target, bool):
+        if not target > 1:
+            raise ValueError(f"target: expected a ratio > 1, got {target!r}")
+        if isinstance(cost, Mapping):
+            raise ValueError("target: a bare ratio needs one cost model, got a mapping; pass a ck.Target")
+        metric = getattr(cost, "metric", "cost")
+        terms = [(cost, float(target), f"{float(target):g}x {metric}", metric)]
+    else:
+        t = Target.parse(target)
+        terms = []
+        for part in t.terms:
+            if isinstance(cost, Mapping):
+                if part.metric not in cost:
+                    raise ValueError(f"target: {part} needs a {part.metric} cost model; got models for "
+                                     f"{', '.join(map(str, cost))}")
+                c = cost[part.metric]
+            elif len(t.terms) > 1:
+                raise ValueError(f"target: {t} has {len(t.terms)} parts; pass cost={{metric: CostModel}} "
+                                 "with one cost model per measure")
+            else:
+                c = cost
+            if part.metric != getattr(c, "metric", part.metric):
+                raise ValueError(f"target: {part} needs a {part.metric} cost model, got a {c.metric} one")
+            terms.append((c, part.ratio, str(part), part.metric))
+    out = []
+    for c, ratio, label, metric in terms:
+        given = budget is not None and (not isinstance(budget, Mapping) or metric in budget)
+        if not given:
+            goal = float(c.full()) / ratio
+        elif isinstance(budget, Mapping):
+            goal = float(budget[metric])
+        else:
+            if len(terms) > 1:
+                raise ValueError("budget: a target of several measures takes {metric: budget}")
+            goal = float(budget)
+        out.append((c, goal, label, metric, ratio, given))
+    return out

@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from compresskit.graph.channels import ChannelGraph, ChannelGroup
     from compresskit.shrink.plan import WidthPlan
 
-__all__ = ["keep_from_plan", "unit_l1_mass", "unit_sums", "INITS"]
+__all__ = ["keep_from_plan", "unit_l1_mass", "unit_sums", "unit_sums_of", "INITS"]
 
 INITS = ("inherit", "reinit")
 
@@ -32,6 +32,13 @@ def unit_sums(model: nn.Module, group: ChannelGroup,
     (running statistics) are not weights and do not count. A member whose length differs from the graph's
     is an error (the model was changed after tracing).
     """
+    return unit_sums_of(model, group, lambda param: entry(param.detach()))
+
+
+def unit_sums_of(model: nn.Module, group: ChannelGroup,
+                 values: Callable[[nn.Parameter], torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`unit_sums` of ``values(parameter)``, a tensor of the parameter's shape per entry (None:
+    the parameter contributes nothing, e.g. no gradient statistics for it yet)."""
     sums = torch.zeros(group.size, dtype=torch.float64)
     counts = torch.zeros(group.size, dtype=torch.float64)
     for member in group.members:
@@ -45,7 +52,10 @@ def unit_sums(model: nn.Module, group: ChannelGroup,
                 f"graph expects {member.length}: was the model changed after ck.trace?"
             )
         with torch.no_grad():
-            t = entry(tensor.detach()).to(torch.float64)
+            t = values(tensor)
+            if t is None:
+                continue
+            t = t.detach().to(torch.float64)
             dims = [d for d in range(t.ndim) if d != member.dim]
             per_position = t.sum(dim=dims) if dims else t  # sum(dim=[]) would sum everything
             per_count = torch.full_like(per_position, float(t.numel() // max(1, t.shape[member.dim])))

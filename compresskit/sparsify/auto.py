@@ -14,18 +14,23 @@ hand tuning:
 
 The calibration is recorded (``history``) and lands in the report; ``SparsifyConfig(lambda_=1e-4)``
 fixes λ instead (the papers' expert knob).
+
+Sparsifiers are looked up by name in :data:`SPARSIFIERS` (``SparsifyConfig(method="progressive")``); a
+new one is a factory ``(config: SparsifyConfig) -> Sparsifier`` registered with
+``@ck.register_sparsifier("name")``, or an object passed as ``SparsifyConfig(method=obj)``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
+from compresskit._registry import Registry
 from compresskit.shrink.select import unit_l1_mass
 from compresskit.train.loop import Callback
 
@@ -34,7 +39,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from compresskit.graph.channels import ChannelGraph
     from compresskit.train.loop import Trainer
 
-__all__ = ["Sparsifier", "SparsifyContext", "OBProxSGSparsifier", "AutoLambda", "initial_lambda"]
+__all__ = ["Sparsifier", "SparsifyContext", "OBProxSGSparsifier", "ProgressiveSparsifier", "AutoLambda",
+           "initial_lambda", "SPARSIFIERS", "register_sparsifier", "get_sparsifier", "uses_plan"]
 
 
 @dataclass
@@ -55,6 +61,11 @@ class SparsifyContext:
     resume: bool = True
     #: ``TrainConfig.batch_shapes``: "same", "spatial" or "off"
     batch_shapes: str = "same"
+    #: extra callbacks of the training run (the budget's deadline, best-weight keeping)
+    callbacks: list[Callback] = field(default_factory=list)
+    #: ``{group id: per-unit importance}`` for the current weights: which units the plan removes first
+    #: (None: the least l1 mass)
+    scores_fn: Callable[[nn.Module], dict[int, torch.Tensor]] | None = None
 
 
 @runtime_checkable
@@ -62,7 +73,9 @@ class Sparsifier(Protocol):
     """Trains ``model`` in place so that the units the plan will remove carry (almost) no weight.
 
     ``fingerprint()`` is everything the result depends on (a stage is redone when it changes);
-    ``run(model, ctx)`` returns a JSON-friendly record of what it did (for the report).
+    ``run(model, ctx)`` returns a JSON-friendly record of what it did (for the report). It passes
+    ``ctx.callbacks`` on to its training. An optional ``uses_plan`` attribute (default True) says whether
+    it steers by ``ctx.widths_fn`` (the target's plan), which then joins its stage's fingerprint.
     """
 
     def fingerprint(self) -> dict[str, Any]: ...
@@ -189,7 +202,11 @@ class _ConfigSparsifier:
 
 
 class OBProxSGSparsifier(_ConfigSparsifier):
-    """The default sparsifier: ``ck.train`` with ``ck.OBProxSG`` (+ :class:`AutoLambda` for "auto")."""
+    """The papers' sparsifier: ``ck.train`` with ``ck.OBProxSG`` (+ :class:`AutoLambda` for "auto")."""
+
+    @property
+    def uses_plan(self) -> bool:
+        return self.config.lambda_ == "auto"
 
     def _run(self, model: nn.Module, ctx: SparsifyContext) -> dict[str, Any]:
         from compresskit.config import TrainConfig
@@ -224,7 +241,8 @@ class OBProxSGSparsifier(_ConfigSparsifier):
                            batch_shapes=ctx.batch_shapes)
         torch.manual_seed(ctx.seed)
         train(model, ctx.train_loader, ctx.loss_fn, optimizer=opt, config=tcfg, inputs_fn=ctx.inputs_fn,
-              out_dir=ctx.out_dir, resume=ctx.resume, callbacks=callbacks, stage="sparsify")
+              out_dir=ctx.out_dir, resume=ctx.resume, callbacks=[*callbacks, *ctx.callbacks],
+              stage="sparsify")
         if auto:
             record.update(final_lambda=calib.lam, **calib.measure(), history=calib.history)
         else:
@@ -243,8 +261,9 @@ class ProgressiveZeroing(Callback):
     """
 
     def __init__(self, model: nn.Module, graph: ChannelGraph, *,
-                 widths_fn: Callable[[nn.Module], dict[int, int]], steps: int, every: int, ramp: float):
-        self.model, self.graph, self.widths_fn = model, graph, widths_fn
+                 widths_fn: Callable[[nn.Module], dict[int, int]], steps: int, every: int, ramp: float,
+                 scores_fn: Callable[[nn.Module], dict[int, torch.Tensor]] | None = None):
+        self.model, self.graph, self.widths_fn, self.scores_fn = model, graph, widths_fn, scores_fn
         self.steps, self.every, self.end = steps, every, max(1, round(ramp * steps))
         self.removed: dict[int, list[int]] = {}
         self.initial: dict[int, list[float]] | None = None
@@ -254,11 +273,13 @@ class ProgressiveZeroing(Callback):
         from compresskit.shrink.importance import removal_order
 
         widths = self.widths_fn(self.model)
+        scores = self.scores_fn(self.model) if self.scores_fn is not None else {}
         self.removed = {}
         for g in self.graph.prunable_groups:
             drop = g.size - widths.get(g.id, g.size)
             if drop > 0:
-                self.removed[g.id] = removal_order(unit_l1_mass(self.model, g))[:drop].tolist()
+                rank = scores[g.id] if g.id in scores else unit_l1_mass(self.model, g)
+                self.removed[g.id] = removal_order(rank)[:drop].tolist()
 
     def _scale(self, factor: float) -> None:
         with torch.no_grad():
@@ -327,21 +348,56 @@ class ProgressiveSparsifier(_ConfigSparsifier):
 
         cfg = self.config
         zeroing = ProgressiveZeroing(model, ctx.graph, widths_fn=ctx.widths_fn, steps=cfg.steps,
-                                     every=cfg.calibrate_every or max(1, cfg.steps // 10), ramp=cfg.ramp)
+                                     every=cfg.calibrate_every or max(1, cfg.steps // 10), ramp=cfg.ramp,
+                                     scores_fn=ctx.scores_fn)
         tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, scheduler="none", seed=ctx.seed, device=ctx.device,
                            checkpoint_every=ctx.checkpoint_every, progress=ctx.progress,
                            batch_shapes=ctx.batch_shapes)
         torch.manual_seed(ctx.seed)
         train(model, ctx.train_loader, ctx.loss_fn, config=tcfg, inputs_fn=ctx.inputs_fn, out_dir=ctx.out_dir,
-              resume=ctx.resume, callbacks=[zeroing], stage="sparsify")
+              resume=ctx.resume, callbacks=[zeroing, *ctx.callbacks], stage="sparsify")
         return {"method": "progressive", "steps": cfg.steps, "lr": cfg.lr, **zeroing.measure(),
                 "history": zeroing.history}
 
 
+#: name -> factory ``(config: SparsifyConfig) -> Sparsifier``
+SPARSIFIERS: Registry[Callable[..., Any]] = Registry("sparsifier")
+
+
+def register_sparsifier(name: str, factory: Callable[..., Any] | None = None, *,
+                        replace: bool = False) -> Any:
+    """Register a sparsifier under ``name``: ``@register_sparsifier("name")`` on a class or function
+    ``(config: SparsifyConfig) -> Sparsifier``; ``SparsifyConfig(method="name")`` then selects it."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"register_sparsifier: name must be a non-empty string, got {name!r}")
+
+    def decorator(obj: Any) -> Any:
+        if not callable(obj):
+            raise TypeError(f"register_sparsifier({name!r}): expected a factory (config) -> Sparsifier, "
+                            f"got {type(obj).__name__}")
+        SPARSIFIERS.register(name, obj, replace=replace)
+        return obj
+
+    return decorator if factory is None else decorator(factory)
+
+
+register_sparsifier("obproxsg", OBProxSGSparsifier)
+register_sparsifier("progressive", ProgressiveSparsifier)
+
+
 def get_sparsifier(config: SparsifyConfig) -> Sparsifier:
-    """The sparsifier ``config.method`` names: ``"obproxsg"`` (l1 with auto-λ) or ``"progressive"``."""
-    if config.method == "obproxsg":
-        return OBProxSGSparsifier(config)
-    if config.method == "progressive":
-        return ProgressiveSparsifier(config)
-    raise ValueError(f"sparsify.method: unknown sparsifier {config.method!r}")  # pragma: no cover
+    """The sparsifier ``config.method`` names (``"progressive"``, ``"obproxsg"`` or a registered name),
+    built from ``config``; a Sparsifier object given as ``method`` is returned as is."""
+    method = config.method
+    if not isinstance(method, str):
+        return method  # an object (checked by SparsifyConfig)
+    factory = SPARSIFIERS.find(method)
+    if factory is None:
+        raise ValueError(f"sparsify.method: unknown sparsifier {method!r}; registered: "
+                         f"{', '.join(map(repr, SPARSIFIERS.names()))} (ck.register_sparsifier adds one)")
+    return factory(config)
+
+
+def uses_plan(sparsifier: Any) -> bool:
+    """Whether a sparsifier steers by the target's plan (its ``uses_plan``, default True)."""
+    return bool(getattr(sparsifier, "uses_plan", True))

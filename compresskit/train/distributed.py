@@ -7,9 +7,11 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -58,8 +60,15 @@ def setup(backend: str = "auto") -> DistContext:
 
 
 def _destroy() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    """Leave the process group at exit. On gloo the ranks first meet at a monitored barrier (bounded, so a
+    crashed peer cannot hang the exit): a rank that tore its connections down while its peer was still
+    finishing made the peer's gloo threads abort ("terminate called without an active exception")."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if dist.get_backend() == "gloo":
+        with contextlib.suppress(RuntimeError):  # a peer died or timed out: nothing to wait for
+            dist.monitored_barrier(timeout=timedelta(seconds=60))
+    dist.destroy_process_group()
 
 
 def all_reduce_sum(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:

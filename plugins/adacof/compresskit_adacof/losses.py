@@ -1,7 +1,10 @@
-"""Losses of AdaCoF and CDFI: the offset smoothness term g_Spatial, the VGG16 conv4_3 perceptual loss, and
-the CDFI total loss ``Charbonnier + 0.01·g_Spatial + 0.005·VGG`` (Ding et al., CVPR 2021).
+"""Losses of AdaCoF and CDFI: the offset smoothness term g_Spatial, the occlusion smoothness term
+g_Occlusion, the VGG16 conv4_3 perceptual loss, AdaCoF's total loss
+``Charbonnier + 0.01·g_Spatial + 0.005·g_Occlusion`` (Lee et al., CVPR 2020) and CDFI's
+``Charbonnier + 0.01·g_Spatial + 0.005·VGG`` (Ding et al., CVPR 2021).
 
-Models return ``(frame, aux)`` with ``return_aux=True``; ``aux`` holds the kernels g_Spatial reads.
+Models return ``(frame, aux)`` with ``return_aux=True``; ``aux`` holds the kernels g_Spatial reads and the
+occlusion map g_Occlusion reads.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from torch import nn
 
 import compresskit as ck
 
-__all__ = ["g_spatial", "GSpatialLoss", "VGG16Conv43", "PerceptualLoss", "CDFILoss", "register"]
+__all__ = ["g_spatial", "g_occlusion", "GSpatialLoss", "VGG16Conv43", "PerceptualLoss", "CDFILoss",
+           "AdaCoFLoss",
+           "register"]
 
 
 def _charbonnier(eps: float) -> nn.Module:
@@ -50,6 +55,14 @@ def g_spatial(aux: Mapping[str, torch.Tensor], eps: float = 1e-3) -> torch.Tenso
         for name in ("alpha", "beta"):
             total = total + _smoothness((weight * aux[name + k]).mean(1, keepdim=True), charbonnier)
     return total
+
+
+def g_occlusion(aux: Mapping[str, torch.Tensor], eps: float = 1e-3) -> torch.Tensor:
+    """Occlusion smoothness of AdaCoF (Lee et al., CVPR 2020), weight 0.005 in its loss: for the occlusion
+    map V (B, 1, H, W), Charbonnier(∂x V) + Charbonnier(∂y V), each the mean of √(Δ² + ε²)."""
+    if "occlusion" not in aux:
+        raise KeyError("aux: missing 'occlusion'; call the model with return_aux=True")
+    return _smoothness(aux["occlusion"], _charbonnier(eps))
 
 
 class GSpatialLoss(nn.Module):
@@ -147,26 +160,29 @@ class PerceptualLoss(nn.Module):
 
 
 class CDFILoss(nn.Module):
-    """``Charbonnier(out, gt) + spatial·g_Spatial + perceptual·MSE(VGG16 conv4_3)`` (CDFI: 0.01, 0.005).
+    """``Charbonnier(out, gt) + spatial·g_Spatial + perceptual·MSE(VGG16 conv4_3) + occlusion·g_Occlusion``
+    (CDFI: 0.01, 0.005, 0; AdaCoF: 0.01, 0, 0.005 — :class:`AdaCoFLoss`).
 
     Called as ``loss(output, target)`` or ``loss(output, batch)``: ``output`` is the frame or
-    ``(frame, aux)`` (needed when ``spatial > 0``), ``target`` the ground truth (or ``batch[-1]``).
-    ``perceptual > 0`` needs ``vgg_weights``.
+    ``(frame, aux)`` (needed when ``spatial`` or ``occlusion`` > 0), ``target`` the ground truth (or
+    ``batch[-1]``). ``perceptual > 0`` needs ``vgg_weights``.
     """
 
     def __init__(self, spatial: float = 0.01, perceptual: float = 0.005,
                  vgg_weights: str | os.PathLike | None = None, eps: float = 1e-3,
-                 vgg: VGG16Conv43 | None = None):
+                 vgg: VGG16Conv43 | None = None, occlusion: float = 0.0):
         super().__init__()
-        if spatial < 0 or perceptual < 0:
-            raise ValueError(f"spatial, perceptual: expected weights >= 0, got {spatial}, {perceptual}")
+        if spatial < 0 or perceptual < 0 or occlusion < 0:
+            raise ValueError(f"spatial, perceptual, occlusion: expected weights >= 0, got {spatial}, "
+                             f"{perceptual}, {occlusion}")
         self.spatial, self.perceptual_weight, self.eps = spatial, perceptual, eps
+        self.occlusion = occlusion
         self.charbonnier = _charbonnier(eps)
         self.perceptual = PerceptualLoss(vgg_weights, vgg) if perceptual > 0 else None
 
     def terms(self, output: Any, target: Any) -> dict[str, torch.Tensor]:
         """``{"loss": total, "charbonnier": .., ["g_spatial": ..,] ["perceptual": ..]}`` (raw terms)."""
-        frame, aux = _split_output(output, "cdfi", need_aux=self.spatial > 0)
+        frame, aux = _split_output(output, "cdfi", need_aux=self.spatial > 0 or self.occlusion > 0)
         gt = _target(target)
         terms = {"charbonnier": self.charbonnier(frame, gt)}
         loss = terms["charbonnier"]
@@ -176,11 +192,21 @@ class CDFILoss(nn.Module):
         if self.perceptual is not None:
             terms["perceptual"] = self.perceptual(frame, gt)
             loss = loss + self.perceptual_weight * terms["perceptual"]
+        if self.occlusion > 0:
+            terms["g_occlusion"] = g_occlusion(aux, self.eps)
+            loss = loss + self.occlusion * terms["g_occlusion"]
         return {"loss": loss, **terms}
 
     def forward(self, output: Any, target: Any) -> torch.Tensor:
         """``target``: the ground-truth frame, or the whole batch (its last item is the target)."""
         return self.terms(output, target)["loss"]
+
+
+class AdaCoFLoss(CDFILoss):
+    """AdaCoF's published loss: ``Charbonnier + 0.01·g_Spatial + 0.005·g_Occlusion`` (no VGG term)."""
+
+    def __init__(self, spatial: float = 0.01, occlusion: float = 0.005, eps: float = 1e-3):
+        super().__init__(spatial=spatial, perceptual=0.0, eps=eps, occlusion=occlusion)
 
 
 def _target(batch: Any) -> torch.Tensor:
@@ -203,6 +229,7 @@ def _split_output(output: Any, loss: str, need_aux: bool = True) -> tuple[torch.
 
 
 def register() -> None:
-    """Register the losses by name: ``ck.get_loss("g_spatial" | "vgg16_conv4_3" | "cdfi")``."""
-    for name, cls in (("g_spatial", GSpatialLoss), ("vgg16_conv4_3", PerceptualLoss), ("cdfi", CDFILoss)):
+    """Register the losses by name: ``ck.get_loss("g_spatial" | "vgg16_conv4_3" | "cdfi" | "adacof")``."""
+    for name, cls in (("g_spatial", GSpatialLoss), ("vgg16_conv4_3", PerceptualLoss), ("cdfi", CDFILoss),
+                      ("adacof", AdaCoFLoss)):
         ck.register_loss(name)(cls)

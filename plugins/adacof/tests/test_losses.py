@@ -172,3 +172,39 @@ def test_losses_are_registered_by_name():
     ck.load_plugins()
     assert {"g_spatial", "vgg16_conv4_3", "cdfi"} <= set(ck.list_losses())
     assert isinstance(ck.get_loss("cdfi", perceptual=0.0), CDFILoss)
+
+
+def test_g_occlusion_is_the_charbonnier_total_variation_of_the_occlusion_map():
+    """AdaCoF's g_Occlusion by hand: V = a ramp rising by s per column, constant down the rows. Every
+    horizontal difference is s, every vertical one 0: mean √(s² + ε²) + mean √(0 + ε²) = √(s² + ε²) + ε."""
+    from compresskit_adacof.losses import g_occlusion
+
+    s, h, w = 0.05, 4, 6
+    occ = (torch.arange(w, dtype=torch.float64) * s).expand(1, 1, h, w)
+    assert float(g_occlusion({"occlusion": occ})) == pytest.approx(math.sqrt(s**2 + EPS**2) + EPS, rel=1e-12)
+    gen = torch.Generator().manual_seed(3)
+    occ = torch.rand(2, 1, h, w, generator=gen, dtype=torch.float64)
+    dx = [math.sqrt((occ[b, 0, i, j + 1] - occ[b, 0, i, j]) ** 2 + EPS**2)
+          for b in range(2) for i in range(h) for j in range(w - 1)]
+    dy = [math.sqrt((occ[b, 0, i + 1, j] - occ[b, 0, i, j]) ** 2 + EPS**2)
+          for b in range(2) for i in range(h - 1) for j in range(w)]
+    assert float(g_occlusion({"occlusion": occ})) == pytest.approx(sum(dx) / len(dx) + sum(dy) / len(dy))
+    with pytest.raises(KeyError, match="occlusion"):
+        g_occlusion({})
+
+
+def test_adacof_loss_is_charbonnier_plus_g_spatial_plus_g_occlusion():
+    """AdaCoF's published loss: Charbonnier + 0.01·g_Spatial + 0.005·g_Occlusion (registered "adacof")."""
+    from compresskit_adacof.losses import AdaCoFLoss, g_occlusion
+
+    aux = _aux()
+    aux["occlusion"] = torch.rand(1, 1, 3, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    frame = torch.rand(1, 3, 3, 5, dtype=torch.float64)
+    gt = torch.rand(1, 3, 3, 5, dtype=torch.float64)
+    charbonnier = float(torch.sqrt((frame - gt) ** 2 + EPS**2).mean())
+    expected = charbonnier + 0.01 * float(g_spatial(aux)) + 0.005 * float(g_occlusion(aux))
+    loss = ck.get_loss("adacof")
+    assert isinstance(loss, AdaCoFLoss) and loss.perceptual is None
+    terms = loss.terms((frame, aux), gt)
+    assert float(terms["loss"]) == pytest.approx(expected, rel=1e-12)
+    assert set(terms) == {"loss", "charbonnier", "g_spatial", "g_occlusion"}

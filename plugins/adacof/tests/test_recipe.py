@@ -7,41 +7,78 @@ import math
 
 import pytest
 import torch
+from compresskit_adacof.losses import VGG16Conv43
 from compresskit_adacof.models import CDFI, AdaCoF, dense_widths, widths_from_state_dict
 from compresskit_adacof.models.adacof import HEADS
 from compresskit_adacof.recipe import PUBLISHED, CDFIRecipeConfig, paper_table, published_densities, run
 
 
-def test_smoke_recipe_runs_every_stage_and_resumes(tmp_path):
-    cfg = CDFIRecipeConfig(out_dir=tmp_path, smoke=True, smoke_steps=1, smoke_batch=1, smoke_size=32,
-                           smoke_eval_samples=1, progress=False)
+def _vgg_file(path):
+    """A random VGG16 conv4_3 state_dict in the torchvision key layout (features.N.*)."""
+    torch.manual_seed(0)
+    torch.save({f"features.{k}": v for k, v in VGG16Conv43().features.state_dict().items()}, path)
+    return path
+
+
+def _records(path):
+    return [json.loads(line) for line in path.open()]
+
+
+def test_smoke_recipe_runs_every_stage_resumes_and_redoes_only_changed_stages(tmp_path):
+    out = tmp_path / "run"
+    cfg = CDFIRecipeConfig(out_dir=out, smoke=True, smoke_steps=1, smoke_batch=1, smoke_size=32,
+                           smoke_eval_samples=1, progress=False, vgg_weights=_vgg_file(tmp_path / "vgg.pth"))
     summary = run(cfg)
-    for stage in ("sparsify", "shrink", "retrain", "cdfi"):
-        assert (tmp_path / stage / "done.pt").is_file(), stage
-    # one optimizer step per training stage, logged by ck.train
+    for stage in ("sparsify", "shrink", "retrain", "cdfi", "evaluate"):
+        assert (out / f"{stage}.pt").is_file(), stage
+    # one optimizer step per training stage, logged by ck.train; every stage trains with CDFI's full loss
+    # (Charbonnier + g_Spatial + VGG), as published
     for stage in ("sparsify", "retrain", "cdfi"):
-        records = [json.loads(line) for line in (tmp_path / stage / "train" / "metrics.jsonl").open()]
-        assert [r["step"] for r in records if r["kind"] == "train"] == [1]
-        assert {"charbonnier", "g_spatial"} <= set(records[-1])
+        train = [r for r in _records(out / stage / "train" / "metrics.jsonl") if r["kind"] == "train"]
+        assert [r["step"] for r in train] == [1]
+        assert {"charbonnier", "g_spatial", "perceptual"} <= set(train[-1]), stage
     # the shrunk model is an AdaCoF whose widths the plan chose, smaller than the dense one (the smoke
     # run's large λ zeroes weights in one step)
-    state = torch.load(tmp_path / "shrink" / "done.pt", weights_only=True)
+    state = torch.load(out / "shrink.pt", weights_only=True)["state_dict"]
     small = AdaCoF(5, 1, widths_from_state_dict(state))
     small.load_state_dict(state)
     assert summary["params"]["compressed_adacof"] == sum(p.numel() for p in small.parameters())
     assert summary["params"]["compressed_adacof"] < summary["params"]["adacof"] == 21_843_427
-    densities = json.loads((tmp_path / "sparsify" / "densities.json").read_text())
+    densities = json.loads((out / "sparsify" / "densities.json").read_text())
     _check_one_prox_step_densities(densities, lr=cfg.sparsify_lr, lambda_=cfg.smoke_lambda)
     assert widths_from_state_dict(state) == _linear_widths_by_hand(densities)
-    CDFI().load_state_dict(torch.load(tmp_path / "cdfi" / "cdfi.pth", weights_only=True)["state_dict"])
-    table = (tmp_path / "table.md").read_text()
+    saved = torch.load(out / "cdfi" / "cdfi.pth", weights_only=True)
+    CDFI().load_state_dict(saved["state_dict"])
+    assert saved["epoch"] == summary["selection"]["epoch"] == 1
+    table = (out / "table.md").read_text()
     assert "| CDFI (published) | 4,976,718 | 35.17 / 0.964 / 0.010" in table
     assert "| CDFI (ours) |" in table and "| compressed AdaCoF (ours) |" in table
-    # a rerun finds every stage done and changes nothing
-    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.pt")}
+    assert "width_rule='linear'" in table and "CDFI kept at epoch 1" in table
+    # a rerun with the same settings restores every stage and writes nothing
+    artifacts = sorted(out.rglob("*.pt"))
+
+    def stamps():
+        return {p: p.stat().st_mtime_ns for p in artifacts}
+
+    before = stamps()
     again = run(cfg)
     assert again["widths"] == summary["widths"]
-    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.pt")} == before
+    assert stamps() == before
+    # another width rule: stage I's sparsification and CDFI (which reads neither) are kept; the shrink,
+    # the retraining and the evaluation are redone
+    logs = {s: (out / s / "train" / "metrics.jsonl").read_text() for s in ("sparsify", "cdfi")}
+    changed = run(cfg.model_copy(update={"width_rule": "sqrt"}))
+    after = stamps()
+    redone = {p.name for p in artifacts if after[p] != before[p]}
+    assert {"shrink.pt", "retrain.pt", "evaluate.pt"} <= redone
+    assert not redone & {"sparsify.pt", "cdfi.pt"}
+    assert {s: (out / s / "train" / "metrics.jsonl").read_text() for s in logs} == logs
+    assert changed["widths"] != summary["widths"]
+    assert "width_rule='sqrt'" in (out / "table.md").read_text()
+    # and the same (new) settings resume without redoing anything
+    before = stamps()
+    run(cfg.model_copy(update={"width_rule": "sqrt"}))
+    assert stamps() == before
 
 
 def _check_one_prox_step_densities(densities, lr, lambda_):

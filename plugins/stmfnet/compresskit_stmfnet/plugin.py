@@ -24,10 +24,11 @@ def stmfnet_mini(widths: STMFNetWidths | dict | None = None, flow: bool = False)
 
 
 def _vfi_task_defaults() -> dict[str, Any]:
-    """Default loss and batch → inputs mapping of the VFI task (compresskit-vfi)."""
+    """Default loss and batch → inputs mapping of the VFI task (compresskit-vfi): the published ST-MFNet
+    loss, the summed 5-level Laplacian pyramid loss (``compresskit_vfi.task.laplacian_loss``)."""
     from compresskit_vfi import task
 
-    return {"default_loss": task.default_loss, "inputs_from_batch": task.inputs_from_batch}
+    return {"default_loss": task.laplacian_loss, "inputs_from_batch": task.inputs_from_batch}
 
 
 def register() -> None:

@@ -116,6 +116,8 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-progress", action="store_true")
     ev.add_argument("--trusted", action="store_true",
                     help="unpickle a compressed --checkpoint that needs it; only for files you trust")
+    ev.add_argument("--random-weights", action="store_true",
+                    help="score a --model without --checkpoint with random weights (testing only)")
 
     ip = sub.add_parser("interpolate", help="up-convert a video by 2, 4 or 8",
                         description="Insert factor-1 predicted frames between every pair of frames.",
@@ -269,6 +271,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     pairs = _expand_datasets(args.dataset, args.data_dir)
     for name, d in pairs:  # names and folders are checked before any model is built
         _check_dataset_arg(name, d)
+    unweighted = [name for name, ckpt in zip(args.model, checkpoints) if ckpt is None]
+    if unweighted and not args.random_weights:
+        raise CLIError(f"--model {unweighted[0]} has no --checkpoint: evaluate scores trained weights (the "
+                       "official ones, or a file written by compress); give one --checkpoint per --model, "
+                       "or --random-weights to score random weights on purpose")
     models: dict[str, Any] = {}
     for i, (name, ckpt) in enumerate(zip(args.model, checkpoints)):
         label = args.label[i] if args.label else name

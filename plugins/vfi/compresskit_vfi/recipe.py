@@ -1,18 +1,22 @@
 """Machinery shared by the resumable VFI reproduction recipes (CDFI in compresskit-adacof, ST-MFNet Mini in
 compresskit-stmfnet) and their example CLIs.
 
-A recipe runs stages that each write into ``out_dir/<stage>/``. A finished training stage leaves
-``done.pt`` (its model's state_dict) and is skipped on a rerun; the evaluation stage caches
-``evaluate/results.json``; the paper-style table is rewritten to ``out_dir/table.md`` from that cache.
-The helpers read the settings every recipe config has by the same name: ``out_dir``, ``smoke``,
-``smoke_steps``, ``smoke_size``, ``smoke_eval_samples``, ``step_size``, ``gamma``, ``eval_limit``,
-``num_workers``, ``device``, ``seed``, ``progress``.
+A recipe is a list of :class:`compresskit.pipeline.Stage` objects run by
+:func:`compresskit.pipeline.run_stages` (the runner of ``ck.compress``): each finished stage leaves
+``out_dir/<stage>.pt`` stamped with its fingerprint (the settings it read, the upstream stage's
+fingerprint, the digests of the weight files it loaded), so a rerun with the same settings restores it,
+and a changed setting redoes that stage and every stage downstream of it. A training stage's checkpoints
+live in ``out_dir/<stage>/train/`` (emptied when its fingerprint changes). The paper-style table is
+rewritten to ``out_dir/table.md`` from the evaluation stage's results. The helpers read the settings every
+recipe config has by the same name: ``out_dir``, ``smoke``, ``smoke_steps``, ``smoke_size``,
+``smoke_eval_samples``, ``step_size``, ``gamma``, ``eval_limit``, ``num_workers``, ``device``, ``seed``,
+``progress``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import hashlib
 import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -25,39 +29,63 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 import compresskit as ck
-from compresskit.io import atomic_torch_save, atomic_write_text
+from compresskit.io import atomic_write_json, atomic_write_text
+from compresskit.pipeline import Stage
 
-__all__ = ["DONE", "read_done", "load_done", "mark_done", "start_run", "resolve_device", "recipe_loader",
-           "train_settings", "obproxsg_schedule", "smoke_test_sets", "count_params", "cached_evaluation",
-           "paper_table", "add_run_arguments", "add_stop_arguments", "run_from_args"]
+__all__ = ["RecipeStage", "settings", "file_digest", "start_run", "resolve_device", "recipe_loader",
+           "train_settings", "obproxsg_schedule", "smoke_test_sets", "count_params", "evaluate_models",
+           "write_table", "paper_table", "add_run_arguments", "add_stop_arguments", "run_from_args"]
 
-#: file a finished training stage leaves in its folder
-DONE = "done.pt"
+#: settings every training stage depends on (the smoke run's shape and the seed)
+COMMON_FIELDS = ("smoke", "smoke_steps", "smoke_size", "seed")
 
 
-# ---------------------------------------------------------------------------------------- stage markers
-def read_done(stage_dir: Path, console: Console, label: str) -> dict[str, torch.Tensor] | None:
-    """The state_dict in ``stage_dir/done.pt`` if the stage finished (and say so), else ``None``."""
-    path = stage_dir / DONE
-    if not path.is_file():
+# ---------------------------------------------------------------------------------------------- stages
+def file_digest(path: Path | None) -> str | None:
+    """SHA-1 of a file's bytes (a replaced weights file redoes the stages that loaded it); None for None."""
+    if path is None:
         return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    console.print(f"[green]{label}[/]: done ({path})")
-    return state
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
-def load_done(stage_dir: Path, model: nn.Module, console: Console, label: str) -> bool:
-    """Load ``stage_dir/done.pt`` into ``model`` if the stage finished; returns whether it had."""
-    state = read_done(stage_dir, console, label)
-    if state is None:
-        return False
-    model.load_state_dict(state)
-    return True
+def settings(cfg: Any, fields: Sequence[str]) -> dict[str, Any]:
+    """``{field: value}`` of ``cfg`` as JSON values (paths as strings), for a stage fingerprint."""
+    dumped = cfg.model_dump(mode="json")
+    return {f: dumped[f] for f in fields}
 
 
-def mark_done(stage_dir: Path, model: nn.Module) -> None:
-    """Mark the stage finished: its model's state_dict to ``stage_dir/done.pt`` (atomic)."""
-    atomic_torch_save(model.state_dict(), stage_dir / DONE)
+class RecipeStage(Stage):
+    """A recipe stage: ``fields`` are the config settings it reads, ``upstream`` the stages whose results
+    it uses, ``files`` the config paths whose file contents it loads. The fingerprint is made of these;
+    ``artifact`` is ``<name>.pt`` in ``out_dir``. The state has ``cfg``, ``console`` and ``fingerprints``."""
+
+    fields: tuple[str, ...] = ()
+    upstream: tuple[str, ...] = ()
+    files: tuple[str, ...] = ()
+
+    @property
+    def artifact(self) -> str:  # type: ignore[override]
+        return f"{self.name}.pt"
+
+    def fingerprint(self, state: Any) -> dict[str, Any]:
+        """The declared settings (the ``smoke_*`` ones only in smoke mode, where they apply), the digests
+        of the declared files, the upstream fingerprints."""
+        cfg = state.cfg
+        fields = [f for f in self.fields if cfg.smoke or not f.startswith("smoke_")]
+        return {"stage": self.name, "settings": settings(cfg, fields),
+                "files": {f: file_digest(getattr(cfg, f)) for f in self.files},
+                "upstream": {u: state.fingerprints[u] for u in self.upstream}}
+
+    def train_dir(self, state: Any) -> Path | None:
+        """``out_dir/<name>/train``: this stage's training checkpoints, kept only for its fingerprint."""
+        return state.store.train_dir(f"{self.name}/train", state.fingerprints[self.name])
+
+    def done(self, state: Any) -> None:
+        state.console.print(f"[green]{self.name}[/]: done ({state.cfg.out_dir / self.artifact})")
 
 
 # -------------------------------------------------------------------------------------------- settings
@@ -77,8 +105,9 @@ def resolve_device(device: str) -> str:
 
 
 def recipe_loader(ds: Dataset, batch: int, cfg: Any) -> DataLoader:
-    """Shuffled loader seeded by ``cfg.seed``; drops a last partial batch unless it is the only one."""
-    return DataLoader(ds, batch_size=batch, shuffle=True, drop_last=len(ds) >= batch,
+    """Shuffled loader seeded by ``cfg.seed``; it keeps the last partial batch, as the published
+    training scripts do (PyTorch's ``drop_last=False``)."""
+    return DataLoader(ds, batch_size=batch, shuffle=True, drop_last=False,
                       num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
 
 
@@ -115,27 +144,25 @@ def count_params(model: nn.Module) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- results
-def cached_evaluation(cfg: Any, models: Mapping[str, nn.Module], test_sets: Callable[[], Any],
-                      table: Callable[[Mapping[str, Any]], str], console: Console,
-                      **evaluate_kw: Any) -> dict:
-    """The evaluation stage: score ``models`` on ``test_sets()`` with ``compresskit_vfi.evaluate`` (on
-    ``cfg.device``, the first ``cfg.eval_limit`` samples, or ``cfg.smoke_eval_samples`` in smoke mode),
-    cached in ``evaluate/results.json``; then ``table(results)`` is written to ``table.md`` and printed."""
-    from compresskit_vfi.evaluate import EvaluationResult, evaluate
+def evaluate_models(cfg: Any, models: Mapping[str, nn.Module], test_sets: Callable[[], Any], console: Console,
+                    **evaluate_kw: Any) -> dict:
+    """Score ``models`` on ``test_sets()`` with ``compresskit_vfi.evaluate`` (on ``cfg.device``, the first
+    ``cfg.eval_limit`` samples, or ``cfg.smoke_eval_samples`` in smoke mode); also written to
+    ``evaluate/results.json``. Returns ``EvaluationResult.to_dict()``."""
+    from compresskit_vfi.evaluate import evaluate
 
-    out = cfg.out_dir / "evaluate"
-    if (out / "results.json").is_file():
-        result = EvaluationResult.from_dict(json.loads((out / "results.json").read_text()))
-        console.print(f"[green]evaluate[/]: done ({out / 'results.json'})")
-    else:
-        limit = cfg.smoke_eval_samples if cfg.smoke else cfg.eval_limit
-        result = evaluate(dict(models), test_sets(), device=resolve_device(cfg.device), limit=limit,
-                          progress=cfg.progress, console=console, **evaluate_kw)
-        result.save_json(out / "results.json")
-    text = table(result.to_dict())
+    limit = cfg.smoke_eval_samples if cfg.smoke else cfg.eval_limit
+    result = evaluate(dict(models), test_sets(), device=resolve_device(cfg.device), limit=limit,
+                      progress=cfg.progress, console=console, **evaluate_kw)
+    atomic_write_json(result.to_dict(), cfg.out_dir / "evaluate" / "results.json")
+    return result.to_dict()
+
+
+def write_table(cfg: Any, text: str, console: Console) -> str:
+    """Write the paper-style table to ``out_dir/table.md`` and print it."""
     atomic_write_text(text, cfg.out_dir / "table.md")
     console.print(text, soft_wrap=True, markup=False, highlight=False)
-    return result.to_dict()
+    return text
 
 
 def paper_table(results: Mapping[str, Any], published: Mapping[str, Mapping[str, Sequence[float | None]]],

@@ -13,11 +13,12 @@ from typing import Any
 
 from torch import Tensor
 
-from compresskit.losses import CharbonnierLoss
+from compresskit.losses import CharbonnierLoss, LaplacianPyramidLoss
 
-__all__ = ["inputs_from_batch", "target_from_batch", "output_frame", "default_loss"]
+__all__ = ["inputs_from_batch", "target_from_batch", "output_frame", "default_loss", "laplacian_loss"]
 
 _charbonnier = CharbonnierLoss(eps=1e-3)
+_laplacian = LaplacianPyramidLoss(reduction="sum")
 
 
 def _check_batch(batch: Any) -> Sequence[Tensor]:
@@ -51,11 +52,22 @@ def output_frame(output: Any) -> Tensor:
     return output
 
 
-def default_loss(output: Any, batch: Any) -> Tensor:
-    """Charbonnier loss mean √((out − gt)² + ε²), ε = 1e-3, between the output frame and ``batch[-1]``
-    (the reconstruction term of AdaCoF and CDFI; Lee et al. CVPR 2020, Ding et al. CVPR 2021)."""
+def _frame_and_target(output: Any, batch: Any) -> tuple[Tensor, Tensor]:
     frame, target = output_frame(output), target_from_batch(batch)
     if frame.shape != target.shape:
         raise ValueError(f"VFI loss: output frame {tuple(frame.shape)} and target batch[-1] "
                          f"{tuple(target.shape)} differ in shape")
-    return _charbonnier(frame, target.to(frame.dtype))
+    return frame, target.to(frame.dtype)
+
+
+def default_loss(output: Any, batch: Any) -> Tensor:
+    """Charbonnier loss mean √((out − gt)² + ε²), ε = 1e-3, between the output frame and ``batch[-1]``
+    (the reconstruction term of AdaCoF and CDFI; Lee et al. CVPR 2020, Ding et al. CVPR 2021)."""
+    return _charbonnier(*_frame_and_target(output, batch))
+
+
+def laplacian_loss(output: Any, batch: Any) -> Tensor:
+    """The published ST-MFNet / ST-MFNet Mini training loss between the output frame and ``batch[-1]``: the
+    5-level Laplacian pyramid loss ``Σ_i 2^i · ‖L_i(out) − L_i(gt)‖₁``, **summed** over pixels, channels
+    and the batch as published (its scale grows with batch and crop size; Danier et al. CVPR 2022)."""
+    return _laplacian(*_frame_and_target(output, batch))

@@ -249,7 +249,7 @@ def test_interpolate_trusted_opens_a_pickle_only_file(tmp_path, capsys, monkeypa
 
     monkeypatch.setattr(saving, "_export", no_export)
     with pytest.warns(UserWarning, match="only a pickled module"):
-        path = result.save(tmp_path / "pickled.pt")
+        path = result.save(tmp_path / "pickled.pt", allow_pickle=True)
     src = tmp_path / "in.mkv"
     frames = _smooth_clip(src)
     out = tmp_path / "out.mkv"
@@ -270,3 +270,18 @@ def test_interpolate_trusted_opens_a_pickle_only_file(tmp_path, capsys, monkeypa
     with pytest.raises(SystemExit):
         main(["evaluate", "--help"])
     assert "--trusted" in capsys.readouterr().out
+
+
+def test_evaluate_refuses_random_weights_unless_asked(tmp_path, capsys):
+    """A --model without --checkpoint would score random weights: refused before any model is built or
+    anything written, as interpolate does; --random-weights runs it on purpose."""
+    _frame_folder(tmp_path / "frames")
+    out = tmp_path / "eval"
+    base = ["evaluate", "--model", "test_cli_weighted_average", "--dataset", "frames", "--data-dir",
+            str(tmp_path / "frames"), "--no-runtime", "--no-macs", "--no-progress", "--out", str(out)]
+    assert main(base) != 0
+    line = _one_error_line(capsys)
+    assert "--model test_cli_weighted_average has no --checkpoint" in line and "--random-weights" in line
+    assert not out.exists()
+    assert main([*base, "--random-weights"]) == 0, capsys.readouterr().err
+    assert (out / "results.json").is_file()

@@ -21,18 +21,48 @@ def _quiet() -> Console:
     return Console(quiet=True)
 
 
-def test_done_marker_round_trip(tmp_path):
-    stage = tmp_path / "stage"
-    stage.mkdir()
-    model = nn.Linear(3, 2)
-    assert common.read_done(stage, _quiet(), "s") is None
-    assert common.load_done(stage, nn.Linear(3, 2), _quiet(), "s") is False
-    common.mark_done(stage, model)
-    assert (stage / "done.pt").is_file()
-    other = nn.Linear(3, 2)
-    assert common.load_done(stage, other, _quiet(), "s") is True
-    for a, b in zip(model.parameters(), other.parameters()):
-        assert torch.equal(a, b)
+class _StageCfg(Config):
+    out_dir: Path
+    smoke: bool = False
+    smoke_steps: int = 4
+    smoke_size: int = 64
+    seed: int = 0
+    lr: float = 1e-3
+    weights: Path | None = None
+
+
+class _Stage(common.RecipeStage):
+    name = "one"
+    fields = (*common.COMMON_FIELDS, "lr")
+    files = ("weights",)
+
+
+def test_recipe_stage_fingerprint_reads_its_fields_files_and_upstream(tmp_path):
+    """The fingerprint holds the declared settings, the digest of the files named by the config and the
+    upstream fingerprints: a change to any of them changes it; an undeclared setting does not."""
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"abc")
+    cfg = _StageCfg(out_dir=tmp_path, weights=weights)
+    stage = _Stage()
+    stage.upstream = ("zero",)
+    state = SimpleNamespace(cfg=cfg, fingerprints={"zero": {"x": 1}})
+    fp = stage.fingerprint(state)
+    assert stage.artifact == "one.pt"
+    assert fp["settings"] == {"smoke": False, "seed": 0, "lr": 1e-3}  # smoke_* only count in smoke mode
+    assert fp["files"] == {"weights": "a9993e364706816aba3e25717850c26c9cd0d89d"}  # SHA-1("abc")
+    assert fp["upstream"] == {"zero": {"x": 1}}
+    assert stage.fingerprint(SimpleNamespace(cfg=cfg.model_copy(update={"out_dir": tmp_path / "b"}),
+                                             fingerprints={"zero": {"x": 1}})) == fp
+    assert stage.fingerprint(SimpleNamespace(cfg=cfg.model_copy(update={"lr": 2e-3}),
+                                             fingerprints={"zero": {"x": 1}})) != fp
+    assert stage.fingerprint(SimpleNamespace(cfg=cfg, fingerprints={"zero": {"x": 2}})) != fp
+    assert stage.fingerprint(SimpleNamespace(cfg=cfg.model_copy(update={"smoke_steps": 9}),
+                                             fingerprints={"zero": {"x": 1}})) == fp
+    smoke = SimpleNamespace(cfg=cfg.model_copy(update={"smoke": True}), fingerprints={"zero": {"x": 1}})
+    assert stage.fingerprint(smoke)["settings"] == {"smoke": True, "smoke_steps": 4, "smoke_size": 64,
+                                                    "seed": 0, "lr": 1e-3}
+    weights.write_bytes(b"abd")
+    assert stage.fingerprint(state) != fp
 
 
 def test_resolve_device():
@@ -41,10 +71,10 @@ def test_resolve_device():
     assert common.resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def test_loader_drops_a_partial_last_batch_unless_it_is_the_only_one():
+def test_loader_keeps_the_last_partial_batch_as_published():
     cfg = SimpleNamespace(num_workers=0, seed=0)
     five = TensorDataset(torch.arange(5.0))
-    assert [len(b[0]) for b in common.recipe_loader(five, 2, cfg)] == [2, 2]
+    assert [len(b[0]) for b in common.recipe_loader(five, 2, cfg)] == [2, 2, 1]
     one = TensorDataset(torch.arange(1.0))
     assert [len(b[0]) for b in common.recipe_loader(one, 2, cfg)] == [1]
     # seeded: the same order every time

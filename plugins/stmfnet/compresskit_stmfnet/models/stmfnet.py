@@ -252,6 +252,29 @@ def drop_flow_branch(model: STMFNet) -> STMFNet:
     return small
 
 
+def init_published_(model: STMFNet) -> STMFNet:
+    """The published initialisation of the parts a fresh ST-MFNet class sets itself, in place.
+
+    The 3-D U-Net's encoder (an R3D-18 with SE gating, initialised like torchvision's video ResNets):
+    every Conv3d ``kaiming_normal_(mode="fan_out", nonlinearity="relu")`` with bias 0 (the SE gates'
+    1×1×1 convs included), every BatchNorm3d weight 1 / bias 0 — for a 3×3×3 conv about 2.4× PyTorch's
+    default std. The splatting importance metric's ``paramScale`` back to −1 (it has no
+    ``reset_parameters``, so a re-initialised shrunk model would keep its trained value).
+    Everything else keeps PyTorch's default initialisation, as published."""
+    for m in model.dyntex_generator.encoder.modules():
+        if isinstance(m, nn.Conv3d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm3d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    if getattr(model, "flow", False):
+        with torch.no_grad():
+            model.metric.paramScale.fill_(-1.0)
+    return model
+
+
 def _round_up(c: int, multiple: int) -> int:
     return max(multiple, -(-c // multiple) * multiple)
 
