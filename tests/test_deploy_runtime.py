@@ -185,3 +185,12 @@ def test_latency_table_times_layers_in_the_layout_it_plans_for():
     assert model[0].weight.is_contiguous()  # the caller's model is left as it was
     with pytest.raises(ValueError, match="layout: expected"):
         LatencyTable.build(model, graph, x, layout="nhwc", **kw)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_runtimes_are_timed_with_cuda_events():  # pragma: no cover - needs a GPU
+    model, x = _Net().cuda().eval(), torch.rand(1, 3, 64, 64, device="cuda")
+    assert "onnxruntime" not in available_runtimes((x,))  # the ONNX Runtime session here is CPU-only
+    times = measure_runtimes(model, (x,), repeats=3, warmup=1)
+    assert set(times.ms) == {"eager", "channels_last"} and all(v > 0 for v in times.ms.values())
