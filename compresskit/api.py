@@ -217,6 +217,7 @@ def compress(
     val_loader: Iterable | None = None,
     metrics: Mapping[str, Metric] | list[Metric] | Metric | None = None,
     *,
+    budget: str | Any | None = None,
     inputs_fn: Callable[[Any], tuple] | None = None,
     stop_after: str | None = None,
     drop_unused: bool | None = None,
@@ -238,6 +239,13 @@ def compress(
     5. **recover** the quality by distilling from ``teacher`` (default: the original model, frozen) or
        fine-tuning (``config.recover``);
     6. **report** target vs achieved, parameters, MACs, latency and ``metrics`` on ``val_loader``.
+
+    ``budget``: what the run may spend, ``"30min"``, ``"2h"``, ``"2000 steps"`` or ``"3 epochs"``
+    (or ``config.budget``); without one, and without steps in ``config.sparsify``/``config.recover``,
+    :data:`~compresskit.budget.DEFAULT_BUDGET`. The library splits it between stage I and recovery,
+    picks each stage's learning rate by a short probe, holds out ``config.holdout`` of the training data
+    when there is no ``val_loader``, validates on it, returns the best weights and stops a stage early
+    when it stops improving (``compresskit.autorecipe``); ``report.budget`` says how it was spent.
 
     ``loss_fn(output, batch)`` receives the whole batch; default: the registered model's loss, else
     L1 between the output and ``batch[-1]``. ``inputs_fn(batch)`` overrides how a batch becomes the
@@ -287,34 +295,79 @@ def compress(
     if config.recover.distill_loss not in list_losses():  # with or without a teacher: a typo fails now
         raise ValueError(f"config.recover.distill_loss: unknown loss {config.recover.distill_loss!r}; "
                          f"registered losses: {', '.join(list_losses())}")
+    tracker = _budget_of(budget, config)  # the clock starts here: everything below counts
     console = _console(config.progress)
     r = _resolve(model, train_loader, loss_fn, example_inputs, inputs_fn)
-    from compresskit.checks import check_integer_inputs
+    held = None
+    if tracker is not None and val_loader is None and config.holdout > 0:
+        from compresskit.train.validation import hold_out
+
+        held = hold_out(train_loader, config.holdout, seed=config.seed)
+        if held is not None:
+            train_loader = held.train_loader
+            tracker.record["holdout"] = held.describe()
+            tracker.record["holdout_indices"] = held.indices
+        else:
+            tracker.record["holdout"] = ("none: the train_loader cannot be split deterministically (a custom "
+                                         "sampler, an iterable dataset, or under two batches); pass "
+                                         "val_loader= to validate and keep the best weights")
+    from compresskit.checks import check_integer_inputs, check_loss
 
     check_integer_inputs(model, r.example_inputs)  # uint8 frames into float convs: say how to convert
+    check_loss(model, r.loss_fn, r.inputs_fn, to_device(next(iter(train_loader)), _device_of(model)),
+               r.loss_how)  # a loss of the wrong signature fails now, not inside a stage
     if val_loader is not None and not metrics:
         metrics = {"loss": r.loss_fn}
     out_dir = Path(config.out_dir) if config.out_dir is not None else None
+    lock = None
     if out_dir is not None:
         if out_dir.exists() and not out_dir.is_dir():
             raise ValueError(f"config.out_dir: {str(out_dir)!r} is a file; expected a folder for the stage "
                              "checkpoints and results (a new or existing folder)")
         out_dir.mkdir(parents=True, exist_ok=True)
+        lock = _claim_out_dir(out_dir, config, goal)  # one live run per folder, one target per folder
         remove_stale_temps(out_dir, depth=1)  # left by a killed run (stage folders included)
         config.dump(out_dir / "config.json")
         atomic_write_json({"loss": r.loss_how, "inputs": r.inputs_how, "target": str(goal),
-                           "example_input_shapes": [list(t.shape) for t in r.example_inputs]},
+                           "budget": str(tracker.budget) if tracker is not None else None,
+                           "example_input_shapes": [_shape_of(t) for t in r.example_inputs]},
                           out_dir / "resolved.json")
     name = r.registered[0] if r.registered else type(model).__name__
-    console.rule(f"[bold]compress {name}[/] to {goal}")
+    console.rule(f"[bold]compress {name}[/] to {goal}" + (f", budget {tracker.budget}" if tracker else ""))
     console.print(f"loss: {r.loss_how}\ninputs: {r.inputs_how}")
     state = State(model=model, config=config, target=goal, train_loader=train_loader, loss_fn=r.loss_fn,
                   inputs_fn=r.inputs_fn, loss_how=r.loss_how, inputs_how=r.inputs_how,
                   example_inputs=r.example_inputs, store=_Stages(out_dir, config.resume), console=console,
                   teacher=teacher, val_loader=val_loader, metrics=metrics,
-                  device=str(next(model.parameters(), torch.zeros(())).device))
-    run_stages(state, stop_after)
-    return _finish(state, r, name, out_dir)
+                  device=str(next(model.parameters(), torch.zeros(())).device), budget=tracker,
+                  holdout=held)
+    try:
+        run_stages(state, stop_after)
+        return _finish(state, r, name, out_dir)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _budget_of(budget: Any, config: CompressConfig) -> Any:
+    """The run's :class:`~compresskit.budget.BudgetTracker` (its clock starts now), or None when the config
+    gives the steps and no budget is asked for."""
+    from compresskit.budget import DEFAULT_BUDGET, BudgetTracker, parse_budget
+
+    given = [f"{section}.steps" for section in ("sparsify", "recover")
+             if "steps" in getattr(config, section).model_fields_set]
+    if budget is not None and config.budget is not None and str(parse_budget(budget)) != str(
+            parse_budget(config.budget)):
+        raise ValueError(f"budget: {budget!r} differs from config.budget={config.budget!r}; give one of them")
+    wanted = budget if budget is not None else config.budget
+    if wanted is not None and given:
+        raise ValueError(f"budget: {str(wanted)!r} decides the steps, but {' and '.join(given)} "
+                         "are also set in config; drop the steps or the budget")
+    if wanted is None:
+        if given:
+            return None
+        wanted = DEFAULT_BUDGET
+    return BudgetTracker(parse_budget(wanted))
 
 
 def _target_summary(state: Any, after: ModelStats, final: nn.Module | None = None) -> dict[str, Any]:
@@ -458,30 +511,90 @@ def _finish(state: Any, r: _Resolved, name: str, out_dir: Path | None) -> Compre
         notes.append(f"the removed units held {removed:.0%} of the prunable l1 mass: sparsification "
                      f"did not empty them within {state.config.sparsify.steps} steps, so recovery has "
                      "more to win back (raise sparsify.steps)")
+    budget: dict[str, Any] = {}
+    if state.budget is None and state.records.get("learning_rates"):  # steps given, lr="auto" resolved
+        budget = {"budget": None, **state.records["learning_rates"]}
+    if state.budget is not None:
+        budget = state.budget.finish()
+        sp = budget.get("sparsify", {})
+        if sp.get("steps") is not None:
+            notes = [n.replace(f"within {state.config.sparsify.steps} steps", f"within {sp['steps']} steps")
+                     for n in notes]
     report = CompressReport(
         model=name, loss=r.loss_how, inputs=r.inputs_how, before=state.before, after=after, layers=layers,
         widths=changed if plan is not None else {}, plan=plan.explain_text() if plan is not None else "",
         stages=state.timings, config=state.config.model_dump(mode="json"),
-        example_input_shapes=[list(t.shape) for t in r.example_inputs], notes=notes, target=summary,
+        example_input_shapes=[_shape_of(t) for t in r.example_inputs], notes=notes, target=summary,
         calibration=state.records.get("sparsify", {}), planning=state.records.get("plan", {}),
-        op_times=state.records.get("op_times", {}))
+        budget=budget, op_times=state.records.get("op_times", {}))
     rebuild = None
     if r.registered is not None:
         # every group's width: a loaded model compressed again is rebuilt from the full-size one
         shrunk = stage in ("shrunk", "compressed")
         rebuild = {"name": r.registered[0], "kwargs": r.registered[1],
-                   "inputs": [(list(t.shape), str(t.dtype).removeprefix("torch.")) for t in r.example_inputs],
+                   "inputs": [(_shape_of(t), _dtype_of(t)) for t in r.example_inputs],
                    "widths": {k: v[1] if shrunk else v[0] for k, v in widths.items()}}
         if state.dropped:  # ck.load removes the same parameters from the rebuilt model
             rebuild["dropped"] = sorted(state.unused)
     result = CompressResult(final, plan, report, rebuild,
-                            [str(t.dtype).removeprefix("torch.") for t in r.example_inputs])
+                            [_dtype_of(t) for t in r.example_inputs])
     if out_dir is not None:
         suffix = "" if stage == "compressed" else f"_{stage}"
         _save_into(result, out_dir / f"{stage}.model.pt" if suffix else out_dir / "compressed.pt")
         report.save(out_dir / f"report{suffix}.json")
         with contextlib.suppress(ImportError):  # matplotlib is optional
             report.plot(out_dir)
+        curves = {k: budget[k]["best"] for k in ("sparsify", "recover") if budget.get(k, {}).get("best")}
+        if curves:
+            from compresskit.train.validation import plot_validation
+
+            plot_validation(curves, out_dir / "validation.png")  # None without matplotlib
     if state.config.progress:
         report.print(state.console)
     return result
+
+
+def _shape_of(x: Any) -> Any:
+    """``list(x.shape)`` of a tensor; dicts, tuples and lists of tensors (dict inputs) item by item."""
+    if isinstance(x, torch.Tensor):
+        return list(x.shape)
+    if isinstance(x, Mapping):
+        return {str(k): _shape_of(v) for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        return [_shape_of(v) for v in x]
+    return type(x).__name__
+
+
+def _dtype_of(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return str(x.dtype).removeprefix("torch.")
+    if isinstance(x, Mapping):
+        return {str(k): _dtype_of(v) for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        return [_dtype_of(v) for v in x]
+    return type(x).__name__
+
+
+def _claim_out_dir(out_dir: Path, config: CompressConfig, goal: Any) -> Any:
+    """Lock ``out_dir`` (:mod:`compresskit.lock`), then refuse a target other than the one the folder's
+    earlier run had, unless ``resume=False``: its compressed.pt and report would be replaced unasked."""
+    import json
+
+    from compresskit.lock import FolderLock
+
+    lock = FolderLock(out_dir).acquire(config.wait_for_lock, "compress")
+    try:
+        before = json.loads((out_dir / "resolved.json").read_text()).get("target")
+    except (OSError, ValueError, AttributeError):
+        before = None
+    if config.resume and before is not None and before != str(goal):
+        lock.release()
+        raise ValueError(
+            f"target: {str(out_dir)!r} holds a run for target {before!r}, this run asks for {str(goal)!r}; "
+            "its results (compressed.pt, report.json) would be replaced. Use another out_dir, or "
+            "resume=False (config.resume) to start afresh in this one")
+    return lock
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters(), torch.zeros(())).device

@@ -286,3 +286,25 @@ def check_integer_inputs(model: nn.Module, inputs: Sequence[Any], argument: str 
         if hint:
             raise ValueError(f"{argument}: the model cannot run on them ({type(e).__name__}: "
                              f"{str(e).strip().splitlines()[0]}).{hint}") from e
+
+
+def check_loss(model: nn.Module, loss_fn: Any, inputs_fn: Any, batch: Any, how: str) -> None:
+    """Call ``loss_fn(model(*inputs_fn(batch)), batch)`` once on the first batch (eval mode, no grad) before
+    any training, so a loss with the wrong signature fails now, naming the argument, and not minutes later
+    inside a stage. The loss must be a tensor with one element."""
+    with eval_mode(model), torch.no_grad():
+        output = model(*inputs_fn(batch))
+        try:
+            loss = loss_fn(output, batch)
+        except Exception as e:
+            first_line = (str(e).strip().splitlines() or [""])[0]
+            raise ValueError(f"loss_fn: calling {how} as loss_fn(output, batch) on the first batch failed "
+                             f"({type(e).__name__}: {first_line}). "
+                             "compress calls loss_fn(output, batch) with the model's output and the whole "
+                             "batch: a loss of (prediction, target) needs a wrapper such as "
+                             "lambda out, batch: F.l1_loss(out, batch[-1])") from e
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        got = (f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor)
+               else type(loss).__name__)
+        raise ValueError(f"loss_fn: expected loss_fn(output, batch) to return a scalar tensor, got {got} "
+                         f"from {how}; reduce it (e.g. .mean())")

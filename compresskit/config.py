@@ -118,6 +118,8 @@ class TrainConfig(Config):
     checkpoint_every: int | None = Field(
         None, ge=1, description="checkpoint every N steps (None: each epoch end); the end is always saved")
     keep_last: int = Field(3, ge=1, description="periodic checkpoints kept on disk")
+    wait_for_lock: float = Field(
+        0.0, ge=0, description="seconds to wait while another live run holds out_dir (0: fail at once)")
     load_best: bool = Field(False, description="load the best checkpoint's weights at the end")
     log_every: int = Field(10, ge=1, description="steps between train records in metrics.jsonl")
     progress: bool = Field(True, description="rich progress bar on a terminal; plain progress lines when not")
@@ -200,8 +202,11 @@ class SparsifyConfig(Config):
         "plan removes are scaled to zero on a schedule while the rest trains (HESSO-like, no λ); "
         "another name registered with ck.register_sparsifier, or a Sparsifier object; "
         "None: 'obproxsg' when lambda_ is a number, else 'progressive'")
-    steps: int = Field(300, ge=0, description="training steps of stage I, either method (0 skips it)")
-    lr: float = Field(1e-3, gt=0, description="learning rate (step size α) of stage I")
+    steps: int = Field(300, ge=0, description="training steps of stage I, either method (0 skips it); "
+                       "set by compress()'s budget unless given here")
+    lr: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(
+        "auto", description="learning rate (step size α) of stage I, or 'auto': chosen by a short probe on "
+        "held-out batches (compresskit.train.lr_probe)")
     lambda_: Annotated[float, Field(ge=0)] | Literal["auto"] = Field(
         "auto", description="l1 strength λ of OBProx-SG, or 'auto' to calibrate it from the target")
     growth: float = Field(1.25, gt=1, description="auto-λ: factor applied per calibration when off schedule")
@@ -305,19 +310,24 @@ class RecoverConfig(Config):
     """Stage IV: win the quality back by distilling from the teacher (default: the original, frozen):
     ``L = α·loss(S, batch) + distill_loss(S, T) + feature_weight·Σ feature terms``."""
 
-    steps: int = Field(300, ge=0, description="training steps of the small model (0 skips it)")
-    lr: float = Field(1e-3, gt=0, description="learning rate (Adamax)")
+    steps: int = Field(300, ge=0, description="training steps of the small model (0 skips it); set by "
+                       "compress()'s budget unless given here")
+    lr: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(
+        "auto", description="learning rate (Adamax), or 'auto': chosen by a short probe on held-out "
+        "batches (compresskit.train.lr_probe)")
     scheduler: Literal["cosine", "step", "none"] = Field("cosine", description="learning-rate schedule")
     teacher: Literal["original", "none"] = Field(
         "original", description="without teacher=: distil from the original model, or 'none' (plain "
         "fine-tuning on the loss)")
-    alpha: float = Field(0.1, ge=0, description="weight α of the ground-truth term α·loss(S, batch)")
+    alpha: float = Field(0.5, ge=0, description="weight α of the ground-truth term α·loss(S, batch) "
+                         "(0.5: the benchmark's best recipe, docs/distillation.md)")
     distill_loss: str = Field(
         "l1", min_length=1, description="registered loss between student and teacher outputs "
         "(ck.list_losses(); the papers: 'laplacian')")
     features: Literal["auto"] | list[FeaturePair] | None = Field(
-        None, description="feature distillation: 'auto' (pair modules by name), explicit pairs, or None")
-    feature_weight: float = Field(1.0, ge=0, description="weight of the feature terms")
+        "auto", description="feature distillation: 'auto' (pair modules by name), explicit pairs, or None")
+    feature_weight: float = Field(0.05, ge=0, description="weight of the feature terms (0.05: light, as "
+                                  "in the benchmark's best recipe)")
     early_stop_patience: int | None = Field(
         None, ge=1, description="stop after this many validations without improvement (needs val_loader)")
     val_every: int | None = Field(None, ge=1, description="validate every N steps (None: each epoch end)")
@@ -358,6 +368,8 @@ class CompressConfig(Config):
     out_dir: Path | None = Field(
         None, description="folder for stage checkpoints, config and report (None: nothing is written)")
     resume: bool = Field(True, description="continue from the checkpoints found in out_dir")
+    wait_for_lock: float = Field(
+        0.0, ge=0, description="seconds to wait while another live run holds out_dir (0: fail at once)")
     seed: int = Field(0, ge=0, description="seed of every random choice (data order, reinit)")
     checkpoint_every: int = Field(50, ge=1, description="training steps between checkpoints")
     eval_batches: int | None = Field(
@@ -370,10 +382,26 @@ class CompressConfig(Config):
         "'onnxruntime'; the report uses each model's fastest and shows the others "
         "(compresskit.deploy.runtime)")
     progress: bool = Field(True, description="show progress and the report")
+    budget: str | None = Field(
+        None, description="what the run may spend: '30min', '2h', '2000 steps', '3 epochs' (None: "
+        "compress()'s budget= argument, else the steps given in sparsify/recover, else "
+        "compresskit.budget.DEFAULT_BUDGET); see compresskit.budget")
+    holdout: float = Field(
+        0.1, ge=0, lt=1, description="with a budget and no val_loader: the fraction of the training data "
+        "held out for validation (never trained on; 0: none, no best-weight selection)")
     batch_shapes: Literal["same", "spatial", "off"] = Field(
         "same", description="training batches keep the first one's shapes except the batch size ('same'), "
         "may change their spatial sizes too ('spatial', fully convolutional models), or are not checked "
         "('off'); passed to every training stage (TrainConfig.batch_shapes)")
+
+    @field_validator("budget")
+    @classmethod
+    def _check_budget(cls, value: str | None) -> str | None:
+        if value is not None:
+            from compresskit.budget import parse_budget  # here: compresskit.budget imports the train loop
+
+            parse_budget(value)  # ValueError naming 'budget' and the forms it takes
+        return value
 
     @model_validator(mode="before")
     @classmethod

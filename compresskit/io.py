@@ -92,11 +92,14 @@ def remove_stale_temps(folder: str | os.PathLike, depth: int = 0) -> list[Path]:
     """Delete the temp files a killed writer left in ``folder`` (and ``depth`` levels of subfolders).
 
     Call it when a run starts, before anything writes there: a temp file is never the only copy of
-    anything (the target is replaced only once its temp file is complete). Returns what was removed.
+    anything (the target is replaced only once its temp file is complete). Folders whose lock
+    (:mod:`compresskit.lock`) another live process holds are left alone. Returns what was removed.
     """
+    from compresskit.lock import holder_if_locked
+
     folder = Path(folder)
-    if not folder.is_dir():
-        return []
+    if not folder.is_dir() or holder_if_locked(folder) is not None:
+        return []  # a folder another live run holds: its temp files are in flight, not stale
     removed = []
     for entry in folder.iterdir():
         if entry.is_file() and TEMP_NAME.match(entry.name):

@@ -269,6 +269,9 @@ class CompressReport:
     calibration: dict[str, Any] = field(default_factory=dict)
     #: stage II's record: the plan's budget, prediction and each verification (measured cost)
     planning: dict[str, Any] = field(default_factory=dict)
+    #: the budget and how it was spent: seconds per stage, steps and learning rate each stage got (and
+    #: why), the held-out split and which weights were returned (compresskit.budget, compresskit.autorecipe)
+    budget: dict[str, Any] = field(default_factory=dict)
     #: when latency lagged the MACs: ms per op kind and per top-level op, before and after
     #: (``compresskit.deploy.profile``)
     op_times: dict[str, Any] = field(default_factory=dict)
@@ -436,6 +439,11 @@ def print_report(report: CompressReport | Mapping[str, Any], console: Any = None
         console.print(f"λ calibrated: λ0 {cal['lambda0']:.3g} → {final:.3g}; the units the plan removes "
                       f"({cal.get('removed_fraction', 0):.0%}) lost {cal.get('gone', 0):.0%} of their l1 "
                       f"mass, the others kept {cal.get('kept', 1):.0%}")
+    if report.budget:
+        from compresskit.budget import budget_lines
+
+        for line in budget_lines(report.budget):
+            console.print(line)
     console.print(f"loss: {report.loss}\ninputs: {report.inputs}")
     if report.layers:
         names = [r.name for r in report.layers]

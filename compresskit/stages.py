@@ -74,6 +74,10 @@ class State:
     val_loader: Iterable | None = None
     metrics: dict[str, Callable] = field(default_factory=dict)
     device: str = "cpu"
+    #: the run's budget and clock (compresskit.budget.BudgetTracker); None: the config's steps as given
+    budget: Any = None
+    #: the held-out part of the training data (compresskit.train.validation.HeldOut), when one was taken
+    holdout: Any = None
     # filled by the stages
     work: nn.Module | None = None  # the copy that is sparsified
     graph: Any = None
@@ -142,7 +146,8 @@ class TraceStage(Stage):
         return fp
 
     def run(self, state: State) -> None:
-        from compresskit.graph.trace import trace
+        from compresskit.graph.modes import cover_train_mode
+        from compresskit.graph.trace import data_branch_notes, trace
         from compresskit.shrink.cost import cost_model, macs_cost, params_cost
         from compresskit.shrink.unused import drop_unused, unused_parameters
 
@@ -153,6 +158,8 @@ class TraceStage(Stage):
         state.notes.extend(_unused_notes(state))
         state.graph = trace(state.work, state.example_inputs)
         state.notes.extend(frozen_group_notes(state.graph))  # channels compression cannot touch, and why
+        state.notes.extend(data_branch_notes(state.graph))  # Python decisions on tensor values it followed
+        state.notes.extend(cover_train_mode(state.work, state.graph, state.example_inputs))  # train-only code
         _check_second_batch(state)
         state.costs["params"] = params_cost(state.work, state.graph)
         state.costs["macs"] = macs_cost(state.work, state.graph, state.example_inputs)
@@ -350,35 +357,57 @@ class SparsifyStage(Stage):
 
         fp = {"upstream": state.fingerprints["trace"],
               "sparsify": get_sparsifier(state.config.sparsify).fingerprint()}
+        if state.budget is not None:  # the budget decides the steps (and the data: a held-out split)
+            fp["budget"] = str(state.budget.budget)
+            fp["holdout"] = state.holdout.indices if state.holdout is not None else None
         if _needs_target_plan(state):  # stage I aims at the units the target's plan removes
             fp.update(target=str(state.target), plan=_strategy_fingerprint(state), round_to=state.round_to())
         return fp
 
     def run(self, state: State) -> dict[str, Any]:
+        from compresskit.autorecipe import finish_sparsify, plan_sparsify
         from compresskit.sparsify.auto import SparsifyContext, get_sparsifier
 
         cfg = state.config
-        if cfg.sparsify.steps > 0:
-            how = (f"OBProx-SG, λ={cfg.sparsify.lambda_}" if cfg.sparsify.method == "obproxsg"
-                   else _sparsifier_how(cfg.sparsify))
-            state.console.print(f"[bold]1/4 sparsify[/]: {how}, {cfg.sparsify.steps} steps")
+        if state.budget is not None:
+            state.budget.mark("trace")
+        plan = plan_sparsify(state)  # steps, lr and validation from the budget and a probe
+        sp = cfg.sparsify if plan is None else cfg.sparsify.model_copy(update={"steps": plan.steps,
+                                                                              "lr": plan.lr})
+        if sp.steps > 0:
+            how = (f"OBProx-SG, λ={sp.lambda_}" if sp.method == "obproxsg"
+                   else _sparsifier_how(sp))
+            state.console.print(f"[bold]1/4 sparsify[/]: {how}, {sp.steps} steps, lr {sp.lr:.3g}"
+                                + _budget_left(state))
+        resolved = {"steps": sp.steps, "lr": sp.lr}
         ctx = SparsifyContext(
             train_loader=state.train_loader, loss_fn=state.loss_fn, inputs_fn=state.inputs_fn,
             graph=state.graph,
             widths_fn=target_widths(state),
             device=state.device, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every, progress=cfg.progress,
-            out_dir=state.store.train_dir("sparsify", self.fingerprint(state)), resume=cfg.resume,
-            batch_shapes=cfg.batch_shapes,
-            callbacks=_importance_callbacks(state, cfg.sparsify.steps), scores_fn=_scores_fn(state))
-        record = get_sparsifier(cfg.sparsify).run(state.work, ctx)
+            out_dir=state.store.train_dir("sparsify", {**self.fingerprint(state), "resolved": resolved}),
+            resume=cfg.resume, batch_shapes=cfg.batch_shapes,
+            callbacks=[*_importance_callbacks(state, sp.steps),
+                       *(plan.callbacks if plan is not None else [])],
+            scores_fn=_scores_fn(state),
+            val_loader=plan.val_loader if plan is not None else None,
+            val_every=plan.val_every if plan is not None else None)
+        record = get_sparsifier(sp).run(state.work, ctx)
+        kept: dict[str, Any] = {}
+        if plan is not None:  # kept with the stage's artifact: a resumed run reports it too
+            kept["budget"] = json.dumps(finish_sparsify(state, plan))
+        if state.budget is not None:
+            state.budget.mark("sparsify")
         state.records["sparsify"] = record
         return {"state_dict": state.work.state_dict(), "record": json.dumps(record),
-                **_importance_payload(state)}
+                **_importance_payload(state), **kept}
 
     def restore(self, state: State, payload: dict[str, Any]) -> None:
         state.console.print("[green]sparsify[/]: loaded sparsified.pt")
         state.work.load_state_dict(payload["state_dict"])
         state.records["sparsify"] = json.loads(payload.get("record", "{}"))
+        if payload.get("budget"):
+            _keep_stage_record(state, "sparsify", json.loads(payload["budget"]))
         if payload.get("importance") is not None:
             state.importance_strategy().load_state_dict(payload["importance"])
 
@@ -677,31 +706,51 @@ class RecoverStage(Stage):
         return state.model if state.config.recover.teacher == "original" else None
 
     def fingerprint(self, state: State) -> dict[str, Any]:
-        return {"upstream": state.fingerprints["shrink"], "teacher": _checksum(self.teacher(state)),
-                "recover": state.config.recover.model_dump(mode="json")}
+        fp = {"upstream": state.fingerprints["shrink"], "teacher": _checksum(self.teacher(state)),
+              "recover": state.config.recover.model_dump(mode="json")}
+        if state.budget is not None:
+            fp["budget"] = str(state.budget.budget)
+        return fp
 
     def run(self, state: State) -> dict[str, Any] | None:
+        from compresskit.autorecipe import finish_recover, plan_recover
         from compresskit.config import DistillConfig, TrainConfig
         from compresskit.train.loop import train
 
         cfg, rc = state.config, state.config.recover
-        if rc.steps == 0:
+        if state.budget is not None:
+            state.budget.mark("plan+shrink")
+        if rc.steps == 0 and state.budget is None:
             return None
+        teacher = self.teacher(state)
+        plan = plan_recover(state, teacher)  # steps, lr and validation from the budget and a probe
+        if plan is not None:
+            rc = rc.model_copy(update={"steps": plan.steps, "lr": plan.lr})
         torch.manual_seed(cfg.seed)
-        folder = state.store.train_dir("finetune", self.fingerprint(state))
+        folder = state.store.train_dir("finetune", {**self.fingerprint(state),
+                                                    "resolved": {"steps": rc.steps, "lr": rc.lr}})
         common = dict(steps=rc.steps, lr=rc.lr, seed=cfg.seed, device=state.device, scheduler=rc.scheduler,
                       scheduler_interval="step", checkpoint_every=cfg.checkpoint_every, progress=cfg.progress,
                       batch_shapes=cfg.batch_shapes)
         if rc.val_every is not None:
             common["val_every"] = rc.val_every
-        teacher = self.teacher(state)
         val = state.val_loader if rc.early_stop_patience is not None else None
+        callbacks: list[Any] = []
+        metrics = state.metrics or None
+        if plan is not None and plan.val_every is not None:
+            common["val_every"] = plan.val_every
+            val = plan.val_loader
+            metrics = {**(state.metrics or {}), "task_loss": state.loss_fn}
+        if plan is not None:
+            callbacks = plan.callbacks
         if teacher is not None:
             from compresskit.distill.engine import FeatureLoss, OutputLoss, distill
 
             which = "given" if state.teacher is not None else "original"
-            state.console.print(f"[bold]4/4 distill[/] from the {which} teacher: {rc.steps} steps, "
-                                f"{rc.alpha}·loss(S, batch) + {rc.distill_loss}(S, T)")
+            state.console.print(f"[bold]4/4 distill[/] from the {which} teacher: {rc.steps} steps, lr "
+                                f"{rc.lr:.3g}, {rc.alpha}·loss(S, batch) + {rc.distill_loss}(S, T)"
+                                + (f" + {rc.feature_weight}·features" if rc.features else "")
+                                + _budget_left(state))
             terms: list[Any] = [OutputLoss(state.loss_fn, rc.alpha, "batch", name="student"),
                                 OutputLoss(rc.distill_loss, 1.0, "teacher", name="distill")]
             extra: dict[str, Any] = {}
@@ -715,17 +764,42 @@ class RecoverStage(Stage):
             distill(state.small, teacher, state.train_loader,
                     config=DistillConfig(**common, alpha=rc.alpha, feature_weight=rc.feature_weight, **extra),
                     losses=terms, inputs_fn=state.inputs_fn, val_loader=val,
-                    metrics=state.metrics or None, out_dir=folder, resume=cfg.resume)
+                    metrics=metrics, out_dir=folder, resume=cfg.resume, callbacks=callbacks)
         else:
-            state.console.print(f"[bold]4/4 fine-tune[/]: {rc.steps} steps")
+            state.console.print(f"[bold]4/4 fine-tune[/]: {rc.steps} steps, lr {rc.lr:.3g}"
+                                + _budget_left(state))
             train(state.small, state.train_loader, state.loss_fn, config=TrainConfig(**common),
-                  inputs_fn=state.inputs_fn, val_loader=val, metrics=state.metrics or None, out_dir=folder,
-                  resume=cfg.resume, stage="fine-tune")
-        return {"state_dict": state.small.state_dict()}
+                  inputs_fn=state.inputs_fn, val_loader=val, metrics=metrics, out_dir=folder,
+                  resume=cfg.resume, stage="fine-tune", callbacks=callbacks)
+        kept: dict[str, Any] = {}
+        if plan is not None:  # kept with the stage's artifact: a resumed run reports it too
+            kept["budget"] = json.dumps(finish_recover(state, plan))
+        if state.budget is not None:
+            state.budget.mark("recover")
+        return {"state_dict": state.small.state_dict(), **kept}
 
     def restore(self, state: State, payload: dict[str, Any]) -> None:
         state.console.print("[green]recover[/]: loaded finetuned.pt")
         state.small.load_state_dict(payload["state_dict"])
+        if payload.get("budget"):
+            _keep_stage_record(state, "recover", json.loads(payload["budget"]))
+
+
+def _keep_stage_record(state: State, stage: str, record: dict[str, Any]) -> None:
+    """A restored stage's steps and learning-rate record, back where the report reads it."""
+    from compresskit.autorecipe import keep_record
+
+    keep_record(state, stage, record)
+
+
+def _budget_left(state: State) -> str:
+    """``" (budget left 12m03s)"`` for a time budget, else ``""``."""
+    b = state.budget
+    if b is None or not b.budget.is_time:
+        return ""
+    from compresskit.budget import duration
+
+    return f" (budget left {duration(b.left())} of {b.budget})"
 
 
 STAGES: tuple[Stage, ...] = (TraceStage(), SparsifyStage(), PlanStage(), ShrinkStage(), RecoverStage())

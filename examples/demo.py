@@ -1,16 +1,16 @@
-"""The main job, end to end, on the embedded sample clips (``make demo``).
+"""The main job, end to end, on the embedded sample clips, on frames that move (``make demo``).
 
-1. Take a VFI model: by default our quarter-width AdaCoF pretrained on the sample clips
-   (examples/assets/adacof_w025_samples.pt, made by examples/train_teacher.py); ``--checkpoint`` takes
-   the official AdaCoF instead, and without either a quarter-width AdaCoF is first trained here.
-2. ``ck.compress(model, loader, target="4x params", teacher=model, val_loader=...)``: the channels the
-   target-driven plan removes are driven to zero while the model trains (``--lambda X`` runs OBProx-SG
-   with that λ instead), the per-layer density table, widths planned to meet the target, shrink, and
-   distillation from the original (output + automatically paired features, cosine learning rate,
-   early stopping on held-out crops).
-3. Evaluate the original, the compressed model and frame blending (I0 + I1) / 2 (PSNR/SSIM, parameters,
-   MACs, CPU latency) and write into ``--out``: the compressed model, report JSON, density chart,
-   PSNR-vs-parameters plot and a side-by-side PNG.
+1. Take a VFI model that clearly beats frame blending: our FlowVFI (examples/flow_teacher.py), pretrained
+   on the sample clips at a temporal gap of 4 frames (examples/assets/flowvfi_gap4_samples.pt, +3.1 dB
+   over frame blending on the held-out triplets; examples/assets/README.md).
+2. ``ck.compress(model, loader, target="5x params", budget="7min")``: nothing else. The library measures
+   its step times, splits the budget between stage I (the units the plan removes driven to zero while the
+   model trains) and recovery (distillation from the original), calibrates each stage's learning rate,
+   holds out part of the training crops, validates on them and returns the best weights.
+3. Evaluate the original, the compressed model and frame blending (I0 + I1) / 2 on the held-out triplets
+   (whole frames; PSNR/SSIM, parameters, MACs, CPU latency) and print the loss of the compressed model
+   against both the original and blending. Written into ``--out``: the compressed model, report JSON,
+   density chart, validation curve, PSNR-vs-parameters plot and a side-by-side PNG.
 
 Every stage checkpoints into ``--out``; run it again and it resumes where it stopped.
 """
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,9 @@ from rich.panel import Panel
 from rich.table import Table
 
 import compresskit as ck
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # flow_teacher
 
 RECIPES = """\
 Full-scale recipes (datasets on local disk, one GPU or several with torchrun):
@@ -45,89 +47,41 @@ Guides: docs/reproduce_cdfi.md, docs/reproduce_stmfnet_mini.md; your own model: 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description="compresskit demo: sparsify, plan, shrink and distill a VFI model on the sample clips.",
-        epilog="example: python examples/demo.py --out demo_output   (about 5 minutes on 2 CPU cores)")
+        description="compresskit demo: compress a pretrained VFI model with target= and budget= only.",
+        epilog="example: python examples/demo.py --out demo_output   (about 10 minutes on 2 CPU cores)")
     p.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder (resumable)")
-    p.add_argument("--checkpoint", type=Path, default=None,
-                   help="official AdaCoF (F=5, d=1) checkpoint (default: the pretrained teacher in "
-                        "examples/assets/; with --train-teacher a quarter-width AdaCoF is trained here)")
-    p.add_argument("--train-teacher", action="store_true",
-                   help="train the original here (--teacher-steps) instead of loading examples/assets/")
-    p.add_argument("--target", default="4x params", help="what compress() must reach, e.g. '4x params', "
+    p.add_argument("--target", default="5x params", help="what compress() must reach, e.g. '5x params', "
                    "'50%% macs', '2x latency'")
-    p.add_argument("--width-scale", type=float, default=0.25, help="width of the trained original (0-1]")
-    p.add_argument("--crop", type=int, default=64, help="training crop size")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--teacher-steps", type=int, default=400, help="training steps of the original")
-    p.add_argument("--sparsify-steps", type=int, default=200, help="stage I training steps")
-    p.add_argument("--finetune-steps", type=int, default=300, help="distillation steps of the small model")
-    p.add_argument("--lambda", dest="lambda_", default="auto",
-                   help="l1 strength λ: a number runs OBProx-SG with it (expert knob); default 'auto': "
-                        "progressive zeroing of the units the plan removes")
-    p.add_argument("--sparsify-lr", type=float, default=1e-2,
-                   help="stage I learning rate (with --lambda: OBProx-SG's step size; each weight moves "
-                        "~lr·λ per step)")
-    p.add_argument("--gap", type=int, default=1,
-                   help="triplets (t, t+2g, t+g) of the sample clips: g frames between an input and the "
-                        "target (the pretrained teacher was trained and scored at 1, adjacent frames, which "
-                        "barely move at a 144-pixel short side; at 4 blending is 6.7 dB worse, RIFE v3.8 3.0 "
-                        "dB better)")
+    p.add_argument("--budget", default="7min", help="what compress() may spend: '7min', '2000 steps', "
+                   "'3 epochs'")
+    p.add_argument("--clips", default="bikes,carphone",
+                   help="sample clips (the teacher was trained on these two: their frames move)")
+    p.add_argument("--gap", type=int, default=4,
+                   help="triplets (t, t+2g, t+g): g frames between an input and the target (the "
+                   "teacher's: 4)")
+    p.add_argument("--crop", type=int, default=128, help="training crop size")
+    p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--max-frames", type=int, default=None, help="decode only this many frames per clip")
-    p.add_argument("--val-samples", type=int, default=48, help="validation triplets scored")
+    p.add_argument("--val-samples", type=int, default=0, help="held-out triplets scored (0: all)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    if args.lambda_ != "auto":
-        try:
-            args.lambda_ = float(args.lambda_)
-        except ValueError:
-            p.error(f"--lambda: expected a number or 'auto', got {args.lambda_!r}")
     if args.gap < 1:
         p.error(f"--gap: expected an integer >= 1, got {args.gap}")
-    if not 0 < args.width_scale <= 1:
-        p.error(f"--width-scale: expected a number in (0, 1], got {args.width_scale}")
     return args
 
 
-def scaled_widths(scale: float) -> dict[str, tuple[int, ...]]:
-    """The published AdaCoF widths times ``scale`` (residual-coupled widths stay equal)."""
-    from compresskit_adacof.models.adacof import dense_widths
-
-    return {k: tuple(max(4, math.ceil(c * scale)) for c in v) for k, v in dense_widths(5).items()}
-
-
-TEACHER = Path(__file__).resolve().parent / "assets" / "adacof_w025_samples.pt"
+TEACHER = HERE / "assets" / "flowvfi_gap4_samples.pt"
 
 
 def load_pretrained(path: Path = TEACHER) -> tuple[torch.nn.Module, dict]:
-    """Our AdaCoF pretrained on the sample clips (fp16 weights in the file) and the file's metadata."""
+    """Our FlowVFI pretrained on the sample clips (fp16 weights in the file) and the file's metadata."""
+    from flow_teacher import FlowVFI
+
     blob = torch.load(path, map_location="cpu", weights_only=True)
     meta = blob["meta"]
-    model = ck.create_model("adacof", widths={k: tuple(v) for k, v in meta["widths"].items()})
+    model = FlowVFI(tuple(meta["widths"]), refine=int(meta.get("refine", 0)))
     model.load_state_dict({k: v.float() for k, v in blob["state_dict"].items()})
     return model.eval(), meta
-
-
-def build_original(args: argparse.Namespace, train_loader, console: Console) -> torch.nn.Module:
-    if args.checkpoint is not None:
-        console.print(f"original: official AdaCoF from {args.checkpoint}")
-        return ck.create_model("adacof", checkpoint=args.checkpoint)
-    if not args.train_teacher and TEACHER.is_file():
-        model, meta = load_pretrained()
-        console.print(f"original: AdaCoF ×{meta['width_scale']} pretrained on the sample clips "
-                      f"({meta['steps']} steps, {meta['minutes']:.0f} minutes on a shared CPU; held-out PSNR "
-                      f"{meta['held_out_psnr']:.2f} dB vs frame blending {meta['blend_psnr']:.2f} dB), "
-                      f"from {TEACHER.relative_to(TEACHER.parents[2])}")
-        return model
-    model = ck.create_model("adacof", widths=scaled_widths(args.width_scale))
-    console.print(f"original: AdaCoF at width ×{args.width_scale}, trained {args.teacher_steps} steps on the "
-                  "sample clips (pass --checkpoint for the official weights)")
-    from compresskit_vfi.task import default_loss  # Charbonnier(output, batch[-1])
-
-    ck.train(model, train_loader, default_loss,
-             config=ck.TrainConfig(steps=args.teacher_steps, lr=1e-3, scheduler="none", seed=args.seed,
-                                   checkpoint_every=100),
-             out_dir=args.out / "original", resume=True)
-    return model.eval()
 
 
 class FrameBlend(torch.nn.Module):
@@ -168,6 +122,26 @@ def side_by_side(sample, teacher, student, path: Path) -> None:
     atomic_write_bytes(buf.getvalue(), path)
 
 
+def l1(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().mean())
+
+
+def compare(small, original, dataset) -> dict[str, float]:
+    """Mean L1 of the compressed model's frames against the original's and against frame blending's, and
+    against the ground truth (each of the three, for scale), over ``dataset``'s whole frames."""
+    sums = {"vs original": 0.0, "vs frame blending": 0.0, "original vs truth": 0.0,
+            "compressed vs truth": 0.0, "frame blending vs truth": 0.0}
+    with torch.no_grad():
+        for i in range(len(dataset)):
+            f0, f1, gt = (t.unsqueeze(0) for t in dataset[i])
+            s_out, t_out, blend = small(f0, f1).clamp(0, 1), original(f0, f1).clamp(0, 1), (f0 + f1) / 2
+            for key, a, b in (("vs original", s_out, t_out), ("vs frame blending", s_out, blend),
+                              ("original vs truth", t_out, gt), ("compressed vs truth", s_out, gt),
+                              ("frame blending vs truth", blend, gt)):
+                sums[key] += l1(a, b)
+    return {k: v / len(dataset) for k, v in sums.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     console = Console()
@@ -175,39 +149,32 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     from compresskit_vfi.data import sample_dataset
     from compresskit_vfi.evaluate import evaluate
-    from compresskit_vfi.metrics import psnr
 
-    console.print(Panel.fit("compresskit demo: AdaCoF → sparsify → plan → shrink → distill → evaluate",
+    console.print(Panel.fit("compresskit demo: FlowVFI → compress(target=..., budget=...) → evaluate",
                             style="bold"))
-    data = {"max_frames": args.max_frames, "gap": args.gap}
+    if not TEACHER.is_file():
+        console.print(f"[red]missing {TEACHER}: the pretrained teacher ships with the repository")
+        return 1
+    original, meta = load_pretrained()
+    n_params = sum(p.numel() for p in original.parameters())
+    console.print(f"original: FlowVFI ({n_params:,} parameters) pretrained on the sample clips at gap 4, "
+                  f"from {TEACHER.relative_to(TEACHER.parents[2])} (examples/assets/README.md)")
+    data = {"max_frames": args.max_frames, "gap": args.gap, "clips": args.clips.split(",")}
     train_set = sample_dataset("triplet", "train", size=args.crop, seed=args.seed, **data)
     val_full = sample_dataset("triplet", "val", size=None, **data)
-    stride = max(1, len(val_full) // args.val_samples)
-    val_set = torch.utils.data.Subset(val_full, list(range(0, len(val_full), stride))[: args.val_samples])
-    console.print(f"data: {len(train_set)} training triplets ({args.crop}² crops), {len(val_set)} validation "
-                  f"triplets (whole {tuple(val_full[0][0].shape[-2:])} frames; inputs t and "
-                  f"t+{2 * args.gap}, target t+{args.gap}) from the sample clips "
-                  f"{', '.join(c.name for c in train_set.clips)}")
+    n_val = args.val_samples or len(val_full)
+    stride = max(1, len(val_full) // n_val)
+    val_set = torch.utils.data.Subset(val_full, list(range(0, len(val_full), stride))[:n_val])
+    console.print(f"data: {len(train_set)} training triplets ({args.crop}² crops) and {len(val_set)} "
+                  f"held-out triplets (whole {tuple(val_full[0][0].shape[-2:])} frames) from {args.clips}; "
+                  f"inputs t and t+{2 * args.gap}, target t+{args.gap}")
     g = torch.Generator().manual_seed(args.seed)
     train_loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size, shuffle=True,
                                                drop_last=True, generator=g)
 
-    original = build_original(args, train_loader, console)
-
-    # early stopping watches held-out crops that are not the scored frames
-    scored = set(val_set.indices)
-    val_crops = sample_dataset("triplet", "val", size=min(args.crop * 2, 128), **data)
-    watch = [i for i in range(len(val_crops)) if i not in scored][:16] or [0]
-    watch_loader = torch.utils.data.DataLoader(torch.utils.data.Subset(val_crops, watch), batch_size=4)
-    result = ck.compress(
-        original, train_loader, target=args.target, teacher=original, val_loader=watch_loader,
-        metrics={"psnr": lambda out, batch: psnr(out.clamp(0, 1), batch[-1])},
-        config=ck.CompressConfig(
-            sparsify={"steps": args.sparsify_steps, "lambda_": args.lambda_, "lr": args.sparsify_lr},
-            recover={"steps": args.finetune_steps, "lr": 1e-3, "alpha": 0.1, "distill_loss": "laplacian",
-                     "features": "auto", "early_stop_patience": 3,
-                     "val_every": max(1, args.finetune_steps // 10)},
-            out_dir=args.out / "compress", seed=args.seed))
+    # the one call: what to reach and what to spend, nothing else
+    result = ck.compress(original, train_loader, target=args.target, budget=args.budget,
+                         config={"out_dir": args.out / "compress"})
     small = result.model.eval()
     result.save(args.out / "compressed_model.pt")
 
@@ -216,9 +183,10 @@ def main(argv: list[str] | None = None) -> int:
                   {"sample-val": val_set}, convention="stmfnet", runtime=False)
     ev.save(args.out)
     side_by_side(val_full[len(val_full) // 2], original, small, args.out / "side_by_side.png")
+    losses = compare(small, original, val_set)
 
     rep = result.report
-    table = Table(title=f"compresskit demo: target {args.target!r}", show_lines=False)
+    table = Table(title=f"compresskit demo: target {args.target!r}, budget {args.budget!r}", show_lines=False)
     for col in ("", "original", "compressed", "ratio", "frame blending (baseline)"):
         table.add_column(col, justify="left" if not col else "right")
     for key, label, fmt in (("params", "parameters", "{:,.0f}"), ("macs", "GMACs per batch", "{:.3g}"),
@@ -234,17 +202,29 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("psnr", "ssim"):
         vals = [scores[m].get(name) for m in scores]
         if None not in vals:
-            table.add_row(f"{name.upper()} (sample-val)", f"{vals[0]:.3f}", f"{vals[1]:.3f}",
+            table.add_row(f"{name.upper()} (held-out)", f"{vals[0]:.3f}", f"{vals[1]:.3f}",
                           f"{vals[1] - vals[0]:+.3f}", f"{vals[2]:.3f}")
-    summary = {"target": args.target, "achieved": rep.target, "params": [rep.before.params, rep.after.params],
-               "psnr": {m: scores[m].get("psnr") for m in scores}}
+    table.add_row("L1 vs ground truth", f"{losses['original vs truth']:.4f}",
+                  f"{losses['compressed vs truth']:.4f}", "", f"{losses['frame blending vs truth']:.4f}")
+    console.print(table)
+    psnr = {m: scores[m].get("psnr") for m in scores}
+    console.print(f"compressed vs original: L1 {losses['vs original']:.4f} between their frames, PSNR "
+                  f"{psnr['compressed'] - psnr['original']:+.2f} dB; vs frame blending: L1 "
+                  f"{losses['vs frame blending']:.4f}, PSNR "
+                  f"{psnr['compressed'] - psnr['frame blending']:+.2f} dB "
+                  f"(the original: {psnr['original'] - psnr['frame blending']:+.2f} dB)")
+    spent = rep.budget.get("spent_s")
+    summary = {"target": args.target, "budget": args.budget, "achieved": rep.target,
+               "params": [rep.before.params, rep.after.params], "psnr": psnr, "l1": losses,
+               "budget_spent_s": spent, "stages_s": rep.budget.get("seconds")}
     from compresskit.io import atomic_write_bytes
 
     atomic_write_bytes(json.dumps(summary, indent=1).encode(), args.out / "summary.json")
-    console.print(table)
     console.print(f"wrote {args.out}/: compressed_model.pt (rebuild it with ck.load), compress/report.json, "
-                  "compress/densities.png, side_by_side.png, the evaluation JSON and PSNR-vs-parameters PNG")
-    console.print(f"finished in {time.perf_counter() - started:.0f} s")
+                  "compress/densities.png, compress/validation.png, side_by_side.png, the evaluation JSON "
+                  "and PSNR-vs-parameters PNG")
+    console.print(f"finished in {time.perf_counter() - started:.0f} s (compress: {spent or 0:.0f} s of the "
+                  f"budget {args.budget})")
     console.print(Panel(RECIPES, title="next", expand=False))
     return 0
 

@@ -264,9 +264,10 @@ def test_distillation_from_a_frozen_teacher(task):
     weights = {k: v.clone() for k, v in teacher.state_dict().items()}
     cfg = _config(sparsify={"steps": 10}, recover={"steps": 12, "alpha": 0.5, "distill_loss": "mse"})
     result = ck.compress(model, train[:6], loss, config=cfg, teacher=teacher, val_loader=val, metrics=[psnr])
-    # the Taylor importance's warm-up (its 8 batches; the loader has 6), then one call per step of each stage
-    assert len(seen) == 6 + 10 + 12
-    for batch in seen[16:]:
+    # compress's start-up check of the loss (one call, no grad), the Taylor importance's warm-up (its 8
+    # batches; the loader has 6), then one call per step of each stage
+    assert len(seen) == 1 + 6 + 10 + 12
+    for batch in seen[17:]:
         assert any(all(torch.equal(a, b) for a, b in zip(batch, t)) for t in train[:6])
     assert teacher.training and all(torch.equal(v, teacher.state_dict()[k]) for k, v in weights.items())
     assert set(result.report.after.metrics) == {"psnr"}

@@ -453,10 +453,15 @@ class ShapeBranch(nn.Module):
         return self.out(F.relu(self.conv(x)))[..., :h, :w]
 
 
-class NeedsExport(ShapeBranch):
+class SizeTensor(ShapeBranch):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = torch.tensor([x.shape[-2], x.shape[-1]])  # a list of proxies is no data for torch.tensor
+        size = torch.tensor([x.shape[-2], x.shape[-1]])  # traced by fx as one node (issue 24 item 12)
         return super().forward(x) * (size.prod() > 0)
+
+
+class NeedsExport(ShapeBranch):
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:  # fx cannot trace forward(*args)
+        return super().forward(xs[0])
 
 
 class ChecksInputs(ShapeBranch):
@@ -480,6 +485,9 @@ def test_shape_branches_trace_with_fx_and_export_fallback() -> None:
     g = ck.trace(NeedsExport(), x)
     assert g.method == "export" and _group_of(g, "conv.weight", 0).prunable
     ck.testing.assert_shrink_exact(NeedsExport(), x, graph=g)
+    g = ck.trace(SizeTensor(), x, method="fx")
+    assert _group_of(g, "conv.weight", 0).prunable
+    ck.testing.assert_shrink_exact(SizeTensor(), x, graph=g)
 
 
 def test_to_networkx_summary_and_layers() -> None:

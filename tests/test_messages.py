@@ -53,3 +53,18 @@ def test_frozen_groups_and_their_reasons_are_in_the_report_notes() -> None:
     plain = ck.compress(_net(), _batches(), config=_QUICK, stop_after="sparsify")
     assert not [n for n in plain.report.notes if n.startswith("frozen channel group")]
     assert type(result.report).from_dict(result.report.to_dict()).notes == result.report.notes
+
+
+def test_a_loss_of_the_wrong_signature_fails_before_any_stage(tmp_path):
+    """F.l1_loss(output, batch) gets the whole batch (a tuple): refused at start-up naming loss_fn, before
+    any stage runs (out_dir is not even created)."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(8, 3, 1))
+    batches = [(torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)) for _ in range(2)]
+    with pytest.raises(ValueError, match=r"loss_fn: calling .* on the first batch failed.*batch\[-1\]"):
+        ck.compress(model, batches, torch.nn.functional.l1_loss,
+                    config=ck.CompressConfig(target="2x params", out_dir=tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ValueError, match="loss_fn: expected .* scalar tensor, got a tensor of shape"):
+        ck.compress(model, batches, lambda out, b: (out - b[-1]).abs(),
+                    config=ck.CompressConfig(target="2x params"))

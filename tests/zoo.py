@@ -491,6 +491,161 @@ class NumpyForwardNet(nn.Module):
         return self.head(self.conv3(y * window))
 
 
+# Patterns of published VFI networks that graphs get wrong (issue 24, item 12), each written small ---------
+class SharedEncoderVFI(nn.Module):
+    """A feature layer with shared weights run on one frame's features and on features whose channels the
+    graph cannot follow (after a spectral filter), and once more a scale down, as pyramid VFI nets share
+    their encoder across frames and levels (UPR-Net)."""
+
+    def __init__(self, c: int = 8) -> None:
+        super().__init__()
+        self.pre0, self.pre1 = nn.Conv2d(3, c, 3, padding=1), nn.Conv2d(3, c, 3, padding=1)
+        self.shared = nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.ReLU())
+        self.fuse = nn.Sequential(nn.Conv2d(2 * c, c, 3, padding=1), nn.ReLU())
+        self.out = nn.Conv2d(c, 3, 3, padding=1)
+
+    def forward(self, frame0: torch.Tensor, frame1: torch.Tensor) -> torch.Tensor:
+        f0 = torch.relu(self.pre0(frame0))
+        f1 = torch.fft.ifft2(torch.fft.fft2(self.pre1(frame1)) * 0.5).real  # channels not tracked
+        g0, g1 = self.shared(f0), self.shared(f1)
+        half = self.shared(F.avg_pool2d(f0, 2))
+        g0 = g0 + F.interpolate(half, scale_factor=2.0, mode="bilinear", align_corners=False)
+        return self.out(self.fuse(torch.cat([g0, g1], 1)))
+
+
+class TiedConvs(nn.Module):
+    """Two convolutions sharing one weight tensor (a recurrent refinement applied twice)."""
+
+    def __init__(self, c: int = 16) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 3, padding=1)
+        self.step1, self.step2 = nn.Conv2d(c, c, 3, padding=1), nn.Conv2d(c, c, 3, padding=1)
+        self.step2.weight = self.step1.weight  # tied; biases stay separate
+        self.mix, self.head = nn.Conv2d(c, c, 1), nn.Conv2d(c, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.stem(x))
+        y = torch.relu(self.step2(torch.relu(self.step1(y))))
+        return self.head(torch.relu(self.mix(y)))
+
+
+class TiedEmbeddingLM(nn.Module):
+    """A token embedding tied to the output head (Press & Wolf 2017), a hidden layer between."""
+
+    def __init__(self, vocab: int = 40, d: int = 12) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.mid = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+        self.head = nn.Linear(d, vocab, bias=False)
+        self.head.weight = self.emb.weight
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = self.emb(tokens)
+        return self.head(h + self.mid(h))
+
+
+class VariableWrapNet(nn.Module):
+    """Old-style ``torch.autograd.Variable(x)`` around features in the forward (XVFI)."""
+
+    def __init__(self, c: int = 8) -> None:
+        super().__init__()
+        self.conv1, self.conv2, self.head = conv_bn(3, c), conv_bn(c, c), nn.Conv2d(c, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.autograd.Variable(self.conv1(x))
+        return self.head(self.conv2(y))
+
+
+class InPlaceWriteNet(nn.Module):
+    """In-place writes into features: a border zeroed, a spatial band overwritten by another branch, and
+    two channels overwritten (that one cannot shrink)."""
+
+    def __init__(self, c: int = 16) -> None:
+        super().__init__()
+        self.a, self.b, self.d = conv_bn(3, c), conv_bn(3, c), conv_bn(c, c)
+        self.e, self.head = conv_bn(c, c, 1), nn.Conv2d(c, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x).clone()  # (autograd needs the ReLU output itself unchanged)
+        w = y.shape[-1]
+        y[..., :, w - 2 : w] = 0.0
+        y[:, :, 1:3] = self.b(x)[:, :, 1:3]
+        z = self.d(y).clone()
+        z[:, 0:2] = 1.0
+        return self.head(self.e(z))
+
+
+class SizeTensorNet(nn.Module):
+    """Flow scaled by ``torch.tensor`` of the frame size, as warping code normalises pixel offsets."""
+
+    def __init__(self, c: int = 8) -> None:
+        super().__init__()
+        self.feat, self.flow = conv_bn(3, c), nn.Conv2d(c, 2, 3, padding=1)
+        self.refine = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        size = torch.tensor([w, h], dtype=x.dtype).view(1, 2, 1, 1)
+        return self.refine(backwarp(x, self.flow(self.feat(x)) / size * 4.0))
+
+
+class ItemBranchNet(nn.Module):
+    """A Python branch on ``.item()`` of the input (8-bit frames rescaled), as EMA-VFI-style code does."""
+
+    def __init__(self, c: int = 8) -> None:
+        super().__init__()
+        self.body, self.head = nn.Sequential(conv_bn(3, c), conv_bn(c, c)), nn.Conv2d(c, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.abs().max().item() > 2.0:
+            x = x / 255.0
+        return self.head(self.body(x))
+
+
+class InstanceNormCopyNet(nn.Module):
+    """``F.instance_norm`` (style transfer, FILM-like decoders) and a ``copy_`` into a fresh buffer."""
+
+    def __init__(self, c: int = 8) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, c, 3, padding=1), nn.Conv2d(c, c, 3, padding=1)
+        self.gamma = nn.Parameter(torch.rand(c) + 0.5)
+        self.head = nn.Conv2d(c, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.instance_norm(self.conv1(x), weight=self.gamma)
+        buf = torch.empty_like(y)
+        buf.copy_(torch.relu(y))
+        return self.head(torch.relu(self.conv2(buf)))
+
+
+_GRID_CACHE: dict = {}  # module-level, keyed by shape, as warping helpers keep it
+
+
+class ShapeCacheNet(nn.Module):
+    """Sampling grids cached by input shape, in the module and in a module-level dict."""
+
+    def __init__(self, c: int = 8) -> None:
+        super().__init__()
+        self.feat, self.mid = conv_bn(3, c), conv_bn(c, c, 1)
+        self.flow = nn.Conv2d(c, 2, 3, padding=1)
+        self.grids: dict = {}
+
+    def _grid(self, x: torch.Tensor) -> torch.Tensor:
+        key = tuple(x.shape[-2:])
+        if key not in self.grids:
+            h, w = key
+            ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+            self.grids[key] = torch.stack([xs, ys], -1).unsqueeze(0)
+        return self.grids[key]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        key = str(x.shape)
+        if key not in _GRID_CACHE:
+            _GRID_CACHE[key] = torch.zeros_like(x[:, :1])
+        off = self.flow(self.mid(self.feat(x))).permute(0, 2, 3, 1) * 0.1
+        return F.grid_sample(x, self._grid(x) + off, align_corners=True) + _GRID_CACHE[key]
+
+
 def _img(h: int = 32, w: int = 32, b: int = 1) -> Callable[[], tuple[torch.Tensor, ...]]:
     return lambda: (torch.randn(b, 3, h, w),)
 
@@ -513,6 +668,15 @@ ZOO: dict[str, tuple[Callable[[], nn.Module], Callable[[], tuple]]] = {
     "custom_function": (QuantizedActNet, _img(12, 12)),
     "fft_global_filter": (GlobalFilterNet, _img(16, 16)),
     "numpy_forward": (NumpyForwardNet, _img(12, 12)),
+    # issue 24, item 12: patterns of published VFI networks
+    "shared_encoder_vfi": (SharedEncoderVFI, lambda: (torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16))),
+    "tied_convs": (TiedConvs, _img(12, 12)),
+    "variable_wrap": (VariableWrapNet, _img(12, 12)),
+    "inplace_write": (InPlaceWriteNet, _img(12, 12)),
+    "size_tensor": (SizeTensorNet, _img(12, 16)),
+    "item_branch": (ItemBranchNet, _img(12, 12)),
+    "instance_norm_copy": (InstanceNormCopyNet, _img(12, 12)),
+    "shape_cache": (ShapeCacheNet, _img(12, 16)),
 }
 
 

@@ -37,6 +37,7 @@ from compresskit.distill.features import (
     get_submodule,
     make_adapter,
 )
+from compresskit.distill.leaves import leafwise
 from compresskit.distill.registry import get_loss
 from compresskit.train.batch import to_device
 from compresskit.train.distributed import barrier, broadcast_module, setup
@@ -248,6 +249,7 @@ class Distiller:
         finally:
             self.student.train(was)
         s_feats, t_feats = student_hooks.pop(), teacher_hooks.pop()
+        self._drop_unrun(feature_terms, s_feats, t_feats)
         adapters: dict[str, nn.Module] = {}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.seed)  # the same adapters in every run of this config
@@ -260,6 +262,28 @@ class Distiller:
                     term.weight /= max(float(t.double().pow(2).mean()), 1e-12)
                     term.normalize = False  # once, even if fit() runs again
         return adapters
+
+    def _drop_unrun(self, feature_terms: list[FeatureLoss], s_feats: dict[str, Any],
+                    t_feats: dict[str, Any]) -> None:
+        """Feature terms at modules ``forward`` never runs (a training-only branch) have nothing to compare:
+        ``features="auto"`` pairs by name, so it drops them with a warning; an explicit pair is an error."""
+        unrun = [t for t in feature_terms if t.student not in s_feats or t.teacher not in t_feats]
+        if not unrun:
+            return
+        explicit = [t for t in unrun if not t.normalize]  # auto terms are normalised on this probe
+        if explicit:
+            t = explicit[0]
+            where = t.student if t.student not in s_feats else t.teacher
+            raise ValueError(f"feature pair {t.student!r} -> {t.teacher!r}: forward() never runs {where!r} "
+                             "on the first batch, so there is no feature to distil; pair modules that "
+                             "forward() uses")
+        warnings.warn("features='auto': " + ", ".join(repr(t.student) for t in unrun) + " never run in "
+                      "forward(); their feature terms are dropped", stacklevel=4)
+        keep = [i for i, t in enumerate(self.terms) if not any(t is u for u in unrun)]
+        self.terms = [self.terms[i] for i in keep]
+        self._fns = [self._fns[i] for i in keep]
+        for t in unrun:
+            feature_terms.remove(t)
 
     def fit(self) -> TrainResult:
         cfg = self.config
@@ -341,7 +365,8 @@ class Distiller:
             for name, term, fn in zip(names, self.terms, self._fns):
                 if isinstance(term, OutputLoss):
                     reference = {"teacher": t_out, "target": target, "batch": batch}[term.against]
-                    value = fn(output, reference)
+                    nested = term.against != "batch"  # a dict / tuple output: leaf by leaf
+                    value = leafwise(fn, output, reference) if nested else fn(output, reference)
                 else:
                     value = fn(model.adapted[term.student], t_feats[term.teacher])
                 value = term.weight * value

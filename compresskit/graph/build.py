@@ -6,6 +6,7 @@ module tensors indexed by elements (members) and the frozen elements with their 
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import numpy as np
@@ -50,11 +51,17 @@ class GraphBuilder:
         self.blocks: list[np.ndarray] = []
         self.frozen: list[tuple[np.ndarray, str]] = []
         self.memo: dict[tuple[str, str, int], tuple[np.ndarray, str, str]] = {}
+        self.extra_roles: dict[tuple[str, str, int], dict[str, str]] = {}  # tied tensors: other roles
         self.layer_order: list[tuple[str, str]] = []
         self.infos: dict[fx.Node, Any] = {}
         self.checks: list[CountCheck] = []  # sizes computed in the forward that must follow the pruning
         self.size_exprs: dict[fx.Node, Any] = {}  # memo of rules.size_expr
         self._modules = dict(root.named_modules())
+        self.aliases, self.tied = tied_tensors(root)
+
+    def canonical(self, module: str, tensor: str) -> tuple[str, str]:
+        """The first name of a tensor that several modules share (tied weights), else the name itself."""
+        return self.aliases.get((module, tensor), (module, tensor))
 
     # -- services for rules --------------------------------------------------------------------------
     def resolve(self, a: Any) -> Any:
@@ -101,6 +108,7 @@ class GraphBuilder:
         return tuple(t.shape)
 
     def weight_ids(self, module: str, tensor: str, dim: int, role: str, type_name: str) -> np.ndarray:
+        module, tensor = self.canonical(module, tensor)
         key = (module, tensor, dim)
         if key in self.memo:
             return self.memo[key][0]
@@ -110,12 +118,15 @@ class GraphBuilder:
         return ids
 
     def member(self, module: str, tensor: str, dim: int, ids: np.ndarray, role: str, type_name: str) -> None:
+        module, tensor = self.canonical(module, tensor)
         size = self.param_shape(module, tensor)[dim]
         if len(ids) != size:
             raise ValueError(f"{module}.{tensor} dim {dim} has {size} positions, rule gave {len(ids)} ids")
         key = (module, tensor, dim)
-        if key in self.memo:  # module called again (shared weights): same positions, same units
+        if key in self.memo:  # module called again, or a tied tensor: same positions, same units
             self.uf.union_arrays(self.memo[key][0], ids)
+            if role != self.memo[key][1]:  # a tied tensor used in another role (embedding row / head column)
+                self.extra_roles.setdefault(key, {}).setdefault(role, type_name)
             return
         self.memo[key] = (np.array(ids, dtype=np.int64), role, type_name)
         self.layer_order.append((module, type_name))
@@ -136,8 +147,15 @@ class GraphBuilder:
         for node in self.graph.nodes:
             self.infos[node] = self._visit(node)
         raw = [RawMember(m, t, d, ids, role, tn) for (m, t, d), (ids, role, tn) in self.memo.items()]
+        raw += [
+            RawMember(m, t, d, self.memo[(m, t, d)][0], role, tn)
+            for (m, t, d), roles in self.extra_roles.items()
+            for role, tn in roles.items()
+        ]
         groups, layers = build_groups(self.uf, self.blocks, raw, self.frozen, self.layer_order, self.checks)
-        return ChannelGraph(groups, layers, self.method, self.graph, type(self.root).__name__, len(self.uf))
+        graph = ChannelGraph(groups, layers, self.method, self.graph, type(self.root).__name__, len(self.uf))
+        graph.tied = self.tied
+        return graph
 
     def _visit(self, node: fx.Node) -> Any:
         meta = self.meta.get(node)
@@ -164,7 +182,8 @@ class GraphBuilder:
                 if t.tracked:
                     self.freeze(t.ids, "graph output")
             return None
-        if not flatten_infos(meta):
+        in_place = node.op == "call_function" and node.target is operator.setitem  # returns None
+        if not flatten_infos(meta) and not (in_place and flatten_infos(self.resolve(node.args))):
             return meta  # shapes, dtypes, python numbers: not a channel op
         module = self._modules.get(node.target) if node.op == "call_module" else None
         rule = lookup_rule(node.op, node.target, module)
@@ -176,6 +195,8 @@ class GraphBuilder:
             except Exception as e:  # a rule that cannot handle this call: the op is unknown here
                 ctx.freeze_all_inputs(f"channel rule failed ({type(e).__name__}: {e})")
                 return meta
+        if in_place and rule is not None:
+            return None  # the rule recorded what the write joins or freezes; the node's value is None
         if out is None:
             ctx.freeze_all_inputs("no channel rule for this op (unknown means frozen)")
             return meta
@@ -196,6 +217,34 @@ class GraphBuilder:
                 return dict(zip(meta.keys(), conv))
             return type(meta)(conv)
         return meta
+
+
+def tied_tensors(root: nn.Module) -> tuple[dict[tuple[str, str], tuple[str, str]], list[list[str]]]:
+    """Parameters and buffers held by several modules (tied weights: two convs sharing one weight, an
+    embedding tied to its output head): ``{(module, tensor): (first module, tensor)}`` for every later
+    name, and the tied names grouped (``[["emb.weight", "head.weight"], ...]``). The graph indexes such a
+    tensor once, under its first name, so every use of it keeps the same channels (one tensor in the
+    result; :func:`compresskit.shrink` cuts it once and gives every holder the cut tensor)."""
+    seen: dict[int, tuple[str, str]] = {}
+    aliases: dict[tuple[str, str], tuple[str, str]] = {}
+    tied: dict[tuple[str, str], list[str]] = {}
+    for mod_name, mod in root.named_modules(remove_duplicate=False):
+        for store in (mod._parameters, mod._buffers):
+            for t_name, t in store.items():
+                if t is None:
+                    continue
+                key = (mod_name, t_name)
+                first = seen.setdefault(id(t), key)
+                if first != key and key not in aliases:
+                    aliases[key] = first
+                    names = tied.setdefault(first, [_qualname(*first)])
+                    if _qualname(*key) not in names:
+                        names.append(_qualname(*key))
+    return aliases, list(tied.values())
+
+
+def _qualname(module: str, tensor: str) -> str:
+    return f"{module}.{tensor}" if module else tensor
 
 
 def _target_name(target: Any) -> str:

@@ -257,6 +257,10 @@ class ChannelGraph:
       (``param_groups``). Width planning walks ``reversed(graph.layers)``.
     * ``method`` – ``"fx"`` (symbolic tracing with concrete values) or ``"export"`` (torch.export).
     * ``fx_graph`` – the traced ``torch.fx.Graph`` (for inspection; :meth:`graph_module` runs it).
+    * ``tied`` – names of tensors several modules share (``[["emb.weight", "head.weight"]]``): each is
+      indexed once, under its first name, so the shared tensor keeps one set of channels.
+    * ``data_branches`` – where the forward took a Python decision (``if``, ``int()``) on tensor *values*
+      while tracing (fx only): the graph holds the path these inputs took; other inputs may take another.
     * ``fx_constants`` – tensors the fx graph reads by ``get_attr`` that are not the model's own
       (``torch.tensor(...)`` calls in forward; fx stows them, ``ck.trace`` keeps them here instead).
     """
@@ -275,6 +279,8 @@ class ChannelGraph:
         self.method = method
         self.fx_graph = fx_graph
         self.fx_constants: dict[str, torch.Tensor] = {}
+        self.tied: list[list[str]] = []  # tensors several modules share, by name (kept shared)
+        self.data_branches: list[str] = []  # Python decisions on tensor values the trace followed
         self.model_type = model_type
         self.num_elements = num_elements
 

@@ -15,9 +15,12 @@ for numpy are computed concretely, the tensors they read frozen (numpy sees ever
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import inspect
 import operator
 import re
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -28,7 +31,7 @@ from torch import fx, nn
 from compresskit._modes import eval_mode
 from compresskit.graph.build import GraphBuilder, to_meta
 from compresskit.graph.channels import ChannelGraph
-from compresskit.graph.rules import RuleContext, has_module_rule, register_rule
+from compresskit.graph.rules import RuleContext, TensorInfo, has_module_rule, register_rule
 from compresskit.plugins import ensure_plugins
 
 _LEAF_MODULES: set[type] = set()
@@ -178,11 +181,16 @@ class _ConcreteProxy(fx.Proxy):
                 return type(v)
         return type(self)
 
-    def _scalar(self) -> Any:
+    def _scalar(self, how: str) -> Any:
         v = self.value
         if isinstance(v, torch.Tensor) and self.tracer.shapes_only:  # type: ignore[attr-defined]
             raise _NeedsRealValues
+        self.tracer.note_decision(self, how, v)  # type: ignore[attr-defined]
         return v
+
+    def __setitem__(self, idx: Any, value: Any) -> None:
+        """``x[idx] = v`` on a traced tensor: an ``operator.setitem`` node (computed in place)."""
+        self.tracer.create_proxy("call_function", operator.setitem, (self, idx, value), {})
 
     def __getattr__(self, k: str) -> Any:
         if k.startswith("__") and k.endswith("__"):
@@ -190,16 +198,16 @@ class _ConcreteProxy(fx.Proxy):
         return _ConcreteAttribute(self, k)
 
     def __bool__(self) -> bool:
-        return bool(self._scalar())
+        return bool(self._scalar("if"))
 
     def __index__(self) -> int:
-        return operator.index(self._scalar())
+        return operator.index(self._scalar("index"))
 
     def __int__(self) -> int:
-        return int(self._scalar())
+        return int(self._scalar("int()"))
 
     def __float__(self) -> float:
-        return float(self._scalar())
+        return float(self._scalar("float()"))
 
     def __len__(self) -> int:
         return len(self.value)
@@ -240,6 +248,46 @@ class _ConcreteTracer(fx.Tracer):
         self.spoof_class = True
         self.values: dict[fx.Node, Any] = {}
         self._computing = False
+        self.decisions: dict[tuple[str, str], str] = {}  # data-dependent Python decisions, by place
+
+    def note_decision(self, p: Any, how: str, value: Any) -> None:
+        """Record ``if``/``int()``/... on a value computed from tensor *data* (not only from shapes): the
+        graph holds the path these inputs took, other inputs may take another (reported, not checked)."""
+        try:
+            node = p.node
+        except Exception:
+            return
+        reader = self._data_reader(node)
+        if reader is None:
+            return
+        where = _user_frame()
+        key = (where, how)
+        if key not in self.decisions:
+            shown = value if not isinstance(value, torch.Tensor) else value.detach().flatten()[:1].tolist()
+            self.decisions[key] = (
+                f"{where}: `{how}` on a value read from tensor data ({_node_label(reader)}) took {shown!r}"
+            )
+
+    def _data_reader(self, node: fx.Node) -> fx.Node | None:
+        """The node whose output reads tensor values on the way to ``node`` (None: only shapes, dtypes
+        and Python numbers are read)."""
+        if isinstance(self.values.get(node), torch.Tensor):
+            return node
+        stack, seen = [node], set()
+        while stack:
+            n = stack.pop()
+            if n in seen:
+                continue
+            seen.add(n)
+            if n.op == "call_method" and n.target in _SHAPE_QUERIES:
+                continue
+            if n.op == "call_function" and n.target is getattr and n.args[1] in _SHAPE_ATTRS:
+                continue
+            for a in n.all_input_nodes:
+                if isinstance(self.values.get(a), torch.Tensor):
+                    return n
+                stack.append(a)
+        return None
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         t = type(m)
@@ -413,6 +461,169 @@ def _fetch_attr(root: nn.Module, qualname: str) -> Any:
     return obj
 
 
+def _node_label(node: fx.Node) -> str:
+    if node.op == "call_method":
+        return f".{node.target}()"
+    if node.op == "call_function":
+        return getattr(node.target, "__name__", str(node.target))
+    return f"{node.op} {node.target}"
+
+
+_OWN_FILES = ("/torch/", "/compresskit/graph/", "/compresskit/_modes.py")
+
+
+def _user_frame() -> str:
+    """``file:line (function)`` of the innermost frame outside torch and this package."""
+    f = sys._getframe(1)
+    while f is not None:
+        name = f.f_code.co_filename.replace("\\", "/")
+        if not any(own in name for own in _OWN_FILES):
+            return f"{name.rsplit('/', 1)[-1]}:{f.f_lineno} ({f.f_code.co_name})"
+        f = f.f_back
+    return "<unknown>"
+
+
+def tensor_from(data: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """The graph node target for ``torch.tensor(<sizes>)`` / ``torch.as_tensor(<sizes>)`` while tracing:
+    a tensor built from values the forward computes (``torch.tensor(x.shape[-2:])``)."""
+    how = kwargs.pop("_how", "tensor")
+    return (_TORCH_AS_TENSOR if how == "as_tensor" else _TORCH_TENSOR)(data, *args, **kwargs)
+
+
+def _tensor_from_rule(ctx: RuleContext) -> Any:
+    """No channels of its own; a channel count it holds as a value is frozen (shrinking would change it)."""
+    from compresskit.graph.rules.sizes import size_source
+
+    builder = ctx.builder
+    stack = [n for n in ctx.node.all_input_nodes]
+    seen: set[fx.Node] = set()
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        src = size_source(n, builder)
+        if src is not None:
+            t = builder.resolve(src[0])
+            dims = src[1] if isinstance(src[1], list) else [src[1]]
+            if isinstance(t, TensorInfo) and t.tracked and t.cdim in [d % max(1, t.ndim) for d in dims]:
+                ctx.freeze(t, "torch.tensor(...) holds this channel count as a value")
+            continue
+        if not isinstance(builder.meta.get(n), TensorInfo):
+            stack.extend(n.all_input_nodes)
+    return ctx.untracked() if isinstance(ctx.out, TensorInfo) else None
+
+
+register_rule(tensor_from, _tensor_from_rule)
+
+_TORCH_TENSOR = torch.tensor
+_TORCH_AS_TENSOR = torch.as_tensor
+_VARIABLE = torch.autograd.Variable
+
+
+class _PatchConstructors:
+    """While fx traces: ``torch.tensor`` / ``torch.as_tensor`` of traced sizes become a
+    :func:`tensor_from` node (fx cannot read a proxy as a sequence), and ``torch.autograd.Variable(x)`` of
+    a traced tensor becomes ``x.detach()`` (what it computes; its C constructor would read the proxy as
+    a tensor and crash the process)."""
+
+    def __enter__(self) -> None:
+        def make(how: str) -> Callable:
+            original = _TORCH_AS_TENSOR if how == "as_tensor" else _TORCH_TENSOR
+
+            def patched(data: Any, *args: Any, **kwargs: Any) -> Any:
+                proxy = _find_proxy((data, args, kwargs))
+                if proxy is None:
+                    return original(data, *args, **kwargs)
+                kw = dict(kwargs, _how=how) if how != "tensor" else kwargs
+                return proxy.tracer.create_proxy("call_function", tensor_from, (data, *args), kw)
+
+            return patched
+
+        def variable_new(cls: type, *args: Any, **kwargs: Any) -> Any:
+            data = args[0] if args else kwargs.get("data")
+            if issubclass(type(data), _ConcreteProxy):
+                return data.detach()
+            return torch._C._LegacyVariableBase.__new__(cls, *args, **kwargs)
+
+        torch.tensor = make("tensor")  # type: ignore[assignment]
+        torch.as_tensor = make("as_tensor")  # type: ignore[assignment]
+        _VARIABLE.__new__ = variable_new  # type: ignore[assignment]
+
+    def __exit__(self, *exc: Any) -> None:
+        torch.tensor = _TORCH_TENSOR  # type: ignore[assignment]
+        torch.as_tensor = _TORCH_AS_TENSOR  # type: ignore[assignment]
+        if "__new__" in vars(_VARIABLE):
+            del _VARIABLE.__new__
+
+
+_SKIP_STATE = {"_parameters", "_buffers", "_modules", "training"}
+
+
+class _KeepState:
+    """Give back the model's attributes and the dict/list/set globals of the model's own packages as
+    they were: code that caches by shape (``self.grid[(h, w)] = ...``, a module-level
+    ``backwarp_grid = {}``) would otherwise keep the tracer's proxies after tracing."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def __enter__(self) -> None:
+        self.saved: list[tuple[dict, dict, dict]] = []
+        for m in self.model.modules():
+            self._save(m.__dict__, skip=_SKIP_STATE)
+        tops = {type(m).__module__.split(".")[0] for m in self.model.modules()}
+        tops = {t for t in tops if t not in ("torch", "compresskit")}
+        for name, mod in list(sys.modules.items()):
+            if mod is not None and name.split(".")[0] in tops:
+                self._save(vars(mod), skip=set(), only_containers=True)
+
+    def _save(self, space: dict, skip: set, only_containers: bool = False) -> None:
+        values = {k: v for k, v in space.items() if k not in skip and not k.startswith("__")}
+        if only_containers:
+            values = {k: v for k, v in values.items() if isinstance(v, dict | list | set)}
+        contents = {k: _shallow(v) for k, v in values.items() if isinstance(v, dict | list | set)}
+        self.saved.append((space, values, contents))
+
+    def __exit__(self, *exc: Any) -> None:
+        for space, values, contents in self.saved:
+            for k, v in values.items():
+                if space.get(k, _MISSING) is not v:
+                    space[k] = v
+                if k in contents and not _same_items(_shallow(v), contents[k]):
+                    _refill(v, contents[k])
+
+
+_MISSING = object()
+
+
+def _shallow(v: Any) -> Any:
+    if isinstance(v, dict):
+        return list(v.items())
+    if isinstance(v, list):
+        return list(v)
+    return list(v)  # a set, as a list: no hashing or == of its items on the way back
+
+
+def _same_items(a: list, b: list) -> bool:
+    """Identity, item by item (``==`` would call a tensor's or a proxy's ``__eq__``)."""
+    if len(a) != len(b):
+        return False
+    flat = [(x, y) for x, y in zip(a, b)]
+    return all((x[0] is y[0] and x[1] is y[1]) if isinstance(x, tuple) and isinstance(y, tuple) and
+               len(x) == len(y) == 2 else x is y for x, y in flat)
+
+
+def _refill(v: Any, saved: Any) -> None:
+    v.clear()
+    if isinstance(v, dict):
+        v.update(saved)
+    elif isinstance(v, list):
+        v.extend(saved)
+    else:
+        v.update(saved)
+
+
 def _check_inputs(model: Any, example_inputs: Any) -> tuple:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
@@ -437,6 +648,7 @@ def _run_check(model: nn.Module, inputs: tuple) -> None:
         ) from e
 
 
+_DECISIONS = "data-dependent decisions"  # key of the list of them in the meta dict of an fx trace
 _Traced = tuple[fx.Graph, dict[fx.Node, Any], dict[str, torch.Tensor]]  # graph, values, stowed constants
 
 
@@ -464,12 +676,13 @@ def _trace_fx_once(model: nn.Module, inputs: tuple, shapes_only: bool) -> _Trace
     before = set(vars(model))
     constants: dict[str, torch.Tensor] = {}
     try:
-        with torch.no_grad(), _PatchFunctionApply():
+        with torch.no_grad(), _PatchFunctionApply(), _PatchConstructors(), _KeepState(model):
             graph = tracer.trace(model, concrete_args=concrete or None)
         meta = {
             n: to_meta(tracer.values.get(n)) if n.op != "get_attr" else to_meta(tracer.node_value(n))
             for n in graph.nodes
         }
+        meta[_DECISIONS] = list(tracer.decisions.values())
     finally:
         for k in set(vars(model)) - before:  # fx stows constants (torch.tensor(...)) on the root: the
             if k.startswith("_tensor_constant"):  # graph keeps them, the user's model does not
@@ -497,7 +710,8 @@ def _clone(v: Any) -> Any:
 
 
 def _trace_export(model: nn.Module, inputs: tuple) -> tuple[fx.Graph, dict[fx.Node, Any], dict[str, str]]:
-    ep = torch.export.export(model, tuple(_clone(x) for x in inputs), strict=False)
+    with _KeepState(model):  # export runs forward on fake tensors: none may stay in the model's caches
+        ep = torch.export.export(model, tuple(_clone(x) for x in inputs), strict=False)
     sig = ep.graph_signature
     params = {**sig.inputs_to_parameters, **sig.inputs_to_buffers}
     graph = ep.graph_module.graph
@@ -510,18 +724,24 @@ def _trace_export(model: nn.Module, inputs: tuple) -> tuple[fx.Graph, dict[fx.No
     return graph, meta, params
 
 
-def trace(model: nn.Module, example_inputs: Any, *, method: str = "auto") -> ChannelGraph:
+def trace(model: nn.Module, example_inputs: Any, *, method: str = "auto", mode: str = "eval") -> ChannelGraph:
     """Trace ``model`` on ``example_inputs`` (a tensor or a tuple of forward arguments) into a
     :class:`~compresskit.graph.channels.ChannelGraph` of channel groups.
 
     ``method``: ``"auto"`` (fx with concrete values, then torch.export if that fails), ``"fx"`` or
-    ``"export"``. The model is traced in eval mode (its mode is restored) and is not modified.
+    ``"export"``. ``mode``: ``"eval"`` (default; the model's modes are restored) or ``"train"`` (the
+    path training takes: auxiliary heads, EMA updates; a deep copy is traced, so batch-norm statistics of
+    ``model`` do not move). The model is not modified.
     """
     inputs = _check_inputs(model, example_inputs)
     if method not in ("auto", "fx", "export"):
         raise ValueError(f"method: expected 'auto', 'fx' or 'export', got {method!r}")
+    if mode not in ("eval", "train"):
+        raise ValueError(f"mode: expected 'eval' or 'train', got {mode!r}")
     ensure_plugins()  # the plugins' channel rules and leaves, registered before tracing starts
-    with eval_mode(model):  # each module's own mode comes back (a frozen BN stays eval)
+    if mode == "train":
+        model = copy.deepcopy(model).train()
+    with eval_mode(model) if mode == "eval" else contextlib.nullcontext():  # each module's mode comes back
         errors: list[str] = []
         if method in ("auto", "fx"):
             try:
@@ -532,8 +752,10 @@ def trace(model: nn.Module, example_inputs: Any, *, method: str = "auto") -> Cha
                     raise
                 errors.append(f"fx: {type(e).__name__}: {e}")
             else:
+                decisions = meta.pop(_DECISIONS, [])
                 channel_graph = GraphBuilder(model, graph, meta, "fx").run()
                 channel_graph.fx_constants = constants
+                channel_graph.data_branches = decisions
                 return channel_graph
         else:
             _run_check(model, inputs)
@@ -548,3 +770,18 @@ def trace(model: nn.Module, example_inputs: Any, *, method: str = "auto") -> Cha
 def leaf_functions() -> Sequence[Callable]:
     """Functions registered with :func:`register_leaf`."""
     return list(_LEAF_FUNCTIONS.values())
+
+
+def data_branch_notes(graph: ChannelGraph) -> list[str]:
+    """Report notes for :attr:`ChannelGraph.data_branches`: the trace followed Python decisions on tensor
+    values; batches that decide otherwise run code the graph never saw (see docs/graph.md)."""
+    found = list(getattr(graph, "data_branches", []))
+    notes = [
+        f"data-dependent branch in the trace: {d}; the channel graph holds only this path, inputs that "
+        "decide otherwise run code it never saw (compress compares the trace with eager execution on one "
+        "more batch only)"
+        for d in found[:5]
+    ]
+    if len(found) > 5:
+        notes.append(f"... and {len(found) - 5} more data-dependent decisions (graph.data_branches)")
+    return notes

@@ -460,6 +460,8 @@ def plan_for_target(
             break
         improved = False
         for gid in [g for g, r in rung.items() if r > 0]:
+            if rung[gid] == 0:  # an earlier improvement of this pass gave this group back already
+                continue
             trial = {**rung, gid: rung[gid] - 1}
             trial, cur = give_back(*remove_until(trial, {gid}))
             if not unmet(cur) and tightness(current) < tightness(cur):

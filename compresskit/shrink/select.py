@@ -41,7 +41,12 @@ def unit_sums_of(model: nn.Module, group: ChannelGroup,
     the parameter contributes nothing, e.g. no gradient statistics for it yet)."""
     sums = torch.zeros(group.size, dtype=torch.float64)
     counts = torch.zeros(group.size, dtype=torch.float64)
+    seen: set[tuple] = set()
     for member in group.members:
+        key = (member.module, member.tensor, member.dim, tuple(member.positions.tolist()))
+        if key in seen:  # a tied tensor listed once per role: its entries count once
+            continue
+        seen.add(key)
         mod = model.get_submodule(member.module) if member.module else model
         tensor = getattr(mod, member.tensor, None)
         if not isinstance(tensor, nn.Parameter):

@@ -148,12 +148,13 @@ def shrink(
     _check_graph_matches(model, graph, list(keep_t))
     drops = dropped_positions(graph, keep_t)
     small = copy.deepcopy(model)
-    old_modules = dict(model.named_modules())
-    new_modules = dict(small.named_modules())
+    old_modules = dict(model.named_modules(remove_duplicate=False))  # a module held at two paths: both
+    new_modules = dict(small.named_modules(remove_duplicate=False))
     per_tensor: dict[tuple[str, str], dict[int, set[int]]] = defaultdict(dict)
     for (mod, tensor, dim), pos in drops.items():
         per_tensor[(mod, tensor)][dim] = pos
     touched: set[str] = set()
+    holders = _holders(small)  # a tied tensor (several modules hold it) stays one tensor
     for (mod_name, tensor), dims in per_tensor.items():
         mod = new_modules[mod_name]
         t = getattr(mod, tensor)
@@ -163,12 +164,16 @@ def shrink(
             new = new.index_select(dim, idx)
         new = new.clone()
         if isinstance(t, nn.Parameter):
-            mod._parameters[tensor] = nn.Parameter(new, requires_grad=t.requires_grad)
-        elif tensor in mod._buffers:
-            mod._buffers[tensor] = new
-        else:
-            setattr(mod, tensor, new)
-        touched.add(mod_name)
+            new = nn.Parameter(new, requires_grad=t.requires_grad)
+        for holder_name, attr in holders.get(id(t), [(mod_name, tensor)]):
+            holder = new_modules[holder_name]
+            if attr in holder._parameters:
+                holder._parameters[attr] = new
+            elif attr in holder._buffers:
+                holder._buffers[attr] = new
+            else:
+                setattr(holder, attr, new)
+            touched.add(holder_name)
     for name in touched:
         _fix_attributes(new_modules[name], old_modules[name])
     if init == "reinit":
@@ -177,6 +182,18 @@ def shrink(
             if callable(reset):
                 reset()
     return small
+
+
+def _holders(model: nn.Module) -> dict[int, list[tuple[str, str]]]:
+    """``{id(tensor): [(module, name), ...]}`` for the parameters and buffers of ``model``, every holder of
+    a shared tensor listed."""
+    out: dict[int, list[tuple[str, str]]] = defaultdict(list)
+    for mod_name, mod in model.named_modules(remove_duplicate=False):
+        for store in (mod._parameters, mod._buffers):
+            for attr, t in store.items():
+                if t is not None and (mod_name, attr) not in out[id(t)]:
+                    out[id(t)].append((mod_name, attr))
+    return out
 
 
 def _fix_attributes(new: nn.Module, old: nn.Module) -> None:

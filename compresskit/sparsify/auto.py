@@ -63,6 +63,9 @@ class SparsifyContext:
     batch_shapes: str = "same"
     #: extra callbacks of the training run (the budget's deadline, best-weight keeping)
     callbacks: list[Callback] = field(default_factory=list)
+    #: batches validated every ``val_every`` steps (None: no validation)
+    val_loader: Iterable | None = None
+    val_every: int | None = None
     #: ``{group id: per-unit importance}`` for the current weights: which units the plan removes first
     #: (None: the least l1 mass)
     scores_fn: Callable[[nn.Module], dict[int, torch.Tensor]] | None = None
@@ -195,6 +198,9 @@ class _ConfigSparsifier:
     def run(self, model: nn.Module, ctx: SparsifyContext) -> dict[str, Any]:
         if self.config.steps == 0:
             return {"steps": 0}
+        if self.config.lr == "auto":
+            raise ValueError("sparsify.lr='auto' is chosen by compress() (compresskit.autorecipe); a "
+                             "sparsifier run on its own needs a number, e.g. SparsifyConfig(lr=3e-4)")
         return self._run(model, ctx)
 
     def _run(self, model: nn.Module, ctx: SparsifyContext) -> dict[str, Any]:  # pragma: no cover
@@ -238,11 +244,11 @@ class OBProxSGSparsifier(_ConfigSparsifier):
                        n_prox_steps=cfg.n_prox_steps, n_orthant_steps=cfg.n_orthant_steps)
         tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, seed=ctx.seed, device=ctx.device,
                            checkpoint_every=ctx.checkpoint_every, progress=ctx.progress,
-                           batch_shapes=ctx.batch_shapes)
+                           batch_shapes=ctx.batch_shapes, val_every=ctx.val_every)
         torch.manual_seed(ctx.seed)
         train(model, ctx.train_loader, ctx.loss_fn, optimizer=opt, config=tcfg, inputs_fn=ctx.inputs_fn,
               out_dir=ctx.out_dir, resume=ctx.resume, callbacks=[*callbacks, *ctx.callbacks],
-              stage="sparsify")
+              stage="sparsify", val_loader=ctx.val_loader if ctx.val_every is not None else None)
         if auto:
             record.update(final_lambda=calib.lam, **calib.measure(), history=calib.history)
         else:
@@ -328,6 +334,12 @@ class ProgressiveZeroing(Callback):
         if step % self.every == 0 or step == self.steps:
             self.history.append({"step": step, "schedule": 1.0 - now, **self.measure()})
 
+    def rescale_steps(self, new: int, old: int) -> None:
+        """The stage was shortened to ``new`` steps (``compresskit.budget.Pace``): the ramp ends as much
+        earlier; the units go on shrinking from where they are, at the new pace."""
+        self.end = max(1, round(self.end * new / old))
+        self.steps = new
+
     def state_dict(self) -> dict[str, Any]:
         return {"removed": {str(k): v for k, v in self.removed.items()}, "history": list(self.history),
                 "initial": None if self.initial is None else {str(k): v for k, v in self.initial.items()}}
@@ -352,10 +364,11 @@ class ProgressiveSparsifier(_ConfigSparsifier):
                                      scores_fn=ctx.scores_fn)
         tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, scheduler="none", seed=ctx.seed, device=ctx.device,
                            checkpoint_every=ctx.checkpoint_every, progress=ctx.progress,
-                           batch_shapes=ctx.batch_shapes)
+                           batch_shapes=ctx.batch_shapes, val_every=ctx.val_every)
         torch.manual_seed(ctx.seed)
         train(model, ctx.train_loader, ctx.loss_fn, config=tcfg, inputs_fn=ctx.inputs_fn, out_dir=ctx.out_dir,
-              resume=ctx.resume, callbacks=[zeroing, *ctx.callbacks], stage="sparsify")
+              resume=ctx.resume, callbacks=[zeroing, *ctx.callbacks], stage="sparsify",
+              val_loader=ctx.val_loader if ctx.val_every is not None else None)
         return {"method": "progressive", "steps": cfg.steps, "lr": cfg.lr, **zeroing.measure(),
                 "history": zeroing.history}
 

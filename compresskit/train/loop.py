@@ -300,9 +300,18 @@ class Trainer:
     def _save(self) -> None:
         rng = gather_objects(ckpt.rng_state(), self.ctx)  # every rank's generators
         if self.out_dir is not None and self.ctx.is_main:
-            self.last_checkpoint = ckpt.save_checkpoint(self._state(len(self._log), rng), self.out_dir,
-                                                        self.step, self.config.keep_last)
+            try:
+                self.last_checkpoint = ckpt.save_checkpoint(self._state(len(self._log), rng), self.out_dir,
+                                                            self.step, self.config.keep_last)
+            except ckpt.NonFiniteStateError as e:  # never write (or name) a poisoned checkpoint as good
+                raise ckpt.NonFiniteStateError(
+                    f"{e} at step {self.step}; {self._last_good()}. Lower the learning rate, clip "
+                    "gradients (config.grad_clip) or check the data for NaN/inf", e.names) from None
         self._saved_at = (self.step, self.epoch, self.position)
+
+    def _last_good(self) -> str:
+        return (f"the last good checkpoint is {str(self.last_checkpoint)!r}" if self.last_checkpoint
+                else "no checkpoint was written before it")
 
     def _restore(self, path: Path) -> None:
         state = ckpt.load_checkpoint(path)
@@ -392,6 +401,15 @@ class Trainer:
         self._pending_logs.setdefault(name, []).append(float(value))
 
     def fit(self) -> TrainResult:
+        """Train; the output folder is locked for the run (:mod:`compresskit.lock`)."""
+        from compresskit.lock import folder_lock
+
+        main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 writes (and locks)
+        folder = self.out_dir if main else None
+        with folder_lock(folder, self.config.wait_for_lock, "ck.train"):
+            return self._fit()
+
+    def _fit(self) -> TrainResult:
         cfg = self.config
         self.ctx = setup(cfg.backend)
         self.device = self._resolve_device()
@@ -428,7 +446,8 @@ class Trainer:
         self._saved_at: tuple[int, int, int] | None = None
         if writes:  # half-written temp files of a killed run
             remove_stale_temps(self.out_dir)
-        latest = ckpt.latest_checkpoint(self.out_dir) if self.out_dir is not None and self.resume else None
+        resume = self.out_dir is not None and self.resume
+        latest = ckpt.latest_good_checkpoint(self.out_dir) if resume else None
         if latest is not None:
             self._restore(latest)
         else:
@@ -577,6 +596,18 @@ class Trainer:
                 f"loss is {mean_loss} at step {self.step + 1} ({where}); training stopped before this step "
                 f"changed the weights, {kept}. Lower the learning rate, clip gradients (config.grad_clip) "
                 "or check the data for NaN/inf")
+        if self._scaler is None:  # (AMP's scaler skips steps with inf gradients itself)
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            bad = ckpt.nonfinite_grads(params)
+            if bad:
+                self.optimizer.zero_grad(set_to_none=True)
+                names = {id(p): n for n, p in self._unwrapped().named_parameters()}
+                shown = ", ".join(names.get(id(params[i]), f"parameter {i}") for i in bad[:4])
+                raise NonFiniteLossError(
+                    f"the gradient of {len(bad)} parameter(s) ({shown}) is NaN/inf at step {self.step + 1} "
+                    f"({where}) although the loss is finite ({mean_loss:.6g}); training stopped before this "
+                    f"step changed the weights, {self._last_good()}. Lower the learning rate, clip "
+                    "gradients (config.grad_clip) or check the data and the loss for NaN/inf")
         for _, parts in group:
             for name, value in parts.items():
                 self.log(name, value)

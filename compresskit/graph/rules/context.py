@@ -179,10 +179,16 @@ class RuleContext:
         self.builder.freeze(np.asarray(what), f"{self.describe()}: {reason}")
 
     def freeze_all_inputs(self, reason: str) -> None:
-        """Freeze every tracked tensor argument's channels."""
+        """Freeze every tracked tensor argument's channels, and every dimension of a parameter used
+        directly (``F.linear(z, self.enc.weight.t())``: an op that reads a weight in an unknown way)."""
         for t in self.tensor_args():
             if t.tracked:
                 self.freeze(t.ids, reason)
+            if t.param is not None:
+                for pdim in t.param.dims:
+                    if pdim is not None:
+                        ids = self.weight_ids(t.param.module, t.param.tensor, pdim, "param")
+                        self.freeze(ids, reason)
 
     def require_count(self, lhs: np.ndarray, expr: SizeExpr, reason: str) -> None:
         """After shrinking, ``expr`` (a size the forward computes) must count the kept channels of ``lhs``;

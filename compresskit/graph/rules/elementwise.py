@@ -179,3 +179,13 @@ def _masked_fill(ctx: RuleContext) -> Any:
 
 register_rule(["masked_fill", "masked_fill_", *torch_fns("masked_fill"), *aten_ops("masked_fill")],
               _masked_fill)
+
+
+def _copy(ctx: RuleContext) -> Any:
+    """``dst.copy_(src)``: ``dst`` takes ``src``'s values (broadcast), channel by channel."""
+    if not isinstance(ctx.out, TensorInfo):
+        return None
+    return elementwise(ctx, [ctx.arg(0, "self"), ctx.arg(1, "src")])
+
+
+register_rule(["copy_", *aten_ops("copy_", "copy")], _copy)

@@ -28,6 +28,22 @@ def _input_channels(ctx: RuleContext, x: Any, dim: int, what: str) -> np.ndarray
     return ids
 
 
+def _freeze_unread(ctx: RuleContext, module: str, tensor: str, dim: int, role: str, what: str) -> None:
+    """A layer applied to a tensor whose channels are not tracked reads every position of ``tensor``'s
+    ``dim``: freeze them, so another call of the same layer (shared weights) cannot drop them."""
+    ctx.freeze(ctx.weight_ids(module, tensor, dim, role),
+               f"{what} is applied to a tensor whose channels are not tracked (it reads all of them)")
+
+
+def _same_owner(ctx: RuleContext, w: ParamRef, b: ParamRef) -> bool:
+    """Weight and bias of one layer: the same module, or a weight tied to the bias module's own weight
+    (torch.export names a tied weight after one of its holders)."""
+    if b.module == w.module:
+        return True
+    canonical = ctx.builder.canonical
+    return canonical(b.module, w.tensor) == canonical(w.module, w.tensor)
+
+
 def _owner_is(ctx: RuleContext, ref: ParamRef, cls: type | tuple[type, ...], tensor: str = "weight") -> bool:
     mod = ctx.builder.get_module(ref.module)
     return isinstance(mod, cls) and ref.tensor == tensor
@@ -42,6 +58,7 @@ def conv_core(
     groups: int,
     transposed: bool,
     adjustable_groups: bool,
+    bias_module: str | None = None,
 ) -> TensorInfo:
     """Channels through ConvNd / ConvTransposeNd (weight ``(out, in/g, *k)`` / ``(in, out/g, *k)``).
 
@@ -65,6 +82,8 @@ def conv_core(
         out_ids = ctx.weight_ids(module, weight, out_dim, "out")
         if in_ids is not None:
             ctx.member(module, weight, in_dim, in_ids, "in")
+        else:
+            _freeze_unread(ctx, module, weight, in_dim, "in", "convolution")
     elif cin == groups:  # depthwise (channel multiplier m)
         m = cout // groups
         if in_ids is None:
@@ -87,6 +106,8 @@ def conv_core(
                 ctx.member(module, weight, 0, in_ids, "in")
             else:
                 ctx.member(module, weight, 1, blocks[0], "in")
+        else:
+            _freeze_unread(ctx, module, weight, 0 if transposed else 1, "in", "grouped convolution")
         if transposed:
             out_ids = np.tile(ctx.weight_ids(module, weight, 1, "out"), groups)
         else:
@@ -95,7 +116,7 @@ def conv_core(
             for g in range(1, groups):
                 ctx.union(blocks[0], blocks[g])
     if bias is not None:
-        ctx.member(module, bias, 0, out_ids, "param")
+        ctx.member(module if bias_module is None else bias_module, bias, 0, out_ids, "param")
     return ctx.tracked(1, out_ids)
 
 
@@ -137,9 +158,10 @@ def _functional_conv(transposed: bool) -> RuleFn:
         if not isinstance(groups, int):
             return None
         adjustable = _owner_is(ctx, w, nn.modules.conv._ConvNd)
-        if b is not None and b.module != w.module:
+        if b is not None and not _same_owner(ctx, w, b):
             return None
-        return conv_core(ctx, x, w.module, w.tensor, b.tensor if b else None, groups, transposed, adjustable)
+        return conv_core(ctx, x, w.module, w.tensor, b.tensor if b else None, groups, transposed, adjustable,
+                         b.module if b else None)
 
     return rule
 
@@ -153,7 +175,8 @@ register_rule(
 )
 
 
-def linear_core(ctx: RuleContext, x: Any, module: str, weight: str, bias: str | None) -> TensorInfo:
+def linear_core(ctx: RuleContext, x: Any, module: str, weight: str, bias: str | None,
+                bias_module: str | None = None) -> TensorInfo:
     """``y = x W^T + b`` over the last dim: rows of W are new channels, columns consume ``x``'s."""
     in_ids = None
     if isinstance(x, TensorInfo):
@@ -161,8 +184,10 @@ def linear_core(ctx: RuleContext, x: Any, module: str, weight: str, bias: str | 
     out_ids = ctx.weight_ids(module, weight, 0, "out")
     if in_ids is not None:
         ctx.member(module, weight, 1, in_ids, "in")
+    else:
+        _freeze_unread(ctx, module, weight, 1, "in", "linear layer")
     if bias is not None:
-        ctx.member(module, bias, 0, out_ids, "param")
+        ctx.member(module if bias_module is None else bias_module, bias, 0, out_ids, "param")
     return ctx.tracked(-1, out_ids)
 
 
@@ -179,9 +204,10 @@ register_rule(nn_modules("Linear"), _linear_module)
 def _functional_linear(ctx: RuleContext) -> Any:
     w = _param_ref(ctx, ctx.arg(1, "weight"))
     b = _param_ref(ctx, ctx.arg(2, "bias"))
-    if w is None or (b is not None and b.module != w.module):
+    if w is None or (b is not None and not _same_owner(ctx, w, b)):
         return None
-    return linear_core(ctx, ctx.arg(0, "input"), w.module, w.tensor, b.tensor if b else None)
+    return linear_core(ctx, ctx.arg(0, "input"), w.module, w.tensor, b.tensor if b else None,
+                       b.module if b else None)
 
 
 register_rule(functional("linear") + aten_ops("linear"), _functional_linear)
@@ -197,6 +223,9 @@ def per_channel_core(
     if ids is None:
         if x.tracked:
             ctx.freeze(x.ids, f"{what} computes statistics over dim {x.cdim}")
+        for t in tensors:
+            if t is not None:
+                _freeze_unread(ctx, module, t, 0, "param", what)
         return ctx.untracked()
     for t in tensors:
         if t is not None:
@@ -329,6 +358,12 @@ def _instancenorm_module(ctx: RuleContext) -> Any:
 
 
 register_rule(nn_modules("InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d"), _instancenorm_module)
+# F.instance_norm(input, running_mean, running_var, weight, bias, ...): per (sample, channel) statistics, so
+# channels are independent; aten's instance_norm takes weight and bias first
+register_rule(functional("instance_norm"),
+              _functional_batchnorm(["running_mean", "running_var", "weight", "bias"]))
+register_rule(torch_fns("instance_norm") + aten_ops("instance_norm"),
+              _functional_batchnorm(["weight", "bias", "running_mean", "running_var"]))
 
 
 def _prelu_core(ctx: RuleContext, x: Any, module: str, tensor: str, n: int) -> Any:

@@ -738,3 +738,60 @@ def _getattr(ctx: RuleContext) -> Any:
 
 register_rule(getattr, _getattr)
 
+
+
+def _setitem(ctx: RuleContext) -> Any:
+    """``x[idx] = v`` (in place; fx records ``operator.setitem``). Written over the whole channel dim,
+    ``v``'s channels (broadcast) are joined with ``x``'s position by position; written into part of the
+    channels (``x[:, 2:6] = v``), or by advanced indexing, both sides are frozen: the kept channels of
+    ``x`` and ``v`` would no longer line up."""
+    x, idx, v = ctx.arg(0), ctx.arg(1), ctx.arg(2)
+    if not isinstance(x, TensorInfo):
+        return None
+    v_tracked = isinstance(v, TensorInfo) and v.tracked
+    if not x.tracked:
+        if v_tracked:
+            ctx.freeze(v, "written in place into a tensor whose channels are not tracked")
+        return None
+    items = list(idx) if isinstance(idx, tuple) else [idx]
+    if any(isinstance(i, TensorInfo | list) for i in items):
+        ctx.freeze(x, "in-place assignment by advanced indexing")
+        ctx.freeze(v if v_tracked else None, "in-place assignment by advanced indexing")
+        return None
+    n_real = sum(1 for i in items if i is not None and i is not Ellipsis)
+    if Ellipsis in items:
+        k = items.index(Ellipsis)
+        items = items[:k] + [slice(None)] * (x.ndim - n_real) + items[k + 1:]
+    items += [slice(None)] * (x.ndim - sum(1 for i in items if i is not None))
+    d, pos, chan_pos, whole = 0, 0, None, True
+    for it in items:
+        if it is None:
+            pos += 1
+            continue
+        if d == x.cdim:
+            if isinstance(it, slice) and _full_slice(it, x.shape[d]):
+                chan_pos = pos
+            else:
+                whole = False
+        if isinstance(it, slice):
+            pos += 1
+        d += 1
+    if not whole:
+        what = "in-place assignment into part of the channels (x[:, a:b] = v)"
+        ctx.freeze(x, what)
+        ctx.freeze(v if v_tracked else None, what)
+        return None
+    if not isinstance(v, TensorInfo):
+        return None  # a number written everywhere: channel by channel
+    vd = chan_pos - (pos - v.ndim)
+    if vd < 0 or v.shape[vd] == 1:  # broadcast over the channels: every channel gets the same values
+        if v_tracked:
+            ctx.freeze(v, BROADCAST.format(n=len(x.ids)))
+        return None
+    if v_tracked and v.cdim != vd:
+        ctx.freeze(v, f"written in place along dim {vd}, not its channel dim {v.cdim}")
+    ctx.bind(v, vd, x.ids)
+    return None
+
+
+register_rule(operator.setitem, _setitem)

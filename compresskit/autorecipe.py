@@ -1,0 +1,322 @@
+"""What each training stage of :func:`compresskit.compress` gets: steps, learning rate and validation.
+
+With a budget (``budget=`` or the default, :data:`compresskit.budget.DEFAULT_BUDGET`):
+
+* **steps** – a step or epoch budget is split ``STAGE1_SHARE : 1 − STAGE1_SHARE`` between stage I and
+  recovery (steps stage I leaves unused, when it stops early, go to recovery). A time budget: stage I
+  gets ``STAGE1_SHARE`` of the steps that fit in the time left (less what the final report, the
+  recovery probe and the validations need), from its measured step time and an estimate of a recovery
+  step (the teacher's forward plus the full step divided by the target ratio); recovery then gets every
+  second left when it starts, divided by its own measured step time. Each stage also ends at its
+  deadline (:class:`~compresskit.budget.Deadline`).
+* **learning rate** – ``lr="auto"`` (the default) runs :func:`~compresskit.train.lr_probe.calibrate_lr`
+  on the stage's own objective: the rate at which the first steps move the weights by the stage's
+  update-to-weight ratio (:data:`~compresskit.train.lr_probe.STAGE1_RATIO`, ``RECOVER_RATIO``).
+* **validation** – on the held-out batches (:func:`~compresskit.train.validation.hold_out`) or the
+  user's ``val_loader``, ``VALIDATIONS`` times per stage (fewer when that would take more than
+  ``VALIDATION_SHARE`` of a time budget's stage); :class:`~compresskit.train.validation.BestWeights`
+  returns the best weights (stage I: the best after its zeroing ramp, when the removed units are zero)
+  and stops a stage after ``PATIENCE`` validations without improvement (recovery: not in its first half).
+
+Without a budget (steps given in the config) only ``lr="auto"`` is resolved; the rest is as configured.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from compresskit._modes import eval_mode
+from compresskit.budget import STAGE1_SHARE, VALIDATION_SHARE, VALIDATIONS, Deadline, Pace, split_steps
+from compresskit.train.batch import to_device
+from compresskit.train.lr_probe import PROBE_STEPS, RECOVER_RATIO, STAGE1_RATIO, calibrate_lr
+from compresskit.train.validation import BestWeights
+
+__all__ = ["StagePlan", "plan_sparsify", "plan_recover", "PATIENCE"]
+
+#: validations without improvement before a stage stops early
+PATIENCE = 5
+#: batches the learning-rate probe trains on
+PROBE_BATCHES = 4
+
+
+@dataclass
+class StagePlan:
+    """Resolved settings of one training stage."""
+
+    steps: int
+    lr: float
+    callbacks: list[Any] = field(default_factory=list)
+    val_loader: Any = None
+    val_every: int | None = None
+    best: BestWeights | None = None
+    deadline: Deadline | None = None
+    pace: Pace | None = None
+    record: dict[str, Any] = field(default_factory=dict)
+
+    def steps_done(self) -> int:
+        stops = [c.stopped_at for c in (self.best, self.deadline, self.pace)
+                 if c is not None and c.stopped_at is not None]
+        return min(stops) if stops else self.steps
+
+
+def _first(loader: Any, n: int) -> list[Any]:
+    return list(itertools.islice(iter(loader), n))
+
+
+def val_batches(state: Any) -> tuple[list[Any], str]:
+    """The batches validation and the probes score on, and what they are."""
+    if state.holdout is not None:
+        return state.holdout.val_batches, "held-out"
+    if state.val_loader is not None:
+        return _first(state.val_loader, 8), "val_loader"
+    return _first(state.train_loader, 2), "training"  # no held-out data: the probe scores training batches
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters(), torch.zeros(())).device
+
+
+def _mean(model: nn.Module, batches: list[Any], fn: Callable[[nn.Module, Any], torch.Tensor]) -> float:
+    with eval_mode(model), torch.no_grad():
+        values = [float(fn(model, b)) for b in batches]
+    return sum(values) / len(values)
+
+
+def _task(state: Any) -> Callable[[nn.Module, Any], torch.Tensor]:
+    def loss(model: nn.Module, batch: Any) -> torch.Tensor:
+        batch = to_device(batch, _device(model))
+        return state.loss_fn(model(*state.inputs_fn(batch)), batch)
+
+    return loss
+
+
+def _ratio(state: Any) -> float:
+    ratio = getattr(state.target, "ratio", None)
+    return float(ratio) if isinstance(ratio, (int, float)) and ratio > 1 else 2.0
+
+
+def _teacher(state: Any) -> nn.Module | None:
+    if state.teacher is not None:
+        return state.teacher
+    return state.model if state.config.recover.teacher == "original" else None
+
+
+def _teacher_seconds(state: Any, teacher: nn.Module | None, batch: Any) -> float:
+    """Seconds of one teacher forward on ``batch`` (0 without a teacher)."""
+    if teacher is None:
+        return 0.0
+    clock = state.budget.clock
+    batch = to_device(batch, _device(teacher))
+    with eval_mode(teacher), torch.no_grad():
+        t = clock()
+        teacher(*state.inputs_fn(batch))
+        return clock() - t
+
+
+def _total_steps(state: Any) -> int:
+    b = state.budget.budget
+    if b.unit == "steps":
+        return int(b.amount)
+    try:
+        per_epoch = len(state.train_loader)
+    except TypeError:
+        raise ValueError(f"budget: {b} needs a train_loader with len(); give a number of steps or a "
+                         "time instead") from None
+    return int(b.amount) * per_epoch
+
+
+def validations(seconds: float, each: float) -> int:
+    """How many validations of ``each`` seconds fit in ``seconds`` (1 to ``VALIDATIONS``)."""
+    if not each > 0:
+        return VALIDATIONS
+    return int(min(VALIDATIONS, max(1, seconds // each)))
+
+
+def plan_sparsify(state: Any) -> StagePlan | None:
+    """Stage I's steps, learning rate and validation (None: nothing to resolve, run the config as is)."""
+    cfg, tracker = state.config.sparsify, state.budget
+    if tracker is None and (cfg.steps == 0 or cfg.lr != "auto"):
+        return None
+    probe_batches = _first(state.train_loader, PROBE_BATCHES)
+    val, val_what = val_batches(state)
+    task = _task(state)
+    record: dict[str, Any] = {}
+    clock = tracker.clock if tracker is not None else None
+    kw = {"clock": clock} if clock is not None else {}
+    lr = cfg.lr
+    sgd = cfg.method == "obproxsg"  # an SGD-type step (no per-weight normalisation): probed with SGD
+    if sgd:
+        kw["optimizer"] = lambda ps, lr: torch.optim.SGD(ps, lr=lr)
+    probe = calibrate_lr(state.work, probe_batches, task, target_ratio=STAGE1_RATIO,
+                         trial_lr=1e-2 if sgd else 1e-3, val_fn=lambda m: _mean(m, val, task),
+                         seed=state.config.seed, **kw)
+    if lr == "auto":
+        lr = probe.lr
+        record["lr_probe"] = {**probe.to_dict(), "scored_on": val_what}
+    record["lr"] = lr
+    if tracker is None:
+        return StagePlan(steps=cfg.steps, lr=lr, record=record)
+    teacher = _teacher(state)
+    deadline = pace = None
+    if tracker.budget.is_time:
+        t1, t_val1 = probe.step_seconds, probe.eval_seconds
+        ratio = _ratio(state)
+        t_teach = _teacher_seconds(state, teacher, probe_batches[0])
+        t2 = t_teach + t1 / ratio
+        reserve = tracker.stage_seconds().get("trace", 0.0)  # plan, shrink and the final report
+        probe2 = PROBE_STEPS * (t1 / ratio) + t_val1 / ratio + PROBE_BATCHES * t_teach
+        avail = tracker.left() - reserve - probe2
+        per = STAGE1_SHARE * t1 + (1 - STAGE1_SHARE) * t2
+        total = (1 - VALIDATION_SHARE) * avail / per
+        steps = max(1, int(STAGE1_SHARE * total))
+        share1 = STAGE1_SHARE * t1 / per  # stage I's part of the training time
+        n_val = validations(VALIDATION_SHARE * avail * share1, t_val1)
+        if total < 2:
+            state.notes.append(f"budget {tracker.budget} is too small: measured {t1:.3g} s per stage-I "
+                               f"step and {t2:.3g} s per recovery step (estimated) leave "
+                               f"{max(avail, 0):.0f} s for training; running one step per stage (give a "
+                               "larger budget)")
+        planned = steps * t1 + (n_val + 1) * t_val1
+        # the real loop's pace shortens the stage if it is slower than the probe's
+        pace = Pace(tracker, tracker.now() + planned, steps,
+                    extra_per_step=t_val1 * (n_val + 1) / max(steps, 1))
+        deadline = Deadline(tracker, tracker.now() + 1.15 * planned)  # recovery absorbs the rest
+        record.update(step_seconds=t1, recover_step_seconds_estimate=t2, teacher_forward_seconds=t_teach,
+                      validation_seconds=t_val1, reserved_for_report_s=reserve, planned_seconds=planned)
+    else:
+        steps, planned2 = split_steps(_total_steps(state))
+        tracker.record["planned_steps"] = [steps, planned2]
+        n_val = VALIDATIONS
+    plan = StagePlan(steps=steps, lr=lr, record=record, deadline=deadline)
+    if deadline is not None:
+        plan.pace = pace
+        plan.callbacks += [pace, deadline]
+    if val_what != "training":
+        plan.val_loader, plan.val_every = val, max(1, steps // n_val)
+        if cfg.method == "progressive":  # its weights are worth keeping once the removed units are zero
+            ramp_end = max(1, round(cfg.ramp * steps))
+            plan.best = BestWeights("val_loss", patience=PATIENCE, after_step=ramp_end)
+            plan.callbacks.append(plan.best)
+        record["validation"] = f"{len(val)} {val_what} batches every {plan.val_every} steps"
+    record["steps"] = steps
+    return plan
+
+
+def keep_record(state: Any, stage: str, record: dict[str, Any]) -> None:
+    """Where the report finds a stage's record: the budget's, or (no budget, only the learning rate
+    resolved) ``state.records["learning_rates"]``."""
+    if state.budget is not None:
+        state.budget.record[stage] = record
+    else:
+        state.records.setdefault("learning_rates", {})[stage] = record
+
+
+def _finish(state: Any, plan: StagePlan, stage: str) -> dict[str, Any]:
+    rec = dict(plan.record)
+    rec["steps_done"] = plan.steps_done()
+    if plan.pace is not None and plan.pace.record:
+        rec["pace"] = plan.pace.record
+    if plan.best is not None:
+        rec["best"] = plan.best.summary(rec["steps_done"])
+    keep_record(state, stage, rec)
+    return rec
+
+
+def finish_sparsify(state: Any, plan: StagePlan) -> dict[str, Any]:
+    """Stage I's record (steps done, learning rate and why, validations, which weights were returned)."""
+    return _finish(state, plan, "sparsify")
+
+
+def plan_recover(state: Any, teacher: nn.Module | None) -> StagePlan | None:
+    """Recovery's steps, learning rate and validation (None: run the config as is)."""
+    rc, tracker = state.config.recover, state.budget
+    if tracker is None and (rc.steps == 0 or rc.lr != "auto"):
+        return None
+    small = state.small
+    probe_batches = _first(state.train_loader, PROBE_BATCHES)
+    val, val_what = val_batches(state)
+    task = _task(state)
+    record: dict[str, Any] = {}
+    kw = {"clock": tracker.clock} if tracker is not None else {}
+    t_teach = 0.0
+    pairs: list[tuple[Any, Any]] = []
+    dev = _device(small)
+    clock = tracker.clock if tracker is not None else None
+    for b in probe_batches:
+        b = to_device(b, dev)
+        if teacher is None:
+            pairs.append((b, None))
+            continue
+        with eval_mode(teacher), torch.no_grad():
+            t = clock() if clock else 0.0
+            out = teacher(*state.inputs_fn(b))
+            t_teach = max(t_teach, clock() - t) if clock else 0.0
+        pairs.append((b, out))
+    from compresskit.distill.registry import get_loss
+
+    distill_fn = get_loss(rc.distill_loss)
+
+    def objective(model: nn.Module, pair: tuple[Any, Any]) -> torch.Tensor:
+        batch, t_out = pair
+        out = model(*state.inputs_fn(batch))
+        if t_out is None:
+            return state.loss_fn(out, batch)
+        return rc.alpha * state.loss_fn(out, batch) + distill_fn(out, t_out)
+
+    lr = rc.lr
+    probe = calibrate_lr(small, pairs, objective, target_ratio=RECOVER_RATIO, trial_lr=1e-3,
+                         val_fn=lambda m: _mean(m, val, task), seed=state.config.seed, **kw)
+    if lr == "auto":
+        lr = probe.lr
+        record["lr_probe"] = {**probe.to_dict(), "scored_on": val_what,
+                              "objective": f"{rc.alpha}·loss(S, batch) + {rc.distill_loss}(S, T)"
+                              if teacher is not None else "loss(S, batch)"}
+    record["lr"] = lr
+    if tracker is None:
+        return StagePlan(steps=rc.steps, lr=lr, record=record)
+    deadline = pace = None
+    if tracker.budget.is_time:
+        # the probe's step with the teacher's forward added; a real step also runs the feature terms:
+        # when that makes it slower, the deadline ends the run in the cosine's tail (lr near 0), harmlessly
+        t2 = probe.step_seconds + t_teach
+        t_val2 = probe.eval_seconds + t_teach * len(val)
+        reserve = tracker.stage_seconds().get("trace", 0.0)
+        end = tracker.deadline - reserve
+        left = end - tracker.now()
+        n_val = validations(VALIDATION_SHARE * left, t_val2)
+        steps = max(1, int((left - (n_val + 1) * t_val2) / t2))
+        deadline = Deadline(tracker, end)
+        pace = Pace(tracker, end, steps, extra_per_step=t_val2 * (n_val + 1) / max(steps, 1))
+        record.update(step_seconds=t2, teacher_forward_seconds=t_teach, validation_seconds=t_val2,
+                      reserved_for_report_s=reserve)
+    else:
+        planned = tracker.record.get("planned_steps") or list(split_steps(_total_steps(state)))
+        first = tracker.record.get("sparsify", {})
+        unused = max(0, planned[0] - first.get("steps_done", planned[0]))
+        steps = planned[1] + unused
+        n_val = VALIDATIONS
+        if unused:
+            record["from_stage_I"] = unused  # stage I stopped early: its steps go to recovery
+    plan = StagePlan(steps=steps, lr=lr, record=record, deadline=deadline)
+    if deadline is not None:
+        plan.pace = pace
+        plan.callbacks += [pace, deadline]
+    if val_what != "training":
+        plan.val_loader, plan.val_every = val, max(1, steps // n_val)
+        # a cosine's low-lr end often gains most: no early stop in the first half
+        plan.best = BestWeights("task_loss", patience=PATIENCE, stop_from=steps // 2)
+        plan.callbacks.append(plan.best)
+        record["validation"] = f"{len(val)} {val_what} batches every {plan.val_every} steps"
+    record["steps"] = steps
+    return plan
+
+
+def finish_recover(state: Any, plan: StagePlan) -> dict[str, Any]:
+    """Recovery's record, as :func:`finish_sparsify`."""
+    return _finish(state, plan, "recover")
