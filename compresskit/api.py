@@ -311,6 +311,14 @@ def compress(
             tracker.record["holdout"] = ("none: the train_loader cannot be split deterministically (a custom "
                                          "sampler, an iterable dataset, or under two batches); pass "
                                          "val_loader= to validate and keep the best weights")
+    if metrics and val_loader is None and held is None:
+        why = ("this run holds nothing out: the train_loader cannot be split deterministically"
+               if tracker is not None and config.holdout > 0 else
+               "only a run with a budget holds part of the training batches out (config.holdout)")
+        raise ValueError(f"metrics: {sorted(metrics)} need batches to evaluate on, but there is no "
+                         f"val_loader and {why}. Pass val_loader= (batches the model never trains on), "
+                         "or a budget= (a fraction config.holdout of the training batches is then held "
+                         "out and the metrics evaluated there), or leave metrics out")
     from compresskit.checks import check_integer_inputs
 
     check_integer_inputs(model, r.example_inputs)  # uint8 frames into float convs: say how to convert
@@ -502,6 +510,12 @@ def _finish(state: Any, r: _Resolved, name: str, out_dir: Path | None) -> Compre
     widths = _widths(state)
     changed = {k: v for k, v in widths.items() if v[0] != v[1]}
     notes = list(state.notes)
+    if state.val_loader is None and state.holdout is not None and state.metrics:
+        used = len(state.holdout.val_batches)
+        if state.config.eval_batches is not None:
+            used = min(used, state.config.eval_batches)
+        notes.append(f"metrics on {used} held-out batches "
+                     f"({state.holdout.describe()}; no val_loader was given)")
     summary = _target_summary(state, after, final if stage in ("shrunk", "compressed") else None)
     note = _latency_note(state, after) if stage in ("shrunk", "compressed") else None
     if note:

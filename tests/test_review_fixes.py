@@ -45,7 +45,8 @@ def test_dict_inputs_compress_into_out_dir_saves_model_and_report(tmp_path):
     assert (tmp_path / "report.json").is_file() and (tmp_path / "compressed.pt").is_file()
     assert json.loads((tmp_path / "report.json").read_text())["example_input_shapes"] == [{"x": [2, 3, 8, 8]}]
     x = {"x": torch.rand(2, 3, 8, 8)}
-    loaded = ck.load(tmp_path / "compressed.pt", trusted=True)
+    assert not any("pickled module" in n for n in result.report.notes)
+    loaded = ck.load(tmp_path / "compressed.pt")  # an exported program: no unpickling
     torch.testing.assert_close(loaded.eval()(x), result.model.eval()(x))
     # the default example inputs are rebuilt as the dict the model takes
     (example,) = ck.api.example_inputs_of(result)
@@ -177,3 +178,43 @@ def test_drop_unused_keeps_a_training_only_block():
     assert any(n.startswith("aux.") for n in names) and not any(n.startswith("spare.") for n in names)
     assert any("spare" in n and "removed (drop_unused=True)" in n for n in result.report.notes)
     result.model.train()(data[0][0])  # the training path still runs
+
+
+# ------------------------------------------------------------------------- metrics without val_loader
+def _mse(out, batch):
+    return float(((out - batch[-1]) ** 2).mean())
+
+
+def _net_and_batches(n: int):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 3, padding=1))
+    g = torch.Generator().manual_seed(0)
+    return net, [(torch.rand(2, 3, 8, 8, generator=g), torch.rand(2, 3, 8, 8, generator=g)) for _ in range(n)]
+
+
+def test_metrics_without_val_loader_are_evaluated_on_the_held_out_batches():
+    net, data = _net_and_batches(10)
+    with torch.no_grad():  # holdout 0.1 of 10 batches: k = 1, index ⌊0.5·10/1⌋ = 5, by hand
+        want = _mse(net.eval()(data[5][0]), data[5])
+    cfg = ck.CompressConfig(measure_latency=False, progress=False)
+    result = ck.compress(net, data, metrics={"mse": _mse}, budget="20 steps", target="2x params", config=cfg)
+    before, after = result.report.before.metrics, result.report.after.metrics
+    assert before["mse"] == pytest.approx(want, rel=1e-5)
+    with torch.no_grad():
+        assert after["mse"] == pytest.approx(_mse(result.model.eval()(data[5][0]), data[5]), rel=1e-5)
+    assert any(n.startswith("metrics on 1 held-out batches") for n in result.report.notes)
+
+
+def test_metrics_with_nothing_to_evaluate_on_are_refused_before_any_work():
+    net, data = _net_and_batches(4)
+    calls = []
+
+    def loss(out, batch):
+        calls.append(1)
+        return ((out - batch[-1]) ** 2).mean()
+
+    cfg = ck.CompressConfig(sparsify={"steps": 2}, recover={"steps": 1}, measure_latency=False,
+                            progress=False)
+    with pytest.raises(ValueError, match=r"metrics: \['mse'\] need batches.*no val_loader.*val_loader="):
+        ck.compress(net, data, loss, metrics={"mse": _mse}, target="2x params", config=cfg)
+    assert calls == []
