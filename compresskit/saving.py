@@ -370,8 +370,8 @@ def _build_input(shape: Any, dtype_name: Any, make: Any, where: str, depth: int 
     if isinstance(dtype_name, list | tuple) and isinstance(shape, list | tuple) \
             and len(shape) == len(dtype_name):
         return [_build_input(s, d, make, where, depth + 1) for s, d in zip(shape, dtype_name)]
-    raise ValueError(f"{where}: input dtype {dtype_name!r} with shape {shape!r} is neither a torch dtype "
-                     "name (expected e.g. 'float32', 'int64') nor a dict or list of them matching the shape")
+    raise ValueError(f"{where}: input dtype {dtype_name!r} (shape {shape!r}) is not a torch dtype name "
+                     "(expected e.g. 'float32', 'int64') nor a dict or list of them matching the shape")
 
 
 def _dtype(name: Any, where: str) -> torch.dtype:

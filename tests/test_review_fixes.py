@@ -62,7 +62,7 @@ def test_example_input_rebuilds_nested_structures():
     assert got["x"].dtype == torch.float64 and got["x"].shape == (2, 3)
     assert [t.dtype for t in got["ids"]] == [torch.int64, torch.int32] and got["ids"][1].shape == (5,)
     assert _doubled({"x": [1, 3, 4, 5], "m": [[2, 7]]}) == {"x": [1, 3, 8, 10], "m": [[2, 7]]}
-    with pytest.raises(ValueError, match="neither a torch dtype name"):
+    with pytest.raises(ValueError, match="not a torch dtype name"):
         _example_input({"x": [2]}, {"y": "float32"}, torch.float32, gen)
 
 
