@@ -218,3 +218,14 @@ def test_metrics_with_nothing_to_evaluate_on_are_refused_before_any_work():
     with pytest.raises(ValueError, match=r"metrics: \['mse'\] need batches.*no val_loader.*val_loader="):
         ck.compress(net, data, loss, metrics={"mse": _mse}, target="2x params", config=cfg)
     assert calls == []
+
+
+def test_export_of_a_dict_input_model_says_what_to_do(tmp_path):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    result = ck.compress(DictNet(), _dict_batches(), target="2x params", inputs_fn=lambda b: (b[0],),
+                         config=_cfg())
+    with pytest.raises(TypeError, match="example_inputs: ONNX export takes tensor inputs.*dict.*wrapper"):
+        result.export(tmp_path / "m.onnx")  # default inputs: rebuilt as the dict the model takes
+    assert not (tmp_path / "m.onnx").exists()
