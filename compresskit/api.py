@@ -238,7 +238,8 @@ def compress(
     4. **shrink** into a smaller dense model keeping the most important units (``config.shrink``);
     5. **recover** the quality by distilling from ``teacher`` (default: the original model, frozen) or
        fine-tuning (``config.recover``);
-    6. **report** target vs achieved, parameters, MACs, latency and ``metrics`` on ``val_loader``.
+    6. **report** target vs achieved, parameters, MACs, latency and ``metrics`` on ``val_loader`` (without
+       one: on the training batches a budget run holds out; with neither, ``metrics`` is a ValueError).
 
     ``budget``: what the run may spend, ``"30min"``, ``"2h"``, ``"2000 steps"`` or ``"3 epochs"``
     (or ``config.budget``); without one, and without steps in ``config.sparsify``/``config.recover``,
