@@ -567,6 +567,12 @@ def _settings_note(cfg: MiniRecipeConfig, info: Mapping[str, Any]) -> str:
 def run(cfg: MiniRecipeConfig, console: Console | None = None,
         stop_after: Literal["sparsify", "plan", "distill", "evaluate"] = "evaluate") -> dict:
     """Run (or resume) the whole recipe; returns ``{"plan", "evaluation"}``."""
+    with common.run_lock(cfg):  # one live run per out_dir
+        return _run(cfg, console, stop_after)
+
+
+def _run(cfg: MiniRecipeConfig, console: Console | None,
+         stop_after: Literal["sparsify", "plan", "distill", "evaluate"]) -> dict:
     console = common.start_run(cfg, console)
     state = RecipeState(cfg, console, StageStore(cfg.out_dir), _train_set(cfg))
     if int(os.environ.get("RANK", "0")) != 0 and stop_after == "evaluate":
