@@ -193,15 +193,17 @@ def _benchmark():
     return module
 
 
-def test_distilled_student_beats_ground_truth_training():
-    """benchmarks/distill_vs_gt.py cut down (teacher trained 150 steps instead of 600, 2 seeds instead of
-    10): the distilled students' mean test PSNR beats that of the same students trained on the (noisy)
-    ground truth for the same 200 steps."""
+def test_distilled_student_beats_ground_truth_training(tmp_path):
+    """benchmarks/distill_vs_gt.py cut down (teacher 16 wide instead of 32 and trained 150 steps instead of
+    600, its outputs cached once as the benchmark does, 2 seeds instead of 10): the distilled students'
+    mean test PSNR beats that of the same students trained on the (noisy) ground truth for the same 200
+    steps (measured: teacher 28.6 dB, ground truth 23.98/24.96, distilled 24.70/25.24)."""
     pytest.importorskip("skimage")
     bench = _benchmark()
     train_set, test_set = bench.make_task()
-    teacher = bench.train_teacher(train_set, steps=150)
-    rows = [bench.compare(seed, teacher, train_set, test_set, steps=200) for seed in range(2)]
+    teacher = bench.train_teacher(train_set, steps=150, width=16)
+    rows = [bench.compare(seed, teacher, train_set, test_set, steps=200, cache_dir=tmp_path / str(seed))
+            for seed in range(2)]
     gt, kd = [r[0] for r in rows], [r[1] for r in rows]
     assert bench.psnr(teacher, test_set) > max(gt)  # the teacher knows more than the students
     assert statistics.mean(kd) > statistics.mean(gt)

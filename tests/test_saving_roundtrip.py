@@ -66,18 +66,42 @@ _LOAD_ALL = textwrap.dedent(
 )
 
 
+#: the models in groups, one test (and one fresh process) per group: each stays short, and pytest -n 2 runs
+#: them side by side; test_the_groups_hold_every_model_once checks that together they are every model
+_ZOO_GROUPS = 4
+GROUPS: dict[str, list[str]] = {
+    **{f"zoo{i}": [f"zoo_{n}" for n in list(ZOO)[i::_ZOO_GROUPS]] for i in range(_ZOO_GROUPS)},
+    "vfi_like": [f"vfi_{n}" for n in VFI_LIKE],
+}
+
+
+def _entries() -> dict[str, tuple]:
+    """name -> (() -> (model, example inputs), other inputs the loaded model must also take, or None)."""
+    entries = {f"zoo_{n}": (lambda n=n: build(n), None) for n in ZOO}
+    for n, (factory, example, other) in VFI_LIKE.items():
+        entries[f"vfi_{n}"] = ((lambda f=factory, e=example: (_seeded(f).eval(), e())), other)
+    return entries
+
+
+def test_the_groups_hold_every_model_once() -> None:
+    grouped = [n for names in GROUPS.values() for n in names]
+    assert len(grouped) == len(set(grouped)) == len(ZOO) + len(VFI_LIKE)
+    assert set(grouped) == set(_entries())
+
+
 @pytest.mark.slow
-def test_every_zoo_model_and_float_resizing_nets_reload_in_a_fresh_process(tmp_path: Path) -> None:
+@pytest.mark.parametrize("group", list(GROUPS))
+def test_every_zoo_model_and_float_resizing_nets_reload_in_a_fresh_process(group: str,
+                                                                           tmp_path: Path) -> None:
     torch.set_num_threads(1)
     names, fixed_notes = [], {}
     from compresskit import registry
 
+    all_entries = _entries()
     with registry.MODELS.snapshot(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ck.register_model("roundtrip_numpy_forward")(NumpyForwardNet)
-        entries = {f"zoo_{n}": (lambda n=n: build(n), None) for n in ZOO}
-        for n, (factory, example, other) in VFI_LIKE.items():
-            entries[f"vfi_{n}"] = ((lambda f=factory, e=example: (_seeded(f).eval(), e())), other)
+        entries = {name: all_entries[name] for name in GROUPS[group]}
         for name, (make, other) in entries.items():
             model, inputs = make()
             result = _result(model, inputs)
@@ -104,10 +128,12 @@ def test_every_zoo_model_and_float_resizing_nets_reload_in_a_fresh_process(tmp_p
                        cwd=ROOT, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     got = json.loads(r.stdout.strip().splitlines()[-1])
-    assert set(got) == set(names) and len(names) == len(ZOO) + len(VFI_LIKE)
+    assert set(got) == set(names) == set(GROUPS[group]) and names
     failed = {n: v for n, v in got.items() if "error" in v or v["training"]
               or not isinstance(v["diffs"][0], float) or v["diffs"][0] > 1e-4}
     assert not failed, failed  # every file loads and reproduces the outputs on the example inputs
+    if group != "vfi_like":
+        return
     other = {n: got[f"vfi_{n}"]["diffs"][1] for n in VFI_LIKE}  # inputs of other sizes than the example's
     refused = {n: d for n, d in other.items() if not isinstance(d, float)}
     assert all(d <= 1e-4 for d in other.values() if isinstance(d, float)), other
