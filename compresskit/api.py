@@ -70,6 +70,29 @@ class CompressResult:
         return save_result(self, path, model_name=model_name, model_kwargs=model_kwargs,
                            allow_pickle=allow_pickle)
 
+    def export(self, path: str | os.PathLike, example_inputs: Any = None, **kw: Any) -> Any:
+        """Write the small model as an ONNX file (``path`` ends in ``.onnx``), dynamic in batch and spatial
+        sizes where the model allows, checked in ONNX Runtime against PyTorch on the example inputs and
+        on a second size (``compresskit.deploy.onnx.export_onnx``; ``kw``: ``rtol``, ``atol``,
+        ``dynamic``). ``example_inputs``: default, random inputs of the shapes ``compress`` recorded.
+        Needs ``pip install 'compresskit[onnx]'``. Returns the check's record (``.summary()``)."""
+        from compresskit.deploy.onnx import export_onnx
+
+        if example_inputs is None:
+            example_inputs = example_inputs_of(self)
+        return export_onnx(self.model, example_inputs, path, **kw)
+
+
+def example_inputs_of(result: CompressResult) -> tuple:
+    """Inputs of the shapes and dtypes ``compress`` recorded: uniform [0, 1) floats, zero integers."""
+    from compresskit.saving import _example_input, _input_specs
+
+    param = next((p for p in result.model.parameters() if p.is_floating_point()), None)
+    dtype = param.dtype if param is not None else torch.float32
+    device = param.device if param is not None else torch.device("cpu")
+    gen = torch.Generator().manual_seed(0)
+    return tuple(_example_input(s, d, dtype, gen).to(device) for s, d in _input_specs(result))
+
 
 def load(path: str | os.PathLike, *, trusted: bool = False) -> nn.Module:
     """Rebuild the small model saved by :meth:`CompressResult.save`; its outputs equal the saved model's.
@@ -288,11 +311,9 @@ def compress(
             tracker.record["holdout"] = ("none: the train_loader cannot be split deterministically (a custom "
                                          "sampler, an iterable dataset, or under two batches); pass "
                                          "val_loader= to validate and keep the best weights")
-    from compresskit.checks import check_integer_inputs, check_loss
+    from compresskit.checks import check_integer_inputs
 
     check_integer_inputs(model, r.example_inputs)  # uint8 frames into float convs: say how to convert
-    check_loss(model, r.loss_fn, r.inputs_fn, to_device(next(iter(train_loader)), _device_of(model)),
-               r.loss_how)  # a loss of the wrong signature fails now, not inside a stage
     if val_loader is not None and not metrics:
         metrics = {"loss": r.loss_fn}
     out_dir = Path(config.out_dir) if config.out_dir is not None else None
@@ -398,10 +419,36 @@ def _latency_note(state: Any, after: ModelStats) -> str | None:
         macs = state.costs["macs"]
         share, what = macs.fixed() / max(macs.full(), 1e-300), "of the MACs"
     bound = f", which alone caps the speed-up at {1 / share:.2g}x" if share > 0.02 else ""
-    return (f"latency fell {lat_gain:.2f}x while MACs fell {mac_gain:.2f}x: {share:.0%} {what} is in layers "
-            f"the plan could not touch (frozen channel groups, ops without prunable channels){bound}; "
-            "element-wise, memory-bound and custom ops take time but count no MACs, and small layers are "
-            "bound by per-op overhead rather than arithmetic (a '2x latency' target plans on measured time).")
+    head = (f"latency fell {lat_gain:.2f}x while MACs fell {mac_gain:.2f}x: {share:.0%} {what} is in layers "
+            f"the plan could not touch (frozen channel groups, ops without prunable channels){bound}; ")
+    measured = _op_time_note(state, after, mac_gain)
+    if measured:
+        return head + measured + " (a '2x latency' target plans on measured time)."
+    return (head + "element-wise, memory-bound and custom ops take time but count no MACs, and small layers "
+            "are bound by per-op overhead rather than arithmetic (a '2x latency' target plans on measured "
+            "time).")
+
+
+def _op_time_note(state: Any, after: ModelStats, mac_gain: float) -> str | None:
+    """Time per op kind of the original and the compressed model, profiled in the eager layout the report
+    measured (``compresskit.deploy.profile``), kept in ``state.records["op_times"]``; None when the state
+    has no models to profile or profiling fails."""
+    model, final = getattr(state, "model", None), getattr(state, "final", None)
+    inputs = getattr(state, "example_inputs", None)
+    if not isinstance(model, nn.Module) or not isinstance(final, nn.Module) or inputs is None:
+        return None
+    from compresskit.deploy.profile import kept_time_note, time_by_op_kind
+
+    layout = after.latency_runtime if after.latency_runtime in ("eager", "channels_last") else "eager"
+    try:
+        before_t, after_t = time_by_op_kind(model, inputs, layout), time_by_op_kind(final, inputs, layout)
+    except Exception:  # a profile is a diagnosis: never fail the run for it
+        return None
+    state.records["op_times"] = {"before": before_t.to_dict(), "after": after_t.to_dict()}
+    text = kept_time_note(before_t, after_t, mac_gain)
+    if after.latency_runtime not in (None, "eager", "channels_last"):
+        text += f" (profiled in eager {layout}; {after.latency_runtime} is timed whole)"
+    return text
 
 
 def _save_into(result: CompressResult, path: Path) -> None:
@@ -477,7 +524,7 @@ def _finish(state: Any, r: _Resolved, name: str, out_dir: Path | None) -> Compre
         stages=state.timings, config=state.config.model_dump(mode="json"),
         example_input_shapes=[_shape_of(t) for t in r.example_inputs], notes=notes, target=summary,
         calibration=state.records.get("sparsify", {}), planning=state.records.get("plan", {}),
-        budget=budget)
+        budget=budget, op_times=state.records.get("op_times", {}))
     rebuild = None
     if r.registered is not None:
         # every group's width: a loaded model compressed again is rebuilt from the full-size one
@@ -545,7 +592,3 @@ def _claim_out_dir(out_dir: Path, config: CompressConfig, goal: Any) -> Any:
             "its results (compressed.pt, report.json) would be replaced. Use another out_dir, or "
             "resume=False (config.resume) to start afresh in this one")
     return lock
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    return next(model.parameters(), torch.zeros(())).device

@@ -258,6 +258,7 @@ def plan_recover(state: Any, teacher: nn.Module | None) -> StagePlan | None:
             out = teacher(*state.inputs_fn(b))
             t_teach = max(t_teach, clock() - t) if clock else 0.0
         pairs.append((b, out))
+    from compresskit.distill.leaves import leafwise
     from compresskit.distill.registry import get_loss
 
     distill_fn = get_loss(rc.distill_loss)
@@ -267,7 +268,7 @@ def plan_recover(state: Any, teacher: nn.Module | None) -> StagePlan | None:
         out = model(*state.inputs_fn(batch))
         if t_out is None:
             return state.loss_fn(out, batch)
-        return rc.alpha * state.loss_fn(out, batch) + distill_fn(out, t_out)
+        return rc.alpha * state.loss_fn(out, batch) + leafwise(distill_fn, out, t_out)  # nested outputs too
 
     lr = rc.lr
     probe = calibrate_lr(small, pairs, objective, target_ratio=RECOVER_RATIO, trial_lr=1e-3,

@@ -281,6 +281,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from compresskit.deploy.files import export_saved
+
+    result = export_saved(args.run, args.out, trusted=args.trusted, rtol=args.rtol, atol=args.atol,
+                          dynamic=not args.static)
+    print(result.summary())
+    for note in result.notes:
+        print(f"note: {note}")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------- parser
 _JOB_EXAMPLE = """\
 job file (YAML or JSON; 'module:function' entries run Python code, so they need --trusted):
@@ -361,6 +372,26 @@ def build_parser() -> argparse.ArgumentParser:
                               "  compresskit report runs/net")
     p.add_argument("report", help="report.json, or the output folder holding it")
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("export", formatter_class=fmt,
+                       help="write the compressed model as a checked ONNX file",
+                       description="Export the model of a run (or a file written by CompressResult.save) to "
+                                   "ONNX with dynamic batch and spatial sizes where the model allows, and "
+                                   "check it in ONNX Runtime against PyTorch on the example inputs and on a "
+                                   "second size; no file is written unless it matches. Needs "
+                                   "pip install 'compresskit[onnx]'.",
+                       epilog="examples:\n  compresskit export runs/net --onnx\n"
+                              "  compresskit export runs/net/compressed.pt --onnx --out small.onnx")
+    p.add_argument("run", metavar="RUN_DIR", help="output folder of compress, or the model file itself")
+    p.add_argument("--onnx", action="store_true", help="write ONNX (the one format; the default)")
+    p.add_argument("--out", help="the .onnx file to write (default: beside the model file)")
+    p.add_argument("--rtol", type=float, default=1e-3,
+                   help="relative tolerance of the check (of max|output|)")
+    p.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance of the check")
+    p.add_argument("--static", action="store_true", help="fix every size to the example inputs'")
+    p.add_argument("--trusted", action="store_true",
+                   help="unpickle a file that needs it (only files you trust)")
+    p.set_defaults(func=_cmd_export)
     return parser
 
 

@@ -376,6 +376,11 @@ class CompressConfig(Config):
         None, ge=1, description="validation batches used for metrics before/after (None: all)")
     measure_latency: bool = Field(True, description="measure latency before and after")
     latency_repeats: int = Field(10, ge=1, description="timed forward passes per latency measurement")
+    latency_runtimes: str | list[str] = Field(
+        "auto", description="where latency is measured: 'auto' (eager NCHW, eager channels-last, and ONNX "
+        "Runtime when the [onnx] extra is installed) or a list of 'eager', 'channels_last', "
+        "'onnxruntime'; the report uses each model's fastest and shows the others "
+        "(compresskit.deploy.runtime)")
     progress: bool = Field(True, description="show progress and the report")
     budget: str | None = Field(
         None, description="what the run may spend: '30min', '2h', '2000 steps', '3 epochs' (None: "

@@ -219,6 +219,10 @@ class ModelStats:
     macs: int
     latency_ms: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    #: the runtime ``latency_ms`` was measured in (``compresskit.deploy.runtime``: the fastest, or the
+    #: one a latency target planned on) and the median ms in every runtime measured
+    latency_runtime: str | None = None
+    latency_by_runtime: dict[str, float] = field(default_factory=dict)
 
 
 def model_stats(model: nn.Module, example_inputs: Any, latency: bool = True, repeats: int = 10) -> ModelStats:
@@ -268,6 +272,9 @@ class CompressReport:
     #: the budget and how it was spent: seconds per stage, steps and learning rate each stage got (and
     #: why), the held-out split and which weights were returned (compresskit.budget, compresskit.autorecipe)
     budget: dict[str, Any] = field(default_factory=dict)
+    #: when latency lagged the MACs: ms per op kind and per top-level op, before and after
+    #: (``compresskit.deploy.profile``)
+    op_times: dict[str, Any] = field(default_factory=dict)
 
     # ---- derived numbers
     @property
@@ -376,6 +383,15 @@ def _ratio(a: float | None, b: float | None) -> str:
     return f"{b / a:.3f}×"
 
 
+def _runtime_label(before: ModelStats, after: ModelStats | None) -> str:
+    """``, channels_last`` or ``, eager → channels_last``: the runtime(s) the latency row used."""
+    b = before.latency_runtime
+    a = after.latency_runtime if after is not None else None
+    if b is None and a is None:
+        return ""
+    return f", {b}" if a in (None, b) else f", {b} → {a}"
+
+
 def print_report(report: CompressReport | Mapping[str, Any], console: Any = None) -> None:
     """Pretty-print a report (object or its JSON dict) as rich tables."""
     from rich.console import Console
@@ -397,8 +413,12 @@ def print_report(report: CompressReport | Mapping[str, Any], console: Any = None
                     _ratio(b.macs, after and after.macs))
     if b.latency_ms is not None:
         a_lat = after.latency_ms if after else None
-        summary.add_row("latency (ms)", f"{b.latency_ms:.2f}", "-" if a_lat is None else f"{a_lat:.2f}",
-                        _ratio(b.latency_ms, a_lat))
+        summary.add_row(f"latency (ms{_runtime_label(b, after)})", f"{b.latency_ms:.2f}",
+                        "-" if a_lat is None else f"{a_lat:.2f}", _ratio(b.latency_ms, a_lat))
+        for name, ms in b.latency_by_runtime.items():  # the other runtimes, one row each
+            a_ms = after.latency_by_runtime.get(name) if after else None
+            summary.add_row(f"  {name} (ms)", f"{ms:.2f}", "-" if a_ms is None else f"{a_ms:.2f}",
+                            _ratio(ms, a_ms))
     for name, value in b.metrics.items():
         a_val = after.metrics.get(name) if after else None
         delta = "-" if a_val is None else f"{a_val - value:+.4g}"

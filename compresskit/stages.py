@@ -32,7 +32,6 @@ from compresskit.report import (
     count_params,
     evaluate,
     frozen_group_notes,
-    measure_latency,
 )
 from compresskit.target import Target
 
@@ -98,12 +97,19 @@ class State:
     densities: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    latency_runtime: str | None = None  # a latency target's runtime (compresskit.deploy.runtime)
 
     def stats(self, m: nn.Module) -> ModelStats:
         cfg = self.config
-        lat = (measure_latency(m, self.example_inputs, repeats=cfg.latency_repeats)["median_ms"]
-               if cfg.measure_latency else None)
-        s = ModelStats(count_params(m), count_macs(m, self.example_inputs), lat)
+        s = ModelStats(count_params(m), count_macs(m, self.example_inputs))
+        if cfg.measure_latency:  # every runtime; the fastest (or the latency target's) is latency_ms
+            from compresskit.deploy.runtime import measure_runtimes
+
+            times = measure_runtimes(m, self.example_inputs, cfg.latency_runtimes,
+                                     repeats=cfg.latency_repeats)
+            s.latency_by_runtime = times.ms
+            s.latency_runtime = self.latency_runtime if self.latency_runtime in times.ms else times.best
+            s.latency_ms = times.ms.get(s.latency_runtime) if s.latency_runtime else None
         if self.val_loader is not None and self.metrics:
             s.metrics = evaluate(m, self.val_loader, self.metrics, self.inputs_fn, cfg.eval_batches)
         return s
@@ -160,13 +166,29 @@ class TraceStage(Stage):
         for metric in state.target.metrics:
             if metric not in state.costs:
                 cache = state.config.out_dir / metric if state.config.out_dir is not None else None
+                kw = {}
+                if metric == "latency":  # plan on the eager layout that runs the original fastest
+                    state.latency_runtime = _fastest_layout(state)
+                    if state.latency_runtime != "eager":
+                        kw["layout"] = state.latency_runtime
                 state.costs[metric] = cost_model(metric, state.work, state.graph, state.example_inputs,
-                                                 cache_dir=cache)
+                                                 cache_dir=cache, **kw)
         state.cost = state.costs[state.target.metric]
         state.before = state.stats(state.work if state.dropped else state.model)
         if state.config.plan.rule == "target" or _needs_target_plan(state):
             _check_reachable(state)
         return None
+
+
+def _fastest_layout(state: State) -> str:
+    """The eager layout (``"eager"`` NCHW or ``"channels_last"``) that runs the original fastest: the
+    runtime a latency target's table, verification and report are measured in."""
+    from compresskit.deploy.runtime import available_runtimes, measure_runtimes
+
+    times = measure_runtimes(state.work, state.example_inputs,
+                             available_runtimes(state.example_inputs, onnx=False),
+                             repeats=state.config.plan.latency_repeats)
+    return times.best or "eager"
 
 
 def _unused_notes(state: State) -> list[str]:
@@ -188,19 +210,22 @@ def _unused_notes(state: State) -> list[str]:
 
 
 def _check_second_batch(state: State) -> None:
-    """The traced graph must agree with eager execution on the loader's second batch (data-dependent
-    control flow would make the channel graph wrong for other inputs): ValueError before any training."""
-    from compresskit.checks import check_trace_matches_eager
+    """Before any training: ``loss_fn(output, batch)`` runs on the first batch (a loss of the wrong
+    signature fails here, naming loss_fn), and the traced graph agrees with eager execution on the loader's
+    second batch (data-dependent control flow would make the channel graph wrong for other inputs).
+    The loader is iterated once for both, as before the loss check existed (its shuffling RNG included)."""
+    from compresskit.checks import check_loss, check_trace_matches_eager
     from compresskit.train.batch import to_device
 
-    it = iter(state.train_loader)
-    try:
-        next(it)
-        batch = next(it)
-    except StopIteration:  # one batch: nothing else to compare with
-        return
     tensors = [x for x in state.example_inputs if isinstance(x, torch.Tensor)]
     device = tensors[0].device if tensors else torch.device("cpu")
+    it = iter(state.train_loader)
+    check_loss(state.work, state.loss_fn, state.inputs_fn, to_device(next(it), device), state.loss_how)
+    batch = next(it, None)
+    if batch is None and state.holdout is not None and state.holdout.val_batches:
+        batch = state.holdout.val_batches[0]  # the split left one training batch: check on a held-out one
+    if batch is None:  # one batch in all: nothing else to compare with
+        return
     inputs = tuple(to_device(tuple(state.inputs_fn(batch)), device))
     check_trace_matches_eager(state.work, state.graph, inputs)
 
@@ -531,8 +556,10 @@ def _measure(state: State, model: nn.Module, metric: str | None = None) -> float
     """The registered measurement of ``metric`` (default: the target's first) on ``model``."""
     from compresskit.shrink.metric import get_metric
 
-    return float(get_metric(metric or state.target.metric).measure(
-        model, state.example_inputs, repeats=state.config.plan.latency_repeats))
+    metric = metric or state.target.metric
+    layout = {"layout": state.latency_runtime} if metric == "latency" and state.latency_runtime else {}
+    return float(get_metric(metric).measure(
+        model, state.example_inputs, repeats=state.config.plan.latency_repeats, **layout))
 
 
 def _target_plan(state: State) -> tuple[Any, dict[str, Any]]:
@@ -605,7 +632,8 @@ def _target_plan(state: State) -> tuple[Any, dict[str, Any]]:
     first = metrics[0]
     record = {"rule": "target", "target": str(target), "full": full_measured[first], "goal": goal[first],
               "predicted": plan.predicted, "verification": attempts, "round_to": kw["round_to"],
-              "min_width": cfg.min_width, "importance": _importance_name(state)}
+              "min_width": cfg.min_width, "importance": _importance_name(state),
+              "runtime": state.latency_runtime if "latency" in metrics else None}
     if len(metrics) > 1:
         record["terms"] = [{"target": str(t), "metric": t.metric, "full": full_measured[t.metric],
                             "goal": goal[t.metric]} for t in target.terms]

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 from vfi_like import VFI_LIKE
-from zoo import ZOO, NumpyForwardNet, build
+from zoo import ZOO, ItemBranchNet, NumpyForwardNet, build
 
 import compresskit as ck
 from compresskit.api import CompressResult
@@ -38,9 +38,11 @@ def _result(model: nn.Module, inputs: tuple, keep_fraction: float = 0.5) -> tupl
     return CompressResult(small, None, report, None, dtypes), keep
 
 
-#: models torch.export cannot describe (numpy in forward): save() refuses them without a recipe
-#: (SaveError naming model_name=) and saves them with their registered recipe
-_NEEDS_RECIPE = {"zoo_numpy_forward": ("roundtrip_numpy_forward", NumpyForwardNet)}
+#: zoo models torch.export cannot capture (numpy inside forward; a Python branch on ``.item()``): save
+#: refuses them naming the fix (SaveError naming model_name=), and they are saved with a registered rebuild
+#: recipe instead
+_NEEDS_RECIPE = {"zoo_numpy_forward": ("roundtrip_numpy_forward", NumpyForwardNet),
+                 "zoo_item_branch": ("roundtrip_item_branch", ItemBranchNet)}
 
 _LOAD_ALL = "RECIPES = %r\n" % [(n, c.__name__) for n, c in _NEEDS_RECIPE.values()] + textwrap.dedent(
     """
@@ -76,10 +78,10 @@ _LOAD_ALL = "RECIPES = %r\n" % [(n, c.__name__) for n, c in _NEEDS_RECIPE.values
 #: the models in groups, one test (and one fresh process) per group: each stays short, and pytest -n 2 runs
 #: them side by side; test_the_groups_hold_every_model_once checks that together they are every model
 _ZOO_GROUPS = 5
-#: zoo models (issue 24, item 12) whose save fails on main when this split was made: item_branch (export
-#: cannot guard on ``.item() > 2.0``: SaveError) and shape_cache (export leaves a FakeTensor in the
-#: module-level grid cache; the eager model then fails with DataDependentOutputException aten.allclose)
-_FAILING = ["zoo_item_branch", "zoo_shape_cache"]
+#: zoo models (issue 24, item 12) whose save fails on main when this split was made: shape_cache (export
+#: leaves a FakeTensor in the module-level grid cache; the eager model then fails with
+#: DataDependentOutputException aten.allclose)
+_FAILING = ["zoo_shape_cache"]
 _ZOO_NAMES = [f"zoo_{n}" for n in ZOO if f"zoo_{n}" not in _FAILING]
 GROUPS: dict[str, list[str]] = {
     **{f"zoo{i}": _ZOO_NAMES[i::_ZOO_GROUPS] for i in range(_ZOO_GROUPS)},

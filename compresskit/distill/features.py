@@ -51,12 +51,15 @@ class FeatureHooks:
 
 def make_adapter(student_feature: torch.Tensor, teacher_feature: torch.Tensor, where: str) -> nn.Module:
     """A 1×1 convolution (or a linear map for (B, C) features) from the student's channel count to the
-    teacher's; the identity when they already agree. Channels are dimension 1."""
+    teacher's; the identity when they already agree. Channels are dimension 1, or the last dimension when
+    only that one differs (the (B, L, C) tokens of a linear layer): then a linear map over it."""
     s, t = student_feature, teacher_feature
     if s.dim() != t.dim() or s.dim() < 2:
         raise ValueError(f"feature distillation {where}: student feature {tuple(s.shape)} and teacher "
                          f"feature {tuple(t.shape)} must both be (B, C, ...) tensors of the same rank")
     if s.shape[2:] != t.shape[2:]:
+        if s.dim() >= 3 and s.shape[:-1] == t.shape[:-1]:  # channels last: a transformer's (B, L, C) tokens
+            return nn.Linear(s.shape[-1], t.shape[-1])
         raise ValueError(f"feature distillation {where}: spatial sizes differ, student {tuple(s.shape)} vs "
                          f"teacher {tuple(t.shape)}; pick layers at the same resolution")
     c_in, c_out = s.shape[1], t.shape[1]
@@ -137,8 +140,9 @@ def fit_adapter_(adapter: nn.Module, student_feature: torch.Tensor, teacher_feat
     (a random adapter would first push noise into the student)."""
     if isinstance(adapter, nn.Identity):
         return adapter
-    s = student_feature.detach().double().movedim(1, -1).reshape(-1, student_feature.shape[1])
-    t = teacher_feature.detach().double().movedim(1, -1).reshape(-1, teacher_feature.shape[1])
+    dim = -1 if isinstance(adapter, nn.Linear) and student_feature.dim() > 2 else 1  # channels-last tokens
+    s = student_feature.detach().double().movedim(dim, -1).reshape(-1, student_feature.shape[dim])
+    t = teacher_feature.detach().double().movedim(dim, -1).reshape(-1, teacher_feature.shape[dim])
     x = torch.cat([s, torch.ones(len(s), 1, dtype=s.dtype, device=s.device)], 1)
     gram = x.T @ x
     reg = ridge * float(gram.diagonal()[:-1].mean().clamp_min(1e-12))

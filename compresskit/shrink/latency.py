@@ -252,13 +252,15 @@ class LatencyTable:
               device: str | torch.device | None = None, cache_dir: str | Path | None = None, repeats: int = 5,
               grid: Sequence[float] = (0.25, 0.5, 0.75, 1.0), timer: Callable[[], float] | None = None,
               warmup: int = 2, min_run_s: float = 2e-3, calibrate: Sequence[float] = (0.5,),
-              stat: str = "median") -> LatencyTable:
+              stat: str = "median", layout: str = "eager") -> LatencyTable:
         """Measure ``model`` (and each of its weighted layers alone) on ``device`` (default: where its
         parameters are). ``grid``: kept fractions of each prunable channel dimension (1.0 is always
         added); ``timer``: a clock in seconds (``time.perf_counter``; inject a fake one in tests);
         ``calibrate``: kept fractions at which the whole model is shrunk and measured to fit the rest
         (``()``: the rest is a constant); ``stat``: ``"median"`` of the runs, or ``"min"`` (steadier on a
-        machine shared with other work)."""
+        machine shared with other work); ``layout``: ``"eager"`` (NCHW) or ``"channels_last"``: the
+        model, its inputs and every layer timed alone in that memory layout (``compresskit.deploy.runtime``),
+        so the table prices the runtime the result will be measured in."""
         import time
 
         timer = timer or time.perf_counter
@@ -279,7 +281,17 @@ class LatencyTable:
         key = {"device": device_name(device), "torch": torch.__version__, "threads": torch.get_num_threads()}
         if stat != "median":
             key["stat"] = stat
+        if layout not in ("eager", "channels_last"):
+            raise ValueError(f"layout: expected 'eager' or 'channels_last', got {layout!r}")
         inputs = tuple(x.to(device) if isinstance(x, torch.Tensor) else x for x in inputs)
+        if layout == "channels_last":
+            import copy
+
+            from compresskit.deploy.runtime import _channels_last, to_channels_last
+
+            key["layout"] = layout
+            model = to_channels_last(copy.deepcopy(model))
+            inputs = tuple(_channels_last(x) for x in inputs)
         if stat not in ("median", "min"):
             raise ValueError(f"stat: expected 'median' or 'min', got {stat!r}")
         clock = _Clock(timer, device, repeats, warmup, min_run_s, stat)
@@ -310,7 +322,7 @@ class LatencyTable:
             for shape, dtype, calls in _distinct(shapes.get(name, [])):
                 in_shares, out_shares = _shares(graph, name, mod)
                 t = _time_layer(name, mod, shape, dtype, calls, in_shares, out_shares, prunable, fracs, clock,
-                                cache, device)
+                                cache, device, layout)
                 t.out_numel = out_numel[(name, shape, dtype)]
                 inside = in_model.get(_call_key(name, shape, dtype))
                 if inside is not None and t.ms[-1][-1] > 0:
@@ -324,7 +336,7 @@ class LatencyTable:
             widths = {g.id: max(1, round(f * g.size)) for g in graph.groups if g.prunable}
             ms = cache.get(f"model:{model_sig}|kept={f}")
             if ms is None:
-                ms = _measure_shrunk(model, graph, inputs, widths, clock)
+                ms = _measure_shrunk(model, graph, inputs, widths, clock, layout)
                 if ms is None:
                     continue
                 cache.put(f"model:{model_sig}|kept={f}", ms)
@@ -405,13 +417,17 @@ def _record_inputs(model: nn.Module, inputs: tuple, modules: dict[str, nn.Module
 
 
 def _measure_shrunk(model: nn.Module, graph: ChannelGraph, inputs: tuple, widths: Mapping[int, int],
-                    clock: _Clock) -> float | None:
+                    clock: _Clock, layout: str = "eager") -> float | None:
     """The whole model shrunk to ``widths`` (first units of each group) and measured; None if it fails."""
     from compresskit.shrink.surgery import shrink
 
     keep = {gid: torch.arange(w) for gid, w in widths.items() if w < graph.groups[gid].size}
     try:
         small = shrink(model, graph, keep=keep).eval()
+        if layout == "channels_last":
+            from compresskit.deploy.runtime import to_channels_last
+
+            small = to_channels_last(small)
         return clock.measure(lambda: small(*inputs))
     except Exception as e:  # a model the surgery cannot run: the rest stays a constant
         warnings.warn(f"latency table: the model shrunk to calibrate the rest could not run ({e}); the time "
@@ -522,13 +538,13 @@ def _counts(channels: int, shares: list[_Share], prunable: set[int], fracs: list
 
 def _time_layer(name: str, mod: nn.Module, shape: tuple[int, ...], dtype: torch.dtype, calls: int,
                 in_shares: list[_Share], out_shares: list[_Share], prunable: set[int], fracs: list[float],
-                clock: _Clock, cache: _Cache, device: torch.device) -> LayerTable:
+                clock: _Clock, cache: _Cache, device: torch.device, layout: str = "eager") -> LayerTable:
     c_in, c_out = _channels(mod)
     depthwise = _is_depthwise(mod)
     groups = getattr(mod, "groups", 1)
     in_counts = _counts(c_in, in_shares, prunable, fracs, 1 if depthwise else groups)
     out_counts = [-1] if depthwise else _counts(c_out, out_shares, prunable, fracs, groups)
-    sig = _layer_signature(mod, shape, dtype)
+    sig = _layer_signature(mod, shape, dtype) + ("|channels_last" if layout == "channels_last" else "")
     grid_key = f"{sig}|in={in_counts}|out={out_counts}"
     ms = cache.get(grid_key)
     if ms is None:
@@ -541,6 +557,9 @@ def _time_layer(name: str, mod: nn.Module, shape: tuple[int, ...], dtype: torch.
                 x_shape = list(shape)
                 x_shape[ch_dim] = ci
                 x = torch.randn(x_shape, device=device, dtype=dtype)
+                if layout == "channels_last" and x.dim() in (4, 5):
+                    fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+                    layer, x = layer.to(memory_format=fmt), x.contiguous(memory_format=fmt)
                 row.append(clock.measure(lambda layer=layer, x=x: layer(x)))
             ms.append(row)
         cache.put(grid_key, ms)

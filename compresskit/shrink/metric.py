@@ -122,7 +122,19 @@ def _count_macs(model: Any, example_inputs: Any, **_: Any) -> float:
     return float(count_macs(model, example_inputs))
 
 
-def _time(model: Any, example_inputs: Any, *, repeats: int = 5, **_: Any) -> float:
+def _time(model: Any, example_inputs: Any, *, repeats: int = 5, layout: str = "eager", **_: Any) -> float:
+    """Median ms; ``layout``: ``"eager"`` (NCHW) or ``"channels_last"`` (``compresskit.deploy.runtime``),
+    the layout a latency target plans in."""
+    if layout != "eager":
+        import statistics
+
+        from compresskit._modes import eval_mode
+        from compresskit.deploy.runtime import prepare, time_call
+
+        inputs = example_inputs if isinstance(example_inputs, tuple | list) else (example_inputs,)
+        device = next((t.device for t in inputs if hasattr(t, "device")), "cpu")
+        with eval_mode(model):
+            return float(statistics.median(time_call(prepare(model, inputs, layout), device, repeats)))
     from compresskit.report import measure_latency
 
     return float(measure_latency(model, example_inputs, repeats=repeats)["median_ms"])

@@ -40,6 +40,7 @@ def register() -> None:
     from compresskit_stmfnet import ops
 
     ops.register_rules()
+    ops.register_onnx()
 
     defaults = _vfi_task_defaults()
     for factory in (stmfnet, stmfnet_mini):

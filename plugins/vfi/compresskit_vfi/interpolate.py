@@ -5,8 +5,11 @@ again to the result, as the papers do, so a frame at t + ¼ is predicted from t 
 The levels are chained generators, so only a few frames are held in memory at any time.
 
 Two-input models (AdaCoF, CDFI) get ``(f_t, f_{t+1})``; four-input models (ST-MFNet) get
-``(f_{t−1}, f_t, f_{t+1}, f_{t+2})``, the outer neighbours replicated at the ends of the clip and at
-scene cuts.
+``(f_{t−1}, f_t, f_{t+1}, f_{t+2})``. At the ends of the clip a four-input model lacks a neighbour:
+``ends="copy"`` (the default, as the published ST-MFNet ``interpolate_yuv.py`` does) writes a copy of the
+first frame between the first two frames and a copy of the last frame between the last two, and runs no
+model there; ``ends="predict"`` predicts them with the missing neighbour replaced by the pair's own
+frame. At scene cuts the outer neighbours are replicated the same way.
 
 Scene cuts: a model blending the last frame of one shot with the first of the next makes a ghosted
 frame. A cut is detected between neighbouring input frames when the total-variation distance of their
@@ -24,7 +27,9 @@ whole frames and falls back to tiles, halved until they fit, when a frame runs o
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import itertools
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -52,6 +57,10 @@ __all__ = [
     "make_predictor",
     "interpolate_frames",
     "interpolate_video",
+    "make_runner",
+    "background",
+    "ENDS",
+    "RUNTIMES",
 ]
 
 FACTORS = (2, 4, 8)
@@ -164,9 +173,13 @@ _Item = tuple[torch.Tensor, bool, bool]
 CUT_THRESHOLD = 0.2
 
 
+ENDS = ("copy", "predict")
+
+
 def _double(items: Iterator[_Item], predict: Callable[[list[torch.Tensor]], torch.Tensor],
-            n_inputs: int) -> Iterator[_Item]:
-    """One ×2 level: f0, mid(f0,f1), f1, mid(f1,f2), f2, ...; across a cut mid repeats the earlier frame."""
+            n_inputs: int, ends: str = "copy") -> Iterator[_Item]:
+    """One ×2 level: f0, mid(f0,f1), f1, mid(f1,f2), f2, ...; across a cut mid repeats the earlier frame;
+    with ``ends="copy"`` a four-input model's first mid copies f0 and its last copies the last frame."""
     cur = next(items, None)
     nxt = next(items, None) if cur is not None else None
     prev: _Item | None = None
@@ -182,6 +195,13 @@ def _double(items: Iterator[_Item], predict: Callable[[list[torch.Tensor]], torc
         else:
             if n_inputs == 2:
                 mid = predict([frame, nxt[0]])
+            elif ends == "copy" and prev is None:  # the clip's first pair: the published script's copy
+                yield cur
+                yield frame, False, True
+                prev, cur, nxt = cur, nxt, after
+                continue
+            elif ends == "copy" and after is None:  # the clip's last pair: a copy of the last frame
+                mid = nxt[0]
             else:  # neighbours from across a cut (or beyond the clip) are replaced by the pair's own frames
                 before = frame if prev is None or prev[1] else prev[0]
                 beyond = nxt[0] if after is None or nxt[1] else after[0]
@@ -220,29 +240,34 @@ def _flag_cuts(frames: Iterable[torch.Tensor], threshold: float | None,
 def interpolate_frames(model: nn.Module, frames: Iterable[torch.Tensor], factor: int = 2,
                        tile: int | Sequence[int] | str | None = None, overlap: int = 32,
                        n_inputs: int | None = None, cut_threshold: float | None = CUT_THRESHOLD,
-                       cuts: list[int] | None = None) -> Iterator[torch.Tensor]:
+                       cuts: list[int] | None = None, ends: str = "copy") -> Iterator[torch.Tensor]:
     """Yield the up-converted sequence: the input frames (B, 3, H, W) with ``factor − 1`` between each pair.
 
-    Frames are passed through unchanged; predictions are clamped to [0, 1]. Runs under no_grad.
+    Frames are passed through unchanged; predictions are clamped to [0, 1]. Runs under
+    ``torch.inference_mode``. ``model`` may be any callable of the frames (e.g. :class:`Runner`).
     ``cut_threshold``: histogram distance that marks a scene cut (None: no detection); across a cut the
     inserted frames repeat the frame before it. The indices ``i`` of the cuts found (between input frame
-    ``i`` and ``i+1``) are appended to ``cuts`` when a list is given.
+    ``i`` and ``i+1``) are appended to ``cuts`` when a list is given. ``ends``: ``"copy"`` (published)
+    or ``"predict"``: what a four-input model puts between the first two and between the last two frames
+    (see the module docstring; a two-input model always predicts them).
     """
     if factor not in FACTORS:
         raise ValueError(f"factor must be one of {FACTORS}, got {factor!r}")
+    if ends not in ENDS:
+        raise ValueError(f"ends must be one of {ENDS}, got {ends!r}")
     if cut_threshold is not None and not 0 <= cut_threshold <= 1:
         raise ValueError(f"cut_threshold must be a histogram distance in [0, 1] or None, got {cut_threshold}")
-    n = n_inputs or model_num_inputs(model)
+    n = n_inputs or getattr(model, "n_inputs", None) or model_num_inputs(model)
 
     forward = make_predictor(model, tile, overlap)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def predict(inputs: list[torch.Tensor]) -> torch.Tensor:
         return forward(inputs).clamp(0, 1)
 
     stream: Iterator[_Item] = _flag_cuts(frames, cut_threshold, cuts)
     for _ in range(factor.bit_length() - 1):
-        stream = _double(stream, predict, n)
+        stream = _double(stream, predict, n, ends)
     return (item[0] for item in stream)
 
 
@@ -275,11 +300,84 @@ def _input_frames(path: Path, fps: float | None) -> tuple[Iterator[Any], int, Fr
     return iter_video_frames(path), info.estimated_frames, rate
 
 
+def background(iterable: Iterable[Any], depth: int = 4) -> Iterator[Any]:
+    """Iterate ``iterable`` in a thread of its own, up to ``depth`` items ahead (decoding, or the model,
+    overlaps with what the consumer does); its exceptions are raised in the consumer. Closing the
+    returned generator stops the thread."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in iterable:
+                if not put((True, item)):
+                    break
+            else:
+                put((True, done))
+        except BaseException as e:  # handed to the consumer
+            put((False, e))
+        finally:
+            close = getattr(iterable, "close", None)
+            if close is not None:  # in this thread, which iterated it: stops the stages before it
+                close()
+
+    thread = threading.Thread(target=work, daemon=True, name="compresskit-vfi-io")
+    thread.start()
+    try:
+        while True:
+            ok, item = q.get()
+            if not ok:
+                raise item
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+
+
+RUNTIMES = ("eager", "onnx")
+
+
+def make_runner(model: nn.Module, first: torch.Tensor, runtime: str = "eager", layout: str = "auto",
+                onnx_path: str | os.PathLike | None = None) -> Any:
+    """The :class:`~compresskit_vfi.runtime.Runner` ``interpolate_video`` uses: ONNX Runtime, or eager
+    PyTorch in ``layout`` (``"auto"``: the faster of NCHW and channels-last, timed on the first real
+    predictions, :func:`~compresskit_vfi.runtime.adaptive_eager`); ``first`` is the clip's first frame
+    (its size sets the ONNX export)."""
+    from compresskit_vfi import runtime as rt
+
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    if layout not in ("auto", *rt.LAYOUTS):
+        raise ValueError(f"layout must be 'auto' or one of {rt.LAYOUTS}, got {layout!r}")
+    n = model_num_inputs(model)
+    if runtime == "onnx":
+        return rt.onnx_runner(model, tuple(first.shape), n, path=onnx_path)
+    if layout == "auto":
+        return rt.adaptive_eager(model, n)
+    return rt.eager_runner(model, layout, n)
+
+
 def interpolate_video(input: str | os.PathLike, output: str | os.PathLike, model: nn.Module,
                       factor: int = 2, tile: int | Sequence[int] | str | None = None, overlap: int = 32,
                       device: str | torch.device = "cpu", fps: float | None = None, codec: str | None = None,
                       crf: int = 18, progress: bool = True, cut_threshold: float | None = CUT_THRESHOLD,
-                      audio: bool = True, console: Any = None) -> dict[str, Any]:
+                      audio: bool = True, console: Any = None, runtime: str = "eager", layout: str = "auto",
+                      ends: str = "copy", overlap_io: bool = True,
+                      onnx_path: str | os.PathLike | None = None) -> dict[str, Any]:
     """Up-convert the video (or frame folder) ``input`` by ``factor`` into the video file ``output``.
 
     The output frame rate is ``factor`` × the input's (``fps`` overrides the input rate). Scene cuts are
@@ -287,13 +385,20 @@ def interpolate_video(input: str | os.PathLike, output: str | os.PathLike, model
     them. ``audio``: copy the input's audio stream into the output (remuxed, not re-encoded). A frame of
     odd size is encoded 4:2:0 padded to even (see :func:`compresskit_vfi.data.video.write_video`). The
     output is written atomically: an error at any point leaves no output file. ``progress`` shows a rich
-    bar with frames/s. Returns a summary dict (``cuts``: input indices ``i`` with a cut after frame ``i``).
+    bar with frames/s. ``runtime``/``layout``: how the model runs (:func:`make_runner`; the eager default
+    times NCHW against channels-last on the first predictions and keeps the faster); ``ends``: see
+    :func:`interpolate_frames`; ``overlap_io``: decode, predict and encode in three threads at once.
+    Returns a summary dict (``cuts``: input indices ``i`` with a cut after frame ``i``; ``runtime``: how
+    the model ran; ``frames_per_second``: output frames per second of wall time, decoding and encoding
+    included).
     """
     from compresskit_vfi.data.transforms import to_tensor, to_uint8
     from compresskit_vfi.data.video import has_audio, write_video
 
     if factor not in FACTORS:
         raise ValueError(f"factor must be one of {FACTORS}, got {factor!r}")
+    if ends not in ENDS:
+        raise ValueError(f"ends must be one of {ENDS}, got {ends!r}")
     input, output = Path(input), Path(output)
     if not input.exists():
         raise FileNotFoundError(f"input {str(input)!r} does not exist")
@@ -303,31 +408,50 @@ def interpolate_video(input: str | os.PathLike, output: str | os.PathLike, model
     device = torch.device(device)
     model = model.to(device).eval()
     cuts: list[int] = []
-    tensors = (to_tensor(f).unsqueeze(0).to(device) for f in frames)
-    out_frames = (to_uint8(t[0]) for t in interpolate_frames(model, tensors, factor, tile, overlap,
-                                                             cut_threshold=cut_threshold, cuts=cuts))
-    total = (n_in - 1) * factor + 1 if n_in > 1 else None
-    audio_from = input if audio and input.is_file() else None
     start = time.perf_counter()
+    tensors: Iterator[torch.Tensor] = (to_tensor(f).unsqueeze(0).to(device) for f in frames)
+    threads: list[Any] = []  # the background generators, closed (threads stopped) at the end
+    if overlap_io:
+        tensors = background(tensors)
+        threads.append(tensors)
+    try:
+        first = next(tensors, None)
+        if first is None:
+            raise ValueError(f"input {str(input)!r} has no frames")
+        runner = make_runner(model, first, runtime, layout, onnx_path)
+        tensors = itertools.chain([first], tensors)
+        out_frames: Iterator[Any] = (to_uint8(t[0]) for t in interpolate_frames(
+            runner, tensors, factor, tile, overlap, n_inputs=runner.n_inputs, cut_threshold=cut_threshold,
+            cuts=cuts, ends=ends))
+        if overlap_io:
+            out_frames = background(out_frames)
+            threads.append(out_frames)
+        total = (n_in - 1) * factor + 1 if n_in > 1 else None
+        audio_from = input if audio and input.is_file() else None
 
-    def write(it: Iterator[Any]) -> int:
-        return write_video(it, output, fps=rate * factor, codec=codec, crf=crf, audio_from=audio_from)
+        def write(it: Iterator[Any]) -> int:
+            return write_video(it, output, fps=rate * factor, codec=codec, crf=crf, audio_from=audio_from)
 
-    if progress:
-        with progress_bar(f"interpolate ×{factor}", console) as bar:
-            task = bar.add_task("frames", total=total)
+        if progress:
+            with progress_bar(f"interpolate ×{factor}", console) as bar:
+                task = bar.add_task("frames", total=total)
 
-            def counted(it: Iterator[Any]) -> Iterator[Any]:
-                for f in it:
-                    yield f
-                    bar.advance(task)
+                def counted(it: Iterator[Any]) -> Iterator[Any]:
+                    for f in it:
+                        yield f
+                        bar.advance(task)
 
-            written = write(counted(out_frames))
-    else:
-        written = write(out_frames)
+                written = write(counted(out_frames))
+        else:
+            written = write(out_frames)
+    finally:
+        for it in reversed(threads):
+            with contextlib.suppress(ValueError):  # still running in the model's thread: it stops itself
+                it.close()
     seconds = time.perf_counter() - start
     n_read = (written - 1) // factor + 1
     return {"input": str(input), "output": str(output), "factor": factor, "frames_in": n_read,
             "frames_out": written, "fps_in": float(rate), "fps_out": float(rate * factor),
             "seconds": seconds, "frames_per_second": written / seconds if seconds > 0 else float("inf"),
-            "cuts": cuts, "audio": audio_from is not None and has_audio(input)}
+            "cuts": cuts, "audio": audio_from is not None and has_audio(input), "runtime": runner.name,
+            "layout_ms": runner.info.get("ms"), "ends": ends}

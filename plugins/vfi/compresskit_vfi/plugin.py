@@ -19,4 +19,5 @@ def register() -> None:
     from compresskit_vfi import ops
 
     ops.register_rules()
+    ops.register_onnx()
     _done = True

@@ -120,18 +120,38 @@ def test_recursive_factor_is_linear_for_the_average_model(factor):
     np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
-def test_four_input_models_get_clamped_neighbours():
+def test_four_input_models_get_clamped_neighbours():  # ends="predict": the clip's ends are predicted too
     m = FourFrames()
-    out = list(interpolate_frames(m, _frames([10, 20, 30, 40]), 2, cut_threshold=None))
+    out = list(interpolate_frames(m, _frames([10, 20, 30, 40]), 2, cut_threshold=None, ends="predict"))
     assert [round(float(t.flatten()[0]) * 255) for t in out] == [10, 15, 20, 25, 30, 35, 40]
     assert m.calls == [(10, 10, 20, 30), (10, 20, 30, 40), (20, 30, 40, 40)]
     m.calls.clear()
-    list(interpolate_frames(m, _frames([0, 40, 80]), 4, cut_threshold=None))
+    list(interpolate_frames(m, _frames([0, 40, 80]), 4, cut_threshold=None, ends="predict"))
     # level 1 runs on 0, 40, 80; level 2 (streamed, interleaved) on 0, 20, 40, 60, 80, same clamping
     level1 = [(0, 0, 40, 80), (0, 40, 80, 80)]
     assert [c for c in m.calls if c in level1] == level1
     assert [c for c in m.calls if c not in level1] == [(0, 0, 20, 40), (0, 20, 40, 60), (20, 40, 60, 80),
                                                        (40, 60, 80, 80)]
+
+
+def test_four_input_models_copy_the_clip_ends_as_the_published_script():
+    # published interpolate_yuv.py writes f0, f0, f1, mid(f0..f3), f2, ..., f_{N-2}, f_{N-1}, f_{N-1}:
+    # the first inserted frame is a copy of the first frame, the last one a copy of the last frame
+    m = FourFrames()
+    out = list(interpolate_frames(m, _frames([10, 20, 30, 40, 50]), 2, cut_threshold=None))
+    assert [round(float(t.flatten()[0]) * 255) for t in out] == [10, 10, 20, 25, 30, 35, 40, 50, 50]
+    assert m.calls == [(10, 20, 30, 40), (20, 30, 40, 50)]  # only pairs with both true neighbours
+    m.calls.clear()
+    out = list(interpolate_frames(m, _frames([0, 40, 80, 120]), 4, cut_threshold=None))
+    got = [round(float(t.flatten()[0]) * 255) for t in out]
+    # level 1: 0, [0], 40, 60, 80, [120], 120; level 2 copies at its own ends and repeats copies
+    assert got[:3] == [0, 0, 0] and got[-3:] == [120, 120, 120] and len(got) == 13
+    assert all(c[0] != c[1] or c[1] != c[2] for c in m.calls)  # never a pair beside a duplicated end
+    # a two-input model has every neighbour it needs: it still predicts the ends
+    out = list(interpolate_frames(Average(), _frames([10, 20, 30]), 2, cut_threshold=None))
+    assert [round(float(t.flatten()[0]) * 255) for t in out] == [10, 15, 20, 25, 30]
+    with pytest.raises(ValueError, match="ends must be one of"):
+        interpolate_frames(m, _frames([0, 1]), 2, ends="mirror")
 
 
 def test_bad_factor():
@@ -166,14 +186,12 @@ def test_interpolate_video_failure_leaves_no_output(tmp_path):
     src = tmp_path / "in.mkv"
     _video(src)
 
-    class Breaks(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.n = 0
+    calls = []  # shared by the copy the layout choice makes (a deep copy keeps the closure's list)
 
+    class Breaks(nn.Module):
         def forward(self, a, b):
-            self.n += 1
-            if self.n == 3:
+            calls.append(1)
+            if len(calls) == 3:
                 raise RuntimeError("model failed")
             return a
 
@@ -260,7 +278,7 @@ def test_cut_at_factor_4_repeats_and_four_input_models_see_no_other_shot():
     frames = _two_shots()  # cut between frame 3 and 4
     m = Counting()
     cuts: list[int] = []
-    out = list(interpolate_frames(m, frames, 4, cuts=cuts))
+    out = list(interpolate_frames(m, frames, 4, cuts=cuts, ends="predict"))
     assert cuts == [3] and len(out) == 6 * 4 + 1
     for k in (13, 14, 15):  # the three frames inserted between frame 3 and 4 all repeat frame 3
         assert torch.equal(out[k], frames[3])

@@ -140,8 +140,9 @@ def _check(x: Tensor, weight: Tensor, alpha: Tensor, beta: Tensor, dilation: int
     if x.shape[0] != weight.shape[0]:
         raise ValueError(f"adacof: x has batch {x.shape[0]} but weight has batch {weight.shape[0]}")
     pad = adacof_padding(f, dilation)
-    want = (int(weight.shape[2]) + pad, int(weight.shape[3]) + pad)
-    if (int(x.shape[2]), int(x.shape[3])) != want:
+    # sizes compared without int(): under torch.export int() would fix the spatial sizes for good
+    want = (weight.shape[2] + pad, weight.shape[3] + pad)
+    if x.shape[2] != want[0] or x.shape[3] != want[1]:
         raise ValueError(f"adacof: x must be padded by (F-1)*dilation = {pad} per spatial dim: expected "
                          f"spatial size {want} for weight's {tuple(weight.shape[2:])} with F={f}, "
                          f"dilation={dilation}, got {tuple(x.shape[2:])}")

@@ -1,0 +1,103 @@
+"""Compressed vs original latency in every runtime, side by side in one run: compressed AdaCoF vs AdaCoF
+and ST-MFNet Mini vs ST-MFNet at 256² (batch 1, CPU).
+
+Each model is timed by ``compresskit.deploy.runtime.measure_runtimes`` (the report's own clock: median
+of ``--repeats`` calls under inference mode after a warm-up) in eager NCHW, eager channels-last and, with
+``--onnx``, ONNX Runtime (the model exported and checked first, sizes fixed). The ratio is given in each
+runtime and in the *chosen* one (each model in its fastest, as the report measures). Goals (issue 22):
+compressed AdaCoF ≥ 2× faster than AdaCoF, ST-MFNet Mini ≥ 3× faster than ST-MFNet.
+
+Quick mode (``--quick``): 3 repeats, eager runtimes only, the AdaCoF pair and the ST-MFNet pair; the
+ONNX Runtime column for the AdaCoF pair needs ``--onnx`` (each export takes about a minute on one thread).
+``--profile`` adds the time per op kind of both models (``compresskit.deploy.profile``) and names the
+kinds that kept their time: where a latency lagging the MACs went.
+
+    .venv/bin/python benchmarks/deploy_speed.py --quick --profile --json docs/data/deploy_speed.json
+    .venv/bin/python benchmarks/deploy_speed.py --onnx --repeats 10 --json docs/data/deploy_speed_full.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+import compresskit as ck
+from compresskit.deploy.runtime import measure_runtimes
+from compresskit.io import atomic_write_json
+from compresskit.report import count_macs, count_params
+
+PAIRS = {"adacof": ("adacof", "compressed_adacof", 2), "stmfnet": ("stmfnet", "stmfnet_mini", 4)}
+GOALS = {"adacof": 2.0, "stmfnet": 3.0}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--onnx", action="store_true", help="also time ONNX Runtime")
+    p.add_argument("--pair", choices=tuple(PAIRS), action="append")
+    p.add_argument("--profile", action="store_true",
+                   help="also time each op kind (conv, warp, resize, ...) before and after, in the "
+                        "compressed model's chosen eager layout, and name what kept its time")
+    p.add_argument("--json")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    repeats = args.repeats or (3 if args.quick else 10)
+    runtimes = ["eager", "channels_last"] + (["onnxruntime"] if args.onnx else [])
+    console = Console()
+    rows = []
+    for pair in args.pair or list(PAIRS):
+        big, small, n = PAIRS[pair]
+        gen = torch.Generator().manual_seed(0)
+        x = tuple(torch.rand(1, 3, args.size, args.size, generator=gen) for _ in range(n))
+        stats = {}
+        for name in (big, small):
+            model = ck.create_model(name).eval()
+            t = measure_runtimes(model, x, runtimes, repeats=repeats)
+            stats[name] = {"params": count_params(model), "macs": count_macs(model, x), "ms": t.ms,
+                           "min_ms": t.min_ms, "best": t.best, "errors": t.errors}
+            console.print(f"{name}: " + ", ".join(f"{k} {v:.0f} ms" for k, v in t.ms.items())
+                          + (f"; failed: {t.errors}" if t.errors else ""))
+        b, s = stats[big], stats[small]
+        row = {"pair": f"{small} vs {big}", "goal": GOALS[pair], "big": big, "small": small, "stats": stats,
+               "ratio": {r: b["ms"][r] / s["ms"][r] for r in runtimes if r in b["ms"] and r in s["ms"]},
+               "chosen": b["ms"][b["best"]] / s["ms"][s["best"]], "mac_ratio": b["macs"] / s["macs"],
+               "ratio_of_min": {r: b["min_ms"][r] / s["min_ms"][r] for r in runtimes
+                                if r in b["min_ms"] and r in s["min_ms"]}}
+        if args.profile:
+            from compresskit.deploy.profile import kept_time_note, time_by_op_kind
+
+            layout = s["best"] if s["best"] in ("eager", "channels_last") else "eager"
+            tb = time_by_op_kind(ck.create_model(big).eval(), x, layout, repeats=1)
+            ts = time_by_op_kind(ck.create_model(small).eval(), x, layout, repeats=1)
+            row["op_times"] = {"before": tb.to_dict(), "after": ts.to_dict()}
+            row["op_note"] = kept_time_note(tb, ts, row["mac_ratio"])
+            console.print(f"{row['pair']}: {row['op_note']}")
+        rows.append(row)
+    title = f"latency ratio at {args.size}², batch 1, {args.threads} thread(s), {repeats} repeats"
+    table = Table(title=title, title_justify="left")
+    for col in ("pair", "MACs ratio", *runtimes, "chosen (each its fastest)", "goal"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(r["pair"], f"{r['mac_ratio']:.2f}×",
+                      *[f"{r['ratio'][k]:.2f}×" if k in r["ratio"] else "-" for k in runtimes],
+                      f"{r['chosen']:.2f}× ({r['stats'][r['big']]['best']} / "
+                      f"{r['stats'][r['small']]['best']})",
+                      f"≥ {r['goal']:g}×")
+    console.print(table)
+    if args.json:
+        atomic_write_json({"cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+                           "threads": args.threads, "size": args.size, "repeats": repeats, "rows": rows},
+                          args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
