@@ -78,18 +78,11 @@ _LOAD_ALL = "RECIPES = %r\n" % [(n, c.__name__) for n, c in _NEEDS_RECIPE.values
 #: the models in groups, one test (and one fresh process) per group: each stays short, and pytest -n 2 runs
 #: them side by side; test_the_groups_hold_every_model_once checks that together they are every model
 _ZOO_GROUPS = 2
-#: zoo models (issue 24, item 12) whose save fails on main when this split was made: shape_cache (export
-#: leaves a FakeTensor in the module-level grid cache; the eager model then fails with
-#: DataDependentOutputException aten.allclose)
-_FAILING = ["zoo_shape_cache"]
-_ZOO_NAMES = [f"zoo_{n}" for n in ZOO if f"zoo_{n}" not in _FAILING]
+_ZOO_NAMES = [f"zoo_{n}" for n in ZOO]
 GROUPS: dict[str, list[str]] = {
     **{f"zoo{i}": _ZOO_NAMES[i::_ZOO_GROUPS] for i in range(_ZOO_GROUPS)},
-    "zoo_data_dependent": _FAILING,
     "vfi_like": [f"vfi_{n}" for n in VFI_LIKE],
 }
-_MARKS = {"zoo_data_dependent": pytest.mark.xfail(strict=True, reason="save fails for these zoo models on "
-                                                  "main (see _FAILING); fix save, then drop this mark")}
 
 
 def _entries() -> dict[str, tuple]:
@@ -107,7 +100,7 @@ def test_the_groups_hold_every_model_once() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("group", [pytest.param(g, marks=_MARKS.get(g, ())) for g in GROUPS])
+@pytest.mark.parametrize("group", list(GROUPS))
 def test_every_zoo_model_and_float_resizing_nets_reload_in_a_fresh_process(group: str,
                                                                            tmp_path: Path) -> None:
     torch.set_num_threads(1)

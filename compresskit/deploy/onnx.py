@@ -194,8 +194,10 @@ def _torch_export(model: nn.Module, inputs: tuple, level: str, mode: _Decomposin
     if level != "static":
         shapes = tuple({d: Dim.AUTO for d in range(t.dim() if level == "all" else min(t.dim(), 1))}
                        if isinstance(t, torch.Tensor) else None for t in inputs)
-    with warnings.catch_warnings(), mode or contextlib.nullcontext():
-        warnings.simplefilter("ignore")
+    from compresskit.graph.trace import keep_model_state
+
+    with warnings.catch_warnings(), mode or contextlib.nullcontext(), keep_model_state(model):
+        warnings.simplefilter("ignore")  # (the model's shape-keyed caches must not keep fake tensors)
         return torch.export.export(model, inputs, dynamic_shapes=shapes, strict=False)
 
 
