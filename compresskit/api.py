@@ -327,28 +327,29 @@ def compress(
         metrics = {"loss": r.loss_fn}
     out_dir = Path(config.out_dir) if config.out_dir is not None else None
     lock = None
-    if out_dir is not None:
-        if out_dir.exists() and not out_dir.is_dir():
-            raise ValueError(f"config.out_dir: {str(out_dir)!r} is a file; expected a folder for the stage "
-                             "checkpoints and results (a new or existing folder)")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        lock = _claim_out_dir(out_dir, config, goal)  # one live run per folder, one target per folder
-        remove_stale_temps(out_dir, depth=1)  # left by a killed run (stage folders included)
-        config.dump(out_dir / "config.json")
-        atomic_write_json({"loss": r.loss_how, "inputs": r.inputs_how, "target": str(goal),
-                           "budget": str(tracker.budget) if tracker is not None else None,
-                           "example_input_shapes": [_shape_of(t) for t in r.example_inputs]},
-                          out_dir / "resolved.json")
-    name = r.registered[0] if r.registered else type(model).__name__
-    console.rule(f"[bold]compress {name}[/] to {goal}" + (f", budget {tracker.budget}" if tracker else ""))
-    console.print(f"loss: {r.loss_how}\ninputs: {r.inputs_how}")
-    state = State(model=model, config=config, target=goal, train_loader=train_loader, loss_fn=r.loss_fn,
-                  inputs_fn=r.inputs_fn, loss_how=r.loss_how, inputs_how=r.inputs_how,
-                  example_inputs=r.example_inputs, store=_Stages(out_dir, config.resume), console=console,
-                  teacher=teacher, val_loader=val_loader, metrics=metrics,
-                  device=str(next(model.parameters(), torch.zeros(())).device), budget=tracker,
-                  holdout=held)
-    try:
+    try:  # from the moment the folder is claimed, any exit gives it back
+        if out_dir is not None:
+            if out_dir.exists() and not out_dir.is_dir():
+                raise ValueError(f"config.out_dir: {str(out_dir)!r} is a file; expected a folder for the "
+                                 "stage checkpoints and results (a new or existing folder)")
+            out_dir.mkdir(parents=True, exist_ok=True)
+            lock = _claim_out_dir(out_dir, config, goal)  # one live run per folder, one target per folder
+            remove_stale_temps(out_dir, depth=1)  # left by a killed run (stage folders included)
+            config.dump(out_dir / "config.json")
+            atomic_write_json({"loss": r.loss_how, "inputs": r.inputs_how, "target": str(goal),
+                               "budget": str(tracker.budget) if tracker is not None else None,
+                               "example_input_shapes": [_shape_of(t) for t in r.example_inputs]},
+                              out_dir / "resolved.json")
+        name = r.registered[0] if r.registered else type(model).__name__
+        console.rule(f"[bold]compress {name}[/] to {goal}"
+                     + (f", budget {tracker.budget}" if tracker else ""))
+        console.print(f"loss: {r.loss_how}\ninputs: {r.inputs_how}")
+        state = State(model=model, config=config, target=goal, train_loader=train_loader, loss_fn=r.loss_fn,
+                      inputs_fn=r.inputs_fn, loss_how=r.loss_how, inputs_how=r.inputs_how,
+                      example_inputs=r.example_inputs, store=_Stages(out_dir, config.resume), console=console,
+                      teacher=teacher, val_loader=val_loader, metrics=metrics,
+                      device=str(next(model.parameters(), torch.zeros(())).device), budget=tracker,
+                      holdout=held)
         run_stages(state, stop_after)
         return _finish(state, r, name, out_dir)
     finally:

@@ -455,10 +455,13 @@ def _export(model: nn.Module, specs: list[tuple[list[int], str]], shapes: list[l
 def _export_once(model: nn.Module, inputs: tuple[torch.Tensor, ...], dynamic: bool = True) -> Any:
     from torch.export import Dim
 
+    from compresskit.graph.trace import keep_model_state
+
     with eval_mode(model), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The tensor attributes .* were assigned during export")
         dims = tuple(_dims(x, Dim.AUTO if dynamic else Dim.STATIC) for x in inputs)
-        ep = torch.export.export(model, inputs, dynamic_shapes=dims, strict=False)
+        with keep_model_state(model):  # a shape-keyed cache must not keep export's fake tensors
+            ep = torch.export.export(model, inputs, dynamic_shapes=dims, strict=False)
         with torch.no_grad():
             want, got = model(*inputs), ep.module()(*inputs)
     problem = output_difference(want, got, "output", rtol=1e-5, atol=1e-6)

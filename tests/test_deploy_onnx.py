@@ -23,10 +23,11 @@ from compresskit.deploy.onnx import (  # noqa: E402
 )
 
 # models whose forward reads data into numpy: torch.export cannot capture them, export must say so
-_NOT_EXPORTABLE = {"numpy_forward": "numpy"}
+_NOT_EXPORTABLE = {"numpy_forward": "numpy", "item_branch": r"\.item\(\)"}
 # models that fix their spatial sizes (a Linear after flatten, positional embeddings, a learned filter
 # per frequency): the file must keep them fixed and say why
-_FIXED_SPATIAL = {"vit_mha", "flatten_classifier", "fft_global_filter", "two_frame_vfi"}
+_FIXED_SPATIAL = {"vit_mha", "flatten_classifier", "fft_global_filter", "two_frame_vfi", "shape_cache",
+                  "size_tensor"}
 
 
 def _ort(path, xs):

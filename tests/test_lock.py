@@ -146,3 +146,29 @@ def test_a_lock_dropped_without_release_is_given_back(tmp_path) -> None:
     del lock  # e.g. left in a frame an exception unwound
     gc.collect()
     FolderLock(tmp_path).acquire().release()
+
+
+def test_the_vfi_recipes_refuse_a_held_folder_before_touching_it(tmp_path) -> None:
+    """A second recipe run on a folder a live run holds fails at once naming the holder, before it writes
+    config.json or empties any stage folder (the first run's checkpoints stay)."""
+    pytest.importorskip("compresskit_adacof")
+    pytest.importorskip("compresskit_stmfnet")
+    from compresskit_adacof.recipe import CDFIRecipeConfig
+    from compresskit_adacof.recipe import run as run_cdfi
+    from compresskit_stmfnet.recipe import MiniRecipeConfig
+    from compresskit_stmfnet.recipe import run as run_mini
+
+    (tmp_path / "sparsify").mkdir()
+    kept = tmp_path / "sparsify" / "ckpt.pt"
+    kept.write_bytes(b"the first run's checkpoint")
+    p = _holder(tmp_path, 30)
+    try:
+        for run, cfg in ((run_cdfi, CDFIRecipeConfig(out_dir=tmp_path, smoke=True, progress=False)),
+                         (run_mini, MiniRecipeConfig(out_dir=tmp_path, smoke=True, progress=False))):
+            with pytest.raises(FolderLockedError, match=str(p.pid)):
+                run(cfg)
+        assert kept.read_bytes() == b"the first run's checkpoint"
+        assert not (tmp_path / "config.json").exists()
+    finally:
+        p.kill()
+        p.wait()

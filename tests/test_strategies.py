@@ -451,3 +451,14 @@ def test_a_registered_sparsifier_and_importance_object_run_from_the_config(tmp_p
     torch.testing.assert_close(result.model[0].weight, 0.5 * net[0].weight[-kept:])
     with pytest.raises(ValueError, match="unknown sparsifier 'scale_half'"):
         _cfg(sparsify={"method": "scale_half"})
+
+
+def test_restored_gradient_statistics_follow_the_gradients_device():
+    """Statistics come back from a checkpoint on the CPU; a resumed run on another device (meta stands in
+    for CUDA here) must keep accumulating instead of failing on a device mismatch."""
+    from compresskit.shrink.importance import TaylorImportance
+
+    imp = TaylorImportance()
+    imp.load_state_dict({"avg": {"w": torch.ones(3)}, "seen": {"w": 1}})
+    imp.observe("w", torch.ones(3, device="meta"))
+    assert imp._avg["w"].device.type == "meta" and imp._seen["w"] == 2

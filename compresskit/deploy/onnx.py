@@ -199,8 +199,10 @@ def _torch_export(model: nn.Module, inputs: tuple, level: str, mode: _Decomposin
     if level != "static":
         shapes = tuple({d: Dim.AUTO for d in range(t.dim() if level == "all" else min(t.dim(), 1))}
                        if isinstance(t, torch.Tensor) else None for t in inputs)
-    with warnings.catch_warnings(), mode or contextlib.nullcontext():
-        warnings.simplefilter("ignore")
+    from compresskit.graph.trace import keep_model_state
+
+    with warnings.catch_warnings(), mode or contextlib.nullcontext(), keep_model_state(model):
+        warnings.simplefilter("ignore")  # (the model's shape-keyed caches must not keep fake tensors)
         return torch.export.export(model, inputs, dynamic_shapes=shapes, strict=False)
 
 
@@ -273,6 +275,13 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | os.PathLike, 
                 notes.append(f"{_LEVELS[level]}: {e}; exported again with {_LEVELS[levels[i + 1]]}")
                 continue
             break
+    if level == "all":  # asked dynamic, but torch.export may still have fixed sizes the model computes with
+        fixed = [f"input {k} dim {d} = {size}" for k, shape in enumerate(result.input_shapes)
+                 for d, size in enumerate(shape) if d >= 2 and isinstance(size, int)]
+        if fixed:
+            notes.append("torch.export fixed " + ", ".join(fixed) + " (forward computes with these sizes as "
+                         "constants, e.g. torch.tensor(x.shape) or a cache keyed by shape): the file accepts "
+                         "only them")
     result.path, result.notes = path, notes + result.notes
     atomic_write_bytes(data, path)
     return result

@@ -560,6 +560,13 @@ class _PatchConstructors:
 _SKIP_STATE = {"_parameters", "_buffers", "_modules", "training"}
 
 
+def keep_model_state(model: nn.Module) -> _KeepState:
+    """A context manager that gives back, on exit, the model's attributes and the dict/list/set globals of
+    its own packages as they were on entry: wrap anything that runs forward on proxies or fake tensors
+    (fx tracing, ``torch.export``) so shape-keyed caches do not keep them."""
+    return _KeepState(model)
+
+
 class _KeepState:
     """Give back the model's attributes and the dict/list/set globals of the model's own packages as
     they were: code that caches by shape (``self.grid[(h, w)] = ...``, a module-level

@@ -161,6 +161,8 @@ class TaylorImportance:
         """Add one batch's gradient of parameter ``name``."""
         g = grad.detach().abs().float()
         old = self._avg.get(name)
+        if old is not None:
+            old = old.to(g.device)  # statistics restored from a checkpoint live on the CPU
         self._avg[name] = g * (1 - self.decay) if old is None else old * self.decay + g * (1 - self.decay)
         self._seen[name] = self._seen.get(name, 0) + 1
 
@@ -277,6 +279,7 @@ class FisherImportance(TaylorImportance):
                 continue
             key = str(group.id)
             old = self._units.get(key)
+            old = None if old is None else old.to(s.device)  # restored statistics live on the CPU
             self._units[key] = s.square() * (1 - d) if old is None else old * d + s.square() * (1 - d)
         self._batch = {}
         self._count += 1
@@ -306,6 +309,7 @@ class FisherImportance(TaylorImportance):
                 out[group.id] = torch.full((group.size,), NO_GRADIENT, dtype=torch.float64)
                 continue
             alive = unit_l1_mass(model, group) > 0
+            avg = avg.to(alive.device)
             out[group.id] = torch.where(alive, avg / scale, torch.zeros_like(avg))
         return out
 

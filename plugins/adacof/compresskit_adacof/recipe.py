@@ -497,6 +497,12 @@ def _settings_note(state: RecipeState) -> str:
 def run(cfg: CDFIRecipeConfig, console: Console | None = None,
         stop_after: Literal["sparsify", "shrink", "retrain", "cdfi", "evaluate"] = "evaluate") -> dict:
     """Run (or resume) the whole recipe; returns ``{"widths", "params", "selection", "evaluation"}``."""
+    with common.run_lock(cfg):  # one live run per out_dir
+        return _run(cfg, console, stop_after)
+
+
+def _run(cfg: CDFIRecipeConfig, console: Console | None,
+         stop_after: Literal["sparsify", "shrink", "retrain", "cdfi", "evaluate"]) -> dict:
     console = common.start_run(cfg, console)
     state = RecipeState(cfg, console, StageStore(cfg.out_dir), _train_sets(cfg))
     run_stages(STAGES, state, state.store, fingerprints=state.fingerprints, stop_after=stop_after)

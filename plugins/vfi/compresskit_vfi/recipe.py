@@ -18,8 +18,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import math
+import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +91,17 @@ class RecipeStage(Stage):
 
 
 # -------------------------------------------------------------------------------------------- settings
+def run_lock(cfg: Any) -> AbstractContextManager[None]:
+    """Hold ``cfg.out_dir``'s lock (compresskit.lock) for a whole recipe run: a second run on the same
+    folder fails at once naming the holder, instead of deleting the first run's stage checkpoints when
+    its settings differ. Under torchrun only rank 0 takes it (the ranks of one run share the folder)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return nullcontext()
+    from compresskit.lock import folder_lock
+
+    return folder_lock(cfg.out_dir, 0.0, "this recipe run")
+
+
 def start_run(cfg: Any, console: Console | None) -> Console:
     """Create ``cfg.out_dir``, record the config in ``config.json``; the console to report on."""
     console = console or Console(quiet=not cfg.progress)
