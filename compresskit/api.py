@@ -85,13 +85,13 @@ class CompressResult:
 
 def example_inputs_of(result: CompressResult) -> tuple:
     """Inputs of the shapes and dtypes ``compress`` recorded: uniform [0, 1) floats, zero integers."""
-    from compresskit.saving import _example_input, _input_specs
+    from compresskit.saving import _example_input, _input_specs, _to_device
 
     param = next((p for p in result.model.parameters() if p.is_floating_point()), None)
     dtype = param.dtype if param is not None else torch.float32
     device = param.device if param is not None else torch.device("cpu")
     gen = torch.Generator().manual_seed(0)
-    return tuple(_example_input(s, d, dtype, gen).to(device) for s, d in _input_specs(result))
+    return tuple(_to_device(_example_input(s, d, dtype, gen), device) for s, d in _input_specs(result))
 
 
 def load(path: str | os.PathLike, *, trusted: bool = False) -> nn.Module:
@@ -238,7 +238,8 @@ def compress(
     4. **shrink** into a smaller dense model keeping the most important units (``config.shrink``);
     5. **recover** the quality by distilling from ``teacher`` (default: the original model, frozen) or
        fine-tuning (``config.recover``);
-    6. **report** target vs achieved, parameters, MACs, latency and ``metrics`` on ``val_loader``.
+    6. **report** target vs achieved, parameters, MACs, latency and ``metrics`` on ``val_loader`` (without
+       one: on the training batches a budget run holds out; with neither, ``metrics`` is a ValueError).
 
     ``budget``: what the run may spend, ``"30min"``, ``"2h"``, ``"2000 steps"`` or ``"3 epochs"``
     (or ``config.budget``); without one, and without steps in ``config.sparsify``/``config.recover``,
@@ -311,6 +312,14 @@ def compress(
             tracker.record["holdout"] = ("none: the train_loader cannot be split deterministically (a custom "
                                          "sampler, an iterable dataset, or under two batches); pass "
                                          "val_loader= to validate and keep the best weights")
+    if metrics and val_loader is None and held is None:
+        why = ("this run holds nothing out: the train_loader cannot be split deterministically"
+               if tracker is not None and config.holdout > 0 else
+               "only a run with a budget holds part of the training batches out (config.holdout)")
+        raise ValueError(f"metrics: {sorted(metrics)} need batches to evaluate on, but there is no "
+                         f"val_loader and {why}. Pass val_loader= (batches the model never trains on), "
+                         "or a budget= (a fraction config.holdout of the training batches is then held "
+                         "out and the metrics evaluated there), or leave metrics out")
     from compresskit.checks import check_integer_inputs
 
     check_integer_inputs(model, r.example_inputs)  # uint8 frames into float convs: say how to convert
@@ -453,21 +462,30 @@ def _op_time_note(state: Any, after: ModelStats, mac_gain: float) -> str | None:
 
 
 def _save_into(result: CompressResult, path: Path) -> None:
-    """``result.save(path)``; when no safe file reproduces the model, a pickle-only one (with a warning and
-    a report note) rather than an error that would lose the run."""
+    """``result.save(path)``; when no safe file reproduces the model (or saving fails unexpectedly), a
+    pickle-only one (with a warning and a report note) rather than an error that would lose the run; when
+    even that fails, a warning and a report note, and no model file."""
     import warnings
 
     from compresskit.saving import SaveError
 
     try:
         result.save(path)
+        return
     except SaveError as e:
-        note = (f"{path.name} holds a pickled module that only ck.load(path, trusted=True) opens: {e}")
-        result.report.notes.append(note)
-        warnings.warn(f"compress: {note}", stacklevel=3)
+        why = str(e)
+    except Exception as e:  # noqa: BLE001 - a bug or an odd model must not lose a finished run
+        why = f"saving failed unexpectedly ({type(e).__name__}: {e})"
+    try:
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*holds only a pickled module")  # said just now
+            warnings.filterwarnings("ignore", message=".*holds only a pickled module")  # said below
             result.save(path, allow_pickle=True)
+        note = f"{path.name} holds a pickled module that only ck.load(path, trusted=True) opens: {why}"
+    except Exception as e:  # noqa: BLE001
+        note = (f"{path.name} was not written: {why}; the pickle fallback failed too ({type(e).__name__}: "
+                f"{e}). The compressed model is in the returned result (result.model); save it yourself")
+    result.report.notes.append(note)
+    warnings.warn(f"compress: {note}", stacklevel=3)
 
 
 def _finish(state: Any, r: _Resolved, name: str, out_dir: Path | None) -> CompressResult:
@@ -494,6 +512,12 @@ def _finish(state: Any, r: _Resolved, name: str, out_dir: Path | None) -> Compre
     widths = _widths(state)
     changed = {k: v for k, v in widths.items() if v[0] != v[1]}
     notes = list(state.notes)
+    if state.val_loader is None and state.holdout is not None and state.metrics:
+        used = len(state.holdout.val_batches)
+        if state.config.eval_batches is not None:
+            used = min(used, state.config.eval_batches)
+        notes.append(f"metrics on {used} held-out batches "
+                     f"({state.holdout.describe()}; no val_loader was given)")
     summary = _target_summary(state, after, final if stage in ("shrunk", "compressed") else None)
     note = _latency_note(state, after) if stage in ("shrunk", "compressed") else None
     if note:
@@ -539,8 +563,11 @@ def _finish(state: Any, r: _Resolved, name: str, out_dir: Path | None) -> Compre
                             [_dtype_of(t) for t in r.example_inputs])
     if out_dir is not None:
         suffix = "" if stage == "compressed" else f"_{stage}"
+        report.save(out_dir / f"report{suffix}.json")  # first: the run's record survives a failed save
+        n_notes = len(report.notes)
         _save_into(result, out_dir / f"{stage}.model.pt" if suffix else out_dir / "compressed.pt")
-        report.save(out_dir / f"report{suffix}.json")
+        if len(report.notes) != n_notes:  # the save added a note: record it too
+            report.save(out_dir / f"report{suffix}.json")
         with contextlib.suppress(ImportError):  # matplotlib is optional
             report.plot(out_dir)
         curves = {k: budget[k]["best"] for k in ("sparsify", "recover") if budget.get(k, {}).get("best")}

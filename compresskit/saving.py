@@ -43,6 +43,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_flatten
 
 from compresskit._modes import eval_mode
 from compresskit.checks import output_difference
@@ -77,7 +78,12 @@ def save_result(result: Any, path: str | os.PathLike, *, model_name: str | None 
                                 f"(e.g. {str(Path(path) / 'compressed.pt')!r})")
     model: nn.Module = _on_cpu(result.model)  # the file is loaded on the CPU: export and check there
     state = model.state_dict()
-    specs = _input_specs(result)
+    reasons: list[str] = []
+    try:
+        specs: list[tuple[Any, Any]] | None = _input_specs(result)
+    except Exception as e:  # noqa: BLE001 - inputs recorded in a form that cannot be rebuilt
+        specs = None
+        reasons.append(f"the example inputs could not be rebuilt ({type(e).__name__}: {_first_line(e)})")
     base: dict[str, Any] = {
         "format": FILE_FORMAT,
         "state_dict": state,
@@ -89,21 +95,22 @@ def save_result(result: Any, path: str | os.PathLike, *, model_name: str | None 
         "program": None,
         "pickled_module": None,
     }
-    reasons: list[str] = []
-    recipe = _recipe(result, model_name, model_kwargs, specs, reasons)
-    if recipe is not None:
-        blob = _attempt({**base, "registered": recipe}, model, specs, "registered recipe "
-                        f"{recipe['name']!r}", reasons)
-        if blob is not None:
-            return atomic_write_bytes(blob, path)
+    if specs is not None:
+        recipe = _recipe(result, model_name, model_kwargs, specs, reasons)
+        if recipe is not None:
+            blob = _attempt({**base, "registered": recipe}, model, specs, "registered recipe "
+                            f"{recipe['name']!r}", reasons)
+            if blob is not None:
+                return atomic_write_bytes(blob, path)
     pickled = _pickle_bytes(model)
-    for what, program, notes in _programs(model, specs, reasons):
-        blob = _attempt({**base, "program": program, "pickled_module": pickled}, model, specs, what,
-                        reasons, other_sizes=notes)
-        if blob is not None:
-            for note in notes:
-                warnings.warn(f"CompressResult.save: {note}", stacklevel=3)
-            return atomic_write_bytes(blob, path)
+    if specs is not None:
+        for what, program, notes in _programs(model, specs, reasons):
+            blob = _attempt({**base, "program": program, "pickled_module": pickled}, model, specs, what,
+                            reasons, other_sizes=notes)
+            if blob is not None:
+                for note in notes:
+                    warnings.warn(f"CompressResult.save: {note}", stacklevel=3)
+                return atomic_write_bytes(blob, path)
     why = "; ".join(reasons) or "no description of the model could be made"
     if allow_pickle and pickled is not None:
         payload = {**base, "pickled_module": pickled}
@@ -136,13 +143,14 @@ def _first_line(e: BaseException) -> str:
     return text[0][:300] if text else type(e).__name__
 
 
-def _attempt(payload: dict[str, Any], model: nn.Module, specs: list[tuple[list[int], str]], what: str,
+def _attempt(payload: dict[str, Any], model: nn.Module, specs: list[tuple[Any, Any]] | None, what: str,
              reasons: list[str], *, trusted: bool = False, other_sizes: list[str] | None = None,
              ) -> bytes | None:
     """The file's bytes when they load back (as ``ck.load`` reads them) into a model whose outputs equal
     ``model``'s on the example inputs (and, given ``other_sizes`` (a list of notes), on inputs of twice
     their spatial size, unless the loaded model refuses those sizes with a clear error, which is noted);
-    None with the reason appended."""
+    None with the reason appended. ``specs`` None (inputs that cannot be rebuilt): loading back is checked,
+    outputs are not."""
     buf = io.BytesIO()
     try:
         torch.save(payload, buf)
@@ -156,6 +164,8 @@ def _attempt(payload: dict[str, Any], model: nn.Module, specs: list[tuple[list[i
     except Exception as e:
         reasons.append(f"the {what} does not load back ({type(e).__name__}: {_first_line(e)})")
         return None
+    if specs is None:
+        return blob
     problem = _compare(model, loaded, specs)
     if problem is None and other_sizes is not None:
         refused: list[str] = []
@@ -170,9 +180,46 @@ def _attempt(payload: dict[str, Any], model: nn.Module, specs: list[tuple[list[i
     return blob
 
 
-def _doubled(shape: list[int]) -> list[int]:
-    """Spatial sizes (dims 2 and up of an ``(N, C, ...)`` input) doubled: another size to check on."""
-    return [n * 2 if i >= 2 else n for i, n in enumerate(shape)] if len(shape) >= 3 else list(shape)
+def _doubled(shape: Any) -> Any:
+    """Spatial sizes (dims 2 and up of an ``(N, C, ...)`` input) doubled: another size to check on (each
+    tensor's of a dict, list or tuple input)."""
+    return _map_shapes(lambda s: [n * 2 if i >= 2 else n for i, n in enumerate(s)] if len(s) >= 3
+                       else list(s), shape)
+
+
+def _is_tensor_shape(shape: Any) -> bool:
+    return isinstance(shape, list | tuple) and all(isinstance(n, int) and not isinstance(n, bool)
+                                                   for n in shape)
+
+
+def _map_shapes(fn: Any, shape: Any) -> Any:
+    """``fn`` applied to each tensor shape of a recorded input shape (a dict/list of shapes for a dict,
+    list or tuple input, as ``ck.compress`` records them); any other entry as it is."""
+    if _is_tensor_shape(shape):
+        return fn(list(shape))
+    if isinstance(shape, Mapping):
+        return {k: _map_shapes(fn, v) for k, v in shape.items()}
+    if isinstance(shape, list | tuple):
+        return [_map_shapes(fn, v) for v in shape]
+    return shape
+
+
+def _numel(shape: Any) -> int:
+    """Entries of all the tensors of a recorded input shape."""
+    total = [0]
+    _map_shapes(lambda s: total.__setitem__(0, total[0] + math.prod(s)), shape)
+    return total[0]
+
+
+def _to_device(x: Any, device: torch.device) -> Any:
+    """``x`` (a tensor, or a dict/list of them) on ``device``."""
+    if isinstance(x, torch.Tensor):
+        return x.to(device)
+    if isinstance(x, Mapping):
+        return {k: _to_device(v, device) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return type(x)(_to_device(v, device) for v in x)
+    return x
 
 
 def _compare(model: nn.Module, loaded: nn.Module, specs: list[tuple[list[int], str]], *,
@@ -183,12 +230,12 @@ def _compare(model: nn.Module, loaded: nn.Module, specs: list[tuple[list[int], s
     other = refused is not None
     dtype, device = _float_dtype_device(model)
     gen = torch.Generator(device="cpu").manual_seed(1)
-    if other and sum(math.prod(s) for s, _ in specs) > 1 << 22:
+    if other and sum(_numel(s) for s, _ in specs) > 1 << 22:
         return None  # too large to run twice more at save time
     inputs = tuple(_example_input(s, d, dtype, gen) for s, d in specs)
     with eval_mode(model), torch.no_grad():
         try:
-            want = model(*(x.to(device) for x in inputs))
+            want = model(*(_to_device(x, device) for x in inputs))
         except Exception as e:
             return None if other else f"the model fails ({type(e).__name__}: {_first_line(e)})"
         try:
@@ -197,7 +244,8 @@ def _compare(model: nn.Module, loaded: nn.Module, specs: list[tuple[list[int], s
             if refused is not None and _names_the_size(e):
                 refused.append(_first_line(e))
                 return None
-            shapes = ", ".join(str(tuple(x.shape)) for x in inputs)
+            shapes = ", ".join(str(tuple(x.shape)) for x in tree_flatten(inputs)[0]
+                               if isinstance(x, torch.Tensor))
             return (f"on inputs {shapes} it fails where the model does not ({type(e).__name__}: "
                     f"{_first_line(e)})")
     want = _to_cpu(want)
@@ -273,26 +321,57 @@ def _factory_module(name: str) -> str | None:
         return None
 
 
-def _input_specs(result: Any) -> list[tuple[list[int], str]]:
+def _input_specs(result: Any) -> list[tuple[Any, Any]]:
     """``[(shape, dtype name)]`` of the example inputs: the rebuild spec's, else the shapes of the report
-    with the dtypes ``ck.compress`` recorded (``"float32"`` for a result that has none)."""
+    with the dtypes ``ck.compress`` recorded (``"float32"`` for a result that has none). For a dict, list
+    or tuple input the shape and dtype are the same structure of per-tensor entries."""
     if result.rebuild is not None and result.rebuild.get("inputs"):
-        return [(list(shape), str(dtype)) for shape, dtype in result.rebuild["inputs"]]
+        return [(_plain(shape), _plain(dtype)) for shape, dtype in result.rebuild["inputs"]]
     shapes = result.report.example_input_shapes
     dtypes = list(getattr(result, "input_dtypes", None) or [])
-    dtypes += ["float32"] * (len(shapes) - len(dtypes))
-    return [(list(s), d) for s, d in zip(shapes, dtypes)]
+    dtypes += [_map_shapes(lambda s: "float32", s) for s in shapes[len(dtypes):]]
+    return [(_plain(s), _plain(d)) for s, d in zip(shapes, dtypes)]
 
 
-def _example_input(shape: list[int], dtype_name: str, float_dtype: torch.dtype, gen: torch.Generator,
-                   ) -> torch.Tensor:
-    """Uniform [0, 1) floats (in the model's float dtype) or zeros (token ids, masks, counts)."""
-    dtype = _dtype(dtype_name, "the example inputs")
-    if dtype.is_floating_point:
-        return torch.rand(shape, generator=gen, dtype=float_dtype)
-    if dtype.is_complex:
-        return torch.rand(shape, generator=gen, dtype=dtype)
-    return torch.zeros(shape, dtype=dtype)  # index 0 is valid for any Embedding / gather
+def _plain(x: Any) -> Any:
+    """A recorded shape or dtype with tuples as lists and dtype names as ``str``."""
+    if isinstance(x, Mapping):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_plain(v) for v in x]
+    return x if isinstance(x, int) else str(x)
+
+
+def _example_input(shape: Any, dtype_name: Any, float_dtype: torch.dtype, gen: torch.Generator,
+                   ) -> Any:
+    """Uniform [0, 1) floats (in the model's float dtype) or zeros (token ids, masks, counts); a dict or
+    list of them for an input recorded as one (``shape`` and ``dtype_name`` the same structure)."""
+    def make(s: list[int], dtype: torch.dtype) -> torch.Tensor:
+        if dtype.is_floating_point:
+            return torch.rand(s, generator=gen, dtype=float_dtype)
+        if dtype.is_complex:
+            return torch.rand(s, generator=gen, dtype=dtype)
+        return torch.zeros(s, dtype=dtype)  # index 0 is valid for any Embedding / gather
+
+    return _build_input(shape, dtype_name, make, "the example inputs")
+
+
+def _build_input(shape: Any, dtype_name: Any, make: Any, where: str, depth: int = 0) -> Any:
+    """``make(shape, dtype)`` for a recorded tensor input; the same structure of them for a recorded dict,
+    list or tuple input (the dtype's structure leads; the shape must match it). ValueError naming
+    ``where`` for anything else (e.g. a non-tensor input, which cannot be rebuilt)."""
+    if depth > 8:
+        raise ValueError(f"{where}: example input nested more than 8 levels deep")
+    if isinstance(dtype_name, str):
+        dtype = _dtype(dtype_name, where)
+        return make(_shape(shape, where), dtype)
+    if isinstance(dtype_name, Mapping) and isinstance(shape, Mapping) and set(shape) == set(dtype_name):
+        return {k: _build_input(shape[k], dtype_name[k], make, where, depth + 1) for k in dtype_name}
+    if isinstance(dtype_name, list | tuple) and isinstance(shape, list | tuple) \
+            and len(shape) == len(dtype_name):
+        return [_build_input(s, d, make, where, depth + 1) for s, d in zip(shape, dtype_name)]
+    raise ValueError(f"{where}: input dtype {dtype_name!r} (shape {shape!r}) is not a torch dtype name "
+                     "(expected e.g. 'float32', 'int64') nor a dict or list of them matching the shape")
 
 
 def _dtype(name: Any, where: str) -> torch.dtype:
@@ -324,8 +403,8 @@ def _programs(model: nn.Module, specs: list[tuple[list[int], str]], reasons: lis
     """``(what, program, notes)`` for each way to export ``model``, most general first: every size dynamic
     (a batch of 1 exported as 2: torch.export fixes sizes 0 and 1), then the example's sizes as they are,
     then every size fixed (a program whose size conditions cannot be checked safely)."""
-    shapes = [list(s) for s, _ in specs]
-    batch2 = [[2, *s[1:]] if s and s[0] == 1 else s for s in shapes]
+    shapes = [s for s, _ in specs]
+    batch2 = [_map_shapes(lambda t: [2, *t[1:]] if t and t[0] == 1 else t, s) for s in shapes]
     tries = ([("exported program", batch2, True)] if batch2 != shapes else []) + [
         ("exported program", shapes, True), ("exported program with fixed sizes", shapes, False)]
     failed = []
@@ -349,7 +428,7 @@ def _export(model: nn.Module, specs: list[tuple[list[int], str]], shapes: list[l
 
     dtype, device = _float_dtype_device(model)
     gen = torch.Generator(device="cpu").manual_seed(0)
-    inputs = tuple(_example_input(s, d, dtype, gen).to(device) for s, (_, d) in zip(shapes, specs))
+    inputs = tuple(_to_device(_example_input(s, d, dtype, gen), device) for s, (_, d) in zip(shapes, specs))
     ep = _export_once(model, inputs, dynamic)
     art = serialize(ep, serialize_state_dict=False, serialize_constants=False, serialize_example_inputs=False)
     constants = {k: v for k, v in ep.constants.items()}
@@ -380,7 +459,7 @@ def _export_once(model: nn.Module, inputs: tuple[torch.Tensor, ...], dynamic: bo
 
     with eval_mode(model), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The tensor attributes .* were assigned during export")
-        dims = tuple({d: Dim.AUTO if dynamic else Dim.STATIC for d in range(x.dim())} for x in inputs)
+        dims = tuple(_dims(x, Dim.AUTO if dynamic else Dim.STATIC) for x in inputs)
         with keep_model_state(model):  # a shape-keyed cache must not keep export's fake tensors
             ep = torch.export.export(model, inputs, dynamic_shapes=dims, strict=False)
         with torch.no_grad():
@@ -389,6 +468,17 @@ def _export_once(model: nn.Module, inputs: tuple[torch.Tensor, ...], dynamic: bo
     if problem is not None:
         raise RuntimeError(f"the exported program does not reproduce the model's outputs ({problem})")
     return ep
+
+
+def _dims(x: Any, kind: Any) -> Any:
+    """``dynamic_shapes`` entry of one input: ``{dim: kind}`` per tensor, in the input's structure."""
+    if isinstance(x, torch.Tensor):
+        return {d: kind for d in range(x.dim())}
+    if isinstance(x, Mapping):
+        return {k: _dims(v, kind) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return type(x)(_dims(v, kind) for v in x)
+    return None
 
 
 def _fixed_dims(ep: Any, inputs: tuple[torch.Tensor, ...]) -> list[str]:
@@ -403,7 +493,7 @@ def _fixed_dims(ep: Any, inputs: tuple[torch.Tensor, ...]) -> list[str]:
     out = []
     for i, name in enumerate(user):
         val = vals.get(name)
-        if not isinstance(val, torch.Tensor) or i >= len(inputs):
+        if not isinstance(val, torch.Tensor) or i >= len(tree_flatten(inputs)[0]):
             continue
         for d, size in enumerate(val.shape):
             if is_concrete_int(size) and int(size) > 1 and int(size) not in weight_dims:
@@ -672,10 +762,12 @@ def rebuild_registered(spec: Mapping[str, Any], shapes: Mapping[str, list[int]],
             or not all(isinstance(k, str) for k in kwargs):
         raise ValueError(f"{where}: the registered-model spec names {name!r} with kwargs {kwargs!r}; "
                          "expected a model name and a mapping of keyword arguments")
-    dtypes = [_dtype(dtype, where) for _, dtype in spec["inputs"]]  # before any model code runs
-    input_shapes = [_shape(shape, where) for shape, _ in spec["inputs"]]
+    leaves: list[tuple[list[int], torch.dtype]] = []  # checked before any model code runs
+    for shape, dtype in spec["inputs"]:
+        _build_input(shape, dtype, lambda s, dt: leaves.append((s, dt)), where)
+    input_shapes = [s for s, _ in spec["inputs"]]
     limit = _spec_limit()
-    need = sum(math.prod(s) * dt.itemsize for s, dt in zip(input_shapes, dtypes))
+    need = sum(math.prod(s) * dt.itemsize for s, dt in leaves)
     if need > limit:
         raise UnsafeFileError(f"{where}: the spec's example inputs {input_shapes} need "
                               f"{need / 2**20:.0f} MiB, more than the limit of {limit / 2**20:.0f} MiB; "
@@ -694,7 +786,8 @@ def rebuild_registered(spec: Mapping[str, Any], shapes: Mapping[str, list[int]],
                               f"than the limit of {limit / 2**20:.0f} MiB; refusing the file (raise "
                               "COMPRESSKIT_LOAD_MAX_BYTES if you trust it)")
     full = create_model(name, **kwargs)
-    inputs = tuple(torch.zeros(shape, dtype=dt) for shape, dt in zip(input_shapes, dtypes))
+    inputs = tuple(_build_input(shape, dtype, lambda s, dt: torch.zeros(s, dtype=dt), where)
+                   for shape, dtype in spec["inputs"])
     graph = trace(full, inputs)
     sizes = {str(g.id): g for g in graph.groups}
     keep = {}

@@ -110,8 +110,11 @@ class State:
             s.latency_by_runtime = times.ms
             s.latency_runtime = self.latency_runtime if self.latency_runtime in times.ms else times.best
             s.latency_ms = times.ms.get(s.latency_runtime) if s.latency_runtime else None
-        if self.val_loader is not None and self.metrics:
-            s.metrics = evaluate(m, self.val_loader, self.metrics, self.inputs_fn, cfg.eval_batches)
+        val = self.val_loader
+        if val is None and self.holdout is not None:  # no val_loader: the held-out training batches
+            val = self.holdout.val_batches
+        if val is not None and self.metrics:
+            s.metrics = evaluate(m, val, self.metrics, self.inputs_fn, cfg.eval_batches)
         return s
 
     def round_to(self) -> int:

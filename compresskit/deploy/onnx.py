@@ -140,6 +140,11 @@ def _as_tuple(example_inputs: Any) -> tuple:
     if isinstance(example_inputs, torch.Tensor):
         return (example_inputs,)
     if isinstance(example_inputs, (tuple, list)):
+        odd = [type(x).__name__ for x in example_inputs if not isinstance(x, torch.Tensor)]
+        if odd:
+            raise TypeError(f"example_inputs: ONNX export takes tensor inputs, but the model's inputs "
+                            f"include {', '.join(sorted(set(odd)))}; export a wrapper whose forward takes "
+                            "the tensors (e.g. forward(self, x): return self.model({'x': x}))")
         return tuple(example_inputs)
     raise TypeError("example_inputs: expected a tensor or a tuple of the model's positional inputs, "
                     f"got {type(example_inputs).__name__}")

@@ -4,15 +4,18 @@ A network may carry weights its inference forward never touches (a training-only
 head kept for another task). No width can remove them, so they cap every parameter target; compress
 names them in the report and in an unreachable-target error, and ``drop_unused=True`` removes them.
 
-:func:`unused_parameters` runs the forward once (eval mode, no gradients) under a
-``TorchFunctionMode`` that records every parameter passed to any torch function (a layer's ``F.conv2d``,
-``x * self.scale``, a custom op); the parameters never seen were not read. :func:`drop_unused` replaces
+:func:`unused_parameters` runs the forward (no gradients) under a ``TorchFunctionMode`` that records
+every parameter passed to any torch function (a layer's ``F.conv2d``, ``x * self.scale``, a custom op):
+once in eval mode and once in train mode on a deep copy (so a block that runs only while training, which
+fine-tuning needs, counts as read, and the model's BN statistics and RNG do not move); the parameters
+neither pass reads are unused. :func:`drop_unused` replaces
 each module none of whose parameters is read by a :class:`Dropped` placeholder (its index in a
 ``Sequential`` or ``ModuleList`` is kept) and unregisters the remaining unread parameters (set to None).
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -41,14 +44,47 @@ class _ReadRecorder(TorchFunctionMode):
 
 
 def unused_parameters(model: nn.Module, example_inputs: Any) -> dict[str, int]:
-    """``{parameter name: number of entries}`` of the parameters one forward pass on ``example_inputs``
-    (eval mode) never reads, in ``named_parameters()`` order (a parameter shared by two names once)."""
+    """``{parameter name: number of entries}`` of the parameters that neither an eval-mode nor a
+    train-mode forward pass on ``example_inputs`` reads, in ``named_parameters()`` order (a parameter
+    shared by two names once). The train-mode pass runs on a deep copy; where the model cannot be copied
+    or that pass fails, the eval-mode reads alone decide."""
     inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     params = dict(model.named_parameters())
+    read = _names_read(model, inputs, train=False)
+    if len(read) < len(params):
+        read |= _train_reads(model, inputs)
+    return {name: p.numel() for name, p in params.items() if name not in read}
+
+
+def _names_read(model: nn.Module, inputs: tuple, *, train: bool) -> set[str]:
+    """Names of the parameters of ``model`` one no-grad forward in the given mode reads."""
+    params = dict(model.named_parameters())
     rec = _ReadRecorder({id(p) for p in params.values()})
-    with eval_mode(model), torch.no_grad(), rec:
-        model(*inputs)
-    return {name: p.numel() for name, p in params.items() if id(p) not in rec.read}
+    if train:
+        with torch.no_grad(), rec:
+            model(*inputs)
+    else:
+        with eval_mode(model), torch.no_grad(), rec:
+            model(*inputs)
+    return {name for name, p in params.items() if id(p) in rec.read}
+
+
+def _train_reads(model: nn.Module, inputs: tuple) -> set[str]:
+    """Parameters a train-mode forward reads, found on a deep copy (BN statistics, buffers and the RNG
+    of ``model`` stay as they are); empty when the copy or the pass fails."""
+    try:
+        twin = copy.deepcopy(model)
+    except Exception:  # noqa: BLE001 - a model that cannot be copied: eval-mode reads decide
+        return set()
+    twin.train()
+    devices = sorted({p.device.index or 0 for p in twin.parameters() if p.device.type == "cuda"})
+    try:
+        with torch.random.fork_rng(devices=devices):
+            return _names_read(twin, inputs, train=True)
+    except Exception:  # noqa: BLE001 - e.g. a training forward that needs targets: eval-mode reads decide
+        return set()
+    finally:
+        del twin
 
 
 def unused_summary(model: nn.Module, unused: dict[str, int]) -> dict[str, int]:
