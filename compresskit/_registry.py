@@ -65,6 +65,21 @@ class Registry(Generic[V]):
         self._items[key] = obj
         return obj
 
+    def decorator(self, who: str, name: Any, expected: str, *, replace: bool = False) -> Callable[[Any], Any]:
+        """What ``register_<kind>(name)`` returns: a decorator that checks ``name`` (a non-empty string)
+        and that the decorated object is callable (else TypeError naming ``who`` and ``expected``), stores
+        it under ``name`` and returns it unchanged."""
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"{who}: name must be a non-empty string, got {name!r}")
+
+        def register(obj: Any) -> Any:
+            if not callable(obj):
+                raise TypeError(f"{who}({name!r}): expected {expected}, got {type(obj).__name__}")
+            self.register(name, obj, replace=replace)
+            return obj
+
+        return register
+
     def unregister(self, key: Hashable) -> V | None:
         """Remove ``key``; returns what it held (``None`` if nothing)."""
         return self._items.pop(key, None)

@@ -35,21 +35,11 @@ def register_loss(name: str, *, replace: bool = False, override: bool | None = N
     ... def my_l1(pred, target):
     ...     return (pred - target).abs().mean()
     """
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"register_loss: name must be a non-empty string, got {name!r}")
     if override is not None:
         warnings.warn("register_loss(override=...) is deprecated; use replace=...", DeprecationWarning,
                       stacklevel=2)
         replace = replace or override
-
-    def decorator(obj: T) -> T:
-        if not callable(obj):
-            raise TypeError(f"register_loss({name!r}): expected a loss class or function, "
-                            f"got {type(obj).__name__}")
-        LOSSES.register(name, obj, replace=replace)
-        return obj
-
-    return decorator
+    return LOSSES.decorator("register_loss", name, "a loss class or function", replace=replace)
 
 
 def _check_pair(pred: torch.Tensor, target: torch.Tensor, who: str) -> None:

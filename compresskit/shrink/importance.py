@@ -57,16 +57,8 @@ def register_importance(name: str, factory: T | None = None, *, replace: bool = 
     The factory is called without arguments, or with ``reference=`` (the original model, before
     sparsification) when it takes that keyword. ``PlanConfig(importance="name")`` then selects it.
     """
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"register_importance: name must be a non-empty string, got {name!r}")
-
-    def decorator(obj: T) -> T:
-        if not callable(obj):
-            raise TypeError(f"register_importance({name!r}): expected a class or a function returning an "
-                            f"Importance, got {type(obj).__name__}")
-        IMPORTANCES.register(name, obj, replace=replace)
-        return obj
-
+    decorator = IMPORTANCES.decorator("register_importance", name,
+                                      "a class or a function returning an Importance", replace=replace)
     return decorator if factory is None else decorator(factory)
 
 

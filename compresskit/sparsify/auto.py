@@ -381,16 +381,8 @@ def register_sparsifier(name: str, factory: Callable[..., Any] | None = None, *,
                         replace: bool = False) -> Any:
     """Register a sparsifier under ``name``: ``@register_sparsifier("name")`` on a class or function
     ``(config: SparsifyConfig) -> Sparsifier``; ``SparsifyConfig(method="name")`` then selects it."""
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"register_sparsifier: name must be a non-empty string, got {name!r}")
-
-    def decorator(obj: Any) -> Any:
-        if not callable(obj):
-            raise TypeError(f"register_sparsifier({name!r}): expected a factory (config) -> Sparsifier, "
-                            f"got {type(obj).__name__}")
-        SPARSIFIERS.register(name, obj, replace=replace)
-        return obj
-
+    decorator = SPARSIFIERS.decorator("register_sparsifier", name, "a factory (config) -> Sparsifier",
+                                      replace=replace)
     return decorator if factory is None else decorator(factory)
 
 
