@@ -317,8 +317,11 @@ def test_latency_target_plans_on_the_table_and_verifies_by_timing(monkeypatch):
     monkeypatch.setattr(cost_mod, "cost_model", fake)
     model, _ = _chain((32, 32))
     x = (torch.rand(1, 3, 48, 48),)
+    # eager NCHW only: this test is about planning on the table and verifying by timing; before/after in
+    # different runtimes (each model's fastest, ONNX Runtime included) made a sub-millisecond model's ratio
+    # noisy enough to refuse the target now and then
     cfg = ck.CompressConfig(sparsify={"steps": 2}, recover={"steps": 0}, progress=False, latency_repeats=3,
-                            plan={"latency_repeats": 3})
+                            plan={"latency_repeats": 3}, latency_runtimes=["eager"])
     result = ck.compress(model, _batches(x, 2), _energy, target="2x latency", config=cfg)
     assert len(built) == 1
     rep = result.report
