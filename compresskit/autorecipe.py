@@ -193,16 +193,25 @@ def plan_sparsify(state: Any) -> StagePlan | None:
         steps, planned2 = split_steps(_total_steps(state))
         tracker.record["planned_steps"] = [steps, planned2]
         n_val = VALIDATIONS
+    plan = _stage_plan(steps, lr, record, deadline, pace, val, val_what, n_val)
+    if val_what != "training" and cfg.method == "progressive":
+        # its weights are worth keeping once the removed units are zero
+        ramp_end = max(1, round(cfg.ramp * steps))
+        plan.best = BestWeights("val_loss", patience=PATIENCE, after_step=ramp_end)
+        plan.callbacks.append(plan.best)
+    return plan
+
+
+def _stage_plan(steps: int, lr: float, record: dict[str, Any], deadline: Any, pace: Any, val: Any,
+                val_what: str, n_val: int) -> StagePlan:
+    """What both stages' plans share: the steps, the time keepers (pace, deadline) as callbacks, and
+    validation every ``steps // n_val`` steps on ``val`` unless it is the training data itself."""
     plan = StagePlan(steps=steps, lr=lr, record=record, deadline=deadline)
     if deadline is not None:
         plan.pace = pace
         plan.callbacks += [pace, deadline]
     if val_what != "training":
         plan.val_loader, plan.val_every = val, max(1, steps // n_val)
-        if cfg.method == "progressive":  # its weights are worth keeping once the removed units are zero
-            ramp_end = max(1, round(cfg.ramp * steps))
-            plan.best = BestWeights("val_loss", patience=PATIENCE, after_step=ramp_end)
-            plan.callbacks.append(plan.best)
         record["validation"] = f"{len(val)} {val_what} batches every {plan.val_every} steps"
     record["steps"] = steps
     return plan
@@ -304,17 +313,11 @@ def plan_recover(state: Any, teacher: nn.Module | None) -> StagePlan | None:
         n_val = VALIDATIONS
         if unused:
             record["from_stage_I"] = unused  # stage I stopped early: its steps go to recovery
-    plan = StagePlan(steps=steps, lr=lr, record=record, deadline=deadline)
-    if deadline is not None:
-        plan.pace = pace
-        plan.callbacks += [pace, deadline]
+    plan = _stage_plan(steps, lr, record, deadline, pace, val, val_what, n_val)
     if val_what != "training":
-        plan.val_loader, plan.val_every = val, max(1, steps // n_val)
         # a cosine's low-lr end often gains most: no early stop in the first half
         plan.best = BestWeights("task_loss", patience=PATIENCE, stop_from=steps // 2)
         plan.callbacks.append(plan.best)
-        record["validation"] = f"{len(val)} {val_what} batches every {plan.val_every} steps"
-    record["steps"] = steps
     return plan
 
 
