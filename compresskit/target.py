@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serial
 
 __all__ = ["Target", "DEFAULT_TARGET", "METRICS", "as_target"]
 
-#: the built-in measures (``compresskit.shrink.metric.METRICS`` is the registry of all of them)
+#: the built-in measures (``compresskit.plan.metric.METRICS`` is the registry of all of them)
 METRICS = ("params", "macs", "latency")
 _FORM = re.compile(r"^\s*([+-]?[0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*(x|×|%)\s*"
                    r"(?:fewer\s+|less\s+|of\s+)?([a-z]+)\s*$")
@@ -36,7 +36,7 @@ _EXPECTED = ("expected '<N>x <metric>' (N > 1 times fewer, e.g. '4x params') or 
 
 
 def _metric_names() -> str:
-    from compresskit.shrink.metric import METRICS as REGISTRY
+    from compresskit.plan.metric import METRICS as REGISTRY
 
     return ", ".join(REGISTRY.names())
 
@@ -66,7 +66,7 @@ class Target(BaseModel):
     @field_validator("metric")
     @classmethod
     def _known_metric(cls, value: str) -> str:
-        from compresskit.shrink.metric import metric_name
+        from compresskit.plan.metric import metric_name
 
         name = metric_name(value) if isinstance(value, str) else None
         if name is None:
@@ -133,7 +133,7 @@ class Target(BaseModel):
 
 
 def _parse(text: str) -> dict[str, Any]:
-    from compresskit.shrink.metric import metric_name
+    from compresskit.plan.metric import metric_name
 
     m = _FORM.match(text.lower())
     if m is None:

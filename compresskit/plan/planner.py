@@ -233,7 +233,7 @@ def plan_widths(
     known = {layer.name for layer in graph.layers} | {m.module for g in graph.groups for m in g.members}
     unknown = [n for n in densities if n not in known]
     if strict is None:
-        from compresskit.sparsify.density import LayerDensities
+        from compresskit.measure.density import LayerDensities
 
         strict = not isinstance(densities, LayerDensities)
     if unknown and (strict or len(unknown) == len(densities)):
@@ -335,9 +335,9 @@ def plan_for_target(
 
     Args:
         graph: ``ck.trace(model, example_inputs)``.
-        cost: a :class:`~compresskit.shrink.cost.CostModel` (``params_cost``, ``macs_cost``, a latency
+        cost: a :class:`~compresskit.plan.cost.CostModel` (``params_cost``, ``macs_cost``, a latency
             table), or ``{metric: CostModel}`` covering every measure of the target.
-        importance: ``{group id: per-unit scores}`` (an :class:`~compresskit.shrink.importance.Importance`).
+        importance: ``{group id: per-unit scores}`` (an :class:`~compresskit.plan.importance.Importance`).
         target: a ``ck.Target``, its string form (its metrics should be the cost models') or a ratio > 1.
         min_width: smallest width, in units.
         round_to: widths in channels are multiples of this (8 suits CUDA kernels), unless kept whole.
@@ -347,7 +347,7 @@ def plan_for_target(
     Raises ValueError naming ``target`` when even the smallest allowed widths cost more than the budget
     of some part.
     """
-    from compresskit.shrink.importance import removal_order
+    from compresskit.plan.importance import removal_order
 
     parts = _constraints(cost, target, budget)
     _check_int("min_width", min_width, 1)
