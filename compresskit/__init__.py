@@ -45,7 +45,7 @@ _API: dict[str, str] = {
     "TrainConfig": "compresskit.config",
     "DistillConfig": "compresskit.config",
     # targets and planning (Core IV)
-    "Target": "compresskit.target",
+    "Target": "compresskit.plan.target",
     "SparsifyConfig": "compresskit.config",
     "PlanConfig": "compresskit.config",
     "ShrinkConfig": "compresskit.config",

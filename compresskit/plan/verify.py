@@ -24,7 +24,7 @@ from compresskit.plan.planner import WidthPlan, plan_for_target
 
 if TYPE_CHECKING:  # pragma: no cover
     from compresskit.graph.channels import ChannelGraph
-    from compresskit.target import Target
+    from compresskit.plan.target import Target
 
 __all__ = ["measure_cost", "verify_plan", "next_budget", "EXACT"]
 
