@@ -10,7 +10,7 @@ Times come from ``--repeats`` forward passes per model (inference mode, batch 1)
 so that a change of load hits all of them alike, with ``--threads`` torch threads, every model and input
 in ``--memory-format`` (channels_last by default: oneDNN's convolutions are much faster in NHWC for the
 compressed models' odd widths); MACs
-count convolutions only (``compresskit.report.count_macs``; the AdaCoF op and element-wise work are not
+count convolutions only (``compresskit.measure.count_macs``; the AdaCoF op and element-wise work are not
 counted). Ratios compare the minimum times, which other load on a shared machine can only lengthen.
 Results print as a rich table and, with ``--json``, are written atomically as JSON.
 
@@ -32,7 +32,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from compresskit.io import atomic_write_json
-from compresskit.report import count_macs, count_params
+from compresskit.measure import count_macs, count_params
 
 MODELS = {
     "AdaCoF (F=5, d=1)": lambda: AdaCoF(5, 1),

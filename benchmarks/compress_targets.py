@@ -192,7 +192,7 @@ def large_motion_set(args, data: dict, n_eval: int) -> torch.utils.data.Dataset:
 
 
 def stats(model, frame) -> dict[str, float]:
-    from compresskit.report import count_macs, count_params, measure_latency
+    from compresskit.measure import count_macs, count_params, measure_latency
 
     x = (frame, frame)
     # the fastest of 7 runs: on a shared machine the median mostly measures the neighbours

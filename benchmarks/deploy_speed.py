@@ -29,7 +29,7 @@ from rich.table import Table
 import compresskit as ck
 from compresskit.deploy.runtime import measure_runtimes
 from compresskit.io import atomic_write_json
-from compresskit.report import count_macs, count_params
+from compresskit.measure import count_macs, count_params
 
 PAIRS = {"adacof": ("adacof", "compressed_adacof", 2), "stmfnet": ("stmfnet", "stmfnet_mini", 4)}
 GOALS = {"adacof": 2.0, "stmfnet": 3.0}

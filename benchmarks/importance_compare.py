@@ -67,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _random_importance() -> None:
     import compresskit as ck
-    from compresskit.shrink.importance import IMPORTANCES
+    from compresskit.plan.importance import IMPORTANCES
 
     if "random" in IMPORTANCES:
         return
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     from train_teacher import mean_psnr
 
     import compresskit as ck
-    from compresskit.shrink.importance import TaylorImportance
+    from compresskit.plan.importance import TaylorImportance
 
     _random_importance()
     data = {"gap": 4, "clips": ["bikes", "carphone"]} if args.teacher != "adacof" else {"gap": 1}

@@ -1,11 +1,12 @@
 """How well the latency table predicts the measured latency of shrunk models, and whether latency tracks MACs.
 
-For each model: trace it, build :class:`compresskit.shrink.latency.LatencyTable` (every conv/linear layer
+For each model: trace it, build :class:`compresskit.plan.latency.LatencyTable` (every conv/linear layer
 timed alone on a grid of kept channel fractions 0.25/0.5/0.75/1), build it a second time (read from the
 cache), then for several width assignments shrink the model for real (``ck.shrink``) and compare:
 
-- ``predicted`` = ``table(widths)`` with ``measured`` = the shrunk model timed the table's way
-  (``measure_ms``: ``--stat`` of ``--repeats`` runs, on the ``--clock``), error = predicted / measured − 1;
+- ``predicted`` = ``table(widths)`` with ``measured`` = the shrunk model timed on the one clock
+  (``compresskit.measure.clock.time_ms``: the median of ``--repeats`` runs, on the ``--clock``),
+  error = predicted / measured − 1;
   also the error when the time outside the layers is a constant (``calibrate=()``);
 - the MACs ratio (full / shrunk, ``count_macs``) with the measured latency ratio (full / shrunk, the two
   timed alternately, best of 3 each) and the predicted ratio (``table.full() / table(widths)``, what a
@@ -22,7 +23,7 @@ The default clock is this thread's CPU time with one torch thread: on a machine 
 the wall clock swings by 2x between two measurements of the same model, the thread's CPU time does not.
 
     python benchmarks/latency_table.py --json latency_table.json
-    python benchmarks/latency_table.py --models resnet --clock wall --threads 2 --stat median
+    python benchmarks/latency_table.py --models resnet --clock wall --threads 2
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ from rich.table import Table
 
 import compresskit as ck
 from compresskit.io import atomic_write_json
-from compresskit.report import count_macs
-from compresskit.shrink.latency import LatencyTable, device_name, measure_ms
+from compresskit.measure.clock import STATISTIC, time_ms
+from compresskit.measure.macs import count_macs
+from compresskit.plan.latency import LatencyTable, device_name
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
@@ -100,10 +102,10 @@ def run(name: str, args: argparse.Namespace, cache_dir: Path, console: Console) 
     model.eval()
     graph = ck.trace(model, inputs)
     timer = CLOCKS[args.clock]
-    kw = {"repeats": args.table_repeats, "stat": args.stat, "timer": timer}
+    kw = {"repeats": args.table_repeats, "timer": timer}
 
     def measure(m: torch.nn.Module) -> float:
-        return measure_ms(lambda: m(*inputs), repeats=args.repeats, timer=timer, stat=args.stat)
+        return time_ms(lambda: m(*inputs), repeats=args.repeats, timer=timer, warmup=2)
 
     t0 = time.perf_counter()
     table = LatencyTable.build(model, graph, inputs, cache_dir=cache_dir, **kw)
@@ -161,9 +163,6 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=20, help="timed runs per measured latency")
     ap.add_argument("--cache-dir", default=None, help="where the table is cached (default: a temp folder)")
     ap.add_argument("--json", default=None, help="write the results here")
-    ap.add_argument("--stat", default="min", choices=("min", "median"),
-                    help="statistic of the timed runs, for the table and the measurements alike "
-                    "(min: steadier when other work shares the machine)")
     ap.add_argument("--table-repeats", type=int, default=7, help="timed runs per table entry")
     ap.add_argument("--clock", default="thread", choices=list(CLOCKS),
                     help="thread: CPU time of this thread (with --threads 1 all the work runs in it; other "
@@ -175,13 +174,13 @@ def main() -> None:
     console = Console(width=150)
     device = torch.device("cpu")
     console.print(f"{device_name(device)}, torch {torch.__version__}, {args.threads} thread(s), "
-                  f"python {platform.python_version()}, clock {args.clock}, {args.stat} of the runs")
+                  f"python {platform.python_version()}, clock {args.clock}, {STATISTIC} of the runs")
     with tempfile.TemporaryDirectory() as tmp:
         cache_dir = Path(args.cache_dir) if args.cache_dir else Path(tmp)
         results = [run(name, args, cache_dir, console) for name in args.models]
     if args.json:
         atomic_write_json({"device": device_name(device), "torch": torch.__version__, "threads": args.threads,
-                           "repeats": args.repeats, "table_repeats": args.table_repeats, "stat": args.stat,
+                           "repeats": args.repeats, "table_repeats": args.table_repeats, "stat": STATISTIC,
                            "clock": args.clock, "results": results}, args.json)
 
 

@@ -282,8 +282,8 @@ def _c2c(tmp: Path) -> tuple[str, str]:
 
     torch = _torch()
     import compresskit as ck
-    from compresskit.shrink.cost import params_cost
-    from compresskit.shrink.plan import plan_for_target
+    from compresskit.plan.cost import params_cost
+    from compresskit.plan.planner import plan_for_target
 
     model = _tied().eval()
     g = ck.trace(model, torch.randn(1, 3, 8, 8))

@@ -31,7 +31,7 @@ from rich.table import Table
 from torch import nn
 
 from compresskit.io import atomic_write_json
-from compresskit.report import count_macs, count_params
+from compresskit.measure import count_macs, count_params
 
 MODELS: dict[str, Callable[[], nn.Module]] = {
     "ST-MFNet": lambda: STMFNet(),

@@ -24,19 +24,19 @@ _API: dict[str, str] = {
     "ChannelGroup": "compresskit.graph.channels",
     "register_rule": "compresskit.graph.rules",
     # strategies (House III): what to remove, how stage I trains, what a target measures
-    "register_importance": "compresskit.shrink.importance",
+    "register_importance": "compresskit.plan.importance",
     "register_sparsifier": "compresskit.sparsify.auto",
-    "register_metric": "compresskit.shrink.metric",
+    "register_metric": "compresskit.plan.metric",
     # shrink (Core I / II)
     "shrink": "compresskit.shrink.surgery",
     "register_resizer": "compresskit.shrink.resize",
-    "plan_widths": "compresskit.shrink.plan",
-    "plan_for_target": "compresskit.shrink.plan",
-    "WidthPlan": "compresskit.shrink.plan",
+    "plan_widths": "compresskit.plan.planner",
+    "plan_for_target": "compresskit.plan.planner",
+    "WidthPlan": "compresskit.plan.planner",
     # sparsify (Core II)
     "OBProxSG": "compresskit.sparsify.obproxsg",
     "steps_from_epochs": "compresskit.sparsify.obproxsg",
-    "layer_densities": "compresskit.sparsify.density",
+    "layer_densities": "compresskit.measure.density",
     # compress (Core II)
     "compress": "compresskit.api",
     "CompressResult": "compresskit.api",
@@ -47,7 +47,7 @@ _API: dict[str, str] = {
     "TrainConfig": "compresskit.config",
     "DistillConfig": "compresskit.config",
     # targets and planning (Core IV)
-    "Target": "compresskit.target",
+    "Target": "compresskit.plan.target",
     "SparsifyConfig": "compresskit.config",
     "PlanConfig": "compresskit.config",
     "ShrinkConfig": "compresskit.config",
@@ -120,6 +120,10 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
     from compresskit.graph.channels import ChannelGraph, ChannelGroup  # noqa: F401
     from compresskit.graph.rules import register_rule  # noqa: F401
     from compresskit.graph.trace import register_leaf, trace  # noqa: F401
+    from compresskit.measure.density import layer_densities  # noqa: F401
+    from compresskit.plan.importance import register_importance  # noqa: F401
+    from compresskit.plan.metric import register_metric  # noqa: F401
+    from compresskit.plan.planner import WidthPlan, plan_for_target, plan_widths  # noqa: F401
     from compresskit.plugins import load_plugins  # noqa: F401
     from compresskit.registry import (  # noqa: F401
         create_model,
@@ -128,13 +132,9 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
         model_info,
         register_model,
     )
-    from compresskit.shrink.importance import register_importance  # noqa: F401
-    from compresskit.shrink.metric import register_metric  # noqa: F401
-    from compresskit.shrink.plan import WidthPlan, plan_for_target, plan_widths  # noqa: F401
     from compresskit.shrink.resize import register_resizer  # noqa: F401
     from compresskit.shrink.surgery import shrink  # noqa: F401
     from compresskit.sparsify.auto import register_sparsifier  # noqa: F401
-    from compresskit.sparsify.density import layer_densities  # noqa: F401
     from compresskit.sparsify.obproxsg import OBProxSG, steps_from_epochs  # noqa: F401
     from compresskit.target import Target  # noqa: F401
     from compresskit.train.loop import Trainer, train  # noqa: F401

@@ -240,7 +240,7 @@ def _run_stage(args: argparse.Namespace, stop_after: str | None, force_distill: 
 
     console = Console()
     if stop_after == "sparsify":
-        from compresskit.sparsify.density import density_table
+        from compresskit.measure.density import density_table
 
         densities = {r.name: r.density for r in result.report.layers if r.density is not None}
         console.print(density_table(densities))

@@ -287,7 +287,7 @@ class PlanConfig(Config):
         if value is None:
             raise ValueError("plan.importance: expected the name of a registered importance or an "
                              "Importance object, got None")
-        from compresskit.shrink.importance import IMPORTANCES
+        from compresskit.plan.importance import IMPORTANCES
 
         return _check_strategy(value, "plan.importance", IMPORTANCES, ("__call__",), "ck.register_importance")
 

@@ -2,8 +2,9 @@
 
 ``CompressReport`` is the record :func:`compresskit.compress` returns; it round-trips through JSON, prints
 as rich tables and draws PNG charts (density per layer, metric against parameters). The measurement
-helpers (:func:`count_params`, :func:`count_macs`, :func:`measure_latency`, :func:`evaluate`) work on
-any ``nn.Module``.
+helpers work on any ``nn.Module``: :func:`evaluate` lives here; :func:`count_params`, :func:`count_macs`
+and :func:`measure_latency` are the ground floor's (:mod:`compresskit.measure`), named here too because
+``ck.report`` is public.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ import io
 import json
 import math
 import os
-import statistics
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,10 +20,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
 from compresskit._modes import eval_mode
 from compresskit.io import atomic_write_bytes, atomic_write_json
+from compresskit.measure.clock import measure_latency
+from compresskit.measure.counts import count_params
+from compresskit.measure.macs import count_macs
 from compresskit.train.batch import to_device
 
 __all__ = [
@@ -44,112 +45,6 @@ __all__ = [
 Metric = Callable[[Any, Any], Any]
 
 REPORT_FORMAT = "compresskit.report/1"
-
-
-# --------------------------------------------------------------------------------------------- measuring
-def count_params(model: nn.Module) -> int:
-    """Number of parameter elements (shared parameters counted once)."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"count_params: model must be an nn.Module, got {type(model).__name__}")
-    return sum(p.numel() for p in model.parameters())
-
-
-def _as_tuple(example_inputs: Any) -> tuple:
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,)
-    if isinstance(example_inputs, (tuple, list)):
-        return tuple(example_inputs)
-    raise TypeError("example_inputs: expected a tensor or a tuple of the model's positional inputs, "
-                    f"got {type(example_inputs).__name__}")
-
-
-def count_macs(model: nn.Module, example_inputs: Any) -> int:
-    """Multiply-accumulates of one forward pass on ``example_inputs``.
-
-    Every convolution, transposed convolution, linear map, matrix product and attention call is counted
-    as it runs (module or functional, through a ``TorchFunctionMode``): a conv contributes
-    ``C_out · C_in/groups · k_h · k_w`` per output pixel and sample, a transposed conv ``C_out/groups ·
-    k_h · k_w`` per *input* pixel, a linear map ``in_features`` per output element. Element-wise ops,
-    norms and custom ops are not counted.
-    """
-    inputs = _as_tuple(example_inputs)
-    counter = _MacCounter()
-    with eval_mode(model), torch.no_grad(), counter:
-        model(*inputs)
-    return counter.total
-
-
-def _arg(args: tuple, kwargs: dict, index: int, name: str) -> Any:
-    return args[index] if len(args) > index else kwargs.get(name)
-
-
-class _MacCounter(TorchFunctionMode):
-    """Adds up the MACs of the heavy torch calls made inside it (nested calls are not seen twice)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.total = 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        self.total += _macs_of(func, args, kwargs, out)
-        return out
-
-
-def _macs_of(func: Any, args: tuple, kwargs: dict, out: Any) -> int:
-    F = torch.nn.functional
-    if func in (F.conv1d, F.conv2d, F.conv3d):  # weight (C_out, C_in/g, *k): one kernel per output
-        return out.numel() * _arg(args, kwargs, 1, "weight")[0].numel()
-    if func in (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d):  # (C_in, C_out/g, *k)
-        return _arg(args, kwargs, 0, "input").numel() * _arg(args, kwargs, 1, "weight")[0].numel()
-    if func is F.linear:
-        return out.numel() * _arg(args, kwargs, 1, "weight").shape[-1]
-    if func in _MATMULS:
-        a = args[0] if func is not torch.Tensor.__rmatmul__ else args[1]
-        return out.numel() * (a.shape[-1] if a.dim() > 0 else 1)
-    if func is F.scaled_dot_product_attention:  # Q·Kᵀ and softmax(·)·V
-        q, k, v = (_arg(args, kwargs, i, n) for i, n in enumerate(("query", "key", "value")))
-        scores = q.numel() // q.shape[-1] * k.shape[-2]
-        return scores * q.shape[-1] + scores * v.shape[-1]
-    if func is F.multi_head_attention_forward:  # (L, N, E) inputs: 4 projections, Q·Kᵀ, attention·V
-        query, key = _arg(args, kwargs, 0, "query"), _arg(args, kwargs, 1, "key")
-        n_q, n_k, embed = query.shape[0], key.shape[0], query.shape[-1]
-        batch = query.shape[1] if query.dim() == 3 else 1
-        return batch * ((2 * n_q + 2 * n_k) * embed * embed + 2 * n_q * n_k * embed)
-    return 0
-
-
-_MATMULS = (torch.matmul, torch.mm, torch.bmm, torch.Tensor.matmul, torch.Tensor.mm, torch.Tensor.bmm,
-            torch.Tensor.__matmul__, torch.Tensor.__rmatmul__)
-
-
-def measure_latency(
-    model: nn.Module, example_inputs: Any, repeats: int = 10, warmup: int = 2
-) -> dict[str, Any]:
-    """Wall-clock time of ``model(*example_inputs)`` in eval mode under ``torch.inference_mode``.
-
-    Returns ``{"median_ms", "min_ms", "repeats", "threads", "device"}``; the median of ``repeats`` timed
-    runs after ``warmup`` untimed ones. CUDA work is synchronised before each clock read.
-    """
-    if repeats < 1:
-        raise ValueError(f"measure_latency: repeats must be ≥ 1, got {repeats}")
-    if warmup < 0:
-        raise ValueError(f"measure_latency: warmup must be ≥ 0, got {warmup}")
-    inputs = _as_tuple(example_inputs)
-    device = next((t.device for t in inputs if isinstance(t, torch.Tensor)), torch.device("cpu"))
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    times = []
-    with eval_mode(model), torch.inference_mode():
-        for i in range(warmup + repeats):
-            sync()
-            start = time.perf_counter()
-            model(*inputs)
-            sync()
-            if i >= warmup:
-                times.append((time.perf_counter() - start) * 1e3)
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "repeats": repeats,
-            "threads": torch.get_num_threads(), "device": str(device)}
 
 
 def normalize_metrics(metrics: Mapping[str, Metric] | Sequence[Metric] | Metric | None) -> dict[str, Metric]:
@@ -330,7 +225,7 @@ class CompressReport:
         written = []
         dens = {r.name: r.density for r in self.layers if r.density is not None}
         if dens:
-            from compresskit.sparsify.density import plot_densities
+            from compresskit.measure.density import plot_densities
 
             written.append(plot_densities(dens, out_dir / "densities.png"))
         names = [m for m in self.before.metrics if self.after is not None and m in self.after.metrics]

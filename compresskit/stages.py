@@ -25,14 +25,10 @@ from compresskit import pipeline
 from compresskit._modes import eval_mode
 from compresskit.config import CompressConfig
 from compresskit.io import atomic_write_json
+from compresskit.measure.counts import count_params
+from compresskit.measure.macs import count_macs
 from compresskit.pipeline import Stage, StageStore, checksum
-from compresskit.report import (
-    ModelStats,
-    count_macs,
-    count_params,
-    evaluate,
-    frozen_group_notes,
-)
+from compresskit.report import ModelStats, evaluate, frozen_group_notes
 from compresskit.target import Target
 
 __all__ = ["State", "Stage", "STAGES", "TraceStage", "SparsifyStage", "PlanStage", "ShrinkStage",
@@ -126,9 +122,9 @@ class State:
         return {m: self.costs[m] for m in self.target.metrics}
 
     def importance_strategy(self) -> Any:
-        """The configured :class:`~compresskit.shrink.importance.Importance`, built once per run."""
+        """The configured :class:`~compresskit.plan.importance.Importance`, built once per run."""
         if self.strategy is None:
-            from compresskit.shrink.importance import get_importance
+            from compresskit.plan.importance import get_importance
 
             self.strategy = get_importance(self.config.plan.importance, self.model)
         return self.strategy
@@ -151,7 +147,7 @@ class TraceStage(Stage):
     def run(self, state: State) -> None:
         from compresskit.graph.modes import cover_train_mode
         from compresskit.graph.trace import data_branch_notes, trace
-        from compresskit.shrink.cost import cost_model, macs_cost, params_cost
+        from compresskit.plan.cost import cost_model, macs_cost, params_cost
         from compresskit.shrink.unused import drop_unused, unused_parameters
 
         state.work = copy.deepcopy(state.model)
@@ -244,7 +240,7 @@ def _needs_target_plan(state: State) -> bool:
 def _check_reachable(state: State) -> None:
     """Fail before any training when a part of the target cannot be met (ValueError naming ``target``);
     parameters forward never reads are named first, with their share and what they cap the ratio at."""
-    from compresskit.shrink.plan import plan_for_target
+    from compresskit.plan.planner import plan_for_target
 
     ones = {g.id: torch.ones(g.size, dtype=torch.float64) for g in state.graph.prunable_groups}
     try:
@@ -260,8 +256,8 @@ def _check_reachable(state: State) -> None:
 def _unused_cap(state: State) -> str | None:
     """Why parameters forward never reads make a part of the target unreachable (their share of its
     measure, the ratio they cap it at, whether ``drop_unused`` would do), or None when they do not."""
-    from compresskit.shrink.metric import get_metric
-    from compresskit.shrink.plan import allowed_widths
+    from compresskit.plan.metric import get_metric
+    from compresskit.plan.planner import allowed_widths
     from compresskit.shrink.unused import drop_unused, unused_summary
 
     if not state.unused or state.dropped:
@@ -307,7 +303,7 @@ def _unused_cap(state: State) -> str | None:
 
 def target_widths(state: State) -> Callable[[nn.Module], dict[int, int]]:
     """``fn(model)``: the target plan's widths ``{group id: units}`` for the model's current weights."""
-    from compresskit.shrink.plan import plan_for_target
+    from compresskit.plan.planner import plan_for_target
 
     importance = state.importance_strategy()
 
@@ -322,8 +318,8 @@ def target_widths(state: State) -> Callable[[nn.Module], dict[int, int]]:
 def _strategy_fingerprint(state: State) -> dict[str, Any]:
     """The plan config with the importance's own ``fingerprint()`` in place of its name (and the
     fingerprints of registered measures the target names)."""
-    from compresskit.shrink.importance import importance_fingerprint
-    from compresskit.shrink.metric import BUILTIN_METRICS, get_metric
+    from compresskit.plan.importance import importance_fingerprint
+    from compresskit.plan.metric import BUILTIN_METRICS, get_metric
 
     plan = state.config.plan.model_dump(mode="json")
     plan["importance"] = importance_fingerprint(state.importance_strategy())
@@ -465,7 +461,7 @@ class PlanStage(Stage):
                 "plan": _strategy_fingerprint(state), "round_to": state.round_to()}
 
     def run(self, state: State) -> dict[str, Any]:
-        from compresskit.sparsify.density import layer_densities
+        from compresskit.measure.density import layer_densities
 
         cfg = state.config.plan
         state.densities = layer_densities(state.work)
@@ -473,7 +469,7 @@ class PlanStage(Stage):
         if cfg.rule == "target":
             state.plan, record = _target_plan(state)
         else:
-            from compresskit.shrink.plan import plan_widths
+            from compresskit.plan.planner import plan_widths
 
             state.plan = plan_widths(state.graph, state.densities, rule=cfg.rule, coupling=cfg.coupling,
                                      min_width=cfg.min_width, divisor=state.round_to())
@@ -489,8 +485,8 @@ class PlanStage(Stage):
                 "scores": {str(k): v for k, v in state.importance.items()}}
 
     def restore(self, state: State, payload: dict[str, Any]) -> None:
-        from compresskit.shrink.plan import WidthPlan
-        from compresskit.sparsify.density import layer_densities
+        from compresskit.measure.density import layer_densities
+        from compresskit.plan.planner import WidthPlan
 
         state.densities = layer_densities(state.work)
         state.importance = _scores(state) if payload.get("scores") is None else {
@@ -534,8 +530,8 @@ def _widths(state: State) -> dict[str, list[int]]:
 def _removed_share(state: State) -> float:
     """Share of the prunable groups' l1 mass (after sparsification) in the units the plan removes (0: only
     zeros go)."""
-    from compresskit.shrink.importance import removal_order
-    from compresskit.shrink.select import unit_l1_mass
+    from compresskit.measure.mass import unit_l1_mass
+    from compresskit.plan.importance import removal_order
 
     total = removed = 0.0
     for gid, scores in state.importance.items():
@@ -548,7 +544,7 @@ def _removed_share(state: State) -> float:
 
 
 def _shrunk(state: State, plan: Any, init: str = "inherit") -> nn.Module:
-    from compresskit.shrink.importance import keep_from_importance
+    from compresskit.plan.importance import keep_from_importance
     from compresskit.shrink.surgery import shrink
 
     keep = keep_from_importance(state.importance, plan.widths, plan.sizes)
@@ -557,100 +553,25 @@ def _shrunk(state: State, plan: Any, init: str = "inherit") -> nn.Module:
 
 def _measure(state: State, model: nn.Module, metric: str | None = None) -> float:
     """The registered measurement of ``metric`` (default: the target's first) on ``model``."""
-    from compresskit.shrink.metric import get_metric
+    from compresskit.plan.verify import measure_cost
 
-    metric = metric or state.target.metric
-    layout = {"layout": state.latency_runtime} if metric == "latency" and state.latency_runtime else {}
-    return float(get_metric(metric).measure(
-        model, state.example_inputs, repeats=state.config.plan.latency_repeats, **layout))
+    return measure_cost(model, metric or state.target.metric, state.example_inputs,
+                        repeats=state.config.plan.latency_repeats, layout=state.latency_runtime)
 
 
 def _target_plan(state: State) -> tuple[Any, dict[str, Any]]:
-    """Plan for the target, then shrink and count (or time) it; scale the budgets and replan if off.
-
-    Parameters and conv/linear MACs are predicted exactly, so one pass usually does; matmuls between
-    activations (attention) and measured latency are where the correction earns its keep. Each part of
-    a target of several measures is verified and corrected on its own budget.
-    """
-    from compresskit.shrink.metric import get_metric
-    from compresskit.shrink.plan import plan_for_target
+    """Plan for the target, verified by shrinking and measuring (``plan.verify.verify_plan``)."""
+    from compresskit.plan.verify import verify_plan
 
     cfg = state.config.plan
-    target, costs = state.target, state.target_costs()
-    kw = dict(min_width=cfg.min_width, round_to=state.round_to())
-    metrics = target.metrics
-    tol = {m: get_metric(m).tolerance for m in metrics}
-    noisy = any(tol.values())
-    exact = ("params", "macs")  # predicted exactly: the cost model's full cost is the count
-    full_measured = {m: float(costs[m].full()) if m in exact else _measure(state, state.work, m)
-                     for m in metrics}
-    goal = {t.metric: full_measured[t.metric] / t.ratio for t in target.terms}
-    budget = {t.metric: float(costs[t.metric].full()) / t.ratio for t in target.terms}
-    attempts: list[dict[str, Any]] = []
-    best = None
-    lo = dict.fromkeys(metrics, 0.0)  # budgets known to fit / not to fit the measured goal
-    hi = {m: float(costs[m].full()) for m in metrics}
-    seen: dict[str, list[tuple[float, float]]] = {m: [] for m in metrics}  # (predicted, measured) per try
-    for _ in range((4 if noisy else 8) if cfg.verify else 1):
-        plan = plan_for_target(state.graph, costs, state.importance, target, budget=dict(budget), **kw)
-        if not cfg.verify:
-            break
-        small = _shrunk(state, plan)
-        achieved = {m: _measure(state, small, m) for m in metrics}
-        predicted = {t["metric"]: t["predicted"] for t in plan.terms}
-        first = metrics[0]
-        attempt = {"budget": budget[first], "predicted": predicted[first], "measured": achieved[first],
-                   "ratio": full_measured[first] / achieved[first] if achieved[first] else None}
-        if len(metrics) > 1:
-            attempt["terms"] = {m: {"budget": budget[m], "predicted": predicted[m], "measured": achieved[m],
-                                    "ratio": full_measured[m] / achieved[m] if achieved[m] else None}
-                                for m in metrics}
-        attempts.append(attempt)
-        for m in metrics:
-            seen[m].append((predicted[m], achieved[m]))
-        fits = {m: achieved[m] <= goal[m] * (1 + tol[m]) for m in metrics}
-        miss = sum(max(0.0, achieved[m] / goal[m] - 1) for m in metrics)
-        slack = min(abs(achieved[m] - goal[m]) / goal[m] for m in metrics)
-        score = (not all(fits.values()), miss, slack)
-        if best is None or score < best[0]:
-            best = (score, plan)
-        tight = any(achieved[m] >= goal[m] * 0.9 for m in metrics)
-        if all(fits.values()) and tight:
-            break
-        done = True
-        for m in metrics:
-            if fits[m] and not (all(fits.values()) and not tight):
-                continue  # this part holds; only the missing ones (or all, when none binds) move
-            if fits[m]:
-                lo[m] = max(lo[m], budget[m])
-            else:
-                hi[m] = min(hi[m], budget[m])
-            guess = _next_budget(seen[m], budget[m], goal[m])
-            budget[m] = guess if lo[m] < guess < hi[m] else (lo[m] + hi[m]) / 2  # else bisect
-            done = done and hi[m] - lo[m] < 1e-6 * hi[m]
-        if done:
-            break
-    if best is not None:
-        plan = best[1]
-    first = metrics[0]
-    record = {"rule": "target", "target": str(target), "full": full_measured[first], "goal": goal[first],
-              "predicted": plan.predicted, "verification": attempts, "round_to": kw["round_to"],
+    plan, checked = verify_plan(state.graph, state.target_costs(), state.importance, state.target,
+                                model=state.work, build=lambda p: _shrunk(state, p),
+                                measure=lambda m, metric: _measure(state, m, metric), verify=cfg.verify,
+                                min_width=cfg.min_width, round_to=state.round_to())
+    record = {"rule": "target", "target": str(state.target), **checked, "round_to": state.round_to(),
               "min_width": cfg.min_width, "importance": _importance_name(state),
-              "runtime": state.latency_runtime if "latency" in metrics else None}
-    if len(metrics) > 1:
-        record["terms"] = [{"target": str(t), "metric": t.metric, "full": full_measured[t.metric],
-                            "goal": goal[t.metric]} for t in target.terms]
+              "runtime": state.latency_runtime if "latency" in state.target.metrics else None}
     return plan, record
-
-
-def _next_budget(seen: list[tuple[float, float]], budget: float, goal: float) -> float:
-    """The budget to plan for next so the measured cost lands on ``goal``: from the last two tries,
-    the line ``measured = a · predicted + b`` through them (an offset the cost model misses, such as a
-    fixed time per call, is corrected in one step); from one, the error taken as proportional."""
-    (p1, m1), (p0, m0) = seen[-1], (seen[-2] if len(seen) > 1 else (0.0, 0.0))
-    if len(seen) > 1 and p1 != p0 and (m1 - m0) / (p1 - p0) > 0:
-        return p1 + (goal - m1) * (p1 - p0) / (m1 - m0)
-    return budget * goal / max(m1, 1e-300)
 
 
 def _importance_name(state: State) -> str:

@@ -23,9 +23,9 @@ def isolated_registries():
     import compresskit as ck
     from compresskit.distill.registry import LOSSES
     from compresskit.graph.rules import RULES
+    from compresskit.plan.importance import IMPORTANCES
+    from compresskit.plan.metric import METRICS
     from compresskit.registry import MODELS
-    from compresskit.shrink.importance import IMPORTANCES
-    from compresskit.shrink.metric import METRICS
     from compresskit.shrink.resize import RESIZERS
     from compresskit.sparsify.auto import SPARSIFIERS
 

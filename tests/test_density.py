@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import compresskit as ck
-from compresskit.sparsify.density import density_table, plot_densities
+from compresskit.measure.density import density_table, plot_densities
 
 
 def _model():

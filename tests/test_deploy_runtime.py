@@ -107,7 +107,7 @@ def test_kept_time_note_names_the_kinds_and_ops_that_kept_their_time():
 def test_latency_note_is_measured_and_recorded():
     from compresskit.api import _latency_note
     from compresskit.graph.trace import trace
-    from compresskit.shrink.cost import macs_cost
+    from compresskit.plan.cost import macs_cost
 
     torch.manual_seed(0)
     model, x = _Net(16).eval(), (torch.rand(1, 3, 16, 16),)
@@ -163,7 +163,7 @@ def test_channels_last_takes_models_mixing_2d_and_3d_convs():
 
 def test_latency_table_times_layers_in_the_layout_it_plans_for():
     from compresskit.graph.trace import trace
-    from compresskit.shrink.latency import LatencyTable
+    from compresskit.plan.latency import LatencyTable
 
     seen = []
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import compresskit as ck
-from compresskit.shrink.latency import CACHE_FILE, LatencyTable, latency_cost
+from compresskit.plan.latency import CACHE_FILE, LatencyTable, latency_cost
 
 US = 1e-6  # the fake clock runs in seconds; a conv "costs" c_in * c_out microseconds, a ReLU 7
 
@@ -214,9 +214,9 @@ def test_bad_arguments_are_named(fake_clock: list[float]) -> None:
 
 
 def test_the_target_planner_meets_a_latency_target_with_the_table(fake_clock: list[float]) -> None:
-    from compresskit.shrink.cost import CostModel
-    from compresskit.shrink.importance import L1Importance
-    from compresskit.shrink.plan import plan_for_target
+    from compresskit.plan.cost import CostModel
+    from compresskit.plan.importance import L1Importance
+    from compresskit.plan.planner import plan_for_target
 
     model, graph, _, table = _build(fake_clock, repeats=1)
     assert isinstance(table, CostModel)

@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 import compresskit as ck
-from compresskit.shrink.plan import WidthPlan
-from compresskit.shrink.select import keep_from_plan, unit_l1_mass
+from compresskit.measure.mass import unit_l1_mass
+from compresskit.plan.planner import WidthPlan
+from compresskit.shrink.select import keep_from_plan
 
 
 def linear(d: float, c: int) -> int:  # ST-MFNet Mini: C_in' = ceil(d · C_in)
@@ -255,7 +256,7 @@ def test_keep_from_plan_picks_the_heaviest_units():
 
 
 def test_unit_density_by_hand_and_a_model_changed_after_trace():
-    from compresskit.shrink.importance import unit_density
+    from compresskit.plan.importance import unit_density
 
     m = _sparse_residual()
     graph = _trace(m)

@@ -16,8 +16,8 @@ from zoo import build
 
 import compresskit as ck
 from compresskit.config import CompressConfig
-from compresskit.shrink.cost import params_cost
-from compresskit.shrink.plan import plan_for_target
+from compresskit.plan.cost import params_cost
+from compresskit.plan.planner import plan_for_target
 
 
 def _group_of(g: ck.ChannelGraph, qualname: str, dim: int) -> ck.ChannelGroup:

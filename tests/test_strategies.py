@@ -10,11 +10,11 @@ import torch
 from torch import nn
 
 import compresskit as ck
+from compresskit.plan.cost import macs_cost, params_cost
+from compresskit.plan.importance import IMPORTANCES, TaylorImportance, get_importance
+from compresskit.plan.metric import METRICS
+from compresskit.plan.planner import plan_for_target
 from compresskit.report import count_macs, count_params
-from compresskit.shrink.cost import macs_cost, params_cost
-from compresskit.shrink.importance import IMPORTANCES, TaylorImportance, get_importance
-from compresskit.shrink.metric import METRICS
-from compresskit.shrink.plan import plan_for_target
 from compresskit.sparsify.auto import SPARSIFIERS
 from compresskit.stages import PlanStage, SparsifyStage
 
@@ -101,7 +101,7 @@ def test_taylor_averages_gradient_magnitudes_over_batches_and_scores_current_wei
 def test_taylor_units_without_any_gradient_go_last():
     """A group none of whose parameters ever got a gradient (frozen) has no evidence: it scores
     NO_GRADIENT; a group with one trainable member is scored from that member alone."""
-    from compresskit.shrink.importance import NO_GRADIENT
+    from compresskit.plan.importance import NO_GRADIENT
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 2), nn.Linear(2, 1))
@@ -456,7 +456,7 @@ def test_a_registered_sparsifier_and_importance_object_run_from_the_config(tmp_p
 def test_restored_gradient_statistics_follow_the_gradients_device():
     """Statistics come back from a checkpoint on the CPU; a resumed run on another device (meta stands in
     for CUDA here) must keep accumulating instead of failing on a device mismatch."""
-    from compresskit.shrink.importance import TaylorImportance
+    from compresskit.plan.importance import TaylorImportance
 
     imp = TaylorImportance()
     imp.load_state_dict({"avg": {"w": torch.ones(3)}, "seen": {"w": 1}})

@@ -12,10 +12,10 @@ from torch import nn
 from zoo import ZOO, build
 
 import compresskit as ck
+from compresskit.plan.cost import CostModel, macs_cost, params_cost
+from compresskit.plan.importance import L1Importance, keep_from_importance
+from compresskit.plan.planner import allowed_widths, plan_for_target
 from compresskit.report import ModelStats, count_macs, count_params
-from compresskit.shrink.cost import CostModel, macs_cost, params_cost
-from compresskit.shrink.importance import L1Importance, keep_from_importance
-from compresskit.shrink.plan import allowed_widths, plan_for_target
 
 
 # ---------------------------------------------------------------------------------------------- parsing
@@ -290,7 +290,7 @@ def test_latency_target_plans_on_the_table_and_verifies_by_timing(monkeypatch):
     """A "2x latency" target: the plan uses the latency cost model, then times the shrunk model."""
     import importlib
 
-    cost_mod = importlib.import_module("compresskit.shrink.cost")  # ck.shrink is the function
+    cost_mod = importlib.import_module("compresskit.plan.cost")  # ck.shrink is the function
 
     class Table:  # stands in for the measured latency table: ms proportional to the MACs, plus 0.1 ms
         metric = "latency"

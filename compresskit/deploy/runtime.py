@@ -9,18 +9,16 @@ Runtimes (``RUNTIMES``):
   PyTorch, sizes fixed to the example's) and run by an ONNX Runtime CPU session with as many threads as
   torch uses. Needs the ``[onnx]`` extra.
 
-:func:`measure_runtimes` times each under ``torch.inference_mode`` (median of ``repeats`` calls after
-``warmup``; on CUDA the clock is a pair of CUDA events around each call, so no host-side synchronisation
-time is counted) and returns every time and the fastest. A runtime that cannot run the model (an export
+:func:`measure_runtimes` times each on the one clock (:class:`compresskit.measure.clock.Clock`: the
+median of ``repeats`` runs after ``warmup`` calls, under ``torch.inference_mode``, CUDA synchronised
+around each run) and returns every time and the fastest. A runtime that cannot run the model (an export
 that fails, a layout an op rejects) is left out, with the reason in ``errors``.
 """
 
 from __future__ import annotations
 
 import copy
-import statistics
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +28,10 @@ import torch
 from torch import nn
 
 from compresskit._modes import eval_mode
+from compresskit.measure.clock import Clock, statistic
 
-__all__ = ["RUNTIMES", "RuntimeTimes", "available_runtimes", "measure_runtimes", "prepare", "time_call",
-           "RUNTIME_LABELS", "to_channels_last"]
+__all__ = ["RUNTIMES", "RuntimeTimes", "available_runtimes", "measure_runtimes", "prepare", "RUNTIME_LABELS",
+           "to_channels_last"]
 
 RUNTIMES = ("eager", "channels_last", "onnxruntime")
 RUNTIME_LABELS = {"eager": "eager NCHW", "channels_last": "eager channels-last",
@@ -107,39 +106,13 @@ def prepare(model: nn.Module, example_inputs: Sequence[Any], runtime: str,
     raise ValueError(f"runtime: expected one of {RUNTIMES}, got {runtime!r}")
 
 
-def time_call(fn: Callable[[], Any], device: torch.device | str = "cpu", repeats: int = 10,
-              warmup: int = 2) -> list[float]:
-    """Milliseconds of each of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones, under inference
-    mode; on CUDA each call is timed by CUDA events recorded around it on the current stream."""
-    device = torch.device(device)
-    times = []
-    with torch.inference_mode():
-        for _ in range(warmup):
-            fn()
-        if device.type == "cuda":  # pragma: no cover - needs a GPU
-            torch.cuda.synchronize(device)
-            for _ in range(repeats):
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end))
-        else:
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - t0) * 1e3)
-    return times
-
-
 @dataclass
 class RuntimeTimes:
     """Median milliseconds per runtime, the fastest runtime, and why any runtime was left out."""
 
     ms: dict[str, float] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
-    min_ms: dict[str, float] = field(default_factory=dict)  #: fastest call (steadier on a shared machine)
+    min_ms: dict[str, float] = field(default_factory=dict)  #: fastest run (steadier on a shared machine)
 
     @property
     def best(self) -> str | None:
@@ -161,13 +134,14 @@ def measure_runtimes(model: nn.Module, example_inputs: Any, runtimes: str | Sequ
         if name not in RUNTIMES:
             raise ValueError(f"runtimes: unknown runtime {name!r}; expected 'auto' or some of {RUNTIMES}")
     device = next((t.device for t in inputs if isinstance(t, torch.Tensor)), torch.device("cpu"))
+    clock = Clock(device, repeats, warmup)
     out = RuntimeTimes()
     with eval_mode(model):
         for name in names:
             try:
                 fn = prepare(model, inputs, name)
-                times = time_call(fn, device, repeats, warmup)
-                out.ms[name], out.min_ms[name] = statistics.median(times), min(times)
+                times = clock.runs(fn)
+                out.ms[name], out.min_ms[name] = statistic(times), min(times)
             except Exception as e:  # a runtime that cannot run this model is left out, with why
                 text = str(e).strip().splitlines()
                 out.errors[name] = f"{type(e).__name__}: {text[0][:200] if text else ''}"

@@ -1,1 +1,2 @@
-"""Width planning (back to front) and the surgery that emits the smaller dense model."""
+"""The surgery that emits the smaller dense model (``shrink``), the resizers of unusual modules, which
+units a plan keeps, and the removal of parameters forward never reads. Planning is :mod:`compresskit.plan`."""

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from compresskit._registry import Registry
-from compresskit.shrink.select import unit_l1_mass
+from compresskit.measure.mass import unit_l1_mass
 from compresskit.train.loop import Callback
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -128,7 +128,7 @@ class AutoLambda(Callback):
     def measure(self) -> dict[str, float]:
         """``gone``, ``kept`` (see the class docstring), ``removed_fraction`` (units the plan removes) and
         ``heading_to_zero`` (of those, the fraction at most ``zero_tol`` × their group's initial mean)."""
-        from compresskit.shrink.importance import removal_order
+        from compresskit.plan.importance import removal_order
 
         masses, widths = self._masses(), self.widths_fn(self.model)
         init = {gid: torch.tensor(v, dtype=torch.float64) for gid, v in (self.initial or {}).items()}
@@ -276,7 +276,7 @@ class ProgressiveZeroing(Callback):
         self.history: list[dict[str, float]] = []
 
     def _choose(self) -> None:
-        from compresskit.shrink.importance import removal_order
+        from compresskit.plan.importance import removal_order
 
         widths = self.widths_fn(self.model)
         scores = self.scores_fn(self.model) if self.scores_fn is not None else {}

@@ -43,7 +43,7 @@ import compresskit as ck
 from compresskit.config import Config
 from compresskit.io import atomic_torch_save, atomic_write_json
 from compresskit.pipeline import StageStore, run_stages
-from compresskit.shrink.plan import WidthPlan
+from compresskit.plan.planner import WidthPlan
 from compresskit.sparsify.obproxsg import l1_param_groups
 from compresskit_stmfnet.models import STMFNET_MINI_WIDTHS, STMFNet
 from compresskit_stmfnet.models.stmfnet import (

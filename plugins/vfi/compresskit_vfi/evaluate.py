@@ -12,7 +12,7 @@ sequence of each), the mean over groups of each group's mean, as ST-MFNet's DAVI
 Several models are scored side by side on the same samples. A two-input model given a quintuplet
 ``(I0, I1, I2, I3, gt)`` sees its middle pair ``(I1, I2)``, which has the same target. Runtime is the
 median wall-clock time of one forward pass on a 480×854 frame (DAVIS 480p) on the chosen device; MACs
-count convolutions and matrix products at 256×256 (``compresskit.report.count_macs``).
+count convolutions and matrix products at 256×256 (``compresskit.measure.count_macs``).
 """
 
 from __future__ import annotations
@@ -188,7 +188,7 @@ def _model_inputs(frames: list[torch.Tensor], n_model: int, model_name: str,
 
 def _summary(model: nn.Module, n_inputs: int, device: torch.device, runtime: bool, macs: bool,
              runtime_repeats: int) -> ModelSummary:
-    from compresskit.report import count_macs, count_params, measure_latency
+    from compresskit.measure import count_macs, count_params, measure_latency
 
     summary = ModelSummary(params=count_params(model), device=str(device), n_inputs=n_inputs)
     gen = torch.Generator().manual_seed(0)

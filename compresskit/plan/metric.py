@@ -1,7 +1,7 @@
 """Cost measures a target can name: ``"params"``, ``"macs"``, ``"latency"`` and any ``register_metric``.
 
 A :class:`CostMeasure` carries both halves of a measure: ``cost(model, graph, example_inputs, **options)``
-builds the :class:`~compresskit.shrink.cost.CostModel` the planner predicts with (any widths, before
+builds the :class:`~compresskit.plan.cost.CostModel` the planner predicts with (any widths, before
 surgery), and ``measure(model, example_inputs, **options)`` measures a real model (the planner's
 verification and the report). ``options`` are ``cache_dir`` (a folder the cost model may cache
 measurements in) and ``repeats`` (timed runs); a function takes the ones it needs and ``**_`` for the rest.
@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from compresskit._registry import Registry
+from compresskit.measure.counts import count_params
+from compresskit.measure.macs import count_macs
 
 __all__ = ["CostMeasure", "METRICS", "register_metric", "get_metric", "metric_name", "BUILTIN_METRICS"]
 
@@ -93,51 +95,41 @@ def get_metric(name: str) -> CostMeasure:
 
 # ------------------------------------------------------------------------------------------ built-ins
 def _params_cost(model: Any, graph: Any, example_inputs: Any, **_: Any) -> Any:
-    from compresskit.shrink.cost import params_cost
+    from compresskit.plan.cost import params_cost
 
     return params_cost(model, graph)
 
 
 def _macs_cost(model: Any, graph: Any, example_inputs: Any, **_: Any) -> Any:
-    from compresskit.shrink.cost import macs_cost
+    from compresskit.plan.cost import macs_cost
 
     return macs_cost(model, graph, example_inputs)
 
 
 def _latency_cost(model: Any, graph: Any, example_inputs: Any, **options: Any) -> Any:
-    from compresskit.shrink.latency import latency_cost
+    from compresskit.plan.latency import latency_cost
 
     return latency_cost(model, graph, example_inputs, **options)  # cache_dir and the table's own options
 
 
 def _count_params(model: Any, example_inputs: Any = None, **_: Any) -> float:
-    from compresskit.report import count_params
-
     return float(count_params(model))
 
 
 def _count_macs(model: Any, example_inputs: Any, **_: Any) -> float:
-    from compresskit.report import count_macs
-
     return float(count_macs(model, example_inputs))
 
 
 def _time(model: Any, example_inputs: Any, *, repeats: int = 5, layout: str = "eager", **_: Any) -> float:
-    """Median ms; ``layout``: ``"eager"`` (NCHW) or ``"channels_last"`` (``compresskit.deploy.runtime``),
-    the layout a latency target plans in."""
-    if layout != "eager":
-        import statistics
+    """Milliseconds on the one clock (:class:`compresskit.measure.clock.Clock`); ``layout``: ``"eager"``
+    (NCHW) or ``"channels_last"`` (``compresskit.deploy.runtime``), the layout a latency target plans in."""
+    from compresskit.deploy.runtime import measure_runtimes
 
-        from compresskit._modes import eval_mode
-        from compresskit.deploy.runtime import prepare, time_call
-
-        inputs = example_inputs if isinstance(example_inputs, tuple | list) else (example_inputs,)
-        device = next((t.device for t in inputs if hasattr(t, "device")), "cpu")
-        with eval_mode(model):
-            return float(statistics.median(time_call(prepare(model, inputs, layout), device, repeats)))
-    from compresskit.report import measure_latency
-
-    return float(measure_latency(model, example_inputs, repeats=repeats)["median_ms"])
+    times = measure_runtimes(model, example_inputs, [layout], repeats=repeats)
+    if layout not in times.ms:
+        raise RuntimeError(f"latency: the model does not run in layout {layout!r} "
+                           f"({times.errors.get(layout)}); measure it in 'eager'")
+    return float(times.ms[layout])
 
 
 register_metric("params", cost=_params_cost, measure=_count_params,

@@ -233,7 +233,7 @@ def plan_widths(
     known = {layer.name for layer in graph.layers} | {m.module for g in graph.groups for m in g.members}
     unknown = [n for n in densities if n not in known]
     if strict is None:
-        from compresskit.sparsify.density import LayerDensities
+        from compresskit.measure.density import LayerDensities
 
         strict = not isinstance(densities, LayerDensities)
     if unknown and (strict or len(unknown) == len(densities)):
@@ -335,9 +335,9 @@ def plan_for_target(
 
     Args:
         graph: ``ck.trace(model, example_inputs)``.
-        cost: a :class:`~compresskit.shrink.cost.CostModel` (``params_cost``, ``macs_cost``, a latency
+        cost: a :class:`~compresskit.plan.cost.CostModel` (``params_cost``, ``macs_cost``, a latency
             table), or ``{metric: CostModel}`` covering every measure of the target.
-        importance: ``{group id: per-unit scores}`` (an :class:`~compresskit.shrink.importance.Importance`).
+        importance: ``{group id: per-unit scores}`` (an :class:`~compresskit.plan.importance.Importance`).
         target: a ``ck.Target``, its string form (its metrics should be the cost models') or a ratio > 1.
         min_width: smallest width, in units.
         round_to: widths in channels are multiples of this (8 suits CUDA kernels), unless kept whole.
@@ -347,17 +347,21 @@ def plan_for_target(
     Raises ValueError naming ``target`` when even the smallest allowed widths cost more than the budget
     of some part.
     """
-    from compresskit.shrink.importance import removal_order
-
     parts = _constraints(cost, target, budget)
     _check_int("min_width", min_width, 1)
     _check_int("round_to", round_to, 1)
-    costs = [c for c, *_ in parts]
-    fulls = [float(c.full()) or 1.0 for c in costs]
-    goals = [goal for _, goal, *_ in parts]
+    ladders = {g.id: allowed_widths(g.size, g.channels_per_unit, min_width, round_to)
+               for g in graph.groups if g.prunable}
+    _check_floors(graph, parts, ladders, min_width, round_to)
+    search = _Greedy(parts, ladders, importance)
+    rung, current = search.refine(*search.give_back(*search.remove_until(dict.fromkeys(ladders, 0), set())))
+    widths = {gid: ladders[gid][r] for gid, r in rung.items()}
+    return _assemble(graph, parts, widths, current, search, min_width, round_to)
 
-    prunable = [g for g in graph.groups if g.prunable]
-    ladders = {g.id: allowed_widths(g.size, g.channels_per_unit, min_width, round_to) for g in prunable}
+
+def _check_floors(graph: ChannelGraph, parts: list[tuple], ladders: dict[int, list[int]], min_width: int,
+                     round_to: int) -> None:
+    """ValueError naming ``target`` when every prunable group at its smallest width still misses a part."""
     smallest = {gid: ladder[-1] for gid, ladder in ladders.items()}
     short = []
     for c, goal, label, _, ratio, given in parts:
@@ -374,77 +378,93 @@ def plan_for_target(
         raise ValueError(f"target: {'; '.join(short)}; {frozen} of {len(graph.groups)} channel groups are "
                          "frozen (graph.explain(id) says why). Ask for a smaller ratio.")
 
-    orders = {gid: removal_order(importance[gid]) for gid in ladders if gid in importance}
-    has_delta = all(hasattr(c, "delta") and hasattr(c, "neighbours") for c in costs)
 
-    def lost(gid: int, width: int) -> float:  # importance of the units a group loses at this width
-        return float(importance[gid][orders[gid][: ladders[gid][0] - width]].sum())
+class _Greedy:
+    """The global greedy of :func:`plan_for_target` over the groups' width ladders (``rung``: each
+    group's index into its ladder, 0 = full size)."""
 
-    def evaluate(widths: dict[int, int]) -> list[float]:
-        return [float(c(widths)) for c in costs]
+    def __init__(self, parts: list[tuple], ladders: dict[int, list[int]], importance: dict[int, Any]) -> None:
+        from compresskit.plan.importance import removal_order
 
-    def unmet(current: list[float]) -> tuple[int, ...]:
-        return tuple(k for k, (cur, goal) in enumerate(zip(current, goals)) if cur > goal)
+        self.ladders, self.importance = ladders, importance
+        self.costs = [c for c, *_ in parts]
+        self.fulls = [float(c.full()) or 1.0 for c in self.costs]
+        self.goals = [goal for _, goal, *_ in parts]
+        self.orders = {gid: removal_order(importance[gid]) for gid in ladders if gid in importance}
+        self.has_delta = all(hasattr(c, "delta") and hasattr(c, "neighbours") for c in self.costs)
 
-    def tightness(current: list[float]) -> float:  # the binding part's cost over its goal
-        return max(cur / goal if goal > 0 else float("inf") for cur, goal in zip(current, goals))
+    def lost(self, gid: int, width: int) -> float:
+        """Importance of the units a group loses at this width."""
+        return float(self.importance[gid][self.orders[gid][: self.ladders[gid][0] - width]].sum())
 
-    def remove_until(rung: dict[int, int], skip: set[int]) -> tuple[dict[int, int], list[float]]:
+    def evaluate(self, widths: dict[int, int]) -> list[float]:
+        return [float(c(widths)) for c in self.costs]
+
+    def unmet(self, current: list[float]) -> tuple[int, ...]:
+        return tuple(k for k, (cur, goal) in enumerate(zip(current, self.goals)) if cur > goal)
+
+    def tightness(self, current: list[float]) -> float:
+        """The binding part's cost over its goal."""
+        return max(cur / goal if goal > 0 else float("inf") for cur, goal in zip(current, self.goals))
+
+    def _candidate(self, rung: dict[int, int], widths: dict[int, int], open_: tuple[int, ...], skip: set[int],
+                   gid: int) -> tuple[float, float] | None:
+        """``(importance lost per saved cost, saved cost)`` of ``gid``'s next step down, or None."""
+        ladder = self.ladders[gid]
+        if gid in skip or gid not in self.orders or rung[gid] + 1 >= len(ladder):
+            return None
+        new = ladder[rung[gid] + 1]
+        saved = 0.0
+        for k in open_:
+            c = self.costs[k]
+            diff = (c.delta(widths, gid, new) if self.has_delta
+                    else float(c(widths)) - float(c({**widths, gid: new})))
+            saved += diff / self.fulls[k]
+        if not saved > 0:
+            return None
+        return max(self.lost(gid, new) - self.lost(gid, widths[gid]), 0.0) / saved, saved
+
+    def remove_until(self, rung: dict[int, int], skip: set[int]) -> tuple[dict[int, int], list[float]]:
         """Greedy: the cheapest importance per saved cost goes first, until every cost meets its goal."""
         rung = dict(rung)
-        widths = {gid: ladders[gid][r] for gid, r in rung.items()}
-        current = evaluate(widths)
-        open_ = unmet(current)
-
-        def candidate(gid: int) -> tuple[float, float] | None:
-            if gid in skip or gid not in orders or rung[gid] + 1 >= len(ladders[gid]):
-                return None
-            new = ladders[gid][rung[gid] + 1]
-            saved = 0.0
-            for k in open_:
-                c = costs[k]
-                diff = (c.delta(widths, gid, new) if has_delta
-                        else float(c(widths)) - float(c({**widths, gid: new})))
-                saved += diff / fulls[k]
-            if not saved > 0:
-                return None
-            return max(lost(gid, new) - lost(gid, widths[gid]), 0.0) / saved, saved
-
-        scores = {gid: candidate(gid) for gid in ladders}
+        widths = {gid: self.ladders[gid][r] for gid, r in rung.items()}
+        current = self.evaluate(widths)
+        open_ = self.unmet(current)
+        scores = {gid: self._candidate(rung, widths, open_, skip, gid) for gid in self.ladders}
         while open_:
             live = [(c[0], -c[1], gid) for gid, c in scores.items() if c is not None]
             if not live:
                 break
             gid = min(live)[2]
             rung[gid] += 1
-            widths[gid] = ladders[gid][rung[gid]]
-            current = evaluate(widths)
-            now_open = unmet(current)
+            widths[gid] = self.ladders[gid][rung[gid]]
+            current = self.evaluate(widths)
+            now_open = self.unmet(current)
             if now_open != open_:  # a part was met: the savings that count change for every group
                 open_ = now_open
-                scores = {g: candidate(g) for g in ladders}
+                scores = {g: self._candidate(rung, widths, open_, skip, g) for g in self.ladders}
                 continue
-            near = set(ladders)
-            if has_delta:
-                near = {gid}.union(*(c.neighbours(gid) for c in costs)) & set(ladders)
+            near = set(self.ladders)
+            if self.has_delta:
+                near = {gid}.union(*(c.neighbours(gid) for c in self.costs)) & set(self.ladders)
             for g in near:
-                scores[g] = candidate(g)
+                scores[g] = self._candidate(rung, widths, open_, skip, g)
         return rung, current
 
-    def give_back(rung: dict[int, int], current: list[float]) -> tuple[dict[int, int], list[float]]:
+    def give_back(self, rung: dict[int, int], current: list[float]) -> tuple[dict[int, int], list[float]]:
         """Undo removals, most important per cost first, while every cost stays within its goal."""
         rung = dict(rung)
         while True:
-            widths = {gid: ladders[gid][r] for gid, r in rung.items()}
+            widths = {gid: self.ladders[gid][r] for gid, r in rung.items()}
             best = None
             for gid, r in rung.items():
                 if r == 0:
                     continue
-                up = ladders[gid][r - 1]
-                trial = evaluate({**widths, gid: up})
-                if all(t <= goal for t, goal in zip(trial, goals)):
-                    grown = sum((t - cur) / f for t, cur, f in zip(trial, current, fulls))
-                    key = (-(lost(gid, widths[gid]) - lost(gid, up)) / max(grown, 1e-300), gid)
+                up = self.ladders[gid][r - 1]
+                trial = self.evaluate({**widths, gid: up})
+                if all(t <= goal for t, goal in zip(trial, self.goals)):
+                    grown = sum((t - cur) / f for t, cur, f in zip(trial, current, self.fulls))
+                    key = (-(self.lost(gid, widths[gid]) - self.lost(gid, up)) / max(grown, 1e-300), gid)
                     if best is None or key < best[0]:
                         best = (key, gid, trial)
             if best is None:
@@ -452,44 +472,46 @@ def plan_for_target(
             rung[best[1]] -= 1
             current = best[2]
 
-    rung, current = give_back(*remove_until(dict.fromkeys(ladders, 0), set()))
-    # coarse groups (a few units, each a big share of the cost) can overshoot: try raising each pruned
-    # group one step and re-spending the budget elsewhere; keep whatever lands closest under the goal
-    for _ in range(3):
-        if tightness(current) >= 0.98:
-            break
-        improved = False
-        for gid in [g for g, r in rung.items() if r > 0]:
-            if rung[gid] == 0:  # an earlier improvement of this pass gave this group back already
-                continue
-            trial = {**rung, gid: rung[gid] - 1}
-            trial, cur = give_back(*remove_until(trial, {gid}))
-            if not unmet(cur) and tightness(current) < tightness(cur):
-                rung, current, improved = trial, cur, True
-        if not improved:
-            break
-    widths = {gid: ladders[gid][r] for gid, r in rung.items()}
-    removed_mass = {gid: lost(gid, w) if gid in orders else 0.0 for gid, w in widths.items()}
+    def refine(self, rung: dict[int, int], current: list[float]) -> tuple[dict[int, int], list[float]]:
+        """Coarse groups (a few units, each a big share of the cost) can overshoot: raise each pruned group
+        one step and re-spend the budget elsewhere; keep whatever lands closest under the goal."""
+        for _ in range(3):
+            if self.tightness(current) >= 0.98:
+                break
+            improved = False
+            for gid in [g for g, r in rung.items() if r > 0]:
+                if rung[gid] == 0:  # an earlier improvement of this pass gave this group back already
+                    continue
+                trial = {**rung, gid: rung[gid] - 1}
+                trial, cur = self.give_back(*self.remove_until(trial, {gid}))
+                if not self.unmet(cur) and self.tightness(current) < self.tightness(cur):
+                    rung, current, improved = trial, cur, True
+            if not improved:
+                break
+        return rung, current
 
-    plans, sizes = [], {}
-    all_widths: dict[int, int] = {}
+
+def _assemble(graph: ChannelGraph, parts: list[tuple], widths: dict[int, int], current: list[float],
+              search: _Greedy, min_width: int, round_to: int) -> WidthPlan:
+    """The :class:`WidthPlan` of the greedy's widths, with a note per group and the predicted costs."""
+    plans, sizes, all_widths = [], {}, {}
     for g in graph.groups:
         sizes[g.id] = g.size
-        w = widths.get(g.id, g.size)
-        all_widths[g.id] = w
+        w = all_widths[g.id] = widths.get(g.id, g.size)
         gp = GroupPlan(g.id, g.size, g.channels_per_unit, w, g.prunable)
         if not g.prunable:
             gp.note = "frozen: " + (g.reasons[0] if g.reasons else "not prunable")
         elif w < g.size:
-            total = float(importance[g.id].sum()) if g.id in importance else 0.0
-            share = removed_mass[g.id] / total if total > 0 else 0.0
+            removed = search.lost(g.id, w) if g.id in search.orders else 0.0
+            total = float(search.importance[g.id].sum()) if g.id in search.importance else 0.0
+            share = removed / total if total > 0 else 0.0
             gp.note = f"target: removed {g.size - w} lowest-importance units ({share:.1%} of its importance)"
         else:
             gp.note = "target: kept (its units cost more importance per saving than others)"
         plans.append(gp)
     plan = WidthPlan(all_widths, sizes, "target", "global", min_width, round_to, plans)
     plan.target = " & ".join(label for _, _, label, *_ in parts)
-    plan.predicted, plan.full_cost, plan.budget = current[0], float(costs[0].full()), goals[0]
+    plan.predicted, plan.full_cost, plan.budget = current[0], float(parts[0][0].full()), parts[0][1]
     plan.terms = [{"target": label, "metric": metric, "full": float(c.full()), "budget": goal,
                    "predicted": cur} for (c, goal, label, metric, *_), cur in zip(parts, current)]
     return plan
@@ -498,7 +520,7 @@ def plan_for_target(
 def _constraints(cost: Any, target: Any, budget: Any) -> list[tuple[Any, float, str, str, float, bool]]:
     """``[(cost model, goal, label, metric, ratio, whether the goal is a given budget)]``, one per part of
     the target (ValueError naming ``target``)."""
-    from compresskit.target import Target
+    from compresskit.plan.target import Target
 
     if isinstance(target, (int, float)) and not isinstance(target, bool):
         if not target > 1:

@@ -1,7 +1,7 @@
 """Cost models: what a set of group widths costs (parameters, MACs, latency) before any surgery.
 
 A :class:`CostModel` maps ``{group id: width in units}`` (a group left out keeps its full size) to a
-number; the target planner (:func:`compresskit.shrink.plan.plan_for_target`) removes units until that
+number; the target planner (:func:`compresskit.plan.planner.plan_for_target`) removes units until that
 number is at most ``full() / ratio``. Two exact models live here:
 
 - :func:`params_cost`: every parameter tensor has, along each dimension, ``base + Σ_g ppu_g · w_g``
@@ -13,8 +13,8 @@ number is at most ``full() / ratio``. Two exact models live here:
   the same polynomial scaled by a constant measured once on ``example_inputs``. Matrix products between
   activations, attention and custom ops are counted as a constant (the planner verifies by counting).
 
-The latency model (``compresskit.shrink.latency.LatencyTable``) satisfies the same protocol with
-values measured on the device. A target names its measure; :mod:`compresskit.shrink.metric` maps the
+The latency model (``compresskit.plan.latency.LatencyTable``) satisfies the same protocol with
+values measured on the device. A target names its measure; :mod:`compresskit.plan.metric` maps the
 name to its cost model and its measurement (``ck.register_metric`` adds one). Optional extras a model
 may have: ``fixed()`` (the cost no width can remove: frozen groups, un-prunable layers, ops outside the
 model) and ``neighbours(gid)`` (groups whose marginal cost changes when ``gid``'s width changes), used by
@@ -33,6 +33,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from compresskit._modes import eval_mode
+from compresskit.measure.counts import as_inputs
+from compresskit.measure.macs import WEIGHTED_CALLS, call_arg, macs_of
 
 if TYPE_CHECKING:  # pragma: no cover
     from compresskit.graph.channels import ChannelGraph
@@ -183,17 +185,12 @@ class _CallRecorder(TorchFunctionMode):
         self.other = 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
-        from compresskit.report import _arg, _macs_of
-
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        macs = _macs_of(func, args, kwargs, out)
+        macs = macs_of(func, args, kwargs, out)
         if macs:
-            F = torch.nn.functional
-            weighted = (F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d,
-                        F.conv_transpose3d, F.linear)
-            if func in weighted:
-                self.calls.append((_arg(args, kwargs, 1, "weight"), macs))
+            if func in WEIGHTED_CALLS:
+                self.calls.append((call_arg(args, kwargs, 1, "weight"), macs))
             else:
                 self.other += macs
         return out
@@ -206,9 +203,7 @@ def macs_cost(model: nn.Module, graph: ChannelGraph, example_inputs: Any) -> Ten
     everything else ``count_macs`` counts (matmuls of activations, attention, non-parameter weights) is
     a constant.
     """
-    from compresskit.report import _as_tuple
-
-    inputs = _as_tuple(example_inputs)
+    inputs = as_inputs(example_inputs)
     dims_of = _param_dims(model, graph)
     rec = _CallRecorder()
     with eval_mode(model), torch.no_grad(), rec:
@@ -228,10 +223,10 @@ def cost_model(metric: str, model: nn.Module, graph: ChannelGraph, example_input
                **options: Any) -> CostModel:
     """The cost model of a target metric: the registered measure's ``cost`` (``params_cost``,
     ``macs_cost``, the measured latency table, or one added with ``ck.register_metric``)."""
-    from compresskit.shrink.metric import get_metric, metric_name
+    from compresskit.plan.metric import get_metric, metric_name
 
     if not isinstance(metric, str) or metric_name(metric) is None:
-        from compresskit.shrink.metric import METRICS
+        from compresskit.plan.metric import METRICS
 
         raise ValueError(f"metric: expected one of {', '.join(map(repr, METRICS.names()))}, got {metric!r}")
     return get_metric(metric).cost(model, graph, example_inputs, **options)

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from compresskit._registry import Registry, describe
-from compresskit.shrink.select import unit_l1_mass, unit_sums, unit_sums_of
+from compresskit.measure.mass import unit_l1_mass, unit_sums, unit_sums_of
 
 if TYPE_CHECKING:  # pragma: no cover
     from compresskit.graph.channels import ChannelGraph, ChannelGroup

@@ -19,8 +19,9 @@ input/output channel counts, and a width assignment is priced by interpolating t
   layer touch its output. ``a, b >= 0`` are fitted from the whole model measured at full width and shrunk
   to each ``calibrate`` fraction (default: half of every group); ``calibrate=()`` keeps it a constant.
 
-Times are milliseconds, each the median (or ``stat="min"``) of ``repeats`` runs after a warm-up, a run
-being as many calls as fill about ``min_run_s`` (CUDA is synchronised around each run). The tables are
+Times are milliseconds read by the one clock, :class:`compresskit.measure.clock.Clock` (the median of
+``repeats`` runs after a warm-up, a run being as many calls as fill about ``min_run_s``, CUDA
+synchronised around each run), the clock the verification and the report read too. The tables are
 cached in ``cache_dir/latency_table.json`` under a key of device name, torch version, thread count and the
 layer's signature (type, channels, kernel, stride, padding, dilation, groups, bias, input shape, dtype),
 and the whole-model measurements under a hash of the model's graph, parameter shapes and input shapes, so
@@ -34,9 +35,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
-import math
 import platform
-import statistics
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,11 +47,12 @@ from torch import nn
 
 from compresskit._modes import eval_mode
 from compresskit.io import atomic_write_json
+from compresskit.measure.clock import Clock, statistic
 
 if TYPE_CHECKING:  # pragma: no cover
     from compresskit.graph.channels import ChannelGraph
 
-__all__ = ["LatencyTable", "LayerTable", "latency_cost", "measure_ms", "device_name", "CACHE_FILE"]
+__all__ = ["LatencyTable", "LayerTable", "latency_cost", "device_name", "CACHE_FILE"]
 
 CACHE_FILE = "latency_table.json"
 _FORMAT = 1
@@ -252,18 +252,14 @@ class LatencyTable:
               device: str | torch.device | None = None, cache_dir: str | Path | None = None, repeats: int = 5,
               grid: Sequence[float] = (0.25, 0.5, 0.75, 1.0), timer: Callable[[], float] | None = None,
               warmup: int = 2, min_run_s: float = 2e-3, calibrate: Sequence[float] = (0.5,),
-              stat: str = "median", layout: str = "eager") -> LatencyTable:
+              layout: str = "eager") -> LatencyTable:
         """Measure ``model`` (and each of its weighted layers alone) on ``device`` (default: where its
         parameters are). ``grid``: kept fractions of each prunable channel dimension (1.0 is always
         added); ``timer``: a clock in seconds (``time.perf_counter``; inject a fake one in tests);
         ``calibrate``: kept fractions at which the whole model is shrunk and measured to fit the rest
-        (``()``: the rest is a constant); ``stat``: ``"median"`` of the runs, or ``"min"`` (steadier on a
-        machine shared with other work); ``layout``: ``"eager"`` (NCHW) or ``"channels_last"``: the
+        (``()``: the rest is a constant); ``layout``: ``"eager"`` (NCHW) or ``"channels_last"``: the
         model, its inputs and every layer timed alone in that memory layout (``compresskit.deploy.runtime``),
         so the table prices the runtime the result will be measured in."""
-        import time
-
-        timer = timer or time.perf_counter
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(repeats, int) or repeats < 1:
@@ -279,8 +275,6 @@ class LatencyTable:
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
         key = {"device": device_name(device), "torch": torch.__version__, "threads": torch.get_num_threads()}
-        if stat != "median":
-            key["stat"] = stat
         if layout not in ("eager", "channels_last"):
             raise ValueError(f"layout: expected 'eager' or 'channels_last', got {layout!r}")
         inputs = tuple(x.to(device) if isinstance(x, torch.Tensor) else x for x in inputs)
@@ -292,9 +286,7 @@ class LatencyTable:
             key["layout"] = layout
             model = to_channels_last(copy.deepcopy(model))
             inputs = tuple(_channels_last(x) for x in inputs)
-        if stat not in ("median", "min"):
-            raise ValueError(f"stat: expected 'median' or 'min', got {stat!r}")
-        clock = _Clock(timer, device, repeats, warmup, min_run_s, stat)
+        clock = Clock(device, repeats, warmup, min_run_s, timer)
         cache = _Cache(Path(cache_dir) if cache_dir is not None else None, key)
 
         modules = dict(model.named_modules())
@@ -308,7 +300,7 @@ class LatencyTable:
             model_sig = _model_signature(model, graph, inputs)
             measured = cache.get("model:" + model_sig)
             if measured is None:
-                measured = clock.measure(lambda: model(*inputs))
+                measured = clock.ms(lambda: model(*inputs))
                 cache.put("model:" + model_sig, measured)
             in_model = cache.get(f"model:{model_sig}|layers")
             if in_model is None:
@@ -346,53 +338,12 @@ class LatencyTable:
                    calibration=points)
 
 
-def measure_ms(fn: Callable[[], Any], *, device: str | torch.device = "cpu", repeats: int = 5,
-               warmup: int = 2, timer: Callable[[], float] | None = None, stat: str = "median",
-               min_run_s: float = 2e-3) -> float:
-    """Milliseconds of one call of ``fn`` measured as the table measures (warm-up, runs of enough calls to
-    fill ``min_run_s``, median or min of ``repeats`` runs, CUDA synchronised, inference mode)."""
-    import time
-
-    clock = _Clock(timer or time.perf_counter, torch.device(device), repeats, warmup, min_run_s, stat)
-    return clock.measure(fn)
-
-
 def latency_cost(model: nn.Module, graph: ChannelGraph, example_inputs: Any, **kw: Any) -> LatencyTable:
     """:meth:`LatencyTable.build`, named like the other cost models (``params_cost``, ``macs_cost``)."""
     return LatencyTable.build(model, graph, example_inputs, **kw)
 
 
 # ---------------------------------------------------------------------- measuring
-class _Clock:
-    def __init__(self, timer: Callable[[], float], device: torch.device, repeats: int, warmup: int,
-                 min_run_s: float, stat: str = "median") -> None:
-        self.timer, self.device, self.repeats = timer, device, repeats
-        self.warmup, self.min_run_s = warmup, min_run_s
-        self.stat = statistics.median if stat == "median" else min
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def _run(self, fn: Callable[[], Any], n: int) -> float:
-        self._sync()
-        t0 = self.timer()
-        for _ in range(n):
-            fn()
-        self._sync()
-        return self.timer() - t0
-
-    def measure(self, fn: Callable[[], Any]) -> float:
-        """Milliseconds of one call of ``fn``, median (or min) of the runs, in inference mode."""
-        with torch.inference_mode():
-            for _ in range(self.warmup):
-                fn()
-            once = self._run(fn, 1)
-            n = max(1, min(1000, math.ceil(self.min_run_s / once))) if once > 0 else 1
-            runs = [self._run(fn, n) / n for _ in range(self.repeats)]
-        return 1000.0 * self.stat(runs)
-
-
 def _record_inputs(model: nn.Module, inputs: tuple, modules: dict[str, nn.Module]
                    ) -> tuple[dict[str, list[tuple[tuple[int, ...], torch.dtype]]], dict[tuple, int]]:
     """Input shape and dtype of every call of each module in one forward, and the number of elements its
@@ -417,7 +368,7 @@ def _record_inputs(model: nn.Module, inputs: tuple, modules: dict[str, nn.Module
 
 
 def _measure_shrunk(model: nn.Module, graph: ChannelGraph, inputs: tuple, widths: Mapping[int, int],
-                    clock: _Clock, layout: str = "eager") -> float | None:
+                    clock: Clock, layout: str = "eager") -> float | None:
     """The whole model shrunk to ``widths`` (first units of each group) and measured; None if it fails."""
     from compresskit.shrink.surgery import shrink
 
@@ -428,7 +379,7 @@ def _measure_shrunk(model: nn.Module, graph: ChannelGraph, inputs: tuple, widths
             from compresskit.deploy.runtime import to_channels_last
 
             small = to_channels_last(small)
-        return clock.measure(lambda: small(*inputs))
+        return clock.ms(lambda: small(*inputs))
     except Exception as e:  # a model the surgery cannot run: the rest stays a constant
         warnings.warn(f"latency table: the model shrunk to calibrate the rest could not run ({e}); the time "
                       "outside conv/linear layers is taken as a constant", stacklevel=3)
@@ -439,23 +390,23 @@ def _call_key(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> str:
     return f"{name}|{tuple(shape)}|{dtype}".replace(" ", "")
 
 
-def _time_in_model(model: nn.Module, inputs: tuple, modules: dict[str, nn.Module], clock: _Clock
+def _time_in_model(model: nn.Module, inputs: tuple, modules: dict[str, nn.Module], clock: Clock
                    ) -> dict[str, float]:
     """Milliseconds per call of each layer inside the model's forward (timer read in hooks around it),
-    by :func:`_call_key`; the statistic of ``clock`` over ``repeats`` forwards after the warm-up."""
+    by :func:`_call_key`; the clock's statistic over ``repeats`` forwards after the warm-up."""
     runs: dict[str, list[float]] = {}
     current: dict[str, list[float]] = {}
     started: dict[str, float] = {}
 
     def pre(name: str) -> Callable:
         def hook(m: nn.Module, args: tuple) -> None:
-            clock._sync()
+            clock.sync()
             started[name] = clock.timer()
         return hook
 
     def post(name: str) -> Callable:
         def hook(m: nn.Module, args: tuple, out: Any) -> None:
-            clock._sync()
+            clock.sync()
             if args and isinstance(args[0], torch.Tensor) and name in started:
                 key = _call_key(name, tuple(args[0].shape), args[0].dtype)
                 current.setdefault(key, []).append(clock.timer() - started.pop(name))
@@ -476,7 +427,7 @@ def _time_in_model(model: nn.Module, inputs: tuple, modules: dict[str, nn.Module
     finally:
         for h in handles:
             h.remove()
-    return {key: 1000.0 * clock.stat(v) for key, v in runs.items()}
+    return {key: 1000.0 * statistic(v) for key, v in runs.items()}
 
 
 def _distinct(calls: list[tuple[tuple[int, ...], torch.dtype]]
@@ -538,7 +489,7 @@ def _counts(channels: int, shares: list[_Share], prunable: set[int], fracs: list
 
 def _time_layer(name: str, mod: nn.Module, shape: tuple[int, ...], dtype: torch.dtype, calls: int,
                 in_shares: list[_Share], out_shares: list[_Share], prunable: set[int], fracs: list[float],
-                clock: _Clock, cache: _Cache, device: torch.device, layout: str = "eager") -> LayerTable:
+                clock: Clock, cache: _Cache, device: torch.device, layout: str = "eager") -> LayerTable:
     c_in, c_out = _channels(mod)
     depthwise = _is_depthwise(mod)
     groups = getattr(mod, "groups", 1)
@@ -560,7 +511,7 @@ def _time_layer(name: str, mod: nn.Module, shape: tuple[int, ...], dtype: torch.
                 if layout == "channels_last" and x.dim() in (4, 5):
                     fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
                     layer, x = layer.to(memory_format=fmt), x.contiguous(memory_format=fmt)
-                row.append(clock.measure(lambda layer=layer, x=x: layer(x)))
+                row.append(clock.ms(lambda layer=layer, x=x: layer(x)))
             ms.append(row)
         cache.put(grid_key, ms)
     return LayerTable(name, sig, c_in, c_out, in_counts, out_counts, ms, calls, depthwise, in_shares,
@@ -626,8 +577,7 @@ class _Cache:
 
     def __init__(self, cache_dir: Path | None, key: dict[str, Any]) -> None:
         self.path = cache_dir / CACHE_FILE if cache_dir is not None else None
-        self.prefix = f"{key['device']}|torch={key['torch']}|threads={key['threads']}|" + (
-            f"stat={key['stat']}|" if "stat" in key else "")
+        self.prefix = f"{key['device']}|torch={key['torch']}|threads={key['threads']}|"
         self.entries: dict[str, Any] = {}
         self.hits = 0
         self.dirty = False
