@@ -21,9 +21,9 @@ def isolated_registries():
     import contextlib
 
     import compresskit as ck
-    from compresskit.distill.registry import LOSSES
     from compresskit.graph.rules import RULES
-    from compresskit.registry import MODELS
+    from compresskit.losses import LOSSES
+    from compresskit.models import MODELS
     from compresskit.shrink.importance import IMPORTANCES
     from compresskit.shrink.metric import METRICS
     from compresskit.shrink.resize import RESIZERS
