@@ -66,20 +66,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _random_importance() -> None:
-    import compresskit as ck
+    """Register the seeded random baseline of docs/plugins.md (examples/plugins/random_importance.py)."""
     from compresskit.plan.importance import IMPORTANCES
 
-    if "random" in IMPORTANCES:
-        return
-
-    @ck.register_importance("random")
-    class RandomImportance:
-        name = "random"
-
-        def __call__(self, model, graph):
-            g = torch.Generator().manual_seed(0)
-            return {grp.id: torch.rand(grp.size, generator=g, dtype=torch.float64)
-                    for grp in graph.prunable_groups}
+    if "random" not in IMPORTANCES:
+        sys.path.insert(0, str(ROOT / "examples" / "plugins"))
+        import random_importance  # noqa: F401  (registers "random")
 
 
 def main(argv: list[str] | None = None) -> int:

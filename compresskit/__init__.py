@@ -55,17 +55,17 @@ _API: dict[str, str] = {
     # training and distillation (Core III)
     "train": "compresskit.train.loop",
     "Trainer": "compresskit.train.loop",
-    "distill": "compresskit.distill.engine",
-    "Distiller": "compresskit.distill.engine",
-    "register_loss": "compresskit.distill.registry",
-    "get_loss": "compresskit.distill.registry",
-    "list_losses": "compresskit.distill.registry",
+    "distill": "compresskit.distillation.engine",
+    "Distiller": "compresskit.distillation.engine",
+    "register_loss": "compresskit.losses",
+    "get_loss": "compresskit.losses",
+    "list_losses": "compresskit.losses",
     # models and plugins
-    "register_model": "compresskit.registry",
-    "create_model": "compresskit.registry",
-    "list_models": "compresskit.registry",
-    "model_info": "compresskit.registry",
-    "load_state_dict_strict": "compresskit.registry",
+    "register_model": "compresskit.models",
+    "create_model": "compresskit.models",
+    "list_models": "compresskit.models",
+    "model_info": "compresskit.models",
+    "load_state_dict_strict": "compresskit.models",
     "load_plugins": "compresskit.plugins",
 }
 
@@ -91,8 +91,9 @@ def __dir__() -> list[str]:
 
 
 class _Package(types.ModuleType):
-    """Keeps ``ck.train`` and ``ck.distill`` the functions: importing the subpackage ``compresskit.train``
-    would otherwise set the attribute ``compresskit.train`` to that subpackage (it stays in sys.modules)."""
+    """Keeps ``ck.train`` and ``ck.shrink`` the functions: importing the subpackage ``compresskit.train``
+    would otherwise set the attribute ``compresskit.train`` to that subpackage (it stays in sys.modules).
+    (``distill`` needs no guard: its package is ``compresskit.distillation``.)"""
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in _API and isinstance(value, types.ModuleType):
@@ -115,23 +116,23 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
         SparsifyConfig,
         TrainConfig,
     )
-    from compresskit.distill.engine import Distiller, distill  # noqa: F401
-    from compresskit.distill.registry import get_loss, list_losses, register_loss  # noqa: F401
+    from compresskit.distillation.engine import Distiller, distill  # noqa: F401
     from compresskit.graph.channels import ChannelGraph, ChannelGroup  # noqa: F401
     from compresskit.graph.rules import register_rule  # noqa: F401
     from compresskit.graph.trace import register_leaf, trace  # noqa: F401
+    from compresskit.losses import get_loss, list_losses, register_loss  # noqa: F401
     from compresskit.measure.density import layer_densities  # noqa: F401
-    from compresskit.plan.importance import register_importance  # noqa: F401
-    from compresskit.plan.metric import register_metric  # noqa: F401
-    from compresskit.plan.planner import WidthPlan, plan_for_target, plan_widths  # noqa: F401
-    from compresskit.plugins import load_plugins  # noqa: F401
-    from compresskit.registry import (  # noqa: F401
+    from compresskit.models import (  # noqa: F401
         create_model,
         list_models,
         load_state_dict_strict,
         model_info,
         register_model,
     )
+    from compresskit.plan.importance import register_importance  # noqa: F401
+    from compresskit.plan.metric import register_metric  # noqa: F401
+    from compresskit.plan.planner import WidthPlan, plan_for_target, plan_widths  # noqa: F401
+    from compresskit.plugins import load_plugins  # noqa: F401
     from compresskit.shrink.resize import register_resizer  # noqa: F401
     from compresskit.shrink.surgery import shrink  # noqa: F401
     from compresskit.sparsify.auto import register_sparsifier  # noqa: F401

@@ -144,7 +144,7 @@ class _Resolved:
 
 def _resolve(model: nn.Module, train_loader: Iterable, loss_fn: LossFn | None, example_inputs: Any,
              inputs_fn: Callable[[Any], tuple] | None) -> _Resolved:
-    from compresskit.registry import model_info, registered_name
+    from compresskit.models import model_info, registered_name
 
     registered = registered_name(model)
     info = model_info(registered[0]) if registered else None
@@ -291,7 +291,7 @@ def compress(
     metrics = normalize_metrics(metrics)
     if stop_after is not None and stop_after not in STOPS:
         raise ValueError(f"stop_after: expected one of {tuple(STOPS)} or None, got {stop_after!r}")
-    from compresskit.distill.registry import list_losses
+    from compresskit.losses import list_losses
 
     if config.recover.distill_loss not in list_losses():  # with or without a teacher: a typo fails now
         raise ValueError(f"config.recover.distill_loss: unknown loss {config.recover.distill_loss!r}; "

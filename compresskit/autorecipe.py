@@ -273,8 +273,8 @@ def plan_recover(state: Any, teacher: nn.Module | None) -> StagePlan | None:
             out = teacher(*state.inputs_fn(b))
             t_teach = max(t_teach, clock() - t) if clock else 0.0
         pairs.append((b, out))
-    from compresskit.distill.leaves import leafwise
-    from compresskit.distill.registry import get_loss
+    from compresskit.distillation.leaves import leafwise
+    from compresskit.losses import get_loss
 
     distill_fn = get_loss(rc.distill_loss)
 

@@ -76,7 +76,7 @@ def build_model(spec: ModelSpec):
     """``ck.create_model`` for a registered name, else call the ``module:factory`` and load the checkpoint."""
     from torch import nn
 
-    from compresskit.registry import create_model, list_models, load_state_dict_strict
+    from compresskit.models import create_model, list_models, load_state_dict_strict
 
     if ":" not in spec.name:
         if spec.name not in list_models():
@@ -103,7 +103,7 @@ def _loss(name: str | None) -> Callable | None:
         if not callable(fn):
             raise ValueError(f"loss: {name!r} is not callable")
         return fn
-    from compresskit.distill.registry import get_loss
+    from compresskit.losses import get_loss
 
     pred_target = get_loss(name)
 
@@ -256,7 +256,7 @@ def _stage_command(stop_after: str | None, force_distill: bool) -> Callable[[arg
 
 
 def _cmd_list_models(args: argparse.Namespace) -> int:
-    from compresskit.registry import list_models, model_info
+    from compresskit.models import list_models, model_info
 
     names = list_models(args.pattern)
     width = max((len(n) for n in names), default=0)

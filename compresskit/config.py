@@ -161,7 +161,7 @@ class DistillConfig(TrainConfig):
     features: Literal["auto"] | list[FeaturePair] = Field(
         default_factory=list, description="intermediate features to distil (1x1 adapters bridge widths): "
         "explicit pairs, or 'auto' (the last layer of each block, paired by module name; see "
-        "compresskit.distill.features.auto_feature_pairs)")
+        "compresskit.distillation.features.auto_feature_pairs)")
     feature_weight: float = Field(
         1.0, ge=0, description="features='auto': total weight of the feature terms (each pair's MSE is "
         "divided by its teacher feature's mean square, then by the number of pairs)")

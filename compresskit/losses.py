@@ -1,13 +1,16 @@
-"""The loss registry (:func:`register_loss`) and the generic image losses registered in it: L1, MSE,
-Charbonnier and the Laplacian pyramid loss.
+"""Losses by name, and the generic image losses: L1, MSE, Charbonnier and the Laplacian pyramid loss.
 
-Each loss takes ``(pred, target)`` tensors of the same shape and returns a scalar tensor. Losses are looked
-up by name with :func:`compresskit.get_loss` (``compresskit.distill.registry``), which also sees the
-adversarial losses and the plugins' losses.
+``@register_loss("name")`` adds a loss that configs can name; :func:`get_loss` builds it. A registered
+object is either an ``nn.Module`` class (``get_loss(name, **kw)`` instantiates it) or a function
+``f(pred, target, **kw) -> Tensor`` (``get_loss`` returns it, with ``kw`` bound when given). Each loss takes
+``(pred, target)`` tensors of the same shape and returns a scalar tensor. The table, :data:`LOSSES`, also
+holds the adversarial ``"gan"`` loss of :mod:`compresskit.distillation.adversarial` (registered at the end of
+this module) and the plugins' losses (discovered on the first lookup).
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
@@ -17,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compresskit._registry import Registry
+from compresskit.distillation.adversarial import GANLoss
 
 Reduction = Literal["mean", "sum"]
 T = TypeVar("T")
@@ -40,6 +44,23 @@ def register_loss(name: str, *, replace: bool = False, override: bool | None = N
                       stacklevel=2)
         replace = replace or override
     return LOSSES.decorator("register_loss", name, "a loss class or function", replace=replace)
+
+
+def get_loss(name: str | Callable[..., Any], **kwargs: Any) -> Callable[..., Any]:
+    """The loss registered as ``name``, built with ``kwargs``; a callable passes through unchanged."""
+    if callable(name) and not isinstance(name, str):
+        if kwargs:
+            raise TypeError("get_loss: keyword arguments are only used with a registered loss name")
+        return name
+    obj = LOSSES.get(name)
+    if isinstance(obj, type):
+        return obj(**kwargs)
+    return functools.partial(obj, **kwargs) if kwargs else obj
+
+
+def list_losses() -> list[str]:
+    """Names of every registered loss, sorted."""
+    return LOSSES.names()
 
 
 def _check_pair(pred: torch.Tensor, target: torch.Tensor, who: str) -> None:
@@ -197,3 +218,8 @@ class LaplacianPyramidLoss(nn.Module):
         for i, band in enumerate(laplacian_pyramid(pred - target, self.levels)):
             total = total + (2.0**i) * band.abs().sum()
         return total / pred.numel() if self.reduction == "mean" else total
+
+
+# the adversarial loss trains its own discriminator (compresskit.distillation.adversarial); registered
+# here, beside the others, so every loss name is known once this module is imported
+register_loss("gan")(GANLoss)

@@ -277,7 +277,7 @@ def _recipe(result: Any, model_name: str | None, model_kwargs: Mapping[str, Any]
     """The rebuild recipe: the one ``ck.compress`` recorded for a registered model, or the one named at save
     time (``model_name``), if ``torch.load(weights_only=True)`` reads it back unchanged."""
     if model_name is not None:
-        from compresskit.registry import MODELS
+        from compresskit.models import MODELS
 
         if not isinstance(model_name, str) or model_name not in MODELS:
             raise ValueError(f"model_name: {model_name!r} is not a registered model; register the factory "
@@ -313,7 +313,7 @@ def _recipe(result: Any, model_name: str | None, model_kwargs: Mapping[str, Any]
 
 
 def _factory_module(name: str) -> str | None:
-    from compresskit.registry import MODELS
+    from compresskit.models import MODELS
 
     try:
         return getattr(MODELS.get(name).factory, "__module__", None)
@@ -557,7 +557,7 @@ def _build(data: Any, path: Path, trusted: bool) -> nn.Module:
     else:
         raise ValueError(f"load: {str(path)!r} holds neither a registered model spec nor a program")
     _check_weights(model.state_dict(), state, path)
-    from compresskit.registry import load_state_dict_strict
+    from compresskit.models import load_state_dict_strict
 
     load_state_dict_strict(model, state)
     return model.eval()
@@ -750,7 +750,7 @@ def rebuild_registered(spec: Mapping[str, Any], shapes: Mapping[str, list[int]],
     What the spec asks for is bounded first (:data:`LIMITS` ``spec_bytes``): the example inputs it traces
     on, and the full model's weights where the factory can build on the meta device."""
     from compresskit.graph.trace import trace
-    from compresskit.registry import MODELS, create_model
+    from compresskit.models import MODELS, create_model
     from compresskit.shrink.surgery import shrink
 
     where = f"load: {str(path)!r}" if path is not None else "load"
@@ -830,7 +830,7 @@ def _spec_limit() -> int:
 def _meta_weight_bytes(name: str, kwargs: Mapping[str, Any]) -> int | None:
     """Bytes of the weights ``create_model(name, **kwargs)`` would allocate, counted on the meta device
     (nothing allocated); None when the factory cannot build there (it reads a file, calls .cuda())."""
-    from compresskit.registry import create_model
+    from compresskit.models import create_model
 
     try:
         with torch.device("meta"), warnings.catch_warnings():

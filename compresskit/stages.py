@@ -671,7 +671,7 @@ class RecoverStage(Stage):
         if plan is not None:
             callbacks = plan.callbacks
         if teacher is not None:
-            from compresskit.distill.engine import FeatureLoss, OutputLoss, distill
+            from compresskit.distillation.engine import FeatureLoss, OutputLoss, distill
 
             which = "given" if state.teacher is not None else "original"
             state.console.print(f"[bold]4/4 distill[/] from the {which} teacher: {rc.steps} steps, lr "

@@ -21,11 +21,11 @@ def isolated_registries():
     import contextlib
 
     import compresskit as ck
-    from compresskit.distill.registry import LOSSES
     from compresskit.graph.rules import RULES
+    from compresskit.losses import LOSSES
+    from compresskit.models import MODELS
     from compresskit.plan.importance import IMPORTANCES
     from compresskit.plan.metric import METRICS
-    from compresskit.registry import MODELS
     from compresskit.shrink.resize import RESIZERS
     from compresskit.sparsify.auto import SPARSIFIERS
 

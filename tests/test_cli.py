@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import compresskit as ck
+import compresskit.models
 from compresskit.cli import main
 
 TASK = textwrap.dedent('''
@@ -181,7 +182,8 @@ def test_a_job_file_runs_named_code_only_with_trusted(workdir, capsys):
         err = _errors(capsys.readouterr().err)[0]
         assert "data.factory 'clitask:loaders'" in err and "metrics.neg_mse" in err
     assert "--trusted" in _help(capsys, "compress")
-    with ck.registry.MODELS.snapshot():  # a registered model needs no --trusted; the data function does
+    # a registered model needs no --trusted; the data function does
+    with compresskit.models.MODELS.snapshot():
         ck.register_model("cli_test_net")(lambda width=8: torch.nn.Conv2d(3, 3, 1))
         from compresskit.cli import check_job_trusted, load_job
 

@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import compresskit as ck
-from compresskit.distill.engine import OutputLoss
+from compresskit.distillation.engine import OutputLoss
 from compresskit.train.loop import Callback
 
 
@@ -210,7 +210,7 @@ def test_distilled_student_beats_ground_truth_training():
 def test_adapter_for_channels_last_tokens_maps_the_last_dimension():
     """A linear layer's (B, L, C) output shrunk from 16 to 15 channels: the adapter is a linear map over
     the last dimension (the tokens L stay), checked against the matrix product by hand."""
-    from compresskit.distill.features import make_adapter
+    from compresskit.distillation.features import make_adapter
 
     s, t = torch.randn(2, 5, 15), torch.randn(2, 5, 16)
     adapter = make_adapter(s, t, "'attn.proj'")
@@ -223,7 +223,7 @@ def test_adapter_for_channels_last_tokens_maps_the_last_dimension():
 def test_fitted_channels_last_adapter_solves_the_least_squares_problem():
     """When the teacher's tokens are an exact linear map of the student's, the ridge fit (tiny ridge)
     recovers it: the adapted features match the teacher's."""
-    from compresskit.distill.features import fit_adapter_, make_adapter
+    from compresskit.distillation.features import fit_adapter_, make_adapter
 
     g = torch.Generator().manual_seed(0)
     s = torch.randn(4, 7, 5, generator=g)

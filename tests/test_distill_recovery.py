@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import compresskit as ck
-from compresskit.distill.features import auto_feature_pairs, fit_adapter_
+from compresskit.distillation.features import auto_feature_pairs, fit_adapter_
 from compresskit.train.loop import Callback
 
 

@@ -67,7 +67,7 @@ CHECKS = textwrap.dedent('''
     import torch
     import compresskit as ck
     from compresskit.plugins import load_plugins
-    from compresskit.registry import CheckpointMismatchError
+    from compresskit.models import CheckpointMismatchError
 
     res["plugins"] = load_plugins()  # already loaded by the session: {name: "ok" | error}
     res["models"] = ck.list_models()

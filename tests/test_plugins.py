@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import compresskit as ck
-from compresskit import plugins, registry
+from compresskit import models, plugins
 
 CORE = Path(ck.__file__).parent
 
@@ -51,8 +51,8 @@ def fake_plugins(tmp_path, monkeypatch):
     monkeypatch.setattr(plugins, "_done", False)
     from compresskit.graph.rules import RULES
 
-    with registry.MODELS.snapshot(), RULES.snapshot():
-        registry.MODELS.clear()
+    with models.MODELS.snapshot(), RULES.snapshot():
+        models.MODELS.clear()
         yield
     for name in ("ck_fake_good", "ck_fake_import_error", "ck_fake_register_error"):
         sys.modules.pop(name, None)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import compresskit as ck
-from compresskit import registry
+from compresskit import models as model_registry
 
 
 class TinyNet(nn.Module):
@@ -21,7 +21,7 @@ class TinyNet(nn.Module):
 @pytest.fixture()
 def clean_registry():
     """Registrations made by the test are undone afterwards, so test models never leak into other tests."""
-    with registry.MODELS.snapshot() as models:
+    with model_registry.MODELS.snapshot() as models:
         ck.register_model("test_tiny", task="toy", description="a tiny net")(TinyNet)
         yield models
 
@@ -39,7 +39,7 @@ def test_register_list_and_create(clean_registry):
     assert ck.list_models("nothing_like_this*") == []
     model = ck.create_model("test_tiny", width=6)
     assert isinstance(model, TinyNet) and model.conv.out_channels == 6
-    assert registry.registered_name(model) == ("test_tiny", {"width": 6})
+    assert model_registry.registered_name(model) == ("test_tiny", {"width": 6})
     info = ck.model_info("test_tiny")
     assert info.task == "toy" and info.description == "a tiny net"
 
@@ -98,7 +98,7 @@ def test_mismatch_lists_every_difference_and_leaves_the_model_alone(clean_regist
     state["conv.weight"] = torch.zeros(5, 3, 3, 3)
     model = ck.create_model("test_tiny")
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(registry.CheckpointMismatchError) as err:
+    with pytest.raises(model_registry.CheckpointMismatchError) as err:
         ck.load_state_dict_strict(model, state)
     message = str(err.value)
     assert "missing from checkpoint (1)" in message and "head.bias" in message
@@ -112,7 +112,7 @@ def test_mismatch_lists_every_difference_and_leaves_the_model_alone(clean_regist
 def test_long_difference_lists_are_cut(clean_registry):
     model = nn.Sequential(*[nn.Linear(1, 1) for _ in range(30)])
     cut = r"missing from checkpoint \(60\)[\s\S]*and 40 more"
-    with pytest.raises(registry.CheckpointMismatchError, match=cut):
+    with pytest.raises(model_registry.CheckpointMismatchError, match=cut):
         ck.load_state_dict_strict(model, {})
 
 

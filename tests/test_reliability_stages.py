@@ -19,7 +19,7 @@ from compresskit.losses import L1Loss
 
 
 def test_leafwise_is_the_mean_of_the_leaf_losses() -> None:
-    from compresskit.distill.leaves import leafwise
+    from compresskit.distillation.leaves import leafwise
 
     g = torch.Generator().manual_seed(0)
     a, b, c, d = (torch.randn(2, 3, generator=g) for _ in range(4))

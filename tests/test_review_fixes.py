@@ -67,7 +67,7 @@ def test_example_input_rebuilds_nested_structures():
 
 
 def test_registered_model_with_dict_inputs_saves_and_loads(tmp_path):
-    from compresskit.registry import MODELS
+    from compresskit.models import MODELS
 
     with MODELS.snapshot():
         ck.register_model("dict_net_test", task="test")(DictNet)

@@ -226,9 +226,9 @@ def test_a_model_with_token_id_inputs_saves_a_safe_file(tmp_path: Path) -> None:
 
 
 def test_registered_model_with_non_plain_kwargs_saves_a_safe_file(tmp_path: Path) -> None:
-    from compresskit import registry
+    from compresskit import models as model_registry
 
-    with registry.MODELS.snapshot():
+    with model_registry.MODELS.snapshot():
         @ck.register_model("test_token_net_path")
         def token_net(where: Path = Path("."), width: int = 32) -> nn.Module:  # noqa: ARG001
             return _TokenNet(width)
@@ -249,9 +249,9 @@ def test_registered_model_with_non_plain_kwargs_saves_a_safe_file(tmp_path: Path
 
 
 def test_a_crafted_input_dtype_is_a_clear_error(tmp_path: Path) -> None:
-    from compresskit import registry
+    from compresskit import models as model_registry
 
-    with registry.MODELS.snapshot():
+    with model_registry.MODELS.snapshot():
         @ck.register_model("test_token_net_plain")
         def token_net(width: int = 32) -> nn.Module:
             return _TokenNet(width)

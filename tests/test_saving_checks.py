@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import compresskit as ck
-from compresskit import registry
+from compresskit import models as model_registry
 from compresskit.api import CompressResult
 from compresskit.program_check import check_program
 from compresskit.report import CompressReport, ModelStats
@@ -90,7 +90,7 @@ def test_the_size_expressions_export_writes_for_float_scales_and_padding_pass() 
 
 
 def test_a_recipe_asking_for_too_much_memory_is_refused_before_allocating(tmp_path: Path) -> None:
-    with registry.MODELS.snapshot():
+    with model_registry.MODELS.snapshot():
         @ck.register_model("test_limits_net")
         def net(width: int = 8) -> nn.Module:
             return nn.Sequential(nn.Linear(4, width), nn.ReLU(), nn.Linear(width, 4))
@@ -134,7 +134,7 @@ def test_weights_of_the_wrong_shape_or_dtype_are_refused_at_load(tmp_path: Path)
 
 
 def test_a_registered_model_with_weights_of_another_dtype_is_refused(tmp_path: Path) -> None:
-    with registry.MODELS.snapshot():
+    with model_registry.MODELS.snapshot():
         @ck.register_model("test_dtype_net")
         def net() -> nn.Module:
             return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 4))
@@ -164,7 +164,7 @@ class _Seq(nn.Module):
 def test_sizes_and_keyword_arguments_a_program_fixes_are_said_and_a_recipe_keeps_them(tmp_path: Path) -> None:
     torch.manual_seed(0)
     x = torch.rand(2, 5, 4)
-    with registry.MODELS.snapshot():
+    with model_registry.MODELS.snapshot():
         ck.register_model("test_seq_net")(_Seq)
         result = ck.compress(_Seq().eval(), [(x, torch.rand(2, 5, 4))], config=_NO_STEPS,
                              target="1.2x params")
@@ -229,7 +229,7 @@ def test_a_model_export_cannot_read_fails_at_save_or_saves_by_recipe(tmp_path: P
     with pytest.raises(UnsafeFileError, match="trusted=True"):
         ck.load(pickled)
     x = torch.rand(1, 3, 8, 8)
-    with registry.MODELS.snapshot():
+    with model_registry.MODELS.snapshot():
         ck.register_model("test_numpy_net")(_NumpyNet)
         path = result.save(tmp_path / "recipe.pt", model_name="test_numpy_net")
         loaded = ck.load(path)  # untrusted: the registered factory, shrunk to the stored widths
@@ -243,7 +243,7 @@ def test_save_refuses_a_recipe_that_does_not_rebuild_the_model(tmp_path: Path) -
     torch.manual_seed(0)
     data = [(torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8))]
     result = ck.compress(_NumpyNet().eval(), data, config=_NO_STEPS)
-    with registry.MODELS.snapshot():
+    with model_registry.MODELS.snapshot():
         ck.register_model("test_other_net")(lambda: nn.Sequential(nn.Conv2d(3, 3, 1)))
         with pytest.raises(SaveError, match="registered recipe 'test_other_net' does not load back"):
             result.save(tmp_path / "wrong.pt", model_name="test_other_net")

@@ -105,10 +105,10 @@ def test_every_zoo_model_and_float_resizing_nets_reload_in_a_fresh_process(group
                                                                            tmp_path: Path) -> None:
     torch.set_num_threads(1)
     names, fixed_notes = [], {}
-    from compresskit import registry
+    from compresskit import models as model_registry
 
     all_entries = _entries()
-    with registry.MODELS.snapshot(), warnings.catch_warnings():
+    with model_registry.MODELS.snapshot(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for recipe_name, cls in _NEEDS_RECIPE.values():
             ck.register_model(recipe_name)(cls)

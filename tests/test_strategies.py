@@ -290,7 +290,7 @@ def test_unused_parameters_named_for_a_registered_measure_that_counts_them():
 
 
 def test_drop_unused_survives_save_and_load_of_a_registered_model(tmp_path):
-    from compresskit.registry import MODELS
+    from compresskit.models import MODELS
 
     with MODELS.snapshot():
         ck.register_model("with_tea_test", task="test")(WithTeacherBlock)

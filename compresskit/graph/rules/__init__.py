@@ -45,7 +45,7 @@ it), or a method name string such as ``"view"``. A target that already has a rul
 The built-in rules, one module per op family (each registers its rules next to their definitions):
 
 * :mod:`~compresskit.graph.rules.context`: ``TensorInfo``, ``ParamRef``, ``RuleContext``
-* :mod:`~compresskit.graph.rules.registry`: ``register_rule``, ``lookup_rule``, the ``RULES`` registry
+* :mod:`~compresskit.graph.rules.table`: ``register_rule``, ``lookup_rule``, the ``RULES`` registry
 * :mod:`~compresskit.graph.rules.elementwise`: activations, arithmetic, comparisons, where, masked_fill
 * :mod:`~compresskit.graph.rules.layers`: conv, linear, norms, PReLU, embedding, attention modules
 * :mod:`~compresskit.graph.rules.sizes`: sizes computed from shapes (``SizeExpr``), segments
@@ -84,14 +84,14 @@ from compresskit.graph.rules.layers import (  # noqa: E402
     per_channel_core,
 )
 from compresskit.graph.rules.layout import index_core, reshape_core  # noqa: E402
-from compresskit.graph.rules.registry import (
+from compresskit.graph.rules.sizes import SizeExpr, require_segments, size_expr  # noqa: E402
+from compresskit.graph.rules.table import (
     RULES,
     has_module_rule,
     lookup_rule,
     passthrough_rule,
     register_rule,
 )
-from compresskit.graph.rules.sizes import SizeExpr, require_segments, size_expr  # noqa: E402
 
 __all__ = [
     "BROADCAST",

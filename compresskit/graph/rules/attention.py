@@ -8,7 +8,7 @@ import operator
 from typing import Any
 
 from compresskit.graph.rules.context import RuleContext, TensorInfo
-from compresskit.graph.rules.registry import aten_ops, functional, register_rule, torch_fns
+from compresskit.graph.rules.table import aten_ops, functional, register_rule, torch_fns
 
 
 def _matmul(ctx: RuleContext) -> Any:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from compresskit.graph.rules.context import BROADCAST, RuleContext, TensorInfo
-from compresskit.graph.rules.registry import aten_ops, functional, nn_modules, register_rule, torch_fns
+from compresskit.graph.rules.table import aten_ops, functional, nn_modules, register_rule, torch_fns
 
 __all__ = ["elementwise"]
 

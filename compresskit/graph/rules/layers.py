@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from compresskit.graph.rules.context import ParamRef, RuleContext, RuleFn, TensorInfo
-from compresskit.graph.rules.registry import aten_ops, functional, nn_modules, register_rule, torch_fns
+from compresskit.graph.rules.table import aten_ops, functional, nn_modules, register_rule, torch_fns
 
 __all__ = ["conv_core", "linear_core", "per_channel_core", "groupnorm_core", "layernorm_core"]
 

@@ -15,7 +15,6 @@ import torch
 
 from compresskit.graph.rules.context import BROADCAST, MISSING, RuleContext, TensorInfo
 from compresskit.graph.rules.elementwise import elementwise
-from compresskit.graph.rules.registry import aten_ops, functional, nn_modules, register_rule, torch_fns
 from compresskit.graph.rules.sizes import (
     boundary_requirement,
     format_size,
@@ -24,6 +23,7 @@ from compresskit.graph.rules.sizes import (
     size_source,
 )
 from compresskit.graph.rules.spatial import spatial_dims
+from compresskit.graph.rules.table import aten_ops, functional, nn_modules, register_rule, torch_fns
 
 __all__ = ["reshape_core", "index_core"]
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from compresskit.graph.rules.context import RuleContext, TensorInfo
 from compresskit.graph.rules.elementwise import elementwise
-from compresskit.graph.rules.registry import aten_ops, functional, nn_modules, register_rule, torch_fns
+from compresskit.graph.rules.table import aten_ops, functional, nn_modules, register_rule, torch_fns
 
 
 def _reduce_dims(ctx: RuleContext, x: TensorInfo, dims: Any, keepdim: bool) -> Any:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from compresskit.graph.rules.context import RuleContext, TensorInfo
-from compresskit.graph.rules.registry import aten_ops, register_rule
+from compresskit.graph.rules.table import aten_ops, register_rule
 
 __all__ = ["SizeExpr", "size_expr", "size_source", "require_segments", "boundary_requirement", "format_size"]
 

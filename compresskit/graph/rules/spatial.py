@@ -10,7 +10,7 @@ import numpy as np
 from torch import nn
 
 from compresskit.graph.rules.context import RuleContext, RuleFn, TensorInfo
-from compresskit.graph.rules.registry import aten_ops, functional, nn_modules, register_rule, torch_fns
+from compresskit.graph.rules.table import aten_ops, functional, nn_modules, register_rule, torch_fns
 
 __all__ = ["spatial_dims"]
 

@@ -19,7 +19,7 @@ from compresskit_adacof.models.adacof import HEADS, check_widths
 from compresskit_vfi.task import default_loss
 
 import compresskit as ck
-import compresskit.registry
+import compresskit.models
 
 DATA = Path(__file__).resolve().parent / "data"
 # in a checkout /work/main, the shared reference lies beside it: /work/shared/reference
@@ -75,7 +75,7 @@ def test_checkpoint_in_published_layout_loads_strictly(tmp_path):
     up = "context_synthesis.up_1_2.f.4.weight"
     assert torch.equal(model.get_parameter(up), state[up])
     del state["get_kernel.module1by1_3.bias"]
-    with pytest.raises(ck.registry.CheckpointMismatchError, match="module1by1_3.bias"):
+    with pytest.raises(compresskit.models.CheckpointMismatchError, match="module1by1_3.bias"):
         ck.create_model("cdfi", checkpoint=state)
     small = _layout("compressed_adacof_f11_d2.json")["state_dict"]
     model = AdaCoF(11, 2, widths_from_state_dict({k: torch.empty(v) for k, v in small.items()}))

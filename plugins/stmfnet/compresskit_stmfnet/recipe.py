@@ -474,7 +474,7 @@ class _TrainModeTeacher(nn.Module):
 def phase2_terms(cfg: MiniRecipeConfig) -> list[Any]:
     """Phase II objective ``alpha·Lap(S, GT) + Lap(S, T)``, each the 5-level Laplacian loss summed as
     published (``distill_reduction``; the smoke run uses ``smoke_reduction``)."""
-    from compresskit.distill.engine import OutputLoss
+    from compresskit.distillation.engine import OutputLoss
 
     reduction = cfg.smoke_reduction if cfg.smoke else cfg.distill_reduction
     lap = ck.get_loss("laplacian", reduction=reduction)

@@ -130,7 +130,7 @@ def test_phase2_hands_ck_distill_the_published_schedule_and_losses(tmp_path, mon
 def test_a_train_mode_teacher_uses_batch_statistics_inside_distill():
     """teacher_mode='train' (the published script): even under ck.distill's frozen eval-mode teacher, the
     BatchNorm normalises with the batch's own statistics."""
-    from compresskit.distill.engine import frozen
+    from compresskit.distillation.engine import frozen
 
     torch.manual_seed(0)
     bn = nn.BatchNorm1d(3)

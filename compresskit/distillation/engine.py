@@ -27,9 +27,9 @@ from torch.utils.data import DataLoader
 
 from compresskit._modes import eval_mode
 from compresskit.config import DistillConfig, FeaturePair
-from compresskit.distill.adversarial import AdversarialLoss
-from compresskit.distill.cache import build_cache, cached_loader, split_cached
-from compresskit.distill.features import (
+from compresskit.distillation.adversarial import AdversarialLoss
+from compresskit.distillation.cache import build_cache, cached_loader, split_cached
+from compresskit.distillation.features import (
     FeatureHooks,
     StudentWithAdapters,
     auto_feature_pairs,
@@ -37,8 +37,8 @@ from compresskit.distill.features import (
     get_submodule,
     make_adapter,
 )
-from compresskit.distill.leaves import leafwise
-from compresskit.distill.registry import get_loss
+from compresskit.distillation.leaves import leafwise
+from compresskit.losses import get_loss
 from compresskit.train.batch import to_device
 from compresskit.train.distributed import barrier, broadcast_module, setup
 from compresskit.train.loop import Callback, Trainer, TrainResult, default_inputs

@@ -1,7 +1,7 @@
-"""The rule registry: :func:`register_rule` declares how an op or module moves channels, :func:`lookup_rule`
-finds the rule of an fx node. Rules live in one :class:`~compresskit._registry.Registry`, ``RULES``, keyed
-by target: an ``nn.Module`` subclass (looked up along the module's class hierarchy), a function or
-``torch.library`` op, or a method name string.
+"""The channel-rule table: :func:`register_rule` declares how an op or module moves channels,
+:func:`lookup_rule` finds the rule of an fx node. Rules live in one :class:`~compresskit._registry.Registry`,
+``RULES``, keyed by target: an ``nn.Module`` subclass (looked up along the module's class hierarchy), a
+function or ``torch.library`` op, or a method name string.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Adversarial distillation: a loss with its own discriminator and optimizer step (the GAN variants tried
-for ST-MFNet Mini). The shipped ``"gan"`` loss is also the worked example of a custom loss.
+for ST-MFNet Mini). :class:`GANLoss` is registered as ``"gan"`` in :mod:`compresskit.losses`.
 
 Protocol the distiller relies on: an :class:`AdversarialLoss` returns the student's (generator's) loss from
 ``forward(pred, reference)``, remembers the pairs it saw while gradients were on, and
@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compresskit.losses import register_loss
 from compresskit.train.distributed import DistContext, average_gradients
 
 
@@ -84,7 +83,6 @@ class AdversarialLoss(nn.Module):
         self.optimizer.load_state_dict(state["optimizer"])
 
 
-@register_loss("gan")
 class GANLoss(AdversarialLoss):
     """Non-saturating GAN loss (Goodfellow et al. 2014), with σ the logistic function:
     student ``−log σ(D(S))`` = softplus(−D(S)); discriminator ``−log σ(D(real)) − log(1 − σ(D(S)))``

@@ -1,1 +1,0 @@
-"""The distillation engine: Distiller, the loss registry, feature hooks."""
