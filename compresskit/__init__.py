@@ -41,8 +41,8 @@ _API: dict[str, str] = {
     "compress": "compresskit.api",
     "CompressResult": "compresskit.api",
     "load": "compresskit.api",
-    "recover": "compresskit.recover",
-    "RecoverResult": "compresskit.recover",
+    "recover": "compresskit.recovery",
+    "RecoverResult": "compresskit.recovery",
     "CompressConfig": "compresskit.config",
     "TrainConfig": "compresskit.config",
     "DistillConfig": "compresskit.config",
@@ -132,10 +132,11 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
     from compresskit.plan.importance import register_importance  # noqa: F401
     from compresskit.plan.metric import register_metric  # noqa: F401
     from compresskit.plan.planner import WidthPlan, plan_for_target, plan_widths  # noqa: F401
+    from compresskit.plan.target import Target  # noqa: F401
     from compresskit.plugins import load_plugins  # noqa: F401
+    from compresskit.recovery import RecoverResult, recover  # noqa: F401
     from compresskit.shrink.resize import register_resizer  # noqa: F401
     from compresskit.shrink.surgery import shrink  # noqa: F401
     from compresskit.sparsify.auto import register_sparsifier  # noqa: F401
     from compresskit.sparsify.obproxsg import OBProxSG, steps_from_epochs  # noqa: F401
-    from compresskit.target import Target  # noqa: F401
     from compresskit.train.loop import Trainer, train  # noqa: F401

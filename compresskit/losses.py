@@ -4,7 +4,7 @@
 object is either an ``nn.Module`` class (``get_loss(name, **kw)`` instantiates it) or a function
 ``f(pred, target, **kw) -> Tensor`` (``get_loss`` returns it, with ``kw`` bound when given). Each loss takes
 ``(pred, target)`` tensors of the same shape and returns a scalar tensor. The table, :data:`LOSSES`, also
-holds the adversarial ``"gan"`` loss of :mod:`compresskit.distillation.adversarial` (registered at the end of
+holds the adversarial ``"gan"`` loss of :mod:`compresskit.adversarial` (registered at the end of
 this module) and the plugins' losses (discovered on the first lookup).
 """
 
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compresskit._registry import Registry
-from compresskit.distillation.adversarial import GANLoss
+from compresskit.adversarial import GANLoss
 
 Reduction = Literal["mean", "sum"]
 T = TypeVar("T")
@@ -220,6 +220,6 @@ class LaplacianPyramidLoss(nn.Module):
         return total / pred.numel() if self.reduction == "mean" else total
 
 
-# the adversarial loss trains its own discriminator (compresskit.distillation.adversarial); registered
+# the adversarial loss trains its own discriminator (compresskit.adversarial); registered
 # here, beside the others, so every loss name is known once this module is imported
 register_loss("gan")(GANLoss)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import compresskit as ck
-from compresskit.distillation.adversarial import GANLoss
+from compresskit.adversarial import GANLoss
 from compresskit.losses import laplacian_pyramid, reconstruct_laplacian_pyramid
 
 PRED = torch.tensor([[0.0, 1.0], [2.0, 3.0]])

@@ -26,8 +26,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from compresskit._modes import eval_mode
+from compresskit.adversarial import AdversarialLoss
 from compresskit.config import DistillConfig, FeaturePair
-from compresskit.distillation.adversarial import AdversarialLoss
 from compresskit.distillation.cache import build_cache, cached_loader, split_cached
 from compresskit.distillation.features import (
     FeatureHooks,
