@@ -169,16 +169,16 @@ class FeaturePair(Config):
 
 class DistillTerms(Config):
     """The distillation objective ``α·L_student(S, GT) + distill_loss(S, T) + feature terms``, declared
-    once: :class:`DistillConfig` (``ck.distill``) and :class:`RecoverConfig` (``compress()``'s stage IV)
-    both take it, each with its own α, features and feature weight.
-
-    ``distill_loss`` has one default, ``"l1"``: the recovery recipe measured best
-    (docs/distillation.md); ST-MFNet Mini's Laplacian is ``distill_loss="laplacian"``.
+    once: :class:`DistillConfig` (``ck.distill``) takes it with ST-MFNet Mini's defaults (α 0.1, the
+    Laplacian pyramid loss), :class:`RecoverConfig` (``compress()``'s stage IV) with the recovery
+    recipe's (α 0.5, L1, light automatic features). Each default is measured where it is used:
+    benchmarks/distill_vs_gt.py for ``ck.distill``'s, benchmarks/compress_targets.py for recovery's
+    (docs/distillation.md, "What compress() does by default, and why").
     """
 
     alpha: float = Field(0.1, ge=0, description="weight α of the ground-truth term")
     distill_loss: str = Field(
-        "l1", min_length=1, description="registered loss between student and teacher outputs "
+        "laplacian", min_length=1, description="registered loss between student and teacher outputs "
         "(ck.list_losses(); the papers: 'laplacian')")
     features: Literal["auto"] | list[FeaturePair] | None = Field(
         default_factory=list, description="intermediate features to distil (1x1 adapters bridge widths): "
@@ -195,9 +195,9 @@ class DistillTerms(Config):
 class DistillConfig(TrainConfig, DistillTerms):
     """Settings of :func:`compresskit.distill`: ``L = α·L_student(S, GT) + L_distill(S, T)``.
 
-    Defaults are ST-MFNet Mini's α = 0.1 with the Laplacian pyramid loss for the student term, and the
-    library's one distillation loss default, l1 (:class:`DistillTerms`); the learning rate follows a
-    cosine schedule over the run's steps (``scheduler="step"`` for the papers' StepLR).
+    Defaults are ST-MFNet Mini's: α = 0.1 and the Laplacian pyramid loss for both terms
+    (:class:`DistillTerms`); the learning rate follows a cosine schedule over the run's steps
+    (``scheduler="step"`` for the papers' StepLR).
     """
 
     scheduler: Scheduler = _default(TrainConfig, "scheduler", "cosine")
@@ -405,6 +405,7 @@ class RecoverConfig(StageTrainConfig, DistillTerms):
         "original", description="without teacher=: distil from the original model, or 'none' (plain "
         "fine-tuning on the loss)")
     alpha: float = _default(DistillTerms, "alpha", 0.5)
+    distill_loss: str = _default(DistillTerms, "distill_loss", "l1")
     features: Literal["auto"] | list[FeaturePair] | None = _default(DistillTerms, "features", "auto")
     feature_weight: float = _default(DistillTerms, "feature_weight", 0.05)
     val_every: int | None = _default(TrainConfig, "val_every", None)
