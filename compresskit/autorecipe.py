@@ -34,6 +34,7 @@ from torch import nn
 from compresskit._modes import eval_mode
 from compresskit.budget import STAGE1_SHARE, VALIDATION_SHARE, VALIDATIONS, Deadline, Pace, split_steps
 from compresskit.train.batch import to_device
+from compresskit.train.loop import build_optimizer
 from compresskit.train.lr_probe import PROBE_STEPS, RECOVER_RATIO, STAGE1_RATIO, calibrate_lr
 from compresskit.train.validation import BestWeights
 
@@ -151,8 +152,9 @@ def plan_sparsify(state: Any) -> StagePlan | None:
     kw = {"clock": clock} if clock is not None else {}
     lr = cfg.lr
     sgd = cfg.method == "obproxsg"  # an SGD-type step (no per-weight normalisation): probed with SGD
-    if sgd:
-        kw["optimizer"] = lambda ps, lr: torch.optim.SGD(ps, lr=lr)
+    # probed with the optimizer the stage trains with
+    kw["optimizer"] = ((lambda ps, lr: torch.optim.SGD(ps, lr=lr)) if sgd
+                       else (lambda ps, lr: build_optimizer(ps, cfg, lr)))
     probe = calibrate_lr(state.work, probe_batches, task, target_ratio=STAGE1_RATIO,
                          trial_lr=1e-2 if sgd else 1e-3, val_fn=lambda m: _mean(m, val, task),
                          seed=state.config.seed, **kw)
@@ -281,7 +283,8 @@ def plan_recover(state: Any, teacher: nn.Module | None) -> StagePlan | None:
 
     lr = rc.lr
     probe = calibrate_lr(small, pairs, objective, target_ratio=RECOVER_RATIO, trial_lr=1e-3,
-                         val_fn=lambda m: _mean(m, val, task), seed=state.config.seed, **kw)
+                         val_fn=lambda m: _mean(m, val, task), seed=state.config.seed,
+                         optimizer=lambda ps, lr: build_optimizer(ps, rc, lr), **kw)
     if lr == "auto":
         lr = probe.lr
         record["lr_probe"] = {**probe.to_dict(), "scored_on": val_what,

@@ -712,7 +712,7 @@ class RecoverStage(Stage):
 
     def fingerprint(self, state: State) -> dict[str, Any]:
         fp = {"upstream": state.fingerprints["shrink"], "teacher": _checksum(self.teacher(state)),
-              "recover": state.config.recover.model_dump(mode="json")}
+              "recover": state.config.recover.fingerprint()}
         if state.budget is not None:
             fp["budget"] = str(state.budget.budget)
         return fp

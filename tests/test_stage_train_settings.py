@@ -172,3 +172,33 @@ def test_density_is_a_callback_and_a_checkpoint_without_it_resumes_exactly(tmp_p
         trainer.model.weight.zero_()  # 0 of 9 weights and 3 of 3 biases: layer density of the weight 0
     assert trainer._progress_fields() == {"density": 0.0}
     assert loop.Trainer(nn.Linear(3, 3), batches, _mse, config=cfg)._progress_fields() == {}
+
+
+def test_the_learning_rate_probe_uses_the_stage_optimizer(monkeypatch) -> None:
+    from compresskit import autorecipe
+
+    probed: list[type] = []
+    real = autorecipe.calibrate_lr
+
+    def spy(model, *args, optimizer=None, **kw):  # noqa: ANN001, ANN202
+        probed.append(type(optimizer(list(model.parameters()), 1e-3)))
+        return real(model, *args, optimizer=optimizer, **kw)
+
+    monkeypatch.setattr(autorecipe, "calibrate_lr", spy)
+    cfg = CompressConfig(target="2x params", measure_latency=False, progress=False,
+                         sparsify={"steps": 2, "optimizer": "sgd"}, recover={"steps": 2, "optimizer": "adam"})
+    ck.compress(_net(), _batches(), config=cfg)
+    assert probed == [torch.optim.SGD, torch.optim.Adam]  # lr="auto": each stage's probe, its optimizer
+
+
+def test_a_changed_training_setting_redoes_its_stage_only(monkeypatch, tmp_path) -> None:
+    def run(**recover) -> set[str]:
+        seen = _Seen(monkeypatch)
+        cfg = CompressConfig(target="2x params", measure_latency=False, progress=False, out_dir=tmp_path,
+                             sparsify={"steps": 2, "lr": 1e-3}, recover={"steps": 2, "lr": 1e-3, **recover})
+        ck.compress(_net(), _batches(), config=cfg)
+        return set(seen.trainers)
+
+    assert run() == {"sparsify", "distill"}
+    assert run(grad_clip=None, amp="none") == set()  # the defaults, written out: nothing is redone
+    assert run(grad_clip=1.0) == {"distill"}  # stage I is reused, recovery is redone

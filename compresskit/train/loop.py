@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from compresskit._modes import eval_mode
 from compresskit.checks import batch_spec, check_batch_consistent
-from compresskit.config import TrainConfig
+from compresskit.config import StepConfig, TrainConfig
 from compresskit.io import atomic_torch_save, remove_stale_temps
 from compresskit.train import checkpoint as ckpt
 from compresskit.train.batch import to_device
@@ -116,6 +116,20 @@ class _Length:
         if self.epochs is not None:
             return self.epochs
         return math.ceil(self.total / self.steps_per_epoch) if self.steps_per_epoch else None
+
+
+def build_optimizer(params: list[nn.Parameter], cfg: StepConfig, lr: float | None = None
+                    ) -> torch.optim.Optimizer:
+    """The optimizer ``cfg.optimizer`` names with its settings (``lr`` in place of ``cfg.lr`` when given:
+    a stage's ``"auto"`` rate being probed)."""
+    lr = cfg.lr if lr is None else lr
+    if cfg.optimizer == "adamax":
+        return torch.optim.Adamax(params, lr=lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 def default_inputs(batch: Any) -> tuple[Any, ...]:
@@ -216,13 +230,7 @@ class Trainer:
         if arg is not None:
             raise TypeError("optimizer must be a torch.optim.Optimizer, a factory params -> Optimizer, "
                             f"or None; got {type(arg).__name__}")
-        if cfg.optimizer == "adamax":
-            return torch.optim.Adamax(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-        if cfg.optimizer == "adam":
-            return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-        if cfg.optimizer == "adamw":
-            return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return build_optimizer(params, cfg)
 
     def _build_scheduler(self, total_intervals: int | None) -> Any:
         arg, cfg = self.scheduler_arg, self.config
