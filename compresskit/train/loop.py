@@ -561,17 +561,7 @@ class Trainer:
             group_size = (min(cfg.grad_accum, n_batches - group_start) if n_batches is not None
                           else cfg.grad_accum)
             last_micro = len(group) + 1 == group_size
-            sync = (module.no_sync() if self.ctx.distributed and not last_micro
-                    else contextlib.nullcontext())
-            with sync:
-                with self._autocast():
-                    output, loss, parts = self._forward(module, batch, where)
-                _check_scalar(loss, where)
-                scaled = loss.float() / group_size
-                (self._scaler.scale(scaled) if self._scaler is not None else scaled).backward()
-            self.position += 1
-            self.last_output, self.last_batch = output, batch
-            group.append((loss.detach().float(), parts))
+            group.append(self._micro_batch(module, batch, where, group_size, last_micro))
             if last_micro:
                 self._stepped(self._optimizer_step(group, where))
                 group = []
@@ -584,6 +574,20 @@ class Trainer:
             self._show()
         self._end_epoch()
         return False
+
+    def _micro_batch(self, module: nn.Module, batch: Any, where: str, group_size: int, last_micro: bool
+                     ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Forward and backward of one micro-batch (DDP syncs gradients on its group's last); its loss."""
+        sync = module.no_sync() if self.ctx.distributed and not last_micro else contextlib.nullcontext()
+        with sync:
+            with self._autocast():
+                output, loss, parts = self._forward(module, batch, where)
+            _check_scalar(loss, where)
+            scaled = loss.float() / group_size
+            (self._scaler.scale(scaled) if self._scaler is not None else scaled).backward()
+        self.position += 1
+        self.last_output, self.last_batch = output, batch
+        return loss.detach().float(), parts
 
     def _stepped(self, loss: float) -> None:
         self._last_loss = loss
