@@ -8,7 +8,7 @@ With a budget (``budget=`` or the default, :data:`compresskit.budget.DEFAULT_BUD
   recovery probe and the validations need), from its measured step time and an estimate of a recovery
   step (the teacher's forward plus the full step divided by the target ratio); recovery then gets every
   second left when it starts, divided by its own measured step time. Each stage also ends at its
-  deadline (:class:`~compresskit.budget.Deadline`).
+  deadline (:class:`~compresskit.train.pacing.Deadline`).
 * **learning rate** – ``lr="auto"`` (the default) runs :func:`~compresskit.train.lr_probe.calibrate_lr`
   on the stage's own objective: the rate at which the first steps move the weights by the stage's
   update-to-weight ratio (:data:`~compresskit.train.lr_probe.STAGE1_RATIO`, ``RECOVER_RATIO``).
@@ -33,9 +33,11 @@ import torch
 from torch import nn
 
 from compresskit._modes import eval_mode
-from compresskit.budget import STAGE1_SHARE, VALIDATION_SHARE, VALIDATIONS, Deadline, Pace, split_steps
+from compresskit.budget import STAGE1_SHARE, VALIDATION_SHARE, VALIDATIONS, split_steps
 from compresskit.train.batch import to_device
+from compresskit.train.loop import build_optimizer
 from compresskit.train.lr_probe import PROBE_STEPS, RECOVER_RATIO, STAGE1_RATIO, calibrate_lr
+from compresskit.train.pacing import Deadline, Pace
 from compresskit.train.validation import BestWeights
 
 __all__ = ["StagePlan", "plan_sparsify", "plan_recover", "PATIENCE"]
@@ -157,8 +159,9 @@ def plan_sparsify(state: Any) -> StagePlan | None:
     kw = {"clock": clock} if clock is not None else {}
     lr = cfg.lr
     sgd = cfg.method == "obproxsg"  # an SGD-type step (no per-weight normalisation): probed with SGD
-    if sgd:
-        kw["optimizer"] = lambda ps, lr: torch.optim.SGD(ps, lr=lr)
+    # probed with the optimizer the stage trains with
+    kw["optimizer"] = ((lambda ps, lr: torch.optim.SGD(ps, lr=lr)) if sgd
+                       else (lambda ps, lr: build_optimizer(ps, cfg, lr)))
     probe = calibrate_lr(state.work, probe_batches, task, target_ratio=STAGE1_RATIO,
                          trial_lr=1e-2 if sgd else 1e-3, val_fn=lambda m: _mean(m, val, task),
                          seed=state.config.seed, **kw)
@@ -287,7 +290,8 @@ def plan_recover(state: Any, teacher: nn.Module | None) -> StagePlan | None:
 
     lr = rc.lr
     probe = calibrate_lr(small, pairs, objective, target_ratio=RECOVER_RATIO, trial_lr=1e-3,
-                         val_fn=lambda m: _mean(m, val, task), seed=state.config.seed, **kw)
+                         val_fn=lambda m: _mean(m, val, task), seed=state.config.seed,
+                         optimizer=lambda ps, lr: build_optimizer(ps, rc, lr), **kw)
     if lr == "auto":
         lr = probe.lr
         record["lr_probe"] = {**probe.to_dict(), "scored_on": val_what,

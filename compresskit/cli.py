@@ -282,7 +282,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from compresskit.deploy.files import export_saved
+    from compresskit.export_saved import export_saved
 
     result = export_saved(args.run, args.out, trusted=args.trusted, rtol=args.rtol, atol=args.atol,
                           dynamic=not args.static)

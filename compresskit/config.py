@@ -5,17 +5,23 @@ Every run writes its resolved config next to its outputs (``Config.dump``).
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
+from pydantic import Field, field_serializer, field_validator, model_validator
 
-from compresskit.io import atomic_write_text
+# the configs' base and the trainer's settings, re-exported: compresskit.config.TrainConfig is public
+from compresskit._config import (  # noqa: F401
+    RUN_WIDE,
+    Config,
+    Interval,
+    Optimizer,
+    Scheduler,
+    StepConfig,
+    TrainConfig,
+    _default,  # noqa: F401
+)
 from compresskit.target import Target
-
-C = TypeVar("C", bound="Config")
 
 
 def _strategy_name(value: Any) -> Any:
@@ -43,98 +49,6 @@ def _check_strategy(value: Any, field: str, registry: Any, needs: tuple[str, ...
     return value
 
 
-class Config(BaseModel):
-    """Base of every config: unknown keys are errors, values are validated on assignment."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
-
-    @classmethod
-    def load(cls: type[C], path: str | os.PathLike) -> C:
-        """Read a ``.json``, ``.yaml`` or ``.yml`` file."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {str(path)!r} does not exist")
-        text = path.read_text()
-        if path.suffix.lower() in (".yaml", ".yml"):
-            data = _yaml().safe_load(text) or {}
-        elif path.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            raise ValueError(f"config file {str(path)!r}: expected a .json, .yaml or .yml file")
-        if not isinstance(data, dict):
-            raise ValueError(f"config file {str(path)!r}: expected a mapping at the top level")
-        return cls.model_validate(data)
-
-    def dump(self, path: str | os.PathLike) -> Path:
-        """Write the resolved config (atomically); YAML when the suffix says so, else JSON."""
-        path = Path(path)
-        data: dict[str, Any] = self.model_dump(mode="json")
-        if path.suffix.lower() in (".yaml", ".yml"):
-            text = _yaml().safe_dump(data, sort_keys=False)
-        else:
-            text = json.dumps(data, indent=2) + "\n"
-        return atomic_write_text(text, path)
-
-
-def _yaml():
-    try:
-        import yaml
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("YAML configs need PyYAML: pip install 'compresskit[yaml]'") from e
-    return yaml
-
-
-class TrainConfig(Config):
-    """Settings of :func:`compresskit.train`: one loop for both stages (sparsify and retrain/distill).
-
-    Defaults are the papers': Adamax (lr 1e-3, β 0.9/0.999) and StepLR(step 20 epochs, γ 0.5).
-    Give ``steps`` (optimizer steps) or ``epochs``, not both; neither means one epoch.
-    """
-
-    epochs: int | None = Field(None, ge=1, description="passes over the training data")
-    steps: int | None = Field(None, ge=1, description="optimizer steps (overrides epochs)")
-    # optimizer and schedule (used when train() builds them)
-    optimizer: Literal["adamax", "adam", "adamw", "sgd"] = Field("adamax", description="default optimizer")
-    lr: float = Field(1e-3, gt=0, description="learning rate")
-    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam-family β1, β2")
-    momentum: float = Field(0.9, ge=0, description="SGD momentum")
-    weight_decay: float = Field(0.0, ge=0, description="weight decay of the default optimizer")
-    scheduler: Literal["step", "cosine", "none"] = Field("step", description="default LR schedule")
-    step_size: int = Field(20, ge=1, description="StepLR period, in scheduler intervals")
-    gamma: float = Field(0.5, gt=0, description="StepLR decay factor")
-    scheduler_interval: Literal["epoch", "step"] = Field("epoch", description="when scheduler.step() runs")
-    # the step itself
-    grad_accum: int = Field(1, ge=1, description="micro-batches accumulated per optimizer step")
-    grad_clip: float | None = Field(None, gt=0, description="max global gradient norm (None: no clipping)")
-    amp: Literal["none", "bf16", "fp16"] = Field("none", description="autocast dtype on GPU (no-op on CPU)")
-    device: str = Field("auto", description="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ...")
-    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="torch.distributed backend")
-    find_unused_parameters: bool = Field(False, description="passed to DistributedDataParallel")
-    seed: int = Field(0, ge=0, description="seeds python, numpy, torch (+ rank) and the data order")
-    # validation, checkpoints, logging
-    val_every: int | None = Field(None, ge=1, description="validate every N steps (None: each epoch end)")
-    monitor: str = Field("val_loss", description="validation value that picks the best checkpoint")
-    mode: Literal["min", "max"] = Field("min", description="whether smaller or larger monitor is better")
-    checkpoint_every: int | None = Field(
-        None, ge=1, description="checkpoint every N steps (None: each epoch end); the end is always saved")
-    keep_last: int = Field(3, ge=1, description="periodic checkpoints kept on disk")
-    wait_for_lock: float = Field(
-        0.0, ge=0, description="seconds to wait while another live run holds out_dir (0: fail at once)")
-    load_best: bool = Field(False, description="load the best checkpoint's weights at the end")
-    log_every: int = Field(10, ge=1, description="steps between train records in metrics.jsonl")
-    progress: bool = Field(True, description="rich progress bar on a terminal; plain progress lines when not")
-    progress_every: float = Field(30.0, gt=0, description="seconds between plain progress lines")
-    batch_shapes: Literal["same", "spatial", "off"] = Field(
-        "same", description="train batches must have the first one's shapes except the batch size ('same'), "
-        "may also change spatial sizes together ('spatial', fully convolutional models), or are not checked")
-
-    @model_validator(mode="after")
-    def _check_length(self) -> TrainConfig:
-        if self.steps is not None and self.epochs is not None:
-            raise ValueError("give steps or epochs, not both")
-        return self
-
-
 class FeaturePair(Config):
     """One feature-distillation pair: student module path → teacher module path."""
 
@@ -144,40 +58,93 @@ class FeaturePair(Config):
     loss: str = Field("mse", description="registered loss comparing adapted student and teacher features")
 
 
-class DistillConfig(TrainConfig):
-    """Settings of :func:`compresskit.distill`: ``L = α·L_student(S, GT) + L_distill(S, T)``.
-
-    Defaults are ST-MFNet Mini's: α = 0.1 and the Laplacian pyramid loss for both terms; the learning
-    rate follows a cosine schedule over the run's steps (``scheduler="step"`` for the papers' StepLR).
+class DistillTerms(Config):
+    """The distillation objective ``α·L_student(S, GT) + distill_loss(S, T) + feature terms``, declared
+    once: :class:`DistillConfig` (``ck.distill``) takes it with ST-MFNet Mini's defaults (α 0.1, the
+    Laplacian pyramid loss), :class:`RecoverConfig` (``compress()``'s stage IV) with the recovery
+    recipe's (α 0.5, L1, light automatic features). Each default is measured where it is used:
+    benchmarks/distill_vs_gt.py for ``ck.distill``'s, benchmarks/compress_targets.py for recovery's
+    (docs/distillation.md, "What compress() does by default, and why").
     """
 
-    scheduler: Literal["step", "cosine", "none"] = Field("cosine", description="LR schedule (cosine decay)")
-    scheduler_interval: Literal["epoch", "step"] = Field("step", description="when scheduler.step() runs")
     alpha: float = Field(0.1, ge=0, description="weight α of the ground-truth term")
-    student_loss: str = Field("laplacian", description="registered loss of the student vs ground truth")
-    distill_loss: str = Field("laplacian", description="registered loss of the student vs the teacher")
-    loss_kwargs: dict[str, Any] = Field(
-        default_factory=dict, description="keyword arguments of both registered losses")
-    features: Literal["auto"] | list[FeaturePair] = Field(
+    distill_loss: str = Field(
+        "laplacian", min_length=1, description="registered loss between student and teacher outputs "
+        "(ck.list_losses(); the papers: 'laplacian')")
+    features: Literal["auto"] | list[FeaturePair] | None = Field(
         default_factory=list, description="intermediate features to distil (1x1 adapters bridge widths): "
-        "explicit pairs, or 'auto' (the last layer of each block, paired by module name; see "
-        "compresskit.distillation.features.auto_feature_pairs)")
+        "explicit pairs, 'auto' (the last layer of each block, paired by module name; see "
+        "compresskit.distillation.features.auto_feature_pairs), or None / [] (none)")
     feature_weight: float = Field(
-        1.0, ge=0, description="features='auto': total weight of the feature terms (each pair's MSE is "
-        "divided by its teacher feature's mean square, then by the number of pairs)")
+        1.0, ge=0, description="weight of the feature terms (features='auto': their total; each pair's MSE "
+        "is divided by its teacher feature's mean square, then by the number of pairs)")
     early_stop_patience: int | None = Field(
         None, ge=1, description="stop after this many validations without improvement of `monitor` and "
         "restore the best weights (needs a val_loader)")
+
+
+class DistillConfig(TrainConfig, DistillTerms):
+    """Settings of :func:`compresskit.distill`: ``L = α·L_student(S, GT) + L_distill(S, T)``.
+
+    Defaults are ST-MFNet Mini's: α = 0.1 and the Laplacian pyramid loss for both terms
+    (:class:`DistillTerms`); the learning rate follows a cosine schedule over the run's steps
+    (``scheduler="step"`` for the papers' StepLR).
+    """
+
+    scheduler: Scheduler = _default(TrainConfig, "scheduler", "cosine")
+    scheduler_interval: Interval = _default(TrainConfig, "scheduler_interval", "step")
+    student_loss: str = Field("laplacian", description="registered loss of the student vs ground truth")
+    loss_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments of both registered losses")
     cache_teacher: bool = Field(
         False, description="run the teacher once over a fixed (non-augmented) dataset and reuse its outputs")
     cache_dir: Path | None = Field(None, description="where teacher outputs are cached (None: out_dir/cache)")
 
+    @field_validator("features")
+    @classmethod
+    def _no_features(cls, value: Any) -> Any:
+        return [] if value is None else value
+
+
+T = TypeVar("T", bound=TrainConfig)
+
+
+class StageTrainConfig(StepConfig):
+    """A training stage of ``compress()``: :class:`StepConfig` plus its steps and its learning rate
+    (``"auto"``: a probe picks it). The run-wide settings (:data:`RUN_WIDE`) come from
+    :class:`CompressConfig`; :meth:`train_config` joins the two."""
+
+    #: StepConfig fields the stage's first config did not have: left at their defaults they stay out of
+    #: :meth:`fingerprint`, so runs from before resume without redoing the stage
+    _added: ClassVar[tuple[str, ...]] = ()
+
+    steps: int = Field(300, ge=0, description="training steps of the stage (0 skips it); set by compress()'s "
+                       "budget unless given here")
+    lr: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(
+        "auto", description="learning rate, or 'auto': chosen by a short probe on held-out batches "
+        "(compresskit.train.lr_probe)")
+
+    def train_config(self, run: TrainConfig, cls: type[T] = TrainConfig, **values: Any) -> T:
+        """``cls`` for this stage: the settings ``run`` was given (the run-wide ones), this config's
+        training settings over them (None: the default), then ``values`` (what the stage resolved)."""
+        mine = {k: getattr(self, k) for k in type(self).model_fields
+                if k in cls.model_fields and getattr(self, k) is not None}
+        return cls(**{**run.model_dump(exclude_unset=True), **mine, **values})
+
+    def fingerprint(self) -> dict[str, Any]:
+        """``model_dump(mode="json")`` less the :attr:`_added` settings left at their defaults."""
+        data = self.model_dump(mode="json")
+        defaults = type(self).model_construct().model_dump(mode="json")
+        return {k: v for k, v in data.items() if k not in self._added or v != defaults[k]}
+
 
 #: SparsifyConfig settings that only OBProx-SG reads; giving one with method="progressive" is an error
 _OBPROXSG_ONLY = ("growth", "zero_tol", "kept_floor", "eps", "n_prox_steps", "n_orthant_steps", "l1_on")
+#: settings of the default optimizer; OBProx-SG is the optimizer of method="obproxsg" (an error there)
+_OPTIMIZER_ONLY = ("optimizer", "betas", "momentum", "weight_decay")
 
 
-class SparsifyConfig(Config):
+class SparsifyConfig(StageTrainConfig):
     """Stage I: train so that the units the plan removes carry no weight when they go; no λ to tune.
 
     ``method="progressive"`` (default; target sparsity in the spirit of HESSO): the plan for the current
@@ -194,19 +161,20 @@ class SparsifyConfig(Config):
     ``kept_floor`` of their mass (dual ascent, as CoFi does on its cost). A number fixes λ (the papers'
     expert knob); with no ``method`` a number selects ``"obproxsg"`` and ``"auto"`` selects
     ``"progressive"`` (also on assignment); a number, or another OBProx-SG-only setting, with
-    ``method="progressive"`` is a ValueError.
+    ``method="progressive"`` is a ValueError. The training settings are :class:`StepConfig`'s
+    (``optimizer``, ``grad_clip``, ``amp``, ...; the optimizer's only with ``method="progressive"``).
     """
+
+    _added = tuple(k for k in StepConfig.model_fields if k != "lr")
 
     method: Any = Field(
         None, description="'obproxsg': l1 training (λ auto or fixed); 'progressive': the units the "
         "plan removes are scaled to zero on a schedule while the rest trains (HESSO-like, no λ); "
         "another name registered with ck.register_sparsifier, or a Sparsifier object; "
         "None: 'obproxsg' when lambda_ is a number, else 'progressive'")
-    steps: int = Field(300, ge=0, description="training steps of stage I, either method (0 skips it); "
-                       "set by compress()'s budget unless given here")
-    lr: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(
-        "auto", description="learning rate (step size α) of stage I, or 'auto': chosen by a short probe on "
-        "held-out batches (compresskit.train.lr_probe)")
+    scheduler: Scheduler | None = Field(
+        None, description="LR schedule (None: the method's own; 'none' for progressive, the papers' StepLR "
+        "for obproxsg)")
     lambda_: Annotated[float, Field(ge=0)] | Literal["auto"] = Field(
         "auto", description="l1 strength λ of OBProx-SG, or 'auto' to calibrate it from the target")
     growth: float = Field(1.25, gt=1, description="auto-λ: factor applied per calibration when off schedule")
@@ -254,6 +222,12 @@ class SparsifyConfig(Config):
                 raise ValueError(f"method='progressive' uses no l1 penalty, but {', '.join(given)} "
                                  f"(OBProx-SG settings) {'is' if len(given) == 1 else 'are'} set: "
                                  "use method='obproxsg', or drop them")
+        if self.method == "obproxsg":
+            given = [k for k in _OPTIMIZER_ONLY if getattr(self, k) != type(self).model_fields[k].default]
+            if given:
+                raise ValueError(f"method='obproxsg' trains with OBProx-SG, but {', '.join(given)} (settings "
+                                 f"of the default optimizer) {'is' if len(given) == 1 else 'are'} set: use "
+                                 "method='progressive', or drop them")
         if self.n_orthant_steps is not None and self.n_prox_steps is None:
             raise ValueError("n_orthant_steps is set but n_prox_steps is None (Prox-SG for ever): "
                              "give n_prox_steps too, or leave n_orthant_steps None")
@@ -306,31 +280,26 @@ class ShrinkConfig(Config):
         "named in the report) from the result and from the counts; False keeps them (they count)")
 
 
-class RecoverConfig(Config):
+class RecoverConfig(StageTrainConfig, DistillTerms):
     """Stage IV: win the quality back by distilling from the teacher (default: the original, frozen):
-    ``L = α·loss(S, batch) + distill_loss(S, T) + feature_weight·Σ feature terms``."""
+    ``L = α·loss(S, batch) + distill_loss(S, T) + feature_weight·Σ feature terms``.
 
-    steps: int = Field(300, ge=0, description="training steps of the small model (0 skips it); set by "
-                       "compress()'s budget unless given here")
-    lr: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(
-        "auto", description="learning rate (Adamax), or 'auto': chosen by a short probe on held-out "
-        "batches (compresskit.train.lr_probe)")
-    scheduler: Literal["cosine", "step", "none"] = Field("cosine", description="learning-rate schedule")
+    The objective is :class:`DistillTerms` with the stage's defaults (α 0.5, features "auto", feature
+    weight 0.05: the benchmark's best recipe, docs/distillation.md); the training settings are
+    :class:`StepConfig`'s (``optimizer``, ``grad_clip``, ``amp``, ...) with a cosine schedule per step."""
+
+    _added = tuple(k for k in StepConfig.model_fields if k not in ("lr", "scheduler"))
+
+    scheduler: Scheduler = _default(StepConfig, "scheduler", "cosine")
+    scheduler_interval: Interval = _default(StepConfig, "scheduler_interval", "step")
     teacher: Literal["original", "none"] = Field(
         "original", description="without teacher=: distil from the original model, or 'none' (plain "
         "fine-tuning on the loss)")
-    alpha: float = Field(0.5, ge=0, description="weight α of the ground-truth term α·loss(S, batch) "
-                         "(0.5: the benchmark's best recipe, docs/distillation.md)")
-    distill_loss: str = Field(
-        "l1", min_length=1, description="registered loss between student and teacher outputs "
-        "(ck.list_losses(); the papers: 'laplacian')")
-    features: Literal["auto"] | list[FeaturePair] | None = Field(
-        "auto", description="feature distillation: 'auto' (pair modules by name), explicit pairs, or None")
-    feature_weight: float = Field(0.05, ge=0, description="weight of the feature terms (0.05: light, as "
-                                  "in the benchmark's best recipe)")
-    early_stop_patience: int | None = Field(
-        None, ge=1, description="stop after this many validations without improvement (needs val_loader)")
-    val_every: int | None = Field(None, ge=1, description="validate every N steps (None: each epoch end)")
+    alpha: float = _default(DistillTerms, "alpha", 0.5)
+    distill_loss: str = _default(DistillTerms, "distill_loss", "l1")
+    features: Literal["auto"] | list[FeaturePair] | None = _default(DistillTerms, "features", "auto")
+    feature_weight: float = _default(DistillTerms, "feature_weight", 0.05)
+    val_every: int | None = _default(TrainConfig, "val_every", None)
 
 
 #: flat keys of the first CompressConfig → (sub-config, field); still accepted, with a FutureWarning

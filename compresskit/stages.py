@@ -386,14 +386,13 @@ class SparsifyStage(Stage):
             train_loader=state.train_loader, loss_fn=state.loss_fn, inputs_fn=state.inputs_fn,
             graph=state.graph,
             widths_fn=target_widths(state),
-            device=state.device, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every, progress=cfg.progress,
+            train=run_train_config(state, val_every=plan.val_every if plan is not None else None),
             out_dir=state.store.train_dir("sparsify", {**self.fingerprint(state), "resolved": resolved}),
-            resume=cfg.resume, batch_shapes=cfg.batch_shapes,
+            resume=cfg.resume,
             callbacks=[*_importance_callbacks(state, sp.steps),
                        *(plan.callbacks if plan is not None else [])],
             scores_fn=_scores_fn(state),
-            val_loader=plan.val_loader if plan is not None else None,
-            val_every=plan.val_every if plan is not None else None)
+            val_loader=plan.val_loader if plan is not None else None)
         record = get_sparsifier(sp).run(state.work, ctx)
         kept: dict[str, Any] = {}
         if plan is not None:  # kept with the stage's artifact: a resumed run reports it too
@@ -634,14 +633,14 @@ class RecoverStage(Stage):
 
     def fingerprint(self, state: State) -> dict[str, Any]:
         fp = {"upstream": state.fingerprints["shrink"], "teacher": _checksum(self.teacher(state)),
-              "recover": state.config.recover.model_dump(mode="json")}
+              "recover": state.config.recover.fingerprint()}
         if state.budget is not None:
             fp["budget"] = str(state.budget.budget)
         return fp
 
     def run(self, state: State) -> dict[str, Any] | None:
         from compresskit.autorecipe import finish_recover, plan_recover
-        from compresskit.config import DistillConfig, TrainConfig
+        from compresskit.config import DistillConfig
         from compresskit.train.loop import train
 
         cfg, rc = state.config, state.config.recover
@@ -656,16 +655,12 @@ class RecoverStage(Stage):
         torch.manual_seed(cfg.seed)
         folder = state.store.train_dir("finetune", {**self.fingerprint(state),
                                                     "resolved": {"steps": rc.steps, "lr": rc.lr}})
-        common = dict(steps=rc.steps, lr=rc.lr, seed=cfg.seed, device=state.device, scheduler=rc.scheduler,
-                      scheduler_interval="step", checkpoint_every=cfg.checkpoint_every, progress=cfg.progress,
-                      batch_shapes=cfg.batch_shapes)
-        if rc.val_every is not None:
-            common["val_every"] = rc.val_every
+        resolved: dict[str, Any] = {}
         val = state.val_loader if rc.early_stop_patience is not None else None
         callbacks: list[Any] = []
         metrics = state.metrics or None
         if plan is not None and plan.val_every is not None:
-            common["val_every"] = plan.val_every
+            resolved["val_every"] = plan.val_every
             val = plan.val_loader
             metrics = {**(state.metrics or {}), "task_loss": state.loss_fn}
         if plan is not None:
@@ -680,22 +675,19 @@ class RecoverStage(Stage):
                                 + _budget_left(state))
             terms: list[Any] = [OutputLoss(state.loss_fn, rc.alpha, "batch", name="student"),
                                 OutputLoss(rc.distill_loss, 1.0, "teacher", name="distill")]
-            extra: dict[str, Any] = {}
-            if isinstance(rc.features, list):
+            if isinstance(rc.features, list):  # as terms; "auto" pairs are found by distill()
                 terms += [FeatureLoss(p.student, p.teacher, p.loss, p.weight * rc.feature_weight)
                           for p in rc.features]
-            elif rc.features == "auto":
-                extra["features"] = "auto"
-            if rc.early_stop_patience is not None:
-                extra["early_stop_patience"] = rc.early_stop_patience
+                resolved["features"] = []
             distill(state.small, teacher, state.train_loader,
-                    config=DistillConfig(**common, alpha=rc.alpha, feature_weight=rc.feature_weight, **extra),
+                    config=rc.train_config(run_train_config(state), DistillConfig, **resolved),
                     losses=terms, inputs_fn=state.inputs_fn, val_loader=val,
                     metrics=metrics, out_dir=folder, resume=cfg.resume, callbacks=callbacks)
         else:
             state.console.print(f"[bold]4/4 fine-tune[/]: {rc.steps} steps, lr {rc.lr:.3g}"
                                 + _budget_left(state))
-            train(state.small, state.train_loader, state.loss_fn, config=TrainConfig(**common),
+            train(state.small, state.train_loader, state.loss_fn,
+                  config=rc.train_config(run_train_config(state), **resolved),
                   inputs_fn=state.inputs_fn, val_loader=val, metrics=metrics, out_dir=folder,
                   resume=cfg.resume, stage="fine-tune", callbacks=callbacks)
         kept: dict[str, Any] = {}
@@ -710,6 +702,17 @@ class RecoverStage(Stage):
         state.small.load_state_dict(payload["state_dict"])
         if payload.get("budget"):
             _keep_stage_record(state, "recover", json.loads(payload["budget"]))
+
+
+def run_train_config(state: State, **values: Any) -> Any:
+    """The run-wide training settings (:data:`compresskit.config.RUN_WIDE`: seed, device, checkpoint
+    cadence, progress, batch checks), merged here once for every training stage, and ``values``; a stage's
+    :meth:`~compresskit.config.StageTrainConfig.train_config` puts its own settings over them."""
+    from compresskit.config import RUN_WIDE, TrainConfig
+
+    cfg = state.config
+    run = {k: getattr(cfg, k) for k in RUN_WIDE if k != "device"}
+    return TrainConfig(**run, device=state.device, **values)
 
 
 def _keep_stage_record(state: State, stage: str, record: dict[str, Any]) -> None:

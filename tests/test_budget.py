@@ -205,9 +205,10 @@ def test_pace_shortens_a_slow_stage_and_re_aims_its_cosine():
     """A loop that runs at 1 s per step (the fake clock ticks in a callback) was planned for 100 steps
     but given 50 s: after check_at = 5 steps it knows that 5 + ⌊45 s / 1 s⌋ = 50 steps fit, stops there,
     and its cosine reaches zero there."""
-    from compresskit.budget import BudgetTracker, Pace
+    from compresskit.budget import BudgetTracker
     from compresskit.train.loop import Callback
     from compresskit.train.loop import train as run
+    from compresskit.train.pacing import Pace
 
     clock = FakeClock()
 

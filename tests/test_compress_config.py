@@ -48,7 +48,7 @@ def test_each_stage_fingerprint_is_its_sub_config():
         ("shrink", "init", "random", "'inherit' or 'reinit'"),
         ("recover", "lr", -1.0, "greater than 0"),
         ("recover", "steps", "many", "valid integer"),
-        ("recover", "scheduler", "linear", "'cosine', 'step' or 'none'"),
+        ("recover", "scheduler", "linear", "'step', 'cosine' or 'none'"),
         ("recover", "teacher", "big", "'original' or 'none'"),
     ],
 )

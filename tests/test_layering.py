@@ -32,12 +32,6 @@ _NO_SPARSIFY = ("compresskit.plan", "compresskit.train", "compresskit.report")
 
 #: package edges that other House III work removes: (importer package, imported package) -> who and why
 _PENDING = {
-    ("compresskit.train", "compresskit.sparsify"): "house-train: the trainer knows nothing of "
-                                                   "sparsification (train/loop.py imports OBProx-SG)",
-    ("compresskit.config", "compresskit.sparsify"): "house-train: config.py validates sparsifier names",
-    ("compresskit.config", "compresskit.budget"): "house-train: config.py parses budgets (budget imports "
-                                                  "the train loop)",
-    ("compresskit.deploy", "compresskit.api"): "deploy/files.py imports the api (deploy is below the api)",
 }
 
 

@@ -11,6 +11,7 @@ from torch import nn
 
 import compresskit as ck
 from compresskit.config import TrainConfig
+from compresskit.sparsify.progress import DensityProgress
 from compresskit.train.progress import ProgressLines
 
 
@@ -80,7 +81,7 @@ def test_training_prints_progress_lines_to_a_captured_stream(capsys, tmp_path) -
 
     model = Tiny()
     ck.train(model, batches, mse, config=cfg, optimizer=lambda p: ck.OBProxSG(p, lr=1e-2, lambda_=1e-3),
-             out_dir=tmp_path, stage="sparsify")
+             out_dir=tmp_path, stage="sparsify", callbacks=[DensityProgress()])  # the sparsifier's field
     printed = [line for line in capsys.readouterr().out.splitlines() if "[sparsify]" in line]
     assert re.search(r"\[sparsify\] start: 6 steps$", printed[0])
     steps = [line for line in printed if " step " in line and "done" not in line]

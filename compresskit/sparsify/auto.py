@@ -35,7 +35,7 @@ from compresskit.measure.mass import unit_l1_mass
 from compresskit.train.loop import Callback
 
 if TYPE_CHECKING:  # pragma: no cover
-    from compresskit.config import SparsifyConfig
+    from compresskit.config import SparsifyConfig, TrainConfig
     from compresskit.graph.channels import ChannelGraph
     from compresskit.train.loop import Trainer
 
@@ -53,19 +53,15 @@ class SparsifyContext:
     graph: ChannelGraph
     #: the target plan's widths ``{group id: units}`` for the model's current weights
     widths_fn: Callable[[nn.Module], dict[int, int]]
-    device: str = "cpu"
-    seed: int = 0
-    checkpoint_every: int = 50
-    progress: bool = True
+    #: the run-wide training settings (seed, device, checkpoint cadence, progress, batch checks) and the
+    #: validation cadence; :meth:`SparsifyConfig.train_config` puts the stage's own over them
+    train: TrainConfig
     out_dir: Path | None = None
     resume: bool = True
-    #: ``TrainConfig.batch_shapes``: "same", "spatial" or "off"
-    batch_shapes: str = "same"
     #: extra callbacks of the training run (the budget's deadline, best-weight keeping)
     callbacks: list[Callback] = field(default_factory=list)
-    #: batches validated every ``val_every`` steps (None: no validation)
+    #: batches validated every ``train.val_every`` steps (None: no validation)
     val_loader: Iterable | None = None
-    val_every: int | None = None
     #: ``{group id: per-unit importance}`` for the current weights: which units the plan removes first
     #: (None: the least l1 mass)
     scores_fn: Callable[[nn.Module], dict[int, torch.Tensor]] | None = None
@@ -193,7 +189,7 @@ class _ConfigSparsifier:
         self.config = config
 
     def fingerprint(self) -> dict[str, Any]:
-        return self.config.model_dump(mode="json")
+        return self.config.fingerprint()
 
     def run(self, model: nn.Module, ctx: SparsifyContext) -> dict[str, Any]:
         if self.config.steps == 0:
@@ -202,6 +198,20 @@ class _ConfigSparsifier:
             raise ValueError("sparsify.lr='auto' is chosen by compress() (compresskit.autorecipe); a "
                              "sparsifier run on its own needs a number, e.g. SparsifyConfig(lr=3e-4)")
         return self._run(model, ctx)
+
+    def _train(self, model: nn.Module, ctx: SparsifyContext, callbacks: list[Callback], scheduler: str,
+               optimizer: Any = None) -> None:
+        """``ck.train`` with the stage's settings over the run's (``scheduler``: the method's own, unless
+        the config names one), the sparsifier's ``callbacks`` (the density among them) and ``optimizer``."""
+        from compresskit.sparsify.progress import DensityProgress
+        from compresskit.train.loop import train
+
+        tcfg = self.config.train_config(ctx.train, scheduler=self.config.scheduler or scheduler)
+        torch.manual_seed(tcfg.seed)
+        train(model, ctx.train_loader, ctx.loss_fn, optimizer=optimizer, config=tcfg, inputs_fn=ctx.inputs_fn,
+              out_dir=ctx.out_dir, resume=ctx.resume, stage="sparsify",
+              callbacks=[DensityProgress(), *callbacks, *ctx.callbacks],
+              val_loader=ctx.val_loader if tcfg.val_every is not None else None)
 
     def _run(self, model: nn.Module, ctx: SparsifyContext) -> dict[str, Any]:  # pragma: no cover
         raise NotImplementedError
@@ -215,9 +225,7 @@ class OBProxSGSparsifier(_ConfigSparsifier):
         return self.config.lambda_ == "auto"
 
     def _run(self, model: nn.Module, ctx: SparsifyContext) -> dict[str, Any]:
-        from compresskit.config import TrainConfig
         from compresskit.sparsify.obproxsg import OBProxSG, l1_param_groups
-        from compresskit.train.loop import train
 
         cfg = self.config
         every = cfg.l1_on == "all"
@@ -242,13 +250,7 @@ class OBProxSGSparsifier(_ConfigSparsifier):
             record.update(lambda0=lam0, target_fraction=fraction)
         opt = OBProxSG(groups, lr=cfg.lr, lambda_=0.0 if auto else float(cfg.lambda_), eps=cfg.eps,
                        n_prox_steps=cfg.n_prox_steps, n_orthant_steps=cfg.n_orthant_steps)
-        tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, seed=ctx.seed, device=ctx.device,
-                           checkpoint_every=ctx.checkpoint_every, progress=ctx.progress,
-                           batch_shapes=ctx.batch_shapes, val_every=ctx.val_every)
-        torch.manual_seed(ctx.seed)
-        train(model, ctx.train_loader, ctx.loss_fn, optimizer=opt, config=tcfg, inputs_fn=ctx.inputs_fn,
-              out_dir=ctx.out_dir, resume=ctx.resume, callbacks=[*callbacks, *ctx.callbacks],
-              stage="sparsify", val_loader=ctx.val_loader if ctx.val_every is not None else None)
+        self._train(model, ctx, callbacks, scheduler="step", optimizer=opt)  # the papers' StepLR
         if auto:
             record.update(final_lambda=calib.lam, **calib.measure(), history=calib.history)
         else:
@@ -335,7 +337,7 @@ class ProgressiveZeroing(Callback):
             self.history.append({"step": step, "schedule": 1.0 - now, **self.measure()})
 
     def rescale_steps(self, new: int, old: int) -> None:
-        """The stage was shortened to ``new`` steps (``compresskit.budget.Pace``): the ramp ends as much
+        """The stage was shortened to ``new`` steps (``compresskit.train.pacing.Pace``): the ramp ends as much
         earlier; the units go on shrinking from where they are, at the new pace."""
         self.end = max(1, round(self.end * new / old))
         self.steps = new
@@ -355,20 +357,11 @@ class ProgressiveSparsifier(_ConfigSparsifier):
     :class:`ProgressiveZeroing`; no λ at all."""
 
     def _run(self, model: nn.Module, ctx: SparsifyContext) -> dict[str, Any]:
-        from compresskit.config import TrainConfig
-        from compresskit.train.loop import train
-
         cfg = self.config
         zeroing = ProgressiveZeroing(model, ctx.graph, widths_fn=ctx.widths_fn, steps=cfg.steps,
                                      every=cfg.calibrate_every or max(1, cfg.steps // 10), ramp=cfg.ramp,
                                      scores_fn=ctx.scores_fn)
-        tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, scheduler="none", seed=ctx.seed, device=ctx.device,
-                           checkpoint_every=ctx.checkpoint_every, progress=ctx.progress,
-                           batch_shapes=ctx.batch_shapes, val_every=ctx.val_every)
-        torch.manual_seed(ctx.seed)
-        train(model, ctx.train_loader, ctx.loss_fn, config=tcfg, inputs_fn=ctx.inputs_fn, out_dir=ctx.out_dir,
-              resume=ctx.resume, callbacks=[zeroing, *ctx.callbacks], stage="sparsify",
-              val_loader=ctx.val_loader if ctx.val_every is not None else None)
+        self._train(model, ctx, [zeroing], scheduler="none")
         return {"method": "progressive", "steps": cfg.steps, "lr": cfg.lr, **zeroing.measure(),
                 "history": zeroing.history}
 

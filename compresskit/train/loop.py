@@ -26,9 +26,9 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from compresskit._config import StepConfig, TrainConfig
 from compresskit._modes import eval_mode
 from compresskit.checks import batch_spec, check_batch_consistent
-from compresskit.config import TrainConfig
 from compresskit.io import atomic_torch_save, remove_stale_temps
 from compresskit.train import checkpoint as ckpt
 from compresskit.train.batch import to_device
@@ -86,6 +86,50 @@ class TrainResult:
     last_checkpoint: Path | None = None
     best_checkpoint: Path | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Length:
+    """How long a run is: batches per epoch (None: unknown), epochs or steps, and the total steps."""
+
+    n_batches: int | None
+    epochs: int | None
+    max_steps: int | None
+    total: int | None
+    steps_per_epoch: int | None
+
+    @classmethod
+    def of(cls, cfg: TrainConfig, n_batches: int | None) -> _Length:
+        if n_batches == 0:
+            raise ValueError("train_loader yields no batches (empty dataset, or fewer samples than "
+                             "batch_size with drop_last=True)")
+        steps_per_epoch = math.ceil(n_batches / cfg.grad_accum) if n_batches is not None else None
+        epochs = None if cfg.steps is not None else (cfg.epochs or 1)
+        total = cfg.steps if cfg.steps is not None else (
+            epochs * steps_per_epoch if steps_per_epoch is not None else None)
+        return cls(n_batches, epochs, cfg.steps, total, steps_per_epoch)
+
+    def intervals(self, interval: str) -> int | None:
+        """Scheduler intervals in the run (steps or epochs)."""
+        if interval == "step":
+            return self.total
+        if self.epochs is not None:
+            return self.epochs
+        return math.ceil(self.total / self.steps_per_epoch) if self.steps_per_epoch else None
+
+
+def build_optimizer(params: list[nn.Parameter], cfg: StepConfig, lr: float | None = None
+                    ) -> torch.optim.Optimizer:
+    """The optimizer ``cfg.optimizer`` names with its settings (``lr`` in place of ``cfg.lr`` when given:
+    a stage's ``"auto"`` rate being probed)."""
+    lr = cfg.lr if lr is None else lr
+    if cfg.optimizer == "adamax":
+        return torch.optim.Adamax(params, lr=lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 def default_inputs(batch: Any) -> tuple[Any, ...]:
@@ -186,13 +230,7 @@ class Trainer:
         if arg is not None:
             raise TypeError("optimizer must be a torch.optim.Optimizer, a factory params -> Optimizer, "
                             f"or None; got {type(arg).__name__}")
-        if cfg.optimizer == "adamax":
-            return torch.optim.Adamax(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-        if cfg.optimizer == "adam":
-            return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-        if cfg.optimizer == "adamw":
-            return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return build_optimizer(params, cfg)
 
     def _build_scheduler(self, total_intervals: int | None) -> Any:
         arg, cfg = self.scheduler_arg, self.config
@@ -321,10 +359,13 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
         if self._scaler is not None and state["scaler"] is not None:
             self._scaler.load_state_dict(state["scaler"])
-        if len(state["callbacks"]) != len(self.callbacks):
+        saved, live = state["callbacks"], self.callbacks
+        if len(saved) != len(live):  # a stateless one (a progress field) added since: match the others
+            saved, live = [s for s in saved if s], [cb for cb in live if cb.state_dict()]
+        if len(saved) != len(live):
             raise ValueError(f"checkpoint {str(path)!r} was written with {len(state['callbacks'])} "
                              f"callbacks, this run has {len(self.callbacks)}")
-        for cb, cb_state in zip(self.callbacks, state["callbacks"]):
+        for cb, cb_state in zip(live, saved):
             cb.load_state_dict(cb_state)
         self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
         self.best, self.best_step = state["best"], state["best_step"]
@@ -333,7 +374,7 @@ class Trainer:
         else:
             warnings.warn(f"checkpoint written with {state['world_size']} processes, resuming with "
                           f"{self.ctx.world_size}: data order continues, random generators are reseeded",
-                          stacklevel=3)
+                          stacklevel=5)
             ckpt.seed_everything(self.config.seed + self.ctx.rank + self.step)
         self._log.truncate(state["log_len"])
         self.last_checkpoint = path
@@ -401,7 +442,12 @@ class Trainer:
         self._pending_logs.setdefault(name, []).append(float(value))
 
     def fit(self) -> TrainResult:
-        """Train; the output folder is locked for the run (:mod:`compresskit.lock`)."""
+        """Train; the output folder is locked for the run (:mod:`compresskit.lock`).
+
+        The run is four named steps: :meth:`_setup` (device, optimizer, loaders, schedule, resume),
+        :meth:`_epoch` (micro-batches and optimizer steps, each followed by :meth:`_after_step`:
+        logs, validation, checkpoints), :meth:`_end_epoch`, and :meth:`_finish` (best weights, result).
+        """
         from compresskit.lock import folder_lock
 
         main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 writes (and locks)
@@ -410,12 +456,43 @@ class Trainer:
             return self._fit()
 
     def _fit(self) -> TrainResult:
+        length = self._setup()
+        module = self._start()
+        enabled = self.config.progress and self.ctx.is_main
+        self._bar = ProgressBar(length.total, enabled=enabled, description=self.stage)
+        self._bar.start(self.step)
+        log_txt = self.out_dir / "log.txt" if self.out_dir is not None and self.ctx.is_main else None
+        self._lines = ProgressLines(length.total, stage=self.stage, every=self.config.progress_every,
+                                    enabled=enabled, log_path=log_txt)
+        self._lines.start(self.step)
+        self._last_loss: float | None = None
+        self._t_last = time.perf_counter()
+        self._window: list[float] = []
+        try:
+            while not self._done(length):
+                if self._epoch(module, length):
+                    break
+            if self._window:
+                self._log_train(self._window, time.perf_counter() - self._t_last)
+            if self._saved_at != (self.step, self.epoch, self.position):
+                self._save()
+        except BaseException as e:
+            self._bar.close()  # the bar's last frame before the line saying why the run stopped
+            self._lines.fail(self.step, e)
+            raise
+        finally:
+            self._bar.close()
+        return self._finish()
+
+    # ------------------------------------------------------------------ fit, step by step
+    def _setup(self) -> _Length:
+        """Device, optimizer, scaler, loaders, schedule and the run's length; then resume or start fresh."""
         cfg = self.config
         self.ctx = setup(cfg.backend)
         self.device = self._resolve_device()
         if cfg.amp != "none" and self.device.type != "cuda":
             warnings.warn(f"config.amp={cfg.amp!r} only applies on a CUDA device; training on "
-                          f"{self.device.type} in full precision", stacklevel=2)
+                          f"{self.device.type} in full precision", stacklevel=3)
         self.model.to(self.device)
         self.optimizer = self._build_optimizer()
         self._scaler = (torch.amp.GradScaler("cuda") if cfg.amp == "fp16" and self.device.type == "cuda"
@@ -423,25 +500,15 @@ class Trainer:
         self._train = EpochLoader(self.train_loader, ctx=self.ctx, seed=cfg.seed, name="train_loader")
         self._val = (EpochLoader(self.val_loader, ctx=self.ctx, seed=cfg.seed, name="val_loader")
                      if self.val_loader is not None else None)
-        n_batches = self._train.batches_per_epoch()
-        if n_batches == 0:
-            raise ValueError("train_loader yields no batches (empty dataset, or fewer samples than "
-                             "batch_size with drop_last=True)")
-        steps_per_epoch = math.ceil(n_batches / cfg.grad_accum) if n_batches is not None else None
-        epochs = None if cfg.steps is not None else (cfg.epochs or 1)
-        max_steps = cfg.steps
-        total = cfg.steps if cfg.steps is not None else (
-            epochs * steps_per_epoch if steps_per_epoch is not None else None)
-        if cfg.scheduler_interval == "step":
-            intervals = total
-        elif epochs is not None:
-            intervals = epochs
-        else:
-            intervals = math.ceil(total / steps_per_epoch) if steps_per_epoch else None
-        self.scheduler = self._build_scheduler(intervals)
+        length = _Length.of(cfg, self._train.batches_per_epoch())
+        self.scheduler = self._build_scheduler(length.intervals(cfg.scheduler_interval))
+        self._resume_or_start()
+        return length
 
-        is_main = self.ctx.is_main
-        writes = self.out_dir is not None and is_main
+    def _resume_or_start(self) -> None:
+        """Restore the newest good checkpoint, or seed a fresh run (clearing an earlier run's checkpoints)."""
+        cfg = self.config
+        writes = self.out_dir is not None and self.ctx.is_main
         self._log = MetricsLog(self.out_dir / "metrics.jsonl" if writes else None)
         self._saved_at: tuple[int, int, int] | None = None
         if writes:  # half-written temp files of a killed run
@@ -458,128 +525,120 @@ class Trainer:
                 stale = [p for p in stale if p.is_file()]
                 if stale:
                     warnings.warn(f"resume=False: removing {len(stale)} checkpoint(s) of an earlier run in "
-                                  f"{str(self.out_dir)!r}", stacklevel=2)
+                                  f"{str(self.out_dir)!r}", stacklevel=4)
                 for p in stale:
                     p.unlink()
-        if self.out_dir is not None and is_main:
+        if writes:
             cfg.dump(self.out_dir / "config.json")
 
+    def _start(self) -> nn.Module:
+        """The module the steps run (DDP-wrapped under torchrun), in train mode; callbacks told."""
         module: nn.Module = self.model
         if self.ctx.distributed:
             module = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=cfg.find_unused_parameters)
+                find_unused_parameters=self.config.find_unused_parameters)
         self.model.train()
         for cb in self.callbacks:
             cb.on_train_start(self)
+        return module
 
-        bar = ProgressBar(total, enabled=cfg.progress and is_main, description=self.stage)
-        bar.start(self.step)
-        log_txt = self.out_dir / "log.txt" if writes else None
-        lines = ProgressLines(total, stage=self.stage, every=cfg.progress_every,
-                              enabled=cfg.progress and is_main, log_path=log_txt)
-        lines.start(self.step)
-        last_loss: float | None = None
-        t_last = time.perf_counter()
-        window: list[float] = []
-        try:
-            def done() -> bool:
-                return self.should_stop or (max_steps is not None and self.step >= max_steps) or (
-                    epochs is not None and self.epoch >= epochs)
+    def _done(self, length: _Length) -> bool:
+        return self.should_stop or (length.max_steps is not None and self.step >= length.max_steps) or (
+            length.epochs is not None and self.epoch >= length.epochs)
 
-            while not done():
-                seen_any = self.position > 0
-                group: list[tuple[torch.Tensor, dict[str, float]]] = []
-                ended_early = False
-                for batch in self._train.batches(self.epoch, self.position):
-                    where = f"train_loader batch {self.position} of epoch {self.epoch}"
-                    seen_any = True
-                    self._check_spec(batch, where)
-                    batch = to_device(batch, self.device)
-                    group_start = self.position - len(group)
-                    group_size = (min(cfg.grad_accum, n_batches - group_start) if n_batches is not None
-                                  else cfg.grad_accum)
-                    last_micro = len(group) + 1 == group_size
-                    sync = (module.no_sync() if self.ctx.distributed and not last_micro
-                            else contextlib.nullcontext())
-                    with sync:
-                        with self._autocast():
-                            output, loss, parts = self._forward(module, batch, where)
-                        _check_scalar(loss, where)
-                        scaled = loss.float() / group_size
-                        (self._scaler.scale(scaled) if self._scaler is not None else scaled).backward()
-                    self.position += 1
-                    self.last_output, self.last_batch = output, batch
-                    group.append((loss.detach().float(), parts))
-                    if last_micro:
-                        last_loss = self._optimizer_step(group, where)
-                        group = []
-                        window.append(last_loss)
-                        last_step = max_steps is not None and self.step >= max_steps
-                        if self.step % cfg.log_every == 0 or last_step:
-                            now = time.perf_counter()
-                            self._log_train(window, now - t_last)
-                            window, t_last = [], now
-                        bar.update(self.step, last_loss)
-                        lines.update(self.step, last_loss, self._progress_fields)
-                        val_now = cfg.val_every is not None and self.step % cfg.val_every == 0
-                        if val_now and self._val is not None:
-                            self._run_validation()
-                        if cfg.checkpoint_every is not None and self.step % cfg.checkpoint_every == 0:
-                            self._save()
-                        if self.should_stop or (max_steps is not None and self.step >= max_steps):
-                            ended_early = True
-                            break
-                if not seen_any:
-                    raise ValueError(f"train_loader yielded no batches in epoch {self.epoch}")
-                if ended_early:
-                    break
-                if group:  # loaders without len(): the epoch's last, partial accumulation group
-                    last_loss = self._optimizer_step(group, f"end of epoch {self.epoch}")
-                    window.append(last_loss)
-                    bar.update(self.step, last_loss)
-                    lines.update(self.step, last_loss, self._progress_fields)
-                # end of epoch
-                if self.scheduler is not None and cfg.scheduler_interval == "epoch":
-                    self.scheduler.step()
-                self.epoch += 1
-                self.position = 0
-                if cfg.val_every is None and self._val is not None:
-                    self._run_validation()
-                if cfg.checkpoint_every is None:
-                    self._save()
-            if window:
-                self._log_train(window, time.perf_counter() - t_last)
-            if self._saved_at != (self.step, self.epoch, self.position):
-                self._save()
-        except BaseException as e:
-            bar.close()  # the bar's last frame before the line saying why the run stopped
-            lines.fail(self.step, e)
-            raise
-        finally:
-            bar.close()
-        lines.close(self.step, last_loss, self._progress_fields)
-        if cfg.load_best and self.best_checkpoint is not None:
+    def _epoch(self, module: nn.Module, length: _Length) -> bool:
+        """One pass over the rest of the current epoch; True when the run ended inside it."""
+        cfg, n_batches = self.config, length.n_batches
+        seen_any = self.position > 0
+        group: list[tuple[torch.Tensor, dict[str, float]]] = []
+        for batch in self._train.batches(self.epoch, self.position):
+            where = f"train_loader batch {self.position} of epoch {self.epoch}"
+            seen_any = True
+            self._check_spec(batch, where)
+            batch = to_device(batch, self.device)
+            group_start = self.position - len(group)
+            group_size = (min(cfg.grad_accum, n_batches - group_start) if n_batches is not None
+                          else cfg.grad_accum)
+            last_micro = len(group) + 1 == group_size
+            group.append(self._micro_batch(module, batch, where, group_size, last_micro))
+            if last_micro:
+                self._stepped(self._optimizer_step(group, where))
+                group = []
+                if self._after_step(length):
+                    return True
+        if not seen_any:
+            raise ValueError(f"train_loader yielded no batches in epoch {self.epoch}")
+        if group:  # loaders without len(): the epoch's last, partial accumulation group
+            self._stepped(self._optimizer_step(group, f"end of epoch {self.epoch}"))
+            self._show()
+        self._end_epoch()
+        return False
+
+    def _micro_batch(self, module: nn.Module, batch: Any, where: str, group_size: int, last_micro: bool
+                     ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Forward and backward of one micro-batch (DDP syncs gradients on its group's last); its loss."""
+        sync = module.no_sync() if self.ctx.distributed and not last_micro else contextlib.nullcontext()
+        with sync:
+            with self._autocast():
+                output, loss, parts = self._forward(module, batch, where)
+            _check_scalar(loss, where)
+            scaled = loss.float() / group_size
+            (self._scaler.scale(scaled) if self._scaler is not None else scaled).backward()
+        self.position += 1
+        self.last_output, self.last_batch = output, batch
+        return loss.detach().float(), parts
+
+    def _stepped(self, loss: float) -> None:
+        self._last_loss = loss
+        self._window.append(loss)
+
+    def _show(self) -> None:
+        self._bar.update(self.step, self._last_loss)
+        self._lines.update(self.step, self._last_loss, self._progress_fields)
+
+    def _after_step(self, length: _Length) -> bool:
+        """Log, show, validate and checkpoint on their cadences; True when the run ends here."""
+        cfg = self.config
+        last_step = length.max_steps is not None and self.step >= length.max_steps
+        if self.step % cfg.log_every == 0 or last_step:
+            now = time.perf_counter()
+            self._log_train(self._window, now - self._t_last)
+            self._window, self._t_last = [], now
+        self._show()
+        if cfg.val_every is not None and self.step % cfg.val_every == 0 and self._val is not None:
+            self._run_validation()
+        if cfg.checkpoint_every is not None and self.step % cfg.checkpoint_every == 0:
+            self._save()
+        return self.should_stop or last_step
+
+    def _end_epoch(self) -> None:
+        cfg = self.config
+        if self.scheduler is not None and cfg.scheduler_interval == "epoch":
+            self.scheduler.step()
+        self.epoch += 1
+        self.position = 0
+        if cfg.val_every is None and self._val is not None:
+            self._run_validation()
+        if cfg.checkpoint_every is None:
+            self._save()
+
+    def _finish(self) -> TrainResult:
+        """The closing progress line, the best weights when asked, callbacks told, the result."""
+        self._lines.close(self.step, self._last_loss, self._progress_fields)
+        if self.config.load_best and self.best_checkpoint is not None:
             best = torch.load(self.best_checkpoint, map_location=self.device, weights_only=True)
             self.model.load_state_dict(best["model"])
         for cb in self.callbacks:
             cb.on_train_end(self)
-        return TrainResult(model=self.model, step=self.step, epoch=self.epoch, loss=last_loss, best=self.best,
-                           best_step=self.best_step, history=list(self._log.records), out_dir=self.out_dir,
-                           last_checkpoint=self.last_checkpoint, best_checkpoint=self.best_checkpoint)
+        return TrainResult(model=self.model, step=self.step, epoch=self.epoch, loss=self._last_loss,
+                           best=self.best, best_step=self.best_step, history=list(self._log.records),
+                           out_dir=self.out_dir, last_checkpoint=self.last_checkpoint,
+                           best_checkpoint=self.best_checkpoint)
 
     def _progress_fields(self) -> dict[str, float]:
-        """Mean layer density in the sparsify stage (or while an OBProx-SG optimizer trains), and what
-        callbacks add."""
+        """What the callbacks add to the plain progress lines (a sparsifier's density, ...)."""
         out: dict[str, float] = {}
-        from compresskit.sparsify.obproxsg import OBProxSG
-
-        if isinstance(self.optimizer, OBProxSG) or self.stage == "sparsify":
-            from compresskit.sparsify.density import layer_densities
-
-            dens = layer_densities(self.model)
-            if dens:
-                out["density"] = round(sum(dens.values()) / len(dens), 4)
         for cb in self.callbacks:
             out.update(cb.progress_fields(self))
         return out

@@ -4,7 +4,6 @@ in a log (stdout redirected, a batch job, CI), and metrics as JSON lines."""
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
@@ -15,6 +14,7 @@ from typing import IO, Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from compresskit.budget import duration
 from compresskit.io import atomic_write_text
 
 
@@ -56,18 +56,6 @@ class ProgressBar:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
-
-
-def _duration(seconds: float) -> str:
-    """``42s``, ``3m05s``, ``2h01m``."""
-    if not math.isfinite(seconds):
-        return "?"
-    s = int(round(max(0.0, seconds)))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 def _number(v: Any) -> str:
@@ -156,7 +144,7 @@ class ProgressLines:
         if loss is not None:
             parts.append(f"loss {loss:.4g}")
         parts += self._fields(fields)
-        parts += [f"elapsed {_duration(elapsed)}", f"ETA {_duration(eta)}"]
+        parts += [f"elapsed {duration(elapsed)}", f"ETA {duration(eta)}"]
         self._emit(" | ".join(parts))
         return True
 
@@ -167,7 +155,7 @@ class ProgressLines:
         if loss is not None:
             parts.append(f"loss {loss:.4g}")
         parts += self._fields(fields)
-        parts.append(f"elapsed {_duration(self.clock() - self._t0)}")
+        parts.append(f"elapsed {duration(self.clock() - self._t0)}")
         self._emit(" | ".join(parts))
 
     def fail(self, step: int, error: BaseException) -> None:

@@ -37,6 +37,7 @@ from compresskit.config import Config
 from compresskit.io import atomic_torch_save, atomic_write_json
 from compresskit.pipeline import StageStore, run_stages
 from compresskit.sparsify.obproxsg import l1_param_groups
+from compresskit.sparsify.progress import DensityProgress
 
 from .losses import CDFILoss
 from .models import CDFI, AdaCoF, compressed_widths, widths_from_state_dict
@@ -295,7 +296,8 @@ class SparsifyStage(common.RecipeStage):
         ck.train(model, loader, _LossTerms(loss), optimizer=opt, inputs_fn=_with_aux,
                  config=_train_config(cfg, cfg.sparsify_epochs, cfg.sparsify_lr, scheduler="step",
                                       scheduler_interval="epoch"),
-                 out_dir=self.train_dir(state), resume=True, stage="sparsify")
+                 out_dir=self.train_dir(state), resume=True, stage="sparsify",
+                 callbacks=[DensityProgress()])
         densities = ck.layer_densities(model)
         atomic_write_json(densities, cfg.out_dir / "sparsify" / "densities.json")
         state.sparse = model

@@ -45,6 +45,7 @@ from compresskit.io import atomic_torch_save, atomic_write_json
 from compresskit.pipeline import StageStore, run_stages
 from compresskit.plan.planner import WidthPlan
 from compresskit.sparsify.obproxsg import l1_param_groups
+from compresskit.sparsify.progress import DensityProgress
 from compresskit_stmfnet.models import STMFNET_MINI_WIDTHS, STMFNet
 from compresskit_stmfnet.models.stmfnet import (
     drop_flow_branch,
@@ -404,7 +405,8 @@ class SparsifyStage(common.RecipeStage):
         config = ck.TrainConfig(**common.train_settings(cfg, cfg.sparsify_epochs, cfg.sparsify_lr,
                                                         scheduler="none"))
         ck.train(model, loader, phase1_loss(reduction), optimizer=opt, config=config,
-                 out_dir=self.train_dir(state), resume=True, stage="sparsify")
+                 out_dir=self.train_dir(state), resume=True, stage="sparsify",
+                 callbacks=[DensityProgress()])
         atomic_write_json(ck.layer_densities(model), cfg.out_dir / "sparsify" / "densities.json")
         state.sparse = model
         return {"state_dict": model.state_dict()}
