@@ -16,7 +16,7 @@ CPU-second (the process's CPU time over the run, all threads: what other jobs do
 average is recorded before and after.
 
 Quick mode (``--quick``): 12 input frames (23 output frames), 2 rounds, eager only; ``--onnx`` adds
-ONNX Runtime.
+ONNX Runtime; ``--profile`` the time of each op kind of both models on one 1280×720 pair.
 
     .venv/bin/python benchmarks/interpolate_speed.py --quick --compressed demo_output/compressed_model.pt \
         --json docs/data/interpolate_speed.json
@@ -68,12 +68,15 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--onnx", action="store_true")
     p.add_argument("--compressed", help="a file written by compress / the demo")
+    p.add_argument("--profile", action="store_true",
+                   help="also time each op kind of both models on one 1280×720 pair, channels-last "
+                        "(compresskit.deploy.profile): where the time of a frame goes")
     p.add_argument("--json")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     from compresskit_vfi.data.samples import sample_clip_path
     from compresskit_vfi.data.video import iter_video_frames, write_video
-    from compresskit_vfi.interpolate import interpolate_video
+    from compresskit_vfi.interpolate import frame_tensor, interpolate_video
 
     n = args.frames or (12 if args.quick else 132)
     rounds = args.rounds or 2
@@ -124,12 +127,26 @@ def main(argv=None) -> int:
                       f"{r['frames_per_cpu_second']:.3f}",
                       f"{r['frames_per_cpu_second'] / ref['frames_per_cpu_second']:.2f}×" if ref else "-")
     console.print(table)
+    op_times = {}
+    if args.profile:
+        from compresskit.deploy.profile import kept_time_note, share_summary, time_by_op_kind
+
+        pair = tuple(frame_tensor(f) for f in iter_video_frames(sample_clip_path("bigbuckbunny"), 2))
+        for label, model in named.items():
+            op_times[label] = time_by_op_kind(model, pair, "channels_last", repeats=1)
+            console.print(f"{label}: {share_summary(op_times[label], top=4)}")
+        before, after = op_times.values()
+        macs = [ck.report.count_macs(m, pair) for m in named.values()]
+        note = kept_time_note(before, after, macs[0] / macs[1])
+        console.print(f"MACs at 1280×720: {macs[0] / 1e9:.2f} G → {macs[1] / 1e9:.2f} G "
+                      f"({macs[0] / macs[1]:.2f}×); {note}")
+        op_times = {"macs": macs, "note": note, **{k: v.to_dict() for k, v in op_times.items()}}
     load_after = os.getloadavg()
     console.print(f"load average (1, 5, 15 min) before {load_before}, after {load_after}")
     if args.json:
         atomic_write_json({"torch": torch.__version__, "threads": args.threads, "input_frames": n,
                            "rounds": rounds, "load_before": load_before, "load_after": load_after,
-                           "rows": rows, "runs": runs}, args.json)
+                           "rows": rows, "runs": runs, "op_times": op_times}, args.json)
     return 0
 
 
