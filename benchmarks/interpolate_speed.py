@@ -16,7 +16,8 @@ CPU-second (the process's CPU time over the run, all threads: what other jobs do
 average is recorded before and after.
 
 Quick mode (``--quick``): 12 input frames (23 output frames), 2 rounds, eager only; ``--onnx`` adds
-ONNX Runtime; ``--profile`` the time of each op kind of both models on one 1280×720 pair.
+ONNX Runtime; ``--profile`` the time of each op kind of both models on one 1280×720 pair and the CPU
+time of one forward of each.
 
     .venv/bin/python benchmarks/interpolate_speed.py --quick --compressed demo_output/compressed_model.pt \
         --json docs/data/interpolate_speed.json
@@ -30,6 +31,7 @@ import argparse
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -58,6 +60,13 @@ def models(compressed: str | None):
         small = ck.shrink(original, graph, keep=random_keep(graph, 0.5, 0)).eval()
         how = "teacher with every prunable group halved"
     return {"original (demo teacher)": original, f"compressed ({how})": small}
+
+
+def _cpu(fn) -> float:
+    """CPU time (ms) of one call of ``fn``."""
+    start = time.process_time()
+    fn()
+    return (time.process_time() - start) * 1e3
 
 
 def main(argv=None) -> int:
@@ -130,17 +139,25 @@ def main(argv=None) -> int:
     op_times = {}
     if args.profile:
         from compresskit.deploy.profile import kept_time_note, share_summary, time_by_op_kind
+        from compresskit.deploy.runtime import prepare
 
         pair = tuple(frame_tensor(f) for f in iter_video_frames(sample_clip_path("bigbuckbunny"), 2))
+        forward_cpu = {}
         for label, model in named.items():
             op_times[label] = time_by_op_kind(model, pair, "channels_last", repeats=1)
-            console.print(f"{label}: {share_summary(op_times[label], top=4)}")
+            fn = prepare(model, pair, "channels_last")
+            with torch.inference_mode():
+                fn()
+                forward_cpu[label] = min(_cpu(fn) for _ in range(2))
+            console.print(f"{label}: one forward {forward_cpu[label]:.0f} CPU-ms (channels-last); "
+                          f"{share_summary(op_times[label], top=4)}")
         before, after = op_times.values()
         macs = [ck.report.count_macs(m, pair) for m in named.values()]
         note = kept_time_note(before, after, macs[0] / macs[1])
         console.print(f"MACs at 1280×720: {macs[0] / 1e9:.2f} G → {macs[1] / 1e9:.2f} G "
                       f"({macs[0] / macs[1]:.2f}×); {note}")
-        op_times = {"macs": macs, "note": note, **{k: v.to_dict() for k, v in op_times.items()}}
+        op_times = {"macs": macs, "note": note, "forward_cpu_ms": forward_cpu,
+                    **{k: v.to_dict() for k, v in op_times.items()}}
     load_after = os.getloadavg()
     console.print(f"load average (1, 5, 15 min) before {load_before}, after {load_after}")
     if args.json:
