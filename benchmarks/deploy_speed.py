@@ -12,6 +12,10 @@ ONNX Runtime column for the AdaCoF pair needs ``--onnx`` (each export takes abou
 ``--profile`` adds the time per op kind of both models (``compresskit.deploy.profile``) and names the
 kinds that kept their time: where a latency lagging the MACs went.
 
+On a shared machine the wall clock of one call swings with the other jobs; with one thread the *CPU time*
+of a call (``time.process_time``) is what the call would take alone. ``cpu ms`` is the minimum CPU time
+of ``--repeats`` calls in each model's chosen eager layout, and ``cpu ratio`` their ratio.
+
     .venv/bin/python benchmarks/deploy_speed.py --quick --profile --json docs/data/deploy_speed.json
     .venv/bin/python benchmarks/deploy_speed.py --onnx --repeats 10 --json docs/data/deploy_speed_full.json
 """
@@ -19,20 +23,35 @@ kinds that kept their time: where a latency lagging the MACs went.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
+import time
 
 import torch
 from rich.console import Console
 from rich.table import Table
 
 import compresskit as ck
-from compresskit.deploy.runtime import measure_runtimes
+from compresskit.deploy.runtime import measure_runtimes, prepare
 from compresskit.io import atomic_write_json
 from compresskit.measure import count_macs, count_params
 
 PAIRS = {"adacof": ("adacof", "compressed_adacof", 2), "stmfnet": ("stmfnet", "stmfnet_mini", 4)}
 GOALS = {"adacof": 2.0, "stmfnet": 3.0}
+
+
+def cpu_ms(model, inputs, runtime: str, repeats: int) -> float:
+    """Minimum CPU time (ms, this process) of ``repeats`` calls after a warm-up, in ``runtime``."""
+    fn = prepare(model, inputs, runtime)
+    best = float("inf")
+    with torch.inference_mode():
+        fn()
+        for _ in range(repeats):
+            start = time.process_time()
+            fn()
+            best = min(best, time.process_time() - start)
+    return best * 1e3
 
 
 def main(argv=None) -> int:
@@ -61,14 +80,19 @@ def main(argv=None) -> int:
         for name in (big, small):
             model = ck.create_model(name).eval()
             t = measure_runtimes(model, x, runtimes, repeats=repeats)
+            eager_best = min(("eager", "channels_last"), key=lambda r: t.ms.get(r, float("inf")))
             stats[name] = {"params": count_params(model), "macs": count_macs(model, x), "ms": t.ms,
-                           "min_ms": t.min_ms, "best": t.best, "errors": t.errors}
+                           "min_ms": t.min_ms, "best": t.best, "errors": t.errors,
+                           "cpu_ms": cpu_ms(model, x, eager_best, repeats), "cpu_runtime": eager_best,
+                           "load": os.getloadavg()[0]}
             console.print(f"{name}: " + ", ".join(f"{k} {v:.0f} ms" for k, v in t.ms.items())
-                          + (f"; failed: {t.errors}" if t.errors else ""))
+                          + f"; CPU time ({eager_best}) {stats[name]['cpu_ms']:.0f} ms; load "
+                          f"{stats[name]['load']:.1f}" + (f"; failed: {t.errors}" if t.errors else ""))
         b, s = stats[big], stats[small]
         row = {"pair": f"{small} vs {big}", "goal": GOALS[pair], "big": big, "small": small, "stats": stats,
                "ratio": {r: b["ms"][r] / s["ms"][r] for r in runtimes if r in b["ms"] and r in s["ms"]},
                "chosen": b["ms"][b["best"]] / s["ms"][s["best"]], "mac_ratio": b["macs"] / s["macs"],
+               "cpu_ratio": b["cpu_ms"] / s["cpu_ms"],
                "ratio_of_min": {r: b["min_ms"][r] / s["min_ms"][r] for r in runtimes
                                 if r in b["min_ms"] and r in s["min_ms"]}}
         if args.profile:
@@ -83,18 +107,21 @@ def main(argv=None) -> int:
         rows.append(row)
     title = f"latency ratio at {args.size}², batch 1, {args.threads} thread(s), {repeats} repeats"
     table = Table(title=title, title_justify="left")
-    for col in ("pair", "MACs ratio", *runtimes, "chosen (each its fastest)", "goal"):
+    for col in ("pair", "MACs ratio", *runtimes, "chosen (each its fastest)", "CPU-time ratio", "goal"):
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(r["pair"], f"{r['mac_ratio']:.2f}×",
                       *[f"{r['ratio'][k]:.2f}×" if k in r["ratio"] else "-" for k in runtimes],
                       f"{r['chosen']:.2f}× ({r['stats'][r['big']]['best']} / "
                       f"{r['stats'][r['small']]['best']})",
+                      f"{r['cpu_ratio']:.2f}× ({r['stats'][r['big']]['cpu_ms']:.0f} / "
+                      f"{r['stats'][r['small']]['cpu_ms']:.0f} ms)",
                       f"≥ {r['goal']:g}×")
     console.print(table)
     if args.json:
         atomic_write_json({"cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-                           "threads": args.threads, "size": args.size, "repeats": repeats, "rows": rows},
+                           "threads": args.threads, "size": args.size, "repeats": repeats, "rows": rows,
+                           "load_after": os.getloadavg()},
                           args.json)
     return 0
 

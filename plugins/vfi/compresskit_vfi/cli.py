@@ -335,6 +335,7 @@ def _interpolate(args: argparse.Namespace) -> int:
     cuts = summary["cuts"]
     print(f"wrote {summary['output']}: {summary['frames_out']} frames at {summary['fps_out']:.3f} fps "
           f"from {summary['frames_in']} frames in {summary['seconds']:.1f} s "
+          f"({summary['cpu_seconds']:.1f} s of CPU time) "
           f"({summary['frames_per_second']:.1f} frames/s, {summary['runtime']}"
           f"{_layout_times(summary.get('layout_ms'))}); {len(cuts)} scene cut(s) kept"
           f"{' after input frames ' + ', '.join(map(str, cuts[:10])) if cuts else ''}"

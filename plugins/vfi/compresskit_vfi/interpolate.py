@@ -61,6 +61,8 @@ __all__ = [
     "background",
     "ENDS",
     "RUNTIMES",
+    "frame_tensor",
+    "frame_uint8",
 ]
 
 FACTORS = (2, 4, 8)
@@ -348,6 +350,25 @@ def background(iterable: Iterable[Any], depth: int = 4) -> Iterator[Any]:
         stop.set()
 
 
+def frame_tensor(image: Any, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 (H, W, 3) → float32 (1, 3, H, W) in [0, 1], the values of ``to_tensor`` (x / 255) but
+    *channels-last* in memory: the decoded array is viewed, not transposed, so the one float conversion
+    is the only copy, and a channels-last model takes the frame as it is."""
+    from compresskit_vfi.data.transforms import to_tensor
+
+    if getattr(image, "dtype", None) is None or image.ndim != 3 or image.shape[2] != 3:
+        return to_tensor(image).unsqueeze(0).to(device)  # its error names what was expected
+    hwc = torch.from_numpy(image if image.flags.writeable else image.copy())
+    return hwc.to(device).permute(2, 0, 1).unsqueeze(0).to(torch.float32).div_(255.0)
+
+
+def frame_uint8(frame: torch.Tensor) -> Any:
+    """float (3, H, W) → uint8 (H, W, 3): ``to_uint8``'s round(clamp(x)·255) in one fresh buffer, the
+    array a view of it when the frame is channels-last (no transposing copy before the encoder)."""
+    q = frame.detach().float().clamp(0, 1).mul_(255).round_().to(torch.uint8)
+    return q.permute(1, 2, 0).cpu().numpy()
+
+
 RUNTIMES = ("eager", "onnx")
 
 
@@ -390,9 +411,9 @@ def interpolate_video(input: str | os.PathLike, output: str | os.PathLike, model
     :func:`interpolate_frames`; ``overlap_io``: decode, predict and encode in three threads at once.
     Returns a summary dict (``cuts``: input indices ``i`` with a cut after frame ``i``; ``runtime``: how
     the model ran; ``frames_per_second``: output frames per second of wall time, decoding and encoding
-    included).
+    included; ``cpu_seconds``: the CPU time of the process over the same span, all threads, which
+    other jobs on a shared machine do not inflate).
     """
-    from compresskit_vfi.data.transforms import to_tensor, to_uint8
     from compresskit_vfi.data.video import has_audio, write_video
 
     if factor not in FACTORS:
@@ -408,8 +429,8 @@ def interpolate_video(input: str | os.PathLike, output: str | os.PathLike, model
     device = torch.device(device)
     model = model.to(device).eval()
     cuts: list[int] = []
-    start = time.perf_counter()
-    tensors: Iterator[torch.Tensor] = (to_tensor(f).unsqueeze(0).to(device) for f in frames)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    tensors: Iterator[torch.Tensor] = (frame_tensor(f, device) for f in frames)
     threads: list[Any] = []  # the background generators, closed (threads stopped) at the end
     if overlap_io:
         tensors = background(tensors)
@@ -420,7 +441,7 @@ def interpolate_video(input: str | os.PathLike, output: str | os.PathLike, model
             raise ValueError(f"input {str(input)!r} has no frames")
         runner = make_runner(model, first, runtime, layout, onnx_path)
         tensors = itertools.chain([first], tensors)
-        out_frames: Iterator[Any] = (to_uint8(t[0]) for t in interpolate_frames(
+        out_frames: Iterator[Any] = (frame_uint8(t[0]) for t in interpolate_frames(
             runner, tensors, factor, tile, overlap, n_inputs=runner.n_inputs, cut_threshold=cut_threshold,
             cuts=cuts, ends=ends))
         if overlap_io:
@@ -448,10 +469,11 @@ def interpolate_video(input: str | os.PathLike, output: str | os.PathLike, model
         for it in reversed(threads):
             with contextlib.suppress(ValueError):  # still running in the model's thread: it stops itself
                 it.close()
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     n_read = (written - 1) // factor + 1
     return {"input": str(input), "output": str(output), "factor": factor, "frames_in": n_read,
             "frames_out": written, "fps_in": float(rate), "fps_out": float(rate * factor),
             "seconds": seconds, "frames_per_second": written / seconds if seconds > 0 else float("inf"),
+            "cpu_seconds": cpu_seconds,
             "cuts": cuts, "audio": audio_from is not None and has_audio(input), "runtime": runner.name,
             "layout_ms": runner.info.get("ms"), "ends": ends}

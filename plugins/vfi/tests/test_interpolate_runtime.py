@@ -93,3 +93,31 @@ def test_background_passes_items_and_errors_and_stops():
     while threading.active_count() > before and time.time() < deadline:
         time.sleep(0.05)
     assert threading.active_count() == before and len(produced) < 10
+
+
+def test_frame_conversions_equal_the_reference_ones_and_skip_the_transposes():
+    from compresskit_vfi.data.transforms import to_tensor, to_uint8
+    from compresskit_vfi.interpolate import frame_tensor, frame_uint8
+
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    t = frame_tensor(img)
+    assert t.shape == (1, 3, 5, 7) and t.dtype == torch.float32
+    assert torch.equal(t, to_tensor(img).unsqueeze(0))  # the same values, bit for bit
+    assert t.is_contiguous(memory_format=torch.channels_last)  # a view of the decoded layout
+    assert float(t[0, 1, 2, 3]) == float(np.float32(img[2, 3, 1]) / np.float32(255))  # one pixel by hand
+    ro = img.copy()
+    ro.flags.writeable = False  # PyAV/numpy may hand read-only arrays: still converted, no warning
+    assert torch.equal(frame_tensor(ro), t)
+    with pytest.raises(ValueError, match="uint8 .H, W, 3."):
+        frame_tensor(img[..., :2])
+    # out of range values, a half way value and both layouts: the reference quantisation exactly
+    x = torch.tensor([-0.5, 0.0, 0.5 / 255, 1.5 / 255, 0.5, 1.0, 1.7]).repeat(3, 1).view(3, 1, 7)
+    x = torch.cat([x, torch.rand(3, 4, 7)], 1)
+    want = to_uint8(x)
+    assert np.array_equal(frame_uint8(x), want)
+    cl = x.unsqueeze(0).contiguous(memory_format=torch.channels_last)[0]
+    got = frame_uint8(cl)
+    assert np.array_equal(got, want) and got.flags.c_contiguous
+    assert torch.equal(x, cl)  # the input is left as it was
+    assert want[0, 0].tolist() == [0, 0, 0] and want[0, 6].tolist() == [255, 255, 255]
