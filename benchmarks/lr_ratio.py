@@ -2,7 +2,7 @@
 
 ``compress`` calibrates each stage's learning rate so that the first Adamax steps move the weight
 tensors by a target ratio ``ρ = ‖Δw‖ / ‖w‖`` (median over tensors and steps;
-``compresskit.train.lr_probe``). This measures ρ on the pretrained teachers of
+``compresskit.training.lr_probe``). This measures ρ on the pretrained teachers of
 ``benchmarks/compress_targets.py`` at the learning rates of the hand-tuned runs in docs/results.md
 (stage I 3e-4; recovery 5e-4, measured on the full network as a proxy for its shrunk copy), and at 1e-3
 (the old constant), on the Charbonnier loss of the gap-4 training crops of bikes and carphone (128²,
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     from compresskit_vfi.data import sample_dataset
     from compresskit_vfi.task import default_loss
 
-    from compresskit.train.lr_probe import calibrate_lr
+    from compresskit.training.lr_probe import calibrate_lr
 
     data = sample_dataset("triplet", "train", size=128, seed=0, gap=4, clips=["bikes", "carphone"])
     loader = torch.utils.data.DataLoader(data, batch_size=4, shuffle=True,

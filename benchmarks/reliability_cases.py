@@ -305,8 +305,8 @@ def _c3a(tmp: Path) -> tuple[str, str]:
     from torch import nn
 
     from compresskit.config import TrainConfig
-    from compresskit.train import checkpoint as ckpt
-    from compresskit.train.loop import train
+    from compresskit.training import checkpoint as ckpt
+    from compresskit.training.loop import train
 
     data = [(torch.randn(4, 3), torch.randn(4, 2), torch.tensor(0.0 if i == 3 else 1.0)) for i in range(6)]
 
@@ -331,7 +331,7 @@ def _c3b(tmp: Path) -> tuple[str, str]:
     from torch import nn
 
     from compresskit.config import TrainConfig
-    from compresskit.train.loop import train
+    from compresskit.training.loop import train
 
     def loss(y, b):  # noqa: ANN001, ANN202
         return torch.sqrt(b[2] * ((y - b[1]) ** 2).sum())

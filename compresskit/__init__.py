@@ -9,8 +9,6 @@ The public API is exactly the names in ``__all__``; they are imported on first u
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -28,8 +26,8 @@ _API: dict[str, str] = {
     "register_sparsifier": "compresskit.sparsify.auto",
     "register_metric": "compresskit.plan.metric",
     # shrink (Core I / II)
-    "shrink": "compresskit.shrink.surgery",
-    "register_resizer": "compresskit.shrink.resize",
+    "shrink": "compresskit.surgery.surgery",
+    "register_resizer": "compresskit.surgery.resize",
     "plan_widths": "compresskit.plan.planner",
     "plan_for_target": "compresskit.plan.planner",
     "WidthPlan": "compresskit.plan.planner",
@@ -53,8 +51,8 @@ _API: dict[str, str] = {
     "ShrinkConfig": "compresskit.config",
     "RecoverConfig": "compresskit.config",
     # training and distillation (Core III)
-    "train": "compresskit.train.loop",
-    "Trainer": "compresskit.train.loop",
+    "train": "compresskit.training.loop",
+    "Trainer": "compresskit.training.loop",
     "distill": "compresskit.distillation.engine",
     "Distiller": "compresskit.distillation.engine",
     "register_loss": "compresskit.losses",
@@ -90,20 +88,6 @@ def __dir__() -> list[str]:
     return __all__
 
 
-class _Package(types.ModuleType):
-    """Keeps ``ck.train`` and ``ck.shrink`` the functions: importing the subpackage ``compresskit.train``
-    would otherwise set the attribute ``compresskit.train`` to that subpackage (it stays in sys.modules).
-    (``distill`` needs no guard: its package is ``compresskit.distillation``.)"""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _API and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
-
-
 if TYPE_CHECKING:  # static analysers and IDEs see the real names
     from compresskit import config, io, losses, report, testing  # noqa: F401
     from compresskit.api import CompressResult, compress, load  # noqa: F401
@@ -135,8 +119,8 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
     from compresskit.plan.target import Target  # noqa: F401
     from compresskit.plugins import load_plugins  # noqa: F401
     from compresskit.recovery import RecoverResult, recover  # noqa: F401
-    from compresskit.shrink.resize import register_resizer  # noqa: F401
-    from compresskit.shrink.surgery import shrink  # noqa: F401
     from compresskit.sparsify.auto import register_sparsifier  # noqa: F401
     from compresskit.sparsify.obproxsg import OBProxSG, steps_from_epochs  # noqa: F401
-    from compresskit.train.loop import Trainer, train  # noqa: F401
+    from compresskit.surgery.resize import register_resizer  # noqa: F401
+    from compresskit.surgery.surgery import shrink  # noqa: F401
+    from compresskit.training.loop import Trainer, train  # noqa: F401

@@ -1,7 +1,7 @@
 """The ground floor of the configs: :class:`Config` (strict pydantic models that load from and dump to
 YAML or JSON) and the trainer's settings, :class:`StepConfig` and :class:`TrainConfig`.
 
-They live below :mod:`compresskit.config` so that the trainer (:mod:`compresskit.train`) reads its settings
+They live below :mod:`compresskit.config` so that the trainer (:mod:`compresskit.training`) reads its settings
 without importing the stage configs, which validate strategy names against the sparsifier and importance
 registries (those import the trainer). ``compresskit.config`` re-exports every name here.
 """

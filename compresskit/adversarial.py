@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compresskit.train.distributed import DistContext, average_gradients
+from compresskit.training.distributed import DistContext, average_gradients
 
 
 class PatchDiscriminator(nn.Module):

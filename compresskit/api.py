@@ -38,7 +38,7 @@ from compresskit.report import (
     normalize_metrics,
 )
 from compresskit.target import Target
-from compresskit.train.batch import to_device
+from compresskit.training.batch import to_device
 
 __all__ = ["compress", "CompressResult", "load"]
 
@@ -275,7 +275,7 @@ def compress(
         check_module_usable(teacher, "teacher")
     if val_loader is not None and not isinstance(val_loader, Iterable):
         raise TypeError(f"val_loader: expected batches or None, got {type(val_loader).__name__}")
-    from compresskit.train.data import require_reiterable
+    from compresskit.training.data import require_reiterable
 
     require_reiterable(train_loader, "train_loader")
     if val_loader is not None:
@@ -301,7 +301,7 @@ def compress(
     r = _resolve(model, train_loader, loss_fn, example_inputs, inputs_fn)
     held = None
     if tracker is not None and val_loader is None and config.holdout > 0:
-        from compresskit.train.validation import hold_out
+        from compresskit.training.validation import hold_out
 
         held = hold_out(train_loader, config.holdout, seed=config.seed)
         if held is not None:
@@ -572,7 +572,7 @@ def _finish(state: Any, r: _Resolved, name: str, out_dir: Path | None) -> Compre
             report.plot(out_dir)
         curves = {k: budget[k]["best"] for k in ("sparsify", "recover") if budget.get(k, {}).get("best")}
         if curves:
-            from compresskit.train.validation import plot_validation
+            from compresskit.training.validation import plot_validation
 
             plot_validation(curves, out_dir / "validation.png")  # None without matplotlib
     if state.config.progress:

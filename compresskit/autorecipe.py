@@ -8,13 +8,13 @@ With a budget (``budget=`` or the default, :data:`compresskit.budget.DEFAULT_BUD
   recovery probe and the validations need), from its measured step time and an estimate of a recovery
   step (the teacher's forward plus the full step divided by the target ratio); recovery then gets every
   second left when it starts, divided by its own measured step time. Each stage also ends at its
-  deadline (:class:`~compresskit.train.pacing.Deadline`).
-* **learning rate** – ``lr="auto"`` (the default) runs :func:`~compresskit.train.lr_probe.calibrate_lr`
+  deadline (:class:`~compresskit.training.pacing.Deadline`).
+* **learning rate** – ``lr="auto"`` (the default) runs :func:`~compresskit.training.lr_probe.calibrate_lr`
   on the stage's own objective: the rate at which the first steps move the weights by the stage's
-  update-to-weight ratio (:data:`~compresskit.train.lr_probe.STAGE1_RATIO`, ``RECOVER_RATIO``).
-* **validation** – on the held-out batches (:func:`~compresskit.train.validation.hold_out`) or the
+  update-to-weight ratio (:data:`~compresskit.training.lr_probe.STAGE1_RATIO`, ``RECOVER_RATIO``).
+* **validation** – on the held-out batches (:func:`~compresskit.training.validation.hold_out`) or the
   user's ``val_loader``, ``VALIDATIONS`` times per stage (fewer when that would take more than
-  ``VALIDATION_SHARE`` of a time budget's stage); :class:`~compresskit.train.validation.BestWeights`
+  ``VALIDATION_SHARE`` of a time budget's stage); :class:`~compresskit.training.validation.BestWeights`
   returns the best weights (stage I: the best after its zeroing ramp, when the removed units are zero)
   and stops a stage after ``PATIENCE`` validations without improvement (recovery: not in its first half,
   and only on validations ``RECOVER_STOP_MARGIN`` worse than its best).
@@ -34,11 +34,11 @@ from torch import nn
 
 from compresskit._modes import eval_mode
 from compresskit.budget import STAGE1_SHARE, VALIDATION_SHARE, VALIDATIONS, split_steps
-from compresskit.train.batch import to_device
-from compresskit.train.loop import build_optimizer
-from compresskit.train.lr_probe import PROBE_STEPS, RECOVER_RATIO, STAGE1_RATIO, calibrate_lr
-from compresskit.train.pacing import Deadline, Pace
-from compresskit.train.validation import BestWeights
+from compresskit.training.batch import to_device
+from compresskit.training.loop import build_optimizer
+from compresskit.training.lr_probe import PROBE_STEPS, RECOVER_RATIO, STAGE1_RATIO, calibrate_lr
+from compresskit.training.pacing import Deadline, Pace
+from compresskit.training.validation import BestWeights
 
 __all__ = ["StagePlan", "plan_sparsify", "plan_recover", "PATIENCE"]
 

@@ -12,7 +12,7 @@ A time budget becomes steps from measured step times: stage I's own (timed durin
 probe) and an estimate of a recovery step (the teacher's forward plus the full step scaled down by the
 target ratio); stage I gets ``STAGE1_SHARE`` of the steps that fit, recovery then gets whatever time is
 left when it starts (its own step time measured), less what validation and the final report need. A
-:class:`~compresskit.train.pacing.Deadline` callback ends a stage at its deadline in any case, so the run
+:class:`~compresskit.training.pacing.Deadline` callback ends a stage at its deadline in any case, so the run
 finishes on time even when the step time changes. ``Budget.clock`` is injectable (a fake clock in the tests).
 """
 

@@ -122,7 +122,7 @@ class StageTrainConfig(StepConfig):
                        "budget unless given here")
     lr: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(
         "auto", description="learning rate, or 'auto': chosen by a short probe on held-out batches "
-        "(compresskit.train.lr_probe)")
+        "(compresskit.training.lr_probe)")
 
     def train_config(self, run: TrainConfig, cls: type[T] = TrainConfig, **values: Any) -> T:
         """``cls`` for this stage: the settings ``run`` was given (the run-wide ones), this config's

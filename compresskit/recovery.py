@@ -47,7 +47,7 @@ def recover(model: nn.Module, train_loader: Iterable, teacher: nn.Module | None 
     from compresskit.pipeline import StageStore, checksum
     from compresskit.stages import RecoverStage, State
     from compresskit.target import Target
-    from compresskit.train.data import require_reiterable
+    from compresskit.training.data import require_reiterable
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
@@ -67,7 +67,7 @@ def recover(model: nn.Module, train_loader: Iterable, teacher: nn.Module | None 
     r = _resolve(model, train_loader, loss_fn, None, inputs_fn)
     held = None
     if val_loader is None and config.holdout > 0:
-        from compresskit.train.validation import hold_out
+        from compresskit.training.validation import hold_out
 
         held = hold_out(train_loader, config.holdout, seed=config.seed)
         if held is not None:

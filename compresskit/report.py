@@ -26,7 +26,7 @@ from compresskit.io import atomic_write_bytes, atomic_write_json
 from compresskit.measure.clock import measure_latency
 from compresskit.measure.counts import count_params
 from compresskit.measure.macs import count_macs
-from compresskit.train.batch import to_device
+from compresskit.training.batch import to_device
 
 __all__ = [
     "CompressReport",

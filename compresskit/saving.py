@@ -751,7 +751,7 @@ def rebuild_registered(spec: Mapping[str, Any], shapes: Mapping[str, list[int]],
     on, and the full model's weights where the factory can build on the meta device."""
     from compresskit.graph.trace import trace
     from compresskit.models import MODELS, create_model
-    from compresskit.shrink.surgery import shrink
+    from compresskit.surgery.surgery import shrink
 
     where = f"load: {str(path)!r}" if path is not None else "load"
     if not isinstance(spec, Mapping) or not {"name", "kwargs", "inputs", "widths"} <= set(spec):
@@ -799,7 +799,7 @@ def rebuild_registered(spec: Mapping[str, Any], shapes: Mapping[str, list[int]],
             keep[sizes[gid].id] = torch.arange(width)
     model = shrink(full, graph, keep=keep) if keep else full
     if spec.get("dropped"):  # compress(drop_unused=True) removed parameters forward never reads
-        from compresskit.shrink.unused import drop_unused
+        from compresskit.surgery.unused import drop_unused
 
         drop_unused(model, list(spec["dropped"]))
     got = {k: list(v.shape) for k, v in model.state_dict().items()}

@@ -72,7 +72,7 @@ class State:
     device: str = "cpu"
     #: the run's budget and clock (compresskit.budget.BudgetTracker); None: the config's steps as given
     budget: Any = None
-    #: the held-out part of the training data (compresskit.train.validation.HeldOut), when one was taken
+    #: the held-out part of the training data (compresskit.training.validation.HeldOut), when one was taken
     holdout: Any = None
     # filled by the stages
     work: nn.Module | None = None  # the copy that is sparsified
@@ -148,7 +148,7 @@ class TraceStage(Stage):
         from compresskit.graph.modes import cover_train_mode
         from compresskit.graph.trace import data_branch_notes, trace
         from compresskit.plan.cost import cost_model, macs_cost, params_cost
-        from compresskit.shrink.unused import drop_unused, unused_parameters
+        from compresskit.surgery.unused import drop_unused, unused_parameters
 
         state.work = copy.deepcopy(state.model)
         state.unused = unused_parameters(state.work, state.example_inputs)
@@ -192,7 +192,7 @@ def _fastest_layout(state: State) -> str:
 
 def _unused_notes(state: State) -> list[str]:
     """A report note naming the parameters forward never reads (kept, or dropped)."""
-    from compresskit.shrink.unused import unused_summary
+    from compresskit.surgery.unused import unused_summary
 
     if not state.unused:
         return []
@@ -214,7 +214,7 @@ def _check_second_batch(state: State) -> None:
     second batch (data-dependent control flow would make the channel graph wrong for other inputs).
     The loader is iterated once for both, as before the loss check existed (its shuffling RNG included)."""
     from compresskit.checks import check_loss, check_trace_matches_eager
-    from compresskit.train.batch import to_device
+    from compresskit.training.batch import to_device
 
     tensors = [x for x in state.example_inputs if isinstance(x, torch.Tensor)]
     device = tensors[0].device if tensors else torch.device("cpu")
@@ -258,7 +258,7 @@ def _unused_cap(state: State) -> str | None:
     measure, the ratio they cap it at, whether ``drop_unused`` would do), or None when they do not."""
     from compresskit.plan.metric import get_metric
     from compresskit.plan.planner import allowed_widths
-    from compresskit.shrink.unused import drop_unused, unused_summary
+    from compresskit.surgery.unused import drop_unused, unused_summary
 
     if not state.unused or state.dropped:
         return None
@@ -335,7 +335,7 @@ def _data_driven(importance: Any) -> bool:
 
 def _estimate(state: State, model: nn.Module) -> None:
     """Give a data-driven importance its statistics from a few training batches (no weight changes)."""
-    from compresskit.train.batch import to_device
+    from compresskit.training.batch import to_device
 
     device = next(model.parameters(), torch.zeros(())).device
 
@@ -514,7 +514,7 @@ def _scores(state: State) -> dict[int, torch.Tensor]:
 
 
 def _unused_by_module(state: State) -> dict[str, int]:
-    from compresskit.shrink.unused import unused_summary
+    from compresskit.surgery.unused import unused_summary
 
     return unused_summary(state.work, state.unused)
 
@@ -544,7 +544,7 @@ def _removed_share(state: State) -> float:
 
 def _shrunk(state: State, plan: Any, init: str = "inherit") -> nn.Module:
     from compresskit.plan.importance import keep_from_importance
-    from compresskit.shrink.surgery import shrink
+    from compresskit.surgery.surgery import shrink
 
     keep = keep_from_importance(state.importance, plan.widths, plan.sizes)
     return shrink(state.work, state.graph, keep=keep, init=init) if keep else copy.deepcopy(state.work)
@@ -641,7 +641,7 @@ class RecoverStage(Stage):
     def run(self, state: State) -> dict[str, Any] | None:
         from compresskit.autorecipe import finish_recover, plan_recover
         from compresskit.config import DistillConfig
-        from compresskit.train.loop import train
+        from compresskit.training.loop import train
 
         cfg, rc = state.config, state.config.recover
         if state.budget is not None:

@@ -17,7 +17,7 @@ from torch import nn
 
 from compresskit.graph.channels import ChannelGraph
 from compresskit.graph.trace import trace
-from compresskit.shrink.surgery import consumed_members, shrink, validate_keep
+from compresskit.surgery.surgery import consumed_members, shrink, validate_keep
 
 
 @dataclass

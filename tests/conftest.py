@@ -26,8 +26,8 @@ def isolated_registries():
     from compresskit.models import MODELS
     from compresskit.plan.importance import IMPORTANCES
     from compresskit.plan.metric import METRICS
-    from compresskit.shrink.resize import RESIZERS
     from compresskit.sparsify.auto import SPARSIFIERS
+    from compresskit.surgery.resize import RESIZERS
 
     ck.load_plugins()  # plugins are registered before the snapshots, so they stay registered
     with contextlib.ExitStack() as stack:

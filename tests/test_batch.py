@@ -1,10 +1,10 @@
-"""compresskit.train.batch.to_device: every tensor of a nested batch moves; structure and the rest stay."""
+"""compresskit.training.batch.to_device: every tensor of a nested batch moves; structure and the rest stay."""
 
 from collections import namedtuple
 
 import torch
 
-from compresskit.train.batch import to_device
+from compresskit.training.batch import to_device
 
 Pair = namedtuple("Pair", "x y")
 

@@ -11,8 +11,8 @@ from torch import nn
 
 import compresskit as ck
 from compresskit.budget import Budget, parse_budget, split_steps
-from compresskit.train.lr_probe import RECOVER_RATIO, STAGE1_RATIO, calibrate_lr
-from compresskit.train.validation import BestWeights, held_out_indices, hold_out
+from compresskit.training.lr_probe import RECOVER_RATIO, STAGE1_RATIO, calibrate_lr
+from compresskit.training.validation import BestWeights, held_out_indices, hold_out
 
 
 # ------------------------------------------------------------------------------------------ parsing
@@ -206,9 +206,9 @@ def test_pace_shortens_a_slow_stage_and_re_aims_its_cosine():
     but given 50 s: after check_at = 5 steps it knows that 5 + ⌊45 s / 1 s⌋ = 50 steps fit, stops there,
     and its cosine reaches zero there."""
     from compresskit.budget import BudgetTracker
-    from compresskit.train.loop import Callback
-    from compresskit.train.loop import train as run
-    from compresskit.train.pacing import Pace
+    from compresskit.training.loop import Callback
+    from compresskit.training.loop import train as run
+    from compresskit.training.pacing import Pace
 
     clock = FakeClock()
 
@@ -318,8 +318,8 @@ def test_best_weights_are_returned_when_the_last_step_is_worse():
     val = [(torch.ones(4), torch.ones(4))]
     trace: dict[int, float] = {}
 
-    from compresskit.train.loop import Callback
-    from compresskit.train.loop import train as run
+    from compresskit.training.loop import Callback
+    from compresskit.training.loop import train as run
 
     class Weights(Callback):
         def on_train_start(self, trainer):
@@ -344,7 +344,7 @@ def test_best_weights_are_returned_when_the_last_step_is_worse():
 def test_best_weights_stop_after_patience_and_ignore_the_ramp():
     train = [(torch.ones(4), torch.full((4,), 2.0))] * 4
     val = [(torch.ones(4), torch.ones(4))]
-    from compresskit.train.loop import train as run
+    from compresskit.training.loop import train as run
 
     best = BestWeights("val_loss", patience=2, after_step=4, validate_at_start=False)
     run(_Scalar(), train, lambda out, b: nn.functional.l1_loss(out, b[-1]),

@@ -11,7 +11,7 @@ from torch import nn
 import compresskit as ck
 from compresskit.checks import batch_spec, check_batch_consistent, check_trace_matches_eager
 from compresskit.config import TrainConfig
-from compresskit.train.loop import BatchError, train
+from compresskit.training.loop import BatchError, train
 
 
 def _b(n: int = 4, c: int = 3, h: int = 8, w: int = 8, th: int | None = None) -> tuple[torch.Tensor, ...]:

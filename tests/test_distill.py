@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import compresskit as ck
 from compresskit.distillation.engine import OutputLoss
-from compresskit.train.loop import Callback
+from compresskit.training.loop import Callback
 
 
 def net(width: int, seed: int, bn: bool = True) -> nn.Module:

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import compresskit as ck
 from compresskit.distillation.features import auto_feature_pairs, fit_adapter_
-from compresskit.train.loop import Callback
+from compresskit.training.loop import Callback
 
 
 class Net(nn.Module):

@@ -28,7 +28,7 @@ import compresskit
 
 ROOT = Path(compresskit.__file__).parent
 _GROUND = {"compresskit.measure", "compresskit._modes", "compresskit.io"}
-_NO_SPARSIFY = ("compresskit.plan", "compresskit.train", "compresskit.report")
+_NO_SPARSIFY = ("compresskit.plan", "compresskit.training", "compresskit.report")
 
 #: package edges that other House III work removes: (importer package, imported package) -> who and why
 _PENDING = {

@@ -12,7 +12,7 @@ from torch import nn
 import compresskit as ck
 from compresskit.measure.mass import unit_l1_mass
 from compresskit.plan.planner import WidthPlan
-from compresskit.shrink.select import keep_from_plan
+from compresskit.surgery.select import keep_from_plan
 
 
 def linear(d: float, c: int) -> int:  # ST-MFNet Mini: C_in' = ceil(d · C_in)

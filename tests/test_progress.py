@@ -12,7 +12,7 @@ from torch import nn
 import compresskit as ck
 from compresskit.config import TrainConfig
 from compresskit.sparsify.progress import DensityProgress
-from compresskit.train.progress import ProgressLines
+from compresskit.training.progress import ProgressLines
 
 
 class FakeClock:

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from compresskit.config import TrainConfig
-from compresskit.train import checkpoint as ckpt
-from compresskit.train.loop import train
+from compresskit.training import checkpoint as ckpt
+from compresskit.training.loop import train
 
 BAD_BATCH = 3
 

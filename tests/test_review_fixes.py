@@ -153,7 +153,7 @@ class TrainOnlyAux(nn.Module):
 
 
 def test_unused_parameters_count_train_mode_reads_without_moving_the_model():
-    from compresskit.shrink.unused import unused_parameters
+    from compresskit.surgery.unused import unused_parameters
 
     torch.manual_seed(0)
     net = TrainOnlyAux().train()

@@ -130,9 +130,9 @@ def test_plan_goes_through_keep_from_plan(resnet, monkeypatch) -> None:
         calls.append((m, graph, plan, init))
         return {grp.id: torch.arange(plan["width"])}
 
-    fake = types.ModuleType("compresskit.shrink.select")
+    fake = types.ModuleType("compresskit.surgery.select")
     fake.keep_from_plan = keep_from_plan
-    monkeypatch.setitem(sys.modules, "compresskit.shrink.select", fake)
+    monkeypatch.setitem(sys.modules, "compresskit.surgery.select", fake)
     small = ck.shrink(model, g, plan={"width": 2}, init="reinit")
     assert calls and calls[0][0] is model and calls[0][3] == "reinit"
     member = next(m for m in grp.members if m.role == "out")
@@ -227,7 +227,7 @@ def test_custom_resizer_updates_a_stored_width(isolated_registries) -> None:
 
 
 def test_resizer_lookup_follows_the_class_hierarchy(isolated_registries) -> None:
-    from compresskit.shrink.resize import resizer_for
+    from compresskit.surgery.resize import resizer_for
 
     class WideConv(nn.Conv2d):
         pass

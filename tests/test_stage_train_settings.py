@@ -24,7 +24,7 @@ from torch import nn
 import compresskit as ck
 from compresskit.config import CompressConfig, DistillConfig, RecoverConfig, SparsifyConfig, TrainConfig
 from compresskit.sparsify.progress import DensityProgress
-from compresskit.train import loop
+from compresskit.training import loop
 
 
 def _net() -> nn.Module:

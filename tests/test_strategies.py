@@ -204,7 +204,7 @@ TEA = (6 * 9 * 16 + 16) + (16 * 9 * 3 + 3)  # 1,315
 
 
 def test_unused_parameters_are_found_and_reported():
-    from compresskit.shrink.unused import unused_parameters, unused_summary
+    from compresskit.surgery.unused import unused_parameters, unused_summary
 
     torch.manual_seed(0)
     net = WithTeacherBlock()

@@ -13,9 +13,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import compresskit as ck
-from compresskit.train import checkpoint as ckpt
-from compresskit.train.loop import BatchError, Callback, NonFiniteLossError
-from compresskit.train.progress import ProgressBar
+from compresskit.training import checkpoint as ckpt
+from compresskit.training.loop import BatchError, Callback, NonFiniteLossError
+from compresskit.training.progress import ProgressBar
 
 
 class NoisyPairs(Dataset):

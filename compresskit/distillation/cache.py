@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from compresskit.io import atomic_write_json
-from compresskit.train.batch import to_device
+from compresskit.training.batch import to_device
 
 CACHE_KEY = "__teacher__"
 

@@ -39,9 +39,9 @@ from compresskit.distillation.features import (
 )
 from compresskit.distillation.leaves import leafwise
 from compresskit.losses import get_loss
-from compresskit.train.batch import to_device
-from compresskit.train.distributed import barrier, broadcast_module, setup
-from compresskit.train.loop import Callback, Trainer, TrainResult, default_inputs
+from compresskit.training.batch import to_device
+from compresskit.training.distributed import barrier, broadcast_module, setup
+from compresskit.training.loop import Callback, Trainer, TrainResult, default_inputs
 
 
 @dataclass

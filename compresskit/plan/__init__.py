@@ -8,5 +8,5 @@
 - :mod:`~compresskit.plan.importance`: importance criteria (``register_importance``);
 - :mod:`~compresskit.plan.verify`: the verification loop (shrink, measure, correct the budget, replan).
 
-Measurements come from :mod:`compresskit.measure`; the surgery a plan feeds is :mod:`compresskit.shrink`.
+Measurements come from :mod:`compresskit.measure`; the surgery a plan feeds is :mod:`compresskit.surgery`.
 """

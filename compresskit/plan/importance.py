@@ -20,7 +20,7 @@ Criteria are looked up by name in :data:`IMPORTANCES` (``PlanConfig(importance="
 is one class plus ``@ck.register_importance("name")``. An object with ``__call__(model, graph)`` works
 too (``PlanConfig(importance=MyImportance())``). Optional parts an importance may have:
 ``fingerprint()`` (what its scores depend on; a change redoes the stages that used it) and, for a
-data-driven one, ``callback(model, graph)`` (a training :class:`~compresskit.train.loop.Callback` that
+data-driven one, ``callback(model, graph)`` (a training :class:`~compresskit.training.loop.Callback` that
 collects statistics while stage I trains), ``estimate(model, batches, loss_of, graph)`` (collect them
 without training, when stage I did not run) and ``has_data()``, ``state_dict()`` / ``load_state_dict()``.
 """

@@ -370,7 +370,7 @@ def _record_inputs(model: nn.Module, inputs: tuple, modules: dict[str, nn.Module
 def _measure_shrunk(model: nn.Module, graph: ChannelGraph, inputs: tuple, widths: Mapping[int, int],
                     clock: Clock, layout: str = "eager") -> float | None:
     """The whole model shrunk to ``widths`` (first units of each group) and measured; None if it fails."""
-    from compresskit.shrink.surgery import shrink
+    from compresskit.surgery.surgery import shrink
 
     keep = {gid: torch.arange(w) for gid, w in widths.items() if w < graph.groups[gid].size}
     try:

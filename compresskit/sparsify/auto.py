@@ -32,12 +32,12 @@ from torch import nn
 
 from compresskit._registry import Registry
 from compresskit.measure.mass import unit_l1_mass
-from compresskit.train.loop import Callback
+from compresskit.training.loop import Callback
 
 if TYPE_CHECKING:  # pragma: no cover
     from compresskit.config import SparsifyConfig, TrainConfig
     from compresskit.graph.channels import ChannelGraph
-    from compresskit.train.loop import Trainer
+    from compresskit.training.loop import Trainer
 
 __all__ = ["Sparsifier", "SparsifyContext", "OBProxSGSparsifier", "ProgressiveSparsifier", "AutoLambda",
            "initial_lambda", "SPARSIFIERS", "register_sparsifier", "get_sparsifier", "uses_plan"]
@@ -204,7 +204,7 @@ class _ConfigSparsifier:
         """``ck.train`` with the stage's settings over the run's (``scheduler``: the method's own, unless
         the config names one), the sparsifier's ``callbacks`` (the density among them) and ``optimizer``."""
         from compresskit.sparsify.progress import DensityProgress
-        from compresskit.train.loop import train
+        from compresskit.training.loop import train
 
         tcfg = self.config.train_config(ctx.train, scheduler=self.config.scheduler or scheduler)
         torch.manual_seed(tcfg.seed)
@@ -337,7 +337,7 @@ class ProgressiveZeroing(Callback):
             self.history.append({"step": step, "schedule": 1.0 - now, **self.measure()})
 
     def rescale_steps(self, new: int, old: int) -> None:
-        """The stage was shortened to ``new`` steps (``compresskit.train.pacing.Pace``): the ramp ends as much
+        """The stage was shortened to ``new`` steps (``training.pacing.Pace``): the ramp ends as much
         earlier; the units go on shrinking from where they are, at the new pace."""
         self.end = max(1, round(self.end * new / old))
         self.steps = new

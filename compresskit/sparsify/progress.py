@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from compresskit.train.loop import Callback
+from compresskit.training.loop import Callback
 
 __all__ = ["DensityProgress"]
 

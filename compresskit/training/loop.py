@@ -30,11 +30,17 @@ from compresskit._config import StepConfig, TrainConfig
 from compresskit._modes import eval_mode
 from compresskit.checks import batch_spec, check_batch_consistent
 from compresskit.io import atomic_torch_save, remove_stale_temps
-from compresskit.train import checkpoint as ckpt
-from compresskit.train.batch import to_device
-from compresskit.train.data import EpochLoader, require_reiterable
-from compresskit.train.distributed import DistContext, all_reduce_mean, all_reduce_sum, gather_objects, setup
-from compresskit.train.progress import MetricsLog, ProgressBar, ProgressLines
+from compresskit.training import checkpoint as ckpt
+from compresskit.training.batch import to_device
+from compresskit.training.data import EpochLoader, require_reiterable
+from compresskit.training.distributed import (
+    DistContext,
+    all_reduce_mean,
+    all_reduce_sum,
+    gather_objects,
+    setup,
+)
+from compresskit.training.progress import MetricsLog, ProgressBar, ProgressLines
 
 LossFn = Callable[[Any, Any], "torch.Tensor | Mapping[str, torch.Tensor]"]
 OptimizerArg = "torch.optim.Optimizer | Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None"

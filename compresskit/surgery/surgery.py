@@ -3,7 +3,7 @@
 For every group in ``keep`` the positions of the dropped units are removed from each member tensor
 (weights, biases, running statistics, parameters used directly), and the modules' size attributes
 (``in_channels``, ``out_channels``, ``groups``, ``num_features``, ``num_groups``, ``normalized_shape``,
-``in_features``...) are updated by each module's resizer (:mod:`compresskit.shrink.resize`; custom layers
+``in_features``...) are updated by each module's resizer (:mod:`compresskit.surgery.resize`; custom layers
 add theirs with :func:`compresskit.register_resizer`) so the unchanged forward code runs on the smaller
 tensors. The result
 keeps the original classes and ``state_dict`` keys. Exactness (the shrunk model equals the original with
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from compresskit.graph.channels import ChannelGraph, Member
-from compresskit.shrink.resize import resizer_for
+from compresskit.surgery.resize import resizer_for
 
 _INITS = ("inherit", "reinit")
 
@@ -128,7 +128,7 @@ def shrink(
 
     ``keep``: ``{group id: indices of units to keep}`` (see ``graph.groups[i].size``). Or ``plan``: a
     ``WidthPlan`` from :func:`compresskit.plan_widths`; the channels with the largest l1 mass are kept
-    (``compresskit.shrink.select.keep_from_plan``). ``init="reinit"`` re-initialises every module of the
+    (``compresskit.surgery.select.keep_from_plan``). ``init="reinit"`` re-initialises every module of the
     small model with its ``reset_parameters()`` (train from scratch, as the papers do);
     ``"inherit"`` keeps the surviving weights. The original model is never modified.
     """
@@ -141,7 +141,7 @@ def shrink(
     if (keep is None) == (plan is None):
         raise ValueError("shrink: give exactly one of keep= (explicit channels) or plan= (a WidthPlan)")
     if plan is not None:
-        from compresskit.shrink.select import keep_from_plan
+        from compresskit.surgery.select import keep_from_plan
 
         keep = keep_from_plan(model, graph, plan, init)
     keep_t = validate_keep(graph, keep)

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset, RandomSampler, Sampler, SequentialSampler
 
-from compresskit.train.distributed import DistContext
+from compresskit.training.distributed import DistContext
 
 
 def require_reiterable(loader: Any, name: str) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from compresskit.budget import duration
-from compresskit.train.loop import Callback
+from compresskit.training.loop import Callback
 
 if TYPE_CHECKING:  # pragma: no cover
     from compresskit.budget import BudgetTracker

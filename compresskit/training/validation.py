@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset, RandomSampler, SequentialSampler, Subset
 
-from compresskit.train.loop import Callback
+from compresskit.training.loop import Callback
 
 __all__ = ["HeldOut", "hold_out", "held_out_indices", "BestWeights", "plot_validation"]
 
@@ -169,7 +169,7 @@ class BestWeights(Callback):
             trainer.model.load_state_dict(self.best_state)
 
     def rescale_steps(self, new: int, old: int) -> None:
-        """The stage was shortened (``compresskit.train.pacing.Pace``): ``after_step`` moves with it."""
+        """The stage was shortened (``compresskit.training.pacing.Pace``): ``after_step`` moves with it."""
         self.after_step = round(self.after_step * new / old)
         self.stop_from = round(self.stop_from * new / old)
 
