@@ -338,7 +338,8 @@ def test_gmfss_union_loads_every_published_tensor_strictly(tmp_path):
     own = model.state_dict()
     assert sd.keys() == own.keys() and len(sd) == 124 + 120 + 8 + 157
     assert all(sd[k].shape == own[k].shape for k in sd)
-    loaded = gm.gmfss_union()
+    loaded = _teachers().gmfss_union()   # what compress_targets.py --teachers gmfss loads
+    assert not loaded.training and type(loaded).__name__ == "GMFSSUnion"
     assert all(torch.equal(loaded.state_dict()[k], sd[k]) for k in sd)
     renamed = dict(sd)
     renamed["ifnet.block0.extra"] = renamed.pop("ifnet.block0.convblock.0.beta")
