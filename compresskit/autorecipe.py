@@ -16,7 +16,8 @@ With a budget (``budget=`` or the default, :data:`compresskit.budget.DEFAULT_BUD
   user's ``val_loader``, ``VALIDATIONS`` times per stage (fewer when that would take more than
   ``VALIDATION_SHARE`` of a time budget's stage); :class:`~compresskit.train.validation.BestWeights`
   returns the best weights (stage I: the best after its zeroing ramp, when the removed units are zero)
-  and stops a stage after ``PATIENCE`` validations without improvement (recovery: not in its first half).
+  and stops a stage after ``PATIENCE`` validations without improvement (recovery: not in its first half,
+  and only on validations ``RECOVER_STOP_MARGIN`` worse than its best).
 
 Without a budget (steps given in the config) only ``lr="auto"`` is resolved; the rest is as configured.
 """
@@ -41,6 +42,11 @@ __all__ = ["StagePlan", "plan_sparsify", "plan_recover", "PATIENCE"]
 
 #: validations without improvement before a stage stops early
 PATIENCE = 5
+#: recovery stops early only on validations this much (relative) worse than its best: with the plain
+#: "not better" rule it stopped at the first moment allowed (half-way) in every budget run measured, the
+#: demo's at step 580 of 1,175 while its held-out loss still fell (0.3 % above the best at the stop, the
+#: validations scattering by ±1 %), so half the budget went unused
+RECOVER_STOP_MARGIN = 0.01
 #: batches the learning-rate probe trains on
 PROBE_BATCHES = 4
 
@@ -316,7 +322,8 @@ def plan_recover(state: Any, teacher: nn.Module | None) -> StagePlan | None:
     plan = _stage_plan(steps, lr, record, deadline, pace, val, val_what, n_val)
     if val_what != "training":
         # a cosine's low-lr end often gains most: no early stop in the first half
-        plan.best = BestWeights("task_loss", patience=PATIENCE, stop_from=steps // 2)
+        plan.best = BestWeights("task_loss", patience=PATIENCE, stop_from=steps // 2,
+                                stop_margin=RECOVER_STOP_MARGIN)
         plan.callbacks.append(plan.best)
     return plan
 

@@ -400,3 +400,24 @@ def test_auto_features_skip_modules_forward_never_runs_and_explicit_pairs_say_so
     with pytest.raises(ValueError, match="forward\\(\\) never runs 'extra.1'"):
         ck.distill(copy.deepcopy(teacher), teacher, batches,
                    config=ck.DistillConfig(steps=2, features=[pair], progress=False))
+
+
+def test_stop_margin_stops_only_on_clearly_worse_validations():
+    """Hand-made sequences: the best is 1.0; with a 1 % margin, 1.005 is noise and ends the streak,
+    1.02 counts; patience 2 stops at the second clearly worse validation in a row."""
+
+    class _T:
+        step, should_stop, model = 0, False, nn.Linear(1, 1)
+
+    def feed(best, values):
+        t = _T()
+        for i, v in enumerate(values):
+            t.step = i
+            best.on_validation_end(t, {"val_loss": v})
+        return best.stopped_at
+
+    assert feed(BestWeights(patience=2, stop_margin=0.01), [1.0, 1.02, 1.005, 1.02, 1.005, 1.03]) is None
+    assert feed(BestWeights(patience=2, stop_margin=0.01), [1.0, 1.02, 1.005, 1.02, 1.03]) == 4
+    assert feed(BestWeights(patience=2), [1.0, 1.005, 1.005]) == 2  # no margin: "not better" counts
+    with pytest.raises(ValueError, match="stop_margin"):
+        BestWeights(stop_margin=-0.1)
