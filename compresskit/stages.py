@@ -2,10 +2,13 @@
 
 Each stage is an object with a ``name``, an ``artifact`` (its checkpoint file in ``out_dir``, or None),
 ``fingerprint(state)`` (everything its result depends on, the upstream stage's fingerprint included),
-``run(state)`` (does the work on the shared :class:`State`, returns what to checkpoint) and
-``restore(state, payload)`` (puts a checkpointed result back). ``compress`` is a loop over them: a stage
-whose artifact carries the same fingerprint is restored instead of run, so a rerun with the same
-settings skips finished stages, and a changed setting redoes its stage and every later one.
+``run(state)`` (does the work, returns what to checkpoint) and ``restore(state, payload)`` (puts a
+checkpointed result back). The :class:`State` they share holds the run's frozen :class:`RunInputs`
+(``state.inputs``: model, config, target, data, loss, teacher...) and the :class:`Artifacts` the stages
+fill in (``state.art``: graph, sparsified copy, importance, plan, small model, records and notes).
+``compress`` is a loop over them: a stage whose artifact carries the same fingerprint is restored instead
+of run, so a rerun with the same settings skips finished stages, and a changed setting redoes its stage
+and every later one.
 """
 
 from __future__ import annotations
@@ -32,8 +35,7 @@ from compresskit.report import ModelStats, evaluate, frozen_group_notes
 from compresskit.target import Target
 
 __all__ = ["State", "RunInputs", "Artifacts", "Stage", "STAGES", "TraceStage", "SparsifyStage", "PlanStage",
-           "ShrinkStage",
-           "RecoverStage"]
+           "ShrinkStage", "RecoverStage"]
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
