@@ -2,7 +2,7 @@
 
 The stages are objects in :mod:`compresskit.stages`; ``compress`` checks its arguments, resolves the loss,
 inputs and target, and runs them in a loop. Every stage writes an atomic checkpoint into
-``config.out_dir`` (``sparsified.pt``, ``plan.pt``, ``shrunk.pt``, ``finetuned.pt``) stamped with a
+``config.out_dir`` (``sparsified.pt``, ``plan.pt``, ``shrunk.pt``, ``recovered.pt``) stamped with a
 fingerprint of the settings it depends on; a rerun with the same settings skips finished stages and
 continues an interrupted training stage from its last checkpoint (``ck.train``'s resume). A stage whose
 settings changed is redone, and so is everything after it.
@@ -32,9 +32,7 @@ from compresskit.config import CompressConfig
 from compresskit.io import atomic_write_json, remove_stale_temps
 from compresskit.report import (
     CompressReport,
-    LayerRecord,
     Metric,
-    ModelStats,
     normalize_metrics,
 )
 from compresskit.target import Target
@@ -250,15 +248,15 @@ def compress(
 
     ``loss_fn(output, batch)`` receives the whole batch; default: the registered model's loss, else
     L1 between the output and ``batch[-1]``. ``inputs_fn(batch)`` overrides how a batch becomes the
-    model's inputs; ``stop_after`` ("sparsify", "plan", "shrink") ends the run early with that stage's
-    model (the CLI's stage commands).
+    model's inputs; ``stop_after`` ("sparsify", "plan", "shrink"; "recover" runs
+    every stage) ends the run early with that stage's model (the CLI's stage commands).
 
     Parameters that ``forward`` never reads on the example inputs (a training-only block) are named in
     the report; they stay in the result and count, unless ``drop_unused=True`` (or
     ``config.shrink.drop_unused``) removes them from the result and from the counts. ``target`` may name
     several measures that must all hold (``"5x params & 2x latency"``); the report shows each.
     """
-    from compresskit.stages import STOPS, State, _Stages, run_stages
+    from compresskit.stages import STOPS, RunInputs, State, _Stages, run_stages
     from compresskit.target import as_target
 
     if not isinstance(model, nn.Module):
@@ -344,12 +342,12 @@ def compress(
         console.rule(f"[bold]compress {name}[/] to {goal}"
                      + (f", budget {tracker.budget}" if tracker else ""))
         console.print(f"loss: {r.loss_how}\ninputs: {r.inputs_how}")
-        state = State(model=model, config=config, target=goal, train_loader=train_loader, loss_fn=r.loss_fn,
-                      inputs_fn=r.inputs_fn, loss_how=r.loss_how, inputs_how=r.inputs_how,
-                      example_inputs=r.example_inputs, store=_Stages(out_dir, config.resume), console=console,
-                      teacher=teacher, val_loader=val_loader, metrics=metrics,
-                      device=str(next(model.parameters(), torch.zeros(())).device), budget=tracker,
-                      holdout=held)
+        state = State(RunInputs(
+            model=model, config=config, target=goal, train_loader=train_loader, loss_fn=r.loss_fn,
+            inputs_fn=r.inputs_fn, loss_how=r.loss_how, inputs_how=r.inputs_how,
+            example_inputs=r.example_inputs, store=_Stages(out_dir, config.resume), console=console,
+            teacher=teacher, val_loader=val_loader, metrics=metrics,
+            device=str(next(model.parameters(), torch.zeros(())).device), budget=tracker, holdout=held))
         run_stages(state, stop_after)
         return _finish(state, r, name, out_dir)
     finally:
@@ -376,89 +374,6 @@ def _budget_of(budget: Any, config: CompressConfig) -> Any:
             return None
         wanted = DEFAULT_BUDGET
     return BudgetTracker(parse_budget(wanted))
-
-
-def _target_summary(state: Any, after: ModelStats, final: nn.Module | None = None) -> dict[str, Any]:
-    """Target vs achieved (the achieved ratio of each measure of the target, measured on the final model);
-    the first part's values at the top, every part in ``terms``."""
-    from compresskit.stages import _measure
-
-    before, plan = state.before, state.plan
-    known = {"params": (before.params, after.params), "macs": (before.macs, after.macs),
-             "latency": (before.latency_ms, after.latency_ms)}
-    tried = (state.records.get("plan", {}).get("verification") or []) if final is not None else []
-    predicted = {t["metric"]: t["full"] / t["predicted"] for t in (plan.terms if plan is not None else [])
-                 if t.get("predicted")}
-    if plan is not None and plan.predicted and not predicted:  # a plan from before several measures
-        predicted[state.target.metric] = plan.full_cost / plan.predicted
-    terms = []
-    for t in state.target.terms:
-        if final is None:  # not shrunk yet: nothing achieved
-            got = (None, None)
-        elif t.metric in known:
-            got = known[t.metric]
-        else:
-            source = state.work if state.dropped else state.model
-            got = (_measure(state, source, t.metric), _measure(state, final, t.metric))
-        achieved = got[0] / got[1] if got[0] is not None and got[1] else None
-        if t.metric == "latency" and achieved is None and tried:
-            last = tried[-1].get("terms", {}).get("latency", tried[-1])
-            achieved = last.get("ratio")
-        terms.append({"target": str(t), "metric": t.metric, "ratio": t.ratio, "achieved": achieved,
-                      "predicted": predicted.get(t.metric), "met": None if achieved is None
-                      else achieved >= t.ratio * (1 - 0.05 if t.metric == "latency" else 1 - 1e-9)})
-    out = {"target": str(state.target), **{k: terms[0][k] for k in ("metric", "ratio", "achieved",
-                                                                     "predicted")}}
-    if len(terms) > 1:
-        out["terms"] = terms
-    return out
-
-
-def _latency_note(state: Any, after: ModelStats) -> str | None:
-    """Say so when the measured speed-up falls well short of the MACs reduction, and why."""
-    b = state.before
-    if b.latency_ms is None or after.latency_ms is None or not after.macs or not after.latency_ms:
-        return None
-    mac_gain, lat_gain = b.macs / after.macs, b.latency_ms / after.latency_ms
-    if mac_gain < 1.2 or lat_gain >= 0.8 * mac_gain:
-        return None
-    table = state.costs.get("latency")
-    if table is not None and hasattr(table, "fixed"):
-        share, what = float(table.fixed()) / max(float(table.full()), 1e-300), "of the measured time"
-    else:
-        macs = state.costs["macs"]
-        share, what = macs.fixed() / max(macs.full(), 1e-300), "of the MACs"
-    bound = f", which alone caps the speed-up at {1 / share:.2g}x" if share > 0.02 else ""
-    head = (f"latency fell {lat_gain:.2f}x while MACs fell {mac_gain:.2f}x: {share:.0%} {what} is in layers "
-            f"the plan could not touch (frozen channel groups, ops without prunable channels){bound}; ")
-    measured = _op_time_note(state, after, mac_gain)
-    if measured:
-        return head + measured + " (a '2x latency' target plans on measured time)."
-    return (head + "element-wise, memory-bound and custom ops take time but count no MACs, and small layers "
-            "are bound by per-op overhead rather than arithmetic (a '2x latency' target plans on measured "
-            "time).")
-
-
-def _op_time_note(state: Any, after: ModelStats, mac_gain: float) -> str | None:
-    """Time per op kind of the original and the compressed model, profiled in the eager layout the report
-    measured (``compresskit.deploy.profile``), kept in ``state.records["op_times"]``; None when the state
-    has no models to profile or profiling fails."""
-    model, final = getattr(state, "model", None), getattr(state, "final", None)
-    inputs = getattr(state, "example_inputs", None)
-    if not isinstance(model, nn.Module) or not isinstance(final, nn.Module) or inputs is None:
-        return None
-    from compresskit.deploy.profile import kept_time_note, time_by_op_kind
-
-    layout = after.latency_runtime if after.latency_runtime in ("eager", "channels_last") else "eager"
-    try:
-        before_t, after_t = time_by_op_kind(model, inputs, layout), time_by_op_kind(final, inputs, layout)
-    except Exception:  # a profile is a diagnosis: never fail the run for it
-        return None
-    state.records["op_times"] = {"before": before_t.to_dict(), "after": after_t.to_dict()}
-    text = kept_time_note(before_t, after_t, mac_gain)
-    if after.latency_runtime not in (None, "eager", "channels_last"):
-        text += f" (profiled in eager {layout}; {after.latency_runtime} is timed whole)"
-    return text
 
 
 def _save_into(result: CompressResult, path: Path) -> None:
@@ -489,80 +404,30 @@ def _save_into(result: CompressResult, path: Path) -> None:
 
 
 def _finish(state: Any, r: _Resolved, name: str, out_dir: Path | None) -> CompressResult:
-    """Build the report and result of the stage reached; write them into ``out_dir``."""
+    """Build the report (:func:`compresskit.report_builder.build_report`) and result of the stage reached;
+    write them into ``out_dir``."""
+    from compresskit.report_builder import build_report
     from compresskit.stages import _widths
 
-    model, final, stage, plan = state.model, state.final, state.reached, state.plan
-    copy_modes(model, final)  # each module returned in the mode the original's namesake was given in
-    after = state.stats(final)
-    final_modules = dict(final.named_modules())
-    layers = []
-    for mod_name, mod in model.named_modules():
-        w = getattr(mod, "weight", None)
-        if not isinstance(w, torch.Tensor) or w.dim() < 2:
-            continue
-        small_mod = final_modules.get(mod_name)
-        sw = getattr(small_mod, "weight", None)
-        layers.append(LayerRecord(
-            name=mod_name, type=type(mod).__name__, density=state.densities.get(mod_name),
-            shape_before=list(w.shape), shape_after=None if sw is None else list(sw.shape),
-            params_before=sum(p.numel() for p in mod.parameters(recurse=False)),
-            params_after=None if small_mod is None
-            else sum(p.numel() for p in small_mod.parameters(recurse=False))))
+    final, stage, plan = state.art.final, state.art.reached, state.art.plan
+    copy_modes(state.inputs.model, final)  # each module returned in the mode the original's namesake had
+    report = build_report(state, name=name, loss_how=r.loss_how, inputs_how=r.inputs_how,
+                          example_input_shapes=[_shape_of(t) for t in r.example_inputs])
+    budget = report.budget
     widths = _widths(state)
-    changed = {k: v for k, v in widths.items() if v[0] != v[1]}
-    notes = list(state.notes)
-    if state.val_loader is None and state.holdout is not None and state.metrics:
-        used = len(state.holdout.val_batches)
-        if state.config.eval_batches is not None:
-            used = min(used, state.config.eval_batches)
-        notes.append(f"metrics on {used} held-out batches "
-                     f"({state.holdout.describe()}; no val_loader was given)")
-    summary = _target_summary(state, after, final if stage in ("shrunk", "compressed") else None)
-    note = _latency_note(state, after) if stage in ("shrunk", "compressed") else None
-    if note:
-        notes.append(note)
-    for part in summary.get("terms") or [summary]:
-        got = part.get("achieved")
-        if got is not None and got < part["ratio"] * 0.97 and state.config.plan.rule == "target":
-            why = ("measured latency varies from run to run and the plan could not cut more time"
-                   if part["metric"] == "latency" else "the surgery counted differently from the plan")
-            notes.append(f"target {part['ratio']:g}x {part['metric']} not reached: achieved {got:.3g}x "
-                         f"({why}; see report.planning)")
-    removed = state.records.get("plan", {}).get("removed_importance")
-    if removed is not None and removed > 0.1 and state.config.plan.rule == "target":
-        notes.append(f"the removed units held {removed:.0%} of the prunable l1 mass: sparsification "
-                     f"did not empty them within {state.config.sparsify.steps} steps, so recovery has "
-                     "more to win back (raise sparsify.steps)")
-    budget: dict[str, Any] = {}
-    if state.budget is None and state.records.get("learning_rates"):  # steps given, lr="auto" resolved
-        budget = {"budget": None, **state.records["learning_rates"]}
-    if state.budget is not None:
-        budget = state.budget.finish()
-        sp = budget.get("sparsify", {})
-        if sp.get("steps") is not None:
-            notes = [n.replace(f"within {state.config.sparsify.steps} steps", f"within {sp['steps']} steps")
-                     for n in notes]
-    report = CompressReport(
-        model=name, loss=r.loss_how, inputs=r.inputs_how, before=state.before, after=after, layers=layers,
-        widths=changed if plan is not None else {}, plan=plan.explain_text() if plan is not None else "",
-        stages=state.timings, config=state.config.model_dump(mode="json"),
-        example_input_shapes=[_shape_of(t) for t in r.example_inputs], notes=notes, target=summary,
-        calibration=state.records.get("sparsify", {}), planning=state.records.get("plan", {}),
-        budget=budget, op_times=state.records.get("op_times", {}))
     rebuild = None
     if r.registered is not None:
         # every group's width: a loaded model compressed again is rebuilt from the full-size one
-        shrunk = stage in ("shrunk", "compressed")
+        shrunk = stage in ("shrunk", "recovered")
         rebuild = {"name": r.registered[0], "kwargs": r.registered[1],
                    "inputs": [(_shape_of(t), _dtype_of(t)) for t in r.example_inputs],
                    "widths": {k: v[1] if shrunk else v[0] for k, v in widths.items()}}
-        if state.dropped:  # ck.load removes the same parameters from the rebuilt model
-            rebuild["dropped"] = sorted(state.unused)
+        if state.art.dropped:  # ck.load removes the same parameters from the rebuilt model
+            rebuild["dropped"] = sorted(state.art.unused)
     result = CompressResult(final, plan, report, rebuild,
                             [_dtype_of(t) for t in r.example_inputs])
     if out_dir is not None:
-        suffix = "" if stage == "compressed" else f"_{stage}"
+        suffix = "" if stage == "recovered" else f"_{stage}"
         report.save(out_dir / f"report{suffix}.json")  # first: the run's record survives a failed save
         n_notes = len(report.notes)
         _save_into(result, out_dir / f"{stage}.model.pt" if suffix else out_dir / "compressed.pt")
@@ -575,8 +440,8 @@ def _finish(state: Any, r: _Resolved, name: str, out_dir: Path | None) -> Compre
             from compresskit.training.validation import plot_validation
 
             plot_validation(curves, out_dir / "validation.png")  # None without matplotlib
-    if state.config.progress:
-        report.print(state.console)
+    if state.inputs.config.progress:
+        report.print(state.inputs.console)
     return result
 
 

@@ -79,11 +79,11 @@ def _first(loader: Any, n: int) -> list[Any]:
 
 def val_batches(state: Any) -> tuple[list[Any], str]:
     """The batches validation and the probes score on, and what they are."""
-    if state.holdout is not None:
-        return state.holdout.val_batches, "held-out"
-    if state.val_loader is not None:
-        return _first(state.val_loader, 8), "val_loader"
-    return _first(state.train_loader, 2), "training"  # no held-out data: the probe scores training batches
+    if state.inputs.holdout is not None:
+        return state.inputs.holdout.val_batches, "held-out"
+    if state.inputs.val_loader is not None:
+        return _first(state.inputs.val_loader, 8), "val_loader"
+    return _first(state.inputs.train_loader, 2), "training"  # no held-out data: the probe scores training
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -99,40 +99,41 @@ def _mean(model: nn.Module, batches: list[Any], fn: Callable[[nn.Module, Any], t
 def _task(state: Any) -> Callable[[nn.Module, Any], torch.Tensor]:
     def loss(model: nn.Module, batch: Any) -> torch.Tensor:
         batch = to_device(batch, _device(model))
-        return state.loss_fn(model(*state.inputs_fn(batch)), batch)
+        return state.inputs.loss_fn(model(*state.inputs.inputs_fn(batch)), batch)
 
     return loss
 
 
 def _ratio(state: Any) -> float:
-    ratio = getattr(state.target, "ratio", None)
+    ratio = getattr(state.inputs.target, "ratio", None)
     return float(ratio) if isinstance(ratio, (int, float)) and ratio > 1 else 2.0
 
 
 def _teacher(state: Any) -> nn.Module | None:
-    if state.teacher is not None:
-        return state.teacher
-    return state.model if state.config.recover.teacher == "original" else None
+    if state.inputs.teacher is not None:
+        return state.inputs.teacher
+    return state.inputs.model if state.inputs.config.recover.teacher == "original" else None
 
 
 def _teacher_seconds(state: Any, teacher: nn.Module | None, batch: Any) -> float:
     """Seconds of one teacher forward on ``batch`` (0 without a teacher)."""
     if teacher is None:
         return 0.0
-    clock = state.budget.clock
+    clock = state.inputs.budget.clock
     batch = to_device(batch, _device(teacher))
     with eval_mode(teacher), torch.no_grad():
         t = clock()
-        teacher(*state.inputs_fn(batch))
+        teacher(*state.inputs.inputs_fn(batch))
         return clock() - t
 
 
-def _total_steps(state: Any) -> int:
-    b = state.budget.budget
+def _total_steps(inputs: Any) -> int:
+    """The steps of a step or epoch budget (``inputs``: the run's inputs: ``budget``, ``train_loader``)."""
+    b = inputs.budget.budget
     if b.unit == "steps":
         return int(b.amount)
     try:
-        per_epoch = len(state.train_loader)
+        per_epoch = len(inputs.train_loader)
     except TypeError:
         raise ValueError(f"budget: {b} needs a train_loader with len(); give a number of steps or a "
                          "time instead") from None
@@ -148,10 +149,10 @@ def validations(seconds: float, each: float) -> int:
 
 def plan_sparsify(state: Any) -> StagePlan | None:
     """Stage I's steps, learning rate and validation (None: nothing to resolve, run the config as is)."""
-    cfg, tracker = state.config.sparsify, state.budget
+    cfg, tracker = state.inputs.config.sparsify, state.inputs.budget
     if tracker is None and (cfg.steps == 0 or cfg.lr != "auto"):
         return None
-    probe_batches = _first(state.train_loader, PROBE_BATCHES)
+    probe_batches = _first(state.inputs.train_loader, PROBE_BATCHES)
     val, val_what = val_batches(state)
     task = _task(state)
     record: dict[str, Any] = {}
@@ -162,9 +163,9 @@ def plan_sparsify(state: Any) -> StagePlan | None:
     # probed with the optimizer the stage trains with
     kw["optimizer"] = ((lambda ps, lr: torch.optim.SGD(ps, lr=lr)) if sgd
                        else (lambda ps, lr: build_optimizer(ps, cfg, lr)))
-    probe = calibrate_lr(state.work, probe_batches, task, target_ratio=STAGE1_RATIO,
+    probe = calibrate_lr(state.art.work, probe_batches, task, target_ratio=STAGE1_RATIO,
                          trial_lr=1e-2 if sgd else 1e-3, val_fn=lambda m: _mean(m, val, task),
-                         seed=state.config.seed, **kw)
+                         seed=state.inputs.config.seed, **kw)
     if lr == "auto":
         lr = probe.lr
         record["lr_probe"] = {**probe.to_dict(), "scored_on": val_what}
@@ -187,7 +188,7 @@ def plan_sparsify(state: Any) -> StagePlan | None:
         share1 = STAGE1_SHARE * t1 / per  # stage I's part of the training time
         n_val = validations(VALIDATION_SHARE * avail * share1, t_val1)
         if total < 2:
-            state.notes.append(f"budget {tracker.budget} is too small: measured {t1:.3g} s per stage-I "
+            state.art.notes.append(f"budget {tracker.budget} is too small: measured {t1:.3g} s per stage-I "
                                f"step and {t2:.3g} s per recovery step (estimated) leave "
                                f"{max(avail, 0):.0f} s for training; running one step per stage (give a "
                                "larger budget)")
@@ -199,7 +200,7 @@ def plan_sparsify(state: Any) -> StagePlan | None:
         record.update(step_seconds=t1, recover_step_seconds_estimate=t2, teacher_forward_seconds=t_teach,
                       validation_seconds=t_val1, reserved_for_report_s=reserve, planned_seconds=planned)
     else:
-        steps, planned2 = split_steps(_total_steps(state))
+        steps, planned2 = split_steps(_total_steps(state.inputs))
         tracker.record["planned_steps"] = [steps, planned2]
         n_val = VALIDATIONS
     plan = _stage_plan(steps, lr, record, deadline, pace, val, val_what, n_val)
@@ -228,11 +229,11 @@ def _stage_plan(steps: int, lr: float, record: dict[str, Any], deadline: Any, pa
 
 def keep_record(state: Any, stage: str, record: dict[str, Any]) -> None:
     """Where the report finds a stage's record: the budget's, or (no budget, only the learning rate
-    resolved) ``state.records["learning_rates"]``."""
-    if state.budget is not None:
-        state.budget.record[stage] = record
+    resolved) ``state.art.records["learning_rates"]``."""
+    if state.inputs.budget is not None:
+        state.inputs.budget.record[stage] = record
     else:
-        state.records.setdefault("learning_rates", {})[stage] = record
+        state.art.records.setdefault("learning_rates", {})[stage] = record
 
 
 def _finish(state: Any, plan: StagePlan, stage: str) -> dict[str, Any]:
@@ -253,11 +254,11 @@ def finish_sparsify(state: Any, plan: StagePlan) -> dict[str, Any]:
 
 def plan_recover(state: Any, teacher: nn.Module | None) -> StagePlan | None:
     """Recovery's steps, learning rate and validation (None: run the config as is)."""
-    rc, tracker = state.config.recover, state.budget
+    rc, tracker = state.inputs.config.recover, state.inputs.budget
     if tracker is None and (rc.steps == 0 or rc.lr != "auto"):
         return None
-    small = state.small
-    probe_batches = _first(state.train_loader, PROBE_BATCHES)
+    small = state.art.small
+    probe_batches = _first(state.inputs.train_loader, PROBE_BATCHES)
     val, val_what = val_batches(state)
     task = _task(state)
     record: dict[str, Any] = {}
@@ -273,7 +274,7 @@ def plan_recover(state: Any, teacher: nn.Module | None) -> StagePlan | None:
             continue
         with eval_mode(teacher), torch.no_grad():
             t = clock() if clock else 0.0
-            out = teacher(*state.inputs_fn(b))
+            out = teacher(*state.inputs.inputs_fn(b))
             t_teach = max(t_teach, clock() - t) if clock else 0.0
         pairs.append((b, out))
     from compresskit.distillation.leaves import leafwise
@@ -283,14 +284,14 @@ def plan_recover(state: Any, teacher: nn.Module | None) -> StagePlan | None:
 
     def objective(model: nn.Module, pair: tuple[Any, Any]) -> torch.Tensor:
         batch, t_out = pair
-        out = model(*state.inputs_fn(batch))
+        out = model(*state.inputs.inputs_fn(batch))
         if t_out is None:
-            return state.loss_fn(out, batch)
-        return rc.alpha * state.loss_fn(out, batch) + leafwise(distill_fn, out, t_out)  # nested outputs too
+            return state.inputs.loss_fn(out, batch)
+        return rc.alpha * state.inputs.loss_fn(out, batch) + leafwise(distill_fn, out, t_out)  # nested too
 
     lr = rc.lr
     probe = calibrate_lr(small, pairs, objective, target_ratio=RECOVER_RATIO, trial_lr=1e-3,
-                         val_fn=lambda m: _mean(m, val, task), seed=state.config.seed,
+                         val_fn=lambda m: _mean(m, val, task), seed=state.inputs.config.seed,
                          optimizer=lambda ps, lr: build_optimizer(ps, rc, lr), **kw)
     if lr == "auto":
         lr = probe.lr
@@ -316,7 +317,7 @@ def plan_recover(state: Any, teacher: nn.Module | None) -> StagePlan | None:
         record.update(step_seconds=t2, teacher_forward_seconds=t_teach, validation_seconds=t_val2,
                       reserved_for_report_s=reserve)
     else:
-        planned = tracker.record.get("planned_steps") or list(split_steps(_total_steps(state)))
+        planned = tracker.record.get("planned_steps") or list(split_steps(_total_steps(state.inputs)))
         first = tracker.record.get("sparsify", {})
         unused = max(0, planned[0] - first.get("steps_done", planned[0]))
         steps = planned[1] + unused

@@ -1,9 +1,10 @@
 """The ``compresskit`` command line: subcommands mirror the Python API.
 
-``trace`` prints a model's channel groups; ``sparsify``, ``plan``, ``shrink``, ``distill`` and ``compress``
+``trace`` prints a model's channel groups; ``sparsify``, ``plan``, ``shrink``, ``recover`` and ``compress``
 run the pipeline of :func:`compresskit.compress` from one job file (YAML or JSON) up to that stage, each
 resuming from the checkpoints the previous one left in the job's output folder; ``report`` pretty-prints a
-saved report. Errors print one line and exit with a non-zero code (``--traceback`` shows the rest).
+saved report (``distill`` is the old name of ``recover``, kept hidden with a note). Errors print one line
+and exit with a non-zero code (``--traceback`` shows the rest).
 """
 
 from __future__ import annotations
@@ -251,8 +252,15 @@ def _run_stage(args: argparse.Namespace, stop_after: str | None, force_distill: 
     return 0
 
 
-def _stage_command(stop_after: str | None, force_distill: bool) -> Callable[[argparse.Namespace], int]:
-    return lambda args: _run_stage(args, stop_after, force_distill)
+def _stage_command(stop_after: str | None, force_distill: bool,
+                   new_name: str | None = None) -> Callable[[argparse.Namespace], int]:
+    def command(args: argparse.Namespace) -> int:
+        if new_name is not None:  # a renamed command still runs, with a note
+            print(f"FutureWarning: 'compresskit {args.command}' is now 'compresskit {new_name}'; the old "
+                  "name will be removed in a future version", file=sys.stderr)
+        return _run_stage(args, stop_after, force_distill)
+
+    return command
 
 
 def _cmd_list_models(args: argparse.Namespace) -> int:
@@ -339,11 +347,13 @@ def build_parser() -> argparse.ArgumentParser:
         "sparsify": ("run stage I: l1-regularised training with OBProx-SG", "sparsify"),
         "plan": ("sparsify (or reuse it), read densities and plan widths", "plan"),
         "shrink": ("... and shrink into the smaller dense model", "shrink"),
-        "distill": ("... and fine-tune the small model by distilling from the original", None),
+        "recover": ("... and recover the small model's quality by distilling from the original", None),
         "compress": ("run every stage of the job (distilling when the job says so)", None),
     }
-    for name, (text, stop) in stages.items():
-        p = sub.add_parser(name, formatter_class=fmt, help=text, description=text[0].upper() + text[1:] + ". "
+    renamed = {"distill": "recover"}  # old command name -> the stage's name: still parsed, not listed
+    for name, (text, stop) in [*stages.items(), *((old, stages[new]) for old, new in renamed.items())]:
+        listed = {"help": text} if name in stages else {}
+        p = sub.add_parser(name, formatter_class=fmt, **listed, description=text[0].upper() + text[1:] + ". "
                            "Stages checkpoint into the job's out_dir; a rerun resumes where it stopped.",
                            epilog=f"example:\n  compresskit {name} job.yaml --out runs/net "
                                   "--target '4x params' --set sparsify.steps=200 --trusted\n\n"
@@ -357,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--trusted", action="store_true",
                        help="allow the job file to name Python code ('module:function' as model factory, "
                             "data, loss or metric); without it only registered names run")
-        p.set_defaults(func=_stage_command(stop, force_distill=name == "distill"))
+        new = renamed.get(name)
+        p.set_defaults(func=_stage_command(stop, force_distill=(new or name) == "recover", new_name=new))
 
     p = sub.add_parser("list-models", formatter_class=fmt, help="list the registered model names",
                        description="List the models plugins registered (names for a job file's model.name, "

@@ -4,7 +4,8 @@ A pipeline is a sequence of :class:`Stage` objects sharing one state object. Eac
 an ``artifact`` (its checkpoint file under the store's folder, or ``None``: always run),
 ``fingerprint(state)`` (everything its result depends on, the upstream stage's fingerprint included),
 ``run(state)`` (does the work, returns the payload to checkpoint) and ``restore(state, payload)`` (puts a
-checkpointed result back). :func:`run_stages` restores a stage whose artifact carries this run's
+checkpointed result back); ``old_artifacts`` are names the artifact had in earlier versions, read when
+the current one is absent. :func:`run_stages` restores a stage whose artifact carries this run's
 fingerprint and runs the others, so a rerun with the same settings skips finished stages, and a changed
 setting redoes its stage and every later one (their fingerprints chain through ``"upstream"``).
 """
@@ -36,6 +37,8 @@ class Stage:
 
     name = ""
     artifact: str | None = None
+    #: the artifact's names in earlier versions: a run folder written then still resumes
+    old_artifacts: tuple[str, ...] = ()
 
     def fingerprint(self, state: Any) -> dict[str, Any]:
         raise NotImplementedError
@@ -59,9 +62,18 @@ class StageStore:
     def path(self, name: str) -> Path | None:
         return None if self.out_dir is None else self.out_dir / name
 
-    def load(self, name: str, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
-        """The payload saved under ``name`` with this ``fingerprint``, else None."""
-        path = self.path(name)
+    def find(self, name: str, old_names: Iterable[str] = ()) -> str:
+        """``name``, or the first of ``old_names`` (what an earlier version called the same file or folder)
+        that exists when ``name`` does not: run folders written before a rename still resume."""
+        if self.out_dir is None or (self.out_dir / name).exists():
+            return name
+        return next((old for old in old_names if (self.out_dir / old).exists()), name)
+
+    def load(self, name: str, fingerprint: dict[str, Any],
+             old_names: Iterable[str] = ()) -> dict[str, Any] | None:
+        """The payload saved under ``name`` (or one of its ``old_names``, see :meth:`find`) with this
+        ``fingerprint``, else None."""
+        path = self.path(self.find(name, old_names))
         if path is None or not self.resume or not path.is_file():
             return None
         data = torch.load(path, map_location="cpu", weights_only=True)
@@ -72,11 +84,12 @@ class StageStore:
         if path is not None:
             atomic_torch_save({"fingerprint": fingerprint, **data}, path)
 
-    def train_dir(self, name: str, fingerprint: dict[str, Any]) -> Path | None:
-        """Checkpoint folder of a training stage; emptied when it belongs to other settings (or no resume)."""
+    def train_dir(self, name: str, fingerprint: dict[str, Any], old_names: Iterable[str] = ()) -> Path | None:
+        """Checkpoint folder of a training stage (an existing one under one of ``old_names`` when ``name`` is
+        absent, see :meth:`find`); emptied when it belongs to other settings (or no resume)."""
         if self.out_dir is None:
             return None
-        folder = self.out_dir / name
+        folder = self.out_dir / self.find(name, old_names)
         stamp = folder / "fingerprint.json"
         if folder.exists():
             old = json.loads(stamp.read_text()) if stamp.is_file() else None
@@ -113,7 +126,7 @@ def run_stages(stages: Iterable[Stage], state: Any, store: StageStore, *,
     for stage in stages:
         t0 = time.perf_counter()
         fp = fingerprints[stage.name] = stage.fingerprint(state)
-        done = store.load(stage.artifact, fp) if stage.artifact else None
+        done = store.load(stage.artifact, fp, getattr(stage, "old_artifacts", ())) if stage.artifact else None
         if done is not None:
             stage.restore(state, done)
         else:

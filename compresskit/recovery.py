@@ -45,7 +45,7 @@ def recover(model: nn.Module, train_loader: Iterable, teacher: nn.Module | None 
     from compresskit.budget import BudgetTracker, parse_budget
     from compresskit.checks import check_module_usable
     from compresskit.pipeline import StageStore, checksum
-    from compresskit.stages import RecoverStage, State
+    from compresskit.stages import RecoverStage, RunInputs, State
     from compresskit.target import Target
     from compresskit.training.data import require_reiterable
 
@@ -80,14 +80,14 @@ def recover(model: nn.Module, train_loader: Iterable, teacher: nn.Module | None 
         total = _total_steps(SimpleNamespace(train_loader=train_loader, budget=tracker))
         tracker.record["planned_steps"] = [0, total]
     small = copy.deepcopy(model)
-    state = State(model=model, config=config, target=Target(metric="params", ratio=2.0),
-                  train_loader=train_loader, loss_fn=r.loss_fn, inputs_fn=r.inputs_fn, loss_how=r.loss_how,
-                  inputs_how=r.inputs_how, example_inputs=r.example_inputs,
-                  store=StageStore(config.out_dir, config.resume), console=_console(config.progress),
-                  teacher=teacher, val_loader=val_loader,
-                  device=str(next(model.parameters(), torch.zeros(())).device), budget=tracker, holdout=held)
-    state.small = small
-    state.fingerprints["shrink"] = {"model": checksum(model)}
+    state = State(RunInputs(
+        model=model, config=config, target=Target(metric="params", ratio=2.0), train_loader=train_loader,
+        loss_fn=r.loss_fn, inputs_fn=r.inputs_fn, loss_how=r.loss_how, inputs_how=r.inputs_how,
+        example_inputs=r.example_inputs, store=StageStore(config.out_dir, config.resume),
+        console=_console(config.progress), teacher=teacher, val_loader=val_loader,
+        device=str(next(model.parameters(), torch.zeros(())).device), budget=tracker, holdout=held))
+    state.art.small = small
+    state.art.fingerprints["shrink"] = {"model": checksum(model)}
     if config.out_dir is not None:
         from pathlib import Path
 

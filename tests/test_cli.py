@@ -67,7 +67,7 @@ def _job(path: Path, **compress) -> Path:
     return path
 
 
-COMMANDS = [None, "trace", "sparsify", "plan", "shrink", "distill", "compress", "report"]
+COMMANDS = [None, "trace", "sparsify", "plan", "shrink", "recover", "distill", "compress", "report"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -152,7 +152,14 @@ def test_stage_commands_resume_into_the_same_model_as_one_shot(workdir, capsys):
     assert "parameters" in out and "neg_mse" in out and "l1(output, batch[-1])" in out
 
 
-def test_distill_command_and_set_overrides(workdir):
+def test_recover_is_listed_and_distill_is_its_hidden_old_name(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    listed = capsys.readouterr().out
+    assert "  recover " in listed and "distill " not in listed
+
+
+def test_old_distill_command_runs_recover_with_a_note_and_set_overrides(workdir, capsys):
     job = _job(workdir / "job.yaml")
     argv = ["distill", str(job), "--trusted", "--out", "d", "--set", "recover.alpha=0.5", "--set",
             "distill_loss=mse", "--target", "50% macs"]
@@ -162,7 +169,8 @@ def test_distill_command_and_set_overrides(workdir):
     assert cfg["target"] == {"metric": "macs", "ratio": 2.0}
     report = json.loads((workdir / "d/report.json").read_text())
     assert report["target"]["target"] == "2x macs" and 1.9 <= report["target"]["achieved"] <= 2.2
-    assert (workdir / "d/compressed.pt").is_file()
+    assert (workdir / "d/compressed.pt").is_file() and (workdir / "d/recovered.pt").is_file()
+    assert "'compresskit distill' is now 'compresskit recover'" in capsys.readouterr().err
 
 
 def test_a_job_file_runs_named_code_only_with_trusted(workdir, capsys):

@@ -128,7 +128,7 @@ def test_compress_halves_the_parameters_within_1_db(task, tmp_path):
     assert rep.after.macs == hand * len(train[0][0])
     assert {r.name for r in rep.layers} == {"conv1", "conv2", "conv3"}
     assert all(0 <= r.density <= 1 for r in rep.layers)
-    for name in ("config.json", "sparsified.pt", "plan.pt", "plan.json", "shrunk.pt", "finetuned.pt",
+    for name in ("config.json", "sparsified.pt", "plan.pt", "plan.json", "shrunk.pt", "recovered.pt",
                  "report.json",
                  "compressed.pt", "densities.png", "psnr_vs_params.png"):
         assert (tmp_path / name).is_file(), name

@@ -105,20 +105,21 @@ def test_kept_time_note_names_the_kinds_and_ops_that_kept_their_time():
 
 
 def test_latency_note_is_measured_and_recorded():
-    from compresskit.api import _latency_note
     from compresskit.graph.trace import trace
     from compresskit.plan.cost import macs_cost
+    from compresskit.report_builder import _latency_note
 
     torch.manual_seed(0)
     model, x = _Net(16).eval(), (torch.rand(1, 3, 16, 16),)
     small = _Net(4).eval()
-    state = SimpleNamespace(before=ModelStats(100, 1000, 10.0, latency_runtime="eager"), model=model,
-                            final=small, example_inputs=x, records={},
-                            costs={"macs": macs_cost(model, trace(model, x), x)})
+    state = SimpleNamespace(inputs=SimpleNamespace(model=model, example_inputs=x),
+                            art=SimpleNamespace(before=ModelStats(100, 1000, 10.0, latency_runtime="eager"),
+                                                final=small, records={},
+                                                costs={"macs": macs_cost(model, trace(model, x), x)}))
     note = _latency_note(state, ModelStats(25, 250, 8.0, latency_runtime="eager"))
     assert "latency fell 1.25x while MACs fell 4.00x" in note and "time by op kind (eager)" in note
     assert "per-op overhead" not in note  # the generic guess is replaced by the measurement
-    rec = state.records["op_times"]
+    rec = state.art.records["op_times"]
     assert set(rec) == {"before", "after"} and "aten::conv2d" in rec["before"]["ops"]
 
 

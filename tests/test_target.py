@@ -265,11 +265,13 @@ def test_invalid_targets_fail_before_any_training():
 
 
 def test_latency_note_when_speed_does_not_follow_macs():
-    from compresskit.api import _latency_note
+    from compresskit.report_builder import _latency_note
 
     model, x = _chain()
     graph = ck.trace(model, x)
-    state = SimpleNamespace(before=ModelStats(100, 1000, 10.0), costs={"macs": macs_cost(model, graph, x)})
+    state = SimpleNamespace(inputs=SimpleNamespace(),
+                            art=SimpleNamespace(before=ModelStats(100, 1000, 10.0), final=None,
+                                                costs={"macs": macs_cost(model, graph, x)}))
     note = _latency_note(state, ModelStats(25, 250, 8.0))
     assert "latency fell 1.25x while MACs fell 4.00x" in note and "0% of the MACs" in note
     assert _latency_note(state, ModelStats(25, 250, 3.0)) is None  # 3.3x faster for 4x fewer MACs: fine
@@ -281,7 +283,7 @@ def test_latency_note_when_speed_does_not_follow_macs():
         def full(self):
             return 10.0
 
-    state.costs["latency"] = Table()
+    state.art.costs["latency"] = Table()
     note = _latency_note(state, ModelStats(25, 250, 8.0))
     assert "60% of the measured time" in note and "caps the speed-up at 1.7x" in note
 
