@@ -43,5 +43,5 @@ def test_the_committed_record_renders_the_committed_table():
     page = (ROOT / "docs" / "results.md").read_text()
     committed = page[page.index(ct.BEGIN) + len(ct.BEGIN):page.index(ct.END)].strip("\n")
     args = type("Args", (), {"gap": data["gap"], "clips": data["clips"], "crop": data["crop"],
-                             "batch_size": data["batch_size"]})()
-    assert ct.table(blob["rows"], args, data["eval"]) == committed
+                             "batch_size": data["batch_size"], "large_gap": data["large_gap"]})()
+    assert ct.table(blob["rows"], args, data["eval"], data["eval_large"]) == committed
