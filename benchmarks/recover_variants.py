@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     teacher = ct.load_teacher(args.teacher)
     small = ck.compress(teacher, loader, target=args.target, budget=args.run_budget,
                         config={"out_dir": str(args.run)}, stop_after="shrink").model
-    print(f"stage-I model {mean_psnr(small.eval(), scored):.3f} dB (teacher {mean_psnr(teacher, scored):.3f})",
-          flush=True)
+    before, t_psnr = mean_psnr(small.eval(), scored), mean_psnr(teacher, scored)
+    print(f"stage-I model {before:.3f} dB (teacher {t_psnr:.3f})", flush=True)
     for name in args.variants.split(","):
         cfg, with_teacher = VARIANTS[name]
         t0 = time.time()
@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
                          config=cfg)
         rec = out.record.get("recover", {})
         best = rec.get("best") or {}
-        print(f"{name} {cfg}: {mean_psnr(out.model.eval(), scored):.3f} dB; lr {rec.get('lr'):.3g}; best step "
+        psnr = mean_psnr(out.model.eval(), scored)
+        print(f"{name} {cfg}: {psnr:.3f} dB; lr {rec.get('lr'):.3g}; best step "
               f"{best.get('best_step')} of {rec.get('steps_done')}; {time.time() - t0:.0f}s", flush=True)
     return 0
 
