@@ -298,18 +298,10 @@ def compress(
     console = _console(config.progress)
     r = _resolve(model, train_loader, loss_fn, example_inputs, inputs_fn)
     held = None
-    if tracker is not None and val_loader is None and config.holdout > 0:
-        from compresskit.training.validation import hold_out
-
-        held = hold_out(train_loader, config.holdout, seed=config.seed)
+    if tracker is not None and val_loader is None:
+        held = _hold_out(train_loader, config, tracker)
         if held is not None:
             train_loader = held.train_loader
-            tracker.record["holdout"] = held.describe()
-            tracker.record["holdout_indices"] = held.indices
-        else:
-            tracker.record["holdout"] = ("none: the train_loader cannot be split deterministically (a custom "
-                                         "sampler, an iterable dataset, or under two batches); pass "
-                                         "val_loader= to validate and keep the best weights")
     if metrics and val_loader is None and held is None:
         why = ("this run holds nothing out: the train_loader cannot be split deterministically"
                if tracker is not None and config.holdout > 0 else
@@ -353,6 +345,25 @@ def compress(
     finally:
         if lock is not None:
             lock.release()
+
+
+def _hold_out(train_loader: Iterable, config: CompressConfig, tracker: Any) -> Any:
+    """``config.holdout`` of the training batches held out for validation (None when it is 0 or the loader
+    cannot be split deterministically); what was held out, or why nothing was, goes into the budget's
+    record."""
+    if config.holdout <= 0:
+        return None
+    from compresskit.training.validation import hold_out
+
+    held = hold_out(train_loader, config.holdout, seed=config.seed)
+    if held is not None:
+        tracker.record["holdout"] = held.describe()
+        tracker.record["holdout_indices"] = held.indices
+    else:
+        tracker.record["holdout"] = ("none: the train_loader cannot be split deterministically (a custom "
+                                     "sampler, an iterable dataset, or under two batches); pass "
+                                     "val_loader= to validate and keep the best weights")
+    return held
 
 
 def _budget_of(budget: Any, config: CompressConfig) -> Any:

@@ -19,7 +19,7 @@ from compresskit._config import (  # noqa: F401
     Scheduler,
     StepConfig,
     TrainConfig,
-    _default,  # noqa: F401
+    _default,
 )
 from compresskit.target import Target
 

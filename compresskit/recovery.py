@@ -41,7 +41,7 @@ def recover(model: nn.Module, train_loader: Iterable, teacher: nn.Module | None 
     ``compress`` uses for its recovery stage (``config.recover``; learning rate ``"auto"`` by default).
     ``loss_fn``/``inputs_fn`` default as in :func:`compress`. With ``config.out_dir``
     the run checkpoints there and resumes."""
-    from compresskit.api import _config_of, _console, _resolve
+    from compresskit.api import _config_of, _console, _hold_out, _resolve
     from compresskit.budget import BudgetTracker, parse_budget
     from compresskit.checks import check_module_usable
     from compresskit.pipeline import StageStore, checksum
@@ -65,14 +65,9 @@ def recover(model: nn.Module, train_loader: Iterable, teacher: nn.Module | None 
                          "drop one of them")
     tracker = BudgetTracker(parse_budget(budget))  # the clock starts here
     r = _resolve(model, train_loader, loss_fn, None, inputs_fn)
-    held = None
-    if val_loader is None and config.holdout > 0:
-        from compresskit.training.validation import hold_out
-
-        held = hold_out(train_loader, config.holdout, seed=config.seed)
-        if held is not None:
-            train_loader = held.train_loader
-            tracker.record["holdout"] = held.describe()
+    held = _hold_out(train_loader, config, tracker) if val_loader is None else None
+    if held is not None:
+        train_loader = held.train_loader
     # recovery takes the whole budget: stage I planned no steps (autorecipe.plan_recover reads this)
     if not tracker.budget.is_time:
         from compresskit.autorecipe import _total_steps
