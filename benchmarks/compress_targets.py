@@ -216,12 +216,16 @@ def compress_one(teacher, name: str, ratio: float, train_loader, es_loader, args
         return peer_one(teacher, name, ratio, train_loader, args)
     if args.recipe == "budget":  # the one call: target and budget, nothing else
         out = args.work / name / f"{ratio:g}x-g{args.gap}-c{args.crop}-budget-{args.budget.replace(' ', '')}"
+        if (done := _finished(out, args)) is not None:
+            return done
         result = ck.compress(teacher, train_loader, target=target, budget=args.budget,
                              config={"out_dir": out})  # out_dir: where it checkpoints, not a knob
         return result.model.eval()
     if args.recipe == "old":  # the defaults before issue 20, given explicitly
         steps = 20 if args.quick else 300
         out = args.work / name / f"{ratio:g}x-g{args.gap}-c{args.crop}-old-{steps}"
+        if (done := _finished(out, args)) is not None:
+            return done
         config = ck.CompressConfig(
             sparsify={"steps": steps, "lr": 1e-3},
             recover={"steps": steps, "lr": 1e-3, "alpha": 0.1, "distill_loss": "l1", "features": None,
@@ -231,6 +235,8 @@ def compress_one(teacher, name: str, ratio: float, train_loader, es_loader, args
     run = (f"{ratio:g}x-g{args.gap}-c{args.crop}-s{args.sparsify_steps}@{args.sparsify_lr:g}"
            f"-r{args.recover_steps}@{args.recover_lr:g}-a{args.alpha:g}-f{args.feature_weight:g}")
     out = args.work / name / run
+    if (done := _finished(out, args)) is not None:
+        return done
     val_every = max(1, args.recover_steps // 10)
     config = ck.CompressConfig(
         sparsify={"steps": args.sparsify_steps, "lr": args.sparsify_lr},
@@ -243,6 +249,19 @@ def compress_one(teacher, name: str, ratio: float, train_loader, es_loader, args
                          config=config, teacher=teacher, val_loader=es_loader if args.patience else None,
                          metrics={"psnr": lambda o, b: psnr(o.clamp(0, 1), b[-1])})
     return result.model.eval()
+
+
+def _finished(out: Path, args) -> torch.nn.Module | None:
+    """``--report``: the model a finished run saved (``compressed.pt``, our own file, so loaded with
+    ``trusted=True`` as its original class), so that a row is the model its run made even when the
+    library's settings have changed since (its stage fingerprints would no longer match and compress
+    would train again); None when there is none or this is not a report."""
+    import compresskit as ck
+
+    saved = out / "compressed.pt"
+    if not (getattr(args, "report", False) and saved.is_file()):
+        return None
+    return ck.load(saved, trusted=True).eval()
 
 
 def peer_one(teacher, name: str, ratio: float, train_loader, args) -> torch.nn.Module:

@@ -248,6 +248,10 @@ class PlanConfig(Config):
         "its slices), 'density' (their density), another name registered with ck.register_importance, or "
         "an Importance object")
     min_width: int = Field(1, ge=1, description="no group shrinks below this many units")
+    min_keep: Annotated[float, Field(ge=0, lt=1)] | Literal["auto"] = Field(
+        "auto", description="target plans: no group keeps less than this fraction of its units; 'auto': "
+        "half the width that thinning every group alike would keep, 1/(2·√r) for a target of r× (the "
+        "largest ratio of its parts), lowered until the target is reachable; 0: no floor")
     round_to: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         "auto", description="widths (in channels) are multiples of this; 'auto': 8 on CUDA, 1 on CPU")
     coupling: Literal["max", "min", "mean"] = Field(

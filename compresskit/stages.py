@@ -142,6 +142,11 @@ class State:
     def round_to(self) -> int:
         return self.inputs.round_to()
 
+    def plan_limits(self) -> dict[str, Any]:
+        """``min_width``, ``round_to`` and ``min_keep``: the limits every target plan of the run obeys."""
+        cfg = self.inputs.config.plan
+        return {"min_width": cfg.min_width, "round_to": self.round_to(), "min_keep": cfg.min_keep}
+
     def target_costs(self) -> dict[str, Any]:
         """``{metric: CostModel}`` of every measure the target names."""
         return {m: self.art.costs[m] for m in self.inputs.target.metrics}
@@ -274,8 +279,7 @@ def _check_reachable(state: State) -> None:
 
     ones = {g.id: torch.ones(g.size, dtype=torch.float64) for g in state.art.graph.prunable_groups}
     try:
-        plan_for_target(state.art.graph, state.target_costs(), ones, state.inputs.target,
-                        min_width=state.inputs.config.plan.min_width, round_to=state.round_to())
+        plan_for_target(state.art.graph, state.target_costs(), ones, state.inputs.target, **state.plan_limits())
     except ValueError as err:
         why = _unused_cap(state)
         if why is None:
@@ -292,8 +296,10 @@ def _unused_cap(state: State) -> str | None:
 
     if not state.art.unused or state.art.dropped:
         return None
-    smallest = {g.id: allowed_widths(g.size, g.channels_per_unit, state.inputs.config.plan.min_width,
-                                     state.round_to())[-1] for g in state.art.graph.prunable_groups}
+    limits = state.plan_limits()  # an "auto" floor gives way when the target needs it: count without it
+    floor = 0.0 if limits["min_keep"] == "auto" else limits["min_keep"]
+    smallest = {g.id: allowed_widths(g.size, g.channels_per_unit, limits["min_width"], limits["round_to"],
+                                     floor)[-1] for g in state.art.graph.prunable_groups}
     summary = unused_summary(state.art.work, state.art.unused)
     without_them = None
     for part in state.inputs.target.terms:
@@ -339,8 +345,7 @@ def target_widths(state: State) -> Callable[[nn.Module], dict[int, int]]:
 
     def widths(model: nn.Module) -> dict[int, int]:
         plan = plan_for_target(state.art.graph, state.target_costs(), importance(model, state.art.graph),
-                               state.inputs.target, min_width=state.inputs.config.plan.min_width,
-                               round_to=state.round_to())
+                               state.inputs.target, **state.plan_limits())
         return dict(plan.widths)
 
     return widths
@@ -603,9 +608,10 @@ def _target_plan(state: State) -> tuple[Any, dict[str, Any]]:
                                 state.inputs.target,
                                 model=state.art.work, build=lambda p: _shrunk(state, p),
                                 measure=lambda m, metric: _measure(state, m, metric), verify=cfg.verify,
-                                min_width=cfg.min_width, round_to=state.round_to())
+                                **state.plan_limits())
     record = {"rule": "target", "target": str(state.inputs.target), **checked, "round_to": state.round_to(),
-              "min_width": cfg.min_width, "importance": _importance_name(state),
+              "min_width": cfg.min_width, "min_keep": plan.min_keep,
+              "min_keep_why": plan.min_keep_why, "importance": _importance_name(state),
               "runtime": state.art.latency_runtime if "latency" in state.inputs.target.metrics else None}
     return plan, record
 

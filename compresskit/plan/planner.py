@@ -81,6 +81,11 @@ class WidthPlan:
     budget: float | None = None
     #: one ``{"target", "metric", "full", "budget", "predicted"}`` per part of the target (first = the above)
     terms: list[dict[str, Any]] = field(default_factory=list)
+    #: target plans: the smallest fraction of its units any group kept (``plan_for_target(min_keep=)``)
+    min_keep: float = 0.0
+    min_keep_why: str = ""
+    #: the binding part's predicted cost over its goal (1 = exactly on the goal)
+    tightness: float | None = None
 
     # -- summaries ---------------------------------------------------------------------------------
 
@@ -94,7 +99,8 @@ class WidthPlan:
         from rich.table import Table
 
         t = Table(title=f"width plan (rule={self.rule}, coupling={self.coupling}, min_width="
-                        f"{self.min_width}, divisor={self.divisor})")
+                        f"{self.min_width}, divisor={self.divisor}"
+                        + (f", min_keep={self.min_keep:.3g}" if self.min_keep else "") + ")")
         for col in ("group", "size", "densities (layer: d → width)", "decision", "width"):
             t.add_column(col, overflow="fold", justify="right" if col in ("size", "width") else "left")
         for gp in self.groups:
@@ -108,7 +114,7 @@ class WidthPlan:
     def explain_text(self) -> str:
         """The same as :meth:`explain`, as plain text (one line per group)."""
         lines = [f"width plan: rule={self.rule} coupling={self.coupling} min_width={self.min_width} "
-                 f"divisor={self.divisor}"]
+                 f"divisor={self.divisor}" + (f" min_keep={self.min_keep:.3g}" if self.min_keep else "")]
         if self.ignored:
             lines.append(f"ignored densities (not in the traced graph): {', '.join(self.ignored)}")
         for gp in self.groups:
@@ -138,6 +144,9 @@ class WidthPlan:
             "full_cost": self.full_cost,
             "budget": self.budget,
             "terms": [dict(t) for t in self.terms],
+            "min_keep": self.min_keep,
+            "min_keep_why": self.min_keep_why,
+            "tightness": self.tightness,
         }
 
     @classmethod
@@ -152,7 +161,8 @@ class WidthPlan:
             plan = cls(widths, sizes, str(data["rule"]), str(data["coupling"]), int(data.get("min_width", 1)),
                        int(data.get("divisor", 1)), groups, [str(n) for n in data.get("ignored", [])],
                        data.get("target"), data.get("predicted"), data.get("full_cost"), data.get("budget"),
-                       [dict(t) for t in data.get("terms", [])])
+                       [dict(t) for t in data.get("terms", [])], float(data.get("min_keep", 0.0)),
+                       str(data.get("min_keep_why", "")), data.get("tightness"))
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"not a WidthPlan dict ({type(err).__name__}: {err})") from err
         for gid, w in plan.widths.items():
@@ -302,12 +312,21 @@ def plan_widths(
 
 
 # ------------------------------------------------------------------------------------ target planning
-def allowed_widths(size: int, channels_per_unit: int, min_width: int, round_to: int) -> list[int]:
+def allowed_widths(size: int, channels_per_unit: int, min_width: int, round_to: int,
+                   min_keep: float = 0.0) -> list[int]:
     """Widths a group may take, descending: its size, then every smaller width of at least
-    ``min_width`` units whose channel count (``width · channels_per_unit``) is a multiple of ``round_to``."""
+    ``max(min_width, ⌈min_keep · size⌉)`` units whose channel count (``width · channels_per_unit``) is a
+    multiple of ``round_to``."""
     step = round_to // math.gcd(round_to, max(1, channels_per_unit))
-    smaller = [w for w in range(step * ((size - 1) // step), 0, -step) if w >= min_width]
+    floor = max(min_width, math.ceil(min_keep * size - 1e-9))
+    smaller = [w for w in range(step * ((size - 1) // step), 0, -step) if w >= floor]
     return [size, *smaller]
+
+
+def _check_fraction(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+    return float(value)
 
 
 def plan_for_target(
@@ -318,6 +337,7 @@ def plan_for_target(
     *,
     min_width: int = 1,
     round_to: int = 1,
+    min_keep: float | str = 0.0,
     budget: float | Mapping[str, float] | None = None,
 ) -> WidthPlan:
     """The widths that bring ``cost`` to at most ``cost.full() / ratio`` losing the least importance.
@@ -326,7 +346,8 @@ def plan_for_target(
     global ranking): at each step the group whose next removal costs the least importance per unit of
     cost saved, ``Σ importance(removed units) / (cost(w) − cost(w'))``, gives up its lowest-ranked units
     (``round_to`` channels at a time; ties: the larger saving first), until the cost meets the budget.
-    No group goes below ``min_width`` units; frozen groups keep their size.
+    No group goes below ``min_width`` units, nor below ``min_keep`` of its size; frozen groups keep
+    their size.
 
     A target of several measures (``"5x params & 2x latency"``) takes one cost model per measure
     (``cost={"params": ..., "latency": ...}``); every part must hold. A removal then saves
@@ -340,6 +361,13 @@ def plan_for_target(
         importance: ``{group id: per-unit scores}`` (an :class:`~compresskit.plan.importance.Importance`).
         target: a ``ck.Target``, its string form (its metrics should be the cost models') or a ratio > 1.
         min_width: smallest width, in units.
+        min_keep: smallest fraction of its units a group keeps (``⌈min_keep · size⌉``): the importance
+            of a unit is a first-order, one-at-a-time estimate that is blind to what a layer left with a
+            channel or two can still carry, so without a floor the greedy can leave a one-channel
+            bottleneck that no recovery widens again. ``"auto"`` (``PlanConfig``'s default): half the
+            width that thinning every group alike would keep, ``1/(2·√r)`` for a target of ``r×`` (its
+            largest ratio), halved (twice, then no floor) while the target is unreachable above it or the
+            plan lands more than 5 % past the goal (coarse groups); ``plan.min_keep_why`` says which.
         round_to: widths in channels are multiples of this (8 suits CUDA kernels), unless kept whole.
         budget: the absolute cost to reach instead of ``full / ratio`` (used to correct a verified plan);
             ``{metric: cost}`` for a target of several measures.
@@ -350,17 +378,56 @@ def plan_for_target(
     parts = _constraints(cost, target, budget)
     _check_int("min_width", min_width, 1)
     _check_int("round_to", round_to, 1)
-    ladders = {g.id: allowed_widths(g.size, g.channels_per_unit, min_width, round_to)
+    if min_keep != "auto":
+        return _plan_with_floor(graph, parts, importance, min_width, round_to,
+                                _check_fraction("min_keep", min_keep), "given")
+    # "auto": half the width that thinning every group alike keeps (weights scale with in x out channels,
+    # so 1/sqrt(r) of every group's units is about r x), halved while the target misses or lands >5% past
+    ratio = max(float(p[4]) for p in parts)
+    first = 0.5 / math.sqrt(max(ratio, 1.0))
+    best: WidthPlan | None = None
+    for floor in (first, first / 2, first / 4, 0.0):
+        why = f"auto: 1/(2·√{ratio:.3g}) = {first:.3g}" + (f", lowered to {floor:.3g}" if floor != first else "")
+        if floor == 0.0:
+            why = f"auto: no floor (1/(2·√{ratio:.3g}) = {first:.3g} and its halves miss the target)"
+        try:
+            plan = _plan_with_floor(graph, parts, importance, min_width, round_to, floor, why)
+        except ValueError:
+            if floor == 0.0:
+                raise
+            continue
+        if best is None or plan.tightness > best.tightness:
+            best = plan
+        if plan.tightness >= 1 / AUTO_FLOOR_OVERSHOOT:
+            return plan
+    assert best is not None
+    return best
+
+
+#: a floor chosen by ``min_keep="auto"`` gives way when the plan would land more than this far past the goal
+AUTO_FLOOR_OVERSHOOT = 1.05
+
+
+def _plan_with_floor(graph: ChannelGraph, parts: list[tuple], importance: dict[int, Any], min_width: int,
+                     round_to: int, min_keep: float, why: str) -> WidthPlan:
+    """:func:`plan_for_target` with one floor: the greedy, its plan and where the floor stopped it."""
+    ladders = {g.id: allowed_widths(g.size, g.channels_per_unit, min_width, round_to, min_keep)
                for g in graph.groups if g.prunable}
-    _check_floors(graph, parts, ladders, min_width, round_to)
+    _check_floors(graph, parts, ladders, min_width, round_to, min_keep)
     search = _Greedy(parts, ladders, importance)
     rung, current = search.refine(*search.give_back(*search.remove_until(dict.fromkeys(ladders, 0), set())))
     widths = {gid: ladders[gid][r] for gid, r in rung.items()}
-    return _assemble(graph, parts, widths, current, search, min_width, round_to)
+    plan = _assemble(graph, parts, widths, current, search, min_width, round_to)
+    plan.min_keep, plan.min_keep_why, plan.tightness = min_keep, why, search.tightness(current)
+    for gp in plan.groups:  # say where the floor, not the importance, stopped the removals
+        ladder = ladders.get(gp.id, [])
+        if len(ladder) > 1 and gp.width == ladder[-1] and math.ceil(min_keep * gp.size - 1e-9) > min_width:
+            gp.note += f"; at the floor min_keep={min_keep:.3g}"
+    return plan
 
 
 def _check_floors(graph: ChannelGraph, parts: list[tuple], ladders: dict[int, list[int]], min_width: int,
-                     round_to: int) -> None:
+                  round_to: int, min_keep: float = 0.0) -> None:
     """ValueError naming ``target`` when every prunable group at its smallest width still misses a part."""
     smallest = {gid: ladder[-1] for gid, ladder in ladders.items()}
     short = []
@@ -368,7 +435,8 @@ def _check_floors(graph: ChannelGraph, parts: list[tuple], ladders: dict[int, li
         floor, full = float(c(smallest)), float(c.full())
         if floor > goal * (1 + 1e-9):
             short.append(f"{label} is unreachable for this model: with every prunable group at its smallest "
-                         f"allowed width (min_width={min_width}, round_to={round_to}) it still costs "
+                         f"allowed width (min_width={min_width}, round_to={round_to}"
+                         + (f", min_keep={min_keep:g}" if min_keep else "") + ") it still costs "
                          f"{floor:.4g} of {full:.4g} {getattr(c, 'metric', '')}, "
                          + (f"{full / max(floor, 1e-300):.3g}x at most" if not given else
                             f"above the budget of {goal:.4g} (lowered from {full / ratio:.4g} because the "

@@ -110,7 +110,7 @@ def _attempt(search: _Search, full: dict[str, float], predicted: dict[str, float
 def verify_plan(graph: ChannelGraph, costs: Mapping[str, Any], importance: Mapping[int, torch.Tensor],
                 target: Target, *, model: nn.Module, build: Callable[[WidthPlan], nn.Module],
                 measure: Callable[[nn.Module, str], float], verify: bool = True, min_width: int = 1,
-                round_to: int = 1, tolerance: Mapping[str, float] | None = None
+                round_to: int = 1, min_keep: float = 0.0, tolerance: Mapping[str, float] | None = None
                 ) -> tuple[WidthPlan, dict[str, Any]]:
     """Plan ``target`` (:func:`~compresskit.plan.planner.plan_for_target`), then ``build(plan)`` the
     shrunk model and ``measure(model, metric)`` each measure; correct the budgets and replan while a part
@@ -132,7 +132,7 @@ def verify_plan(graph: ChannelGraph, costs: Mapping[str, Any], importance: Mappi
     for _ in range((4 if any(tol.values()) else 8) if verify else 1):
         budget = dict(search.budget)
         plan = plan_for_target(graph, costs, importance, target, budget=dict(budget), min_width=min_width,
-                               round_to=round_to)
+                               round_to=round_to, min_keep=min_keep)
         if not verify:
             best = (None, plan)
             break
