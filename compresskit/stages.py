@@ -279,7 +279,8 @@ def _check_reachable(state: State) -> None:
 
     ones = {g.id: torch.ones(g.size, dtype=torch.float64) for g in state.art.graph.prunable_groups}
     try:
-        plan_for_target(state.art.graph, state.target_costs(), ones, state.inputs.target, **state.plan_limits())
+        plan_for_target(state.art.graph, state.target_costs(), ones, state.inputs.target,
+                        **state.plan_limits())
     except ValueError as err:
         why = _unused_cap(state)
         if why is None:

@@ -387,7 +387,9 @@ def plan_for_target(
     first = 0.5 / math.sqrt(max(ratio, 1.0))
     best: WidthPlan | None = None
     for floor in (first, first / 2, first / 4, 0.0):
-        why = f"auto: 1/(2·√{ratio:.3g}) = {first:.3g}" + (f", lowered to {floor:.3g}" if floor != first else "")
+        why = f"auto: 1/(2·√{ratio:.3g}) = {first:.3g}"
+        if floor != first:
+            why += f", lowered to {floor:.3g} (the target misses above it, or lands >5% past)"
         if floor == 0.0:
             why = f"auto: no floor (1/(2·√{ratio:.3g}) = {first:.3g} and its halves miss the target)"
         try:
