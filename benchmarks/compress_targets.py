@@ -64,6 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budget", default=None,
                    help="--recipe budget and peer: the budget ('1h', '6000 steps'; default 1h, --quick "
                    "40 steps)")
+    p.add_argument("--tag", default="",
+                   help="--recipe budget: a name for runs of a newer library version (its folder and results "
+                   "key; --report shows the latest run of each recipe)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 90 frames per clip, 64² crops, 4 scored triplets, budget '40 steps' (old "
                    "recipe: 20 + 20 steps); checks the code path, measures nothing")
@@ -215,7 +218,8 @@ def compress_one(teacher, name: str, ratio: float, train_loader, es_loader, args
     if args.recipe == "peer":
         return peer_one(teacher, name, ratio, train_loader, args)
     if args.recipe == "budget":  # the one call: target and budget, nothing else
-        out = args.work / name / f"{ratio:g}x-g{args.gap}-c{args.crop}-budget-{args.budget.replace(' ', '')}"
+        out = args.work / name / (f"{ratio:g}x-g{args.gap}-c{args.crop}-budget-{args.budget.replace(' ', '')}"
+                                  + (f"-{args.tag}" if getattr(args, "tag", "") else ""))
         if (done := _finished(out, args)) is not None:
             return done
         result = ck.compress(teacher, train_loader, target=target, budget=args.budget,
@@ -414,7 +418,8 @@ def run_key(args, name: str, ratio: float, n_eval: int) -> dict:
                 "budget": (args.budget if args.recipe in ("budget", "peer")
                            else "20 + 20" if args.quick else "300 + 300"),
                 "gap": args.gap, "clips": args.clips, "crop": args.crop, "batch_size": args.batch_size,
-                "eval": n_eval, "max_frames": args.max_frames}
+                "eval": n_eval, "max_frames": args.max_frames,
+                **({"tag": args.tag} if args.recipe == "budget" and getattr(args, "tag", "") else {})}
     return {"teacher": name, "ratio": ratio, "recipe": "hand", "sparsify_steps": args.sparsify_steps,
             "sparsify_lr": args.sparsify_lr, "recover_steps": args.recover_steps,
             "recover_lr": args.recover_lr,
@@ -509,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
             achieved = t_stats["params"] / prev["params"]
             k = prev["key"]
             steps = (f"{k['sparsify_steps']} + {k['recover_steps']}" if k.get("recipe", "hand") == "hand"
-                     else f"{k['recipe']}: {k['budget']}")
+                     else f"{k['recipe']}: {k['budget']}" + (f" ({k['tag']})" if k.get("tag") else ""))
             label = f"{ratio:g}x" + {"hand": "", "peer": " (Torch-Pruning + our recovery)"}.get(
                 k.get("recipe", "hand"), f" ({k.get('recipe')})")
             rows.append({**base, "label": label, "target": f"{ratio:g}x params",
