@@ -67,3 +67,25 @@ def test_without_verification_one_plan_and_no_measurement():
                                verify=False)
     assert record["verification"] == []
     assert count_params(build(plan)) <= count_params(model) / 2
+
+
+def test_a_corrected_budget_that_cannot_be_planned_keeps_the_best_plan_measured():
+    """A clock that reads 200x too much (a loaded machine): the correction asks for a budget no plan can
+    reach; the loop stops there and returns the best plan it measured, saying why it stopped."""
+    model, graph, importance, build = _setup()
+    full = count_params(model)
+    calls = []
+
+    def measure(m, metric):
+        calls.append(count_params(m) * 200)
+        return float(calls[-1])
+
+    target = ck.Target.parse("3x params")
+    plan, record = verify_plan(graph, {"params": params_cost(model, graph)}, importance, target,
+                               model=model, build=build, measure=measure, tolerance={"params": 0.0})
+    assert "unreachable" in record["stopped"]
+    assert len(record["verification"]) == 1  # the first correction was already out of reach
+    assert count_params(build(plan)) <= full / 3  # the first plan, which truly fits
+    with pytest.raises(ValueError, match="target: 3x params is unreachable"):  # no plan at all: an error
+        verify_plan(graph, {"params": params_cost(model, graph)}, importance, target, model=model,
+                    build=build, measure=measure, min_width=32)

@@ -128,11 +128,19 @@ def verify_plan(graph: ChannelGraph, costs: Mapping[str, Any], importance: Mappi
     search = _Search(budget={t.metric: float(costs[t.metric].full()) / t.ratio for t in target.terms},
                      goal=goal, hi={m: float(costs[m].full()) for m in metrics}, tol=tol)
     attempts: list[dict[str, Any]] = []
-    best = None
+    best, stopped = None, None
     for _ in range((4 if any(tol.values()) else 8) if verify else 1):
         budget = dict(search.budget)
-        plan = plan_for_target(graph, costs, importance, target, budget=dict(budget), min_width=min_width,
-                               round_to=round_to, min_keep=min_keep)
+        try:
+            plan = plan_for_target(graph, costs, importance, target, budget=dict(budget), min_width=min_width,
+                                   round_to=round_to, min_keep=min_keep)
+        except ValueError as err:
+            if best is None:  # the target itself is unreachable: say so
+                raise
+            # a budget lowered after a measured miss (a noisy clock can ask for much less) cannot be
+            # planned: keep the best plan measured so far, and say why the correction stopped
+            stopped = f"the corrected budget {budget} is unreachable ({err})"
+            break
         if not verify:
             best = (None, plan)
             break
@@ -148,6 +156,8 @@ def verify_plan(graph: ChannelGraph, costs: Mapping[str, Any], importance: Mappi
     plan = best[1]
     first = metrics[0]
     record = {"full": full[first], "goal": goal[first], "predicted": plan.predicted, "verification": attempts}
+    if stopped:
+        record["stopped"] = stopped
     if len(metrics) > 1:
         record["terms"] = [{"target": str(t), "metric": t.metric, "full": full[t.metric],
                             "goal": goal[t.metric]} for t in target.terms]
