@@ -109,6 +109,7 @@ class Artifacts:
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     latency_runtime: str | None = None  # a latency target's runtime (compresskit.deploy.runtime)
+    min_keep: tuple[float, str] | None = None  # the run's width floor and why (State.plan_limits)
 
 
 @dataclass
@@ -143,9 +144,19 @@ class State:
         return self.inputs.round_to()
 
     def plan_limits(self) -> dict[str, Any]:
-        """``min_width``, ``round_to`` and ``min_keep``: the limits every target plan of the run obeys."""
+        """``min_width``, ``round_to`` and ``min_keep``: the limits every target plan of the run obeys.
+        ``min_keep="auto"`` is resolved once per run (every unit alike, ``resolve_min_keep``), so stage I's
+        calibrations and the final plan obey the same floor."""
         cfg = self.inputs.config.plan
-        return {"min_width": cfg.min_width, "round_to": self.round_to(), "min_keep": cfg.min_keep}
+        if self.art.min_keep is None:
+            if cfg.min_keep == "auto":
+                from compresskit.plan.planner import resolve_min_keep
+
+                self.art.min_keep = resolve_min_keep(self.art.graph, self.target_costs(), self.inputs.target,
+                                                     min_width=cfg.min_width, round_to=self.round_to())
+            else:
+                self.art.min_keep = (float(cfg.min_keep), "given (plan.min_keep)")
+        return {"min_width": cfg.min_width, "round_to": self.round_to(), "min_keep": self.art.min_keep[0]}
 
     def target_costs(self) -> dict[str, Any]:
         """``{metric: CostModel}`` of every measure the target names."""
@@ -297,9 +308,9 @@ def _unused_cap(state: State) -> str | None:
 
     if not state.art.unused or state.art.dropped:
         return None
-    limits = state.plan_limits()  # an "auto" floor gives way when the target needs it: count without it
-    floor = 0.0 if limits["min_keep"] == "auto" else limits["min_keep"]
-    smallest = {g.id: allowed_widths(g.size, g.channels_per_unit, limits["min_width"], limits["round_to"],
+    cfg = state.inputs.config.plan  # a floor "auto" could not resolve is no floor (it gives way)
+    floor = state.art.min_keep[0] if state.art.min_keep else 0.0 if cfg.min_keep == "auto" else cfg.min_keep
+    smallest = {g.id: allowed_widths(g.size, g.channels_per_unit, cfg.min_width, state.round_to(),
                                      floor)[-1] for g in state.art.graph.prunable_groups}
     summary = unused_summary(state.art.work, state.art.unused)
     without_them = None
@@ -360,6 +371,8 @@ def _strategy_fingerprint(state: State) -> dict[str, Any]:
 
     plan = state.inputs.config.plan.model_dump(mode="json")
     plan["importance"] = importance_fingerprint(state.importance_strategy())
+    if plan.get("min_keep") == 0:  # no floor plans as before the setting existed: those runs resume
+        del plan["min_keep"]
     added = [m for m in state.inputs.target.metrics if m not in BUILTIN_METRICS]
     if added:  # a registered measure: its cost model and measurement are part of the plan
         plan["metrics"] = [get_metric(m).fingerprint() for m in added]
@@ -610,9 +623,11 @@ def _target_plan(state: State) -> tuple[Any, dict[str, Any]]:
                                 model=state.art.work, build=lambda p: _shrunk(state, p),
                                 measure=lambda m, metric: _measure(state, m, metric), verify=cfg.verify,
                                 **state.plan_limits())
+    if checked.get("stopped"):
+        state.art.notes.append(f"plan: {checked['stopped']}")
     record = {"rule": "target", "target": str(state.inputs.target), **checked, "round_to": state.round_to(),
-              "min_width": cfg.min_width, "min_keep": plan.min_keep,
-              "min_keep_why": plan.min_keep_why, "importance": _importance_name(state),
+              "min_width": cfg.min_width, "min_keep": state.art.min_keep[0],
+              "min_keep_why": state.art.min_keep[1], "importance": _importance_name(state),
               "runtime": state.art.latency_runtime if "latency" in state.inputs.target.metrics else None}
     return plan, record
 

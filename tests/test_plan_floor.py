@@ -91,7 +91,7 @@ def test_auto_floor_gives_way_when_the_target_needs_it_and_a_given_one_refuses()
     assert floor_for(10) == pytest.approx(first / 2)
     assert floor_for(30) == pytest.approx(0.5 / math.sqrt(30) / 4)  # 6 and 3 channels miss; 2 fit (113)
     plan = plan_for_target(graph, cost, imp, "40x params", min_keep="auto")  # only 1 channel (58) fits 88
-    assert plan.min_keep == 0.0 and "no floor" in plan.min_keep_why and plan.widths[gid] == 1
+    assert plan.min_keep == 0.0 and plan.min_keep_why.endswith("-> 0") and plan.widths[gid] == 1
     with pytest.raises(ValueError, match=r"min_keep=0\.25\) it still costs"):
         plan_for_target(graph, cost, imp, "10x params", min_keep=0.25)
 
@@ -119,8 +119,8 @@ def test_auto_floor_gives_way_to_land_on_the_target():
                 tried.append(plan_for_target(graph, cost, imp, ratio, min_keep=floor))
             except ValueError:
                 continue
-        near = [p for p in tried if p.tightness >= 1 / 1.05]
-        want = near[0] if near else max(tried, key=lambda p: p.tightness)
+        near = [p for p in tried if 1 / 1.05 <= p.tightness <= 1]
+        want = near[0] if near else max(tried, key=lambda p: (p.tightness <= 1, p.tightness))
         assert (auto.min_keep, auto.widths) == (want.min_keep, want.widths), ratio
         lowered += auto.min_keep < first
     assert lowered > 0
@@ -137,16 +137,37 @@ def test_bad_min_keep_names_the_argument(bad):
         ck.CompressConfig(plan={"min_keep": bad})
 
 
+class _StarvedImportance:
+    """An importance object (``plan.importance`` takes one) that scores the middle group ~0."""
+
+    def fingerprint(self) -> dict:
+        return {"name": "starved"}
+
+    def __call__(self, model, graph):
+        return _starved(graph)
+
+
 def test_compress_records_the_floor_it_planned_with():
     model, x = _chain()
+    torch.manual_seed(1)
     data = [(torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)) for _ in range(3)]
-    cfg = ck.CompressConfig(sparsify={"steps": 2}, recover={"steps": 1}, measure_latency=False,
-                            progress=False)
-    assert cfg.plan.min_keep == "auto"
-    result = ck.compress(model, data, lambda out, batch: (out - batch[1]).abs().mean(),
-                         inputs_fn=lambda b: (b[0],), target="4x params", config=cfg)
-    planning = result.report.planning
-    assert planning["min_keep"] == pytest.approx(0.25) and planning["min_keep_why"].startswith("auto")
-    small = result.model
-    convs = [m for m in small.modules() if isinstance(m, nn.Conv2d)]
-    assert min(c.out_channels for c in convs[:3]) >= 8
+
+    def run(min_keep):
+        cfg = ck.CompressConfig(sparsify={"steps": 2}, recover={"steps": 1}, measure_latency=False,
+                                progress=False,
+                                plan={"min_keep": min_keep, "importance": _StarvedImportance()})
+        return ck.compress(model, data, lambda out, batch: (out - batch[1]).abs().mean(),
+                           inputs_fn=lambda b: (b[0],), target="6x params", config=cfg)
+
+    assert ck.CompressConfig().plan.min_keep == "auto"
+    floored, bare = run("auto"), run(0.0)
+    planning = floored.report.planning
+    assert planning["min_keep"] == pytest.approx(0.5 / math.sqrt(6))
+    assert planning["min_keep_why"].startswith("auto")
+    assert bare.report.planning["min_keep"] == 0.0
+
+    def widths(result):
+        return [c.out_channels for c in result.model.modules() if isinstance(c, nn.Conv2d)][:3]
+
+    assert min(widths(floored)) >= math.ceil(32 * 0.5 / math.sqrt(6))  # 7 channels
+    assert min(widths(bare)) < math.ceil(32 * 0.5 / math.sqrt(6))  # without it the greedy went below

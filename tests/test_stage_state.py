@@ -38,16 +38,16 @@ def _net() -> nn.Module:
     return net
 
 
-def _run(out: Path, **kw):
+def _run(out: Path, plan: dict | None = None, **kw):
     torch.manual_seed(0)
     return ck.compress(_net(), _loader(), target="2x params",
                        config={"sparsify": {"steps": 3}, "recover": {"steps": 2}, "out_dir": str(out),
-                               "progress": False, "seed": 0}, **kw)
+                               "progress": False, "seed": 0, **({"plan": plan} if plan else {})}, **kw)
 
 
-def fingerprints(out: Path) -> dict:
+def fingerprints(out: Path, plan: dict | None = None) -> dict:
     """Every stage artifact's fingerprint and every training folder's stamp, by file name."""
-    _run(out)
+    _run(out, plan)
     found = {}
     for p in sorted(out.rglob("*")):
         if p.suffix == ".pt" and p.parent == out and p.name != "compressed.pt":
@@ -140,3 +140,12 @@ def test_stop_after_recover_is_the_whole_run(tmp_path):
 
 if __name__ == "__main__":  # python tests/test_stage_state.py OUT: write the fixture (run on the old code)
     DATA.write_text(json.dumps(fingerprints(Path(sys.argv[1])), indent=1, sort_keys=True) + "\n")
+
+
+def test_no_width_floor_fingerprints_as_before_the_setting_existed(tmp_path):
+    """``plan.min_keep=0`` plans as the code before the setting did, so its fingerprints are the
+    recorded ones as they are (a run folder of that code resumes)."""
+    before = json.loads(DATA.read_text())
+    now = fingerprints(tmp_path, plan={"min_keep": 0.0})
+    for name, fp in now.items():
+        assert fp == before[_RENAMED.get(name, name)], name

@@ -32,8 +32,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from compresskit.graph.channels import ChannelGraph
 
-__all__ = ["WidthPlan", "GroupPlan", "Proposal", "plan_widths", "plan_for_target", "allowed_widths", "RULES",
-           "COUPLINGS"]
+__all__ = ["WidthPlan", "GroupPlan", "Proposal", "plan_widths", "plan_for_target", "allowed_widths",
+           "resolve_min_keep", "RULES", "COUPLINGS"]
 
 RULES = ("linear", "sqrt")
 COUPLINGS = ("max", "min", "mean")
@@ -81,7 +81,7 @@ class WidthPlan:
     budget: float | None = None
     #: one ``{"target", "metric", "full", "budget", "predicted"}`` per part of the target (first = the above)
     terms: list[dict[str, Any]] = field(default_factory=list)
-    #: target plans: the smallest fraction of its units any group kept (``plan_for_target(min_keep=)``)
+    #: target plans: the floor this plan obeyed, a fraction of each group's units (``plan_for_target``)
     min_keep: float = 0.0
     min_keep_why: str = ""
     #: the binding part's predicted cost over its goal (1 = exactly on the goal)
@@ -364,10 +364,11 @@ def plan_for_target(
         min_keep: smallest fraction of its units a group keeps (``⌈min_keep · size⌉``): the importance
             of a unit is a first-order, one-at-a-time estimate that is blind to what a layer left with a
             channel or two can still carry, so without a floor the greedy can leave a one-channel
-            bottleneck that no recovery widens again. ``"auto"`` (``PlanConfig``'s default): half the
-            width that thinning every group alike would keep, ``1/(2·√r)`` for a target of ``r×`` (its
-            largest ratio), halved (twice, then no floor) while the target is unreachable above it or the
-            plan lands more than 5 % past the goal (coarse groups); ``plan.min_keep_why`` says which.
+            bottleneck that no recovery widens again. ``"auto"``: half the width that thinning every group
+            alike would keep, ``1/(2·√r)`` for a target of ``r×`` (its largest ratio), else its half, its
+            quarter or no floor: the first whose plan meets the goal within 5 % (coarse groups can land
+            further past it), else the closest plan that meets it; ``plan.min_keep_why`` says which
+            (:func:`resolve_min_keep`; ``compress`` resolves it once per run, ``PlanConfig.min_keep``).
         round_to: widths in channels are multiples of this (8 suits CUDA kernels), unless kept whole.
         budget: the absolute cost to reach instead of ``full / ratio`` (used to correct a verified plan);
             ``{metric: cost}`` for a target of several measures.
@@ -378,32 +379,59 @@ def plan_for_target(
     parts = _constraints(cost, target, budget)
     _check_int("min_width", min_width, 1)
     _check_int("round_to", round_to, 1)
-    if min_keep != "auto":
-        return _plan_with_floor(graph, parts, importance, min_width, round_to,
-                                _check_fraction("min_keep", min_keep), "given")
-    # "auto": half the width that thinning every group alike keeps (weights scale with in x out channels,
-    # so 1/sqrt(r) of every group's units is about r x), halved while the target misses or lands >5% past
+    if min_keep == "auto":
+        return _auto_floor(graph, parts, importance, min_width, round_to)
+    floor = _check_fraction("min_keep", min_keep)
+    return _plan_with_floor(graph, parts, importance, min_width, round_to, floor, "given")
+
+
+def resolve_min_keep(graph: ChannelGraph, cost: Any, target: Any, *, min_width: int = 1, round_to: int = 1,
+                     importance: dict[int, Any] | None = None) -> tuple[float, str]:
+    """The floor ``min_keep="auto"`` picks, and why, with ``importance`` (default: every unit alike).
+    ``compress`` resolves it once per run this way, so that stage I's calibrations and the final plan
+    obey one floor."""
+    import torch
+
+    if importance is None:
+        importance = {g.id: torch.ones(g.size, dtype=torch.float64) for g in graph.groups if g.prunable}
+    parts = _constraints(cost, target, None)
+    plan = _auto_floor(graph, parts, importance, min_width, round_to)
+    return plan.min_keep, plan.min_keep_why
+
+
+def _auto_floor(graph: ChannelGraph, parts: list[tuple], importance: dict[int, Any], min_width: int,
+                round_to: int) -> WidthPlan:
+    """``min_keep="auto"``: half the width that thinning every group alike keeps (weights scale with
+    in × out channels, so ``1/√r`` of every group's units is about ``r×``), i.e. ``1/(2·√r)``; then its
+    half, its quarter and no floor, taking the first plan that meets the goal and lands within 5 % of
+    it, else the closest plan that meets it."""
     ratio = max(float(p[4]) for p in parts)
     first = 0.5 / math.sqrt(max(ratio, 1.0))
-    best: WidthPlan | None = None
+    rejected: list[str] = []
+    plans: list[WidthPlan] = []
     for floor in (first, first / 2, first / 4, 0.0):
-        why = f"auto: 1/(2·√{ratio:.3g}) = {first:.3g}"
-        if floor != first:
-            why += f", lowered to {floor:.3g} (the target misses above it, or lands >5% past)"
-        if floor == 0.0:
-            why = f"auto: no floor (1/(2·√{ratio:.3g}) = {first:.3g} and its halves miss the target)"
         try:
-            plan = _plan_with_floor(graph, parts, importance, min_width, round_to, floor, why)
+            plan = _plan_with_floor(graph, parts, importance, min_width, round_to, floor, "")
         except ValueError:
             if floor == 0.0:
                 raise
+            rejected.append(f"{floor:.3g}: the target is unreachable above it")
             continue
-        if best is None or plan.tightness > best.tightness:
-            best = plan
-        if plan.tightness >= 1 / AUTO_FLOOR_OVERSHOOT:
-            return plan
-    assert best is not None
-    return best
+        meets = plan.tightness <= 1 + 1e-9
+        if meets and plan.tightness >= 1 / AUTO_FLOOR_OVERSHOOT:
+            chosen, note = plan, ""
+            break
+        plans.append(plan)
+        rejected.append(f"{floor:.3g}: " + (f"lands {1 / max(plan.tightness, 1e-300) - 1:.0%} past the goal"
+                                             if meets else "misses the goal"))
+    else:  # no floor landed within 5 %: the closest plan that meets the goal
+        chosen = max(plans, key=lambda p: (p.tightness <= 1 + 1e-9, p.tightness))
+        note = "; none landed within 5 % of the goal: the closest kept"
+    why = f"auto: 1/(2·√{ratio:.3g}) = {first:.3g}"
+    if rejected:
+        why += f" (rejected {'; '.join(rejected)}{note}) -> {chosen.min_keep:.3g}"
+    chosen.min_keep_why = why
+    return chosen
 
 
 #: a floor chosen by ``min_keep="auto"`` gives way when the plan would land more than this far past the goal
@@ -423,7 +451,8 @@ def _plan_with_floor(graph: ChannelGraph, parts: list[tuple], importance: dict[i
     plan.min_keep, plan.min_keep_why, plan.tightness = min_keep, why, search.tightness(current)
     for gp in plan.groups:  # say where the floor, not the importance, stopped the removals
         ladder = ladders.get(gp.id, [])
-        if len(ladder) > 1 and gp.width == ladder[-1] and math.ceil(min_keep * gp.size - 1e-9) > min_width:
+        if len(ladder) > 1 and gp.width == ladder[-1] and ladder[-1] != allowed_widths(
+                gp.size, gp.channels_per_unit, min_width, round_to)[-1]:
             gp.note += f"; at the floor min_keep={min_keep:.3g}"
     return plan
 
@@ -446,7 +475,8 @@ def _check_floors(graph: ChannelGraph, parts: list[tuple], ladders: dict[int, li
     if short:
         frozen = sum(1 for g in graph.groups if not g.prunable)
         raise ValueError(f"target: {'; '.join(short)}; {frozen} of {len(graph.groups)} channel groups are "
-                         "frozen (graph.explain(id) says why). Ask for a smaller ratio.")
+                         "frozen (graph.explain(id) says why). Ask for a smaller ratio"
+                         + (f", or a lower min_keep than {min_keep:g}." if min_keep else "."))
 
 
 class _Greedy:

@@ -12,6 +12,7 @@ state.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -110,7 +111,7 @@ def _attempt(search: _Search, full: dict[str, float], predicted: dict[str, float
 def verify_plan(graph: ChannelGraph, costs: Mapping[str, Any], importance: Mapping[int, torch.Tensor],
                 target: Target, *, model: nn.Module, build: Callable[[WidthPlan], nn.Module],
                 measure: Callable[[nn.Module, str], float], verify: bool = True, min_width: int = 1,
-                round_to: int = 1, min_keep: float = 0.0, tolerance: Mapping[str, float] | None = None
+                round_to: int = 1, min_keep: float | str = 0.0, tolerance: Mapping[str, float] | None = None
                 ) -> tuple[WidthPlan, dict[str, Any]]:
     """Plan ``target`` (:func:`~compresskit.plan.planner.plan_for_target`), then ``build(plan)`` the
     shrunk model and ``measure(model, metric)`` each measure; correct the budgets and replan while a part
@@ -119,7 +120,10 @@ def verify_plan(graph: ChannelGraph, costs: Mapping[str, Any], importance: Mappi
 
     ``model``: the sparsified model the plan shrinks (its full cost of a measure that is not exact);
     ``costs``: ``{metric: CostModel}`` of every measure of the target; ``tolerance``: the relative error
-    each measure accepts (default: the registered metric's).
+    each measure accepts (default: the registered metric's). ``min_keep``: the plans' width floor
+    (:func:`~compresskit.plan.planner.plan_for_target`). When a timed measure's correction asks for a
+    budget no plan reaches, the loop stops and keeps the best plan measured (``record["stopped"]`` says
+    why, with a warning when that plan missed); for counted measures that is an unreachable target.
     """
     metrics = list(target.metrics)
     tol = dict(tolerance) if tolerance is not None else {m: get_metric(m).tolerance for m in metrics}
@@ -135,11 +139,15 @@ def verify_plan(graph: ChannelGraph, costs: Mapping[str, Any], importance: Mappi
             plan = plan_for_target(graph, costs, importance, target, budget=dict(budget), min_width=min_width,
                                    round_to=round_to, min_keep=min_keep)
         except ValueError as err:
-            if best is None:  # the target itself is unreachable: say so
+            # a budget lowered after a measured miss cannot be planned. A timed measure (a noisy clock can
+            # ask for much less than it needs): keep the best plan measured and say why the correction
+            # stopped. A counted one misses for good: the target is unreachable, say so
+            if best is None or not any(tol[m] > 0 for m in metrics):
                 raise
-            # a budget lowered after a measured miss (a noisy clock can ask for much less) cannot be
-            # planned: keep the best plan measured so far, and say why the correction stopped
             stopped = f"the corrected budget {budget} is unreachable ({err})"
+            if best[0][0]:  # no plan measured fits
+                stopped += "; the plan kept missed the target when measured"
+                warnings.warn(f"target: {target}: {stopped}", stacklevel=2)
             break
         if not verify:
             best = (None, plan)
