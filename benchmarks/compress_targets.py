@@ -91,7 +91,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "compress_targets")
     p.add_argument("--docs", type=Path, default=ROOT / "docs", help="where results.md and img/ are")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="training crops and batch order; another seed gets runs (folders, results) of its own")
     p.add_argument("--report", action="store_true",
                    help="train nothing: for each teacher and target take the latest finished run (any "
                         "budget), restore its model, time everything in this one process, write the docs")
@@ -219,7 +220,7 @@ def compress_one(teacher, name: str, ratio: float, train_loader, es_loader, args
         return peer_one(teacher, name, ratio, train_loader, args)
     if args.recipe == "budget":  # the one call: target and budget, nothing else
         out = args.work / name / (f"{ratio:g}x-g{args.gap}-c{args.crop}-budget-{args.budget.replace(' ', '')}"
-                                  + (f"-{args.tag}" if getattr(args, "tag", "") else ""))
+                                  + (f"-{args.tag}" if getattr(args, "tag", "") else "") + _seed_suffix(args))
         if (done := _finished(out, args)) is not None:
             return done
         result = ck.compress(teacher, train_loader, target=target, budget=args.budget,
@@ -255,6 +256,12 @@ def compress_one(teacher, name: str, ratio: float, train_loader, es_loader, args
     return result.model.eval()
 
 
+def _seed_suffix(args) -> str:
+    """Runs with another ``--seed`` (other crops and batch order: the scatter between runs) get folders
+    and results keys of their own; seed 0 keeps the names it always had."""
+    return f"-seed{args.seed}" if args.seed else ""
+
+
 def _finished(out: Path, args) -> torch.nn.Module | None:
     """``--report``: the model a finished run saved (``compressed.pt``, our own file, so loaded with
     ``trusted=True`` as its original class), so that a row is the model its run made even when the
@@ -278,7 +285,8 @@ def peer_one(teacher, name: str, ratio: float, train_loader, args) -> torch.nn.M
     from compresskit.budget import parse_budget
     from compresskit.io import atomic_write_bytes
 
-    out = args.work / name / f"{ratio:g}x-g{args.gap}-c{args.crop}-peer-{args.budget.replace(' ', '')}"
+    out = args.work / name / (f"{ratio:g}x-g{args.gap}-c{args.crop}-peer-{args.budget.replace(' ', '')}"
+                              + _seed_suffix(args))
     saved = out / "peer.pt"
     example = tuple(next(iter(train_loader))[:-1])  # one training batch's (I0, I1)
     started = time.perf_counter()
@@ -419,7 +427,8 @@ def run_key(args, name: str, ratio: float, n_eval: int) -> dict:
                            else "20 + 20" if args.quick else "300 + 300"),
                 "gap": args.gap, "clips": args.clips, "crop": args.crop, "batch_size": args.batch_size,
                 "eval": n_eval, "max_frames": args.max_frames,
-                **({"tag": args.tag} if args.recipe == "budget" and getattr(args, "tag", "") else {})}
+                **({"tag": args.tag} if args.recipe == "budget" and getattr(args, "tag", "") else {}),
+                **({"seed": args.seed} if args.seed else {})}
     return {"teacher": name, "ratio": ratio, "recipe": "hand", "sparsify_steps": args.sparsify_steps,
             "sparsify_lr": args.sparsify_lr, "recover_steps": args.recover_steps,
             "recover_lr": args.recover_lr,
@@ -488,7 +497,8 @@ def main(argv: list[str] | None = None) -> int:
             done = json.loads(results.read_text()) if results.is_file() else []
             if args.report:  # the latest run of this teacher, target, recipe and data, whatever its budget
                 same = [d for d in done if all(d["key"].get(k, "hand" if k == "recipe" else None) == key[k]
-                                               for k in DATA_KEYS)]
+                                               for k in DATA_KEYS)
+                        and d["key"].get("seed", 0) == key.get("seed", 0)]
                 if not same:
                     print(f"  {ratio:g}x params ({recipe}): no run yet (--report only reads runs)",
                           flush=True)
