@@ -92,7 +92,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "compress_targets")
     p.add_argument("--docs", type=Path, default=ROOT / "docs", help="where results.md and img/ are")
     p.add_argument("--seed", type=int, default=0,
-                   help="training crops and batch order; another seed gets runs (folders, results) of its own")
+                   help="training crops and batch order (another seed: runs of its own)")
     p.add_argument("--report", action="store_true",
                    help="train nothing: for each teacher and target take the latest finished run (any "
                         "budget), restore its model, time everything in this one process, write the docs")
