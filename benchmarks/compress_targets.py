@@ -218,30 +218,21 @@ def compress_one(teacher, name: str, ratio: float, train_loader, es_loader, args
     target = f"{ratio:g}x params"
     if args.recipe == "peer":
         return peer_one(teacher, name, ratio, train_loader, args)
+    out = _run_dir(args, name, ratio)
+    if (done := _finished(out, args)) is not None:
+        return done
     if args.recipe == "budget":  # the one call: target and budget, nothing else
-        out = args.work / name / (f"{ratio:g}x-g{args.gap}-c{args.crop}-budget-{args.budget.replace(' ', '')}"
-                                  + (f"-{args.tag}" if getattr(args, "tag", "") else "") + _seed_suffix(args))
-        if (done := _finished(out, args)) is not None:
-            return done
         result = ck.compress(teacher, train_loader, target=target, budget=args.budget,
                              config={"out_dir": out})  # out_dir: where it checkpoints, not a knob
         return result.model.eval()
     if args.recipe == "old":  # the defaults before issue 20, given explicitly
-        steps = 20 if args.quick else 300
-        out = args.work / name / f"{ratio:g}x-g{args.gap}-c{args.crop}-old-{steps}"
-        if (done := _finished(out, args)) is not None:
-            return done
+        steps = _old_steps(args)
         config = ck.CompressConfig(
             sparsify={"steps": steps, "lr": 1e-3},
             recover={"steps": steps, "lr": 1e-3, "alpha": 0.1, "distill_loss": "l1", "features": None,
                      "feature_weight": 1.0},
             out_dir=out, seed=args.seed)
         return ck.compress(teacher, train_loader, target=target, config=config).model.eval()
-    run = (f"{ratio:g}x-g{args.gap}-c{args.crop}-s{args.sparsify_steps}@{args.sparsify_lr:g}"
-           f"-r{args.recover_steps}@{args.recover_lr:g}-a{args.alpha:g}-f{args.feature_weight:g}")
-    out = args.work / name / run
-    if (done := _finished(out, args)) is not None:
-        return done
     val_every = max(1, args.recover_steps // 10)
     config = ck.CompressConfig(
         sparsify={"steps": args.sparsify_steps, "lr": args.sparsify_lr},
@@ -254,6 +245,23 @@ def compress_one(teacher, name: str, ratio: float, train_loader, es_loader, args
                          config=config, teacher=teacher, val_loader=es_loader if args.patience else None,
                          metrics={"psnr": lambda o, b: psnr(o.clamp(0, 1), b[-1])})
     return result.model.eval()
+
+
+def _old_steps(args) -> int:
+    return 20 if args.quick else 300
+
+
+def _run_dir(args, name: str, ratio: float) -> Path:
+    """The folder of a budget, old or hand run (its checkpoints and its saved model)."""
+    head = f"{ratio:g}x-g{args.gap}-c{args.crop}"
+    if args.recipe == "budget":
+        tag = f"-{args.tag}" if getattr(args, "tag", "") else ""
+        return args.work / name / f"{head}-budget-{args.budget.replace(' ', '')}{tag}{_seed_suffix(args)}"
+    if args.recipe == "old":
+        return args.work / name / f"{head}-old-{_old_steps(args)}"
+    return args.work / name / (f"{head}-s{args.sparsify_steps}@{args.sparsify_lr:g}"
+                               f"-r{args.recover_steps}@{args.recover_lr:g}-a{args.alpha:g}"
+                               f"-f{args.feature_weight:g}")
 
 
 def _seed_suffix(args) -> str:

@@ -251,7 +251,8 @@ class PlanConfig(Config):
     min_keep: Annotated[float, Field(ge=0, lt=1)] | Literal["auto"] = Field(
         "auto", description="target plans: no group keeps less than this fraction of its units; 'auto': "
         "half the width that thinning every group alike would keep, 1/(2·√r) for a target of r× (the "
-        "largest ratio of its parts), lowered until the target is reachable; 0: no floor")
+        "largest ratio of its parts), else its half, its quarter or none: the first whose plan meets the "
+        "target within 5 %, else the closest that meets it (resolved once per run); 0: no floor")
     round_to: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         "auto", description="widths (in channels) are multiples of this; 'auto': 8 on CUDA, 1 on CPU")
     coupling: Literal["max", "min", "mean"] = Field(

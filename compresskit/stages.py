@@ -288,10 +288,11 @@ def _check_reachable(state: State) -> None:
     parameters forward never reads are named first, with their share and what they cap the ratio at."""
     from compresskit.plan.planner import plan_for_target
 
-    ones = {g.id: torch.ones(g.size, dtype=torch.float64) for g in state.art.graph.prunable_groups}
     try:
-        plan_for_target(state.art.graph, state.target_costs(), ones, state.inputs.target,
-                        **state.plan_limits())
+        limits = state.plan_limits()  # resolving "auto" plans with every unit alike: that is the check
+        if state.inputs.config.plan.min_keep != "auto":
+            ones = {g.id: torch.ones(g.size, dtype=torch.float64) for g in state.art.graph.prunable_groups}
+            plan_for_target(state.art.graph, state.target_costs(), ones, state.inputs.target, **limits)
     except ValueError as err:
         why = _unused_cap(state)
         if why is None:
