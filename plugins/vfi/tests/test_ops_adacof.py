@@ -133,6 +133,25 @@ def test_only_requested_gradients_are_returned():
     assert g_x2.abs().sum() > 0
 
 
+def test_bands_of_one_row_match_the_reference_and_leave_inputs_unchanged(monkeypatch):
+    # the CPU kernel works band by band; with bands of one output row every band boundary, the batch
+    # offset into the padded table and the border ring's gradient are exercised; F = 1 makes the taps'
+    # layout a view of the caller's tensors (the kernel must copy before it changes anything in place)
+    from compresskit_vfi.ops import adacof_cpu
+
+    monkeypatch.setattr(adacof_cpu, "_BAND_ENTRIES", 1)
+    for f, dilation in [(1, 1), (3, 2)]:
+        x, w, a, b = random_inputs(2, 2, 3, 4, f, dilation, scale=3.0, seed=11, away_from_integers=True)
+        a[0, 0, 0, 0], b[1, -1, 2, 3] = -9.5, 8.25  # beyond the image on the top and on the right
+        kept = [t.clone() for t in (x, w, a, b)]
+        torch.testing.assert_close(adacof(x, w, a, b, dilation), reference_adacof(x, w, a, b, dilation),
+                                   rtol=1e-12, atol=1e-12)
+        for before, after in zip(kept, (x, w, a, b)):
+            assert torch.equal(before, after)
+        leaves = [t.clone().requires_grad_() for t in (x, w, a, b)]
+        assert torch.autograd.gradcheck(lambda *t: adacof(*t, dilation), leaves, eps=1e-6, atol=1e-7)
+
+
 def test_opcheck():
     inputs = [t.float().requires_grad_() for t in random_inputs(2, 3, 4, 5, 3, 2, seed=5)]
     result = torch.library.opcheck(torch.ops.compresskit_vfi.adacof.default, (*inputs, 2))
