@@ -149,7 +149,7 @@ def test_bands_of_one_row_match_the_reference_and_leave_inputs_unchanged(monkeyp
         for before, after in zip(kept, (x, w, a, b)):
             assert torch.equal(before, after)
         leaves = [t.clone().requires_grad_() for t in (x, w, a, b)]
-        assert torch.autograd.gradcheck(lambda *t: adacof(*t, dilation), leaves, eps=1e-6, atol=1e-7)
+        assert torch.autograd.gradcheck(lambda *t, d=dilation: adacof(*t, d), leaves, eps=1e-6, atol=1e-7)
 
 
 def test_opcheck():
