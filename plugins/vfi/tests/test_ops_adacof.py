@@ -146,10 +146,19 @@ def test_bands_of_one_row_match_the_reference_and_leave_inputs_unchanged(monkeyp
         kept = [t.clone() for t in (x, w, a, b)]
         torch.testing.assert_close(adacof(x, w, a, b, dilation), reference_adacof(x, w, a, b, dilation),
                                    rtol=1e-12, atol=1e-12)
-        for before, after in zip(kept, (x, w, a, b)):
-            assert torch.equal(before, after)
-        leaves = [t.clone().requires_grad_() for t in (x, w, a, b)]
+        leaves = [t.requires_grad_() for t in (x, w, a, b)]
+        grad = torch.randn(2, 2, 3, 4, dtype=DT)
+        grad_kept = grad.clone()
+        torch.autograd.grad(adacof(*leaves, dilation), leaves, grad)  # the backward builds its own taps
+        for before, after in zip([*kept, grad_kept], (x, w, a, b, grad)):
+            assert torch.equal(before, after.detach())
         assert torch.autograd.gradcheck(lambda *t, d=dilation: adacof(*t, d), leaves, eps=1e-6, atol=1e-7)
+        # the int64 index path (taken for tables of 2³¹ rows or more) computes the same
+        monkeypatch.setattr(adacof_cpu, "_index_dtype", lambda numel: torch.int64)
+        torch.testing.assert_close(adacof(x, w, a, b, dilation).detach(), reference_adacof(
+            *(t.detach() for t in (x, w, a, b)), dilation), rtol=1e-12, atol=1e-12)
+        monkeypatch.undo()
+        monkeypatch.setattr(adacof_cpu, "_BAND_ENTRIES", 1)
 
 
 def test_opcheck():
