@@ -195,3 +195,50 @@ def test_cuda_runtimes_are_timed_with_cuda_events():  # pragma: no cover - needs
     assert "onnxruntime" not in available_runtimes((x,))  # the ONNX Runtime session here is CPU-only
     times = measure_runtimes(model, (x,), repeats=3, warmup=1)
     assert set(times.ms) == {"eager", "channels_last"} and all(v > 0 for v in times.ms.values())
+
+
+def test_channels_last_softmax_over_channels_keeps_the_layout_and_the_values():
+    from compresskit.deploy.softmax import ChannelsLastSoftmax, replace_channel_softmax
+
+    g = torch.Generator().manual_seed(0)
+    for shape, fmt in (((2, 7, 5, 6), torch.channels_last), ((2, 7, 3, 5, 4), torch.channels_last_3d)):
+        x = torch.randn(*shape, generator=g, dtype=torch.float64)
+        xc = x.contiguous(memory_format=fmt)
+        for log, ref_fn in ((False, torch.softmax), (True, torch.log_softmax)):
+            for dim in (1, 1 - x.dim()):  # the channel dim, counted from either end
+                m = ChannelsLastSoftmax(dim, log=log)
+                # the definition written out: exp(x − max) / Σ over the channels
+                shifted = x - x.amax(1, keepdim=True)
+                expected = shifted - shifted.exp().sum(1, keepdim=True).log() if log else \
+                    shifted.exp() / shifted.exp().sum(1, keepdim=True)
+                fast = m(xc)
+                assert fast.is_contiguous(memory_format=fmt) and not fast.is_contiguous()
+                torch.testing.assert_close(fast, expected, rtol=1e-12, atol=1e-12)
+                torch.testing.assert_close(m(x), ref_fn(x, dim), rtol=0, atol=0)  # NCHW: torch's own call
+        # another dim than the channels: torch's call, whatever the layout
+        torch.testing.assert_close(ChannelsLastSoftmax(2)(xc), torch.softmax(xc, 2), rtol=0, atol=0)
+
+    class Heads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 9, 3, padding=1)
+            self.taps = nn.Sequential(nn.Conv2d(9, 9, 1), nn.Softmax(dim=1))
+            self.logp = nn.LogSoftmax(dim=-3)
+            self.rows = nn.Softmax(dim=2)  # over rows: left alone
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.taps(y) + self.logp(y) + self.rows(y)
+
+    torch.manual_seed(0)
+    model, x = Heads().eval(), torch.rand(2, 3, 8, 8)
+    keys = list(model.state_dict())
+    with torch.inference_mode():
+        expected = model(x)
+        twin = prepare(model, (x,), "channels_last")  # a copy: the model itself is not changed
+        torch.testing.assert_close(twin(), expected, rtol=1e-5, atol=1e-6)
+    assert type(model.taps[1]) is nn.Softmax
+    assert replace_channel_softmax(model) == 2
+    assert isinstance(model.taps[1], ChannelsLastSoftmax) and model.taps[1].dim == 1
+    assert isinstance(model.logp, ChannelsLastSoftmax) and model.logp.log and model.logp.dim == -3
+    assert type(model.rows) is nn.Softmax and list(model.state_dict()) == keys

@@ -319,10 +319,10 @@ def summarize_widths(model: STMFNet) -> STMFNetWidths:
 
 
 def to_channels_last(model: nn.Module) -> nn.Module:
-    """Put every 2-D (transposed) convolution's weight in channels-last layout, in place; feed the model
-    channels-last frames too. oneDNN runs NHWC convolutions of odd widths (25, 30, 46: the Mini's) much
-    faster on CPUs; the 3-D U-Net keeps its layout (``Module.to(memory_format=...)`` rejects 5-D weights)."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
-            m.to(memory_format=torch.channels_last)
-    return model
+    """The model (in place) in the channels-last runtime of ``compresskit.deploy.runtime``: every 2-D
+    weight channels-last and every 3-D one channels-last-3d, softmax over the taps on the NHWC view; feed
+    the model channels-last frames too. oneDNN runs NHWC convolutions of odd widths (25, 30,
+    46: the Mini's) much faster on CPUs."""
+    from compresskit.deploy.runtime import to_channels_last as core_to_channels_last
+
+    return core_to_channels_last(model)
