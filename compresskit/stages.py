@@ -309,8 +309,10 @@ def _unused_cap(state: State) -> str | None:
 
     if not state.art.unused or state.art.dropped:
         return None
-    cfg = state.inputs.config.plan  # a floor "auto" could not resolve is no floor (it gives way)
-    floor = state.art.min_keep[0] if state.art.min_keep else 0.0 if cfg.min_keep == "auto" else cfg.min_keep
+    cfg = state.inputs.config.plan
+    # plan_limits() ran first (_check_reachable): a given floor is recorded; an "auto" one that could not
+    # be resolved is no floor (it gives way)
+    floor = state.art.min_keep[0] if state.art.min_keep else 0.0
     smallest = {g.id: allowed_widths(g.size, g.channels_per_unit, cfg.min_width, state.round_to(),
                                      floor)[-1] for g in state.art.graph.prunable_groups}
     summary = unused_summary(state.art.work, state.art.unused)

@@ -146,9 +146,9 @@ def adacof_forward_cpu(x: torch.Tensor, weight: torch.Tensor, alpha: torch.Tenso
 def _sampled_dots(t: _Taps, grad_rows: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """``G[p, t] = <grad_out[p], table[index[p, t]]>`` for every tap t of every pixel p."""
     n, taps = t.index.shape
+    # (the kernel wants no more non-zeros per row than columns: a shifted table keeps at least
+    # (Hp+1)·(Wp+2) − 1 > F² rows, since Hp ≥ F)
     crow = torch.arange(0, n * taps + 1, taps, dtype=t.index.dtype, device=t.index.device)
-    if table.shape[0] < taps:  # the kernel wants no more non-zeros per row than columns
-        table = torch.cat([table, table.new_zeros(taps - table.shape[0], table.shape[1])])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
         pattern = torch.sparse_csr_tensor(crow, t.index.view(-1), t.w.new_zeros(n * taps),
